@@ -1,0 +1,47 @@
+//! The closed set of commands.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "mailintake", version, about = "Turns helpdesk mailboxes into ticket rows")]
+pub struct Cli {
+    /// The configuration file (TOML). Keys can be overridden with MAILINTAKE_SECTION__KEY variables.
+    #[arg(long, short, global = true, env = "MAILINTAKE_CONFIG", default_value = "config/mailintake.toml")]
+    pub config: PathBuf,
+
+    /// Log output: human-readable lines or JSON lines. Filter with RUST_LOG (default: info).
+    #[arg(long, global = true, env = "MAILINTAKE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Poll every mailbox until SIGTERM or SIGINT.
+    Run,
+    /// Process every mailbox once and exit (0 when every mailbox worked).
+    Once,
+    /// Validate the configuration and exit.
+    Check,
+    /// Create or upgrade the database schema and exit.
+    Migrate,
+    /// List recent tickets.
+    Tickets {
+        /// How many tickets to list.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}

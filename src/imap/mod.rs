@@ -1,0 +1,627 @@
+//! IMAP over TLS with `AUTHENTICATE XOAUTH2`: the only module that knows async-imap.
+//!
+//! async-imap has sharp edges that lose mail when used naively (see `shared/notes/crates.md`); this
+//! wrapper is where each is handled:
+//! - the server greeting is read before `AUTHENTICATE`, or the challenge is mistaken for it;
+//! - a tagged NO/BAD on FETCH or STORE ends the result stream as if it were complete, so listings are
+//!   cross-checked with `UID SEARCH` and commands whose data we do not need are sent with
+//!   `run_command_and_check_ok`, which does check the tagged status;
+//! - bodies are buffered whole by the library, so every body fetch is capped with a partial range;
+//! - a `UID FETCH n:*` returns the highest message even when its UID is below `n`.
+
+mod utf7;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use async_imap::Session;
+use futures::TryStreamExt;
+use secrecy::ExposeSecret;
+use tokio::net::TcpStream;
+use tracing::{debug, instrument, warn};
+
+use crate::config::{ImapEndpoint, TlsMode};
+use crate::oauth::AccessToken;
+
+pub use utf7::encode_folder_name;
+
+type TlsStream = async_native_tls::TlsStream<TcpStream>;
+
+/// An IMAP UID (RFC 3501 §2.3.1.1): stable within one UIDVALIDITY of a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Uid(pub u32);
+
+impl fmt::Display for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why an IMAP operation failed. The worker's question is "reconnect and retry later, or is the
+/// login itself refused?": see [`ImapError::is_auth_failure`].
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS with {host} failed: {source}")]
+    Tls {
+        host: String,
+        #[source]
+        source: native_tls::Error,
+    },
+    #[error("{}", describe_auth_failure(.login, .response, .server_detail))]
+    AuthFailed {
+        login: String,
+        response: String,
+        /// The decoded JSON the server sent in its failure challenge (RFC 7628 §3.2.2), if any.
+        server_detail: Option<String>,
+    },
+    #[error("IMAP {operation} timed out after {after:?}")]
+    Timeout {
+        operation: &'static str,
+        after: Duration,
+    },
+    #[error("IMAP {operation} failed: {source}")]
+    Protocol {
+        operation: &'static str,
+        #[source]
+        source: async_imap::error::Error,
+    },
+    #[error("IMAP {operation}: {detail}")]
+    Unexpected {
+        operation: &'static str,
+        detail: String,
+    },
+}
+
+impl ImapError {
+    /// The server refused the login: the token may be stale (fetch a new one once) or the identity
+    /// lacks permission on the mailbox.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self, ImapError::AuthFailed { .. })
+    }
+}
+
+fn describe_auth_failure(login: &str, response: &str, detail: &Option<String>) -> String {
+    let mut text = format!("IMAP login as {login} with XOAUTH2 was refused: {response}");
+    if let Some(detail) = detail {
+        text.push_str(&format!(" (server said {detail})"));
+    }
+    text.push_str(
+        "\n  fix: the token was accepted by the identity provider but not by the mail server. For Exchange Online app-only access: the app needs the IMAP.AccessAsApp permission with admin consent, New-ServicePrincipal must be run with the Enterprise Application's object id, and Add-MailboxPermission must give it FullAccess on this mailbox; IMAP must be enabled for the mailbox (Set-CASMailbox -ImapEnabled $true). For delegated access: the user needs IMAP.AccessAsUser.All and access to this mailbox.",
+    );
+    text
+}
+
+/// The SASL XOAUTH2 exchange (as Google and Microsoft define it): the first challenge gets the
+/// credentials; a second one carries the server's error JSON and must be answered with an empty line.
+struct XOAuth2<'a> {
+    login: &'a str,
+    token: &'a str,
+    rounds: usize,
+    server_detail: &'a mut Option<String>,
+}
+
+impl async_imap::Authenticator for XOAuth2<'_> {
+    type Response = Vec<u8>;
+
+    fn process(&mut self, challenge: &[u8]) -> Vec<u8> {
+        self.rounds += 1;
+        if self.rounds == 1 {
+            format!("user={}\x01auth=Bearer {}\x01\x01", self.login, self.token).into_bytes()
+        } else {
+            *self.server_detail = Some(String::from_utf8_lossy(challenge).into_owned());
+            Vec::new()
+        }
+    }
+}
+
+/// What the server reports when a folder is selected.
+#[derive(Debug, Clone, Copy)]
+pub struct SelectedFolder {
+    pub uidvalidity: u32,
+    pub uid_next: Option<u32>,
+    pub exists: u32,
+}
+
+/// A message's envelope facts, listed before any body is downloaded.
+#[derive(Debug, Clone)]
+pub struct MessageSummary {
+    pub uid: Uid,
+    /// RFC822.SIZE. Exchange may report an estimate, so body fetches are capped as well.
+    pub size: u64,
+    /// INTERNALDATE as unix milliseconds.
+    pub internal_date_ms: Option<i64>,
+    pub seen: bool,
+}
+
+/// The result of a capped body fetch.
+#[derive(Debug)]
+pub enum Body {
+    Complete(Vec<u8>),
+    /// The message is larger than the cap; only the first `cap + 1` bytes were transferred.
+    TooLarge,
+}
+
+/// An authenticated IMAP session.
+pub struct Connection {
+    session: Session<TlsStream>,
+    capabilities: HashSet<String>,
+    command_timeout: Duration,
+}
+
+/// Opens a TLS connection to `endpoint`, reads the greeting, and logs in as `login` with the bearer
+/// token.
+#[instrument(skip_all, fields(host = %endpoint.host, port = endpoint.port, login), err)]
+pub async fn connect(
+    endpoint: &ImapEndpoint,
+    login: &str,
+    token: &AccessToken,
+) -> Result<Connection, ImapError> {
+    let connect_timeout = endpoint.timeouts.connect;
+    let address = format!("{}:{}", endpoint.host, endpoint.port);
+    let tcp = within(connect_timeout, "connect", async {
+        TcpStream::connect(&address)
+            .await
+            .map_err(|source| ImapError::Connect {
+                address: address.clone(),
+                source,
+            })
+    })
+    .await?;
+    enable_keepalive(&tcp);
+    let tls = tls_connector(endpoint)?;
+
+    let client = match endpoint.tls {
+        TlsMode::Implicit => {
+            let stream = within(connect_timeout, "TLS handshake", async {
+                tls.connect(endpoint.host.as_str(), tcp)
+                    .await
+                    .map_err(|source| ImapError::Tls {
+                        host: endpoint.host.clone(),
+                        source,
+                    })
+            })
+            .await?;
+            let mut client = async_imap::Client::new(stream);
+            read_greeting(&mut client, connect_timeout).await?;
+            client
+        }
+        TlsMode::Starttls => {
+            let mut plain = async_imap::Client::new(tcp);
+            read_greeting(&mut plain, connect_timeout).await?;
+            within(connect_timeout, "STARTTLS", async {
+                plain
+                    .run_command_and_check_ok("STARTTLS", None)
+                    .await
+                    .map_err(|source| ImapError::Protocol {
+                        operation: "STARTTLS",
+                        source,
+                    })
+            })
+            .await?;
+            let tcp = plain.into_inner();
+            let stream = within(connect_timeout, "TLS handshake", async {
+                tls.connect(endpoint.host.as_str(), tcp)
+                    .await
+                    .map_err(|source| ImapError::Tls {
+                        host: endpoint.host.clone(),
+                        source,
+                    })
+            })
+            .await?;
+            // No second greeting follows STARTTLS (RFC 3501 §6.2.1).
+            async_imap::Client::new(stream)
+        }
+    };
+
+    let mut server_detail = None;
+    let authenticator = XOAuth2 {
+        login,
+        token: token.secret.expose_secret(),
+        rounds: 0,
+        server_detail: &mut server_detail,
+    };
+    let result = within(endpoint.timeouts.command, "AUTHENTICATE", async {
+        Ok(client.authenticate("XOAUTH2", authenticator).await)
+    })
+    .await?;
+    let mut session = match result {
+        Ok(session) => session,
+        Err((async_imap::error::Error::No(response), _))
+        | Err((async_imap::error::Error::Bad(response), _)) => {
+            let server_detail = server_detail.map(|d| decode_challenge(&d));
+            return Err(ImapError::AuthFailed {
+                login: login.to_string(),
+                response,
+                server_detail,
+            });
+        }
+        Err((source, _)) => {
+            return Err(ImapError::Protocol {
+                operation: "AUTHENTICATE",
+                source,
+            });
+        }
+    };
+
+    let capabilities = within(endpoint.timeouts.command, "CAPABILITY", async {
+        session
+            .capabilities()
+            .await
+            .map_err(|source| ImapError::Protocol {
+                operation: "CAPABILITY",
+                source,
+            })
+    })
+    .await?;
+    let capabilities: HashSet<String> = capabilities
+        .iter()
+        .filter_map(|c| match c {
+            async_imap::types::Capability::Atom(atom) => Some(atom.to_ascii_uppercase()),
+            _ => None,
+        })
+        .collect();
+    debug!(?capabilities, "logged in");
+    Ok(Connection {
+        session,
+        capabilities,
+        command_timeout: endpoint.timeouts.command,
+    })
+}
+
+/// The failure challenge is normally JSON; keep it readable and short.
+fn decode_challenge(detail: &str) -> String {
+    detail.trim().chars().take(300).collect()
+}
+
+fn tls_connector(endpoint: &ImapEndpoint) -> Result<async_native_tls::TlsConnector, ImapError> {
+    let mut connector = async_native_tls::TlsConnector::new();
+    if let Some(ca_file) = &endpoint.ca_file {
+        let unexpected = |detail: String| ImapError::Unexpected {
+            operation: "TLS setup",
+            detail,
+        };
+        let pem = std::fs::read(ca_file)
+            .map_err(|e| unexpected(format!("cannot read ca_file {}: {e}", ca_file.display())))?;
+        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
+            unexpected(format!("ca_file {} is not a PEM certificate: {e}", ca_file.display()))
+        })?;
+        connector = connector.add_root_certificate(cert);
+    }
+    Ok(connector)
+}
+
+/// TCP keepalive, so a connection silently dropped by a NAT or firewall is noticed.
+fn enable_keepalive(tcp: &TcpStream) {
+    let socket = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(20));
+    if let Err(e) = socket.set_tcp_keepalive(&keepalive) {
+        warn!(error = %e, "could not enable TCP keepalive");
+    }
+}
+
+async fn read_greeting<T>(
+    client: &mut async_imap::Client<T>,
+    timeout: Duration,
+) -> Result<(), ImapError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + fmt::Debug + Send,
+{
+    let greeting = within(timeout, "greeting", async {
+        client
+            .read_response()
+            .await
+            .map_err(|e| ImapError::Protocol {
+                operation: "greeting",
+                source: e.into(),
+            })
+    })
+    .await?;
+    match greeting {
+        Some(_) => Ok(()),
+        None => Err(ImapError::Unexpected {
+            operation: "greeting",
+            detail: "the server closed the connection before greeting".into(),
+        }),
+    }
+}
+
+/// Runs `operation` with a deadline; a timeout means the connection's state is unknown, so the
+/// caller must drop the connection.
+async fn within<T>(
+    limit: Duration,
+    operation: &'static str,
+    future: impl Future<Output = Result<T, ImapError>>,
+) -> Result<T, ImapError> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(result) => result,
+        Err(_) => Err(ImapError::Timeout {
+            operation,
+            after: limit,
+        }),
+    }
+}
+
+fn protocol(operation: &'static str) -> impl FnOnce(async_imap::error::Error) -> ImapError {
+    move |source| ImapError::Protocol { operation, source }
+}
+
+/// An IMAP quoted string (RFC 3501 §4.3) of an already UTF-7-encoded folder name.
+fn quoted(folder: &str) -> String {
+    let encoded = encode_folder_name(folder);
+    let mut out = String::with_capacity(encoded.len() + 2);
+    out.push('"');
+    for c in encoded.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+impl Connection {
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities.contains(&name.to_ascii_uppercase())
+    }
+
+    /// Selects `folder` read-write.
+    pub async fn select(&mut self, folder: &str) -> Result<SelectedFolder, ImapError> {
+        let encoded = encode_folder_name(folder);
+        let mailbox = within(self.command_timeout, "SELECT", async {
+            self.session.select(&encoded).await.map_err(protocol("SELECT"))
+        })
+        .await?;
+        let uidvalidity = mailbox.uid_validity.ok_or_else(|| ImapError::Unexpected {
+            operation: "SELECT",
+            detail: format!("the server sent no UIDVALIDITY for folder {folder}"),
+        })?;
+        Ok(SelectedFolder {
+            uidvalidity,
+            uid_next: mailbox.uid_next,
+            exists: mailbox.exists,
+        })
+    }
+
+    /// Lists the messages with a UID above `last_uid`, with their sizes, without any body.
+    ///
+    /// The listing is confirmed with `UID SEARCH`: a FETCH that the server ends with NO looks like
+    /// a short, complete result, and a message missed here would be skipped for good.
+    pub async fn list_above(&mut self, last_uid: u32) -> Result<Vec<MessageSummary>, ImapError> {
+        let first = last_uid.saturating_add(1);
+        let range = format!("{first}:*");
+        let mut listed: Vec<MessageSummary> = within(self.command_timeout, "UID FETCH", async {
+            let stream = self
+                .session
+                .uid_fetch(&range, "(UID RFC822.SIZE FLAGS INTERNALDATE)")
+                .await
+                .map_err(protocol("UID FETCH"))?;
+            let fetches: Vec<_> = stream.try_collect().await.map_err(protocol("UID FETCH"))?;
+            Ok(fetches
+                .iter()
+                .filter_map(|fetch| {
+                    let uid = fetch.uid?;
+                    Some(MessageSummary {
+                        uid: Uid(uid),
+                        size: u64::from(fetch.size.unwrap_or(0)),
+                        internal_date_ms: fetch.internal_date().map(|d| d.timestamp_millis()),
+                        seen: fetch
+                            .flags()
+                            .any(|f| matches!(f, async_imap::types::Flag::Seen)),
+                    })
+                })
+                .filter(|m| m.uid.0 >= first)
+                .collect())
+        })
+        .await?;
+        listed.sort_by_key(|m| m.uid);
+        listed.dedup_by_key(|m| m.uid);
+
+        let searched = within(self.command_timeout, "UID SEARCH", async {
+            self.session
+                .uid_search(format!("UID {range}"))
+                .await
+                .map_err(protocol("UID SEARCH"))
+        })
+        .await?;
+        let listed_uids: HashSet<u32> = listed.iter().map(|m| m.uid.0).collect();
+        let missing: Vec<u32> = searched
+            .into_iter()
+            .filter(|uid| *uid >= first && !listed_uids.contains(uid))
+            .collect();
+        if !missing.is_empty() {
+            return Err(ImapError::Unexpected {
+                operation: "UID FETCH",
+                detail: format!(
+                    "the listing missed {} message(s) that UID SEARCH found (e.g. UID {}); retrying later",
+                    missing.len(),
+                    missing[0]
+                ),
+            });
+        }
+        Ok(listed)
+    }
+
+    /// Downloads one message, but never more than `cap + 1` bytes of it (`BODY.PEEK[]<0.N>`, which
+    /// also leaves `\Seen` alone).
+    pub async fn fetch_body(&mut self, uid: Uid, cap: u64) -> Result<Body, ImapError> {
+        let limit = cap.saturating_add(1);
+        let body = within(self.command_timeout, "UID FETCH body", async {
+            let stream = self
+                .session
+                .uid_fetch(uid.to_string(), format!("(UID BODY.PEEK[]<0.{limit}>)"))
+                .await
+                .map_err(protocol("UID FETCH body"))?;
+            let fetches: Vec<_> = stream
+                .try_collect()
+                .await
+                .map_err(protocol("UID FETCH body"))?;
+            Ok(fetches
+                .iter()
+                .find(|f| f.uid == Some(uid.0))
+                .and_then(|f| f.body().map(<[u8]>::to_vec)))
+        })
+        .await?;
+        match body {
+            Some(bytes) if bytes.len() as u64 > cap => Ok(Body::TooLarge),
+            Some(bytes) => Ok(Body::Complete(bytes)),
+            // An empty result may be a NO the library swallowed: never treat it as an empty mail.
+            None => Err(ImapError::Unexpected {
+                operation: "UID FETCH body",
+                detail: format!("the server returned no body for UID {uid}"),
+            }),
+        }
+    }
+
+    /// The header fields that identify a message, without its body: what is recorded for mail
+    /// that is too large to download.
+    pub async fn fetch_identifying_headers(&mut self, uid: Uid) -> Result<Vec<u8>, ImapError> {
+        let header = within(self.command_timeout, "UID FETCH header", async {
+            let stream = self
+                .session
+                .uid_fetch(
+                    uid.to_string(),
+                    "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID FROM SUBJECT DATE)])",
+                )
+                .await
+                .map_err(protocol("UID FETCH header"))?;
+            let fetches: Vec<_> = stream
+                .try_collect()
+                .await
+                .map_err(protocol("UID FETCH header"))?;
+            Ok(fetches
+                .iter()
+                .find(|f| f.uid == Some(uid.0))
+                .and_then(|f| f.header().map(<[u8]>::to_vec)))
+        })
+        .await?;
+        header.ok_or_else(|| ImapError::Unexpected {
+            operation: "UID FETCH header",
+            detail: format!("the server returned no header for UID {uid}"),
+        })
+    }
+
+    /// Sets `\Seen` on `uid`.
+    pub async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError> {
+        self.checked(
+            "UID STORE",
+            format!("UID STORE {uid} +FLAGS.SILENT (\\Seen)"),
+        )
+        .await
+    }
+
+    /// Moves `uid` to `folder`: `UID MOVE` (RFC 6851) where offered, else COPY, `\Deleted` and
+    /// `UID EXPUNGE` (RFC 4315) or, without UIDPLUS, leaves the copy flagged for the next EXPUNGE.
+    pub async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
+        let target = quoted(folder);
+        if self.has_capability("MOVE") {
+            return self
+                .checked("UID MOVE", format!("UID MOVE {uid} {target}"))
+                .await;
+        }
+        self.checked("UID COPY", format!("UID COPY {uid} {target}"))
+            .await?;
+        self.checked(
+            "UID STORE",
+            format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)"),
+        )
+        .await?;
+        if self.has_capability("UIDPLUS") {
+            self.checked("UID EXPUNGE", format!("UID EXPUNGE {uid}"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Creates `folder` unless it exists (`[ALREADYEXISTS]`, RFC 5530, or present in LIST).
+    pub async fn ensure_folder(&mut self, folder: &str) -> Result<(), ImapError> {
+        let encoded = encode_folder_name(folder);
+        let exists = within(self.command_timeout, "LIST", async {
+            let stream = self
+                .session
+                .list(Some(""), Some(&encoded))
+                .await
+                .map_err(protocol("LIST"))?;
+            let names: Vec<_> = stream.try_collect().await.map_err(protocol("LIST"))?;
+            Ok(names.iter().any(|n| n.name() == encoded))
+        })
+        .await?;
+        if exists {
+            return Ok(());
+        }
+        match self
+            .checked("CREATE", format!("CREATE {}", quoted(folder)))
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Created concurrently by someone else: fine.
+            Err(ImapError::Protocol {
+                source: async_imap::error::Error::No(text),
+                ..
+            }) if text.contains("AlreadyExists") || text.to_ascii_uppercase().contains("ALREADYEXISTS") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a command whose answer carries no data we need, and checks its tagged status.
+    async fn checked(&mut self, operation: &'static str, command: String) -> Result<(), ImapError> {
+        within(self.command_timeout, operation, async {
+            self.session
+                .run_command_and_check_ok(&command)
+                .await
+                .map_err(protocol(operation))
+        })
+        .await?;
+        // Unsolicited EXPUNGE/EXISTS responses are informational here; drain them so the library's
+        // bounded channel never fills.
+        while self.session.unsolicited_responses.try_recv().is_ok() {}
+        Ok(())
+    }
+
+    /// Logs out politely; errors are irrelevant at this point.
+    pub async fn logout(mut self) {
+        let _ = within(Duration::from_secs(5), "LOGOUT", async {
+            self.session.logout().await.map_err(protocol("LOGOUT"))
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_names_are_quoted_and_escaped() {
+        assert_eq!(quoted("Processed"), "\"Processed\"");
+        assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+
+    #[test]
+    fn xoauth2_sends_credentials_then_an_empty_answer() {
+        use async_imap::Authenticator;
+        let mut detail = None;
+        let mut auth = XOAuth2 {
+            login: "support@contoso.com",
+            token: "tok",
+            rounds: 0,
+            server_detail: &mut detail,
+        };
+        assert_eq!(
+            auth.process(b""),
+            b"user=support@contoso.com\x01auth=Bearer tok\x01\x01".to_vec()
+        );
+        assert_eq!(auth.process(br#"{"status":"401"}"#), Vec::<u8>::new());
+        assert_eq!(detail.as_deref(), Some(r#"{"status":"401"}"#));
+    }
+}

@@ -1,0 +1,60 @@
+//! Folder names on the wire: IMAP's modified UTF-7 (RFC 3501 §5.1.3).
+//!
+//! Exchange folder names are often localised ("Posteingang/Erledigt", "Käsitelty"). This is the
+//! whole encoder; a crate for it would be larger than the function.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+
+/// Encodes a folder name: printable ASCII stays as it is (`&` becomes `&-`), every run of other
+/// characters becomes `&` + base64 (with `,` for `/`, no padding) of its UTF-16BE + `-`.
+pub fn encode_folder_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut pending: Vec<u16> = Vec::new();
+    let flush = |pending: &mut Vec<u16>, out: &mut String| {
+        if pending.is_empty() {
+            return;
+        }
+        let bytes: Vec<u8> = pending.iter().flat_map(|u| u.to_be_bytes()).collect();
+        out.push('&');
+        out.push_str(&STANDARD_NO_PAD.encode(bytes).replace('/', ","));
+        out.push('-');
+        pending.clear();
+    };
+    for c in name.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut pending, &mut out);
+            if c == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(c);
+            }
+        } else {
+            let mut units = [0u16; 2];
+            pending.extend_from_slice(c.encode_utf16(&mut units));
+        }
+    }
+    flush(&mut pending, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_folder_name;
+
+    #[test]
+    fn ascii_is_unchanged_and_ampersand_is_escaped() {
+        assert_eq!(encode_folder_name("INBOX/Processed"), "INBOX/Processed");
+        assert_eq!(encode_folder_name("Tom & Jerry"), "Tom &- Jerry");
+    }
+
+    #[test]
+    fn rfc_3501_examples() {
+        // RFC 3501 §5.1.3: "~peter/mail/台北/日本語".
+        assert_eq!(
+            encode_folder_name("~peter/mail/\u{53F0}\u{5317}/\u{65E5}\u{672C}\u{8A9E}"),
+            "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+        );
+        assert_eq!(encode_folder_name("Käsitelty"), "K&AOQ-sitelty");
+    }
+}

@@ -1,0 +1,236 @@
+//! Raw RFC 5322 bytes → the fields a ticket row needs, using mail-parser.
+
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// A name and address from a header such as From or To.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Party {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub address: String,
+}
+
+/// Where a message's key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageIdSource {
+    /// The Message-ID header.
+    Header,
+    /// No Message-ID: a deterministic key from the SHA-256 of the raw bytes, so a re-delivery of the
+    /// same bytes is still recognised.
+    ContentHash,
+}
+
+impl MessageIdSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageIdSource::Header => "header",
+            MessageIdSource::ContentHash => "content-hash",
+        }
+    }
+}
+
+/// One attachment or inline part.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub content_id: Option<String>,
+    pub inline: bool,
+    pub content: Vec<u8>,
+    pub sha256: String,
+}
+
+/// A parsed message, owned, with the bodies as the sender sent them.
+#[derive(Debug, Clone)]
+pub struct ParsedMail {
+    /// Without angle brackets.
+    pub message_id: String,
+    pub message_id_source: MessageIdSource,
+    pub subject: String,
+    pub from: Option<Party>,
+    pub reply_to: Option<Party>,
+    pub to: Vec<Party>,
+    pub cc: Vec<Party>,
+    /// The Date header as unix milliseconds.
+    pub date_ms: Option<i64>,
+    pub in_reply_to: Vec<String>,
+    pub references: Vec<String>,
+    /// The text/plain body parts the sender wrote; `None` for HTML-only mail.
+    pub text_body: Option<String>,
+    /// The text/html body parts the sender wrote; `None` for text-only mail.
+    pub html_body: Option<String>,
+    /// The header section as received, kept for audit.
+    pub headers: String,
+    pub attachments: Vec<Attachment>,
+    pub size: u64,
+    /// SHA-256 (hex) of the raw bytes: tells a re-delivery from a different message with a reused
+    /// Message-ID.
+    pub content_sha256: String,
+}
+
+/// Why a message could not be parsed. It is quarantined with this reason and its raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseFailure {
+    #[error("the message is empty")]
+    Empty,
+    #[error("the message has no header section that mail-parser can read")]
+    NoHeaders,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    hex
+}
+
+/// Parses `raw`. Never fails on odd charsets or broken encodings (mail-parser replaces what it
+/// cannot decode); only input without any usable header is refused.
+pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(ParseFailure::Empty);
+    }
+    let message = MessageParser::default()
+        .parse(raw)
+        .ok_or(ParseFailure::NoHeaders)?;
+    if message.headers().is_empty() {
+        return Err(ParseFailure::NoHeaders);
+    }
+    let content_sha256 = sha256_hex(raw);
+
+    let (message_id, message_id_source) = match message.message_id().map(str::trim) {
+        Some(id) if !id.is_empty() => (strip_brackets(id), MessageIdSource::Header),
+        _ => (
+            format!("{content_sha256}@content-hash.mailintake.invalid"),
+            MessageIdSource::ContentHash,
+        ),
+    };
+
+    let text_body = join_parts(
+        message
+            .text_body
+            .iter()
+            .filter_map(|id| message.parts.get(*id as usize))
+            .filter_map(|part| match &part.body {
+                // mail-parser lists an HTML part here too when no text/plain exists, and renders it
+                // as text on request; only real text/plain parts count as the sender's text.
+                PartType::Text(text) => Some(text.as_ref()),
+                _ => None,
+            }),
+    );
+    let html_body = join_parts(
+        message
+            .html_body
+            .iter()
+            .filter_map(|id| message.parts.get(*id as usize))
+            .filter_map(|part| match &part.body {
+                PartType::Html(html) => Some(html.as_ref()),
+                _ => None,
+            }),
+    );
+
+    let attachments = message
+        .attachments
+        .iter()
+        .filter_map(|id| message.parts.get(*id as usize))
+        .map(|part| {
+            let content: Vec<u8> = match &part.body {
+                PartType::Message(nested) => nested.raw_message.to_vec(),
+                _ => part.contents().to_vec(),
+            };
+            let content_type = part
+                .content_type()
+                .map(|ct| match ct.subtype() {
+                    Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                    None => ct.ctype().to_string(),
+                })
+                .unwrap_or_else(|| "application/octet-stream".into())
+                .to_ascii_lowercase();
+            let inline = part
+                .content_disposition()
+                .map(|d| d.ctype().eq_ignore_ascii_case("inline"))
+                .unwrap_or(false);
+            Attachment {
+                filename: part.attachment_name().map(str::to_string),
+                content_type,
+                content_id: part.content_id().map(strip_brackets),
+                inline,
+                sha256: sha256_hex(&content),
+                content,
+            }
+        })
+        .collect();
+
+    let header_end = message.root_part().offset_body as usize;
+    let headers = String::from_utf8_lossy(&raw[..header_end.min(raw.len())]).into_owned();
+
+    Ok(ParsedMail {
+        message_id,
+        message_id_source,
+        subject: message.subject().unwrap_or("").trim().to_string(),
+        from: message.from().and_then(first_party),
+        reply_to: message.reply_to().and_then(first_party),
+        to: message.to().map(all_parties).unwrap_or_default(),
+        cc: message.cc().map(all_parties).unwrap_or_default(),
+        date_ms: message.date().map(|d| d.to_timestamp() * 1000),
+        in_reply_to: id_list(message.in_reply_to()),
+        references: id_list(message.references()),
+        text_body,
+        html_body,
+        headers,
+        attachments,
+        size: raw.len() as u64,
+        content_sha256,
+    })
+}
+
+fn strip_brackets(id: &str) -> String {
+    id.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string()
+}
+
+fn join_parts<'a>(parts: impl Iterator<Item = &'a str>) -> Option<String> {
+    let parts: Vec<&str> = parts.collect();
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("\n"))
+    }
+}
+
+fn party(addr: &mail_parser::Addr<'_>) -> Option<Party> {
+    let address = addr.address()?.trim();
+    if address.is_empty() {
+        return None;
+    }
+    Some(Party {
+        name: addr
+            .name()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string),
+        address: address.to_string(),
+    })
+}
+
+fn first_party(address: &Address<'_>) -> Option<Party> {
+    address.iter().find_map(party)
+}
+
+fn all_parties(address: &Address<'_>) -> Vec<Party> {
+    address.iter().filter_map(party).collect()
+}
+
+fn id_list(value: &HeaderValue<'_>) -> Vec<String> {
+    match value {
+        HeaderValue::Text(id) => vec![strip_brackets(id)],
+        HeaderValue::TextList(ids) => ids.iter().map(|id| strip_brackets(id)).collect(),
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,26 @@
+//! mailintake turns helpdesk mailboxes into ticket rows.
+//!
+//! Read the parts in the order data flows through them:
+//!
+//! - [`config`]: the typed settings file, loaded and validated once; secrets stay secret.
+//! - [`oauth`]: OAuth2 access tokens from Microsoft Entra ID (or any token endpoint), cached per
+//!   identity and shared by every mailbox and protocol that uses that identity.
+//! - [`imap`]: the IMAP connection (TLS, `AUTHENTICATE XOAUTH2`), size-first listing, body fetches and
+//!   folder moves. Only this module knows async-imap's types and its sharp edges.
+//! - [`ingest`]: pure functions from raw message bytes plus facts from the store to a decision
+//!   (new ticket, quarantine, duplicate). No IO.
+//! - [`worker`]: one task per mailbox that drives imap → ingest → store, and disposes of each message
+//!   in IMAP only after its outcome is committed.
+//! - [`store`]: every SQL statement, for SQLite (embedded default) and PostgreSQL, with migrations.
+//! - [`telemetry`]: logging setup.
+//!
+//! `main.rs` only parses the command line ([`cli`]) and calls into these modules.
+
+pub mod cli;
+pub mod config;
+pub mod imap;
+pub mod ingest;
+pub mod oauth;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,122 @@
+//! The `mailintake` binary: parse the command line, start logging, load the config, and call the
+//! library. Exit codes: 0 success, 1 a mailbox or the database failed, 2 invalid configuration.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use mailintake::cli::{Cli, Command};
+use mailintake::config::{Config, redact_url};
+use mailintake::oauth::TokenCache;
+use mailintake::store::Store;
+use mailintake::{telemetry, worker};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("mailintake: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mailintake: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mailintake: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    if let Command::Check = command {
+        println!(
+            "configuration is valid: {} identity(ies), {} mailbox(es), database {}",
+            config.identities.len(),
+            config.mailboxes.len(),
+            redact_url(&config.database.url)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = Store::open(&config.database.url)
+        .await
+        .context("opening the database")?;
+    let code = match command {
+        Command::Check => unreachable!("handled above"),
+        Command::Migrate => {
+            println!("database schema is up to date ({})", redact_url(&config.database.url));
+            ExitCode::SUCCESS
+        }
+        Command::Once => {
+            let tokens = TokenCache::new();
+            let mut failed = 0;
+            for (mailbox, result) in worker::run_once(&config, &store, &tokens).await {
+                match result {
+                    Ok(report) => println!("{mailbox}: {report}"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{mailbox}: FAILED: {e}");
+                    }
+                }
+            }
+            if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Command::Run => {
+            worker::run(Arc::new(config), store.clone(), Arc::new(TokenCache::new()), shutdown_signal()).await;
+            ExitCode::SUCCESS
+        }
+        Command::Tickets { limit, json } => {
+            let tickets = store.recent_tickets(limit).await?;
+            if json {
+                for ticket in &tickets {
+                    println!("{}", serde_json::to_string(ticket)?);
+                }
+            } else if tickets.is_empty() {
+                println!("no tickets yet");
+            } else {
+                println!("{:<11} {:<10} {:<28} {:>4} {:>4}  SUBJECT", "TICKET", "MAILBOX", "REQUESTER", "MSGS", "ATT");
+                for t in &tickets {
+                    println!(
+                        "{:<11} {:<10} {:<28} {:>4} {:>4}  {}",
+                        t.reference,
+                        t.mailbox,
+                        t.requester.as_deref().unwrap_or("-"),
+                        t.n_messages,
+                        t.n_attachments,
+                        t.subject
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    };
+    store.close().await;
+    Ok(code)
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

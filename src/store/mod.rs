@@ -1,0 +1,627 @@
+//! Every SQL statement of mailintake. One set of queries serves SQLite and PostgreSQL through sqlx's
+//! `Any` driver (`$n` placeholders, `RETURNING`, BIGINT times in unix milliseconds); only the
+//! migrations differ per backend (`migrations/sqlite`, `migrations/postgres`).
+//!
+//! Exactly-once rests on two rules kept here: the outcome of an IMAP message (its ticket, quarantine
+//! or duplicate record) and the folder's checkpoint are written in one transaction; and that row,
+//! keyed by (mailbox, folder, uidvalidity, uid), records whether the IMAP disposition is still due.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Connection, Executor, Row};
+
+use crate::ingest::{ParsedMail, Party, QuarantineReason, ticket_reference};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The database backends mailintake runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Database errors; `Conflict` is the one a caller branches on (another worker got there first).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("a row for this message already exists (written concurrently by another worker)")]
+    Conflict,
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Now, as the unix milliseconds stored in every time column.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as i64
+}
+
+/// Where a message sits in IMAP: the key of its `imap_messages` row.
+#[derive(Debug, Clone)]
+pub struct ImapLocation<'a> {
+    pub mailbox: &'a str,
+    pub folder: &'a str,
+    pub uidvalidity: u32,
+    pub uid: u32,
+    pub size: u64,
+    pub internal_date_ms: Option<i64>,
+}
+
+/// A folder's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FolderState {
+    pub uidvalidity: u32,
+    pub last_uid: u32,
+}
+
+/// An `imap_messages` row whose IMAP disposition has not been confirmed yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDisposition {
+    pub row_id: i64,
+    pub uid: u32,
+    /// What to do: `seen`, `move:<folder>`, or `quarantine:<folder>`.
+    pub disposition: String,
+}
+
+/// The outcome recorded for one IMAP message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedOutcome {
+    pub row_id: i64,
+    pub outcome: String,
+    pub ticket_id: Option<i64>,
+    pub disposed: bool,
+    pub disposition: String,
+}
+
+/// A ticket as `mailintake tickets` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TicketSummary {
+    pub id: i64,
+    pub reference: String,
+    pub mailbox: String,
+    pub subject: String,
+    pub requester: Option<String>,
+    pub status: String,
+    pub created_at_ms: i64,
+    pub n_messages: i64,
+    pub n_attachments: i64,
+}
+
+/// The store: a connection pool and its backend.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens (creating an SQLite file and its folder on first use) and migrates the database.
+    pub async fn open(url: &str) -> Result<Store> {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens without migrating.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let redacted = crate::config::redact_url(url);
+        let connect_error = |source| StoreError::Connect {
+            url: redacted.clone(),
+            source,
+        };
+        let (backend, url) = if url.starts_with("sqlite:") {
+            (Backend::Sqlite, sqlite_url(url).map_err(connect_error)?)
+        } else {
+            (Backend::Postgres, url.to_string())
+        };
+        let options = AnyConnectOptions::from_str(&url).map_err(connect_error)?;
+        let pool = AnyPoolOptions::new()
+            // SQLite serialises writers anyway; a few connections let readers run beside one.
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 8,
+            })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers (the helpdesk application) work during ingest; FULL
+                        // fsyncs every commit, which exactly-once needs before the IMAP disposition.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(connect_error)?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the migrations that are not applied yet.
+    pub async fn migrate(&self) -> Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        conn.ping().await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn folder_state(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
+        let row = sqlx::query(
+            "SELECT uidvalidity, last_uid FROM mailbox_state WHERE mailbox = $1 AND folder = $2",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| FolderState {
+            uidvalidity: r.get::<i64, _>(0) as u32,
+            last_uid: r.get::<i64, _>(1) as u32,
+        }))
+    }
+
+    /// Records a folder's (new) UIDVALIDITY with its checkpoint at `last_uid`.
+    pub async fn set_folder_state(&self, mailbox: &str, folder: &str, state: FolderState) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, \
+             last_uid = excluded.last_uid, updated_at = excluded.updated_at",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .bind(i64::from(state.uidvalidity))
+        .bind(i64::from(state.last_uid))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The outcome already recorded for a message, if any.
+    pub async fn recorded_outcome(&self, at: &ImapLocation<'_>) -> Result<Option<RecordedOutcome>> {
+        let row = sqlx::query(
+            "SELECT id, outcome, ticket_id, disposed_at, disposition FROM imap_messages \
+             WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3 AND uid = $4",
+        )
+        .bind(at.mailbox)
+        .bind(at.folder)
+        .bind(i64::from(at.uidvalidity))
+        .bind(i64::from(at.uid))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| RecordedOutcome {
+            row_id: r.get(0),
+            outcome: r.get(1),
+            ticket_id: r.get(2),
+            disposed: r.get::<Option<i64>, _>(3).is_some(),
+            disposition: r.get(4),
+        }))
+    }
+
+    /// Messages of a folder whose outcome is committed but whose IMAP disposition is not confirmed
+    /// (the worker stopped in between).
+    pub async fn pending_dispositions(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<Vec<PendingDisposition>> {
+        let rows = sqlx::query(
+            "SELECT id, uid, disposition FROM imap_messages \
+             WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3 AND disposed_at IS NULL \
+             ORDER BY uid",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .bind(i64::from(uidvalidity))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PendingDisposition {
+                row_id: r.get(0),
+                uid: r.get::<i64, _>(1) as u32,
+                disposition: r.get(2),
+            })
+            .collect())
+    }
+
+    pub async fn mark_disposed(&self, row_id: i64) -> Result<()> {
+        sqlx::query("UPDATE imap_messages SET disposed_at = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(row_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The stored message with this Message-ID: its ticket and content hash.
+    pub async fn message_by_message_id(
+        &self,
+        message_id: &str,
+    ) -> Result<Option<crate::ingest::KnownMessage>> {
+        let row = sqlx::query("SELECT ticket_id, content_sha256 FROM messages WHERE message_id = $1")
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| crate::ingest::KnownMessage {
+            ticket_id: r.get(0),
+            content_sha256: r.get(1),
+        }))
+    }
+
+    /// Opens a ticket with `mail` as its first message, records the IMAP outcome, and advances the
+    /// checkpoint, all in one transaction. Returns the ticket id and reference.
+    pub async fn commit_new_ticket(
+        &self,
+        at: &ImapLocation<'_>,
+        mail: &ParsedMail,
+        disposition: &str,
+    ) -> Result<(i64, String)> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let ticket_id: i64 = sqlx::query(
+            "INSERT INTO tickets (mailbox, subject, requester_address, requester_name, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'new', $5, $5) RETURNING id",
+        )
+        .bind(at.mailbox)
+        .bind(&mail.subject)
+        .bind(mail.from.as_ref().map(|p| p.address.clone()))
+        .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        let reference = ticket_reference(ticket_id);
+        sqlx::query("UPDATE tickets SET reference = $1 WHERE id = $2")
+            .bind(&reference)
+            .bind(ticket_id)
+            .execute(&mut *tx)
+            .await?;
+
+        let inserted = sqlx::query(
+            "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
+             thread_references, subject, from_address, from_name, reply_to, to_addresses, cc_addresses, sent_at, \
+             received_at, body_text, body_html, headers, size_bytes, content_sha256, created_at) \
+             VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+             ON CONFLICT (message_id) DO NOTHING RETURNING id",
+        )
+        .bind(ticket_id)
+        .bind(at.mailbox)
+        .bind(&mail.message_id)
+        .bind(mail.message_id_source.as_str())
+        .bind(mail.in_reply_to.first().cloned())
+        .bind(join_ids(&mail.references))
+        .bind(&mail.subject)
+        .bind(mail.from.as_ref().map(|p| p.address.clone()))
+        .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
+        .bind(mail.reply_to.as_ref().map(|p| p.address.clone()))
+        .bind(parties_json(&mail.to))
+        .bind(parties_json(&mail.cc))
+        .bind(mail.date_ms)
+        .bind(at.internal_date_ms)
+        .bind(mail.text_body.clone())
+        .bind(mail.html_body.clone())
+        .bind(&mail.headers)
+        .bind(mail.size as i64)
+        .bind(&mail.content_sha256)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // Another worker stored this Message-ID between our check and this insert.
+        let Some(message_row) = inserted else {
+            return Err(StoreError::Conflict);
+        };
+        let message_row_id: i64 = message_row.get(0);
+
+        for attachment in &mail.attachments {
+            sqlx::query(
+                "INSERT INTO attachment_blobs (sha256, size_bytes, content) VALUES ($1, $2, $3) \
+                 ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(&attachment.sha256)
+            .bind(attachment.content.len() as i64)
+            .bind(attachment.content.clone())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO attachments (message_id, filename, content_type, content_id, disposition, size_bytes, sha256, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(message_row_id)
+            .bind(attachment.filename.clone())
+            .bind(&attachment.content_type)
+            .bind(attachment.content_id.clone())
+            .bind(if attachment.inline { "inline" } else { "attachment" })
+            .bind(attachment.content.len() as i64)
+            .bind(&attachment.sha256)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        record_outcome(
+            &mut tx,
+            at,
+            &mail.message_id,
+            Outcome {
+                outcome: "ticket",
+                ticket_id: Some(ticket_id),
+                message_row_id: Some(message_row_id),
+                quarantine_id: None,
+                detail: None,
+                disposition,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((ticket_id, reference))
+    }
+
+    /// Records a message that is already stored (same Message-ID and content).
+    pub async fn commit_duplicate(
+        &self,
+        at: &ImapLocation<'_>,
+        message_id: &str,
+        ticket_id: i64,
+        disposition: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        record_outcome(
+            &mut tx,
+            at,
+            message_id,
+            Outcome {
+                outcome: "duplicate",
+                ticket_id: Some(ticket_id),
+                message_row_id: None,
+                quarantine_id: None,
+                detail: Some("the same message is already stored".into()),
+                disposition,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a quarantined message (with its raw bytes when they were downloaded).
+    pub async fn commit_quarantine(
+        &self,
+        at: &ImapLocation<'_>,
+        envelope: &QuarantineEnvelope,
+        reason: &QuarantineReason,
+        raw: Option<&[u8]>,
+        disposition: &str,
+    ) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let quarantine_id: i64 = sqlx::query(
+            "INSERT INTO quarantine (mailbox, folder, uidvalidity, uid, message_id, size_bytes, from_address, subject, \
+             reason, detail, raw, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        )
+        .bind(at.mailbox)
+        .bind(at.folder)
+        .bind(i64::from(at.uidvalidity))
+        .bind(i64::from(at.uid))
+        .bind(&envelope.message_id)
+        .bind(at.size as i64)
+        .bind(envelope.from.clone())
+        .bind(envelope.subject.clone())
+        .bind(reason.code())
+        .bind(reason.detail())
+        .bind(raw.map(<[u8]>::to_vec))
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        record_outcome(
+            &mut tx,
+            at,
+            &envelope.message_id,
+            Outcome {
+                outcome: "quarantined",
+                ticket_id: None,
+                message_row_id: None,
+                quarantine_id: Some(quarantine_id),
+                detail: Some(reason.detail()),
+                disposition,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(quarantine_id)
+    }
+
+    /// The most recent tickets, newest first.
+    pub async fn recent_tickets(&self, limit: i64) -> Result<Vec<TicketSummary>> {
+        let rows = sqlx::query(
+            "SELECT t.id, t.reference, t.mailbox, t.subject, t.requester_address, t.status, t.created_at, \
+             (SELECT COUNT(*) FROM messages m WHERE m.ticket_id = t.id), \
+             (SELECT COUNT(*) FROM attachments a JOIN messages m ON a.message_id = m.id WHERE m.ticket_id = t.id) \
+             FROM tickets t ORDER BY t.id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TicketSummary {
+                id: r.get(0),
+                reference: r.get::<Option<String>, _>(1).unwrap_or_default(),
+                mailbox: r.get(2),
+                subject: r.get(3),
+                requester: r.get(4),
+                status: r.get(5),
+                created_at_ms: r.get(6),
+                n_messages: r.get(7),
+                n_attachments: r.get(8),
+            })
+            .collect())
+    }
+
+    /// The pool, for tests and admin commands that read rows directly.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// What is known of a quarantined message's envelope (from its headers, if they were read).
+#[derive(Debug, Clone, Default)]
+pub struct QuarantineEnvelope {
+    pub message_id: String,
+    pub from: Option<String>,
+    pub subject: Option<String>,
+}
+
+struct Outcome<'a> {
+    outcome: &'static str,
+    ticket_id: Option<i64>,
+    message_row_id: Option<i64>,
+    quarantine_id: Option<i64>,
+    detail: Option<String>,
+    disposition: &'a str,
+}
+
+/// Writes the `imap_messages` row and advances the checkpoint, inside the caller's transaction.
+async fn record_outcome(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    at: &ImapLocation<'_>,
+    message_id: &str,
+    outcome: Outcome<'_>,
+) -> Result<()> {
+    let now = now_ms();
+    let inserted = sqlx::query(
+        "INSERT INTO imap_messages (mailbox, folder, uidvalidity, uid, message_id, size_bytes, outcome, ticket_id, \
+         message_row_id, quarantine_id, detail, disposition, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (mailbox, folder, uidvalidity, uid) DO NOTHING RETURNING id",
+    )
+    .bind(at.mailbox)
+    .bind(at.folder)
+    .bind(i64::from(at.uidvalidity))
+    .bind(i64::from(at.uid))
+    .bind(message_id)
+    .bind(at.size as i64)
+    .bind(outcome.outcome)
+    .bind(outcome.ticket_id)
+    .bind(outcome.message_row_id)
+    .bind(outcome.quarantine_id)
+    .bind(outcome.detail)
+    .bind(outcome.disposition)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if inserted.is_none() {
+        return Err(StoreError::Conflict);
+    }
+    // The checkpoint only moves forward, and only for the UIDVALIDITY it was recorded under.
+    sqlx::query(
+        "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, updated_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (mailbox, folder) DO UPDATE SET last_uid = excluded.last_uid, updated_at = excluded.updated_at \
+         WHERE mailbox_state.uidvalidity = excluded.uidvalidity AND mailbox_state.last_uid < excluded.last_uid",
+    )
+    .bind(at.mailbox)
+    .bind(at.folder)
+    .bind(i64::from(at.uidvalidity))
+    .bind(i64::from(at.uid))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn parties_json(parties: &[Party]) -> String {
+    serde_json::to_string(parties).unwrap_or_else(|_| "[]".into())
+}
+
+fn join_ids(ids: &[String]) -> Option<String> {
+    if ids.is_empty() {
+        None
+    } else {
+        Some(
+            ids.iter()
+                .map(|id| format!("<{id}>"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    }
+}
+
+/// Adds `mode=rwc` (create when missing) to an SQLite URL and creates the file's folder.
+fn sqlite_url(url: &str) -> Result<String, sqlx::Error> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:" && !path.is_empty() {
+        if let Some(parent) = Path::new(path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
+        }
+    }
+    if query.contains("mode=") {
+        Ok(url.to_string())
+    } else if query.is_empty() {
+        Ok(format!("sqlite://{path}?mode=rwc"))
+    } else {
+        Ok(format!("sqlite://{path}?{query}&mode=rwc"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_get_create_mode() {
+        assert_eq!(sqlite_url("sqlite::memory:").unwrap(), "sqlite://:memory:?mode=rwc");
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("sub/x.db");
+        let url = format!("sqlite://{}", db.display());
+        assert_eq!(sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
+        assert!(dir.path().join("sub").is_dir());
+        assert_eq!(sqlite_url("sqlite://a.db?mode=ro").unwrap(), "sqlite://a.db?mode=ro");
+    }
+}
