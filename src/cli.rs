@@ -5,10 +5,20 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "mailintake", version, about = "Turns helpdesk mailboxes into ticket rows")]
+#[command(
+    name = "mailintake",
+    version,
+    about = "Turns helpdesk mailboxes into ticket rows"
+)]
 pub struct Cli {
     /// The configuration file (TOML). Keys can be overridden with MAILINTAKE_SECTION__KEY variables.
-    #[arg(long, short, global = true, env = "MAILINTAKE_CONFIG", default_value = "config/mailintake.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "MAILINTAKE_CONFIG",
+        default_value = "config/mailintake.toml"
+    )]
     pub config: PathBuf,
 
     /// Log output: human-readable lines or JSON lines. Filter with RUST_LOG (default: info).

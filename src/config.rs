@@ -41,7 +41,9 @@ pub struct DatabaseConfig {
 
 impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DatabaseConfig").field("url", &redact_url(&self.url)).finish()
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .finish()
     }
 }
 
@@ -172,11 +174,13 @@ impl Config {
             });
         }
         // Nested keys are separated by a double underscore, e.g.
-        // MAILINTAKE_DATABASE__URL or MAILINTAKE_IDENTITIES__DEMO__CLIENT_SECRET.
-        // MAILINTAKE_CONFIG and MAILINTAKE_LOG_FORMAT belong to the command line, not the file.
+        // MAILINTAKE_DATABASE__URL or MAILINTAKE_IDENTITIES__DEMO__CLIENT_SECRET. Every setting
+        // lives in a section, so variables without a double underscore (MAILINTAKE_CONFIG, or a
+        // secret named MAILINTAKE_SUPPORT_SECRET and referenced with { env = ... }) are not
+        // overrides and are left alone.
         let env = Env::prefixed("MAILINTAKE_")
             .split("__")
-            .ignore(&["config", "log_format"]);
+            .filter(|key| key.as_str().contains('.'));
         let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
         let base_dir = path.parent().unwrap_or(Path::new("."));
         Self::from_figment(figment, base_dir).map_err(|problems| ConfigError::Invalid {
@@ -229,10 +233,7 @@ fn figment_problems(error: figment::Error) -> Vec<ConfigProblem> {
                     };
                     return ConfigProblem {
                         key: key_path,
-                        message: format!(
-                            "unknown key; expected one of: {}",
-                            expected.join(", ")
-                        ),
+                        message: format!("unknown key; expected one of: {}", expected.join(", ")),
                     };
                 }
                 Kind::MissingField(field) => {
@@ -260,9 +261,7 @@ fn figment_problems(error: figment::Error) -> Vec<ConfigProblem> {
                     format!("expected {expected}, found {len} elements")
                 }
                 Kind::Message(message) => message.clone(),
-                Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => {
-                    "number out of range".into()
-                }
+                Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "number out of range".into(),
                 Kind::Unsupported(actual) => format!("unsupported value: {}", actual_kind(actual)),
                 Kind::UnsupportedKey(actual, _) => {
                     format!("unsupported key type: {}", actual_kind(actual))
@@ -340,10 +339,19 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
         if m.name.trim().is_empty() {
             problem(key("name"), "must not be empty".into());
         } else if !names.insert(m.name.clone()) {
-            problem(key("name"), format!("`{}` is used by two mailboxes; names must be unique", m.name));
+            problem(
+                key("name"),
+                format!(
+                    "`{}` is used by two mailboxes; names must be unique",
+                    m.name
+                ),
+            );
         }
         if !m.address.contains('@') {
-            problem(key("address"), "must be an email address (the IMAP login)".into());
+            problem(
+                key("address"),
+                "must be an email address (the IMAP login)".into(),
+            );
         }
         if !declared.contains(&m.identity) {
             let known: Vec<&str> = declared.iter().map(String::as_str).collect();
@@ -352,7 +360,11 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
                 format!(
                     "names identity `{}`, which is not declared; declared identities: {}",
                     m.identity,
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             );
         }
@@ -365,12 +377,18 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
         if let Some(ca) = &ca_file
             && !ca.is_file()
         {
-            problem(key("imap.ca_file"), format!("file {} does not exist", ca.display()));
+            problem(
+                key("imap.ca_file"),
+                format!("file {} does not exist", ca.display()),
+            );
         }
         let dispose = match m.dispose.as_deref().unwrap_or("seen") {
             "seen" => Disposal::MarkSeen,
             "move" => Disposal::Move {
-                folder: m.processed_folder.clone().unwrap_or_else(|| "Processed".into()),
+                folder: m
+                    .processed_folder
+                    .clone()
+                    .unwrap_or_else(|| "Processed".into()),
             },
             _ => {
                 problem(key("dispose"), "must be \"seen\" or \"move\"".into());
@@ -436,20 +454,24 @@ fn validate_identity(
 ) -> Option<Identity> {
     let key = |field: &str| format!("identities.{name}.{field}");
     let mut ok = true;
-    let secret = |field: &str, value: Option<raw::Secret>, problem: &mut dyn FnMut(String, String)| {
-        value.and_then(|s| match s.resolve(base_dir) {
-            Ok(v) => Some(v),
-            Err(message) => {
-                problem(key(field), message);
-                None
-            }
-        })
-    };
+    let secret =
+        |field: &str, value: Option<raw::Secret>, problem: &mut dyn FnMut(String, String)| {
+            value.and_then(|s| match s.resolve(base_dir) {
+                Ok(v) => Some(v),
+                Err(message) => {
+                    problem(key(field), message);
+                    None
+                }
+            })
+        };
 
     let flow = raw.flow.as_deref().unwrap_or("client_credentials");
     let grant = match flow {
         "client_credentials" => {
-            for (field, present) in [("username", raw.username.is_some()), ("password", raw.password.is_some())] {
+            for (field, present) in [
+                ("username", raw.username.is_some()),
+                ("password", raw.password.is_some()),
+            ] {
                 if present {
                     problem(key(field), "is only used with flow = \"password\"".into());
                     ok = false;
@@ -472,12 +494,18 @@ fn validate_identity(
         "password" => {
             let username = raw.username.clone();
             if username.is_none() {
-                problem(key("username"), "missing; the account's user principal name (user@tenant)".into());
+                problem(
+                    key("username"),
+                    "missing; the account's user principal name (user@tenant)".into(),
+                );
                 ok = false;
             }
             let password = secret("password", raw.password, problem);
             if password.is_none() {
-                problem(key("password"), "missing; give it as { env = \"VARIABLE\" } or { file = \"PATH\" }".into());
+                problem(
+                    key("password"),
+                    "missing; give it as { env = \"VARIABLE\" } or { file = \"PATH\" }".into(),
+                );
                 ok = false;
             }
             let client_secret = secret("client_secret", raw.client_secret, problem);
@@ -501,17 +529,25 @@ fn validate_identity(
     };
 
     if raw.client_id.trim().is_empty() {
-        problem(key("client_id"), "must not be empty; the Application (client) ID".into());
+        problem(
+            key("client_id"),
+            "must not be empty; the Application (client) ID".into(),
+        );
         ok = false;
     }
 
     let token_url = match (&raw.token_url, &raw.authority, &raw.tenant) {
-        (Some(url), _, _) => parse_endpoint(url).map_err(|e| problem(key("token_url"), e)).ok(),
+        (Some(url), _, _) => parse_endpoint(url)
+            .map_err(|e| problem(key("token_url"), e))
+            .ok(),
         (None, Some(authority), _) => {
             let authority = authority.replace("{tenant}", raw.tenant.as_deref().unwrap_or(""));
-            parse_endpoint(&format!("{}/oauth2/v2.0/token", authority.trim_end_matches('/')))
-                .map_err(|e| problem(key("authority"), e))
-                .ok()
+            parse_endpoint(&format!(
+                "{}/oauth2/v2.0/token",
+                authority.trim_end_matches('/')
+            ))
+            .map_err(|e| problem(key("authority"), e))
+            .ok()
         }
         (None, None, Some(tenant)) if !tenant.trim().is_empty() => parse_endpoint(&format!(
             "{DEFAULT_AUTHORITY_HOST}/{}/oauth2/v2.0/token",
@@ -540,7 +576,9 @@ fn validate_identity(
     if flow == "client_credentials" && !scope.trim_end().ends_with("/.default") {
         problem(
             key("scope"),
-            format!("app-only tokens need a scope ending in /.default, e.g. {EXCHANGE_RESOURCE}/.default"),
+            format!(
+                "app-only tokens need a scope ending in /.default, e.g. {EXCHANGE_RESOURCE}/.default"
+            ),
         );
         ok = false;
     }
@@ -549,7 +587,10 @@ fn validate_identity(
     if let Some(ca) = &ca_file
         && !ca.is_file()
     {
-        problem(key("ca_file"), format!("file {} does not exist", ca.display()));
+        problem(
+            key("ca_file"),
+            format!("file {} does not exist", ca.display()),
+        );
         ok = false;
     }
 
@@ -582,7 +623,11 @@ fn parse_endpoint(text: &str) -> Result<Url, String> {
 
 fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+    host == "localhost"
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 fn parse_duration(text: Option<&str>, default: Duration) -> Result<Duration, String> {
@@ -674,7 +719,10 @@ mod raw {
     /// Where a secret comes from: `{ env = "NAME" }`, `{ file = "PATH" }`, or a plain string (meant
     /// for `MAILINTAKE_…` environment overrides; avoid literal secrets in files).
     #[derive(Deserialize)]
-    #[serde(untagged, expecting = "a secret: { env = \"NAME\" }, { file = \"PATH\" } or a string")]
+    #[serde(
+        untagged,
+        expecting = "a secret: { env = \"NAME\" }, { file = \"PATH\" } or a string"
+    )]
     pub enum Secret {
         Env { env: String },
         File { file: PathBuf },
@@ -686,15 +734,19 @@ mod raw {
             match self {
                 Secret::Env { env } => match std::env::var(&env) {
                     Ok(value) if !value.is_empty() => Ok(SecretString::from(value)),
-                    Ok(_) => Err(format!("environment variable {env} is empty; set it to the secret")),
-                    Err(_) => Err(format!("environment variable {env} is not set; set it to the secret")),
+                    Ok(_) => Err(format!(
+                        "environment variable {env} is empty; set it to the secret"
+                    )),
+                    Err(_) => Err(format!(
+                        "environment variable {env} is not set; set it to the secret"
+                    )),
                 },
                 Secret::File { file } => {
                     let path = base_dir.join(&file);
                     match std::fs::read_to_string(&path) {
-                        Ok(text) if !text.trim().is_empty() => {
-                            Ok(SecretString::from(text.trim_end_matches(['\r', '\n']).to_string()))
-                        }
+                        Ok(text) if !text.trim().is_empty() => Ok(SecretString::from(
+                            text.trim_end_matches(['\r', '\n']).to_string(),
+                        )),
                         Ok(_) => Err(format!("secret file {} is empty", path.display())),
                         Err(e) => Err(format!("cannot read secret file {}: {e}", path.display())),
                     }
@@ -765,7 +817,10 @@ mod tests {
             "token_url = \"https://idp.example.net/oauth/token\"",
         );
         let config = load(&text).unwrap();
-        assert_eq!(config.identity("app").token_url.as_str(), "https://idp.example.net/oauth/token");
+        assert_eq!(
+            config.identity("app").token_url.as_str(),
+            "https://idp.example.net/oauth/token"
+        );
 
         let text = MINIMAL.replace(
             "tenant = \"contoso.onmicrosoft.com\"",
@@ -797,7 +852,10 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let text = MINIMAL.replace("name = \"support\"", "name = \"support\"\npoll_intervall = \"5s\"");
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\npoll_intervall = \"5s\"",
+        );
         let problems = load(&text).unwrap_err();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].key.ends_with("poll_intervall"), "{problems:?}");
@@ -812,13 +870,20 @@ mod tests {
         );
         let problems = load(&text).unwrap_err();
         assert_eq!(problems[0].key, "identities.app.client_secret");
-        assert!(problems[0].message.contains("MAILINTAKE_TEST_SURELY_UNSET_VARIABLE"));
+        assert!(
+            problems[0]
+                .message
+                .contains("MAILINTAKE_TEST_SURELY_UNSET_VARIABLE")
+        );
     }
 
     #[test]
     fn mistyped_secret_is_not_echoed() {
         // A secret given where a number is expected must not appear in the message.
-        let text = MINIMAL.replace("imap = { host = \"outlook.office365.com\" }", "imap = { host = \"h\", port = \"s3cr3t-value\" }");
+        let text = MINIMAL.replace(
+            "imap = { host = \"outlook.office365.com\" }",
+            "imap = { host = \"h\", port = \"s3cr3t-value\" }",
+        );
         let problems = load(&text).unwrap_err();
         let rendered = format!("{problems:?}");
         assert!(!rendered.contains("s3cr3t-value"), "{rendered}");
@@ -841,7 +906,10 @@ mod tests {
         let text = MINIMAL.replace("identity = \"app\"", "identity = \"missing\"");
         let problems = load(&text).unwrap_err();
         assert_eq!(problems[0].key, "mailboxes[0].identity");
-        assert!(problems[0].message.contains("declared identities: app"), "{problems:?}");
+        assert!(
+            problems[0].message.contains("declared identities: app"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -22,7 +22,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("mailintake: cannot start the async runtime: {e}");
@@ -54,7 +57,10 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
     let code = match command {
         Command::Check => unreachable!("handled above"),
         Command::Migrate => {
-            println!("database schema is up to date ({})", redact_url(&config.database.url));
+            println!(
+                "database schema is up to date ({})",
+                redact_url(&config.database.url)
+            );
             ExitCode::SUCCESS
         }
         Command::Once => {
@@ -69,10 +75,20 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                     }
                 }
             }
-            if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Command::Run => {
-            worker::run(Arc::new(config), store.clone(), Arc::new(TokenCache::new()), shutdown_signal()).await;
+            worker::run(
+                Arc::new(config),
+                store.clone(),
+                Arc::new(TokenCache::new()),
+                shutdown_signal(),
+            )
+            .await;
             ExitCode::SUCCESS
         }
         Command::Tickets { limit, json } => {
@@ -84,7 +100,10 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             } else if tickets.is_empty() {
                 println!("no tickets yet");
             } else {
-                println!("{:<11} {:<10} {:<28} {:>4} {:>4}  SUBJECT", "TICKET", "MAILBOX", "REQUESTER", "MSGS", "ATT");
+                println!(
+                    "{:<11} {:<10} {:<28} {:>4} {:>4}  SUBJECT",
+                    "TICKET", "MAILBOX", "REQUESTER", "MSGS", "ATT"
+                );
                 for t in &tickets {
                     println!(
                         "{:<11} {:<10} {:<28} {:>4} {:>4}  {}",

@@ -79,9 +79,17 @@ impl std::fmt::Display for CycleReport {
 /// What a single message became.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageOutcome {
-    Ticket { ticket_id: i64, reference: String },
-    Duplicate { ticket_id: i64 },
-    Quarantined { quarantine_id: i64, reason: String },
+    Ticket {
+        ticket_id: i64,
+        reference: String,
+    },
+    Duplicate {
+        ticket_id: i64,
+    },
+    Quarantined {
+        quarantine_id: i64,
+        reason: String,
+    },
     /// Recorded before (a restart after a crash); only the disposition was completed.
     AlreadyRecorded,
 }
@@ -101,7 +109,7 @@ async fn login(ctx: &MailboxContext<'_>) -> Result<Connection, CycleError> {
     match imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token).await {
         Ok(conn) => Ok(conn),
         Err(e) if e.is_auth_failure() => {
-            warn!(error = %e, "login refused; retrying once with a new token");
+            warn!("login refused; retrying once with a new token");
             ctx.tokens.invalidate(&ctx.identity.name, &token).await;
             let token = ctx.tokens.token(ctx.identity).await?;
             Ok(imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token).await?)
@@ -112,7 +120,7 @@ async fn login(ctx: &MailboxContext<'_>) -> Result<Connection, CycleError> {
 
 /// One pass over a mailbox: complete pending dispositions, then ingest every message above the
 /// checkpoint. Stops early (between messages) when `shutdown` is cancelled.
-#[instrument(skip_all, fields(mailbox = %ctx.mailbox.name), err)]
+#[instrument(skip_all, fields(mailbox = %ctx.mailbox.name))]
 pub async fn run_cycle(
     ctx: &MailboxContext<'_>,
     shutdown: &CancellationToken,
@@ -131,7 +139,11 @@ async fn cycle_on(
     let mailbox = ctx.mailbox;
     let mut report = CycleReport::default();
     let selected = conn.select(&mailbox.folder).await?;
-    let state = match ctx.store.folder_state(&mailbox.name, &mailbox.folder).await? {
+    let state = match ctx
+        .store
+        .folder_state(&mailbox.name, &mailbox.folder)
+        .await?
+    {
         Some(state) if state.uidvalidity == selected.uidvalidity => state,
         previous => {
             if let Some(previous) = previous {
@@ -172,9 +184,15 @@ async fn cycle_on(
             info!("shutdown requested; stopping between messages");
             break;
         }
-        let outcome =
-            process_one(ctx, conn, &mut folders, selected.uidvalidity, summary, &mut report)
-                .await?;
+        let outcome = process_one(
+            ctx,
+            conn,
+            &mut folders,
+            selected.uidvalidity,
+            summary,
+            &mut report,
+        )
+        .await?;
         match outcome {
             MessageOutcome::Ticket { .. } => report.n_tickets += 1,
             MessageOutcome::Duplicate { .. } => report.n_duplicates += 1,
@@ -256,7 +274,10 @@ pub async fn process_one(
     let raw = if summary.size > mailbox.max_message_bytes {
         None
     } else {
-        match conn.fetch_body(summary.uid, mailbox.max_message_bytes).await? {
+        match conn
+            .fetch_body(summary.uid, mailbox.max_message_bytes)
+            .await?
+        {
             Body::Complete(bytes) => {
                 report.bytes_fetched += bytes.len() as u64;
                 Some(bytes)
@@ -282,7 +303,11 @@ pub async fn process_one(
             .store
             .commit_quarantine(&at, &envelope, &reason, None, &disposition)
             .await?;
-        warn!(quarantine_id, reason = reason.code(), "quarantined without downloading");
+        warn!(
+            quarantine_id,
+            reason = reason.code(),
+            "quarantined without downloading"
+        );
         finish(ctx, conn, folders, &at, summary.uid, &disposition).await?;
         return Ok(MessageOutcome::Quarantined {
             quarantine_id,
@@ -307,7 +332,10 @@ pub async fn process_one(
             subject: Some(mail.subject.clone()),
         },
         Err(_) => QuarantineEnvelope {
-            message_id: format!("{}@content-hash.mailintake.invalid", ingest::sha256_hex(&raw)),
+            message_id: format!(
+                "{}@content-hash.mailintake.invalid",
+                ingest::sha256_hex(&raw)
+            ),
             ..QuarantineEnvelope::default()
         },
     };
@@ -318,7 +346,13 @@ pub async fn process_one(
             match ctx.store.commit_new_ticket(&at, &mail, &disposition).await {
                 Ok((ticket_id, reference)) => {
                     info!(ticket_id, %reference, subject = %mail.subject, "new ticket");
-                    (MessageOutcome::Ticket { ticket_id, reference }, disposition)
+                    (
+                        MessageOutcome::Ticket {
+                            ticket_id,
+                            reference,
+                        },
+                        disposition,
+                    )
                 }
                 // Another worker stored the same Message-ID (or this UID) meanwhile: record it as
                 // a duplicate if the UID is still unrecorded, else leave it to that worker.
@@ -402,7 +436,10 @@ fn envelope_from_header(header: &[u8], summary: &MessageSummary) -> QuarantineEn
             key.extend_from_slice(
                 format!("\n{}\n{:?}", summary.size, summary.internal_date_ms).as_bytes(),
             );
-            format!("{}@header-hash.mailintake.invalid", ingest::sha256_hex(&key))
+            format!(
+                "{}@header-hash.mailintake.invalid",
+                ingest::sha256_hex(&key)
+            )
         }
     };
     QuarantineEnvelope {

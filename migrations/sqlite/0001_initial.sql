@@ -35,6 +35,7 @@ CREATE TABLE messages (
     headers           TEXT NOT NULL,
     size_bytes        BIGINT NOT NULL,
     content_sha256    TEXT NOT NULL,
+    fingerprint       TEXT NOT NULL,
     created_at        BIGINT NOT NULL
 );
 CREATE INDEX messages_ticket ON messages (ticket_id);

@@ -158,7 +158,7 @@ pub struct Connection {
 
 /// Opens a TLS connection to `endpoint`, reads the greeting, and logs in as `login` with the bearer
 /// token.
-#[instrument(skip_all, fields(host = %endpoint.host, port = endpoint.port, login), err)]
+#[instrument(skip_all, fields(host = %endpoint.host, port = endpoint.port))]
 pub async fn connect(
     endpoint: &ImapEndpoint,
     login: &str,
@@ -236,6 +236,17 @@ pub async fn connect(
         Ok(session) => session,
         Err((async_imap::error::Error::No(response), _))
         | Err((async_imap::error::Error::Bad(response), _)) => {
+            let response = server_text(&response);
+            // RFC 5530: [UNAVAILABLE] means the server could not check the credentials right now
+            // (its identity provider is down); that is worth a retry, not an administrator.
+            if response.to_ascii_uppercase().contains("[UNAVAILABLE]") {
+                return Err(ImapError::Unexpected {
+                    operation: "AUTHENTICATE",
+                    detail: format!(
+                        "the server could not check the token right now, try again later: {response}"
+                    ),
+                });
+            }
             let server_detail = server_detail.map(|d| decode_challenge(&d));
             return Err(ImapError::AuthFailed {
                 login: login.to_string(),
@@ -276,6 +287,14 @@ pub async fn connect(
     })
 }
 
+/// async-imap renders a tagged NO as `code: Some(..), info: Some("text")`; keep the server's text.
+fn server_text(rendered: &str) -> String {
+    match rendered.split_once("info: Some(\"") {
+        Some((_, rest)) => rest.trim_end_matches(')').trim_end_matches('"').to_string(),
+        None => rendered.to_string(),
+    }
+}
+
 /// The failure challenge is normally JSON; keep it readable and short.
 fn decode_challenge(detail: &str) -> String {
     detail.trim().chars().take(300).collect()
@@ -291,7 +310,10 @@ fn tls_connector(endpoint: &ImapEndpoint) -> Result<async_native_tls::TlsConnect
         let pem = std::fs::read(ca_file)
             .map_err(|e| unexpected(format!("cannot read ca_file {}: {e}", ca_file.display())))?;
         let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
-            unexpected(format!("ca_file {} is not a PEM certificate: {e}", ca_file.display()))
+            unexpected(format!(
+                "ca_file {} is not a PEM certificate: {e}",
+                ca_file.display()
+            ))
         })?;
         connector = connector.add_root_certificate(cert);
     }
@@ -379,7 +401,10 @@ impl Connection {
     pub async fn select(&mut self, folder: &str) -> Result<SelectedFolder, ImapError> {
         let encoded = encode_folder_name(folder);
         let mailbox = within(self.command_timeout, "SELECT", async {
-            self.session.select(&encoded).await.map_err(protocol("SELECT"))
+            self.session
+                .select(&encoded)
+                .await
+                .map_err(protocol("SELECT"))
         })
         .await?;
         let uidvalidity = mailbox.uid_validity.ok_or_else(|| ImapError::Unexpected {
@@ -568,7 +593,11 @@ impl Connection {
             Err(ImapError::Protocol {
                 source: async_imap::error::Error::No(text),
                 ..
-            }) if text.contains("AlreadyExists") || text.to_ascii_uppercase().contains("ALREADYEXISTS") => Ok(()),
+            }) if text.contains("AlreadyExists")
+                || text.to_ascii_uppercase().contains("ALREADYEXISTS") =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -600,6 +629,17 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_text_is_extracted_from_async_imap_errors() {
+        assert_eq!(
+            server_text(
+                r#"code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")"#
+            ),
+            "[AUTHENTICATIONFAILED] Authentication failed."
+        );
+        assert_eq!(server_text("plain"), "plain");
+    }
 
     #[test]
     fn folder_names_are_quoted_and_escaped() {

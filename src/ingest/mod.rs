@@ -12,7 +12,8 @@ pub use parse::{Attachment, MessageIdSource, ParseFailure, ParsedMail, Party, pa
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownMessage {
     pub ticket_id: i64,
-    pub content_sha256: String,
+    /// [`ParsedMail::fingerprint`] of the stored message.
+    pub fingerprint: String,
 }
 
 /// Facts from the store that a decision needs.
@@ -75,7 +76,7 @@ pub fn decide(parsed: Result<ParsedMail, ParseFailure>, facts: &Facts) -> Decisi
         Err(failure) => return Decision::Quarantine(QuarantineReason::Unparseable(failure)),
     };
     match &facts.same_message_id {
-        Some(known) if known.content_sha256 == mail.content_sha256 => Decision::Duplicate {
+        Some(known) if known.fingerprint == mail.fingerprint => Decision::Duplicate {
             ticket_id: known.ticket_id,
         },
         Some(known) => Decision::Quarantine(QuarantineReason::MessageIdConflict {

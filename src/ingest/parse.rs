@@ -65,9 +65,13 @@ pub struct ParsedMail {
     pub headers: String,
     pub attachments: Vec<Attachment>,
     pub size: u64,
-    /// SHA-256 (hex) of the raw bytes: tells a re-delivery from a different message with a reused
-    /// Message-ID.
+    /// SHA-256 (hex) of the raw bytes, for audit.
     pub content_sha256: String,
+    /// SHA-256 (hex) of what the sender wrote: the identifying header fields and the body, without
+    /// the trace fields (Received, Return-Path, Delivered-To, …) that every delivery adds. Equal for
+    /// the copies of one message delivered to two mailboxes or re-delivered; different for another
+    /// message that reuses a Message-ID.
+    pub fingerprint: String,
 }
 
 /// Why a message could not be parsed. It is quarantined with this reason and its raw bytes.
@@ -101,11 +105,17 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
         return Err(ParseFailure::NoHeaders);
     }
     let content_sha256 = sha256_hex(raw);
+    let header_id = message
+        .message_id()
+        .map(strip_brackets)
+        .filter(|id| !id.is_empty());
+    let body_start = (message.root_part().offset_body as usize).min(raw.len());
+    let fingerprint = fingerprint(&message, header_id.as_deref(), &raw[body_start..]);
 
-    let (message_id, message_id_source) = match message.message_id().map(str::trim) {
-        Some(id) if !id.is_empty() => (strip_brackets(id), MessageIdSource::Header),
-        _ => (
-            format!("{content_sha256}@content-hash.mailintake.invalid"),
+    let (message_id, message_id_source) = match header_id {
+        Some(id) => (id, MessageIdSource::Header),
+        None => (
+            format!("{fingerprint}@content-hash.mailintake.invalid"),
             MessageIdSource::ContentHash,
         ),
     };
@@ -165,8 +175,7 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
         })
         .collect();
 
-    let header_end = message.root_part().offset_body as usize;
-    let headers = String::from_utf8_lossy(&raw[..header_end.min(raw.len())]).into_owned();
+    let headers = String::from_utf8_lossy(&raw[..body_start]).into_owned();
 
     Ok(ParsedMail {
         message_id,
@@ -185,7 +194,44 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
         attachments,
         size: raw.len() as u64,
         content_sha256,
+        fingerprint,
     })
+}
+
+/// See [`ParsedMail::fingerprint`].
+fn fingerprint(
+    message: &mail_parser::Message<'_>,
+    message_id: Option<&str>,
+    body: &[u8],
+) -> String {
+    let addresses = |address: Option<&Address<'_>>| -> String {
+        address
+            .map(|a| {
+                a.iter()
+                    .filter_map(|addr| addr.address())
+                    .map(str::to_ascii_lowercase)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    let identifying = format!(
+        "message-id:{}\nfrom:{}\nto:{}\ncc:{}\nsubject:{}\ndate:{}\n\n",
+        message_id.unwrap_or(""),
+        addresses(message.from()),
+        addresses(message.to()),
+        addresses(message.cc()),
+        message.subject().unwrap_or(""),
+        message.date().map(|d| d.to_timestamp()).unwrap_or(0),
+    );
+    let mut hasher = Sha256::new();
+    hasher.update(identifying.as_bytes());
+    hasher.update(body);
+    hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn strip_brackets(id: &str) -> String {

@@ -59,7 +59,10 @@ fn check(name: &str, expected: Expected<'_>) {
         .map(|a| (a.filename.as_deref().unwrap_or(""), a.content_type.as_str()))
         .collect();
     assert_eq!(attachments, expected.attachments, "{name}: attachments");
-    assert_eq!(mail.in_reply_to, expected.in_reply_to, "{name}: in-reply-to");
+    assert_eq!(
+        mail.in_reply_to, expected.in_reply_to,
+        "{name}: in-reply-to"
+    );
     assert_eq!(mail.references, expected.references, "{name}: references");
     assert!(mail.headers.contains("Subject:"), "{name}: headers kept");
     assert_eq!(mail.size, fixture(name).len() as u64);
@@ -141,7 +144,27 @@ fn missing_message_id_gets_a_deterministic_key() {
     let second = parse(&raw).unwrap();
     assert_eq!(first.message_id_source, MessageIdSource::ContentHash);
     assert_eq!(first.message_id, second.message_id);
-    assert!(first.message_id.starts_with(&first.content_sha256));
+    assert!(first.message_id.starts_with(&first.fingerprint));
+}
+
+#[test]
+fn a_redelivered_copy_has_the_same_fingerprint_and_an_edited_one_does_not() {
+    let raw = fixture("plain.eml");
+    let original = parse(&raw).unwrap();
+    // Another delivery adds trace fields at the top.
+    let mut redelivered = b"Return-Path: <alice@customer.test>\r\nDelivered-To: other@helpdesk.test\r\nReceived: from mx by imap; Tue, 24 Nov 2026 10:00:00 +0000\r\n".to_vec();
+    redelivered.extend_from_slice(&raw);
+    let copy = parse(&redelivered).unwrap();
+    assert_ne!(original.content_sha256, copy.content_sha256);
+    assert_eq!(original.fingerprint, copy.fingerprint);
+
+    let edited = String::from_utf8(raw)
+        .unwrap()
+        .replace("jammed again", "on fire");
+    assert_ne!(
+        parse(edited.as_bytes()).unwrap().fingerprint,
+        original.fingerprint
+    );
 }
 
 #[test]
@@ -159,7 +182,7 @@ fn same_message_again_is_a_duplicate_and_different_content_a_conflict() {
     let same = Facts {
         same_message_id: Some(KnownMessage {
             ticket_id: 7,
-            content_sha256: mail.content_sha256.clone(),
+            fingerprint: mail.fingerprint.clone(),
         }),
     };
     assert!(matches!(
@@ -169,7 +192,7 @@ fn same_message_again_is_a_duplicate_and_different_content_a_conflict() {
     let different = Facts {
         same_message_id: Some(KnownMessage {
             ticket_id: 7,
-            content_sha256: "0".repeat(64),
+            fingerprint: "0".repeat(64),
         }),
     };
     assert!(matches!(

@@ -89,13 +89,17 @@ pub fn hint_for_code(code: u64) -> Option<&'static str> {
         }
         50126 => "the username or password is wrong, or the account is not a cloud account",
         50034 => "the user account does not exist in this tenant: check username",
-        50053 => "the account is locked after too many failed sign-ins: wait, or have an administrator unlock it",
+        50053 => {
+            "the account is locked after too many failed sign-ins: wait, or have an administrator unlock it"
+        }
         50055 => "the user's password has expired: set a new one and update password",
         50057 => "the user account is disabled in Entra ID: an administrator must enable it",
         50076 | 50079 | 50158 => {
             "multi-factor authentication is required for this account, which the password flow cannot do: use flow = \"device_code\" (mailintake login) or exclude the service account from MFA with Conditional Access"
         }
-        53003 => "a Conditional Access policy blocked this sign-in: an administrator must allow it (check the sign-in log)",
+        53003 => {
+            "a Conditional Access policy blocked this sign-in: an administrator must allow it (check the sign-in log)"
+        }
         700082 | 70008 => {
             "the refresh token has expired after a long inactivity: run `mailintake login` for this identity again"
         }
@@ -105,7 +109,9 @@ pub fn hint_for_code(code: u64) -> Option<&'static str> {
         500011 => {
             "the resource (Office 365 Exchange Online) is not available in this tenant: check the scope's resource and that Exchange Online is licensed"
         }
-        900144 => "the token request is missing a parameter: check client_id and the credentials in the config",
+        900144 => {
+            "the token request is missing a parameter: check client_id and the credentials in the config"
+        }
         700024 | 700027 => {
             "the client assertion (certificate) was rejected: upload the certificate to the app registration and check the key and certificate files"
         }
@@ -140,8 +146,13 @@ mod tests {
             r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x","error_codes":[7000215]}"#,
         );
         assert_eq!(b.aadsts_code(), Some(7000215));
-        assert_eq!(b.summary(), "AADSTS7000215: Invalid client secret provided.");
-        let b = body(r#"{"error":"invalid_grant","error_description":"AADSTS50126: Error validating credentials. Trace ID: a Correlation ID: b"}"#);
+        assert_eq!(
+            b.summary(),
+            "AADSTS7000215: Invalid client secret provided."
+        );
+        let b = body(
+            r#"{"error":"invalid_grant","error_description":"AADSTS50126: Error validating credentials. Trace ID: a Correlation ID: b"}"#,
+        );
         assert_eq!(b.aadsts_code(), Some(50126));
         assert_eq!(b.summary(), "AADSTS50126: Error validating credentials.");
     }

@@ -64,7 +64,9 @@ pub enum TokenError {
         source: reqwest::Error,
     },
     /// The provider answered something that is not a token response.
-    #[error("token endpoint of identity `{identity}` answered HTTP {status} with no usable body: {detail}")]
+    #[error(
+        "token endpoint of identity `{identity}` answered HTTP {status} with no usable body: {detail}"
+    )]
     Malformed {
         identity: String,
         status: u16,
@@ -211,8 +213,12 @@ impl TokenCache {
         if let Some(ca_file) = &identity.ca_file {
             let pem = std::fs::read(ca_file)
                 .map_err(|e| setup(format!("cannot read ca_file {}: {e}", ca_file.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| setup(format!("ca_file {} is not a PEM certificate: {e}", ca_file.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                setup(format!(
+                    "ca_file {} is not a PEM certificate: {e}",
+                    ca_file.display()
+                ))
+            })?;
             builder = builder.add_root_certificate(cert);
         }
         let client = builder
@@ -262,11 +268,14 @@ impl TokenCache {
                 source,
             })?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|source| TokenError::Unreachable {
-            identity: identity.name.clone(),
-            url: identity.token_url.to_string(),
-            source,
-        })?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| TokenError::Unreachable {
+                identity: identity.name.clone(),
+                url: identity.token_url.to_string(),
+                source,
+            })?;
         if !(200..300).contains(&status) {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => TokenError::Rejected {

@@ -200,7 +200,12 @@ impl Store {
     }
 
     /// Records a folder's (new) UIDVALIDITY with its checkpoint at `last_uid`.
-    pub async fn set_folder_state(&self, mailbox: &str, folder: &str, state: FolderState) -> Result<()> {
+    pub async fn set_folder_state(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        state: FolderState,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, updated_at) \
              VALUES ($1, $2, $3, $4, $5) \
@@ -280,13 +285,13 @@ impl Store {
         &self,
         message_id: &str,
     ) -> Result<Option<crate::ingest::KnownMessage>> {
-        let row = sqlx::query("SELECT ticket_id, content_sha256 FROM messages WHERE message_id = $1")
+        let row = sqlx::query("SELECT ticket_id, fingerprint FROM messages WHERE message_id = $1")
             .bind(message_id)
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| crate::ingest::KnownMessage {
             ticket_id: r.get(0),
-            content_sha256: r.get(1),
+            fingerprint: r.get(1),
         }))
     }
 
@@ -322,8 +327,8 @@ impl Store {
         let inserted = sqlx::query(
             "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
              thread_references, subject, from_address, from_name, reply_to, to_addresses, cc_addresses, sent_at, \
-             received_at, body_text, body_html, headers, size_bytes, content_sha256, created_at) \
-             VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+             received_at, body_text, body_html, headers, size_bytes, content_sha256, fingerprint, created_at) \
+             VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
              ON CONFLICT (message_id) DO NOTHING RETURNING id",
         )
         .bind(ticket_id)
@@ -345,6 +350,7 @@ impl Store {
         .bind(&mail.headers)
         .bind(mail.size as i64)
         .bind(&mail.content_sha256)
+        .bind(&mail.fingerprint)
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
@@ -594,12 +600,12 @@ fn sqlite_url(url: &str) -> Result<String, sqlx::Error> {
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or(url);
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:" && !path.is_empty() {
-        if let Some(parent) = Path::new(path).parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
-        }
+    if path != ":memory:"
+        && !path.is_empty()
+        && let Some(parent) = Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
     }
     if query.contains("mode=") {
         Ok(url.to_string())
@@ -616,12 +622,18 @@ mod tests {
 
     #[test]
     fn sqlite_urls_get_create_mode() {
-        assert_eq!(sqlite_url("sqlite::memory:").unwrap(), "sqlite://:memory:?mode=rwc");
+        assert_eq!(
+            sqlite_url("sqlite::memory:").unwrap(),
+            "sqlite://:memory:?mode=rwc"
+        );
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("sub/x.db");
         let url = format!("sqlite://{}", db.display());
         assert_eq!(sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
         assert!(dir.path().join("sub").is_dir());
-        assert_eq!(sqlite_url("sqlite://a.db?mode=ro").unwrap(), "sqlite://a.db?mode=ro");
+        assert_eq!(
+            sqlite_url("sqlite://a.db?mode=ro").unwrap(),
+            "sqlite://a.db?mode=ro"
+        );
     }
 }

@@ -1,0 +1,148 @@
+//! The command line: configuration errors, `check`, `migrate`.
+
+use std::path::Path;
+
+use crate::helpers::*;
+
+fn example_config() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"))
+}
+
+#[tokio::test]
+async fn example_config_is_valid_when_its_secret_is_set() {
+    let out = mailintake(
+        example_config(),
+        &["check"],
+        &[("MAILINTAKE_CONTOSO_CLIENT_SECRET", "value-from-env")],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 mailbox(es)"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[tokio::test]
+async fn missing_secret_names_the_key_and_exits_2() {
+    let out = mailintake(example_config(), &["check"], &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("identities.contoso.client_secret"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("MAILINTAKE_CONTOSO_CLIENT_SECRET is not set"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+async fn run_with_edited_example(from: &str, to: &str) -> String {
+    let text_config = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace(from, to);
+    let config = ConfigFile::write(&text_config);
+    let out = mailintake(
+        &config.path,
+        &["once"],
+        &[("MAILINTAKE_CONTOSO_CLIENT_SECRET", "super-secret-value")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("super-secret-value"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn unknown_key_is_named() {
+    let stderr = run_with_edited_example(
+        "poll_interval = \"60s\"",
+        "poll_interval = \"60s\"\npoll_intervall = \"5s\"",
+    )
+    .await;
+    assert!(stderr.contains("mailboxes.0.poll_intervall"), "{stderr}");
+    assert!(stderr.contains("unknown key"), "{stderr}");
+}
+
+#[tokio::test]
+async fn mistyped_value_is_named_but_never_echoed() {
+    let stderr = run_with_edited_example("port = 993", "port = \"hunter2-secret\"").await;
+    assert!(stderr.contains("mailboxes.0.imap.port"), "{stderr}");
+    assert!(stderr.contains("found a string"), "{stderr}");
+    assert!(!stderr.contains("hunter2-secret"), "{stderr}");
+}
+
+#[tokio::test]
+async fn environment_overrides_the_file() {
+    let out = mailintake(
+        example_config(),
+        &["check"],
+        &[
+            ("MAILINTAKE_CONTOSO_CLIENT_SECRET", "x"),
+            ("MAILINTAKE_DATABASE__URL", "mysql://nope"),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("database.url"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn missing_config_file_says_how_to_create_one() {
+    let out = mailintake(Path::new("/nonexistent/mailintake.toml"), &["check"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("config/example.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+async fn migrate_creates_the_schema(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let text_config = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace("sqlite://data/mailintake.db", &db.url);
+    let config = ConfigFile::write(&text_config);
+    for _ in 0..2 {
+        let out = mailintake(
+            &config.path,
+            &["migrate"],
+            &[("MAILINTAKE_CONTOSO_CLIENT_SECRET", "x")],
+        )
+        .await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    for table in [
+        "tickets",
+        "messages",
+        "attachments",
+        "attachment_blobs",
+        "quarantine",
+        "outbox",
+        "mailbox_state",
+        "oauth_tokens",
+        "imap_messages",
+    ] {
+        assert_eq!(db.count(&format!("SELECT COUNT(*) FROM {table}")).await, 0);
+    }
+}
+
+#[tokio::test]
+async fn migrate_creates_the_schema_on_sqlite() {
+    migrate_creates_the_schema(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn migrate_creates_the_schema_on_postgres() {
+    migrate_creates_the_schema(Backend::Postgres).await;
+}

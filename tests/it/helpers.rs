@@ -1,0 +1,437 @@
+//! Test support: the local mail stack (started by `scripts/mailstack.sh up`), a fresh database per
+//! test (SQLite file or PostgreSQL database), an in-process fake Entra ID per test that signs with
+//! the stack's key (so the stack's Dovecot accepts its tokens), mail delivery over LMTP, and the
+//! real `mailintake` binary.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use fake_entra::{Client, FakeEntra, SigningKey};
+use sqlx::{AnyPool, Row};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+pub const TENANT_ID: &str = "8c3a1f52-4b7e-4d0a-9a43-1f0e6c2d7b10";
+pub const IMAP_ROLES: &[&str] = &["IMAP.AccessAsApp", "SMTP.SendAsApp"];
+
+/// The running local mail stack, as described by the env file `mailstack.sh up` writes.
+pub struct Stack {
+    pub vars: HashMap<String, String>,
+}
+
+impl Stack {
+    pub fn get() -> &'static Stack {
+        static STACK: OnceLock<Stack> = OnceLock::new();
+        STACK.get_or_init(|| {
+            let dir = std::env::var("MAILSTACK_DIR").unwrap_or_else(|_| {
+                let tmp = std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into());
+                format!("{tmp}/mailintake-mailstack")
+            });
+            let env_file = Path::new(&dir).join("env");
+            let text = std::fs::read_to_string(&env_file).unwrap_or_else(|e| {
+                panic!(
+                    "the local mail stack is not running ({}: {e}). Start it with `scripts/mailstack.sh up`, \
+                     or run the whole suite with `scripts/test.sh`.",
+                    env_file.display()
+                )
+            });
+            let vars = text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect();
+            Stack { vars }
+        })
+    }
+
+    pub fn var(&self, key: &str) -> &str {
+        self.vars
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} missing from the mail stack's env file"))
+    }
+
+    pub fn port(&self, key: &str) -> u16 {
+        self.var(key).parse().expect("port number")
+    }
+
+    pub fn ca_file(&self) -> &str {
+        self.var("MAILSTACK_CA")
+    }
+
+    pub fn signing_key(&self) -> SigningKey {
+        SigningKey::from_pem_file(self.var("MAILSTACK_ENTRA_KEY")).expect("stack signing key")
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}{}x{n}x{nanos:x}", std::process::id())
+}
+
+/// A test mailbox address on the stack's domain, unique to the test.
+pub fn unique_mailbox() -> String {
+    format!("{}@helpdesk.test", unique("it"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}/mailintake.db", dir.path().display());
+                TestDb {
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = std::env::var("MAILINTAKE_TEST_POSTGRES")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+                sqlx::any::install_default_drivers();
+                let pool = AnyPool::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!("PostgreSQL at {admin} is needed by this test and did not answer: {e}")
+                });
+                let name = unique("it_");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                let (base, _) = admin.rsplit_once('/').unwrap();
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    backend,
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    pub async fn pool(&self) -> AnyPool {
+        sqlx::any::install_default_drivers();
+        let url = if self.backend == Backend::Sqlite {
+            format!("{}?mode=rw", self.url)
+        } else {
+            self.url.clone()
+        };
+        AnyPool::connect(&url).await.unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let pool = self.pool().await;
+        let n: i64 = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0);
+        pool.close().await;
+        n
+    }
+}
+
+/// An in-process fake Entra ID with one confidential client that may use `mailboxes`.
+pub struct Entra {
+    pub fake: FakeEntra,
+    pub client_id: String,
+    pub secret: String,
+}
+
+impl Entra {
+    pub async fn start(mailboxes: &[&str]) -> Entra {
+        // A GUID-shaped Application (client) ID, unique to this test.
+        let hex = mailintake::ingest::sha256_hex(unique("client").as_bytes());
+        let client_id = format!(
+            "{}-{}-4{}-8{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[13..16],
+            &hex[17..20],
+            &hex[20..32]
+        );
+        let secret = unique("secret-");
+        let config = fake_entra::Config::new(TENANT_ID, &["helpdesk.test"]).with_client(
+            Client::confidential(&client_id, "mailintake tests", &secret)
+                .with_app_roles(IMAP_ROLES)
+                .with_mailboxes(mailboxes),
+        );
+        let fake = FakeEntra::start(
+            config,
+            Stack::get().signing_key(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .expect("fake Entra starts");
+        Entra {
+            fake,
+            client_id,
+            secret,
+        }
+    }
+}
+
+/// The pieces of a mailintake config file that tests vary.
+pub struct ConfigSpec<'a> {
+    pub db: &'a TestDb,
+    pub entra: &'a Entra,
+    /// The secret as mailintake will send it (the env var holds this).
+    pub secret_env: &'a str,
+    pub mailbox: &'a str,
+    pub extra_mailbox_keys: &'a str,
+    pub tls: &'a str,
+}
+
+impl ConfigSpec<'_> {
+    pub fn render(&self) -> String {
+        let stack = Stack::get();
+        let port = match self.tls {
+            "starttls" => stack.port("MAILSTACK_IMAP_PORT"),
+            _ => stack.port("MAILSTACK_IMAPS_PORT"),
+        };
+        format!(
+            r#"
+[database]
+url = "{db}"
+
+[identities.test]
+flow = "client_credentials"
+tenant = "{tenant}"
+client_id = "{client_id}"
+client_secret = {{ env = "{secret_env}" }}
+authority = "{authority}"
+
+[[mailboxes]]
+name = "support"
+address = "{mailbox}"
+identity = "test"
+poll_interval = "1s"
+{extra}
+
+[mailboxes.imap]
+host = "localhost"
+port = {port}
+tls = "{tls}"
+ca_file = "{ca}"
+"#,
+            db = self.db.url,
+            tenant = TENANT_ID,
+            client_id = self.entra.client_id,
+            secret_env = self.secret_env,
+            authority = self.entra.fake.authority(),
+            mailbox = self.mailbox,
+            extra = self.extra_mailbox_keys,
+            port = port,
+            tls = self.tls,
+            ca = stack.ca_file(),
+        )
+    }
+}
+
+/// A config file in a temporary folder, kept as long as the value lives.
+pub struct ConfigFile {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ConfigFile {
+    pub fn write(text: &str) -> ConfigFile {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailintake.toml");
+        std::fs::write(&path, text).unwrap();
+        ConfigFile { path, _dir: dir }
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_mailintake")
+}
+
+/// Runs `mailintake <args>` to completion (at most 120 s) and returns its output.
+pub async fn mailintake(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = tokio::process::Command::new(binary());
+    command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .expect("mailintake finished within 120 s")
+        .expect("mailintake runs")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Delivers `raw` to `recipient` through Dovecot's LMTP listener (RFC 2033).
+pub async fn deliver_lmtp(recipient: &str, sender: &str, raw: &[u8]) {
+    let port = Stack::get().port("MAILSTACK_LMTP_PORT");
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("LMTP connect");
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    async fn reply(lines: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, expect: &str) {
+        loop {
+            let mut line = String::new();
+            lines.read_line(&mut line).await.expect("LMTP read");
+            assert!(
+                line.starts_with(expect),
+                "LMTP: expected {expect}, got {line:?}"
+            );
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return;
+            }
+        }
+    }
+    reply(&mut lines, "220").await;
+    let mut send = async |command: String, expect: &str| {
+        write.write_all(command.as_bytes()).await.unwrap();
+        reply(&mut lines, expect).await;
+    };
+    send("LHLO tests.local\r\n".into(), "250").await;
+    send(format!("MAIL FROM:<{sender}>\r\n"), "250").await;
+    send(format!("RCPT TO:<{recipient}>\r\n"), "250").await;
+    send("DATA\r\n".into(), "354").await;
+    let mut data = Vec::with_capacity(raw.len() + 16);
+    for line in raw.split_inclusive(|b| *b == b'\n') {
+        if line.starts_with(b".") {
+            data.push(b'.');
+        }
+        data.extend_from_slice(line);
+    }
+    if !data.ends_with(b"\n") {
+        data.extend_from_slice(b"\r\n");
+    }
+    data.extend_from_slice(b".\r\n");
+    send(String::from_utf8_lossy(&data).into_owned(), "250").await;
+    send("QUIT\r\n".into(), "221").await;
+}
+
+/// A fixture from `tests/fixtures/`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// A fixture with its Message-ID made unique, so tests never share one.
+pub fn unique_fixture(name: &str) -> (Vec<u8>, String) {
+    let raw = text(&fixture(name));
+    let id = format!("{}@customer.test", unique("m"));
+    let raw = match raw.find("Message-ID: <") {
+        Some(start) => {
+            let end = start + raw[start..].find('>').unwrap() + 1;
+            format!("{}Message-ID: <{id}>{}", &raw[..start], &raw[end..])
+        }
+        None => raw,
+    };
+    (raw.into_bytes(), id)
+}
+
+/// Polls `check` until it returns true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A raw message of about `size` bytes with a unique Message-ID.
+pub fn large_message(to: &str, size: usize) -> (Vec<u8>, String) {
+    let id = format!("{}@customer.test", unique("big"));
+    let mut raw = format!(
+        "From: Big Sender <big@customer.test>\r\nTo: {to}\r\nSubject: A very large log file\r\n\
+         Date: Tue, 24 Nov 2026 14:00:00 +0000\r\nMessage-ID: <{id}>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+    );
+    let line = "0123456789abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n";
+    while raw.len() < size {
+        raw.push_str(line);
+    }
+    (raw.into_bytes(), id)
+}
+
+/// An IMAP session as the test's client, for checking what mailintake did on the server.
+pub async fn imap_session(entra: &Entra, mailbox: &str) -> mailintake::imap::Connection {
+    use mailintake::config::{ImapEndpoint, Timeouts, TlsMode};
+    let stack = Stack::get();
+    let token = entra
+        .fake
+        .issue_access_token(
+            fake_entra::AccessTokenSpec::app(&entra.client_id)
+                .with_permissions(IMAP_ROLES)
+                .with_mailboxes(&[mailbox]),
+        )
+        .expect("token");
+    let token = mailintake::oauth::AccessToken {
+        secret: token.into(),
+        renew_at: Instant::now() + Duration::from_secs(600),
+        expires_in: Duration::from_secs(3600),
+    };
+    let endpoint = ImapEndpoint {
+        host: "localhost".into(),
+        port: stack.port("MAILSTACK_IMAPS_PORT"),
+        tls: TlsMode::Implicit,
+        ca_file: Some(stack.ca_file().into()),
+        timeouts: Timeouts {
+            connect: Duration::from_secs(10),
+            command: Duration::from_secs(30),
+        },
+    };
+    mailintake::imap::connect(&endpoint, mailbox, &token)
+        .await
+        .expect("test IMAP login")
+}
+
+/// The messages in `folder` of `mailbox`: (UID, seen).
+pub async fn folder_contents(entra: &Entra, mailbox: &str, folder: &str) -> Vec<(u32, bool)> {
+    let mut conn = imap_session(entra, mailbox).await;
+    let listed = match conn.select(folder).await {
+        Ok(_) => conn.list_above(0).await.expect("list"),
+        Err(_) => Vec::new(),
+    };
+    conn.logout().await;
+    listed.iter().map(|m| (m.uid.0, m.seen)).collect()
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real `mailintake` binary against the local mail stack (Dovecot, Postfix,
+//! started by `scripts/mailstack.sh up`), SQLite and PostgreSQL, with an in-process fake Entra ID.
+//! One test binary, so CI links once.
+
+mod cli;
+mod helpers;
+mod intake;
+mod smtp;
+mod tokens;
