@@ -41,8 +41,26 @@ pub enum Command {
     Run,
     /// Process every mailbox once and exit (0 when every mailbox worked).
     Once,
-    /// Validate the configuration and exit.
-    Check,
+    /// Validate the configuration and exit. With a mailbox name (or --all), then check that
+    /// mailbox online, step by step: token, IMAP login, folders.
+    Check {
+        /// The mailbox (its `name`) to check online.
+        mailbox: Option<String>,
+        /// Check every mailbox online.
+        #[arg(long, conflicts_with = "mailbox")]
+        all: bool,
+    },
+    /// Sign in a delegated identity (flow = "device_code") once: prints a URL and a code to
+    /// enter there, waits for the sign-in, and stores the refresh token encrypted.
+    Login {
+        /// The identity's name (its [identities.NAME] table).
+        identity: String,
+    },
+    /// Print the URL at which a tenant's administrator grants admin consent to an identity's app.
+    ConsentUrl {
+        /// The identity's name (its [identities.NAME] table).
+        identity: String,
+    },
     /// Create or upgrade the database schema and exit.
     Migrate,
     /// List recent tickets.

@@ -31,6 +31,19 @@ pub struct Config {
     /// Token sources, declared once and referenced by name from mailboxes.
     pub identities: BTreeMap<String, Identity>,
     pub mailboxes: Vec<Mailbox>,
+    /// Keys that encrypt refresh tokens at rest (`[token_store] keys`): the first encrypts, every
+    /// one decrypts, so a key is rotated by putting a new one first and keeping the old one until
+    /// every stored token was renewed.
+    pub token_keys: Vec<TokenKey>,
+}
+
+/// One key for refresh tokens at rest: 32 bytes for AES-256-GCM, given base64 or hex.
+#[derive(Debug, Clone)]
+pub struct TokenKey {
+    /// Stored beside each token, so any configured key can be found to decrypt it.
+    pub id: String,
+    /// The 32 key bytes, hex-encoded (validated).
+    pub key_hex: SecretString,
 }
 
 #[derive(Clone)]
@@ -54,9 +67,18 @@ pub struct Identity {
     pub client_id: String,
     pub grant: Grant,
     pub token_url: Url,
+    /// The device authorization endpoint (`<authority>/oauth2/v2.0/devicecode`, or
+    /// `device_code_url`); `None` when only a `token_url` was given.
+    pub device_code_url: Option<Url>,
+    /// The authority (`https://login.microsoftonline.com/<tenant>`), from which the authorize and
+    /// admin-consent URLs derive; `None` when only a `token_url` was given.
+    pub authority: Option<Url>,
     pub scope: String,
     /// An extra CA certificate (PEM) trusted for the token endpoint, besides the system roots.
     pub ca_file: Option<PathBuf>,
+    /// When the client secret expires (from the portal's Certificates & secrets page), so that
+    /// mailintake can warn ahead; unix seconds.
+    pub secret_expires: Option<i64>,
 }
 
 /// The OAuth2 grant an identity uses, with the credentials that grant needs.
@@ -64,21 +86,55 @@ pub struct Identity {
 pub enum Grant {
     /// App-only access (`client_credentials`) with a client secret.
     ClientSecret { client_secret: SecretString },
+    /// App-only access (`client_credentials`) with a certificate: a client assertion signed with
+    /// the private key. The files are read at every token request, so they can be replaced.
+    Certificate {
+        certificate_file: PathBuf,
+        private_key_file: PathBuf,
+    },
     /// Delegated access with a user's password (ROPC). Public client unless a secret is given.
     Password {
         username: String,
         password: SecretString,
         client_secret: Option<SecretString>,
     },
+    /// Delegated access on a refresh token kept encrypted in the database: obtained by
+    /// `mailintake login` (device code flow, works with MFA) or seeded from `refresh_token`.
+    /// Every rotated refresh token is stored again.
+    RefreshToken {
+        /// How the first refresh token is obtained.
+        login: DelegatedLogin,
+        client_secret: Option<SecretString>,
+    },
+}
+
+/// How a refresh-token identity gets its first refresh token.
+#[derive(Debug, Clone)]
+pub enum DelegatedLogin {
+    /// `mailintake login <identity>`: the device code flow (`flow = "device_code"`).
+    DeviceCode,
+    /// A refresh token obtained elsewhere (`flow = "refresh_token"`, key `refresh_token`); used
+    /// only until the database holds a newer one.
+    Seed(SecretString),
 }
 
 impl Grant {
     /// The `flow` value that selects this grant in the config file.
     pub fn flow_name(&self) -> &'static str {
         match self {
-            Grant::ClientSecret { .. } => "client_credentials",
+            Grant::ClientSecret { .. } | Grant::Certificate { .. } => "client_credentials",
             Grant::Password { .. } => "password",
+            Grant::RefreshToken {
+                login: DelegatedLogin::DeviceCode,
+                ..
+            } => "device_code",
+            Grant::RefreshToken { .. } => "refresh_token",
         }
+    }
+
+    /// True for grants that act as a user (delegated permissions, `scp` in the token).
+    pub fn is_delegated(&self) -> bool {
+        !matches!(self, Grant::ClientSecret { .. } | Grant::Certificate { .. })
     }
 }
 
@@ -93,12 +149,46 @@ pub struct Mailbox {
     /// The name of the identity whose tokens log in to this mailbox.
     pub identity: String,
     pub imap: ImapEndpoint,
-    /// The folder that is watched for new mail.
-    pub folder: String,
+    /// The folders watched for new mail; each has its own task and IMAP connection.
+    pub folders: Vec<String>,
+    /// How often the folder is swept for new mail. With IDLE it is the longest time between two
+    /// reconciliation sweeps; new mail is taken as it arrives.
     pub poll_interval: Duration,
+    /// Wait for new mail with IDLE (RFC 2177) where the server offers it.
+    pub idle: bool,
+    /// IDLE is re-issued after this long (Exchange and NAT gateways drop quiet connections; the RFC
+    /// allows 29 minutes at most).
+    pub idle_interval: Duration,
     pub max_message_bytes: u64,
+    /// Bodies are downloaded in UID batches of at most this many bytes (by RFC822.SIZE) and
+    /// messages; this bounds memory and keeps round trips few.
+    pub fetch_batch_bytes: u64,
+    pub fetch_batch_messages: usize,
     pub dispose: Disposal,
     pub quarantine_folder: String,
+    pub mode: Mode,
+    pub first_start: FirstStart,
+}
+
+/// Whether mailintake changes anything in the mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Ingest and dispose of messages (flag, move or delete them).
+    Normal,
+    /// Read-only: EXAMINE and BODY.PEEK, no flags, moves or deletions, no acknowledgements; tickets
+    /// are still written. For running beside the system mailintake replaces, to compare.
+    Shadow,
+}
+
+/// What a mailbox's first start does with the mail already in the folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstStart {
+    /// Ingest everything that is there.
+    All,
+    /// Leave what is there untouched; ingest only mail that arrives from now on.
+    Now,
+    /// Leave mail received (INTERNALDATE) before this instant untouched; unix milliseconds.
+    Since(i64),
 }
 
 /// What happens in IMAP to a message once its outcome is committed.
@@ -108,6 +198,8 @@ pub enum Disposal {
     MarkSeen,
     /// Move it to this folder (created when missing).
     Move { folder: String },
+    /// Flag it `\Deleted` and expunge that UID (UIDPLUS); without UIDPLUS it stays flagged.
+    Delete,
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +417,7 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
             identities.insert(name, identity);
         }
     }
+    let token_keys = validate_token_keys(raw.token_store, &identities, base_dir, &mut problem);
 
     let mut mailboxes = Vec::new();
     let mut names = std::collections::HashSet::new();
@@ -390,12 +483,91 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
                     .clone()
                     .unwrap_or_else(|| "Processed".into()),
             },
+            "delete" => Disposal::Delete,
             _ => {
-                problem(key("dispose"), "must be \"seen\" or \"move\"".into());
+                problem(
+                    key("dispose"),
+                    "must be \"seen\", \"move\" or \"delete\"".into(),
+                );
                 Disposal::MarkSeen
             }
         };
-        if m.processed_folder.is_some() && dispose == Disposal::MarkSeen {
+        let mode = match m.mode.as_deref().unwrap_or("normal") {
+            "normal" => Mode::Normal,
+            "shadow" => Mode::Shadow,
+            _ => {
+                problem(key("mode"), "must be \"normal\" or \"shadow\"".into());
+                Mode::Normal
+            }
+        };
+        let first_start = match m.first_start.as_deref().unwrap_or("all") {
+            "all" => FirstStart::All,
+            "now" => FirstStart::Now,
+            date => match parse_date(date) {
+                Some(ms) => FirstStart::Since(ms),
+                None => {
+                    problem(
+                        key("first_start"),
+                        format!(
+                            "`{date}` is not \"all\", \"now\" or a date such as \"2026-11-01\" or \"2026-11-01T08:00:00Z\""
+                        ),
+                    );
+                    FirstStart::All
+                }
+            },
+        };
+        let idle_interval = parse_duration(m.idle_interval.as_deref(), Duration::from_secs(600))
+            .unwrap_or_else(|e| {
+                problem(key("idle_interval"), e);
+                Duration::from_secs(600)
+            });
+        if idle_interval > Duration::from_secs(29 * 60) || idle_interval < Duration::from_secs(1) {
+            problem(
+                key("idle_interval"),
+                "must be between 1s and 29m (RFC 2177: servers may drop IDLE after 30 minutes)"
+                    .into(),
+            );
+        }
+        let folders = match (m.folder, m.folders) {
+            (Some(_), Some(_)) => {
+                problem(
+                    key("folders"),
+                    "give either folder or folders, not both".into(),
+                );
+                vec!["INBOX".to_string()]
+            }
+            (Some(folder), None) => vec![folder],
+            (None, Some(folders)) => folders,
+            (None, None) => vec!["INBOX".to_string()],
+        };
+        let max_connections = m.max_connections.unwrap_or(4);
+        if folders.is_empty() || folders.iter().any(|f| f.trim().is_empty()) {
+            problem(
+                key("folders"),
+                "must name at least one folder, and no empty name".into(),
+            );
+        } else if folders.len() > max_connections {
+            problem(
+                key("folders"),
+                format!(
+                    "{} folders need {} IMAP connections, more than max_connections = {max_connections} (Exchange Online allows 20 per mailbox); raise max_connections or watch fewer folders",
+                    folders.len(),
+                    folders.len()
+                ),
+            );
+        }
+        let mut seen_folders = std::collections::HashSet::new();
+        for folder in &folders {
+            if !seen_folders.insert(folder.as_str()) {
+                problem(key("folders"), format!("`{folder}` is listed twice"));
+            }
+        }
+        let fetch_batch_bytes = m.fetch_batch_bytes.unwrap_or(8 * 1024 * 1024);
+        let fetch_batch_messages = m.fetch_batch_messages.unwrap_or(200);
+        if fetch_batch_messages == 0 {
+            problem(key("fetch_batch_messages"), "must be at least 1".into());
+        }
+        if m.processed_folder.is_some() && !matches!(dispose, Disposal::Move { .. }) {
             problem(
                 key("processed_folder"),
                 "is only used with dispose = \"move\"; remove it or set dispose = \"move\"".into(),
@@ -431,11 +603,17 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
                 ca_file,
                 timeouts: Timeouts { connect, command },
             },
-            folder: m.folder.unwrap_or_else(|| "INBOX".into()),
+            folders,
             poll_interval,
+            idle: m.idle.unwrap_or(true),
+            idle_interval,
             max_message_bytes,
+            fetch_batch_bytes,
+            fetch_batch_messages: fetch_batch_messages.max(1),
             dispose,
             quarantine_folder: m.quarantine_folder.unwrap_or_else(|| "Quarantine".into()),
+            mode,
+            first_start,
         });
     }
 
@@ -443,7 +621,77 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
         database,
         identities,
         mailboxes,
+        token_keys,
     }
+}
+
+/// `[token_store] keys`: required when an identity keeps refresh tokens; ids unique; each key 32
+/// bytes as base64 (`openssl rand -base64 32`) or 64 hex digits.
+fn validate_token_keys(
+    raw: Option<raw::TokenStore>,
+    identities: &BTreeMap<String, Identity>,
+    base_dir: &Path,
+    problem: &mut impl FnMut(String, String),
+) -> Vec<TokenKey> {
+    use base64::Engine;
+    use secrecy::ExposeSecret;
+    let raw_keys = raw.map(|t| t.keys).unwrap_or_default();
+    let users: Vec<&str> = identities
+        .values()
+        .filter(|i| matches!(i.grant, Grant::RefreshToken { .. }))
+        .map(|i| i.name.as_str())
+        .collect();
+    if raw_keys.is_empty() && !users.is_empty() {
+        problem(
+            "token_store.keys".into(),
+            format!(
+                "missing; identities {} keep refresh tokens, which are stored encrypted: add keys = [{{ id = \"k1\", key = {{ env = \"MAILINTAKE_TOKEN_KEY\" }} }}] with a key from `openssl rand -base64 32`",
+                users.join(", ")
+            ),
+        );
+    }
+    let mut keys = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for (index, raw_key) in raw_keys.into_iter().enumerate() {
+        let key = |field: &str| format!("token_store.keys[{index}].{field}");
+        if raw_key.id.trim().is_empty() || !ids.insert(raw_key.id.clone()) {
+            problem(
+                key("id"),
+                "must be non-empty and unique among the keys".into(),
+            );
+            continue;
+        }
+        let text = match raw_key.key.resolve(base_dir) {
+            Ok(text) => text,
+            Err(message) => {
+                problem(key("key"), message);
+                continue;
+            }
+        };
+        let text = text.expose_secret().trim();
+        let bytes = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
+            (0..32)
+                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap_or(0))
+                .collect::<Vec<u8>>()
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .unwrap_or_default()
+        };
+        if bytes.len() != 32 {
+            problem(
+                key("key"),
+                "must be 32 bytes, as base64 (`openssl rand -base64 32`) or 64 hex digits".into(),
+            );
+            continue;
+        }
+        let key_hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        keys.push(TokenKey {
+            id: raw_key.id,
+            key_hex: SecretString::from(key_hex),
+        });
+    }
+    keys
 }
 
 fn validate_identity(
@@ -466,31 +714,109 @@ fn validate_identity(
         };
 
     let flow = raw.flow.as_deref().unwrap_or("client_credentials");
-    let grant = match flow {
-        "client_credentials" => {
-            for (field, present) in [
-                ("username", raw.username.is_some()),
-                ("password", raw.password.is_some()),
-            ] {
-                if present {
-                    problem(key(field), "is only used with flow = \"password\"".into());
-                    ok = false;
-                }
+    // Keys that only some flows use: naming the flow that uses them beats a silent ignore.
+    let only_with =
+        |field: &str, flows: &str, present: bool, problem: &mut dyn FnMut(String, String)| {
+            if present {
+                problem(key(field), format!("is only used with {flows}"));
             }
-            match secret("client_secret", raw.client_secret, problem) {
-                Some(client_secret) => Some(Grant::ClientSecret { client_secret }),
-                None => {
-                    if ok {
-                        problem(
-                            key("client_secret"),
-                            "missing; give it as { env = \"VARIABLE\" } or { file = \"PATH\" } (the secret's Value from App registrations > Certificates & secrets)".into(),
-                        );
+            !present
+        };
+    let uses_certificate = raw.certificate_file.is_some() || raw.private_key_file.is_some();
+    if flow != "client_credentials" {
+        ok &= only_with(
+            "certificate_file",
+            "flow = \"client_credentials\"",
+            raw.certificate_file.is_some(),
+            problem,
+        );
+        ok &= only_with(
+            "private_key_file",
+            "flow = \"client_credentials\"",
+            raw.private_key_file.is_some(),
+            problem,
+        );
+    }
+    if flow != "password" {
+        ok &= only_with(
+            "username",
+            "flow = \"password\"",
+            raw.username.is_some(),
+            problem,
+        );
+        ok &= only_with(
+            "password",
+            "flow = \"password\"",
+            raw.password.is_some(),
+            problem,
+        );
+    }
+    if flow != "refresh_token" {
+        ok &= only_with(
+            "refresh_token",
+            "flow = \"refresh_token\"",
+            raw.refresh_token.is_some(),
+            problem,
+        );
+    }
+    let grant = match flow {
+        "client_credentials" if uses_certificate => {
+            if raw.client_secret.is_some() {
+                problem(
+                    key("client_secret"),
+                    "give either client_secret or certificate_file, not both".into(),
+                );
+                ok = false;
+            }
+            let certificate_file = raw.certificate_file.as_ref().map(|p| base_dir.join(p));
+            // The key may sit in the certificate's file (one PEM with both).
+            let private_key_file = raw
+                .private_key_file
+                .as_ref()
+                .map(|p| base_dir.join(p))
+                .or_else(|| certificate_file.clone());
+            match (certificate_file, private_key_file) {
+                (Some(certificate_file), Some(private_key_file)) => {
+                    for (field, path) in [
+                        ("certificate_file", &certificate_file),
+                        ("private_key_file", &private_key_file),
+                    ] {
+                        if !path.is_file() {
+                            problem(
+                                key(field),
+                                format!("file {} does not exist", path.display()),
+                            );
+                            ok = false;
+                        }
                     }
+                    Some(Grant::Certificate {
+                        certificate_file,
+                        private_key_file,
+                    })
+                }
+                _ => {
+                    problem(
+                        key("certificate_file"),
+                        "missing; the PEM certificate uploaded to App registrations > Certificates & secrets (private_key_file alone is not enough)".into(),
+                    );
                     ok = false;
                     None
                 }
             }
         }
+        "client_credentials" => match secret("client_secret", raw.client_secret, problem) {
+            Some(client_secret) => Some(Grant::ClientSecret { client_secret }),
+            None => {
+                if ok {
+                    problem(
+                        key("client_secret"),
+                        "missing; give it as { env = \"VARIABLE\" } or { file = \"PATH\" } (the secret's Value from App registrations > Certificates & secrets), or give certificate_file and private_key_file".into(),
+                    );
+                }
+                ok = false;
+                None
+            }
+        },
         "password" => {
             let username = raw.username.clone();
             if username.is_none() {
@@ -518,10 +844,33 @@ fn validate_identity(
                 _ => None,
             }
         }
+        "device_code" => Some(Grant::RefreshToken {
+            login: DelegatedLogin::DeviceCode,
+            client_secret: secret("client_secret", raw.client_secret, problem),
+        }),
+        "refresh_token" => {
+            let client_secret = secret("client_secret", raw.client_secret, problem);
+            match secret("refresh_token", raw.refresh_token, problem) {
+                Some(seed) => Some(Grant::RefreshToken {
+                    login: DelegatedLogin::Seed(seed),
+                    client_secret,
+                }),
+                None => {
+                    problem(
+                        key("refresh_token"),
+                        "missing; the first refresh token, as { env = \"VARIABLE\" } or { file = \"PATH\" } (or use flow = \"device_code\" and `mailintake login`)".into(),
+                    );
+                    ok = false;
+                    None
+                }
+            }
+        }
         other => {
             problem(
                 key("flow"),
-                format!("unknown flow `{other}`; expected \"client_credentials\" or \"password\""),
+                format!(
+                    "unknown flow `{other}`; expected \"client_credentials\", \"password\", \"device_code\" or \"refresh_token\""
+                ),
             );
             ok = false;
             None
@@ -536,26 +885,30 @@ fn validate_identity(
         ok = false;
     }
 
-    let token_url = match (&raw.token_url, &raw.authority, &raw.tenant) {
-        (Some(url), _, _) => parse_endpoint(url)
+    let tenant = raw
+        .tenant
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let authority_text = match (&raw.authority, tenant) {
+        (Some(authority), _) => Some(authority.replace("{tenant}", tenant.unwrap_or(""))),
+        (None, Some(tenant)) => Some(format!("{DEFAULT_AUTHORITY_HOST}/{tenant}")),
+        (None, None) => None,
+    }
+    .map(|a| a.trim_end_matches('/').to_string());
+    let authority_field = if raw.authority.is_some() {
+        "authority"
+    } else {
+        "tenant"
+    };
+    let token_url = match (&raw.token_url, &authority_text) {
+        (Some(url), _) => parse_endpoint(url)
             .map_err(|e| problem(key("token_url"), e))
             .ok(),
-        (None, Some(authority), _) => {
-            let authority = authority.replace("{tenant}", raw.tenant.as_deref().unwrap_or(""));
-            parse_endpoint(&format!(
-                "{}/oauth2/v2.0/token",
-                authority.trim_end_matches('/')
-            ))
-            .map_err(|e| problem(key("authority"), e))
-            .ok()
-        }
-        (None, None, Some(tenant)) if !tenant.trim().is_empty() => parse_endpoint(&format!(
-            "{DEFAULT_AUTHORITY_HOST}/{}/oauth2/v2.0/token",
-            tenant.trim()
-        ))
-        .map_err(|e| problem(key("tenant"), e))
-        .ok(),
-        (None, None, _) => {
+        (None, Some(authority)) => parse_endpoint(&format!("{authority}/oauth2/v2.0/token"))
+            .map_err(|e| problem(key(authority_field), e))
+            .ok(),
+        (None, None) => {
             problem(
                 key("tenant"),
                 "missing; give the Directory (tenant) ID or domain, or an explicit authority or token_url".into(),
@@ -566,9 +919,51 @@ fn validate_identity(
     if token_url.is_none() {
         ok = false;
     }
+    // The authority: as configured, or the Entra-shaped token_url without /oauth2/v2.0/token.
+    let authority = authority_text
+        .as_deref()
+        .and_then(|a| parse_endpoint(a).ok())
+        .or_else(|| {
+            let url = token_url.as_ref()?.as_str();
+            parse_endpoint(url.strip_suffix("/oauth2/v2.0/token")?).ok()
+        });
+    let device_code_url = match &raw.device_code_url {
+        Some(url) => parse_endpoint(url)
+            .map_err(|e| {
+                problem(key("device_code_url"), e);
+                ok = false;
+            })
+            .ok(),
+        None => authority
+            .as_ref()
+            .and_then(|a| parse_endpoint(&format!("{a}/oauth2/v2.0/devicecode")).ok()),
+    };
+    if flow == "device_code" && device_code_url.is_none() && token_url.is_some() {
+        problem(
+            key("device_code_url"),
+            "missing; flow = \"device_code\" needs the device authorization endpoint: give tenant or authority (Entra), or device_code_url".into(),
+        );
+        ok = false;
+    }
+    let secret_expires = raw.secret_expires.as_deref().and_then(|text| {
+        match humantime::parse_rfc3339_weak(&format!("{}T00:00:00", text.trim())) {
+            Ok(at) => at
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs() as i64),
+            Err(_) => {
+                problem(
+                    key("secret_expires"),
+                    "expected a date like \"2027-05-31\" (the Expires column in Certificates & secrets)".into(),
+                );
+                ok = false;
+                None
+            }
+        }
+    });
 
     let scope = raw.scope.clone().unwrap_or_else(|| match flow {
-        "password" => format!(
+        "password" | "device_code" | "refresh_token" => format!(
             "{EXCHANGE_RESOURCE}/IMAP.AccessAsUser.All {EXCHANGE_RESOURCE}/SMTP.Send offline_access"
         ),
         _ => format!("{EXCHANGE_RESOURCE}/.default"),
@@ -579,6 +974,13 @@ fn validate_identity(
             format!(
                 "app-only tokens need a scope ending in /.default, e.g. {EXCHANGE_RESOURCE}/.default"
             ),
+        );
+        ok = false;
+    }
+    if flow == "device_code" && !scope.split_whitespace().any(|s| s == "offline_access") {
+        problem(
+            key("scope"),
+            "must include offline_access: without it no refresh token is issued and the worker cannot run unattended".into(),
         );
         ok = false;
     }
@@ -600,8 +1002,11 @@ fn validate_identity(
             client_id: raw.client_id,
             grant,
             token_url,
+            device_code_url,
+            authority,
             scope,
             ca_file,
+            secret_expires,
         }),
         _ => None,
     }
@@ -638,6 +1043,19 @@ fn parse_duration(text: Option<&str>, default: Duration) -> Result<Duration, Str
     }
 }
 
+/// `2026-11-01` (midnight UTC) or an RFC 3339 instant → unix milliseconds.
+fn parse_date(text: &str) -> Option<i64> {
+    let instant = if text.len() == 10 {
+        humantime::parse_rfc3339(&format!("{text}T00:00:00Z")).ok()?
+    } else {
+        humantime::parse_rfc3339_weak(text).ok()?
+    };
+    instant
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as i64)
+}
+
 /// `postgres://user:password@host/db` → `postgres://user:***@host/db`.
 pub fn redact_url(url: &str) -> String {
     match Url::parse(url) {
@@ -667,6 +1085,21 @@ mod raw {
         pub identities: BTreeMap<String, Identity>,
         #[serde(default)]
         pub mailboxes: Vec<Mailbox>,
+        pub token_store: Option<TokenStore>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct TokenStore {
+        #[serde(default)]
+        pub keys: Vec<TokenKey>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct TokenKey {
+        pub id: String,
+        pub key: Secret,
     }
 
     #[derive(Deserialize)]
@@ -687,7 +1120,12 @@ mod raw {
         pub scope: Option<String>,
         pub authority: Option<String>,
         pub token_url: Option<String>,
+        pub device_code_url: Option<String>,
         pub ca_file: Option<PathBuf>,
+        pub certificate_file: Option<PathBuf>,
+        pub private_key_file: Option<PathBuf>,
+        pub refresh_token: Option<Secret>,
+        pub secret_expires: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -698,11 +1136,19 @@ mod raw {
         pub identity: String,
         pub imap: Imap,
         pub folder: Option<String>,
+        pub folders: Option<Vec<String>>,
+        pub max_connections: Option<usize>,
         pub poll_interval: Option<String>,
         pub max_message_bytes: Option<u64>,
         pub dispose: Option<String>,
         pub processed_folder: Option<String>,
         pub quarantine_folder: Option<String>,
+        pub idle: Option<bool>,
+        pub idle_interval: Option<String>,
+        pub fetch_batch_bytes: Option<u64>,
+        pub fetch_batch_messages: Option<usize>,
+        pub mode: Option<String>,
+        pub first_start: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -791,7 +1237,7 @@ mod tests {
         let mailbox = &config.mailboxes[0];
         assert_eq!(mailbox.imap.port, 993);
         assert_eq!(mailbox.imap.tls, TlsMode::Implicit);
-        assert_eq!(mailbox.folder, "INBOX");
+        assert_eq!(mailbox.folders, ["INBOX"]);
         assert_eq!(mailbox.dispose, Disposal::MarkSeen);
         assert_eq!(mailbox.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
         assert_eq!(config.database.url, "sqlite://data/mailintake.db");
@@ -925,6 +1371,188 @@ mod tests {
             panic!("expected a client secret grant");
         };
         assert_eq!(client_secret.expose_secret(), "from-file");
+    }
+
+    #[test]
+    fn several_folders_within_the_connection_limit() {
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\nfolders = [\"INBOX\", \"Support/Urgent\"]",
+        );
+        let config = load(&text).unwrap();
+        assert_eq!(config.mailboxes[0].folders, ["INBOX", "Support/Urgent"]);
+
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\nfolders = [\"INBOX\", \"A\", \"B\"]\nmax_connections = 2",
+        );
+        let problems = load(&text).unwrap_err();
+        assert_eq!(problems[0].key, "mailboxes[0].folders");
+        assert!(
+            problems[0].message.contains("max_connections"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn mailbox_modes_and_first_start_policies() {
+        let config = load(MINIMAL).unwrap();
+        let mailbox = &config.mailboxes[0];
+        assert_eq!(mailbox.mode, Mode::Normal);
+        assert_eq!(mailbox.first_start, FirstStart::All);
+        assert!(mailbox.idle);
+        assert_eq!(mailbox.idle_interval, Duration::from_secs(600));
+
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\nmode = \"shadow\"\nfirst_start = \"2026-11-01\"\ndispose = \"delete\"",
+        );
+        let config = load(&text).unwrap();
+        let mailbox = &config.mailboxes[0];
+        assert_eq!(mailbox.mode, Mode::Shadow);
+        assert_eq!(mailbox.first_start, FirstStart::Since(1_793_491_200_000));
+        assert_eq!(mailbox.dispose, Disposal::Delete);
+
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\nfirst_start = \"yesterday\"\nidle_interval = \"45m\"",
+        );
+        let problems = load(&text).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["mailboxes[0].first_start", "mailboxes[0].idle_interval"],
+            "{problems:?}"
+        );
+    }
+
+    fn with_identity(keys: &str) -> String {
+        MINIMAL.replace("client_secret = \"s3cr3t-value\"", keys)
+    }
+
+    #[test]
+    fn certificate_credentials_read_both_files_or_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.pem"), "pem").unwrap();
+        std::fs::write(dir.path().join("app.key"), "key").unwrap();
+        let text = with_identity("certificate_file = \"app.pem\"\nprivate_key_file = \"app.key\"");
+        let config = Config::from_toml_str(&text, dir.path()).unwrap();
+        let Grant::Certificate {
+            certificate_file,
+            private_key_file,
+        } = &config.identity("app").grant
+        else {
+            panic!("expected a certificate grant");
+        };
+        assert_eq!(certificate_file, &dir.path().join("app.pem"));
+        assert_eq!(private_key_file, &dir.path().join("app.key"));
+        // One PEM file with both the certificate and the key.
+        let text = with_identity("certificate_file = \"app.pem\"");
+        let config = Config::from_toml_str(&text, dir.path()).unwrap();
+        assert!(matches!(
+            &config.identity("app").grant,
+            Grant::Certificate { private_key_file, .. } if private_key_file == &dir.path().join("app.pem")
+        ));
+        // Not both a secret and a certificate; files must exist.
+        let text = with_identity(
+            "client_secret = \"x\"\ncertificate_file = \"app.pem\"\nprivate_key_file = \"missing.key\"",
+        );
+        let problems = Config::from_toml_str(&text, dir.path()).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "identities.app.client_secret",
+                "identities.app.private_key_file"
+            ],
+            "{problems:?}"
+        );
+    }
+
+    const TOKEN_STORE: &str = "[token_store]\nkeys = [{ id = \"k2\", key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\" }, { id = \"k1\", key = \"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\" }]\n";
+
+    #[test]
+    fn device_code_identities_need_token_keys_and_get_delegated_defaults() {
+        let text = with_identity("flow = \"device_code\"");
+        let problems = load(&text).unwrap_err();
+        assert_eq!(problems[0].key, "token_store.keys", "{problems:?}");
+        assert!(problems[0].message.contains("openssl rand -base64 32"));
+
+        let config = load(&format!("{TOKEN_STORE}{text}")).unwrap();
+        let identity = config.identity("app");
+        assert_eq!(identity.grant.flow_name(), "device_code");
+        assert!(identity.grant.is_delegated());
+        assert!(identity.scope.contains("offline_access"));
+        assert_eq!(
+            identity.device_code_url.as_ref().unwrap().as_str(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode"
+        );
+        assert_eq!(
+            identity.authority.as_ref().unwrap().as_str(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com"
+        );
+        let ids: Vec<&str> = config.token_keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["k2", "k1"], "the first key encrypts");
+        assert!(!format!("{config:?}").contains("MDEyMzQ1"));
+
+        let text = with_identity(
+            "flow = \"device_code\"\nscope = \"https://outlook.office365.com/IMAP.AccessAsUser.All\"",
+        );
+        let problems = load(&format!("{TOKEN_STORE}{text}")).unwrap_err();
+        assert_eq!(problems[0].key, "identities.app.scope");
+        assert!(problems[0].message.contains("offline_access"));
+    }
+
+    #[test]
+    fn token_keys_must_be_32_bytes_with_unique_ids() {
+        let text = format!(
+            "[token_store]\nkeys = [{{ id = \"a\", key = \"c2hvcnQ=\" }}, {{ id = \"a\", key = \"x\" }}]\n{MINIMAL}"
+        );
+        let problems = load(&text).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["token_store.keys[0].key", "token_store.keys[1].id"],
+            "{problems:?}"
+        );
+        assert!(!format!("{problems:?}").contains("c2hvcnQ="));
+    }
+
+    #[test]
+    fn refresh_token_flow_needs_its_seed_and_flows_name_foreign_keys() {
+        let text = format!("{TOKEN_STORE}{}", with_identity("flow = \"refresh_token\""));
+        let problems = load(&text).unwrap_err();
+        assert_eq!(problems[0].key, "identities.app.refresh_token");
+        let text = format!(
+            "{TOKEN_STORE}{}",
+            with_identity("flow = \"refresh_token\"\nrefresh_token = \"seed\"")
+        );
+        let config = load(&text).unwrap();
+        assert!(matches!(
+            config.identity("app").grant,
+            Grant::RefreshToken {
+                login: DelegatedLogin::Seed(_),
+                ..
+            }
+        ));
+        let text = with_identity("client_secret = \"x\"\nusername = \"u@contoso.com\"");
+        let problems = load(&text).unwrap_err();
+        assert_eq!(problems[0].key, "identities.app.username");
+        assert!(problems[0].message.contains("flow = \"password\""));
+    }
+
+    #[test]
+    fn secret_expiry_date_is_parsed() {
+        let text = with_identity("client_secret = \"x\"\nsecret_expires = \"2027-05-31\"");
+        assert_eq!(
+            load(&text).unwrap().identity("app").secret_expires,
+            Some(1_811_721_600)
+        );
+        let text = with_identity("client_secret = \"x\"\nsecret_expires = \"31.05.2027\"");
+        assert_eq!(
+            load(&text).unwrap_err()[0].key,
+            "identities.app.secret_expires"
+        );
     }
 
     #[test]

@@ -16,8 +16,10 @@
 //!
 //! `main.rs` only parses the command line ([`cli`]) and calls into these modules.
 
+pub mod check;
 pub mod cli;
 pub mod config;
+pub mod failpoint;
 pub mod imap;
 pub mod ingest;
 pub mod oauth;

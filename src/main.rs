@@ -8,9 +8,9 @@ use anyhow::Context;
 use clap::Parser;
 use mailintake::cli::{Cli, Command};
 use mailintake::config::{Config, redact_url};
-use mailintake::oauth::TokenCache;
+use mailintake::oauth::{self, TokenCache};
 use mailintake::store::Store;
-use mailintake::{telemetry, worker};
+use mailintake::{check, telemetry, worker};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,20 +42,91 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
-    if let Command::Check = command {
+    if let Command::Check { mailbox, all } = &command {
         println!(
             "configuration is valid: {} identity(ies), {} mailbox(es), database {}",
             config.identities.len(),
             config.mailboxes.len(),
             redact_url(&config.database.url)
         );
-        return Ok(ExitCode::SUCCESS);
+        if mailbox.is_none() && !all {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let passed = check::online(&config, mailbox.as_deref()).await?;
+        return Ok(if passed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    if let Command::ConsentUrl { identity } = &command {
+        let Some(identity) = config.identities.get(identity) else {
+            eprintln!("mailintake: {}", unknown_identity(&config, identity));
+            return Ok(ExitCode::from(2));
+        };
+        return match oauth::admin_consent_url(identity) {
+            Some(url) => {
+                println!("{url}");
+                eprintln!(
+                    "Open this URL as a Global, Application or Cloud Application Administrator of the tenant that will use the app, \
+                     and accept: it grants admin consent to every permission the app registration asks for ({}).",
+                    identity.scope
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!(
+                    "mailintake: identity `{}` has only a token_url; admin consent is an Entra ID feature: give tenant or authority",
+                    identity.name
+                );
+                Ok(ExitCode::from(2))
+            }
+        };
     }
     let store = Store::open(&config.database.url)
         .await
         .context("opening the database")?;
     let code = match command {
-        Command::Check => unreachable!("handled above"),
+        Command::Check { .. } | Command::ConsentUrl { .. } => unreachable!("handled above"),
+        Command::Login { identity } => {
+            let Some(identity) = config.identities.get(&identity) else {
+                eprintln!("mailintake: {}", unknown_identity(&config, &identity));
+                return Ok(ExitCode::from(2));
+            };
+            let tokens = TokenCache::new().with_token_store(store.clone(), &config.token_keys);
+            let result = tokens
+                .login_device_code(identity, |prompt| {
+                    match &prompt.message {
+                        Some(message) => println!("{message}"),
+                        None => println!(
+                            "To sign in, open {} and enter the code {}",
+                            prompt.verification_uri, prompt.user_code
+                        ),
+                    }
+                    println!(
+                        "Sign in as the account whose mailboxes this identity reads. Waiting up to {} minute(s)…",
+                        prompt.expires_in.as_secs().div_ceil(60)
+                    );
+                })
+                .await;
+            match result {
+                Ok(login) => {
+                    println!(
+                        "identity `{}` is signed in; its refresh token is stored encrypted in the database{}",
+                        identity.name,
+                        login
+                            .scope
+                            .map(|s| format!(" (granted: {s})"))
+                            .unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mailintake: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Migrate => {
             println!(
                 "database schema is up to date ({})",
@@ -64,7 +135,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             ExitCode::SUCCESS
         }
         Command::Once => {
-            let tokens = TokenCache::new();
+            let tokens = TokenCache::new().with_token_store(store.clone(), &config.token_keys);
             let mut failed = 0;
             for (mailbox, result) in worker::run_once(&config, &store, &tokens).await {
                 match result {
@@ -82,10 +153,11 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             }
         }
         Command::Run => {
+            let tokens = TokenCache::new().with_token_store(store.clone(), &config.token_keys);
             worker::run(
                 Arc::new(config),
                 store.clone(),
-                Arc::new(TokenCache::new()),
+                Arc::new(tokens),
                 shutdown_signal(),
             )
             .await;
@@ -121,6 +193,18 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
     };
     store.close().await;
     Ok(code)
+}
+
+fn unknown_identity(config: &Config, name: &str) -> String {
+    let known: Vec<&str> = config.identities.keys().map(String::as_str).collect();
+    format!(
+        "no identity `{name}` is declared; declared identities: {}",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
 }
 
 /// Completes on SIGTERM or SIGINT.

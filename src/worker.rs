@@ -1,33 +1,38 @@
 //! One task per mailbox: token → IMAP → ingest → store → IMAP disposition. All the IO of a message
-//! happens here, in [`process_one`], in an order that makes every message end in exactly one
-//! recorded outcome:
+//! happens here, in an order that makes every message end in exactly one recorded outcome:
 //!
-//! 1. if the message's outcome is already recorded, only its disposition may be due: finish it;
-//! 2. too large → quarantine record from its header fields alone, never downloading the body;
-//! 3. otherwise download (capped), parse, ask the store for facts, [`ingest::decide`];
-//! 4. commit the outcome and the checkpoint in one transaction;
-//! 5. only then dispose of it in IMAP (`\Seen` or a move), and record that.
+//! 1. list the UIDs above the checkpoint with their sizes (no bodies);
+//! 2. take them in batches bounded by total size and count; in each batch skip what is already
+//!    recorded, record oversized mail from its header fields alone (never downloading the body),
+//!    and download the rest in one round trip, each body capped at `max_message_bytes`;
+//! 3. parse, ask the store for facts, [`ingest::decide`], and record every outcome of the batch
+//!    together with the checkpoint in one transaction (one fsync);
+//! 4. only then dispose of the messages in IMAP (`\Seen`, a move, or deletion), grouped by UID set,
+//!    and record that.
 //!
-//! A crash between 4 and 5 leaves a committed outcome with its disposition pending; the next cycle
-//! completes it before listing new mail. Shutdown is honoured between messages, never inside one.
+//! A crash between 3 and 4 leaves committed outcomes with their dispositions pending; the next sweep
+//! completes them before listing new mail. Shutdown is honoured between batches, never inside one.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, error, info, info_span, instrument, warn};
+use tracing::{Instrument, debug, error, info, info_span, instrument, warn};
 
-use crate::config::{Config, Disposal, Identity, Mailbox};
-use crate::imap::{self, Body, Connection, ImapError, MessageSummary, Uid};
+use crate::config::{Config, Disposal, FirstStart, Identity, Mailbox, Mode};
+use crate::failpoint::{self, Point};
+use crate::imap::{self, Body, Connection, IdleOutcome, ImapError, MessageSummary, Uid};
 use crate::ingest::{self, Decision, Facts, QuarantineReason};
 use crate::oauth::{TokenCache, TokenError};
-use crate::store::{FolderState, ImapLocation, QuarantineEnvelope, Store, StoreError};
+use crate::store::{
+    Batch, FolderState, ImapLocation, QuarantineEnvelope, Store, StoreError, now_ms,
+};
 
-/// Why a mailbox cycle stopped. `Token` errors that need an admin stop the mailbox until fixed.
+/// Why a sweep stopped. `Token` errors that need an admin stop the mailbox until fixed.
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
     #[error(transparent)]
@@ -49,13 +54,14 @@ impl CycleError {
     }
 }
 
-/// What one cycle over a mailbox did.
+/// What one sweep over a mailbox did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CycleReport {
     pub n_listed: usize,
     pub n_tickets: usize,
     pub n_duplicates: usize,
     pub n_quarantined: usize,
+    pub n_ignored: usize,
     /// Messages whose outcome was already recorded; only their disposition was completed.
     pub n_completed: usize,
     pub bytes_fetched: u64,
@@ -65,262 +71,408 @@ impl std::fmt::Display for CycleReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} new message(s): {} ticket(s), {} duplicate(s), {} quarantined; {} earlier disposition(s) completed; {} bytes fetched",
+            "{} new message(s): {} ticket(s), {} duplicate(s), {} quarantined, {} ignored; {} earlier disposition(s) completed; {} bytes fetched",
             self.n_listed,
             self.n_tickets,
             self.n_duplicates,
             self.n_quarantined,
+            self.n_ignored,
             self.n_completed,
             self.bytes_fetched
         )
     }
 }
 
-/// What a single message became.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MessageOutcome {
-    Ticket {
-        ticket_id: i64,
-        reference: String,
-    },
-    Duplicate {
-        ticket_id: i64,
-    },
-    Quarantined {
-        quarantine_id: i64,
-        reason: String,
-    },
-    /// Recorded before (a restart after a crash); only the disposition was completed.
-    AlreadyRecorded,
-}
-
-/// Everything a mailbox cycle needs, borrowed.
+/// Everything a folder task needs, borrowed.
 pub struct MailboxContext<'a> {
     pub mailbox: &'a Mailbox,
+    /// The watched folder this task takes care of.
+    pub folder: &'a str,
     pub identity: &'a Identity,
     pub store: &'a Store,
     pub tokens: &'a TokenCache,
 }
 
+/// A logged-in IMAP session and what the worker knows about it.
+pub struct Session {
+    pub conn: Connection,
+    /// When the token this session logged in with is due for renewal. Exchange ends sessions
+    /// whose token expires, so the worker reconnects with a fresh token before then.
+    pub token_renew_at: Instant,
+    /// Folders known to exist, so each is checked (and created) once per session.
+    folders: HashSet<String>,
+    /// True until the first sweep on this session; a failure on a reused session is retried at
+    /// once on a fresh one (the server may have dropped an idle connection).
+    fresh: bool,
+}
+
 /// Logs in with a cached token; if the server refuses it, forgets it and tries once more with a
 /// fresh one (the token may have been revoked or have expired early).
-async fn login(ctx: &MailboxContext<'_>) -> Result<Connection, CycleError> {
+pub async fn login(ctx: &MailboxContext<'_>) -> Result<Session, CycleError> {
     let token = ctx.tokens.token(ctx.identity).await?;
-    match imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token).await {
-        Ok(conn) => Ok(conn),
+    let conn = match imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token).await {
+        Ok(conn) => conn,
         Err(e) if e.is_auth_failure() => {
             warn!("login refused; retrying once with a new token");
             ctx.tokens.invalidate(&ctx.identity.name, &token).await;
             let token = ctx.tokens.token(ctx.identity).await?;
-            Ok(imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token).await?)
+            let conn = imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token).await?;
+            return Ok(Session::new(conn, token.renew_at));
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Session::new(conn, token.renew_at))
+}
+
+impl Session {
+    fn new(conn: Connection, token_renew_at: Instant) -> Session {
+        Session {
+            conn,
+            token_renew_at,
+            folders: HashSet::new(),
+            fresh: true,
+        }
     }
 }
 
-/// One pass over a mailbox: complete pending dispositions, then ingest every message above the
-/// checkpoint. Stops early (between messages) when `shutdown` is cancelled.
-#[instrument(skip_all, fields(mailbox = %ctx.mailbox.name))]
+/// One sweep on a new connection, then logout: what `mailintake once` does per folder.
+#[instrument(skip_all, fields(mailbox = %ctx.mailbox.name, folder = ctx.folder))]
 pub async fn run_cycle(
     ctx: &MailboxContext<'_>,
     shutdown: &CancellationToken,
 ) -> Result<CycleReport, CycleError> {
-    let mut conn = login(ctx).await?;
-    let result = cycle_on(ctx, &mut conn, shutdown).await;
-    conn.logout().await;
+    let mut session = login(ctx).await?;
+    let result = sweep(ctx, &mut session, shutdown).await;
+    session.conn.logout().await;
     result
 }
 
-async fn cycle_on(
+/// One pass over the mailbox's folder: complete pending dispositions, then ingest every message
+/// above the checkpoint. Stops early (between batches) when `shutdown` is cancelled.
+pub async fn sweep(
     ctx: &MailboxContext<'_>,
-    conn: &mut Connection,
+    session: &mut Session,
     shutdown: &CancellationToken,
 ) -> Result<CycleReport, CycleError> {
     let mailbox = ctx.mailbox;
     let mut report = CycleReport::default();
-    let selected = conn.select(&mailbox.folder).await?;
-    let state = match ctx
-        .store
-        .folder_state(&mailbox.name, &mailbox.folder)
-        .await?
-    {
-        Some(state) if state.uidvalidity == selected.uidvalidity => state,
-        previous => {
-            if let Some(previous) = previous {
-                // The server renumbered the folder. Every message is listed again, and each is
-                // recognised by its Message-ID and content, so nothing is ingested twice.
-                warn!(
-                    old = previous.uidvalidity,
-                    new = selected.uidvalidity,
-                    "UIDVALIDITY changed; resynchronising by Message-ID"
-                );
-            }
-            let state = FolderState {
-                uidvalidity: selected.uidvalidity,
-                last_uid: 0,
-            };
-            ctx.store
-                .set_folder_state(&mailbox.name, &mailbox.folder, state)
-                .await?;
-            state
-        }
+    let selected = match mailbox.mode {
+        Mode::Normal => session.conn.select(ctx.folder).await?,
+        Mode::Shadow => session.conn.examine(ctx.folder).await?,
     };
+    let state = checkpoint(ctx, session, selected.uidvalidity, selected.uid_next).await?;
 
-    let mut folders = FolderCache::default();
-    for pending in ctx
+    let pending = ctx
         .store
-        .pending_dispositions(&mailbox.name, &mailbox.folder, state.uidvalidity)
-        .await?
-    {
-        dispose(conn, &mut folders, Uid(pending.uid), &pending.disposition).await?;
-        ctx.store.mark_disposed(pending.row_id).await?;
-        report.n_completed += 1;
+        .pending_dispositions(&mailbox.name, ctx.folder, state.uidvalidity)
+        .await?;
+    if !pending.is_empty() {
+        let items: Vec<(Uid, String, i64)> = pending
+            .into_iter()
+            .map(|p| (Uid(p.uid), p.disposition, p.row_id))
+            .collect();
+        dispose_all(ctx, session, &items).await?;
+        report.n_completed += items.len();
     }
 
-    let listed = conn.list_above(state.last_uid).await?;
+    let listed = session.conn.list_above(state.last_uid).await?;
     report.n_listed = listed.len();
-    for summary in &listed {
+    for batch in batches(
+        &listed,
+        mailbox.fetch_batch_bytes,
+        mailbox.fetch_batch_messages,
+        mailbox.max_message_bytes,
+    ) {
         if shutdown.is_cancelled() {
-            info!("shutdown requested; stopping between messages");
+            info!("shutdown requested; stopping between batches");
             break;
         }
-        let outcome = process_one(
-            ctx,
-            conn,
-            &mut folders,
-            selected.uidvalidity,
-            summary,
-            &mut report,
-        )
-        .await?;
-        match outcome {
-            MessageOutcome::Ticket { .. } => report.n_tickets += 1,
-            MessageOutcome::Duplicate { .. } => report.n_duplicates += 1,
-            MessageOutcome::Quarantined { .. } => report.n_quarantined += 1,
-            MessageOutcome::AlreadyRecorded => report.n_completed += 1,
-        }
+        process_batch(ctx, session, &state, batch, &mut report).await?;
     }
-    info!(%report, "cycle done");
+    session.fresh = false;
+    info!(%report, "sweep done");
     Ok(report)
 }
 
-/// Folders known to exist on this connection, so each is checked (and created) once.
-#[derive(Default)]
-pub struct FolderCache(HashSet<String>);
+/// The folder's checkpoint, created on the first start (following the mailbox's `first_start`
+/// policy) and reset when the server changed UIDVALIDITY.
+async fn checkpoint(
+    ctx: &MailboxContext<'_>,
+    session: &mut Session,
+    uidvalidity: u32,
+    uid_next: Option<u32>,
+) -> Result<FolderState, CycleError> {
+    let mailbox = ctx.mailbox;
+    let stored = ctx.store.folder_state(&mailbox.name, ctx.folder).await?;
+    let state = match stored {
+        Some(state) if state.uidvalidity == uidvalidity => return Ok(state),
+        Some(previous) => {
+            // The server renumbered the folder. Every message is listed again and recognised by
+            // its Message-ID and fingerprint, so nothing is ingested twice; the first-start cutoff
+            // still applies.
+            warn!(
+                old = previous.uidvalidity,
+                new = uidvalidity,
+                "UIDVALIDITY changed; resynchronising by Message-ID"
+            );
+            FolderState {
+                uidvalidity,
+                last_uid: 0,
+                ingest_after_ms: previous.ingest_after_ms,
+            }
+        }
+        None => match mailbox.first_start {
+            FirstStart::All => FolderState {
+                uidvalidity,
+                last_uid: 0,
+                ingest_after_ms: None,
+            },
+            FirstStart::Now => {
+                // Everything already there stays untouched.
+                let last_uid = match uid_next {
+                    Some(next) => next.saturating_sub(1),
+                    None => session
+                        .conn
+                        .list_above(0)
+                        .await?
+                        .last()
+                        .map_or(0, |m| m.uid.0),
+                };
+                info!(
+                    last_uid,
+                    "first start with first_start = \"now\": existing mail is left untouched"
+                );
+                FolderState {
+                    uidvalidity,
+                    last_uid,
+                    // INTERNALDATE has whole seconds: mail arriving in this very second counts as new.
+                    ingest_after_ms: Some(now_ms() / 1000 * 1000),
+                }
+            }
+            FirstStart::Since(cutoff) => FolderState {
+                uidvalidity,
+                last_uid: 0,
+                ingest_after_ms: Some(cutoff),
+            },
+        },
+    };
+    ctx.store
+        .set_folder_state(&mailbox.name, ctx.folder, state)
+        .await?;
+    Ok(state)
+}
 
-/// The disposition string stored with an outcome: `seen`, `move:<folder>`, `quarantine:<folder>`.
+/// Splits a listing into batches of at most `max_messages` whose listed sizes add up to at most
+/// `max_bytes` (a single larger message is a batch of its own). Oversized messages count nothing:
+/// their bodies are never downloaded.
+fn batches(
+    listed: &[MessageSummary],
+    max_bytes: u64,
+    max_messages: usize,
+    max_message_bytes: u64,
+) -> Vec<&[MessageSummary]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, message) in listed.iter().enumerate() {
+        let size = if message.size > max_message_bytes {
+            0
+        } else {
+            message.size
+        };
+        let count = i - start;
+        if count > 0 && (count >= max_messages || bytes + size > max_bytes) {
+            out.push(&listed[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < listed.len() {
+        out.push(&listed[start..]);
+    }
+    out
+}
+
+/// How one message of a batch is to be handled.
+enum Work {
+    /// Received before the first-start cutoff: recorded as ignored, left untouched.
+    Old,
+    /// Too large (listed, or found while downloading): recorded from these header bytes.
+    TooLarge(Vec<u8>),
+    Raw(Vec<u8>),
+}
+
+/// The disposition string stored with an outcome: `seen`, `move:<folder>`, `delete`,
+/// `quarantine:<folder>`, or `none` (shadow mode, ignored mail).
 fn normal_disposition(mailbox: &Mailbox) -> String {
-    match &mailbox.dispose {
-        Disposal::MarkSeen => "seen".into(),
-        Disposal::Move { folder } => format!("move:{folder}"),
+    match (&mailbox.mode, &mailbox.dispose) {
+        (Mode::Shadow, _) => "none".into(),
+        (Mode::Normal, Disposal::MarkSeen) => "seen".into(),
+        (Mode::Normal, Disposal::Move { folder }) => format!("move:{folder}"),
+        (Mode::Normal, Disposal::Delete) => "delete".into(),
     }
 }
 
 fn quarantine_disposition(mailbox: &Mailbox) -> String {
-    format!("quarantine:{}", mailbox.quarantine_folder)
-}
-
-async fn dispose(
-    conn: &mut Connection,
-    folders: &mut FolderCache,
-    uid: Uid,
-    disposition: &str,
-) -> Result<(), ImapError> {
-    let target = disposition
-        .strip_prefix("move:")
-        .or_else(|| disposition.strip_prefix("quarantine:"));
-    match target {
-        None => conn.mark_seen(uid).await,
-        Some(folder) => {
-            if !folders.0.contains(folder) {
-                conn.ensure_folder(folder).await?;
-                folders.0.insert(folder.to_string());
-            }
-            // Moving a UID that is already gone is a no-op for the server (RFC 3501 §6.4.8), which
-            // makes a repeated disposition after a crash harmless.
-            conn.move_to(uid, folder).await
-        }
+    match mailbox.mode {
+        Mode::Shadow => "none".into(),
+        Mode::Normal => format!("quarantine:{}", mailbox.quarantine_folder),
     }
 }
 
-/// Ingests one message; see the module documentation for the order of steps.
-#[instrument(skip_all, fields(uid = summary.uid.0, size = summary.size, message_id), err)]
-pub async fn process_one(
+#[instrument(skip_all, fields(first_uid = batch[0].uid.0, n = batch.len()), err)]
+async fn process_batch(
     ctx: &MailboxContext<'_>,
-    conn: &mut Connection,
-    folders: &mut FolderCache,
-    uidvalidity: u32,
-    summary: &MessageSummary,
+    session: &mut Session,
+    state: &FolderState,
+    batch: &[MessageSummary],
     report: &mut CycleReport,
-) -> Result<MessageOutcome, CycleError> {
+) -> Result<(), CycleError> {
     let mailbox = ctx.mailbox;
-    let at = ImapLocation {
-        mailbox: &mailbox.name,
-        folder: &mailbox.folder,
-        uidvalidity,
-        uid: summary.uid.0,
-        size: summary.size,
-        internal_date_ms: summary.internal_date_ms,
-    };
+    let first = batch[0].uid.0;
+    let last = batch[batch.len() - 1].uid.0;
 
-    if let Some(recorded) = ctx.store.recorded_outcome(&at).await? {
-        if !recorded.disposed {
-            dispose(conn, folders, summary.uid, &recorded.disposition).await?;
-            ctx.store.mark_disposed(recorded.row_id).await?;
-        }
-        return Ok(MessageOutcome::AlreadyRecorded);
+    // Outcomes recorded before (their pending dispositions were completed at the sweep's start).
+    let recorded: HashSet<u32> = ctx
+        .store
+        .recorded_outcomes(&mailbox.name, ctx.folder, state.uidvalidity, first, last)
+        .await?
+        .into_iter()
+        .map(|r| r.uid)
+        .collect();
+    let todo: Vec<&MessageSummary> = batch
+        .iter()
+        .filter(|m| !recorded.contains(&m.uid.0))
+        .collect();
+    if todo.is_empty() {
+        return Ok(());
     }
 
-    let raw = if summary.size > mailbox.max_message_bytes {
-        None
-    } else {
-        match conn
-            .fetch_body(summary.uid, mailbox.max_message_bytes)
-            .await?
-        {
-            Body::Complete(bytes) => {
-                report.bytes_fetched += bytes.len() as u64;
-                Some(bytes)
-            }
-            // The server's RFC822.SIZE was an estimate (Exchange) and the message is larger.
-            Body::TooLarge => {
-                report.bytes_fetched += mailbox.max_message_bytes + 1;
-                None
-            }
-        }
+    let is_old = |m: &MessageSummary| match (state.ingest_after_ms, m.internal_date_ms) {
+        (Some(cutoff), Some(received)) => received < cutoff,
+        _ => false,
     };
+    let to_fetch: Vec<Uid> = todo
+        .iter()
+        .filter(|m| !is_old(m) && m.size <= mailbox.max_message_bytes)
+        .map(|m| m.uid)
+        .collect();
+    let mut bodies: HashMap<Uid, Body> = session
+        .conn
+        .fetch_bodies(&to_fetch, mailbox.max_message_bytes)
+        .await?
+        .into_iter()
+        .collect();
 
-    let Some(raw) = raw else {
-        let header = conn.fetch_identifying_headers(summary.uid).await?;
-        let envelope = envelope_from_header(&header, summary);
-        tracing::Span::current().record("message_id", envelope.message_id.as_str());
-        let reason = QuarantineReason::TooLarge {
-            size: summary.size,
-            limit: mailbox.max_message_bytes,
+    let mut work = Vec::with_capacity(todo.len());
+    for message in &todo {
+        let item = if is_old(message) {
+            Work::Old
+        } else {
+            match bodies.remove(&message.uid) {
+                Some(Body::Complete(raw)) => {
+                    report.bytes_fetched += raw.len() as u64;
+                    Work::Raw(raw)
+                }
+                // Listed too large, or its announced size was an estimate (Exchange) and it is
+                // larger: record it from its header fields only.
+                found_large => {
+                    if found_large.is_some() {
+                        report.bytes_fetched += mailbox.max_message_bytes + 1;
+                    }
+                    Work::TooLarge(session.conn.fetch_identifying_headers(message.uid).await?)
+                }
+            }
         };
-        let disposition = quarantine_disposition(mailbox);
-        let quarantine_id = ctx
-            .store
-            .commit_quarantine(&at, &envelope, &reason, None, &disposition)
-            .await?;
-        warn!(
-            quarantine_id,
-            reason = reason.code(),
-            "quarantined without downloading"
-        );
-        finish(ctx, conn, folders, &at, summary.uid, &disposition).await?;
-        return Ok(MessageOutcome::Quarantined {
-            quarantine_id,
-            reason: reason.code().into(),
-        });
+        work.push((*message, item));
+    }
+
+    let mut tx = ctx.store.begin().await?;
+    let mut to_dispose: Vec<(Uid, String, i64)> = Vec::with_capacity(work.len());
+    for (summary, item) in work {
+        let at = ImapLocation {
+            mailbox: &mailbox.name,
+            folder: ctx.folder,
+            uidvalidity: state.uidvalidity,
+            uid: summary.uid.0,
+            size: summary.size,
+            internal_date_ms: summary.internal_date_ms,
+        };
+        if let Some((disposition, row_id)) =
+            record(ctx, &mut tx, &at, summary, item, report).await?
+        {
+            to_dispose.push((summary.uid, disposition, row_id));
+        }
+    }
+    tx.commit().await?;
+    failpoint::hit(Point::AfterCommit);
+    dispose_all(ctx, session, &to_dispose).await?;
+    Ok(())
+}
+
+/// Decides and records one message inside the batch's transaction. Returns its disposition and
+/// `imap_messages` row, or `None` when another worker recorded this UID first.
+#[instrument(skip_all, fields(uid = summary.uid.0, size = summary.size, message_id))]
+async fn record(
+    ctx: &MailboxContext<'_>,
+    tx: &mut Batch,
+    at: &ImapLocation<'_>,
+    summary: &MessageSummary,
+    item: Work,
+    report: &mut CycleReport,
+) -> Result<Option<(String, i64)>, CycleError> {
+    let mailbox = ctx.mailbox;
+    let span = tracing::Span::current();
+    let raw = match item {
+        Work::Old => {
+            let envelope = QuarantineEnvelope {
+                message_id: format!(
+                    "uid-{}-{}@first-start.mailintake.invalid",
+                    at.uidvalidity, at.uid
+                ),
+                ..QuarantineEnvelope::default()
+            };
+            let row = tx
+                .ignored(
+                    at,
+                    &envelope.message_id,
+                    "received before the mailbox's first_start cutoff; left untouched",
+                )
+                .await;
+            report.n_ignored += 1;
+            return Ok(ok_unless_conflict(row)?.map(|row| ("none".to_string(), row)));
+        }
+        Work::TooLarge(header) => {
+            let envelope = envelope_from_header(&header, summary);
+            span.record("message_id", envelope.message_id.as_str());
+            let reason = QuarantineReason::TooLarge {
+                size: summary.size,
+                limit: mailbox.max_message_bytes,
+            };
+            let disposition = quarantine_disposition(mailbox);
+            let result = tx
+                .quarantine(at, &envelope, &reason, None, &disposition)
+                .await;
+            return Ok(ok_unless_conflict(result)?.map(|(quarantine_id, row)| {
+                warn!(
+                    quarantine_id,
+                    reason = reason.code(),
+                    "quarantined without downloading"
+                );
+                report.n_quarantined += 1;
+                (disposition, row)
+            }));
+        }
+        Work::Raw(raw) => raw,
     };
 
     let parsed = ingest::parse(&raw);
     let facts = match &parsed {
         Ok(mail) => {
-            tracing::Span::current().record("message_id", mail.message_id.as_str());
+            span.record("message_id", mail.message_id.as_str());
             Facts {
-                same_message_id: ctx.store.message_by_message_id(&mail.message_id).await?,
+                same_message_id: tx.message_by_message_id(&mail.message_id).await?,
             }
         }
         Err(_) => Facts::default(),
@@ -340,85 +492,108 @@ pub async fn process_one(
         },
     };
 
-    let (outcome, disposition) = match ingest::decide(parsed, &facts) {
+    let decision = match ingest::decide(parsed, &facts) {
         Decision::NewTicket(mail) => {
             let disposition = normal_disposition(mailbox);
-            match ctx.store.commit_new_ticket(&at, &mail, &disposition).await {
-                Ok((ticket_id, reference)) => {
+            match tx.new_ticket(at, &mail, &disposition).await {
+                Ok((ticket_id, reference, row)) => {
                     info!(ticket_id, %reference, subject = %mail.subject, "new ticket");
-                    (
-                        MessageOutcome::Ticket {
-                            ticket_id,
-                            reference,
-                        },
-                        disposition,
-                    )
+                    report.n_tickets += 1;
+                    return Ok(Some((disposition, row)));
                 }
-                // Another worker stored the same Message-ID (or this UID) meanwhile: record it as
-                // a duplicate if the UID is still unrecorded, else leave it to that worker.
+                // Another worker stored this Message-ID (or recorded this UID) meanwhile: decide
+                // again with what is stored now.
                 Err(StoreError::Conflict) => {
-                    if ctx.store.recorded_outcome(&at).await?.is_some() {
-                        return Ok(MessageOutcome::AlreadyRecorded);
+                    let facts = Facts {
+                        same_message_id: tx.message_by_message_id(&mail.message_id).await?,
+                    };
+                    if facts.same_message_id.is_none() {
+                        return Ok(None);
                     }
-                    let known = ctx
-                        .store
-                        .message_by_message_id(&mail.message_id)
-                        .await?
-                        .ok_or(StoreError::Conflict)?;
-                    ctx.store
-                        .commit_duplicate(&at, &mail.message_id, known.ticket_id, &disposition)
-                        .await?;
-                    (
-                        MessageOutcome::Duplicate {
-                            ticket_id: known.ticket_id,
-                        },
-                        disposition,
-                    )
+                    ingest::decide(Ok(*mail), &facts)
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+        other => other,
+    };
+    match decision {
         Decision::Duplicate { ticket_id } => {
             let disposition = normal_disposition(mailbox);
-            ctx.store
-                .commit_duplicate(&at, &envelope.message_id, ticket_id, &disposition)
-                .await?;
-            info!(ticket_id, "already stored; recorded as duplicate");
-            (MessageOutcome::Duplicate { ticket_id }, disposition)
+            let row = tx
+                .duplicate(at, &envelope.message_id, ticket_id, &disposition)
+                .await;
+            Ok(ok_unless_conflict(row)?.map(|row| {
+                info!(ticket_id, "already stored; recorded as duplicate");
+                report.n_duplicates += 1;
+                (disposition, row)
+            }))
         }
         Decision::Quarantine(reason) => {
             let disposition = quarantine_disposition(mailbox);
-            let quarantine_id = ctx
-                .store
-                .commit_quarantine(&at, &envelope, &reason, Some(&raw), &disposition)
-                .await?;
-            warn!(quarantine_id, reason = reason.code(), detail = %reason.detail(), "quarantined");
-            (
-                MessageOutcome::Quarantined {
-                    quarantine_id,
-                    reason: reason.code().into(),
-                },
-                disposition,
-            )
+            let result = tx
+                .quarantine(at, &envelope, &reason, Some(&raw), &disposition)
+                .await;
+            Ok(ok_unless_conflict(result)?.map(|(quarantine_id, row)| {
+                warn!(quarantine_id, reason = reason.code(), detail = %reason.detail(), "quarantined");
+                report.n_quarantined += 1;
+                (disposition, row)
+            }))
         }
-    };
-    finish(ctx, conn, folders, &at, summary.uid, &disposition).await?;
-    Ok(outcome)
+        Decision::NewTicket(_) => Ok(None),
+    }
 }
 
-/// The IMAP disposition of a committed outcome, then its record.
-async fn finish(
-    ctx: &MailboxContext<'_>,
-    conn: &mut Connection,
-    folders: &mut FolderCache,
-    at: &ImapLocation<'_>,
-    uid: Uid,
-    disposition: &str,
-) -> Result<(), CycleError> {
-    dispose(conn, folders, uid, disposition).await?;
-    if let Some(recorded) = ctx.store.recorded_outcome(at).await? {
-        ctx.store.mark_disposed(recorded.row_id).await?;
+/// `Conflict` means another worker recorded this UID first: not an error, nothing to do.
+fn ok_unless_conflict<T>(result: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(StoreError::Conflict) => {
+            debug!("already recorded by another worker");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
+}
+
+/// Performs the IMAP dispositions of committed outcomes, one command per kind and UID set, then
+/// records them as done.
+async fn dispose_all(
+    ctx: &MailboxContext<'_>,
+    session: &mut Session,
+    items: &[(Uid, String, i64)],
+) -> Result<(), CycleError> {
+    let mut groups: BTreeMap<&str, Vec<Uid>> = BTreeMap::new();
+    for (uid, disposition, _) in items {
+        groups.entry(disposition.as_str()).or_default().push(*uid);
+    }
+    for (disposition, uids) in groups {
+        let target = disposition
+            .strip_prefix("move:")
+            .or_else(|| disposition.strip_prefix("quarantine:"));
+        match (disposition, target) {
+            ("none", _) => {}
+            ("seen", _) => session.conn.mark_seen(&uids).await?,
+            ("delete", _) => session.conn.delete(&uids).await?,
+            (_, Some(folder)) => {
+                if !session.folders.contains(folder) {
+                    session.conn.ensure_folder(folder).await?;
+                    session.folders.insert(folder.to_string());
+                }
+                // Moving a UID that is already gone is a no-op for the server (RFC 3501 §6.4.8),
+                // which makes a repeated disposition after a crash harmless.
+                session.conn.move_to(&uids, folder).await?;
+            }
+            (other, None) => {
+                error!(
+                    disposition = other,
+                    "unknown disposition recorded; leaving the message in place"
+                );
+            }
+        }
+    }
+    let row_ids: Vec<i64> = items.iter().map(|(_, _, row)| *row).collect();
+    ctx.store.mark_disposed(&row_ids).await?;
     Ok(())
 }
 
@@ -451,7 +626,8 @@ fn envelope_from_header(header: &[u8], summary: &MessageSummary) -> QuarantineEn
     }
 }
 
-/// Runs one cycle for every mailbox, one after another. Returns each mailbox's result.
+/// Runs one sweep for every folder of every mailbox, one after another. Returns each result,
+/// named `mailbox` (or `mailbox/folder` when a mailbox watches several folders).
 pub async fn run_once(
     config: &Config,
     store: &Store,
@@ -460,20 +636,31 @@ pub async fn run_once(
     let never = CancellationToken::new();
     let mut results = Vec::new();
     for mailbox in &config.mailboxes {
-        let ctx = MailboxContext {
-            mailbox,
-            identity: config.identity(&mailbox.identity),
-            store,
-            tokens,
-        };
-        let result = run_cycle(&ctx, &never).await;
-        results.push((mailbox.name.clone(), result));
+        for folder in &mailbox.folders {
+            let ctx = MailboxContext {
+                mailbox,
+                folder,
+                identity: config.identity(&mailbox.identity),
+                store,
+                tokens,
+            };
+            let result = run_cycle(&ctx, &never).await;
+            results.push((task_name(mailbox, folder), result));
+        }
     }
     results
 }
 
-/// The long-running worker: one task per mailbox, polling every `poll_interval`, until `shutdown`
-/// completes. Returns once every task has stopped at a safe point.
+fn task_name(mailbox: &Mailbox, folder: &str) -> String {
+    if mailbox.folders.len() == 1 {
+        mailbox.name.clone()
+    } else {
+        format!("{}/{folder}", mailbox.name)
+    }
+}
+
+/// The long-running worker: one task per watched folder of every mailbox, until `shutdown`
+/// completes. Returns once every task has stopped at a safe point and logged out.
 pub async fn run(
     config: Arc<Config>,
     store: Store,
@@ -482,25 +669,32 @@ pub async fn run(
 ) {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    for index in 0..config.mailboxes.len() {
-        let config = Arc::clone(&config);
-        let store = store.clone();
-        let tokens = Arc::clone(&tokens);
-        let cancel = cancel.clone();
-        let span = info_span!("mailbox", mailbox = %config.mailboxes[index].name);
-        tracker.spawn(
-            async move {
-                let mailbox = &config.mailboxes[index];
-                let ctx = MailboxContext {
-                    mailbox,
-                    identity: config.identity(&mailbox.identity),
-                    store: &store,
-                    tokens: &tokens,
-                };
-                mailbox_loop(&ctx, &cancel).await;
-            }
-            .instrument(span),
-        );
+    for (index, mailbox) in config.mailboxes.iter().enumerate() {
+        for folder_index in 0..mailbox.folders.len() {
+            let config = Arc::clone(&config);
+            let store = store.clone();
+            let tokens = Arc::clone(&tokens);
+            let cancel = cancel.clone();
+            let span = info_span!(
+                "mailbox",
+                mailbox = %mailbox.name,
+                folder = %mailbox.folders[folder_index]
+            );
+            tracker.spawn(
+                async move {
+                    let mailbox = &config.mailboxes[index];
+                    let ctx = MailboxContext {
+                        mailbox,
+                        folder: &mailbox.folders[folder_index],
+                        identity: config.identity(&mailbox.identity),
+                        store: &store,
+                        tokens: &tokens,
+                    };
+                    mailbox_loop(&ctx, &cancel).await;
+                }
+                .instrument(span),
+            );
+        }
     }
     tracker.close();
     shutdown.await;
@@ -510,37 +704,161 @@ pub async fn run(
     info!("all mailboxes stopped");
 }
 
-/// Cycles forever: after success wait `poll_interval`; after trouble back off exponentially (with
-/// jitter); when an administrator must act, retry only every ten minutes.
+/// Waits `delay` unless shutdown comes first; false when it did.
+async fn pause(delay: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// Sweeps, then waits for new mail (IDLE where offered, else `poll_interval`), forever. Keeps one
+/// session open; reconnects with a fresh token before the old one expires; after trouble backs off
+/// exponentially with jitter; when an administrator must act, retries only every ten minutes.
 async fn mailbox_loop(ctx: &MailboxContext<'_>, cancel: &CancellationToken) {
+    let mailbox = ctx.mailbox;
     let new_backoff = || {
         backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_secs(2))
+            .with_min_delay(Duration::from_secs(1))
             .with_max_delay(Duration::from_secs(300))
             .with_jitter()
             .without_max_times()
             .build()
     };
     let mut backoff = new_backoff();
-    loop {
-        let delay = match run_cycle(ctx, cancel).await {
-            Ok(_) => {
-                backoff = new_backoff();
-                ctx.mailbox.poll_interval
-            }
-            Err(e) if e.needs_admin() => {
-                error!(error = %e, "mailbox stopped until an administrator fixes this; retrying in 10 minutes");
-                Duration::from_secs(600)
-            }
-            Err(e) => {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(300));
-                warn!(error = %e, retry_in_s = delay.as_secs(), "cycle failed; will retry");
-                delay
-            }
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+    let mut session: Option<Session> = None;
+    let failure_delay = |e: &CycleError, backoff: &mut backon::ExponentialBackoff| {
+        if e.needs_admin() {
+            error!(error = %e, "mailbox stopped until an administrator fixes this; retrying in 10 minutes");
+            Duration::from_secs(600)
+        } else {
+            let delay = backoff.next().unwrap_or(Duration::from_secs(300));
+            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mailbox trouble; will retry");
+            delay
         }
+    };
+
+    while !cancel.is_cancelled() {
+        if let Some(current) = session.take() {
+            if Instant::now() >= current.token_renew_at {
+                info!("access token due for renewal; reconnecting with a fresh one");
+                current.conn.logout().await;
+            } else {
+                session = Some(current);
+            }
+        }
+        let mut current = match session.take() {
+            Some(current) => current,
+            None => match login(ctx).await {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    let delay = failure_delay(&e, &mut backoff);
+                    if !pause(delay, cancel).await {
+                        break;
+                    }
+                    continue;
+                }
+            },
+        };
+
+        let was_fresh = current.fresh;
+        if let Err(e) = sweep(ctx, &mut current, cancel).await {
+            // The connection's state is unknown after an error: drop it.
+            if !was_fresh && !e.needs_admin() && !matches!(e, CycleError::Store(_)) {
+                info!(error = %e, "sweep failed on a reused connection; reconnecting at once");
+                continue;
+            }
+            let delay = failure_delay(&e, &mut backoff);
+            if !pause(delay, cancel).await {
+                break;
+            }
+            continue;
+        }
+        backoff = new_backoff();
+
+        // Wait for the next sweep: never past the token's renewal, never longer than poll_interval.
+        let until_renewal = current
+            .token_renew_at
+            .saturating_duration_since(Instant::now());
+        let wait = mailbox.poll_interval.min(until_renewal);
+        if mailbox.idle && current.conn.has_capability("IDLE") {
+            let Session {
+                conn,
+                token_renew_at,
+                folders,
+                fresh,
+            } = current;
+            match conn.idle(wait.min(mailbox.idle_interval), cancel).await {
+                Ok((conn, outcome)) => {
+                    debug!(?outcome, "IDLE ended");
+                    session = Some(Session {
+                        conn,
+                        token_renew_at,
+                        folders,
+                        fresh,
+                    });
+                    if outcome == IdleOutcome::Shutdown {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "connection lost while idling; reconnecting");
+                    if !pause(backoff.next().unwrap_or(Duration::from_secs(1)), cancel).await {
+                        break;
+                    }
+                }
+            }
+        } else {
+            session = Some(current);
+            if !pause(wait, cancel).await {
+                break;
+            }
+        }
+    }
+    if let Some(current) = session {
+        current.conn.logout().await;
+    }
+    info!("mailbox stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(uid: u32, size: u64) -> MessageSummary {
+        MessageSummary {
+            uid: Uid(uid),
+            size,
+            internal_date_ms: None,
+            seen: false,
+        }
+    }
+
+    #[test]
+    fn batches_respect_bytes_and_count_and_skip_oversized_sizes() {
+        let listed: Vec<_> = [
+            (1, 40),
+            (2, 40),
+            (3, 40),
+            (4, 500),
+            (5, 10),
+            (6, 10),
+            (7, 10),
+        ]
+        .iter()
+        .map(|(u, s)| summary(*u, *s))
+        .collect();
+        let uids = |b: &[MessageSummary]| b.iter().map(|m| m.uid.0).collect::<Vec<_>>();
+        // 100-byte budget, at most 3 messages; 500 bytes is above max_message_bytes = 200.
+        let got: Vec<Vec<u32>> = batches(&listed, 100, 3, 200)
+            .into_iter()
+            .map(uids)
+            .collect();
+        assert_eq!(got, vec![vec![1, 2], vec![3, 4, 5], vec![6, 7]]);
+        // A single message larger than the budget is a batch of its own.
+        let big = [summary(1, 150), summary(2, 10)];
+        let got: Vec<Vec<u32>> = batches(&big, 100, 10, 1000).into_iter().map(uids).collect();
+        assert_eq!(got, vec![vec![1], vec![2]]);
+        assert!(batches(&[], 100, 10, 1000).is_empty());
     }
 }

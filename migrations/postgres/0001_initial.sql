@@ -120,11 +120,12 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
 
 CREATE TABLE mailbox_state (
-    mailbox     TEXT NOT NULL,
-    folder      TEXT NOT NULL,
-    uidvalidity BIGINT NOT NULL,
-    last_uid    BIGINT NOT NULL,
-    updated_at  BIGINT NOT NULL,
+    mailbox      TEXT NOT NULL,
+    folder       TEXT NOT NULL,
+    uidvalidity  BIGINT NOT NULL,
+    last_uid     BIGINT NOT NULL,
+    ingest_after BIGINT,
+    updated_at   BIGINT NOT NULL,
     PRIMARY KEY (mailbox, folder)
 );
 

@@ -149,6 +149,44 @@ pub enum Body {
     TooLarge,
 }
 
+/// Why an IDLE wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleOutcome {
+    /// The server reported a change (new mail, usually `* n EXISTS`).
+    Changed,
+    /// Our own timer ran out: time for a reconciliation sweep or a fresh IDLE.
+    Timeout,
+    /// Shutdown was requested.
+    Shutdown,
+}
+
+/// Formats UIDs as a compact IMAP sequence set (`1:3,7,9:10`).
+pub fn uid_set(uids: &[Uid]) -> String {
+    let mut sorted: Vec<u32> = uids.iter().map(|u| u.0).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
 /// An authenticated IMAP session.
 pub struct Connection {
     session: Session<TlsStream>,
@@ -399,12 +437,32 @@ impl Connection {
 
     /// Selects `folder` read-write.
     pub async fn select(&mut self, folder: &str) -> Result<SelectedFolder, ImapError> {
+        self.open_folder(folder, false).await
+    }
+
+    /// Opens `folder` read-only (EXAMINE): nothing in it can change through this session.
+    pub async fn examine(&mut self, folder: &str) -> Result<SelectedFolder, ImapError> {
+        self.open_folder(folder, true).await
+    }
+
+    async fn open_folder(
+        &mut self,
+        folder: &str,
+        read_only: bool,
+    ) -> Result<SelectedFolder, ImapError> {
         let encoded = encode_folder_name(folder);
         let mailbox = within(self.command_timeout, "SELECT", async {
-            self.session
-                .select(&encoded)
-                .await
-                .map_err(protocol("SELECT"))
+            if read_only {
+                self.session
+                    .examine(&encoded)
+                    .await
+                    .map_err(protocol("EXAMINE"))
+            } else {
+                self.session
+                    .select(&encoded)
+                    .await
+                    .map_err(protocol("SELECT"))
+            }
         })
         .await?;
         let uidvalidity = mailbox.uid_validity.ok_or_else(|| ImapError::Unexpected {
@@ -477,35 +535,53 @@ impl Connection {
         Ok(listed)
     }
 
-    /// Downloads one message, but never more than `cap + 1` bytes of it (`BODY.PEEK[]<0.N>`, which
-    /// also leaves `\Seen` alone).
-    pub async fn fetch_body(&mut self, uid: Uid, cap: u64) -> Result<Body, ImapError> {
+    /// Downloads a batch of messages in one round trip, but never more than `cap + 1` bytes of any
+    /// of them (`BODY.PEEK[]<0.N>`, which also leaves `\Seen` alone). Every requested UID must come
+    /// back: a missing one may be a NO the library swallowed, so it is an error, never an empty mail.
+    pub async fn fetch_bodies(
+        &mut self,
+        uids: &[Uid],
+        cap: u64,
+    ) -> Result<Vec<(Uid, Body)>, ImapError> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
         let limit = cap.saturating_add(1);
-        let body = within(self.command_timeout, "UID FETCH body", async {
-            let stream = self
+        let set = uid_set(uids);
+        let mut bodies = within(self.command_timeout, "UID FETCH body", async {
+            let mut stream = self
                 .session
-                .uid_fetch(uid.to_string(), format!("(UID BODY.PEEK[]<0.{limit}>)"))
+                .uid_fetch(&set, format!("(UID BODY.PEEK[]<0.{limit}>)"))
                 .await
                 .map_err(protocol("UID FETCH body"))?;
-            let fetches: Vec<_> = stream
-                .try_collect()
+            let mut bodies = std::collections::HashMap::with_capacity(uids.len());
+            // Take each body out as it arrives, so the library's response buffers are dropped.
+            while let Some(fetch) = stream
+                .try_next()
                 .await
-                .map_err(protocol("UID FETCH body"))?;
-            Ok(fetches
-                .iter()
-                .find(|f| f.uid == Some(uid.0))
-                .and_then(|f| f.body().map(<[u8]>::to_vec)))
+                .map_err(protocol("UID FETCH body"))?
+            {
+                if let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) {
+                    let body = if body.len() as u64 > cap {
+                        Body::TooLarge
+                    } else {
+                        Body::Complete(body.to_vec())
+                    };
+                    bodies.insert(uid, body);
+                }
+            }
+            Ok(bodies)
         })
         .await?;
-        match body {
-            Some(bytes) if bytes.len() as u64 > cap => Ok(Body::TooLarge),
-            Some(bytes) => Ok(Body::Complete(bytes)),
-            // An empty result may be a NO the library swallowed: never treat it as an empty mail.
-            None => Err(ImapError::Unexpected {
-                operation: "UID FETCH body",
-                detail: format!("the server returned no body for UID {uid}"),
-            }),
-        }
+        uids.iter()
+            .map(|uid| match bodies.remove(&uid.0) {
+                Some(body) => Ok((*uid, body)),
+                None => Err(ImapError::Unexpected {
+                    operation: "UID FETCH body",
+                    detail: format!("the server returned no body for UID {uid}"),
+                }),
+            })
+            .collect()
     }
 
     /// The header fields that identify a message, without its body: what is recorded for mail
@@ -536,36 +612,97 @@ impl Connection {
         })
     }
 
-    /// Sets `\Seen` on `uid`.
-    pub async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError> {
+    /// Sets `\Seen` on `uids`.
+    pub async fn mark_seen(&mut self, uids: &[Uid]) -> Result<(), ImapError> {
         self.checked(
             "UID STORE",
-            format!("UID STORE {uid} +FLAGS.SILENT (\\Seen)"),
+            format!("UID STORE {} +FLAGS.SILENT (\\Seen)", uid_set(uids)),
         )
         .await
     }
 
-    /// Moves `uid` to `folder`: `UID MOVE` (RFC 6851) where offered, else COPY, `\Deleted` and
-    /// `UID EXPUNGE` (RFC 4315) or, without UIDPLUS, leaves the copy flagged for the next EXPUNGE.
-    pub async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
+    /// Moves `uids` to `folder`: `UID MOVE` (RFC 6851) where offered, else COPY, `\Deleted` and
+    /// `UID EXPUNGE` (RFC 4315) or, without UIDPLUS, leaves the originals flagged `\Deleted` for the
+    /// next EXPUNGE (a plain EXPUNGE could remove other clients' deleted mail).
+    pub async fn move_to(&mut self, uids: &[Uid], folder: &str) -> Result<(), ImapError> {
+        let set = uid_set(uids);
         let target = quoted(folder);
         if self.has_capability("MOVE") {
             return self
-                .checked("UID MOVE", format!("UID MOVE {uid} {target}"))
+                .checked("UID MOVE", format!("UID MOVE {set} {target}"))
                 .await;
         }
-        self.checked("UID COPY", format!("UID COPY {uid} {target}"))
+        self.checked("UID COPY", format!("UID COPY {set} {target}"))
             .await?;
+        self.delete(uids).await
+    }
+
+    /// Flags `uids` `\Deleted` and expunges exactly those (UIDPLUS); without UIDPLUS they stay
+    /// flagged, for the same reason as in [`Connection::move_to`].
+    pub async fn delete(&mut self, uids: &[Uid]) -> Result<(), ImapError> {
+        let set = uid_set(uids);
         self.checked(
             "UID STORE",
-            format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)"),
+            format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
         )
         .await?;
         if self.has_capability("UIDPLUS") {
-            self.checked("UID EXPUNGE", format!("UID EXPUNGE {uid}"))
+            self.checked("UID EXPUNGE", format!("UID EXPUNGE {set}"))
                 .await?;
         }
         Ok(())
+    }
+
+    /// Waits in IDLE (RFC 2177) until the server reports a change, `max_wait` passes, or `shutdown`
+    /// is cancelled; then ends IDLE and hands the connection back. async-imap restarts its own
+    /// timeout on every server line (keepalives), so the wall-clock limit is enforced here; and
+    /// it reports a dropped connection as an interrupt, which is an error here since we never
+    /// interrupt it ourselves.
+    pub async fn idle(
+        self,
+        max_wait: Duration,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(Connection, IdleOutcome), ImapError> {
+        use async_imap::extensions::idle::IdleResponse;
+        let Connection {
+            session,
+            capabilities,
+            command_timeout,
+        } = self;
+        let mut handle = session.idle();
+        within(command_timeout, "IDLE", async {
+            handle.init().await.map_err(protocol("IDLE"))
+        })
+        .await?;
+        let outcome = {
+            let (wait, _interrupt) = handle.wait_with_timeout(max_wait);
+            tokio::select! {
+                result = tokio::time::timeout(max_wait, wait) => match result {
+                    Err(_) | Ok(Ok(IdleResponse::Timeout)) => IdleOutcome::Timeout,
+                    Ok(Ok(IdleResponse::NewData(_))) => IdleOutcome::Changed,
+                    Ok(Ok(IdleResponse::ManualInterrupt)) => {
+                        return Err(ImapError::Unexpected {
+                            operation: "IDLE",
+                            detail: "the connection was lost while idling".into(),
+                        });
+                    }
+                    Ok(Err(source)) => return Err(ImapError::Protocol { operation: "IDLE", source }),
+                },
+                _ = shutdown.cancelled() => IdleOutcome::Shutdown,
+            }
+        };
+        let session = within(command_timeout, "IDLE DONE", async {
+            handle.done().await.map_err(protocol("IDLE DONE"))
+        })
+        .await?;
+        Ok((
+            Connection {
+                session,
+                capabilities,
+                command_timeout,
+            },
+            outcome,
+        ))
     }
 
     /// Creates `folder` unless it exists (`[ALREADYEXISTS]`, RFC 5530, or present in LIST).
@@ -639,6 +776,13 @@ mod tests {
             "[AUTHENTICATIONFAILED] Authentication failed."
         );
         assert_eq!(server_text("plain"), "plain");
+    }
+
+    #[test]
+    fn uid_sets_are_compact() {
+        let uids = |v: &[u32]| v.iter().map(|u| Uid(*u)).collect::<Vec<_>>();
+        assert_eq!(uid_set(&uids(&[1])), "1");
+        assert_eq!(uid_set(&uids(&[3, 1, 2, 7, 9, 10, 10])), "1:3,7,9:10");
     }
 
     #[test]

@@ -1,30 +1,46 @@
 //! OAuth2 access tokens for IMAP and SMTP, from Entra ID or any RFC 6749 token endpoint.
 //!
-//! One [`TokenCache`] serves the whole process. It keeps one token per identity and hands the same
-//! token to every mailbox and protocol using that identity; callers that arrive while a token is
-//! being fetched wait for that one request instead of starting their own (single flight).
+//! One [`TokenCache`] serves the whole process. It keeps one token per (identity, scope) and hands
+//! the same token to every mailbox and protocol using that identity; callers that arrive while a
+//! token is being fetched wait for that one request instead of starting their own (single flight).
+//! Tokens are renewed ahead of expiry, with a margin and some jitter so that many processes on one
+//! identity do not all renew in the same second.
+//!
+//! A token request is retried (with backoff, within a bounded total time) when the endpoint could
+//! not be reached, answered 5xx, or throttled with 429 (honouring `Retry-After`); never when it
+//! refused the credentials: see [`TokenError::is_retryable`] and [`entra::remedy`].
 //!
 //! The token request is a form POST and a JSON answer. It is written directly on reqwest rather
 //! than with the `oauth2` crate because that crate's error type drops the fields an operator needs
 //! (Entra's `error_codes`, `trace_id`, `correlation_id`), and Entra's error body is the product's
 //! most important diagnostic.
 
+pub mod assertion;
+mod device;
 pub mod entra;
+mod request;
+pub mod sealed;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-use tracing::{debug, info, instrument};
+use tracing::warn;
 
-use crate::config::{Grant, Identity};
+use crate::config::{Identity, TokenKey};
+use crate::store::Store;
+pub use device::{DeviceLogin, DevicePrompt};
 pub use entra::{ErrorBody, Remedy};
+use sealed::TokenKeys;
 
 /// Tokens are renewed this long before they expire (or at 80% of a short lifetime), so a token
 /// never expires between being handed out and being used in a login.
 const RENEW_AHEAD: Duration = Duration::from_secs(300);
+
+/// When renewing fails for a passing reason, the current token is still handed out if it stays
+/// valid for at least this long.
+const STILL_USABLE: Duration = Duration::from_secs(30);
 
 /// A bearer token and when it stops being usable.
 #[derive(Clone)]
@@ -44,24 +60,38 @@ impl std::fmt::Debug for AccessToken {
     }
 }
 
-/// Why no token could be had. The caller's question is "retry, or tell an admin?":
-/// see [`TokenError::needs_admin`].
+/// Why no token could be had. The caller's question is "retry, or tell a person?":
+/// see [`TokenError::needs_admin`] and [`TokenError::is_retryable`].
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// The provider refused the request with an OAuth2 error (bad secret, unknown client, …).
-    #[error("{}", describe_rejection(.identity, .status, .body))]
+    #[error("{}", describe_rejection(.identity, .status, .body, .retry_after))]
     Rejected {
         identity: String,
         status: u16,
         body: Box<ErrorBody>,
+        /// The `Retry-After` the provider asked for (429, 503), when it sent one in seconds.
+        retry_after: Option<Duration>,
     },
-    /// The provider could not be reached or timed out.
+    /// The provider could not be reached or did not answer in time.
     #[error("token endpoint of identity `{identity}` ({url}) could not be reached: {source}")]
     Unreachable {
         identity: String,
         url: String,
         #[source]
         source: reqwest::Error,
+    },
+    /// Every attempt within the retry budget failed or hung.
+    #[error(
+        "token endpoint of identity `{identity}` ({url}) gave no token within {}s ({attempts} attempt(s)); last problem: {last}",
+        .after.as_secs()
+    )]
+    GaveUp {
+        identity: String,
+        url: String,
+        after: Duration,
+        attempts: usize,
+        last: String,
     },
     /// The provider answered something that is not a token response.
     #[error(
@@ -72,20 +102,42 @@ pub enum TokenError {
         status: u16,
         detail: String,
     },
-    /// The identity's local setup is broken (e.g. an unreadable CA file).
+    /// The identity's local setup is broken (e.g. an unreadable CA or key file).
     #[error("identity `{identity}`: {detail}")]
     Setup { identity: String, detail: String },
 }
 
 impl TokenError {
-    /// True when only an administrator can fix this (wrong secret, missing consent, unknown client…).
+    /// True when only a person can fix this (wrong secret, missing consent, unknown client, a
+    /// revoked refresh token…): the mailbox stops and retries slowly.
     pub fn needs_admin(&self) -> bool {
         match self {
             TokenError::Rejected { status, body, .. } => {
-                entra::remedy(body, *status) == Remedy::NeedsAdmin
+                entra::remedy(body, *status) != Remedy::Retry
             }
             TokenError::Setup { .. } => true,
-            TokenError::Unreachable { .. } | TokenError::Malformed { .. } => false,
+            TokenError::Unreachable { .. }
+            | TokenError::GaveUp { .. }
+            | TokenError::Malformed { .. } => false,
+        }
+    }
+
+    /// True when a person must sign in again (`mailintake login`) rather than change the app.
+    pub fn needs_sign_in(&self) -> bool {
+        matches!(self, TokenError::Rejected { status, body, .. }
+            if entra::remedy(body, *status) == Remedy::SignInAgain)
+    }
+
+    /// True when the same request may succeed soon: network trouble, 5xx, 429,
+    /// `temporarily_unavailable`. Never for `invalid_client`/`invalid_grant` and the like.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TokenError::Rejected { status, body, .. } => {
+                entra::remedy(body, *status) == Remedy::Retry
+            }
+            TokenError::Unreachable { .. } => true,
+            TokenError::Malformed { status, .. } => *status == 429 || *status >= 500,
+            TokenError::GaveUp { .. } | TokenError::Setup { .. } => false,
         }
     }
 
@@ -96,59 +148,109 @@ impl TokenError {
             _ => None,
         }
     }
+
+    /// The OAuth `error` value, when the provider gave one.
+    pub fn oauth_error(&self) -> Option<&str> {
+        match self {
+            TokenError::Rejected { body, .. } => Some(&body.error),
+            _ => None,
+        }
+    }
 }
 
-fn describe_rejection(identity: &str, status: &u16, body: &ErrorBody) -> String {
+fn describe_rejection(
+    identity: &str,
+    status: &u16,
+    body: &ErrorBody,
+    retry_after: &Option<Duration>,
+) -> String {
     let mut text = format!(
         "identity `{identity}`: the token endpoint refused (HTTP {status}, {}): {}",
         body.error,
         body.summary()
     );
-    if let Some(hint) = body.aadsts_code().and_then(entra::hint_for_code) {
-        text.push_str(&format!("\n  fix: {hint}"));
+    if let Some(hint) = entra::hint(body) {
+        text.push_str(&format!(
+            "\n  fix: {}",
+            hint.replace("<identity>", identity)
+        ));
     }
-    if let Some(trace) = &body.trace_id {
-        text.push_str(&format!("\n  trace id: {trace}"));
+    if let Some(retry_after) = retry_after {
+        text.push_str(&format!(
+            "\n  the provider asked to retry after {}s",
+            retry_after.as_secs()
+        ));
     }
-    if let Some(correlation) = &body.correlation_id {
-        text.push_str(&format!(", correlation id: {correlation}"));
+    let ids: Vec<String> = [
+        ("trace id", &body.trace_id),
+        ("correlation id", &body.correlation_id),
+        ("timestamp", &body.timestamp),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}: {v}")))
+    .collect();
+    if !ids.is_empty() {
+        text.push_str(&format!("\n  {}", ids.join(", ")));
     }
     text
 }
 
-/// A successful token response (RFC 6749 §5.1).
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: SecretString,
-    #[serde(default)]
-    token_type: Option<String>,
-    /// Seconds; some providers send it as a string.
-    #[serde(default, deserialize_with = "seconds")]
-    expires_in: Option<u64>,
+/// How token requests are retried. The defaults suit a long-running worker; tests shorten them.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: usize,
+    /// The first wait; each further wait doubles (with jitter) up to `max_delay`.
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// The whole token request, every attempt and wait included, never takes longer. A
+    /// `Retry-After` that would end beyond it is not waited for: the error is returned at once.
+    pub total: Duration,
+    /// The limit for one HTTP request (connect, send, answer).
+    pub request_timeout: Duration,
 }
 
-fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumberOrString {
-        Number(u64),
-        String(String),
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            min_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+            total: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(30),
+        }
     }
-    Ok(match Option::<NumberOrString>::deserialize(d)? {
-        Some(NumberOrString::Number(n)) => Some(n),
-        Some(NumberOrString::String(s)) => s.trim().parse().ok(),
-        None => None,
-    })
 }
 
-/// One slot per identity; its async mutex is the single-flight lock.
-type Slot = Arc<tokio::sync::Mutex<Option<AccessToken>>>;
+/// A token in a slot, with its real expiry (the `AccessToken` only says when to renew).
+#[derive(Clone)]
+struct Cached {
+    token: AccessToken,
+    expires_at: Instant,
+}
+
+/// One slot per (identity, scope); its async mutex is the single-flight lock.
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 
 /// The process-wide token cache.
 pub struct TokenCache {
     /// One HTTP client per identity, because each identity may trust an extra CA.
     clients: Mutex<HashMap<String, reqwest::Client>>,
-    slots: Mutex<HashMap<String, Slot>>,
+    /// Keyed by (identity name, scope): one identity may need tokens for several scopes.
+    slots: Mutex<HashMap<(String, String), Slot>>,
+    retry: RetryPolicy,
+    /// Where delegated identities' refresh tokens are kept, encrypted; `None` in processes that
+    /// only use app-only or password identities.
+    refresh_store: Option<RefreshStore>,
+    /// The newest refresh token per (identity, scope), so that a failed database write never
+    /// makes the process fall back to an older one.
+    refresh_tokens: Mutex<HashMap<(String, String), SecretString>>,
+}
+
+/// The database and the keys for refresh tokens at rest.
+struct RefreshStore {
+    store: Store,
+    keys: TokenKeys,
 }
 
 impl Default for TokenCache {
@@ -159,42 +261,102 @@ impl Default for TokenCache {
 
 impl TokenCache {
     pub fn new() -> Self {
+        Self::with_retry_policy(RetryPolicy::default())
+    }
+
+    /// A cache whose token requests are retried by `retry` (tests use short delays).
+    pub fn with_retry_policy(retry: RetryPolicy) -> Self {
         TokenCache {
             clients: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
+            retry,
+            refresh_store: None,
+            refresh_tokens: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A valid token for `identity`, from the cache or freshly requested.
+    /// Keeps delegated identities' refresh tokens in `store`, encrypted with `keys` (the config's
+    /// `[token_store] keys`). Needed for `device_code` and `refresh_token` identities.
+    pub fn with_token_store(mut self, store: Store, keys: &[TokenKey]) -> Self {
+        self.refresh_store = Some(RefreshStore {
+            store,
+            keys: TokenKeys::new(keys),
+        });
+        self
+    }
+
+    /// A valid token for `identity` and its configured scope, from the cache or freshly requested.
     pub async fn token(&self, identity: &Identity) -> Result<AccessToken, TokenError> {
-        let slot = self.slot(&identity.name);
+        self.token_for_scope(identity, &identity.scope).await
+    }
+
+    /// A valid token for `identity` and `scope`. Concurrent callers for the same pair share one
+    /// request.
+    pub async fn token_for_scope(
+        &self,
+        identity: &Identity,
+        scope: &str,
+    ) -> Result<AccessToken, TokenError> {
+        let slot = self.slot(&identity.name, scope);
         let mut cached = slot.lock().await;
-        if let Some(token) = cached.as_ref()
-            && Instant::now() < token.renew_at
+        let now = Instant::now();
+        if let Some(current) = cached.as_ref()
+            && now < current.token.renew_at
         {
-            return Ok(token.clone());
+            return Ok(current.token.clone());
         }
-        let token = self.request(identity).await?;
-        *cached = Some(token.clone());
-        Ok(token)
+        match self.fetch(identity, scope).await {
+            Ok(fetched) => {
+                *cached = Some(fetched.clone());
+                Ok(fetched.token)
+            }
+            // Renewing ahead of expiry failed for a passing reason: keep using the current token
+            // while it is still good, and try again on the next call.
+            Err(e)
+                if e.is_retryable()
+                    || matches!(e, TokenError::GaveUp { .. } | TokenError::Malformed { .. }) =>
+            {
+                match cached.as_ref() {
+                    Some(current) if current.expires_at > Instant::now() + STILL_USABLE => {
+                        warn!(identity = %identity.name, error = %e,
+                            "renewing the access token failed; the current one is still valid");
+                        Ok(current.token.clone())
+                    }
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Forgets `identity`'s token if it is still `rejected`: the server refused it, so the next
     /// caller must fetch a new one. A newer token fetched meanwhile is kept.
     pub async fn invalidate(&self, identity: &str, rejected: &AccessToken) {
-        let slot = self.slot(identity);
-        let mut cached = slot.lock().await;
-        if cached
-            .as_ref()
-            .is_some_and(|t| t.secret.expose_secret() == rejected.secret.expose_secret())
-        {
-            *cached = None;
+        let slots: Vec<Slot> = {
+            let slots = self.slots.lock().expect("token cache lock poisoned");
+            slots
+                .iter()
+                .filter(|((name, _), _)| name == identity)
+                .map(|(_, slot)| Arc::clone(slot))
+                .collect()
+        };
+        for slot in slots {
+            let mut cached = slot.lock().await;
+            if cached
+                .as_ref()
+                .is_some_and(|c| c.token.secret.expose_secret() == rejected.secret.expose_secret())
+            {
+                *cached = None;
+            }
         }
     }
 
-    fn slot(&self, identity: &str) -> Slot {
+    fn slot(&self, identity: &str, scope: &str) -> Slot {
         let mut slots = self.slots.lock().expect("token cache lock poisoned");
-        slots.entry(identity.to_string()).or_default().clone()
+        slots
+            .entry((identity.to_string(), scope.to_string()))
+            .or_default()
+            .clone()
     }
 
     fn http_client(&self, identity: &Identity) -> Result<reqwest::Client, TokenError> {
@@ -208,7 +370,6 @@ impl TokenCache {
         };
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
             .user_agent(concat!("mailintake/", env!("CARGO_PKG_VERSION")));
         if let Some(ca_file) = &identity.ca_file {
             let pem = std::fs::read(ca_file)
@@ -227,107 +388,111 @@ impl TokenCache {
         clients.insert(identity.name.clone(), client.clone());
         Ok(client)
     }
-
-    #[instrument(skip_all, fields(identity = %identity.name, flow = identity.grant.flow_name()))]
-    async fn request(&self, identity: &Identity) -> Result<AccessToken, TokenError> {
-        let client = self.http_client(identity)?;
-        let mut form: Vec<(&str, &str)> = vec![
-            ("client_id", identity.client_id.as_str()),
-            ("scope", identity.scope.as_str()),
-        ];
-        match &identity.grant {
-            Grant::ClientSecret { client_secret } => {
-                form.push(("grant_type", "client_credentials"));
-                // Entra expects the secret in the body; HTTP Basic is refused (AADSTS900144).
-                form.push(("client_secret", client_secret.expose_secret()));
-            }
-            Grant::Password {
-                username,
-                password,
-                client_secret,
-            } => {
-                form.push(("grant_type", "password"));
-                form.push(("username", username.as_str()));
-                form.push(("password", password.expose_secret()));
-                if let Some(secret) = client_secret {
-                    form.push(("client_secret", secret.expose_secret()));
-                }
-            }
-        }
-        debug!(url = %identity.token_url, "requesting an access token");
-        let started = Instant::now();
-        let response = client
-            .post(identity.token_url.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .form(&form)
-            .send()
-            .await
-            .map_err(|source| TokenError::Unreachable {
-                identity: identity.name.clone(),
-                url: identity.token_url.to_string(),
-                source,
-            })?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| TokenError::Unreachable {
-                identity: identity.name.clone(),
-                url: identity.token_url.to_string(),
-                source,
-            })?;
-        if !(200..300).contains(&status) {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => TokenError::Rejected {
-                    identity: identity.name.clone(),
-                    status,
-                    body: Box::new(body),
-                },
-                Err(_) => TokenError::Malformed {
-                    identity: identity.name.clone(),
-                    status,
-                    detail: snippet(&bytes),
-                },
-            });
-        }
-        let parsed: TokenResponse =
-            serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed {
-                identity: identity.name.clone(),
-                status,
-                detail: format!("not a token response ({e})"),
-            })?;
-        if let Some(kind) = &parsed.token_type
-            && !kind.eq_ignore_ascii_case("bearer")
-        {
-            return Err(TokenError::Malformed {
-                identity: identity.name.clone(),
-                status,
-                detail: format!("token_type is `{kind}`, expected Bearer"),
-            });
-        }
-        // RFC 6749 makes expires_in optional; without it assume Entra's usual hour.
-        let expires_in = Duration::from_secs(parsed.expires_in.unwrap_or(3600));
-        let ahead = RENEW_AHEAD.min(expires_in / 5);
-        info!(
-            expires_in_s = expires_in.as_secs(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "access token obtained"
-        );
-        Ok(AccessToken {
-            secret: parsed.access_token,
-            renew_at: started + expires_in - ahead,
-            expires_in,
-        })
-    }
 }
 
-/// The start of a non-JSON body, for an error message (HTML error pages from proxies, say).
-fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    if text.is_empty() {
-        "empty body".into()
-    } else {
-        text.chars().take(200).collect()
+/// The URL at which a tenant's administrator grants admin consent to the identity's app (Entra's
+/// `adminconsent` endpoint under the identity's authority). With `tenant = "organizations"` any
+/// tenant's administrator can use it: that is how a multi-tenant app is handed to customers.
+/// `None` for identities given only a `token_url`.
+pub fn admin_consent_url(identity: &Identity) -> Option<url::Url> {
+    let authority = identity.authority.as_ref()?;
+    let mut url = url::Url::parse(&format!(
+        "{}/adminconsent",
+        authority.as_str().trim_end_matches('/')
+    ))
+    .ok()?;
+    url.query_pairs_mut()
+        .append_pair("client_id", &identity.client_id);
+    Some(url)
+}
+
+/// When to renew a token that lives `expires_in` from `obtained`: `RENEW_AHEAD` (at most a fifth
+/// of the lifetime) before expiry, and up to a quarter of that margin earlier still, at random.
+fn renew_at(obtained: Instant, expires_in: Duration) -> Instant {
+    let ahead = RENEW_AHEAD.min(expires_in / 5);
+    let jitter = ahead.mul_f64(random_fraction() / 4.0);
+    obtained + expires_in - ahead - jitter
+}
+
+/// A random number in [0, 1).
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    if openssl::rand::rand_bytes(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_ahead_of_expiry_with_margin_and_jitter() {
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let at = renew_at(now, hour);
+            // At least the five-minute margin, at most a quarter of it more.
+            assert!(at <= now + hour - RENEW_AHEAD);
+            assert!(at >= now + hour - RENEW_AHEAD - RENEW_AHEAD / 4);
+            seen.insert(at);
+        }
+        assert!(seen.len() > 1, "renewal times are jittered");
+        // A short lifetime is renewed at 80% or a little earlier.
+        let short = renew_at(now, Duration::from_secs(10));
+        assert!(short <= now + Duration::from_secs(8));
+        assert!(short >= now + Duration::from_millis(7500));
+    }
+
+    fn rejected(error: &str, status: u16) -> TokenError {
+        TokenError::Rejected {
+            identity: "app".into(),
+            status,
+            body: Box::new(ErrorBody {
+                error: error.into(),
+                ..ErrorBody::default()
+            }),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn credentials_refusals_are_never_retried() {
+        assert!(!rejected("invalid_client", 401).is_retryable());
+        assert!(!rejected("invalid_grant", 400).is_retryable());
+        assert!(rejected("invalid_client", 401).needs_admin());
+        assert!(rejected("invalid_grant", 400).needs_sign_in());
+        assert!(rejected("temporarily_unavailable", 400).is_retryable());
+        assert!(rejected("whatever", 503).is_retryable());
+        assert!(rejected("whatever", 429).is_retryable());
+        assert!(!rejected("whatever", 503).needs_admin());
+    }
+
+    #[test]
+    fn rejection_shows_description_fix_and_ids() {
+        let error = TokenError::Rejected {
+            identity: "contoso".into(),
+            status: 400,
+            body: Box::new(
+                serde_json::from_str(
+                    r#"{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired due to inactivity.\r\nTrace ID: tr-1\r\nCorrelation ID: co-2\r\nTimestamp: 2026-11-24 10:00:00Z","error_codes":[700082],"trace_id":"tr-1","correlation_id":"co-2","timestamp":"2026-11-24 10:00:00Z"}"#,
+                )
+                .unwrap(),
+            ),
+            retry_after: None,
+        };
+        let text = error.to_string();
+        assert!(text.contains("HTTP 400, invalid_grant"), "{text}");
+        assert!(
+            text.contains("AADSTS700082: The refresh token has expired due to inactivity."),
+            "{text}"
+        );
+        assert!(text.contains("mailintake login contoso"), "{text}");
+        assert!(
+            text.contains("trace id: tr-1, correlation id: co-2, timestamp: 2026-11-24 10:00:00Z"),
+            "{text}"
+        );
     }
 }

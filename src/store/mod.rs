@@ -16,6 +16,8 @@ use sqlx::{AnyPool, Connection, Executor, Row};
 
 use crate::ingest::{ParsedMail, Party, QuarantineReason, ticket_reference};
 
+pub mod tokens;
+
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -68,7 +70,11 @@ pub struct ImapLocation<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FolderState {
     pub uidvalidity: u32,
+    /// The highest UID whose outcome is committed.
     pub last_uid: u32,
+    /// Mail received (INTERNALDATE, unix ms) before this is left alone: the mailbox's first-start
+    /// policy, kept so that a UIDVALIDITY resync honours it too.
+    pub ingest_after_ms: Option<i64>,
 }
 
 /// An `imap_messages` row whose IMAP disposition has not been confirmed yet.
@@ -76,7 +82,7 @@ pub struct FolderState {
 pub struct PendingDisposition {
     pub row_id: i64,
     pub uid: u32,
-    /// What to do: `seen`, `move:<folder>`, or `quarantine:<folder>`.
+    /// What to do: `seen`, `move:<folder>`, `quarantine:<folder>`, `delete` or `none`.
     pub disposition: String,
 }
 
@@ -84,6 +90,7 @@ pub struct PendingDisposition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedOutcome {
     pub row_id: i64,
+    pub uid: u32,
     pub outcome: String,
     pub ticket_id: Option<i64>,
     pub disposed: bool,
@@ -187,7 +194,7 @@ impl Store {
 
     pub async fn folder_state(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
         let row = sqlx::query(
-            "SELECT uidvalidity, last_uid FROM mailbox_state WHERE mailbox = $1 AND folder = $2",
+            "SELECT uidvalidity, last_uid, ingest_after FROM mailbox_state WHERE mailbox = $1 AND folder = $2",
         )
         .bind(mailbox)
         .bind(folder)
@@ -196,10 +203,11 @@ impl Store {
         Ok(row.map(|r| FolderState {
             uidvalidity: r.get::<i64, _>(0) as u32,
             last_uid: r.get::<i64, _>(1) as u32,
+            ingest_after_ms: r.get(2),
         }))
     }
 
-    /// Records a folder's (new) UIDVALIDITY with its checkpoint at `last_uid`.
+    /// Records a folder's (new) UIDVALIDITY with its checkpoint.
     pub async fn set_folder_state(
         &self,
         mailbox: &str,
@@ -207,40 +215,54 @@ impl Store {
         state: FolderState,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, updated_at) \
-             VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, ingest_after, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, \
-             last_uid = excluded.last_uid, updated_at = excluded.updated_at",
+             last_uid = excluded.last_uid, ingest_after = excluded.ingest_after, updated_at = excluded.updated_at",
         )
         .bind(mailbox)
         .bind(folder)
         .bind(i64::from(state.uidvalidity))
         .bind(i64::from(state.last_uid))
+        .bind(state.ingest_after_ms)
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// The outcome already recorded for a message, if any.
-    pub async fn recorded_outcome(&self, at: &ImapLocation<'_>) -> Result<Option<RecordedOutcome>> {
-        let row = sqlx::query(
-            "SELECT id, outcome, ticket_id, disposed_at, disposition FROM imap_messages \
-             WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3 AND uid = $4",
+    /// The outcomes already recorded for some UIDs of a folder (a restart after a crash finds the
+    /// messages it committed but did not dispose of).
+    pub async fn recorded_outcomes(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        first_uid: u32,
+        last_uid: u32,
+    ) -> Result<Vec<RecordedOutcome>> {
+        let rows = sqlx::query(
+            "SELECT id, uid, outcome, ticket_id, disposed_at, disposition FROM imap_messages \
+             WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3 AND uid >= $4 AND uid <= $5",
         )
-        .bind(at.mailbox)
-        .bind(at.folder)
-        .bind(i64::from(at.uidvalidity))
-        .bind(i64::from(at.uid))
-        .fetch_optional(&self.pool)
+        .bind(mailbox)
+        .bind(folder)
+        .bind(i64::from(uidvalidity))
+        .bind(i64::from(first_uid))
+        .bind(i64::from(last_uid))
+        .fetch_all(&self.pool)
         .await?;
-        Ok(row.map(|r| RecordedOutcome {
-            row_id: r.get(0),
-            outcome: r.get(1),
-            ticket_id: r.get(2),
-            disposed: r.get::<Option<i64>, _>(3).is_some(),
-            disposition: r.get(4),
-        }))
+        Ok(rows
+            .into_iter()
+            .map(|r| RecordedOutcome {
+                row_id: r.get(0),
+                uid: r.get::<i64, _>(1) as u32,
+                outcome: r.get(2),
+                ticket_id: r.get(3),
+                disposed: r.get::<Option<i64>, _>(4).is_some(),
+                disposition: r.get(5),
+            })
+            .collect())
     }
 
     /// Messages of a folder whose outcome is committed but whose IMAP disposition is not confirmed
@@ -271,211 +293,30 @@ impl Store {
             .collect())
     }
 
-    pub async fn mark_disposed(&self, row_id: i64) -> Result<()> {
-        sqlx::query("UPDATE imap_messages SET disposed_at = $1 WHERE id = $2")
-            .bind(now_ms())
-            .bind(row_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// The stored message with this Message-ID: its ticket and content hash.
-    pub async fn message_by_message_id(
-        &self,
-        message_id: &str,
-    ) -> Result<Option<crate::ingest::KnownMessage>> {
-        let row = sqlx::query("SELECT ticket_id, fingerprint FROM messages WHERE message_id = $1")
-            .bind(message_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| crate::ingest::KnownMessage {
-            ticket_id: r.get(0),
-            fingerprint: r.get(1),
-        }))
-    }
-
-    /// Opens a ticket with `mail` as its first message, records the IMAP outcome, and advances the
-    /// checkpoint, all in one transaction. Returns the ticket id and reference.
-    pub async fn commit_new_ticket(
-        &self,
-        at: &ImapLocation<'_>,
-        mail: &ParsedMail,
-        disposition: &str,
-    ) -> Result<(i64, String)> {
+    /// Records that the IMAP dispositions of these `imap_messages` rows are done.
+    pub async fn mark_disposed(&self, row_ids: &[i64]) -> Result<()> {
+        if row_ids.is_empty() {
+            return Ok(());
+        }
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let ticket_id: i64 = sqlx::query(
-            "INSERT INTO tickets (mailbox, subject, requester_address, requester_name, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'new', $5, $5) RETURNING id",
-        )
-        .bind(at.mailbox)
-        .bind(&mail.subject)
-        .bind(mail.from.as_ref().map(|p| p.address.clone()))
-        .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?
-        .get(0);
-        let reference = ticket_reference(ticket_id);
-        sqlx::query("UPDATE tickets SET reference = $1 WHERE id = $2")
-            .bind(&reference)
-            .bind(ticket_id)
-            .execute(&mut *tx)
-            .await?;
-
-        let inserted = sqlx::query(
-            "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
-             thread_references, subject, from_address, from_name, reply_to, to_addresses, cc_addresses, sent_at, \
-             received_at, body_text, body_html, headers, size_bytes, content_sha256, fingerprint, created_at) \
-             VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
-             ON CONFLICT (message_id) DO NOTHING RETURNING id",
-        )
-        .bind(ticket_id)
-        .bind(at.mailbox)
-        .bind(&mail.message_id)
-        .bind(mail.message_id_source.as_str())
-        .bind(mail.in_reply_to.first().cloned())
-        .bind(join_ids(&mail.references))
-        .bind(&mail.subject)
-        .bind(mail.from.as_ref().map(|p| p.address.clone()))
-        .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
-        .bind(mail.reply_to.as_ref().map(|p| p.address.clone()))
-        .bind(parties_json(&mail.to))
-        .bind(parties_json(&mail.cc))
-        .bind(mail.date_ms)
-        .bind(at.internal_date_ms)
-        .bind(mail.text_body.clone())
-        .bind(mail.html_body.clone())
-        .bind(&mail.headers)
-        .bind(mail.size as i64)
-        .bind(&mail.content_sha256)
-        .bind(&mail.fingerprint)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        // Another worker stored this Message-ID between our check and this insert.
-        let Some(message_row) = inserted else {
-            return Err(StoreError::Conflict);
-        };
-        let message_row_id: i64 = message_row.get(0);
-
-        for attachment in &mail.attachments {
-            sqlx::query(
-                "INSERT INTO attachment_blobs (sha256, size_bytes, content) VALUES ($1, $2, $3) \
-                 ON CONFLICT (sha256) DO NOTHING",
-            )
-            .bind(&attachment.sha256)
-            .bind(attachment.content.len() as i64)
-            .bind(attachment.content.clone())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO attachments (message_id, filename, content_type, content_id, disposition, size_bytes, sha256, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(message_row_id)
-            .bind(attachment.filename.clone())
-            .bind(&attachment.content_type)
-            .bind(attachment.content_id.clone())
-            .bind(if attachment.inline { "inline" } else { "attachment" })
-            .bind(attachment.content.len() as i64)
-            .bind(&attachment.sha256)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        for id in row_ids {
+            sqlx::query("UPDATE imap_messages SET disposed_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(*id)
+                .execute(&mut *tx)
+                .await?;
         }
-
-        record_outcome(
-            &mut tx,
-            at,
-            &mail.message_id,
-            Outcome {
-                outcome: "ticket",
-                ticket_id: Some(ticket_id),
-                message_row_id: Some(message_row_id),
-                quarantine_id: None,
-                detail: None,
-                disposition,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok((ticket_id, reference))
-    }
-
-    /// Records a message that is already stored (same Message-ID and content).
-    pub async fn commit_duplicate(
-        &self,
-        at: &ImapLocation<'_>,
-        message_id: &str,
-        ticket_id: i64,
-        disposition: &str,
-    ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        record_outcome(
-            &mut tx,
-            at,
-            message_id,
-            Outcome {
-                outcome: "duplicate",
-                ticket_id: Some(ticket_id),
-                message_row_id: None,
-                quarantine_id: None,
-                detail: Some("the same message is already stored".into()),
-                disposition,
-            },
-        )
-        .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Records a quarantined message (with its raw bytes when they were downloaded).
-    pub async fn commit_quarantine(
-        &self,
-        at: &ImapLocation<'_>,
-        envelope: &QuarantineEnvelope,
-        reason: &QuarantineReason,
-        raw: Option<&[u8]>,
-        disposition: &str,
-    ) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
-        let quarantine_id: i64 = sqlx::query(
-            "INSERT INTO quarantine (mailbox, folder, uidvalidity, uid, message_id, size_bytes, from_address, subject, \
-             reason, detail, raw, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-        )
-        .bind(at.mailbox)
-        .bind(at.folder)
-        .bind(i64::from(at.uidvalidity))
-        .bind(i64::from(at.uid))
-        .bind(&envelope.message_id)
-        .bind(at.size as i64)
-        .bind(envelope.from.clone())
-        .bind(envelope.subject.clone())
-        .bind(reason.code())
-        .bind(reason.detail())
-        .bind(raw.map(<[u8]>::to_vec))
-        .bind(now_ms())
-        .fetch_one(&mut *tx)
-        .await?
-        .get(0);
-        record_outcome(
-            &mut tx,
-            at,
-            &envelope.message_id,
-            Outcome {
-                outcome: "quarantined",
-                ticket_id: None,
-                message_row_id: None,
-                quarantine_id: Some(quarantine_id),
-                detail: Some(reason.detail()),
-                disposition,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(quarantine_id)
+    /// Starts a transaction in which a batch of outcomes is recorded; nothing is visible (or
+    /// durable) until [`Batch::commit`].
+    pub async fn begin(&self) -> Result<Batch> {
+        Ok(Batch {
+            tx: self.pool.begin().await?,
+        })
     }
 
     /// The most recent tickets, newest first.
@@ -519,6 +360,13 @@ pub struct QuarantineEnvelope {
     pub subject: Option<String>,
 }
 
+/// A transaction that records the outcomes of a batch of messages together with the folder's
+/// checkpoint: one commit (one fsync) for the batch, all or nothing.
+pub struct Batch {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+/// What an `imap_messages` row records, beyond the message's location.
 struct Outcome<'a> {
     outcome: &'static str,
     ticket_id: Option<i64>,
@@ -528,13 +376,259 @@ struct Outcome<'a> {
     disposition: &'a str,
 }
 
+impl Batch {
+    /// The stored message with this Message-ID (as this transaction sees it).
+    pub async fn message_by_message_id(
+        &mut self,
+        message_id: &str,
+    ) -> Result<Option<crate::ingest::KnownMessage>> {
+        let row = sqlx::query("SELECT ticket_id, fingerprint FROM messages WHERE message_id = $1")
+            .bind(message_id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        Ok(row.map(|r| crate::ingest::KnownMessage {
+            ticket_id: r.get(0),
+            fingerprint: r.get(1),
+        }))
+    }
+
+    /// Opens a ticket with `mail` as its first message and records the outcome. Returns the ticket
+    /// id and reference and the `imap_messages` row id. On `Conflict` (the Message-ID or the UID was
+    /// stored meanwhile by another worker) nothing of this message is kept and the batch goes on.
+    pub async fn new_ticket(
+        &mut self,
+        at: &ImapLocation<'_>,
+        mail: &ParsedMail,
+        disposition: &str,
+    ) -> Result<(i64, String, i64)> {
+        // A savepoint, so that a conflict undoes this message only, not the whole batch.
+        let mut sp = sqlx::Connection::begin(&mut *self.tx).await?;
+        let now = now_ms();
+        let ticket_id: i64 = sqlx::query(
+            "INSERT INTO tickets (mailbox, subject, requester_address, requester_name, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'new', $5, $5) RETURNING id",
+        )
+        .bind(at.mailbox)
+        .bind(&mail.subject)
+        .bind(mail.from.as_ref().map(|p| p.address.clone()))
+        .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
+        .bind(now)
+        .fetch_one(&mut *sp)
+        .await?
+        .get(0);
+        let reference = ticket_reference(ticket_id);
+        sqlx::query("UPDATE tickets SET reference = $1 WHERE id = $2")
+            .bind(&reference)
+            .bind(ticket_id)
+            .execute(&mut *sp)
+            .await?;
+
+        let inserted = sqlx::query(
+            "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
+             thread_references, subject, from_address, from_name, reply_to, to_addresses, cc_addresses, sent_at, \
+             received_at, body_text, body_html, headers, size_bytes, content_sha256, fingerprint, created_at) \
+             VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
+             ON CONFLICT (message_id) DO NOTHING RETURNING id",
+        )
+        .bind(ticket_id)
+        .bind(at.mailbox)
+        .bind(&mail.message_id)
+        .bind(mail.message_id_source.as_str())
+        .bind(mail.in_reply_to.first().cloned())
+        .bind(join_ids(&mail.references))
+        .bind(&mail.subject)
+        .bind(mail.from.as_ref().map(|p| p.address.clone()))
+        .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
+        .bind(mail.reply_to.as_ref().map(|p| p.address.clone()))
+        .bind(parties_json(&mail.to))
+        .bind(parties_json(&mail.cc))
+        .bind(mail.date_ms)
+        .bind(at.internal_date_ms)
+        .bind(mail.text_body.clone())
+        .bind(mail.html_body.clone())
+        .bind(&mail.headers)
+        .bind(mail.size as i64)
+        .bind(&mail.content_sha256)
+        .bind(&mail.fingerprint)
+        .bind(now)
+        .fetch_optional(&mut *sp)
+        .await?;
+        let Some(message_row) = inserted else {
+            sp.rollback().await?;
+            return Err(StoreError::Conflict);
+        };
+        let message_row_id: i64 = message_row.get(0);
+
+        for attachment in &mail.attachments {
+            sqlx::query(
+                "INSERT INTO attachment_blobs (sha256, size_bytes, content) VALUES ($1, $2, $3) \
+                 ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(&attachment.sha256)
+            .bind(attachment.content.len() as i64)
+            .bind(attachment.content.clone())
+            .execute(&mut *sp)
+            .await?;
+            sqlx::query(
+                "INSERT INTO attachments (message_id, filename, content_type, content_id, disposition, size_bytes, sha256, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(message_row_id)
+            .bind(attachment.filename.clone())
+            .bind(&attachment.content_type)
+            .bind(attachment.content_id.clone())
+            .bind(if attachment.inline { "inline" } else { "attachment" })
+            .bind(attachment.content.len() as i64)
+            .bind(&attachment.sha256)
+            .bind(now)
+            .execute(&mut *sp)
+            .await?;
+        }
+
+        let row_id = record_outcome(
+            &mut sp,
+            at,
+            &mail.message_id,
+            Outcome {
+                outcome: "ticket",
+                ticket_id: Some(ticket_id),
+                message_row_id: Some(message_row_id),
+                quarantine_id: None,
+                detail: None,
+                disposition,
+            },
+        )
+        .await;
+        match row_id {
+            Ok(row_id) => {
+                sp.commit().await?;
+                Ok((ticket_id, reference, row_id))
+            }
+            Err(e) => {
+                sp.rollback().await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a message that is already stored (same Message-ID and fingerprint).
+    pub async fn duplicate(
+        &mut self,
+        at: &ImapLocation<'_>,
+        message_id: &str,
+        ticket_id: i64,
+        disposition: &str,
+    ) -> Result<i64> {
+        record_outcome(
+            &mut self.tx,
+            at,
+            message_id,
+            Outcome {
+                outcome: "duplicate",
+                ticket_id: Some(ticket_id),
+                message_row_id: None,
+                quarantine_id: None,
+                detail: Some("the same message is already stored".into()),
+                disposition,
+            },
+        )
+        .await
+    }
+
+    /// Records a message that is deliberately left alone (e.g. older than the first-start cutoff).
+    pub async fn ignored(
+        &mut self,
+        at: &ImapLocation<'_>,
+        message_id: &str,
+        detail: &str,
+    ) -> Result<i64> {
+        record_outcome(
+            &mut self.tx,
+            at,
+            message_id,
+            Outcome {
+                outcome: "ignored",
+                ticket_id: None,
+                message_row_id: None,
+                quarantine_id: None,
+                detail: Some(detail.to_string()),
+                disposition: "none",
+            },
+        )
+        .await
+    }
+
+    /// Records a quarantined message (with its raw bytes when they were downloaded). Returns the
+    /// quarantine id and the `imap_messages` row id.
+    pub async fn quarantine(
+        &mut self,
+        at: &ImapLocation<'_>,
+        envelope: &QuarantineEnvelope,
+        reason: &QuarantineReason,
+        raw: Option<&[u8]>,
+        disposition: &str,
+    ) -> Result<(i64, i64)> {
+        let mut sp = sqlx::Connection::begin(&mut *self.tx).await?;
+        let quarantine_id: i64 = sqlx::query(
+            "INSERT INTO quarantine (mailbox, folder, uidvalidity, uid, message_id, size_bytes, from_address, subject, \
+             reason, detail, raw, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        )
+        .bind(at.mailbox)
+        .bind(at.folder)
+        .bind(i64::from(at.uidvalidity))
+        .bind(i64::from(at.uid))
+        .bind(&envelope.message_id)
+        .bind(at.size as i64)
+        .bind(envelope.from.clone())
+        .bind(envelope.subject.clone())
+        .bind(reason.code())
+        .bind(reason.detail())
+        .bind(raw.map(<[u8]>::to_vec))
+        .bind(now_ms())
+        .fetch_one(&mut *sp)
+        .await?
+        .get(0);
+        let row_id = record_outcome(
+            &mut sp,
+            at,
+            &envelope.message_id,
+            Outcome {
+                outcome: "quarantined",
+                ticket_id: None,
+                message_row_id: None,
+                quarantine_id: Some(quarantine_id),
+                detail: Some(reason.detail()),
+                disposition,
+            },
+        )
+        .await;
+        match row_id {
+            Ok(row_id) => {
+                sp.commit().await?;
+                Ok((quarantine_id, row_id))
+            }
+            Err(e) => {
+                sp.rollback().await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the batch durable.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
 /// Writes the `imap_messages` row and advances the checkpoint, inside the caller's transaction.
+/// Returns the row id; `Conflict` when this UID already has an outcome (another worker).
 async fn record_outcome(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    conn: &mut sqlx::AnyConnection,
     at: &ImapLocation<'_>,
     message_id: &str,
     outcome: Outcome<'_>,
-) -> Result<()> {
+) -> Result<i64> {
     let now = now_ms();
     let inserted = sqlx::query(
         "INSERT INTO imap_messages (mailbox, folder, uidvalidity, uid, message_id, size_bytes, outcome, ticket_id, \
@@ -555,25 +649,24 @@ async fn record_outcome(
     .bind(outcome.detail)
     .bind(outcome.disposition)
     .bind(now)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await?;
-    if inserted.is_none() {
+    let Some(row) = inserted else {
         return Err(StoreError::Conflict);
-    }
+    };
     // The checkpoint only moves forward, and only for the UIDVALIDITY it was recorded under.
     sqlx::query(
-        "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, updated_at) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (mailbox, folder) DO UPDATE SET last_uid = excluded.last_uid, updated_at = excluded.updated_at \
-         WHERE mailbox_state.uidvalidity = excluded.uidvalidity AND mailbox_state.last_uid < excluded.last_uid",
+        "UPDATE mailbox_state SET last_uid = $1, updated_at = $2 \
+         WHERE mailbox = $3 AND folder = $4 AND uidvalidity = $5 AND last_uid < $1",
     )
+    .bind(i64::from(at.uid))
+    .bind(now)
     .bind(at.mailbox)
     .bind(at.folder)
     .bind(i64::from(at.uidvalidity))
-    .bind(i64::from(at.uid))
-    .bind(now)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(row.get(0))
 }
 
 fn parties_json(parties: &[Party]) -> String {

@@ -162,6 +162,11 @@ pub struct Entra {
 
 impl Entra {
     pub async fn start(mailboxes: &[&str]) -> Entra {
+        Entra::start_with_lifetime(mailboxes, Duration::from_secs(3599)).await
+    }
+
+    /// Like [`Entra::start`], with access tokens that live `lifetime`.
+    pub async fn start_with_lifetime(mailboxes: &[&str], lifetime: Duration) -> Entra {
         // A GUID-shaped Application (client) ID, unique to this test.
         let hex = mailintake::ingest::sha256_hex(unique("client").as_bytes());
         let client_id = format!(
@@ -173,11 +178,12 @@ impl Entra {
             &hex[20..32]
         );
         let secret = unique("secret-");
-        let config = fake_entra::Config::new(TENANT_ID, &["helpdesk.test"]).with_client(
+        let mut config = fake_entra::Config::new(TENANT_ID, &["helpdesk.test"]).with_client(
             Client::confidential(&client_id, "mailintake tests", &secret)
                 .with_app_roles(IMAP_ROLES)
                 .with_mailboxes(mailboxes),
         );
+        config.token_lifetime = lifetime;
         let fake = FakeEntra::start(
             config,
             Stack::get().signing_key(),
@@ -211,6 +217,11 @@ impl ConfigSpec<'_> {
             "starttls" => stack.port("MAILSTACK_IMAP_PORT"),
             _ => stack.port("MAILSTACK_IMAPS_PORT"),
         };
+        // "nomove": implicit TLS on the stack's second address, which advertises no MOVE.
+        let (host, tls) = match self.tls {
+            "nomove" => (stack.var("MAILSTACK_IMAPS_NOMOVE_HOST"), "implicit"),
+            other => ("localhost", other),
+        };
         format!(
             r#"
 [database]
@@ -227,11 +238,11 @@ authority = "{authority}"
 name = "support"
 address = "{mailbox}"
 identity = "test"
-poll_interval = "1s"
+{poll}
 {extra}
 
 [mailboxes.imap]
-host = "localhost"
+host = "{host}"
 port = {port}
 tls = "{tls}"
 ca_file = "{ca}"
@@ -243,8 +254,14 @@ ca_file = "{ca}"
             authority = self.entra.fake.authority(),
             mailbox = self.mailbox,
             extra = self.extra_mailbox_keys,
+            poll = if self.extra_mailbox_keys.contains("poll_interval") {
+                ""
+            } else {
+                "poll_interval = \"1s\""
+            },
             port = port,
-            tls = self.tls,
+            host = host,
+            tls = tls,
             ca = stack.ca_file(),
         )
     }
@@ -434,4 +451,192 @@ pub async fn folder_contents(entra: &Entra, mailbox: &str, folder: &str) -> Vec<
     };
     conn.logout().await;
     listed.iter().map(|m| (m.uid.0, m.seen)).collect()
+}
+
+/// One test's world: a mailbox of its own, a fake Entra that lets it in, a fresh database, and a
+/// config file for `mailintake` pointing at all three.
+pub struct Case {
+    pub db: TestDb,
+    pub entra: Entra,
+    pub mailbox: String,
+    pub config: ConfigFile,
+    pub secret_var: String,
+}
+
+impl Case {
+    pub async fn new(backend: Backend, extra_mailbox_keys: &str, tls: &str) -> Case {
+        Case::with_token_lifetime(backend, extra_mailbox_keys, tls, Duration::from_secs(3599)).await
+    }
+
+    /// Like [`Case::new`], with access tokens that live `lifetime`.
+    pub async fn with_token_lifetime(
+        backend: Backend,
+        extra_mailbox_keys: &str,
+        tls: &str,
+        lifetime: Duration,
+    ) -> Case {
+        let mailbox = unique_mailbox();
+        let entra = Entra::start_with_lifetime(&[&mailbox], lifetime).await;
+        let db = TestDb::new(backend).await;
+        let secret_var = "IT_CLIENT_SECRET".to_string();
+        let config = ConfigFile::write(
+            &ConfigSpec {
+                db: &db,
+                entra: &entra,
+                secret_env: &secret_var,
+                mailbox: &mailbox,
+                extra_mailbox_keys,
+                tls,
+            }
+            .render(),
+        );
+        Case {
+            db,
+            entra,
+            mailbox,
+            config,
+            secret_var,
+        }
+    }
+
+    /// Runs `mailintake <args>` to completion.
+    pub async fn run(&self, args: &[&str]) -> std::process::Output {
+        mailintake(
+            &self.config.path,
+            args,
+            &[(&self.secret_var, &self.entra.secret)],
+        )
+        .await
+    }
+
+    /// Runs `mailintake <args>` with extra environment variables.
+    pub async fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut all: Vec<(&str, &str)> = vec![(&self.secret_var, &self.entra.secret)];
+        all.extend_from_slice(env);
+        mailintake(&self.config.path, args, &all).await
+    }
+
+    /// Starts `mailintake run` in the background (killed when the handle is dropped). Its log goes
+    /// to a file beside the config, read back by [`terminate`].
+    pub fn spawn_run(&self) -> Running {
+        let log = self.config.path.with_file_name("run.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = tokio::process::Command::new(binary())
+            .arg("--config")
+            .arg(&self.config.path)
+            .arg("run")
+            .env(&self.secret_var, &self.entra.secret)
+            .env("RUST_LOG", "mailintake=debug")
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("mailintake run starts");
+        Running { child, log }
+    }
+
+    /// Waits until `sql` (a COUNT) is at least `expected`, for at most `limit`.
+    pub async fn wait_for_count(&self, sql: &str, expected: i64, limit: Duration) -> bool {
+        sqlx::any::install_default_drivers();
+        let url = match self.db.backend {
+            Backend::Sqlite => format!("{}?mode=rw", self.db.url),
+            Backend::Postgres => self.db.url.clone(),
+        };
+        eventually(limit, || async {
+            // Before the worker has created the database there is nothing to count.
+            let Ok(pool) = sqlx::AnyPool::connect(&url).await else {
+                return false;
+            };
+            let n: Result<(i64,), _> = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
+                .fetch_one(&pool)
+                .await;
+            pool.close().await;
+            matches!(n, Ok((n,)) if n >= expected)
+        })
+        .await
+    }
+}
+
+/// A `mailintake run` in the background.
+pub struct Running {
+    pub child: tokio::process::Child,
+    pub log: PathBuf,
+}
+
+impl Running {
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Stops a running `mailintake run` with SIGTERM and returns its exit status and log.
+pub async fn terminate(
+    mut running: Running,
+    limit: Duration,
+) -> (std::process::ExitStatus, String) {
+    let pid = running.child.id().expect("running") as i32;
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(limit, running.child.wait())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "mailintake did not stop within {limit:?} of SIGTERM: {}",
+                running.log()
+            )
+        })
+        .expect("wait");
+    (status, running.log())
+}
+
+/// Runs `doveadm` against the stack's Dovecot.
+pub fn doveadm(args: &[&str]) -> String {
+    doveadm_with_input(args, b"")
+}
+
+/// Runs `doveadm` against the stack's Dovecot with `input` on its standard input.
+pub fn doveadm_with_input(args: &[&str], input: &[u8]) -> String {
+    use std::io::Write;
+    let conf = format!("{}/dovecot/dovecot.conf", Stack::get().var("MAILSTACK_DIR"));
+    let mut child = std::process::Command::new("doveadm")
+        .arg("-c")
+        .arg(conf)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("doveadm runs");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().expect("doveadm finishes");
+    assert!(
+        out.status.success(),
+        "doveadm {args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The bytes Dovecot sent in each finished IMAP session of `user` (its logout lines' `out=`), once
+/// at least `sessions` have finished (waits up to 10 s).
+pub async fn dovecot_bytes_out(user: &str, sessions: usize) -> Vec<u64> {
+    let log = format!("{}/dovecot/dovecot.log", Stack::get().var("MAILSTACK_DIR"));
+    let marker = format!("imap({user})");
+    let read = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&marker) && l.contains("Disconnected"))
+            .filter_map(|l| {
+                let out = l.split_whitespace().find_map(|w| w.strip_prefix("out="))?;
+                out.parse().ok()
+            })
+            .collect::<Vec<u64>>()
+    };
+    eventually(Duration::from_secs(10), || async {
+        read().len() >= sessions
+    })
+    .await;
+    read()
 }

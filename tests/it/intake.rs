@@ -4,50 +4,6 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-struct Case {
-    db: TestDb,
-    entra: Entra,
-    mailbox: String,
-    config: ConfigFile,
-    secret_var: String,
-}
-
-impl Case {
-    async fn new(backend: Backend, extra_mailbox_keys: &str, tls: &str) -> Case {
-        let mailbox = unique_mailbox();
-        let entra = Entra::start(&[&mailbox]).await;
-        let db = TestDb::new(backend).await;
-        let secret_var = "IT_CLIENT_SECRET".to_string();
-        let config = ConfigFile::write(
-            &ConfigSpec {
-                db: &db,
-                entra: &entra,
-                secret_env: &secret_var,
-                mailbox: &mailbox,
-                extra_mailbox_keys,
-                tls,
-            }
-            .render(),
-        );
-        Case {
-            db,
-            entra,
-            mailbox,
-            config,
-            secret_var,
-        }
-    }
-
-    async fn run(&self, args: &[&str]) -> std::process::Output {
-        mailintake(
-            &self.config.path,
-            args,
-            &[(&self.secret_var, &self.entra.secret)],
-        )
-        .await
-    }
-}
-
 async fn once_turns_mail_into_tickets(backend: Backend) {
     let case = Case::new(backend, "", "implicit").await;
     let mut ids = Vec::new();
@@ -241,103 +197,33 @@ async fn oversized_mail_is_quarantined_without_downloading_it() {
             .len(),
         1
     );
-}
-
-#[tokio::test]
-async fn a_committed_message_whose_disposition_was_lost_is_completed_not_duplicated() {
-    let case = Case::new(Backend::Sqlite, "", "implicit").await;
-    let (raw, _) = unique_fixture("plain.eml");
-    deliver_lmtp(&case.mailbox, "alice@customer.test", &raw).await;
-    let out = case.run(&["once"]).await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-
-    // Simulate a crash after the commit and before the IMAP disposition: the row says the
-    // disposition is still due. Meanwhile the message was moved away by someone and delivered
-    // again (a re-delivery gets a new UID).
-    let pool = case.db.pool().await;
-    sqlx::query("UPDATE imap_messages SET disposed_at = NULL")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let mut conn = imap_session(&case.entra, &case.mailbox).await;
-    conn.select("INBOX").await.unwrap();
-    let uid = conn.list_above(0).await.unwrap()[0].uid;
-    conn.ensure_folder("Elsewhere").await.unwrap();
-    conn.move_to(uid, "Elsewhere").await.unwrap();
-    conn.logout().await;
-    deliver_lmtp(&case.mailbox, "alice@customer.test", &raw).await;
-
-    let out = case.run(&["once"]).await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    // The pending disposition was completed, and the re-delivered copy is a recorded duplicate.
+    // Dovecot's own accounting: no session of this mailbox sent anywhere near the 64 KiB body.
+    let sent = dovecot_bytes_out(&case.mailbox, 3).await;
+    assert!(sent.len() >= 3, "{sent:?}");
     assert!(
-        stdout.contains("1 earlier disposition(s) completed"),
-        "{stdout}"
+        sent.iter().all(|out| *out < 16 * 1024),
+        "bytes sent per session: {sent:?}"
     );
-    let pool = case.db.pool().await;
-    let quarantined: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT reason, detail FROM quarantine")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    pool.close().await;
-    assert!(
-        stdout.contains("1 duplicate(s)"),
-        "{stdout} quarantined: {quarantined:?}"
-    );
-    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 1);
-    assert_eq!(
-        case.db
-            .count("SELECT COUNT(*) FROM imap_messages WHERE disposed_at IS NULL")
-            .await,
-        0
-    );
-    let inbox = folder_contents(&case.entra, &case.mailbox, "INBOX").await;
-    assert_eq!(inbox.len(), 1);
-    assert!(inbox[0].1, "the duplicate was disposed of (\\Seen) too");
 }
 
 #[tokio::test]
 async fn run_polls_until_sigterm() {
-    let case = Case::new(Backend::Sqlite, "", "implicit").await;
-    let mut child = tokio::process::Command::new(binary())
-        .arg("--config")
-        .arg(&case.config.path)
-        .arg("run")
-        .env(&case.secret_var, &case.entra.secret)
-        .kill_on_drop(true)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-
-    // Mail that arrives while the worker runs becomes a ticket on a later poll.
+    // Without IDLE: mail that arrives while the worker runs becomes a ticket on a later poll.
+    let case = Case::new(Backend::Sqlite, "idle = false", "implicit").await;
+    let child = case.spawn_run();
     let (raw, _) = unique_fixture("plain.eml");
     deliver_lmtp(&case.mailbox, "alice@customer.test", &raw).await;
-    let db = &case.db;
-    sqlx::any::install_default_drivers();
-    let arrived = eventually(Duration::from_secs(30), || async {
-        // The database file appears when the worker starts; before that, nothing to count.
-        let pool = match sqlx::AnyPool::connect(&format!("{}?mode=rw", db.url)).await {
-            Ok(pool) => pool,
-            Err(_) => return false,
-        };
-        let n: Result<(i64,), _> = sqlx::query_as("SELECT COUNT(*) FROM tickets")
-            .fetch_one(&pool)
-            .await;
-        pool.close().await;
-        matches!(n, Ok((1,)))
-    })
-    .await;
-    assert!(arrived, "the running worker made no ticket within 30 s");
-
-    let pid = child.id().expect("running") as i32;
-    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("stopped within 20 s of SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let arrived = case
+        .wait_for_count("SELECT COUNT(*) FROM tickets", 1, Duration::from_secs(30))
+        .await;
+    let (status, stderr) = terminate(child, Duration::from_secs(20)).await;
+    assert!(
+        arrived,
+        "the running worker made no ticket within 30 s: {stderr}"
+    );
+    assert!(
+        status.success(),
+        "exit status after SIGTERM: {status}: {stderr}"
+    );
+    assert!(stderr.contains("mailbox stopped"), "{stderr}");
 }

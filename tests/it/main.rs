@@ -3,7 +3,10 @@
 //! One test binary, so CI links once.
 
 mod cli;
+mod engine;
+mod flows;
 mod helpers;
 mod intake;
+mod oauth;
 mod smtp;
 mod tokens;

@@ -1,0 +1,236 @@
+//! `mailintake check <mailbox>`: the path a mailbox's mail takes, one step per line, each saying
+//! what was found and, on failure, what to fix: token (expiry, audience, roles or scopes read from
+//! the token) → IMAP (TLS, XOAUTH2) → folders (watched, quarantine, processed). The first failing
+//! step ends that mailbox's check, because the next steps depend on it.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use secrecy::ExposeSecret;
+
+use crate::config::{Config, Disposal, Grant, Identity, Mailbox};
+use crate::imap;
+use crate::oauth::{AccessToken, TokenCache};
+use crate::store::Store;
+
+/// What each Exchange Online permission allows, for explaining a token's roles or scopes.
+const PERMISSIONS: &[(&str, &str)] = &[
+    (
+        "IMAP.AccessAsApp",
+        "app-only IMAP to mailboxes the app was given (Add-MailboxPermission)",
+    ),
+    (
+        "SMTP.SendAsApp",
+        "app-only SMTP sending as mailboxes the app was given (Add-RecipientPermission … SendAs)",
+    ),
+    (
+        "IMAP.AccessAsUser.All",
+        "delegated IMAP to the user's own mailbox and mailboxes they have FullAccess to",
+    ),
+    ("SMTP.Send", "delegated SMTP sending as the user"),
+];
+
+/// Checks the named mailbox (or every mailbox) online and prints one line per step to stdout.
+/// True when every step of every checked mailbox passed.
+pub async fn online(config: &Config, only: Option<&str>) -> anyhow::Result<bool> {
+    let mailboxes: Vec<&Mailbox> = config
+        .mailboxes
+        .iter()
+        .filter(|m| only.is_none_or(|name| m.name == name))
+        .collect();
+    if mailboxes.is_empty() {
+        let names: Vec<&str> = config.mailboxes.iter().map(|m| m.name.as_str()).collect();
+        anyhow::bail!(
+            "no mailbox `{}` is configured; configured mailboxes: {}",
+            only.unwrap_or_default(),
+            names.join(", ")
+        );
+    }
+    // Delegated identities on refresh tokens need the database; others do not open it.
+    let needs_store = mailboxes.iter().any(|m| {
+        matches!(
+            config.identity(&m.identity).grant,
+            Grant::RefreshToken { .. }
+        )
+    });
+    let mut tokens = TokenCache::new();
+    if needs_store {
+        let store = Store::open(&config.database.url).await?;
+        tokens = tokens.with_token_store(store, &config.token_keys);
+    }
+    let mut all_passed = true;
+    for mailbox in mailboxes {
+        println!("mailbox {} ({}):", mailbox.name, mailbox.address);
+        let passed = check_mailbox(config.identity(&mailbox.identity), mailbox, &tokens).await;
+        all_passed &= passed;
+        let _ = std::io::stdout().flush();
+    }
+    Ok(all_passed)
+}
+
+fn step(ok: bool, name: &str, text: &str) {
+    let mark = if ok { "ok  " } else { "FAIL" };
+    // Multi-line texts (a fix, trace ids) are indented under their step.
+    println!(
+        "  {mark} {name:<8} {}",
+        text.replace('\n', "\n                ")
+    );
+}
+
+async fn check_mailbox(identity: &Identity, mailbox: &Mailbox, tokens: &TokenCache) -> bool {
+    let token = match tokens.token(identity).await {
+        Ok(token) => token,
+        Err(e) => {
+            step(
+                false,
+                "token",
+                &format!("identity `{}`: {e}", identity.name),
+            );
+            return false;
+        }
+    };
+    let (token_ok, text) = describe_token(identity, &token);
+    step(token_ok, "token", &text);
+    if !token_ok {
+        return false;
+    }
+
+    let mut conn = match imap::connect(&mailbox.imap, &mailbox.address, &token).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            step(
+                false,
+                "imap",
+                &format!(
+                    "{}:{} ({:?} TLS) as {}: {e}",
+                    mailbox.imap.host, mailbox.imap.port, mailbox.imap.tls, mailbox.address
+                ),
+            );
+            return false;
+        }
+    };
+    step(
+        true,
+        "imap",
+        &format!(
+            "{}:{} ({:?} TLS), XOAUTH2 accepted for {}",
+            mailbox.imap.host, mailbox.imap.port, mailbox.imap.tls, mailbox.address
+        ),
+    );
+
+    let mut folders: Vec<(&str, bool)> =
+        mailbox.folders.iter().map(|f| (f.as_str(), true)).collect();
+    folders.push((mailbox.quarantine_folder.as_str(), false));
+    if let Disposal::Move { folder } = &mailbox.dispose {
+        folders.push((folder.as_str(), false));
+    }
+    let mut passed = true;
+    for (folder, required) in folders {
+        match conn.examine(folder).await {
+            Ok(_) => step(true, "folder", &format!("`{folder}` exists")),
+            Err(e) if required => {
+                passed = false;
+                step(
+                    false,
+                    "folder",
+                    &format!("`{folder}` (the watched folder) cannot be opened: {e}"),
+                );
+            }
+            Err(_) => step(
+                true,
+                "folder",
+                &format!("`{folder}` is missing; the worker creates it at start"),
+            ),
+        }
+    }
+    conn.logout().await;
+    passed
+}
+
+/// One line about a token: expiry, audience, and the roles or scopes it carries, with what a
+/// missing IMAP permission means. False when the token cannot open the mailbox over IMAP.
+fn describe_token(identity: &Identity, token: &AccessToken) -> (bool, String) {
+    let minutes = token.expires_in.as_secs() / 60;
+    let Some(claims) = jwt_claims(token.secret.expose_secret()) else {
+        return (
+            true,
+            format!(
+                "acquired ({} flow), expires in {minutes} min; the token is opaque, so its permissions cannot be shown",
+                identity.grant.flow_name()
+            ),
+        );
+    };
+    let audience = claims["aud"].as_str().unwrap_or("?").to_string();
+    let delegated = identity.grant.is_delegated();
+    let granted: Vec<String> = if delegated {
+        claims["scp"]
+            .as_str()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    } else {
+        claims["roles"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let exp = claims["exp"].as_i64().unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut text = format!(
+        "acquired ({} flow), expires in {} min, audience {audience}, {} {}",
+        identity.grant.flow_name(),
+        ((exp - now).max(0) / 60),
+        if delegated { "scopes" } else { "roles" },
+        if granted.is_empty() {
+            "none".to_string()
+        } else {
+            granted.join(" ")
+        }
+    );
+    let needed_imap = if delegated {
+        "IMAP.AccessAsUser.All"
+    } else {
+        "IMAP.AccessAsApp"
+    };
+    let has = |p: &str| granted.iter().any(|g| g.eq_ignore_ascii_case(p));
+    let mut ok = true;
+    for (permission, meaning) in PERMISSIONS {
+        let relevant = permission.contains("AsApp") != delegated;
+        if relevant && !has(permission) {
+            let required = *permission == needed_imap;
+            ok &= !required;
+            text.push_str(&format!(
+                "\nmissing {permission} ({meaning}){}: add it under App registrations > API permissions > Office 365 Exchange Online ({}) and grant admin consent",
+                if required { ", needed to read mail" } else { "" },
+                if delegated { "Delegated permissions" } else { "Application permissions" }
+            ));
+        }
+    }
+    if delegated
+        && identity.scope.contains("offline_access")
+        && !matches!(identity.grant, Grant::Password { .. })
+    {
+        text.push_str(
+            "\noffline_access: lets mailintake renew the sign-in unattended with refresh tokens",
+        );
+    }
+    (ok, text)
+}
+
+/// The claims of a JWT, unverified (only for showing them), or `None` for an opaque token.
+fn jwt_claims(token: &str) -> Option<serde_json::Value> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
