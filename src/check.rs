@@ -11,7 +11,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::{Config, Disposal, Grant, Identity, Mailbox};
 use crate::imap;
-use crate::oauth::{AccessToken, TokenCache};
+use crate::oauth::{self, AccessToken, TokenCache};
 use crate::store::Store;
 
 /// What each Exchange Online permission allows, for explaining a token's roles or scopes.
@@ -94,6 +94,20 @@ async fn check_mailbox(identity: &Identity, mailbox: &Mailbox, tokens: &TokenCac
     step(token_ok, "token", &text);
     if !token_ok {
         return false;
+    }
+    if let Some(warning) = oauth::expiry_warning(identity) {
+        // Still works today, so the step passes; the warning says what to renew.
+        step(true, "expiry", &format!("WARNING: {warning}"));
+    } else if let Some((what, at)) = oauth::credential_expiry(identity) {
+        let days = at
+            .duration_since(SystemTime::now())
+            .map(|d| d.as_secs() / 86_400)
+            .unwrap_or(0);
+        step(
+            true,
+            "expiry",
+            &format!("the {what} is valid for {days} more day(s)"),
+        );
     }
 
     let mut conn = match imap::connect(&mailbox.imap, &mailbox.address, &token).await {

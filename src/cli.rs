@@ -72,4 +72,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write one stored attachment (by its id in the attachments table) to a file, byte-exact.
+    Attachment {
+        /// The attachment's id.
+        id: i64,
+        /// Where to write it; an existing file is not overwritten.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }

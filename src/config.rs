@@ -168,6 +168,10 @@ pub struct Mailbox {
     pub quarantine_folder: String,
     pub mode: Mode,
     pub first_start: FirstStart,
+    /// New tickets one sender may open per hour; the excess is quarantined. 0 means no limit.
+    pub max_new_tickets_per_sender_per_hour: u32,
+    /// A person's follow-up to a resolved or closed ticket reopens it.
+    pub reopen_closed: bool,
 }
 
 /// Whether mailintake changes anything in the mailbox.
@@ -614,6 +618,10 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
             quarantine_folder: m.quarantine_folder.unwrap_or_else(|| "Quarantine".into()),
             mode,
             first_start,
+            max_new_tickets_per_sender_per_hour: m
+                .max_new_tickets_per_sender_per_hour
+                .unwrap_or(20),
+            reopen_closed: m.reopen_closed.unwrap_or(true),
         });
     }
 
@@ -962,11 +970,13 @@ fn validate_identity(
         }
     });
 
+    // National clouds have their own Exchange Online resource; the authority says which cloud.
+    let resource = exchange_resource_for(authority.as_ref().and_then(|a| a.host_str()));
     let scope = raw.scope.clone().unwrap_or_else(|| match flow {
-        "password" | "device_code" | "refresh_token" => format!(
-            "{EXCHANGE_RESOURCE}/IMAP.AccessAsUser.All {EXCHANGE_RESOURCE}/SMTP.Send offline_access"
-        ),
-        _ => format!("{EXCHANGE_RESOURCE}/.default"),
+        "password" | "device_code" | "refresh_token" => {
+            format!("{resource}/IMAP.AccessAsUser.All {resource}/SMTP.Send offline_access")
+        }
+        _ => format!("{resource}/.default"),
     });
     if flow == "client_credentials" && !scope.trim_end().ends_with("/.default") {
         problem(
@@ -1009,6 +1019,19 @@ fn validate_identity(
             secret_expires,
         }),
         _ => None,
+    }
+}
+
+/// Exchange Online's resource in the cloud of an Entra authority host: US Government (GCC High)
+/// and China (21Vianet) differ from the worldwide service. DoD tenants
+/// (`https://outlook-dod.office365.us`) share GCC High's authority, so they set `scope` themselves.
+fn exchange_resource_for(authority_host: Option<&str>) -> &'static str {
+    match authority_host.map(|h| h.to_ascii_lowercase()).as_deref() {
+        Some("login.microsoftonline.us") => "https://outlook.office365.us",
+        Some("login.partner.microsoftonline.cn" | "login.chinacloudapi.cn") => {
+            "https://partner.outlook.cn"
+        }
+        _ => EXCHANGE_RESOURCE,
     }
 }
 
@@ -1149,6 +1172,8 @@ mod raw {
         pub fetch_batch_messages: Option<usize>,
         pub mode: Option<String>,
         pub first_start: Option<String>,
+        pub max_new_tickets_per_sender_per_hour: Option<u32>,
+        pub reopen_closed: Option<bool>,
     }
 
     #[derive(Deserialize)]
@@ -1539,6 +1564,32 @@ mod tests {
         let problems = load(&text).unwrap_err();
         assert_eq!(problems[0].key, "identities.app.username");
         assert!(problems[0].message.contains("flow = \"password\""));
+    }
+
+    #[test]
+    fn national_clouds_get_their_exchange_resource() {
+        let text = MINIMAL.replace(
+            "tenant = \"contoso.onmicrosoft.com\"",
+            "tenant = \"t1\"\nauthority = \"https://login.microsoftonline.us/{tenant}\"",
+        );
+        let identity = load(&text).unwrap().identity("app").clone();
+        assert_eq!(identity.scope, "https://outlook.office365.us/.default");
+        assert_eq!(
+            identity.device_code_url.unwrap().as_str(),
+            "https://login.microsoftonline.us/t1/oauth2/v2.0/devicecode"
+        );
+        let text = format!(
+            "{TOKEN_STORE}{}",
+            with_identity("flow = \"device_code\"").replace(
+                "tenant = \"contoso.onmicrosoft.com\"",
+                "tenant = \"t1\"\nauthority = \"https://login.partner.microsoftonline.cn/{tenant}\"",
+            )
+        );
+        let identity = load(&text).unwrap().identity("app").clone();
+        assert_eq!(
+            identity.scope,
+            "https://partner.outlook.cn/IMAP.AccessAsUser.All https://partner.outlook.cn/SMTP.Send offline_access"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`worker`]: one task per mailbox that drives imap → ingest → store, and disposes of each message
 //!   in IMAP only after its outcome is committed.
 //! - [`store`]: every SQL statement, for SQLite (embedded default) and PostgreSQL, with migrations.
+//! - [`check`]: `mailintake check <mailbox>`, the token → IMAP → folders path step by step.
 //! - [`telemetry`]: logging setup.
 //!
 //! `main.rs` only parses the command line ([`cli`]) and calls into these modules.

@@ -163,6 +163,31 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             .await;
             ExitCode::SUCCESS
         }
+        Command::Attachment { id, out } => {
+            let Some(attachment) = store.attachment(id).await? else {
+                anyhow::bail!(
+                    "no attachment with id {id}; `mailintake tickets` and the attachments table list them"
+                );
+            };
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&out)
+                .with_context(|| {
+                    format!("cannot create {} (it must not exist yet)", out.display())
+                })?;
+            std::io::Write::write_all(&mut file, &attachment.content)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {} ({}, {} bytes, sha256 {}) to {}",
+                attachment.filename.as_deref().unwrap_or("(unnamed)"),
+                attachment.content_type,
+                attachment.content.len(),
+                attachment.sha256,
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
         Command::Tickets { limit, json } => {
             let tickets = store.recent_tickets(limit).await?;
             if json {

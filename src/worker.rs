@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, error, info, info_span, instrument, warn};
 use crate::config::{Config, Disposal, FirstStart, Identity, Mailbox, Mode};
 use crate::failpoint::{self, Point};
 use crate::imap::{self, Body, Connection, IdleOutcome, ImapError, MessageSummary, Uid};
-use crate::ingest::{self, Decision, Facts, QuarantineReason};
+use crate::ingest::{self, Decision, Facts, Policy, QuarantineReason};
 use crate::oauth::{TokenCache, TokenError};
 use crate::store::{
     Batch, FolderState, ImapLocation, QuarantineEnvelope, Store, StoreError, now_ms,
@@ -59,6 +59,7 @@ impl CycleError {
 pub struct CycleReport {
     pub n_listed: usize,
     pub n_tickets: usize,
+    pub n_follow_ups: usize,
     pub n_duplicates: usize,
     pub n_quarantined: usize,
     pub n_ignored: usize,
@@ -71,9 +72,10 @@ impl std::fmt::Display for CycleReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} new message(s): {} ticket(s), {} duplicate(s), {} quarantined, {} ignored; {} earlier disposition(s) completed; {} bytes fetched",
+            "{} new message(s): {} ticket(s), {} follow-up(s), {} duplicate(s), {} quarantined, {} ignored; {} earlier disposition(s) completed; {} bytes fetched",
             self.n_listed,
             self.n_tickets,
+            self.n_follow_ups,
             self.n_duplicates,
             self.n_quarantined,
             self.n_ignored,
@@ -91,6 +93,21 @@ pub struct MailboxContext<'a> {
     pub identity: &'a Identity,
     pub store: &'a Store,
     pub tokens: &'a TokenCache,
+    /// How this mailbox decides (own addresses for loop protection, limits).
+    pub policy: Policy,
+}
+
+/// The decision policy of `mailbox`: every configured mailbox address counts as our own.
+pub fn policy(config: &Config, mailbox: &Mailbox) -> Policy {
+    Policy {
+        own_addresses: config
+            .mailboxes
+            .iter()
+            .map(|m| m.address.to_ascii_lowercase())
+            .collect(),
+        max_new_tickets_per_sender_per_hour: mailbox.max_new_tickets_per_sender_per_hour,
+        reopen_closed: mailbox.reopen_closed,
+    }
 }
 
 /// A logged-in IMAP session and what the worker knows about it.
@@ -438,6 +455,7 @@ async fn record(
                     at,
                     &envelope.message_id,
                     "received before the mailbox's first_start cutoff; left untouched",
+                    "none",
                 )
                 .await;
             report.n_ignored += 1;
@@ -471,9 +489,7 @@ async fn record(
     let facts = match &parsed {
         Ok(mail) => {
             span.record("message_id", mail.message_id.as_str());
-            Facts {
-                same_message_id: tx.message_by_message_id(&mail.message_id).await?,
-            }
+            facts_for(tx, mail).await?
         }
         Err(_) => Facts::default(),
     };
@@ -492,56 +508,121 @@ async fn record(
         },
     };
 
-    let decision = match ingest::decide(parsed, &facts) {
-        Decision::NewTicket(mail) => {
-            let disposition = normal_disposition(mailbox);
-            match tx.new_ticket(at, &mail, &disposition).await {
-                Ok((ticket_id, reference, row)) => {
-                    info!(ticket_id, %reference, subject = %mail.subject, "new ticket");
-                    report.n_tickets += 1;
-                    return Ok(Some((disposition, row)));
-                }
-                // Another worker stored this Message-ID (or recorded this UID) meanwhile: decide
-                // again with what is stored now.
-                Err(StoreError::Conflict) => {
-                    let facts = Facts {
-                        same_message_id: tx.message_by_message_id(&mail.message_id).await?,
-                    };
-                    if facts.same_message_id.is_none() {
-                        return Ok(None);
+    let mut decision = ingest::decide(parsed, &facts, &ctx.policy);
+    // A conflict means another worker stored this Message-ID (or recorded this UID) meanwhile:
+    // decide once more with what is stored now.
+    for attempt in 0..2 {
+        let retry_with = match decision {
+            Decision::NewTicket { mail, related } => {
+                let disposition = normal_disposition(mailbox);
+                match tx.new_ticket(at, &mail, related, &disposition).await {
+                    Ok((ticket_id, reference, row)) => {
+                        info!(ticket_id, %reference, subject = %mail.subject, "new ticket");
+                        report.n_tickets += 1;
+                        return Ok(Some((disposition, row)));
                     }
-                    ingest::decide(Ok(*mail), &facts)
+                    Err(StoreError::Conflict) if attempt == 0 => mail,
+                    Err(StoreError::Conflict) => return Ok(None),
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             }
-        }
-        other => other,
-    };
-    match decision {
-        Decision::Duplicate { ticket_id } => {
-            let disposition = normal_disposition(mailbox);
-            let row = tx
-                .duplicate(at, &envelope.message_id, ticket_id, &disposition)
-                .await;
-            Ok(ok_unless_conflict(row)?.map(|row| {
-                info!(ticket_id, "already stored; recorded as duplicate");
-                report.n_duplicates += 1;
-                (disposition, row)
-            }))
-        }
-        Decision::Quarantine(reason) => {
-            let disposition = quarantine_disposition(mailbox);
-            let result = tx
-                .quarantine(at, &envelope, &reason, Some(&raw), &disposition)
-                .await;
-            Ok(ok_unless_conflict(result)?.map(|(quarantine_id, row)| {
-                warn!(quarantine_id, reason = reason.code(), detail = %reason.detail(), "quarantined");
-                report.n_quarantined += 1;
-                (disposition, row)
-            }))
-        }
-        Decision::NewTicket(_) => Ok(None),
+            Decision::FollowUp {
+                mail,
+                ticket_id,
+                reopen,
+                auto_kind,
+            } => {
+                let disposition = normal_disposition(mailbox);
+                match tx
+                    .follow_up(at, &mail, ticket_id, reopen, auto_kind, &disposition)
+                    .await
+                {
+                    Ok(row) => {
+                        info!(
+                            ticket_id,
+                            reopen, auto_kind, "follow-up on an existing ticket"
+                        );
+                        report.n_follow_ups += 1;
+                        return Ok(Some((disposition, row)));
+                    }
+                    Err(StoreError::Conflict) if attempt == 0 => mail,
+                    Err(StoreError::Conflict) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Decision::Duplicate { ticket_id } => {
+                let disposition = normal_disposition(mailbox);
+                let row = tx
+                    .duplicate(at, &envelope.message_id, ticket_id, &disposition)
+                    .await;
+                return Ok(ok_unless_conflict(row)?.map(|row| {
+                    info!(ticket_id, "already stored; recorded as duplicate");
+                    report.n_duplicates += 1;
+                    (disposition, row)
+                }));
+            }
+            Decision::Ignore { reason } => {
+                // Never deleted: nothing of it is stored but this record.
+                let disposition = match normal_disposition(mailbox).as_str() {
+                    "delete" => "seen".to_string(),
+                    other => other.to_string(),
+                };
+                let row = tx
+                    .ignored(at, &envelope.message_id, &reason, &disposition)
+                    .await;
+                return Ok(ok_unless_conflict(row)?.map(|row| {
+                    info!(%reason, "no ticket");
+                    report.n_ignored += 1;
+                    (disposition, row)
+                }));
+            }
+            Decision::Quarantine(reason) => {
+                let disposition = quarantine_disposition(mailbox);
+                let result = tx
+                    .quarantine(at, &envelope, &reason, Some(&raw), &disposition)
+                    .await;
+                return Ok(ok_unless_conflict(result)?.map(|(quarantine_id, row)| {
+                    warn!(quarantine_id, reason = reason.code(), detail = %reason.detail(), "quarantined");
+                    report.n_quarantined += 1;
+                    (disposition, row)
+                }));
+            }
+        };
+        let facts = facts_for(tx, &retry_with).await?;
+        decision = ingest::decide(Ok(*retry_with), &facts, &ctx.policy);
     }
+    Ok(None)
+}
+
+/// What the store knows that bears on `mail`: the same Message-ID, the ticket of the thread it
+/// replies to, the ticket its subject tag names, the ticket a report is about, and how many
+/// tickets its sender opened in the last hour.
+async fn facts_for(tx: &mut Batch, mail: &ingest::ParsedMail) -> Result<Facts, StoreError> {
+    // The most specific reference first: In-Reply-To, then References from the newest.
+    let mut thread_ids: Vec<String> = mail.in_reply_to.clone();
+    thread_ids.extend(mail.references.iter().rev().cloned());
+    let reported = match &mail.signals.original_message_id {
+        Some(id) => tx.ticket_of_message_ids(std::slice::from_ref(id)).await?,
+        None => None,
+    };
+    let tagged = match ingest::tagged_reference(&mail.subject) {
+        Some(reference) => tx.ticket_by_reference(&reference).await?,
+        None => None,
+    };
+    let sender_recent_tickets = match &mail.from {
+        Some(from) => {
+            tx.tickets_opened_by(&from.address, now_ms() - 3_600_000)
+                .await?
+        }
+        None => 0,
+    };
+    Ok(Facts {
+        same_message_id: tx.message_by_message_id(&mail.message_id).await?,
+        thread: tx.ticket_of_message_ids(&thread_ids).await?,
+        tagged,
+        reported,
+        sender_recent_tickets,
+    })
 }
 
 /// `Conflict` means another worker recorded this UID first: not an error, nothing to do.
@@ -643,6 +724,7 @@ pub async fn run_once(
                 identity: config.identity(&mailbox.identity),
                 store,
                 tokens,
+                policy: policy(config, mailbox),
             };
             let result = run_cycle(&ctx, &never).await;
             results.push((task_name(mailbox, folder), result));
@@ -689,6 +771,7 @@ pub async fn run(
                         identity: config.identity(&mailbox.identity),
                         store: &store,
                         tokens: &tokens,
+                        policy: policy(&config, mailbox),
                     };
                     mailbox_loop(&ctx, &cancel).await;
                 }

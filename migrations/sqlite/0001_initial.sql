@@ -9,6 +9,7 @@ CREATE TABLE tickets (
     requester_address TEXT,
     requester_name    TEXT,
     status            TEXT NOT NULL DEFAULT 'new' CHECK (status IN ('new', 'open', 'pending', 'resolved', 'closed')),
+    related_ticket_id BIGINT REFERENCES tickets (id),
     created_at        BIGINT NOT NULL,
     updated_at        BIGINT NOT NULL
 );
@@ -32,6 +33,8 @@ CREATE TABLE messages (
     received_at       BIGINT,
     body_text         TEXT,
     body_html         TEXT,
+    body_text_derived TEXT,
+    auto_kind         TEXT CHECK (auto_kind IN ('auto-reply', 'bounce', 'read-receipt', 'loop')),
     headers           TEXT NOT NULL,
     size_bytes        BIGINT NOT NULL,
     content_sha256    TEXT NOT NULL,
@@ -39,6 +42,7 @@ CREATE TABLE messages (
     created_at        BIGINT NOT NULL
 );
 CREATE INDEX messages_ticket ON messages (ticket_id);
+CREATE INDEX tickets_requester ON tickets (requester_address, created_at);
 
 CREATE TABLE attachment_blobs (
     sha256     TEXT PRIMARY KEY,
@@ -69,7 +73,7 @@ CREATE TABLE quarantine (
     size_bytes   BIGINT NOT NULL,
     from_address TEXT,
     subject      TEXT,
-    reason       TEXT NOT NULL CHECK (reason IN ('too-large', 'unparseable', 'message-id-conflict')),
+    reason       TEXT NOT NULL CHECK (reason IN ('too-large', 'unparseable', 'message-id-conflict', 'sender-rate-limit')),
     detail       TEXT,
     raw          BLOB,
     created_at   BIGINT NOT NULL,

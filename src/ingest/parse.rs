@@ -31,6 +31,29 @@ impl MessageIdSource {
     }
 }
 
+/// What the headers say about how the message came to be: the raw material for loop and noise
+/// protection (RFC 3834 and what Exchange, Gmail and list servers send).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Signals {
+    /// `Auto-Submitted`, lower case (`auto-replied`, `auto-generated`, `no`, …).
+    pub auto_submitted: Option<String>,
+    /// `Precedence`, lower case (`bulk`, `junk`, `list`, `auto_reply`).
+    pub precedence: Option<String>,
+    /// `X-Auto-Response-Suppress` is present (Exchange puts it on its own automatic mail).
+    pub auto_response_suppress: bool,
+    /// `List-Id` or `List-Unsubscribe` is present: mailing-list or newsletter traffic.
+    pub list: bool,
+    /// `Return-Path: <>`: the null sender of bounces and automatic replies.
+    pub null_return_path: bool,
+    /// The addresses named in `X-Loop` headers, lower case.
+    pub x_loop: Vec<String>,
+    /// The `report-type` of a top-level `multipart/report` (`delivery-status`,
+    /// `disposition-notification`), lower case.
+    pub report_type: Option<String>,
+    /// The Message-ID of the original message a report (bounce, read receipt) is about.
+    pub original_message_id: Option<String>,
+}
+
 /// One attachment or inline part.
 #[derive(Debug, Clone)]
 pub struct Attachment {
@@ -61,8 +84,13 @@ pub struct ParsedMail {
     pub text_body: Option<String>,
     /// The text/html body parts the sender wrote; `None` for text-only mail.
     pub html_body: Option<String>,
+    /// For HTML-only mail, a plain-text rendering of the HTML, marked as derived by living here
+    /// rather than in `text_body`.
+    pub text_body_derived: Option<String>,
     /// The header section as received, kept for audit.
     pub headers: String,
+    /// Headers that tell automatic mail, lists and reports from mail a person wrote.
+    pub signals: Signals,
     pub attachments: Vec<Attachment>,
     pub size: u64,
     /// SHA-256 (hex) of the raw bytes, for audit.
@@ -165,7 +193,7 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
                 .map(|d| d.ctype().eq_ignore_ascii_case("inline"))
                 .unwrap_or(false);
             Attachment {
-                filename: part.attachment_name().map(str::to_string),
+                filename: part.attachment_name().and_then(sanitize_filename),
                 content_type,
                 content_id: part.content_id().map(strip_brackets),
                 inline,
@@ -188,14 +216,101 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
         date_ms: message.date().map(|d| d.to_timestamp() * 1000),
         in_reply_to: id_list(message.in_reply_to()),
         references: id_list(message.references()),
+        text_body_derived: match (&text_body, &html_body) {
+            (None, Some(html)) => Some(mail_parser::decoders::html::html_to_text(html)),
+            _ => None,
+        },
         text_body,
         html_body,
         headers,
+        signals: signals(&message),
         attachments,
         size: raw.len() as u64,
         content_sha256,
         fingerprint,
     })
+}
+
+fn signals(message: &mail_parser::Message<'_>) -> Signals {
+    let mut signals = Signals::default();
+    let value = |raw: &str| raw.trim().to_ascii_lowercase();
+    for (name, raw) in message.headers_raw() {
+        match name.to_ascii_lowercase().as_str() {
+            "auto-submitted" => {
+                // `auto-replied; owner-email="…"`: the keyword is what counts.
+                let keyword = value(raw)
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                signals.auto_submitted = Some(keyword);
+            }
+            "precedence" => signals.precedence = Some(value(raw)),
+            "x-auto-response-suppress" => signals.auto_response_suppress = true,
+            "list-id" | "list-unsubscribe" => signals.list = true,
+            "return-path" => {
+                let path = value(raw);
+                if path
+                    .trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace())
+                    .is_empty()
+                {
+                    signals.null_return_path = true;
+                }
+            }
+            "x-loop" => signals.x_loop.push(strip_brackets(&value(raw))),
+            _ => {}
+        }
+    }
+    if let Some(ct) = message.root_part().content_type()
+        && ct.ctype().eq_ignore_ascii_case("multipart")
+        && ct
+            .subtype()
+            .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+    {
+        signals.report_type = ct.attribute("report-type").map(|t| t.to_ascii_lowercase());
+        signals.original_message_id = original_message_id(message);
+    }
+    signals
+}
+
+/// The Message-ID of the message a report is about: from its attached copy (`message/rfc822`) or
+/// attached headers (`text/rfc822-headers`), else the `Original-Message-ID` field of an MDN.
+fn original_message_id(message: &mail_parser::Message<'_>) -> Option<String> {
+    for part in message.parts.iter().skip(1) {
+        match &part.body {
+            PartType::Message(nested) => {
+                if let Some(id) = nested.message_id() {
+                    return Some(strip_brackets(id));
+                }
+            }
+            PartType::Text(_) | PartType::Binary(_) | PartType::InlineBinary(_) => {
+                let subtype = part
+                    .content_type()
+                    .and_then(|ct| ct.subtype())
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                let text = String::from_utf8_lossy(part.contents());
+                if subtype == "rfc822-headers"
+                    && let Some(headers) = MessageParser::default().parse(text.as_bytes())
+                    && let Some(id) = headers.message_id()
+                {
+                    return Some(strip_brackets(id));
+                }
+                if subtype == "disposition-notification" {
+                    for line in text.lines() {
+                        if let Some((name, id)) = line.split_once(':')
+                            && name.trim().eq_ignore_ascii_case("original-message-id")
+                        {
+                            return Some(strip_brackets(id));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// See [`ParsedMail::fingerprint`].
@@ -232,6 +347,29 @@ fn fingerprint(
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
+}
+
+/// A filename safe to show and to write: the last path component only, no control characters,
+/// no leading dots or surrounding blanks, at most 200 characters (the extension kept).
+pub fn sanitize_filename(name: &str) -> Option<String> {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last.chars().filter(|c| !c.is_control()).collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').trim();
+    if cleaned.is_empty() {
+        return None;
+    }
+    const MAX: usize = 200;
+    if cleaned.chars().count() <= MAX {
+        return Some(cleaned.to_string());
+    }
+    let (stem, extension) = match cleaned.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && ext.chars().count() <= 16 => {
+            (stem, format!(".{ext}"))
+        }
+        _ => (cleaned, String::new()),
+    };
+    let keep = MAX - extension.chars().count();
+    Some(stem.chars().take(keep).collect::<String>() + &extension)
 }
 
 fn strip_brackets(id: &str) -> String {

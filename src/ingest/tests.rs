@@ -167,9 +167,29 @@ fn a_redelivered_copy_has_the_same_fingerprint_and_an_edited_one_does_not() {
     );
 }
 
+fn policy() -> Policy {
+    Policy {
+        own_addresses: vec!["support@helpdesk.test".into()],
+        max_new_tickets_per_sender_per_hour: 20,
+        reopen_closed: true,
+    }
+}
+
+fn ticket(id: i64, status: &str, participants: &[&str]) -> KnownTicket {
+    KnownTicket {
+        ticket_id: id,
+        status: status.into(),
+        participants: participants.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+fn decide_fixture(name: &str, facts: &Facts) -> Decision {
+    decide(parse(&fixture(name)), facts, &policy())
+}
+
 #[test]
 fn empty_input_is_quarantined_not_an_error() {
-    let decision = decide(parse(b"\r\n\r\n"), &Facts::default());
+    let decision = decide(parse(b"\r\n\r\n"), &Facts::default(), &policy());
     assert!(matches!(
         decision,
         Decision::Quarantine(QuarantineReason::Unparseable(ParseFailure::Empty))
@@ -184,9 +204,10 @@ fn same_message_again_is_a_duplicate_and_different_content_a_conflict() {
             ticket_id: 7,
             fingerprint: mail.fingerprint.clone(),
         }),
+        ..Facts::default()
     };
     assert!(matches!(
-        decide(Ok(mail.clone()), &same),
+        decide(Ok(mail.clone()), &same, &policy()),
         Decision::Duplicate { ticket_id: 7 }
     ));
     let different = Facts {
@@ -194,19 +215,365 @@ fn same_message_again_is_a_duplicate_and_different_content_a_conflict() {
             ticket_id: 7,
             fingerprint: "0".repeat(64),
         }),
+        ..Facts::default()
     };
     assert!(matches!(
-        decide(Ok(mail.clone()), &different),
+        decide(Ok(mail.clone()), &different, &policy()),
         Decision::Quarantine(QuarantineReason::MessageIdConflict { ticket_id: 7 })
     ));
     assert!(matches!(
-        decide(Ok(mail), &Facts::default()),
-        Decision::NewTicket(_)
+        decide(Ok(mail), &Facts::default(), &policy()),
+        Decision::NewTicket { related: None, .. }
     ));
+}
+
+#[test]
+fn a_reply_in_a_known_thread_is_a_follow_up_and_reopens_a_closed_ticket() {
+    let facts = Facts {
+        thread: Some(ticket(3, "closed", &["erik@customer.test"])),
+        ..Facts::default()
+    };
+    match decide_fixture("attachment.eml", &facts) {
+        Decision::FollowUp {
+            ticket_id: 3,
+            reopen: true,
+            auto_kind: None,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    let no_reopen = Policy {
+        reopen_closed: false,
+        ..policy()
+    };
+    assert!(matches!(
+        decide(parse(&fixture("attachment.eml")), &facts, &no_reopen),
+        Decision::FollowUp { reopen: false, .. }
+    ));
+}
+
+#[test]
+fn a_tag_attaches_only_mail_from_participants() {
+    let tagged = |participants: &[&str]| Facts {
+        tagged: Some(ticket(1, "open", participants)),
+        ..Facts::default()
+    };
+    // ooo_exchange.eml carries [#TCK-000001] but is automatic; use a person's mail with a tag.
+    let raw = String::from_utf8(fixture("plain.eml"))
+        .unwrap()
+        .replace("Subject: Printer", "Subject: Re: [#TCK-000001] Printer");
+    let mail = parse(raw.as_bytes()).unwrap();
+    assert_eq!(
+        tagged_reference(&mail.subject).as_deref(),
+        Some("TCK-000001")
+    );
+    assert!(matches!(
+        decide(
+            Ok(mail.clone()),
+            &tagged(&["alice@customer.test"]),
+            &policy()
+        ),
+        Decision::FollowUp { ticket_id: 1, .. }
+    ));
+    assert!(matches!(
+        decide(
+            Ok(mail),
+            &tagged(&["someone.else@customer.test"]),
+            &policy()
+        ),
+        Decision::NewTicket {
+            related: Some(1),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn out_of_office_replies_never_open_tickets() {
+    let mail = parse(&fixture("ooo_exchange.eml")).unwrap();
+    assert!(matches!(classify(&mail, &policy()), MailKind::Automatic(_)));
+    // In a known thread it is recorded on the ticket as automatic mail, without reopening it.
+    let facts = Facts {
+        thread: Some(ticket(1, "resolved", &["bob@customer.test"])),
+        ..Facts::default()
+    };
+    assert!(matches!(
+        decide(Ok(mail.clone()), &facts, &policy()),
+        Decision::FollowUp {
+            reopen: false,
+            auto_kind: Some("auto-reply"),
+            ..
+        }
+    ));
+    // Otherwise it is ignored (recorded), never a ticket.
+    assert!(matches!(
+        decide(Ok(mail), &Facts::default(), &policy()),
+        Decision::Ignore { .. }
+    ));
+    assert!(matches!(
+        decide_fixture("gmail_vacation.eml", &Facts::default()),
+        Decision::Ignore { .. }
+    ));
+    assert!(matches!(
+        decide_fixture("newsletter.eml", &Facts::default()),
+        Decision::Ignore { .. }
+    ));
+}
+
+#[test]
+fn bounces_and_read_receipts_attach_to_the_ticket_they_are_about() {
+    let dsn = parse(&fixture("dsn.eml")).unwrap();
+    assert_eq!(classify(&dsn, &policy()), MailKind::Bounce);
+    assert_eq!(
+        dsn.signals.original_message_id.as_deref(),
+        Some("ack-1@helpdesk.test")
+    );
+    assert!(dsn.signals.null_return_path);
+    let facts = Facts {
+        reported: Some(ticket(1, "open", &[])),
+        ..Facts::default()
+    };
+    assert!(matches!(
+        decide(Ok(dsn.clone()), &facts, &policy()),
+        Decision::FollowUp {
+            ticket_id: 1,
+            auto_kind: Some("bounce"),
+            ..
+        }
+    ));
+    assert!(matches!(
+        decide(Ok(dsn), &Facts::default(), &policy()),
+        Decision::Ignore { .. }
+    ));
+
+    let mdn = parse(&fixture("mdn.eml")).unwrap();
+    assert_eq!(classify(&mdn, &policy()), MailKind::ReadReceipt);
+    assert_eq!(
+        mdn.signals.original_message_id.as_deref(),
+        Some("ack-1@helpdesk.test")
+    );
+}
+
+#[test]
+fn mail_from_our_own_mailboxes_is_a_loop() {
+    let raw = String::from_utf8(fixture("plain.eml")).unwrap().replace(
+        "From: Alice Example <alice@customer.test>",
+        "From: Support <Support@helpdesk.test>",
+    );
+    let mail = parse(raw.as_bytes()).unwrap();
+    assert!(matches!(classify(&mail, &policy()), MailKind::Loop(_)));
+    let raw = String::from_utf8(fixture("plain.eml")).unwrap().replace(
+        "MIME-Version",
+        "X-Loop: support@helpdesk.test\r\nMIME-Version",
+    );
+    let mail = parse(raw.as_bytes()).unwrap();
+    assert!(matches!(
+        decide(Ok(mail), &Facts::default(), &policy()),
+        Decision::Ignore { .. }
+    ));
+}
+
+#[test]
+fn a_runaway_sender_is_quarantined_not_dropped() {
+    let facts = Facts {
+        sender_recent_tickets: 20,
+        ..Facts::default()
+    };
+    assert!(matches!(
+        decide_fixture("plain.eml", &facts),
+        Decision::Quarantine(QuarantineReason::SenderRateLimit { limit: 20, .. })
+    ));
+    let unlimited = Policy {
+        max_new_tickets_per_sender_per_hour: 0,
+        ..policy()
+    };
+    assert!(matches!(
+        decide(parse(&fixture("plain.eml")), &facts, &unlimited),
+        Decision::NewTicket { .. }
+    ));
+}
+
+#[test]
+fn subjects_are_normalized_for_new_tickets() {
+    for (subject, expected) in [
+        ("Re: Printer", "Printer"),
+        ("RE: AW: Fwd: Printer", "Printer"),
+        ("SV: VS: Tulostin", "Tulostin"),
+        ("Re[2]: Printer", "Printer"),
+        ("Re: [#TCK-000012] Re: Printer", "Printer"),
+        ("Invoice: March", "Invoice: March"),
+        ("Re:", "Re:"),
+    ] {
+        assert_eq!(normalized_subject(subject), expected, "{subject}");
+    }
+    assert_eq!(tagged_reference("x [#TCK-12a] y"), None);
+    assert_eq!(
+        tagged_reference("[#TCK-000123]").as_deref(),
+        Some("TCK-000123")
+    );
+}
+
+#[test]
+fn real_world_charsets_decode() {
+    let cp1252 = parse(&fixture("windows1252.eml")).unwrap();
+    assert_eq!(cp1252.subject, "Présentation “urgent”");
+    assert!(
+        cp1252
+            .text_body
+            .as_deref()
+            .unwrap()
+            .contains("“final” coûte 5 €")
+    );
+    let sjis = parse(&fixture("shift_jis.eml")).unwrap();
+    assert_eq!(sjis.subject, "プリンターの故障");
+    assert_eq!(
+        sjis.from.as_ref().unwrap().name.as_deref(),
+        Some("山田太郎")
+    );
+    assert!(
+        sjis.text_body
+            .as_deref()
+            .unwrap()
+            .contains("プリンターが動きません")
+    );
+    let jis = parse(&fixture("iso2022jp.eml")).unwrap();
+    assert_eq!(jis.subject, "請求書について");
+    assert!(
+        jis.text_body
+            .as_deref()
+            .unwrap()
+            .contains("請求書を確認してください")
+    );
+}
+
+#[test]
+fn broken_mime_still_yields_a_ticket() {
+    let mail = parse(&fixture("broken_mime.eml")).unwrap();
+    assert!(
+        mail.text_body
+            .as_deref()
+            .unwrap()
+            .contains("The text part is fine.")
+    );
+    assert!(matches!(
+        decide(Ok(mail), &Facts::default(), &policy()),
+        Decision::NewTicket { .. }
+    ));
+}
+
+#[test]
+fn forwarded_messages_inline_images_and_tnef_are_kept_as_attachments() {
+    let fwd = parse(&fixture("forwarded.eml")).unwrap();
+    assert_eq!(fwd.attachments.len(), 1);
+    assert_eq!(fwd.attachments[0].content_type, "message/rfc822");
+    assert!(String::from_utf8_lossy(&fwd.attachments[0].content).contains("Please pay."));
+
+    let outlook = parse(&fixture("outlook_inline.eml")).unwrap();
+    assert_eq!(outlook.subject, "Fehlermeldung – Bildschirmfoto");
+    assert_eq!(outlook.text_body, None);
+    assert!(
+        outlook
+            .html_body
+            .as_deref()
+            .unwrap()
+            .contains("cid:image001.png@01DB")
+    );
+    assert!(
+        outlook
+            .text_body_derived
+            .as_deref()
+            .unwrap()
+            .contains("Siehe Bild")
+    );
+    let image = &outlook.attachments[0];
+    assert!(image.inline);
+    assert_eq!(image.content_id.as_deref(), Some("image001.png@01DB"));
+    assert!(image.content.starts_with(b"\x89PNG"));
+
+    let tnef = parse(&fixture("tnef.eml")).unwrap();
+    assert_eq!(tnef.attachments[0].filename.as_deref(), Some("winmail.dat"));
+    assert_eq!(tnef.attachments[0].content_type, "application/ms-tnef");
+}
+
+#[test]
+fn attachment_filenames_are_sanitised() {
+    let mail = parse(&fixture("evil_filename.eml")).unwrap();
+    let names: Vec<Option<&str>> = mail
+        .attachments
+        .iter()
+        .map(|a| a.filename.as_deref())
+        .collect();
+    assert_eq!(names, [Some("passwd"), Some("badname.txt")]);
+    assert_eq!(
+        parse::sanitize_filename("..\\..\\x.exe").as_deref(),
+        Some("x.exe")
+    );
+    assert_eq!(parse::sanitize_filename(" .. "), None);
+    let long = format!("{}.pdf", "a".repeat(300));
+    let short = parse::sanitize_filename(&long).unwrap();
+    assert_eq!(short.chars().count(), 200);
+    assert!(short.ends_with(".pdf"));
 }
 
 #[test]
 fn ticket_references_are_zero_padded() {
     assert_eq!(ticket_reference(42), "TCK-000042");
     assert_eq!(ticket_reference(1_234_567), "TCK-1234567");
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FIXTURES: [&str; 12] = [
+        "plain.eml",
+        "latin1.eml",
+        "html_only.eml",
+        "attachment.eml",
+        "dsn.eml",
+        "mdn.eml",
+        "ooo_exchange.eml",
+        "forwarded.eml",
+        "outlook_inline.eml",
+        "broken_mime.eml",
+        "shift_jis.eml",
+        "evil_filename.eml",
+    ];
+
+    fn every_input_yields_a_decision(raw: &[u8]) {
+        let facts = Facts {
+            thread: Some(ticket(1, "closed", &["alice@customer.test"])),
+            ..Facts::default()
+        };
+        // Whatever the bytes, this returns (no panic) and classifies.
+        let _ = decide(parse(raw), &facts, &policy());
+        if let Ok(mail) = parse(raw) {
+            let _ = classify(&mail, &policy());
+            let _ = normalized_subject(&mail.subject);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes(raw in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            every_input_yields_a_decision(&raw);
+        }
+
+        #[test]
+        fn mutated_real_mail(
+            which in 0..FIXTURES.len(),
+            cut in any::<prop::sample::Index>(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..16),
+        ) {
+            let mut raw = fixture(FIXTURES[which]);
+            for (at, byte) in flips {
+                let i = at.index(raw.len());
+                raw[i] = byte;
+            }
+            raw.truncate(cut.index(raw.len() + 1));
+            every_input_yields_a_decision(&raw);
+        }
+    }
 }

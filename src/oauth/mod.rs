@@ -390,6 +390,58 @@ impl TokenCache {
     }
 }
 
+/// Credentials are reported as expiring this long before they do (`check`, and a warning after
+/// every token request).
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// When the identity's own credential stops working, if mailintake can know: the certificate's
+/// notAfter, or the configured `secret_expires` of a client secret. Returns what it is and when.
+pub fn credential_expiry(identity: &Identity) -> Option<(&'static str, std::time::SystemTime)> {
+    use crate::config::Grant;
+    match &identity.grant {
+        Grant::Certificate {
+            certificate_file,
+            private_key_file,
+        } => assertion::ClientCertificate::load(certificate_file, private_key_file)
+            .ok()
+            .map(|c| ("certificate", c.not_after())),
+        Grant::ClientSecret { .. } | Grant::Password { .. } | Grant::RefreshToken { .. } => {
+            let at = u64::try_from(identity.secret_expires?).ok()?;
+            Some((
+                "client secret",
+                std::time::UNIX_EPOCH + Duration::from_secs(at),
+            ))
+        }
+    }
+}
+
+/// A sentence about a credential that expires within [`EXPIRY_WARNING`] (or has expired), with
+/// what to do; `None` when it is far off or unknown.
+pub fn expiry_warning(identity: &Identity) -> Option<String> {
+    let (what, at) = credential_expiry(identity)?;
+    let now = std::time::SystemTime::now();
+    let renew = match what {
+        "certificate" => {
+            "upload a new certificate under App registrations > Certificates & secrets and replace certificate_file/private_key_file"
+        }
+        _ => {
+            "create a new secret under App registrations > Certificates & secrets, update client_secret and secret_expires"
+        }
+    };
+    match at.duration_since(now) {
+        Err(_) => Some(format!(
+            "the {what} of identity `{}` has expired: {renew}",
+            identity.name
+        )),
+        Ok(left) if left < EXPIRY_WARNING => Some(format!(
+            "the {what} of identity `{}` expires in {} day(s): {renew}",
+            identity.name,
+            left.as_secs() / 86_400
+        )),
+        Ok(_) => None,
+    }
+}
+
 /// The URL at which a tenant's administrator grants admin consent to the identity's app (Entra's
 /// `adminconsent` endpoint under the identity's authority). With `tenant = "organizations"` any
 /// tenant's administrator can use it: that is how a multi-tenant app is handed to customers.
@@ -444,6 +496,32 @@ mod tests {
         let short = renew_at(now, Duration::from_secs(10));
         assert!(short <= now + Duration::from_secs(8));
         assert!(short >= now + Duration::from_millis(7500));
+    }
+
+    fn identity_with_secret_expiring_in(days: u64) -> Identity {
+        let at = std::time::SystemTime::now() + Duration::from_secs(days * 86_400);
+        let date = &humantime::format_rfc3339(at).to_string()[..10];
+        let text = format!(
+            "[identities.app]\ntenant = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\nsecret_expires = \"{date}\"\n\n[[mailboxes]]\nname = \"m\"\naddress = \"m@x.test\"\nidentity = \"app\"\nimap = {{ host = \"h\" }}\n"
+        );
+        crate::config::Config::from_toml_str(&text, std::path::Path::new("."))
+            .unwrap()
+            .identity("app")
+            .clone()
+    }
+
+    #[test]
+    fn a_secret_is_warned_about_thirty_days_ahead() {
+        let soon = expiry_warning(&identity_with_secret_expiring_in(10)).unwrap();
+        assert!(
+            soon.contains("client secret of identity `app` expires in"),
+            "{soon}"
+        );
+        assert!(soon.contains("Certificates & secrets"), "{soon}");
+        assert!(expiry_warning(&identity_with_secret_expiring_in(90)).is_none());
+        let mut expired = identity_with_secret_expiring_in(0);
+        expired.secret_expires = Some(1);
+        assert!(expiry_warning(&expired).unwrap().contains("has expired"));
     }
 
     fn rejected(error: &str, status: u16) -> TokenError {

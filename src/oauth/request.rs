@@ -105,7 +105,14 @@ impl TokenCache {
                     "token request failed; retrying");
             });
         match tokio::time::timeout_at(deadline.into(), retried).await {
-            Ok(result) => result,
+            Ok(result) => {
+                if result.is_ok()
+                    && let Some(warning) = super::expiry_warning(identity)
+                {
+                    warn!(identity = %identity.name, "{warning}");
+                }
+                result
+            }
             Err(_) => Err(TokenError::GaveUp {
                 identity: identity.name.clone(),
                 url: identity.token_url.to_string(),
@@ -196,7 +203,21 @@ impl TokenCache {
             _ => None,
         };
         let form = self.grant_form(identity, scope, refresh_token.as_ref())?;
-        let granted = post_token_form(client, identity, &form, self.retry.request_timeout).await?;
+        let granted =
+            match post_token_form(client, identity, &form, self.retry.request_timeout).await {
+                Ok(granted) => granted,
+                Err(e) => {
+                    if refresh_token.is_some() && e.needs_sign_in() {
+                        // The refresh token is dead; forget the in-memory copy so that the next try
+                        // reads the database, where `mailintake login` (another process) puts the new one.
+                        self.refresh_tokens
+                            .lock()
+                            .expect("token cache lock poisoned")
+                            .remove(&(identity.name.clone(), scope.to_string()));
+                    }
+                    return Err(e);
+                }
+            };
         if let Some(rotated) = granted.refresh_token {
             // Entra rotates refresh tokens on every use; the new one must survive a restart, or
             // the identity quietly dies when the old one expires (AADSTS700082).

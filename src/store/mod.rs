@@ -14,7 +14,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Executor, Row};
 
-use crate::ingest::{ParsedMail, Party, QuarantineReason, ticket_reference};
+use crate::ingest::{KnownTicket, ParsedMail, Party, QuarantineReason, ticket_reference};
 
 pub mod tokens;
 
@@ -109,6 +109,15 @@ pub struct TicketSummary {
     pub created_at_ms: i64,
     pub n_messages: i64,
     pub n_attachments: i64,
+}
+
+/// An attachment as `mailintake attachment` writes it out.
+#[derive(Debug, Clone)]
+pub struct StoredAttachment {
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub sha256: String,
+    pub content: Vec<u8>,
 }
 
 /// The store: a connection pool and its backend.
@@ -346,6 +355,23 @@ impl Store {
             .collect())
     }
 
+    /// One attachment with its content.
+    pub async fn attachment(&self, id: i64) -> Result<Option<StoredAttachment>> {
+        let row = sqlx::query(
+            "SELECT a.filename, a.content_type, a.sha256, b.content FROM attachments a \
+             JOIN attachment_blobs b ON b.sha256 = a.sha256 WHERE a.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| StoredAttachment {
+            filename: r.get(0),
+            content_type: r.get(1),
+            sha256: r.get(2),
+            content: r.get(3),
+        }))
+    }
+
     /// The pool, for tests and admin commands that read rows directly.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
@@ -392,6 +418,82 @@ impl Batch {
         }))
     }
 
+    /// The ticket owning one of these Message-IDs (our stored inbound messages or our outbox),
+    /// trying them in order.
+    pub async fn ticket_of_message_ids(&mut self, ids: &[String]) -> Result<Option<KnownTicket>> {
+        for id in ids {
+            let row = sqlx::query(
+                "SELECT ticket_id FROM messages WHERE message_id = $1 \
+                 UNION ALL SELECT ticket_id FROM outbox WHERE message_id = $1 AND ticket_id IS NOT NULL",
+            )
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+            if let Some(row) = row {
+                return self.ticket(row.get(0)).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The ticket with this reference (`TCK-000123`).
+    pub async fn ticket_by_reference(&mut self, reference: &str) -> Result<Option<KnownTicket>> {
+        let row = sqlx::query("SELECT id FROM tickets WHERE reference = $1")
+            .bind(reference)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        match row {
+            Some(row) => self.ticket(row.get(0)).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A ticket with its status and participants (requester, and the senders of its messages).
+    async fn ticket(&mut self, ticket_id: i64) -> Result<Option<KnownTicket>> {
+        let Some(row) = sqlx::query("SELECT status, requester_address FROM tickets WHERE id = $1")
+            .bind(ticket_id)
+            .fetch_optional(&mut *self.tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut participants: Vec<String> = row
+            .get::<Option<String>, _>(1)
+            .into_iter()
+            .map(|a| a.to_ascii_lowercase())
+            .collect();
+        let senders = sqlx::query(
+            "SELECT DISTINCT from_address FROM messages WHERE ticket_id = $1 AND from_address IS NOT NULL \
+             UNION SELECT DISTINCT reply_to FROM messages WHERE ticket_id = $1 AND reply_to IS NOT NULL",
+        )
+        .bind(ticket_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for sender in senders {
+            let address = sender.get::<String, _>(0).to_ascii_lowercase();
+            if !participants.contains(&address) {
+                participants.push(address);
+            }
+        }
+        Ok(Some(KnownTicket {
+            ticket_id,
+            status: row.get(0),
+            participants,
+        }))
+    }
+
+    /// How many tickets `sender` opened since `since_ms`.
+    pub async fn tickets_opened_by(&mut self, sender: &str, since_ms: i64) -> Result<u32> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM tickets WHERE lower(requester_address) = lower($1) AND created_at >= $2",
+        )
+        .bind(sender)
+        .bind(since_ms)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(row.get::<i64, _>(0) as u32)
+    }
+
     /// Opens a ticket with `mail` as its first message and records the outcome. Returns the ticket
     /// id and reference and the `imap_messages` row id. On `Conflict` (the Message-ID or the UID was
     /// stored meanwhile by another worker) nothing of this message is kept and the batch goes on.
@@ -399,19 +501,21 @@ impl Batch {
         &mut self,
         at: &ImapLocation<'_>,
         mail: &ParsedMail,
+        related: Option<i64>,
         disposition: &str,
     ) -> Result<(i64, String, i64)> {
         // A savepoint, so that a conflict undoes this message only, not the whole batch.
         let mut sp = sqlx::Connection::begin(&mut *self.tx).await?;
         let now = now_ms();
         let ticket_id: i64 = sqlx::query(
-            "INSERT INTO tickets (mailbox, subject, requester_address, requester_name, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'new', $5, $5) RETURNING id",
+            "INSERT INTO tickets (mailbox, subject, requester_address, requester_name, status, related_ticket_id, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, 'new', $5, $6, $6) RETURNING id",
         )
         .bind(at.mailbox)
-        .bind(&mail.subject)
+        .bind(crate::ingest::normalized_subject(&mail.subject))
         .bind(mail.from.as_ref().map(|p| p.address.clone()))
         .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
+        .bind(related)
         .bind(now)
         .fetch_one(&mut *sp)
         .await?
@@ -422,87 +526,80 @@ impl Batch {
             .bind(ticket_id)
             .execute(&mut *sp)
             .await?;
-
-        let inserted = sqlx::query(
-            "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
-             thread_references, subject, from_address, from_name, reply_to, to_addresses, cc_addresses, sent_at, \
-             received_at, body_text, body_html, headers, size_bytes, content_sha256, fingerprint, created_at) \
-             VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
-             ON CONFLICT (message_id) DO NOTHING RETURNING id",
-        )
-        .bind(ticket_id)
-        .bind(at.mailbox)
-        .bind(&mail.message_id)
-        .bind(mail.message_id_source.as_str())
-        .bind(mail.in_reply_to.first().cloned())
-        .bind(join_ids(&mail.references))
-        .bind(&mail.subject)
-        .bind(mail.from.as_ref().map(|p| p.address.clone()))
-        .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
-        .bind(mail.reply_to.as_ref().map(|p| p.address.clone()))
-        .bind(parties_json(&mail.to))
-        .bind(parties_json(&mail.cc))
-        .bind(mail.date_ms)
-        .bind(at.internal_date_ms)
-        .bind(mail.text_body.clone())
-        .bind(mail.html_body.clone())
-        .bind(&mail.headers)
-        .bind(mail.size as i64)
-        .bind(&mail.content_sha256)
-        .bind(&mail.fingerprint)
-        .bind(now)
-        .fetch_optional(&mut *sp)
-        .await?;
-        let Some(message_row) = inserted else {
-            sp.rollback().await?;
-            return Err(StoreError::Conflict);
-        };
-        let message_row_id: i64 = message_row.get(0);
-
-        for attachment in &mail.attachments {
-            sqlx::query(
-                "INSERT INTO attachment_blobs (sha256, size_bytes, content) VALUES ($1, $2, $3) \
-                 ON CONFLICT (sha256) DO NOTHING",
+        let result = async {
+            let message_row_id = insert_message(&mut sp, ticket_id, at, mail, None).await?;
+            record_outcome(
+                &mut sp,
+                at,
+                &mail.message_id,
+                Outcome {
+                    outcome: "ticket",
+                    ticket_id: Some(ticket_id),
+                    message_row_id: Some(message_row_id),
+                    quarantine_id: None,
+                    detail: None,
+                    disposition,
+                },
             )
-            .bind(&attachment.sha256)
-            .bind(attachment.content.len() as i64)
-            .bind(attachment.content.clone())
-            .execute(&mut *sp)
-            .await?;
-            sqlx::query(
-                "INSERT INTO attachments (message_id, filename, content_type, content_id, disposition, size_bytes, sha256, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(message_row_id)
-            .bind(attachment.filename.clone())
-            .bind(&attachment.content_type)
-            .bind(attachment.content_id.clone())
-            .bind(if attachment.inline { "inline" } else { "attachment" })
-            .bind(attachment.content.len() as i64)
-            .bind(&attachment.sha256)
-            .bind(now)
-            .execute(&mut *sp)
-            .await?;
+            .await
         }
-
-        let row_id = record_outcome(
-            &mut sp,
-            at,
-            &mail.message_id,
-            Outcome {
-                outcome: "ticket",
-                ticket_id: Some(ticket_id),
-                message_row_id: Some(message_row_id),
-                quarantine_id: None,
-                detail: None,
-                disposition,
-            },
-        )
         .await;
-        match row_id {
+        match result {
             Ok(row_id) => {
                 sp.commit().await?;
                 Ok((ticket_id, reference, row_id))
+            }
+            Err(e) => {
+                sp.rollback().await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Adds `mail` to an existing ticket (reopening it when asked) and records the outcome.
+    /// Returns the `imap_messages` row id; `Conflict` as for [`Batch::new_ticket`].
+    pub async fn follow_up(
+        &mut self,
+        at: &ImapLocation<'_>,
+        mail: &ParsedMail,
+        ticket_id: i64,
+        reopen: bool,
+        auto_kind: Option<&str>,
+        disposition: &str,
+    ) -> Result<i64> {
+        let mut sp = sqlx::Connection::begin(&mut *self.tx).await?;
+        let result = async {
+            let message_row_id = insert_message(&mut sp, ticket_id, at, mail, auto_kind).await?;
+            let status_change = if reopen {
+                "UPDATE tickets SET updated_at = $1, status = 'open' WHERE id = $2"
+            } else {
+                "UPDATE tickets SET updated_at = $1 WHERE id = $2"
+            };
+            sqlx::query(status_change)
+                .bind(now_ms())
+                .bind(ticket_id)
+                .execute(&mut *sp)
+                .await?;
+            record_outcome(
+                &mut sp,
+                at,
+                &mail.message_id,
+                Outcome {
+                    outcome: "follow-up",
+                    ticket_id: Some(ticket_id),
+                    message_row_id: Some(message_row_id),
+                    quarantine_id: None,
+                    detail: auto_kind.map(|k| format!("automatic mail ({k})")),
+                    disposition,
+                },
+            )
+            .await
+        }
+        .await;
+        match result {
+            Ok(row_id) => {
+                sp.commit().await?;
+                Ok(row_id)
             }
             Err(e) => {
                 sp.rollback().await?;
@@ -535,12 +632,14 @@ impl Batch {
         .await
     }
 
-    /// Records a message that is deliberately left alone (e.g. older than the first-start cutoff).
+    /// Records a message that becomes no ticket on purpose (automatic mail that belongs to no
+    /// ticket, a loop, or mail older than the first-start cutoff).
     pub async fn ignored(
         &mut self,
         at: &ImapLocation<'_>,
         message_id: &str,
         detail: &str,
+        disposition: &str,
     ) -> Result<i64> {
         record_outcome(
             &mut self.tx,
@@ -552,7 +651,7 @@ impl Batch {
                 message_row_id: None,
                 quarantine_id: None,
                 detail: Some(detail.to_string()),
-                disposition: "none",
+                disposition,
             },
         )
         .await
@@ -619,6 +718,81 @@ impl Batch {
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+/// Inserts an inbound message row (and its attachments) on `ticket_id`. `Conflict` when the
+/// Message-ID is stored already.
+async fn insert_message(
+    conn: &mut sqlx::AnyConnection,
+    ticket_id: i64,
+    at: &ImapLocation<'_>,
+    mail: &ParsedMail,
+    auto_kind: Option<&str>,
+) -> Result<i64> {
+    let now = now_ms();
+    let inserted = sqlx::query(
+        "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
+         thread_references, subject, from_address, from_name, reply_to, to_addresses, cc_addresses, sent_at, \
+         received_at, body_text, body_html, body_text_derived, auto_kind, headers, size_bytes, content_sha256, \
+         fingerprint, created_at) \
+         VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+         $20, $21, $22, $23) ON CONFLICT (message_id) DO NOTHING RETURNING id",
+    )
+    .bind(ticket_id)
+    .bind(at.mailbox)
+    .bind(&mail.message_id)
+    .bind(mail.message_id_source.as_str())
+    .bind(mail.in_reply_to.first().cloned())
+    .bind(join_ids(&mail.references))
+    .bind(&mail.subject)
+    .bind(mail.from.as_ref().map(|p| p.address.clone()))
+    .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
+    .bind(mail.reply_to.as_ref().map(|p| p.address.clone()))
+    .bind(parties_json(&mail.to))
+    .bind(parties_json(&mail.cc))
+    .bind(mail.date_ms)
+    .bind(at.internal_date_ms)
+    .bind(mail.text_body.clone())
+    .bind(mail.html_body.clone())
+    .bind(mail.text_body_derived.clone())
+    .bind(auto_kind.map(str::to_string))
+    .bind(&mail.headers)
+    .bind(mail.size as i64)
+    .bind(&mail.content_sha256)
+    .bind(&mail.fingerprint)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = inserted else {
+        return Err(StoreError::Conflict);
+    };
+    let message_row_id: i64 = row.get(0);
+    for attachment in &mail.attachments {
+        sqlx::query(
+            "INSERT INTO attachment_blobs (sha256, size_bytes, content) VALUES ($1, $2, $3) \
+             ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&attachment.sha256)
+        .bind(attachment.content.len() as i64)
+        .bind(attachment.content.clone())
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO attachments (message_id, filename, content_type, content_id, disposition, size_bytes, \
+             sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(message_row_id)
+        .bind(attachment.filename.clone())
+        .bind(&attachment.content_type)
+        .bind(attachment.content_id.clone())
+        .bind(if attachment.inline { "inline" } else { "attachment" })
+        .bind(attachment.content.len() as i64)
+        .bind(&attachment.sha256)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(message_row_id)
 }
 
 /// Writes the `imap_messages` row and advances the checkpoint, inside the caller's transaction.

@@ -269,7 +269,10 @@ async fn uidvalidity_change_resyncs_by_message_id_without_duplicates() {
     ]);
     deliver_fixtures(&case, &["attachment.eml"]).await;
     let stdout = assert_ok(&case.run(&["once"]).await);
-    assert!(stdout.contains("1 ticket(s), 2 duplicate(s)"), "{stdout}");
+    assert!(
+        stdout.contains("1 ticket(s), 0 follow-up(s), 2 duplicate(s)"),
+        "{stdout}"
+    );
     assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 3);
     assert_eq!(
         case.db
@@ -335,7 +338,7 @@ async fn a_dropped_session_is_reconnected_and_nothing_is_lost() {
 async fn sigterm_during_ingestion_stops_at_a_safe_point() {
     let case = Case::new(
         Backend::Sqlite,
-        "fetch_batch_messages = 2\npoll_interval = \"10m\"",
+        "fetch_batch_messages = 2\npoll_interval = \"10m\"\nmax_new_tickets_per_sender_per_hour = 0",
         "implicit",
     )
     .await;

@@ -223,6 +223,18 @@ async fn device_code_login_stores_the_refresh_token_encrypted_and_the_worker_run
         "{error}"
     );
     assert_eq!(tenant.n_requests(), 1);
+
+    // A new login (in another process) repairs it: the running cache reads the new token from
+    // the database instead of retrying the dead one it had in memory.
+    let relogin =
+        TokenCache::with_retry_policy(fast_retries()).with_token_store(store.clone(), &keys);
+    device_login(&tenant, &relogin, &identity, &upn, Some(Duration::ZERO))
+        .await
+        .expect("login again");
+    after_revoke
+        .token(&identity)
+        .await
+        .expect("runs on the new refresh token");
 }
 
 #[tokio::test]

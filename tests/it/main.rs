@@ -9,4 +9,5 @@ mod helpers;
 mod intake;
 mod oauth;
 mod smtp;
+mod threading;
 mod tokens;
