@@ -172,6 +172,77 @@ pub struct Mailbox {
     pub max_new_tickets_per_sender_per_hour: u32,
     /// A person's follow-up to a resolved or closed ticket reopens it.
     pub reopen_closed: bool,
+    /// Where acknowledgements are sent through; `None` when the mailbox sends nothing.
+    pub smtp: Option<SmtpEndpoint>,
+    pub acknowledge: Acknowledge,
+}
+
+/// The SMTP submission server of a mailbox (Exchange Online: smtp.office365.com:587, STARTTLS).
+#[derive(Debug, Clone)]
+pub struct SmtpEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    /// Exchange Online allows 30 messages a minute and 10,000 recipients a day per mailbox.
+    pub max_per_minute: u32,
+    pub max_recipients_per_day: u32,
+}
+
+/// When and how new tickets are acknowledged.
+#[derive(Debug, Clone)]
+pub struct Acknowledge {
+    /// Acknowledge new tickets (needs `smtp`).
+    pub enabled: bool,
+    /// Also acknowledge follow-ups (at most one per ticket per `follow_up_interval`).
+    pub follow_ups: bool,
+    pub follow_up_interval: Duration,
+    /// The From address; the mailbox address unless set (Exchange needs the SendAs right).
+    pub from: Option<String>,
+    /// Plain-text and optional HTML templates, already read and checked.
+    pub template_text: String,
+    pub template_html: Option<String>,
+    /// Recipients never acknowledged: exact addresses or `*@domain`, `noreply@*` patterns.
+    pub deny: Vec<String>,
+    /// At most this many acknowledgements to one recipient a day.
+    pub max_per_recipient_per_day: u32,
+    /// Mail received before this (unix ms) is not acknowledged; default: the folder's first sweep,
+    /// so importing an existing inbox does not write to every past customer.
+    pub since_ms: Option<i64>,
+}
+
+/// Recipients never acknowledged unless `acknowledge.deny` says otherwise.
+pub const DEFAULT_ACK_DENY: [&str; 4] =
+    ["noreply@*", "no-reply@*", "donotreply@*", "do-not-reply@*"];
+
+/// The placeholders templates may use.
+pub const TEMPLATE_PLACEHOLDERS: [&str; 4] = ["ticket", "subject", "requester_name", "mailbox"];
+
+/// The acknowledgement sent when no template is configured.
+pub const DEFAULT_ACK_TEMPLATE: &str = "Hello {requester_name},\n\n\
+thank you for your message. We have opened ticket {ticket} for it:\n\n    {subject}\n\n\
+Please keep {ticket} in the subject when you reply, so that your reply reaches the same ticket.\n\n\
+This is an automatic message from {mailbox}.\n";
+
+/// Checks that `template` uses only known `{placeholders}`; the error names the unknown one.
+pub fn check_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('}') else {
+            return Err("has a `{` without a closing `}`".into());
+        };
+        let name = &after[..end];
+        if !TEMPLATE_PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "uses the unknown placeholder {{{name}}}; known: {}",
+                TEMPLATE_PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+            ));
+        }
+        rest = &after[end + 1..];
+    }
+    Ok(())
 }
 
 /// Whether mailintake changes anything in the mailbox.
@@ -596,6 +667,107 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
                 problem(key("imap.command_timeout"), e);
                 Duration::from_secs(120)
             });
+        let smtp = m.smtp.map(|raw| {
+            let tls = raw.tls.unwrap_or(TlsMode::Starttls);
+            let ca_file = raw.ca_file.map(|p| base_dir.join(p));
+            if let Some(ca) = &ca_file
+                && !ca.is_file()
+            {
+                problem(
+                    key("smtp.ca_file"),
+                    format!("file {} does not exist", ca.display()),
+                );
+            }
+            SmtpEndpoint {
+                host: raw.host,
+                port: raw.port.unwrap_or(match tls {
+                    TlsMode::Starttls => 587,
+                    TlsMode::Implicit => 465,
+                }),
+                tls,
+                ca_file,
+                timeout: parse_duration(raw.timeout.as_deref(), Duration::from_secs(60))
+                    .unwrap_or_else(|e| {
+                        problem(key("smtp.timeout"), e);
+                        Duration::from_secs(60)
+                    }),
+                max_per_minute: raw.max_per_minute.unwrap_or(30),
+                max_recipients_per_day: raw.max_recipients_per_day.unwrap_or(10_000),
+            }
+        });
+        let raw_ack = m.acknowledge.unwrap_or_default();
+        let mut read_template = |field: &str, path: &Option<PathBuf>| -> Option<String> {
+            let path = base_dir.join(path.as_ref()?);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Some(text),
+                Err(e) => {
+                    problem(
+                        key(&format!("acknowledge.{field}")),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        };
+        let template_text = read_template("template", &raw_ack.template)
+            .unwrap_or_else(|| DEFAULT_ACK_TEMPLATE.to_string());
+        let template_html = read_template("template_html", &raw_ack.template_html);
+        for (field, template) in [
+            ("template", Some(&template_text)),
+            ("template_html", template_html.as_ref()),
+        ] {
+            if let Some(template) = template
+                && let Err(e) = check_template(template)
+            {
+                problem(
+                    key(&format!("acknowledge.{field}")),
+                    format!("the template {e}"),
+                );
+            }
+        }
+        let enabled = raw_ack.enabled.unwrap_or(smtp.is_some());
+        if enabled && smtp.is_none() {
+            problem(
+                key("acknowledge.enabled"),
+                "acknowledgements need a [mailboxes.smtp] table (Exchange Online: host = \"smtp.office365.com\")".into(),
+            );
+        }
+        let since_ms = match raw_ack.since.as_deref() {
+            None => None,
+            Some(text) => parse_date(text).or_else(|| {
+                problem(
+                    key("acknowledge.since"),
+                    format!(
+                        "`{text}` is not a date such as \"2026-11-01\" or \"2026-11-01T08:00:00Z\""
+                    ),
+                );
+                None
+            }),
+        };
+        let follow_up_interval = parse_duration(
+            raw_ack.follow_up_interval.as_deref(),
+            Duration::from_secs(3600),
+        )
+        .unwrap_or_else(|e| {
+            problem(key("acknowledge.follow_up_interval"), e);
+            Duration::from_secs(3600)
+        });
+        let acknowledge = Acknowledge {
+            enabled,
+            follow_ups: raw_ack.follow_ups.unwrap_or(false),
+            follow_up_interval,
+            from: raw_ack.from,
+            template_text,
+            template_html,
+            deny: raw_ack
+                .deny
+                .unwrap_or_else(|| DEFAULT_ACK_DENY.iter().map(|d| d.to_string()).collect())
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            max_per_recipient_per_day: raw_ack.max_per_recipient_per_day.unwrap_or(5),
+            since_ms,
+        };
         mailboxes.push(Mailbox {
             name: m.name,
             address: m.address,
@@ -622,6 +794,8 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
                 .max_new_tickets_per_sender_per_hour
                 .unwrap_or(20),
             reopen_closed: m.reopen_closed.unwrap_or(true),
+            smtp,
+            acknowledge,
         });
     }
 
@@ -1174,6 +1348,34 @@ mod raw {
         pub first_start: Option<String>,
         pub max_new_tickets_per_sender_per_hour: Option<u32>,
         pub reopen_closed: Option<bool>,
+        pub smtp: Option<Smtp>,
+        pub acknowledge: Option<Acknowledge>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Smtp {
+        pub host: String,
+        pub port: Option<u16>,
+        pub tls: Option<TlsMode>,
+        pub ca_file: Option<PathBuf>,
+        pub timeout: Option<String>,
+        pub max_per_minute: Option<u32>,
+        pub max_recipients_per_day: Option<u32>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Acknowledge {
+        pub enabled: Option<bool>,
+        pub follow_ups: Option<bool>,
+        pub follow_up_interval: Option<String>,
+        pub from: Option<String>,
+        pub template: Option<PathBuf>,
+        pub template_html: Option<PathBuf>,
+        pub deny: Option<Vec<String>>,
+        pub max_per_recipient_per_day: Option<u32>,
+        pub since: Option<String>,
     }
 
     #[derive(Deserialize)]

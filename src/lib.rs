@@ -24,6 +24,7 @@ pub mod failpoint;
 pub mod imap;
 pub mod ingest;
 pub mod oauth;
+pub mod reply;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

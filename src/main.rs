@@ -146,6 +146,15 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                     }
                 }
             }
+            for (mailbox, result) in worker::flush_outboxes(&config, &store, &tokens).await {
+                match result {
+                    Ok(report) => println!("{mailbox} outbox: {report}"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{mailbox} outbox: FAILED: {e}");
+                    }
+                }
+            }
             if failed == 0 {
                 ExitCode::SUCCESS
             } else {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, instrument, warn};
@@ -28,6 +29,8 @@ use crate::failpoint::{self, Point};
 use crate::imap::{self, Body, Connection, IdleOutcome, ImapError, MessageSummary, Uid};
 use crate::ingest::{self, Decision, Facts, Policy, QuarantineReason};
 use crate::oauth::{TokenCache, TokenError};
+use crate::reply::sender::{self, FlushReport, SenderContext};
+use crate::reply::{self, AckFacts, AckKind};
 use crate::store::{
     Batch, FolderState, ImapLocation, QuarantineEnvelope, Store, StoreError, now_ms,
 };
@@ -66,6 +69,8 @@ pub struct CycleReport {
     /// Messages whose outcome was already recorded; only their disposition was completed.
     pub n_completed: usize,
     pub bytes_fetched: u64,
+    /// Acknowledgements written to the outbox (to be sent).
+    pub n_acks_queued: usize,
 }
 
 impl std::fmt::Display for CycleReport {
@@ -95,6 +100,8 @@ pub struct MailboxContext<'a> {
     pub tokens: &'a TokenCache,
     /// How this mailbox decides (own addresses for loop protection, limits).
     pub policy: Policy,
+    /// Wakes the mailbox's sender when acknowledgements were queued.
+    pub outbox_wake: Option<Arc<Notify>>,
 }
 
 /// The decision policy of `mailbox`: every configured mailbox address counts as our own.
@@ -221,6 +228,8 @@ async fn checkpoint(
 ) -> Result<FolderState, CycleError> {
     let mailbox = ctx.mailbox;
     let stored = ctx.store.folder_state(&mailbox.name, ctx.folder).await?;
+    // INTERNALDATE has whole seconds: mail arriving in this very second counts as new.
+    let first_sweep_ms = now_ms() / 1000 * 1000;
     let state = match stored {
         Some(state) if state.uidvalidity == uidvalidity => return Ok(state),
         Some(previous) => {
@@ -236,6 +245,7 @@ async fn checkpoint(
                 uidvalidity,
                 last_uid: 0,
                 ingest_after_ms: previous.ingest_after_ms,
+                ack_after_ms: previous.ack_after_ms,
             }
         }
         None => match mailbox.first_start {
@@ -243,6 +253,7 @@ async fn checkpoint(
                 uidvalidity,
                 last_uid: 0,
                 ingest_after_ms: None,
+                ack_after_ms: Some(first_sweep_ms),
             },
             FirstStart::Now => {
                 // Everything already there stays untouched.
@@ -262,14 +273,15 @@ async fn checkpoint(
                 FolderState {
                     uidvalidity,
                     last_uid,
-                    // INTERNALDATE has whole seconds: mail arriving in this very second counts as new.
-                    ingest_after_ms: Some(now_ms() / 1000 * 1000),
+                    ingest_after_ms: Some(first_sweep_ms),
+                    ack_after_ms: Some(first_sweep_ms),
                 }
             }
             FirstStart::Since(cutoff) => FolderState {
                 uidvalidity,
                 last_uid: 0,
                 ingest_after_ms: Some(cutoff),
+                ack_after_ms: Some(first_sweep_ms),
             },
         },
     };
@@ -405,6 +417,7 @@ async fn process_batch(
         work.push((*message, item));
     }
 
+    let queued_before = report.n_acks_queued;
     let mut tx = ctx.store.begin().await?;
     let mut to_dispose: Vec<(Uid, String, i64)> = Vec::with_capacity(work.len());
     for (summary, item) in work {
@@ -417,13 +430,18 @@ async fn process_batch(
             internal_date_ms: summary.internal_date_ms,
         };
         if let Some((disposition, row_id)) =
-            record(ctx, &mut tx, &at, summary, item, report).await?
+            record(ctx, &mut tx, state, &at, summary, item, report).await?
         {
             to_dispose.push((summary.uid, disposition, row_id));
         }
     }
     tx.commit().await?;
     failpoint::hit(Point::AfterCommit);
+    if report.n_acks_queued > queued_before
+        && let Some(wake) = &ctx.outbox_wake
+    {
+        wake.notify_one();
+    }
     dispose_all(ctx, session, &to_dispose).await?;
     Ok(())
 }
@@ -434,6 +452,7 @@ async fn process_batch(
 async fn record(
     ctx: &MailboxContext<'_>,
     tx: &mut Batch,
+    state: &FolderState,
     at: &ImapLocation<'_>,
     summary: &MessageSummary,
     item: Work,
@@ -519,6 +538,18 @@ async fn record(
                     Ok((ticket_id, reference, row)) => {
                         info!(ticket_id, %reference, subject = %mail.subject, "new ticket");
                         report.n_tickets += 1;
+                        acknowledge(
+                            ctx,
+                            tx,
+                            state,
+                            summary,
+                            &mail,
+                            ticket_id,
+                            AckKind::NewTicket,
+                            None,
+                            report,
+                        )
+                        .await?;
                         return Ok(Some((disposition, row)));
                     }
                     Err(StoreError::Conflict) if attempt == 0 => mail,
@@ -543,6 +574,18 @@ async fn record(
                             reopen, auto_kind, "follow-up on an existing ticket"
                         );
                         report.n_follow_ups += 1;
+                        acknowledge(
+                            ctx,
+                            tx,
+                            state,
+                            summary,
+                            &mail,
+                            ticket_id,
+                            AckKind::FollowUp,
+                            auto_kind,
+                            report,
+                        )
+                        .await?;
                         return Ok(Some((disposition, row)));
                     }
                     Err(StoreError::Conflict) if attempt == 0 => mail,
@@ -592,6 +635,62 @@ async fn record(
         decision = ingest::decide(Ok(*retry_with), &facts, &ctx.policy);
     }
     Ok(None)
+}
+
+/// Writes the acknowledgement of a new ticket or follow-up into the outbox, in the batch's
+/// transaction: a message to send, or the reason it is not sent. Nothing when the mailbox does not
+/// acknowledge at all (no SMTP, shadow mode).
+#[allow(clippy::too_many_arguments)]
+async fn acknowledge(
+    ctx: &MailboxContext<'_>,
+    tx: &mut Batch,
+    state: &FolderState,
+    summary: &MessageSummary,
+    mail: &ingest::ParsedMail,
+    ticket_id: i64,
+    kind: AckKind,
+    auto_kind: Option<&str>,
+    report: &mut CycleReport,
+) -> Result<(), StoreError> {
+    let mailbox = ctx.mailbox;
+    if !mailbox.acknowledge.enabled || mailbox.smtp.is_none() || mailbox.mode == Mode::Shadow {
+        return Ok(());
+    }
+    let reference = ingest::ticket_reference(ticket_id);
+    let now = now_ms();
+    let recipient = reply::reply_address(mail);
+    let facts = AckFacts {
+        received_ms: summary.internal_date_ms,
+        ack_after_ms: mailbox.acknowledge.since_ms.or(state.ack_after_ms),
+        recipient_acks_today: match &recipient {
+            Some(to) => tx.acks_to_since(to, now - 86_400_000).await?,
+            None => 0,
+        },
+        ticket_last_ack_ms: match kind {
+            AckKind::FollowUp => tx.last_ack_of_ticket(ticket_id).await?,
+            AckKind::NewTicket => None,
+        },
+        now_ms: now,
+    };
+    let mut draft = reply::plan_acknowledgement(
+        mailbox,
+        &ctx.policy.own_addresses,
+        mail,
+        &reference,
+        kind,
+        &facts,
+    );
+    if let Some(auto_kind) = auto_kind {
+        draft.suppressed = Some(format!(
+            "automatic mail ({auto_kind}) is never acknowledged"
+        ));
+    }
+    tx.enqueue(&mailbox.name, ticket_id, &draft).await?;
+    match &draft.suppressed {
+        None => report.n_acks_queued += 1,
+        Some(reason) => debug!(%reason, "no acknowledgement"),
+    }
+    Ok(())
 }
 
 /// What the store knows that bears on `mail`: the same Message-ID, the ticket of the thread it
@@ -725,12 +824,42 @@ pub async fn run_once(
                 store,
                 tokens,
                 policy: policy(config, mailbox),
+                outbox_wake: None,
             };
             let result = run_cycle(&ctx, &never).await;
             results.push((task_name(mailbox, folder), result));
         }
     }
     results
+}
+
+/// Sends the due acknowledgements of every mailbox that sends them (after [`run_once`]).
+pub async fn flush_outboxes(
+    config: &Config,
+    store: &Store,
+    tokens: &TokenCache,
+) -> Vec<(String, Result<FlushReport, StoreError>)> {
+    let mut results = Vec::new();
+    for mailbox in config
+        .mailboxes
+        .iter()
+        .filter(|m| sends_acknowledgements(m))
+    {
+        let Some(smtp) = &mailbox.smtp else { continue };
+        let ctx = SenderContext {
+            mailbox,
+            smtp,
+            identity: config.identity(&mailbox.identity),
+            store,
+            tokens,
+        };
+        results.push((mailbox.name.clone(), sender::flush(&ctx).await));
+    }
+    results
+}
+
+fn sends_acknowledgements(mailbox: &Mailbox) -> bool {
+    mailbox.acknowledge.enabled && mailbox.smtp.is_some() && mailbox.mode == Mode::Normal
 }
 
 fn task_name(mailbox: &Mailbox, folder: &str) -> String {
@@ -752,11 +881,36 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     for (index, mailbox) in config.mailboxes.iter().enumerate() {
+        let wake = sends_acknowledgements(mailbox).then(|| Arc::new(Notify::new()));
+        if let Some(wake) = &wake {
+            let config = Arc::clone(&config);
+            let store = store.clone();
+            let tokens = Arc::clone(&tokens);
+            let cancel = cancel.clone();
+            let wake = Arc::clone(wake);
+            let span = info_span!("outbox", mailbox = %mailbox.name);
+            tracker.spawn(
+                async move {
+                    let mailbox = &config.mailboxes[index];
+                    let Some(smtp) = &mailbox.smtp else { return };
+                    let ctx = SenderContext {
+                        mailbox,
+                        smtp,
+                        identity: config.identity(&mailbox.identity),
+                        store: &store,
+                        tokens: &tokens,
+                    };
+                    sender::sender_loop(&ctx, &wake, &cancel).await;
+                }
+                .instrument(span),
+            );
+        }
         for folder_index in 0..mailbox.folders.len() {
             let config = Arc::clone(&config);
             let store = store.clone();
             let tokens = Arc::clone(&tokens);
             let cancel = cancel.clone();
+            let wake = wake.clone();
             let span = info_span!(
                 "mailbox",
                 mailbox = %mailbox.name,
@@ -772,6 +926,7 @@ pub async fn run(
                         store: &store,
                         tokens: &tokens,
                         policy: policy(&config, mailbox),
+                        outbox_wake: wake,
                     };
                     mailbox_loop(&ctx, &cancel).await;
                 }

@@ -105,23 +105,27 @@ CREATE TABLE outbox (
     id                INTEGER PRIMARY KEY,
     mailbox           TEXT NOT NULL,
     ticket_id         BIGINT REFERENCES tickets (id),
-    kind              TEXT NOT NULL,
-    to_address        TEXT NOT NULL,
+    kind              TEXT NOT NULL CHECK (kind IN ('acknowledgement', 'follow-up-acknowledgement')),
+    from_address      TEXT NOT NULL,
+    to_address        TEXT,
     subject           TEXT NOT NULL,
     message_id        TEXT NOT NULL UNIQUE,
     in_reply_to       TEXT,
     thread_references TEXT,
     body_text         TEXT NOT NULL,
     body_html         TEXT,
-    state             TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sending', 'sent', 'failed', 'cancelled')),
+    state             TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sending', 'sent', 'failed', 'cancelled', 'suppressed')),
+    reason            TEXT,
     attempts          BIGINT NOT NULL DEFAULT 0,
     next_attempt_at   BIGINT NOT NULL,
+    claimed_at        BIGINT,
     last_error        TEXT,
     smtp_response     TEXT,
     created_at        BIGINT NOT NULL,
     sent_at           BIGINT
 );
-CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+CREATE INDEX outbox_due ON outbox (mailbox, state, next_attempt_at);
+CREATE INDEX outbox_recipient ON outbox (to_address, created_at);
 
 CREATE TABLE mailbox_state (
     mailbox      TEXT NOT NULL,
@@ -129,6 +133,7 @@ CREATE TABLE mailbox_state (
     uidvalidity  BIGINT NOT NULL,
     last_uid     BIGINT NOT NULL,
     ingest_after BIGINT,
+    ack_after    BIGINT,
     updated_at   BIGINT NOT NULL,
     PRIMARY KEY (mailbox, folder)
 );

@@ -6,15 +6,16 @@
 
 What many helpdesk fetchers amount to: imaplib over TLS, LOGIN, SELECT INBOX, list the unseen
 messages with their sizes (oversized ones are recorded without downloading, as mailintake does),
-then per message `UID FETCH n BODY.PEEK[]`, parse with the `email` package (policy.default: text
-and HTML bodies decoded to str, attachments decoded to bytes), insert a ticket row and its
+then per message `UID FETCH n BODY.PEEK[]`, parse with the `email` package (its default compat32
+policy -- email.policy.default is ~5x slower on this data -- RFC 2047 headers decoded, text and HTML
+bodies decoded from their charsets, attachments base64-decoded), insert a ticket row and its
 attachments into SQLite, commit every --commit-every messages (WAL, synchronous=FULL, like
 mailintake) and only then mark that group \\Seen. Prints one JSON line with what it did.
 """
 
 import argparse
 import email
-import email.policy
+from email.header import decode_header, make_header
 import hashlib
 import imaplib
 import json
@@ -37,6 +38,23 @@ CREATE TABLE IF NOT EXISTS attachments (
 );
 CREATE TABLE IF NOT EXISTS quarantine (uid INTEGER PRIMARY KEY, size INTEGER, reason TEXT);
 """
+
+def decode(payload, charset):
+    try:
+        return payload.decode(charset or "us-ascii", "replace")
+    except LookupError:
+        return payload.decode("latin-1")
+
+
+def header_str(value):
+    """An RFC 2047 header value as text (what the ticket shows)."""
+    if value is None:
+        return None
+    try:
+        return str(make_header(decode_header(value)))
+    except (LookupError, ValueError, UnicodeDecodeError):
+        return str(value)
+
 
 SIZE_RE = re.compile(rb"UID (\d+) RFC822\.SIZE (\d+)|RFC822\.SIZE (\d+) UID (\d+)")
 
@@ -95,32 +113,37 @@ def main():
             typ, data = imap.uid("FETCH", str(uid), "(BODY.PEEK[])")
             raw = data[0][1]
             fetched_bytes += len(raw)
-            msg = email.message_from_bytes(raw, policy=email.policy.default)
-            text = msg.get_body(preferencelist=("plain",))
-            html = msg.get_body(preferencelist=("html",))
+            msg = email.message_from_bytes(raw)  # compat32, the default
+            text = html = None
+            attachments = []
+            for part in msg.walk():
+                if part.is_multipart():
+                    continue
+                ctype = part.get_content_type()
+                payload = part.get_payload(decode=True) or b""
+                if part.get_filename() or ctype not in ("text/plain", "text/html"):
+                    attachments.append((part.get_filename(), ctype, payload))
+                elif ctype == "text/plain" and text is None:
+                    text = decode(payload, part.get_content_charset())
+                elif ctype == "text/html" and html is None:
+                    html = decode(payload, part.get_content_charset())
             headers = "".join(f"{k}: {v}\n" for k, v in msg.items())
             cur = db.execute(
                 "INSERT OR IGNORE INTO tickets (message_id, in_reply_to, subject, from_addr, to_addr, date, "
                 "body_text, body_html, headers, size, uid) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (str(msg.get("message-id", "")).strip("<>") or None, msg.get("in-reply-to"),
-                 str(msg.get("subject", "")), str(msg.get("from", "")), str(msg.get("to", "")),
-                 str(msg.get("date", "")), text.get_content() if text else None,
-                 html.get_content() if html else None, headers, len(raw), uid))
+                ((msg.get("Message-ID") or "").strip().strip("<>") or None, msg.get("In-Reply-To"),
+                 header_str(msg.get("Subject")), header_str(msg.get("From")), header_str(msg.get("To")),
+                 msg.get("Date"), text, html, headers, len(raw), uid))
             if cur.rowcount == 0:
                 n_dup += 1
             else:
                 n_tickets += 1
                 ticket_id = cur.lastrowid
-                for part in msg.iter_attachments():
-                    content = part.get_content()
-                    if isinstance(content, str):
-                        content = content.encode("utf-8")
-                    elif not isinstance(content, bytes):
-                        content = bytes(part.get_payload(decode=True) or b"")
+                for filename, ctype, content in attachments:
                     db.execute(
                         "INSERT INTO attachments (ticket_id, filename, content_type, size, sha256, content) "
                         "VALUES (?,?,?,?,?,?)",
-                        (ticket_id, part.get_filename(), part.get_content_type(), len(content),
+                        (ticket_id, header_str(filename), ctype, len(content),
                          hashlib.sha256(content).hexdigest(), content))
         pending.append(uid)
         if len(pending) >= args.commit_every:

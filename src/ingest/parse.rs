@@ -45,6 +45,9 @@ pub struct Signals {
     pub list: bool,
     /// `Return-Path: <>`: the null sender of bounces and automatic replies.
     pub null_return_path: bool,
+    /// The envelope sender from `Return-Path` (added at final delivery), where automatic replies
+    /// go (RFC 3834 §4); `None` without the field, `Some("")` for the null path.
+    pub return_path: Option<String>,
     /// The addresses named in `X-Loop` headers, lower case.
     pub x_loop: Vec<String>,
     /// The `report-type` of a top-level `multipart/report` (`delivery-status`,
@@ -250,12 +253,14 @@ fn signals(message: &mail_parser::Message<'_>) -> Signals {
             "x-auto-response-suppress" => signals.auto_response_suppress = true,
             "list-id" | "list-unsubscribe" => signals.list = true,
             "return-path" => {
-                let path = value(raw);
-                if path
+                let path = raw
+                    .trim()
                     .trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace())
-                    .is_empty()
-                {
-                    signals.null_return_path = true;
+                    .to_string();
+                // The first Return-Path is the one added at final delivery.
+                if signals.return_path.is_none() {
+                    signals.null_return_path = path.is_empty();
+                    signals.return_path = Some(path);
                 }
             }
             "x-loop" => signals.x_loop.push(strip_brackets(&value(raw))),

@@ -15,7 +15,9 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Executor, Row};
 
 use crate::ingest::{KnownTicket, ParsedMail, Party, QuarantineReason, ticket_reference};
+pub use outbox::OutboxRow;
 
+pub mod outbox;
 pub mod tokens;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -75,6 +77,8 @@ pub struct FolderState {
     /// Mail received (INTERNALDATE, unix ms) before this is left alone: the mailbox's first-start
     /// policy, kept so that a UIDVALIDITY resync honours it too.
     pub ingest_after_ms: Option<i64>,
+    /// Mail received before this (unix ms; the folder's first sweep) gets no acknowledgement.
+    pub ack_after_ms: Option<i64>,
 }
 
 /// An `imap_messages` row whose IMAP disposition has not been confirmed yet.
@@ -203,7 +207,7 @@ impl Store {
 
     pub async fn folder_state(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
         let row = sqlx::query(
-            "SELECT uidvalidity, last_uid, ingest_after FROM mailbox_state WHERE mailbox = $1 AND folder = $2",
+            "SELECT uidvalidity, last_uid, ingest_after, ack_after FROM mailbox_state WHERE mailbox = $1 AND folder = $2",
         )
         .bind(mailbox)
         .bind(folder)
@@ -213,6 +217,7 @@ impl Store {
             uidvalidity: r.get::<i64, _>(0) as u32,
             last_uid: r.get::<i64, _>(1) as u32,
             ingest_after_ms: r.get(2),
+            ack_after_ms: r.get(3),
         }))
     }
 
@@ -224,16 +229,18 @@ impl Store {
         state: FolderState,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, ingest_after, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
+            "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, ingest_after, ack_after, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, \
-             last_uid = excluded.last_uid, ingest_after = excluded.ingest_after, updated_at = excluded.updated_at",
+             last_uid = excluded.last_uid, ingest_after = excluded.ingest_after, ack_after = excluded.ack_after, \
+             updated_at = excluded.updated_at",
         )
         .bind(mailbox)
         .bind(folder)
         .bind(i64::from(state.uidvalidity))
         .bind(i64::from(state.last_uid))
         .bind(state.ingest_after_ms)
+        .bind(state.ack_after_ms)
         .bind(now_ms())
         .execute(&self.pool)
         .await?;

@@ -167,6 +167,11 @@ impl Entra {
 
     /// Like [`Entra::start`], with access tokens that live `lifetime`.
     pub async fn start_with_lifetime(mailboxes: &[&str], lifetime: Duration) -> Entra {
+        Entra::start_with(mailboxes, lifetime, IMAP_ROLES).await
+    }
+
+    /// Like [`Entra::start`], with tokens that live `lifetime` and carry only `roles`.
+    pub async fn start_with(mailboxes: &[&str], lifetime: Duration, roles: &[&str]) -> Entra {
         // A GUID-shaped Application (client) ID, unique to this test.
         let hex = mailintake::ingest::sha256_hex(unique("client").as_bytes());
         let client_id = format!(
@@ -180,7 +185,7 @@ impl Entra {
         let secret = unique("secret-");
         let mut config = fake_entra::Config::new(TENANT_ID, &["helpdesk.test"]).with_client(
             Client::confidential(&client_id, "mailintake tests", &secret)
-                .with_app_roles(IMAP_ROLES)
+                .with_app_roles(roles)
                 .with_mailboxes(mailboxes),
         );
         config.token_lifetime = lifetime;
@@ -477,6 +482,17 @@ impl Case {
     ) -> Case {
         let mailbox = unique_mailbox();
         let entra = Entra::start_with_lifetime(&[&mailbox], lifetime).await;
+        Case::build(backend, extra_mailbox_keys, tls, mailbox, entra).await
+    }
+
+    /// A case for `mailbox`, with a fake Entra of the caller's making.
+    pub async fn build(
+        backend: Backend,
+        extra_mailbox_keys: &str,
+        tls: &str,
+        mailbox: String,
+        entra: Entra,
+    ) -> Case {
         let db = TestDb::new(backend).await;
         let secret_var = "IT_CLIENT_SECRET".to_string();
         let config = ConfigFile::write(
@@ -639,4 +655,14 @@ pub async fn dovecot_bytes_out(user: &str, sessions: usize) -> Vec<u64> {
     })
     .await;
     read()
+}
+
+/// Mailbox keys that send acknowledgements through the stack's Postfix (STARTTLS + XOAUTH2).
+pub fn smtp_keys() -> String {
+    let stack = Stack::get();
+    format!(
+        "smtp = {{ host = \"localhost\", port = {}, tls = \"starttls\", ca_file = \"{}\" }}",
+        stack.port("MAILSTACK_SUBMISSION_PORT"),
+        stack.ca_file()
+    )
 }

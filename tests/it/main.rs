@@ -2,6 +2,7 @@
 //! started by `scripts/mailstack.sh up`), SQLite and PostgreSQL, with an in-process fake Entra ID.
 //! One test binary, so CI links once.
 
+mod acks;
 mod cli;
 mod engine;
 mod flows;

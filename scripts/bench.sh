@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The ingest benchmark (issue 7): mailintake vs mbsync vs a plain Python ingester on the same
+# generated helpdesk inbox, figures printed and written into BENCHMARKS.md.
+#
+#   scripts/bench.sh [--count N] [--seed S] [--with-50k] [--no-report] [--keep] [--only sqlite,postgres,mbsync,python]
+#
+# As root on Debian 12 (it installs isync and time, and uses the local mail stack and the
+# PostgreSQL on 127.0.0.1:5432 that scripts/test.sh uses). Not part of the test suite. It creates
+# only its own mailboxes (bench-<pid>-*@helpdesk.test), its own fake-entra on a free loopback port,
+# its own database (mailintake_bench_<pid>) and work dir, and removes them all when it ends.
+# The load generator alone: scripts/bench/loadgen.py --help.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+need=()
+for pkg in pkg-config libssl-dev isync time postgresql-client; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+log "local mail stack"
+scripts/mailstack.sh up
+[[ -x target/debug/fake-entra ]] || cargo build -q -p fake-entra --bin fake-entra
+
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+    echo "bench: PostgreSQL does not answer on 127.0.0.1:5432 (scripts/test.sh starts it)" >&2
+    exit 1
+fi
+
+log "building mailintake (release)"
+cargo build --release --quiet --bin mailintake
+
+log "benchmark (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+exec python3 scripts/bench/run.py "$@"

@@ -1,0 +1,375 @@
+//! Acknowledgements: whether a ticket gets one and what it says (pure: [`plan_acknowledgement`]),
+//! and the sender that takes due rows from the outbox and submits them over SMTP ([`sender`]).
+//! Only this module sends mail.
+//!
+//! The outbox row is written in the same transaction as its ticket, so a committed ticket always
+//! has its acknowledgement (or the recorded reason why it has none), and a crash never sends one
+//! for a ticket that does not exist.
+
+pub mod sender;
+pub mod smtp;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::{Acknowledge, Mailbox};
+use crate::ingest::{ParsedMail, normalized_subject};
+
+/// What the acknowledgement answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    NewTicket,
+    FollowUp,
+}
+
+impl AckKind {
+    /// The value of `outbox.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckKind::NewTicket => "acknowledgement",
+            AckKind::FollowUp => "follow-up-acknowledgement",
+        }
+    }
+}
+
+/// Facts from the store an acknowledgement decision needs.
+#[derive(Debug, Clone, Default)]
+pub struct AckFacts {
+    /// INTERNALDATE of the customer's message (unix ms).
+    pub received_ms: Option<i64>,
+    /// Mail received before this is not acknowledged (the folder's first sweep, or
+    /// `acknowledge.since`).
+    pub ack_after_ms: Option<i64>,
+    /// Acknowledgements to the same recipient in the last 24 hours.
+    pub recipient_acks_today: u32,
+    /// When this ticket last got an acknowledgement (follow-ups only).
+    pub ticket_last_ack_ms: Option<i64>,
+    /// Now, unix ms.
+    pub now_ms: i64,
+}
+
+/// An outbox row to write: a message to send, or the recorded reason for not sending one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxDraft {
+    pub kind: AckKind,
+    pub from: String,
+    pub to: Option<String>,
+    pub subject: String,
+    /// Without angle brackets, like `messages.message_id`.
+    pub message_id: String,
+    pub in_reply_to: Option<String>,
+    /// `<id> <id> …`
+    pub references: Option<String>,
+    pub body_text: String,
+    pub body_html: Option<String>,
+    /// `Some(reason)`: recorded as `suppressed`, never sent.
+    pub suppressed: Option<String>,
+}
+
+/// Where an automatic reply goes (RFC 3834 §4): the envelope sender from Return-Path; none for
+/// the null path; Reply-To or From only when the message carries no Return-Path at all.
+pub fn reply_address(mail: &ParsedMail) -> Option<String> {
+    match mail.signals.return_path.as_deref() {
+        Some("") => None,
+        Some(path) => Some(path.to_string()),
+        None => mail
+            .reply_to
+            .as_ref()
+            .or(mail.from.as_ref())
+            .map(|p| p.address.clone()),
+    }
+}
+
+/// `pattern` is an address, `*@domain` or `local@*`; case-insensitive.
+fn denied(address: &str, pattern: &str) -> bool {
+    let address = address.to_ascii_lowercase();
+    match (pattern.strip_prefix('*'), pattern.strip_suffix('*')) {
+        (Some(suffix), _) => address.ends_with(suffix),
+        (_, Some(prefix)) => address.starts_with(prefix),
+        _ => address == pattern,
+    }
+}
+
+/// Fills `{ticket}`, `{subject}`, `{requester_name}`, `{mailbox}` (checked at start-up);
+/// `escape` is applied to every value (HTML templates).
+pub fn render(template: &str, values: &[(&str, &str)], escape: fn(&str) -> String) -> String {
+    let mut out = template.to_string();
+    for (name, value) in values {
+        out = out.replace(&format!("{{{name}}}"), &escape(value));
+    }
+    out
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A Message-ID unique to this process and moment, on the sender's domain.
+fn new_message_id(reference: &str, from: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let domain = from.rsplit('@').next().unwrap_or("mailintake.invalid");
+    format!(
+        "mailintake.{}.{nanos:x}.{}.{n}@{domain}",
+        reference.to_ascii_lowercase(),
+        std::process::id()
+    )
+}
+
+/// Decides whether `mail`, which opened (or followed up on) ticket `reference`, is acknowledged,
+/// and composes the acknowledgement. Every decision yields a row: a message to send, or the reason
+/// it is not sent.
+pub fn plan_acknowledgement(
+    mailbox: &Mailbox,
+    own_addresses: &[String],
+    mail: &ParsedMail,
+    reference: &str,
+    kind: AckKind,
+    facts: &AckFacts,
+) -> OutboxDraft {
+    let ack: &Acknowledge = &mailbox.acknowledge;
+    let from = ack.from.clone().unwrap_or_else(|| mailbox.address.clone());
+    let to = reply_address(mail);
+    let subject_text = normalized_subject(&mail.subject);
+    let subject = format!("[#{reference}] Re: {subject_text}");
+    let requester_name = mail
+        .from
+        .as_ref()
+        .and_then(|p| p.name.clone())
+        .unwrap_or_else(|| "customer".to_string());
+    let values = [
+        ("ticket", reference),
+        ("subject", subject_text.as_str()),
+        ("requester_name", requester_name.as_str()),
+        ("mailbox", mailbox.address.as_str()),
+    ];
+    let mut references: Vec<String> = mail.references.iter().map(|id| format!("<{id}>")).collect();
+    references.push(format!("<{}>", mail.message_id));
+
+    let suppressed = suppression(ack, own_addresses, to.as_deref(), kind, facts);
+    OutboxDraft {
+        kind,
+        message_id: new_message_id(reference, &from),
+        from,
+        to,
+        subject,
+        in_reply_to: Some(mail.message_id.clone()),
+        references: Some(references.join(" ")),
+        body_text: render(&ack.template_text, &values, str::to_string),
+        body_html: ack
+            .template_html
+            .as_ref()
+            .map(|t| render(t, &values, html_escape)),
+        suppressed,
+    }
+}
+
+fn suppression(
+    ack: &Acknowledge,
+    own_addresses: &[String],
+    to: Option<&str>,
+    kind: AckKind,
+    facts: &AckFacts,
+) -> Option<String> {
+    if !ack.enabled {
+        return Some("acknowledgements are off for this mailbox".into());
+    }
+    if kind == AckKind::FollowUp && !ack.follow_ups {
+        return Some("follow-ups are not acknowledged (acknowledge.follow_ups = false)".into());
+    }
+    let Some(to) = to else {
+        return Some("no address to answer: the envelope sender is null (Return-Path: <>)".into());
+    };
+    if own_addresses.contains(&to.to_ascii_lowercase()) {
+        return Some(format!("{to} is one of our own mailboxes"));
+    }
+    if let Some(pattern) = ack.deny.iter().find(|p| denied(to, p)) {
+        return Some(format!("{to} matches the deny list entry {pattern}"));
+    }
+    if let (Some(received), Some(after)) = (facts.received_ms, facts.ack_after_ms)
+        && received < after
+    {
+        return Some(
+            "received before the mailbox was first connected (imported mail is not acknowledged)"
+                .into(),
+        );
+    }
+    if ack.max_per_recipient_per_day > 0
+        && facts.recipient_acks_today >= ack.max_per_recipient_per_day
+    {
+        return Some(format!(
+            "{to} already got {} acknowledgements today (acknowledge.max_per_recipient_per_day)",
+            facts.recipient_acks_today
+        ));
+    }
+    if kind == AckKind::FollowUp
+        && let Some(last) = facts.ticket_last_ack_ms
+        && facts.now_ms - last < ack.follow_up_interval.as_millis() as i64
+    {
+        return Some(
+            "this ticket was acknowledged recently (acknowledge.follow_up_interval)".into(),
+        );
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn mailbox(extra: &str) -> Mailbox {
+        let text = format!(
+            r#"
+            [identities.app]
+            tenant = "t"
+            client_id = "c"
+            client_secret = "s"
+
+            [[mailboxes]]
+            name = "support"
+            address = "support@helpdesk.test"
+            identity = "app"
+            imap = {{ host = "imap.example.test" }}
+            smtp = {{ host = "smtp.example.test" }}
+            {extra}
+            "#
+        );
+        Config::from_toml_str(&text, std::path::Path::new("."))
+            .unwrap()
+            .mailboxes
+            .remove(0)
+    }
+
+    fn mail(return_path: Option<&str>) -> ParsedMail {
+        let mut raw = String::new();
+        if let Some(path) = return_path {
+            raw.push_str(&format!("Return-Path: <{path}>\r\n"));
+        }
+        raw.push_str(
+            "From: Alice Example <alice@customer.test>\r\nTo: support@helpdesk.test\r\n\
+             Subject: Re: AW: Printer jammed\r\nMessage-ID: <m1@customer.test>\r\n\
+             References: <r0@customer.test>\r\n\r\nHello\r\n",
+        );
+        crate::ingest::parse(raw.as_bytes()).unwrap()
+    }
+
+    fn own() -> Vec<String> {
+        vec!["support@helpdesk.test".into()]
+    }
+
+    #[test]
+    fn a_new_ticket_is_acknowledged_to_the_envelope_sender() {
+        let draft = plan_acknowledgement(
+            &mailbox(""),
+            &own(),
+            &mail(Some("bounces+alice@customer.test")),
+            "TCK-000007",
+            AckKind::NewTicket,
+            &AckFacts::default(),
+        );
+        assert_eq!(draft.suppressed, None);
+        assert_eq!(draft.to.as_deref(), Some("bounces+alice@customer.test"));
+        assert_eq!(draft.from, "support@helpdesk.test");
+        assert_eq!(draft.subject, "[#TCK-000007] Re: Printer jammed");
+        assert_eq!(draft.in_reply_to.as_deref(), Some("m1@customer.test"));
+        assert_eq!(
+            draft.references.as_deref(),
+            Some("<r0@customer.test> <m1@customer.test>")
+        );
+        assert!(
+            draft.body_text.contains("Hello Alice Example"),
+            "{}",
+            draft.body_text
+        );
+        assert!(draft.body_text.contains("TCK-000007"));
+        assert!(draft.message_id.ends_with("@helpdesk.test"));
+    }
+
+    #[test]
+    fn every_reason_not_to_send_is_recorded() {
+        let mb = mailbox("acknowledge = { deny = [\"*@customer.test\"] }");
+        let reason = |mb: &Mailbox, mail: &ParsedMail, kind, facts: &AckFacts| {
+            plan_acknowledgement(mb, &own(), mail, "TCK-1", kind, facts).suppressed
+        };
+        assert!(
+            reason(&mb, &mail(None), AckKind::NewTicket, &AckFacts::default())
+                .unwrap()
+                .contains("deny list")
+        );
+        let mb = mailbox("");
+        assert!(
+            reason(
+                &mb,
+                &mail(Some("")),
+                AckKind::NewTicket,
+                &AckFacts::default()
+            )
+            .unwrap()
+            .contains("null")
+        );
+        assert!(
+            reason(
+                &mb,
+                &mail(Some("support@helpdesk.test")),
+                AckKind::NewTicket,
+                &AckFacts::default()
+            )
+            .unwrap()
+            .contains("own mailboxes")
+        );
+        let imported = AckFacts {
+            received_ms: Some(1_000),
+            ack_after_ms: Some(2_000),
+            ..AckFacts::default()
+        };
+        assert!(
+            reason(&mb, &mail(None), AckKind::NewTicket, &imported)
+                .unwrap()
+                .contains("first connected")
+        );
+        let busy = AckFacts {
+            recipient_acks_today: 5,
+            ..AckFacts::default()
+        };
+        assert!(
+            reason(&mb, &mail(None), AckKind::NewTicket, &busy)
+                .unwrap()
+                .contains("today")
+        );
+        assert!(
+            reason(&mb, &mail(None), AckKind::FollowUp, &AckFacts::default())
+                .unwrap()
+                .contains("follow-ups")
+        );
+        let off = mailbox("acknowledge = { enabled = false }");
+        assert!(
+            reason(&off, &mail(None), AckKind::NewTicket, &AckFacts::default())
+                .unwrap()
+                .contains("off")
+        );
+    }
+
+    #[test]
+    fn html_templates_escape_values() {
+        assert_eq!(
+            render("<p>{subject}</p>", &[("subject", "<b>&")], html_escape),
+            "<p>&lt;b&gt;&amp;</p>"
+        );
+    }
+
+    #[test]
+    fn deny_patterns() {
+        assert!(denied("NoReply@vendor.test", "noreply@*"));
+        assert!(denied("x@spam.test", "*@spam.test"));
+        assert!(denied("a@b.test", "a@b.test"));
+        assert!(!denied("a@b.test", "*@c.test"));
+    }
+}

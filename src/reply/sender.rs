@@ -1,0 +1,215 @@
+//! The sender: one task per mailbox with SMTP that takes due outbox rows, respects Exchange's
+//! sending limits, sends, and records what the server said.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::smtp::{self, SmtpError};
+use crate::config::{Identity, Mailbox, SmtpEndpoint};
+use crate::oauth::TokenCache;
+use crate::store::{OutboxRow, Store, StoreError, now_ms};
+
+/// A row claimed by a worker that died is given back after this long.
+const CLAIM_LEASE_MS: i64 = 10 * 60 * 1000;
+/// After this many attempts a transiently failing row is given up (recorded as failed).
+const MAX_ATTEMPTS: i64 = 12;
+
+/// Everything the sender of one mailbox needs, borrowed.
+pub struct SenderContext<'a> {
+    pub mailbox: &'a Mailbox,
+    pub smtp: &'a SmtpEndpoint,
+    pub identity: &'a Identity,
+    pub store: &'a Store,
+    pub tokens: &'a TokenCache,
+}
+
+/// What one flush did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    pub n_sent: usize,
+    pub n_retry: usize,
+    pub n_failed: usize,
+    /// Stopped because the per-minute or per-day limit was reached; the rest waits.
+    pub deferred_until_ms: Option<i64>,
+}
+
+impl std::fmt::Display for FlushReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} acknowledgement(s) sent, {} to retry, {} failed",
+            self.n_sent, self.n_retry, self.n_failed
+        )?;
+        if self.deferred_until_ms.is_some() {
+            write!(f, ", rest deferred by the sending limit")?;
+        }
+        Ok(())
+    }
+}
+
+/// Retry delay after `attempts` transient failures: 30 s doubling, at most an hour.
+fn retry_delay_ms(attempts: i64) -> i64 {
+    let exponent = attempts.clamp(1, 8) as u32 - 1;
+    (30_000i64 << exponent).min(3_600_000)
+}
+
+/// When the mailbox may send again, if a limit is reached now.
+async fn limited_until(ctx: &SenderContext<'_>) -> Result<Option<i64>, StoreError> {
+    let now = now_ms();
+    let name = &ctx.mailbox.name;
+    for (window, max) in [
+        (60_000i64, ctx.smtp.max_per_minute),
+        (86_400_000i64, ctx.smtp.max_recipients_per_day),
+    ] {
+        if max > 0 && ctx.store.sent_since(name, now - window).await? >= max {
+            let oldest = ctx.store.oldest_sent_since(name, now - window).await?;
+            return Ok(Some(oldest.unwrap_or(now) + window));
+        }
+    }
+    Ok(None)
+}
+
+/// Sends every due row of the mailbox (until a sending limit is reached).
+pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
+    let mut report = FlushReport::default();
+    let requeued = ctx
+        .store
+        .requeue_stale_sends(&ctx.mailbox.name, now_ms() - CLAIM_LEASE_MS)
+        .await?;
+    if requeued > 0 {
+        warn!(
+            requeued,
+            "acknowledgements left in `sending` by a stopped worker are due again"
+        );
+    }
+    let mut transport = None;
+    loop {
+        if let Some(until) = limited_until(ctx).await? {
+            info!(
+                until_ms = until,
+                "sending limit reached; deferring the rest"
+            );
+            report.deferred_until_ms = Some(until);
+            break;
+        }
+        let Some(row) = ctx.store.claim_due(&ctx.mailbox.name).await? else {
+            break;
+        };
+        match send_one(ctx, &mut transport, &row).await {
+            Ok(response) => {
+                info!(outbox_id = row.id, to = row.to_address.as_deref().unwrap_or(""), %response, "acknowledgement sent");
+                ctx.store.mark_sent(row.id, &response).await?;
+                report.n_sent += 1;
+            }
+            Err(SmtpError::Permanent(reason)) => {
+                warn!(outbox_id = row.id, %reason, "acknowledgement refused for good");
+                ctx.store.mark_failed(row.id, &reason).await?;
+                report.n_failed += 1;
+            }
+            Err(error) if row.attempts >= MAX_ATTEMPTS => {
+                warn!(outbox_id = row.id, %error, "acknowledgement given up after {MAX_ATTEMPTS} attempts");
+                ctx.store.mark_failed(row.id, &error.to_string()).await?;
+                report.n_failed += 1;
+            }
+            Err(error) => {
+                let next = now_ms() + retry_delay_ms(row.attempts);
+                warn!(outbox_id = row.id, %error, retry_at_ms = next, "acknowledgement not sent; will retry");
+                ctx.store
+                    .reschedule(row.id, &error.to_string(), next)
+                    .await?;
+                report.n_retry += 1;
+                // The server or the token is in trouble: the other rows wait for the next flush.
+                break;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Sends one row, building the transport (with a token from the identity's cache) on first use
+/// and fetching a new token once if the server refuses the current one.
+async fn send_one(
+    ctx: &SenderContext<'_>,
+    transport: &mut Option<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>>,
+    row: &OutboxRow,
+) -> Result<String, SmtpError> {
+    let message = smtp::compose(row, &ctx.mailbox.address)?;
+    let limit = ctx.smtp.timeout + Duration::from_secs(5);
+    for attempt in 0..2 {
+        let token = ctx
+            .tokens
+            .token(ctx.identity)
+            .await
+            .map_err(|e| SmtpError::Transient(e.to_string()))?;
+        if transport.is_none() {
+            *transport = Some(smtp::transport(ctx.smtp, &ctx.mailbox.address, &token)?);
+        }
+        let result = smtp::send(
+            transport.as_ref().expect("built above"),
+            message.clone(),
+            limit,
+        )
+        .await;
+        match result {
+            Err(SmtpError::Auth(reason)) if attempt == 0 => {
+                warn!(%reason, "SMTP refused the token; retrying once with a new one");
+                ctx.tokens.invalidate(&ctx.identity.name, &token).await;
+                *transport = None;
+            }
+            // Still refused with a fresh token: an administrator must act; retry later.
+            Err(SmtpError::Auth(reason)) => return Err(SmtpError::Transient(reason)),
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns on its second pass")
+}
+
+/// Flushes, then waits until the next row is due, new rows are announced on `wake`, or a limit
+/// window frees a slot; until `cancel`.
+pub async fn sender_loop(
+    ctx: &SenderContext<'_>,
+    wake: &tokio::sync::Notify,
+    cancel: &CancellationToken,
+) {
+    info!(host = %ctx.smtp.host, port = ctx.smtp.port, "sending acknowledgements");
+    while !cancel.is_cancelled() {
+        let wait_ms = match flush(ctx).await {
+            Ok(report) => {
+                tracing::debug!(%report, "outbox flush");
+                if report.n_sent + report.n_failed + report.n_retry > 0 {
+                    info!(%report, "outbox flushed");
+                }
+                let next_due = ctx.store.next_due(&ctx.mailbox.name).await.ok().flatten();
+                let until = match (report.deferred_until_ms, next_due) {
+                    (Some(limit), _) => Some(limit),
+                    (None, due) => due,
+                };
+                until.map_or(30_000, |t| (t - now_ms()).clamp(200, 30_000))
+            }
+            Err(e) => {
+                warn!(error = %e, "outbox unavailable; retrying");
+                5_000
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_delay_ms;
+
+    #[test]
+    fn retries_back_off_to_an_hour() {
+        assert_eq!(retry_delay_ms(1), 30_000);
+        assert_eq!(retry_delay_ms(2), 60_000);
+        assert_eq!(retry_delay_ms(8), 3_600_000);
+        assert_eq!(retry_delay_ms(20), 3_600_000);
+    }
+}

@@ -1,0 +1,421 @@
+//! Acknowledgements end to end: written with the ticket, sent through Postfix with XOAUTH2, read
+//! in the customer's inbox; replies thread back; limits defer; refusals are recorded.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+fn assert_ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "mailintake failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Mail already in a mailbox when mailintake first connects is imported without
+/// acknowledgements; the tests' customers write after that first connection.
+async fn connect_first(case: &Case) {
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(stdout.contains("0 new message(s)"), "{stdout}");
+    // INTERNALDATE has whole seconds: let the next second begin, so that mail delivered now is
+    // unambiguously newer than the first connection.
+    let first = mailintake::store::now_ms() / 1000;
+    while mailintake::store::now_ms() / 1000 == first {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn customer_mail(from: &str, to: &str, subject: &str, id: &str, extra_headers: &str) -> Vec<u8> {
+    format!(
+        "From: Alice Example <{from}>\r\nTo: {to}\r\nSubject: {subject}\r\n\
+         Date: Tue, 24 Nov 2026 17:00:00 +0000\r\nMessage-ID: <{id}>\r\n{extra_headers}\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease help.\r\n"
+    )
+    .into_bytes()
+}
+
+/// The raw messages in `mailbox`'s inbox.
+async fn inbox_messages(entra: &Entra, mailbox: &str) -> Vec<Vec<u8>> {
+    let mut conn = imap_session(entra, mailbox).await;
+    conn.select("INBOX").await.unwrap();
+    let listed = conn.list_above(0).await.unwrap();
+    let uids: Vec<_> = listed.iter().map(|m| m.uid).collect();
+    let bodies = conn.fetch_bodies(&uids, 1 << 20).await.unwrap();
+    conn.logout().await;
+    bodies
+        .into_iter()
+        .filter_map(|(_, body)| match body {
+            mailintake::imap::Body::Complete(raw) => Some(raw),
+            mailintake::imap::Body::TooLarge => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_customer_gets_one_acknowledgement_and_replies_to_it_thread_back() {
+    let support = unique_mailbox();
+    let customer = format!("{}@customer.test", unique("alice"));
+    let entra = Entra::start(&[&support, &customer]).await;
+    let case = Case::build(
+        Backend::Sqlite,
+        &smtp_keys(),
+        "implicit",
+        support.clone(),
+        entra,
+    )
+    .await;
+    connect_first(&case).await;
+
+    let first = format!("{}@customer.test", unique("q"));
+    deliver_lmtp(
+        &support,
+        &customer,
+        &customer_mail(&customer, &support, "Printer on fire", &first, ""),
+    )
+    .await;
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(stdout.contains("1 ticket(s)"), "{stdout}");
+    assert!(
+        stdout.contains("support outbox: 1 acknowledgement(s) sent"),
+        "{stdout}"
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND smtp_response LIKE '250%' AND ticket_id = 1")
+            .await,
+        1
+    );
+
+    // The acknowledgement arrives in the customer's inbox, shaped by RFC 3834.
+    let arrived = eventually(Duration::from_secs(20), || async {
+        !inbox_messages(&case.entra, &customer).await.is_empty()
+    })
+    .await;
+    assert!(arrived, "no acknowledgement in the customer's inbox");
+    let ack = inbox_messages(&case.entra, &customer).await.remove(0);
+    let ack_text = text(&ack);
+    let parsed = mailintake::ingest::parse(&ack).unwrap();
+    assert_eq!(parsed.subject, "[#TCK-000001] Re: Printer on fire");
+    assert_eq!(parsed.in_reply_to, std::slice::from_ref(&first));
+    assert_eq!(parsed.from.as_ref().unwrap().address, support);
+    assert_eq!(
+        parsed.signals.auto_submitted.as_deref(),
+        Some("auto-replied")
+    );
+    assert!(
+        ack_text.contains("X-Auto-Response-Suppress: All"),
+        "{ack_text}"
+    );
+    assert!(ack_text.contains("Precedence: auto_reply"), "{ack_text}");
+    assert!(
+        ack_text.contains(&format!("X-Loop: {support}")),
+        "{ack_text}"
+    );
+    assert!(ack_text.contains("TCK-000001"), "{ack_text}");
+    assert_eq!(
+        case.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM outbox WHERE message_id = '{}'",
+                parsed.message_id
+            ))
+            .await,
+        1
+    );
+
+    // The customer's reply to the acknowledgement and their out-of-office both land on ticket 1;
+    // neither opens a ticket, and neither gets an acknowledgement.
+    let reply = format!("{}@customer.test", unique("r"));
+    deliver_lmtp(
+        &support,
+        &customer,
+        &customer_mail(
+            &customer,
+            &support,
+            "Re: [#TCK-000001] Re: Printer on fire",
+            &reply,
+            &format!("In-Reply-To: <{}>\r\n", parsed.message_id),
+        ),
+    )
+    .await;
+    let ooo = format!("{}@customer.test", unique("ooo"));
+    deliver_lmtp(
+        &support,
+        &customer,
+        &customer_mail(
+            &customer,
+            &support,
+            "Automatic reply: [#TCK-000001] Re: Printer on fire",
+            &ooo,
+            &format!(
+                "In-Reply-To: <{}>\r\nAuto-Submitted: auto-replied\r\n",
+                parsed.message_id
+            ),
+        ),
+    )
+    .await;
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(stdout.contains("0 ticket(s), 2 follow-up(s)"), "{stdout}");
+    assert!(
+        stdout.contains("support outbox: 0 acknowledgement(s) sent"),
+        "{stdout}"
+    );
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 1);
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM messages WHERE ticket_id = 1")
+            .await,
+        3
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'suppressed' AND reason LIKE 'automatic mail%'")
+            .await,
+        1
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'suppressed' AND reason LIKE 'follow-ups are not acknowledged%'")
+            .await,
+        1
+    );
+    assert_eq!(inbox_messages(&case.entra, &customer).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_sending_limit_defers_and_never_drops() {
+    let extra = smtp_keys().replace(" }", ", max_per_minute = 1 }");
+    let case = Case::new(Backend::Postgres, &extra, "implicit").await;
+    connect_first(&case).await;
+    for n in 0..3 {
+        let customer = format!("{}@customer.test", unique("c"));
+        let id = format!("{}@customer.test", unique("m"));
+        deliver_lmtp(
+            &case.mailbox,
+            &customer,
+            &customer_mail(&customer, &case.mailbox, &format!("Question {n}"), &id, ""),
+        )
+        .await;
+    }
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(stdout.contains("3 ticket(s)"), "{stdout}");
+    assert!(
+        stdout.contains("1 acknowledgement(s) sent, 0 to retry, 0 failed, rest deferred"),
+        "{stdout}"
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")
+            .await,
+        1
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
+            .await,
+        2
+    );
+    // Still limited a moment later: the counter lives in the table, not in the process.
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(
+        stdout.contains("0 acknowledgement(s) sent") && stdout.contains("deferred"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_sender_address_is_recorded_as_failed_with_the_fix() {
+    let extra = format!(
+        "{}\nacknowledge = {{ from = \"someone.else@helpdesk.test\" }}",
+        smtp_keys()
+    );
+    let case = Case::new(Backend::Sqlite, &extra, "implicit").await;
+    connect_first(&case).await;
+    let customer = format!("{}@customer.test", unique("c"));
+    let id = format!("{}@customer.test", unique("m"));
+    deliver_lmtp(
+        &case.mailbox,
+        &customer,
+        &customer_mail(&customer, &case.mailbox, "Send-as test", &id, ""),
+    )
+    .await;
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(
+        stdout.contains("0 acknowledgement(s) sent, 0 to retry, 1 failed"),
+        "{stdout}"
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'failed' AND last_error LIKE '%Add-RecipientPermission%'")
+            .await,
+        1
+    );
+    // The ticket is not affected.
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 1);
+}
+
+#[tokio::test]
+async fn a_token_without_smtp_permission_is_retried_later_with_the_fix() {
+    let support = unique_mailbox();
+    let entra = Entra::start_with(
+        &[&support],
+        Duration::from_secs(3599),
+        &["IMAP.AccessAsApp"],
+    )
+    .await;
+    let case = Case::build(
+        Backend::Sqlite,
+        &smtp_keys(),
+        "implicit",
+        support.clone(),
+        entra,
+    )
+    .await;
+    connect_first(&case).await;
+    let customer = format!("{}@customer.test", unique("c"));
+    let id = format!("{}@customer.test", unique("m"));
+    deliver_lmtp(
+        &support,
+        &customer,
+        &customer_mail(&customer, &support, "No SMTP role", &id, ""),
+    )
+    .await;
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(
+        stdout.contains("0 acknowledgement(s) sent, 1 to retry"),
+        "{stdout}"
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND attempts = 1 AND last_error LIKE '%SMTP.SendAsApp%'")
+            .await,
+        1
+    );
+    // The refused token was replaced once before giving up for now.
+    assert!(case.entra.fake.requests().len() >= 2);
+}
+
+#[tokio::test]
+async fn imported_mail_is_not_acknowledged() {
+    let extra = format!(
+        "{}\nacknowledge = {{ since = \"2099-01-01\" }}",
+        smtp_keys()
+    );
+    let case = Case::new(Backend::Sqlite, &extra, "implicit").await;
+    let customer = format!("{}@customer.test", unique("c"));
+    let id = format!("{}@customer.test", unique("m"));
+    deliver_lmtp(
+        &case.mailbox,
+        &customer,
+        &customer_mail(&customer, &case.mailbox, "Old mail", &id, ""),
+    )
+    .await;
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(
+        stdout.contains("1 ticket(s)") && stdout.contains("0 acknowledgement(s) sent"),
+        "{stdout}"
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'suppressed' AND reason LIKE '%first connected%'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_running_worker_sends_acknowledgements_as_tickets_arrive() {
+    let extra = format!("{}\npoll_interval = \"10m\"", smtp_keys());
+    let case = Case::new(Backend::Sqlite, &extra, "implicit").await;
+    let running = case.spawn_run();
+    let connected = case
+        .wait_for_count(
+            "SELECT COUNT(*) FROM mailbox_state",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(connected, "no first sweep: {}", running.log());
+    let first = mailintake::store::now_ms() / 1000;
+    while mailintake::store::now_ms() / 1000 == first {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let customer = format!("{}@customer.test", unique("c"));
+    let id = format!("{}@customer.test", unique("m"));
+    deliver_lmtp(
+        &case.mailbox,
+        &customer,
+        &customer_mail(&customer, &case.mailbox, "Idle and ack", &id, ""),
+    )
+    .await;
+    let sent = case
+        .wait_for_count(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'sent'",
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    let (status, log) = terminate(running, Duration::from_secs(20)).await;
+    let pool = case.db.pool().await;
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as("SELECT state, reason FROM outbox")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert!(
+        sent,
+        "no acknowledgement sent by the running worker: {rows:?} {log}"
+    );
+    assert!(status.success(), "{status}: {log}");
+}
+
+#[tokio::test]
+async fn two_workers_never_send_the_same_row() {
+    let support = unique_mailbox();
+    let customer = format!("{}@customer.test", unique("many"));
+    let entra = Entra::start(&[&support, &customer]).await;
+    let case = Case::build(
+        Backend::Postgres,
+        &smtp_keys(),
+        "implicit",
+        support.clone(),
+        entra,
+    )
+    .await;
+    connect_first(&case).await;
+    let pool = case.db.pool().await;
+    for n in 0..12 {
+        sqlx::query(
+            "INSERT INTO outbox (mailbox, kind, from_address, to_address, subject, message_id, body_text, \
+             next_attempt_at, created_at) VALUES ('support', 'acknowledgement', $1, $2, $3, $4, 'Hello', 0, 0)",
+        )
+        .bind(&support)
+        .bind(&customer)
+        .bind(format!("Row {n}"))
+        .bind(format!("{}@helpdesk.test", unique("row")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    let (a, b) = tokio::join!(case.run(&["once"]), case.run(&["once"]));
+    assert_ok(&a);
+    assert_ok(&b);
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")
+            .await,
+        12
+    );
+    let delivered = eventually(Duration::from_secs(20), || async {
+        inbox_messages(&case.entra, &customer).await.len() >= 12
+    })
+    .await;
+    assert!(delivered, "not all 12 arrived");
+    assert_eq!(
+        inbox_messages(&case.entra, &customer).await.len(),
+        12,
+        "no row sent twice"
+    );
+}
