@@ -12,6 +12,7 @@ use secrecy::ExposeSecret;
 use crate::config::{Config, Disposal, Grant, Identity, Mailbox};
 use crate::imap;
 use crate::oauth::{self, AccessToken, TokenCache};
+use crate::reply;
 use crate::store::Store;
 
 /// What each Exchange Online permission allows, for explaining a token's roles or scopes.
@@ -33,7 +34,11 @@ const PERMISSIONS: &[(&str, &str)] = &[
 
 /// Checks the named mailbox (or every mailbox) online and prints one line per step to stdout.
 /// True when every step of every checked mailbox passed.
-pub async fn online(config: &Config, only: Option<&str>) -> anyhow::Result<bool> {
+pub async fn online(
+    config: &Config,
+    only: Option<&str>,
+    send_test_mail: Option<&str>,
+) -> anyhow::Result<bool> {
     let mailboxes: Vec<&Mailbox> = config
         .mailboxes
         .iter()
@@ -62,7 +67,11 @@ pub async fn online(config: &Config, only: Option<&str>) -> anyhow::Result<bool>
     let mut all_passed = true;
     for mailbox in mailboxes {
         println!("mailbox {} ({}):", mailbox.name, mailbox.address);
-        let passed = check_mailbox(config.identity(&mailbox.identity), mailbox, &tokens).await;
+        let identity = config.identity(&mailbox.identity);
+        let mut passed = check_mailbox(identity, mailbox, &tokens).await;
+        if passed {
+            passed &= check_smtp(identity, mailbox, &tokens, send_test_mail).await;
+        }
         all_passed &= passed;
         let _ = std::io::stdout().flush();
     }
@@ -160,6 +169,130 @@ async fn check_mailbox(identity: &Identity, mailbox: &Mailbox, tokens: &TokenCac
     }
     conn.logout().await;
     passed
+}
+
+/// The SMTP step: STARTTLS (or TLS), XOAUTH2 with the same token, and optionally a real message.
+async fn check_smtp(
+    identity: &Identity,
+    mailbox: &Mailbox,
+    tokens: &TokenCache,
+    send_test_mail: Option<&str>,
+) -> bool {
+    let Some(smtp) = &mailbox.smtp else {
+        step(
+            true,
+            "smtp",
+            "no [mailboxes.smtp] table: this mailbox sends no acknowledgements",
+        );
+        if send_test_mail.is_some() {
+            step(
+                false,
+                "testmail",
+                "cannot send: the mailbox has no [mailboxes.smtp] table",
+            );
+            return false;
+        }
+        return true;
+    };
+    let where_ = format!("{}:{} ({:?} TLS)", smtp.host, smtp.port, smtp.tls);
+    let token = match tokens.token(identity).await {
+        Ok(token) => token,
+        Err(e) => {
+            step(false, "smtp", &format!("{where_}: no token: {e}"));
+            return false;
+        }
+    };
+    let transport = match reply::smtp::transport(smtp, &mailbox.address, &token) {
+        Ok(transport) => transport,
+        Err(e) => {
+            step(false, "smtp", &format!("{where_}: {e}"));
+            return false;
+        }
+    };
+    let tested = tokio::time::timeout(smtp.timeout, transport.test_connection()).await;
+    match tested {
+        Ok(Ok(true)) => step(
+            true,
+            "smtp",
+            &format!("{where_}, XOAUTH2 accepted for {}", mailbox.address),
+        ),
+        Ok(Ok(false)) => {
+            step(
+                false,
+                "smtp",
+                &format!("{where_}: the server did not answer NOOP"),
+            );
+            return false;
+        }
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            let fix = reply::smtp::hint(&text)
+                .map(|h| format!("\n  fix: {h}"))
+                .unwrap_or_default();
+            step(
+                false,
+                "smtp",
+                &format!("{where_} as {}: {text}{fix}", mailbox.address),
+            );
+            return false;
+        }
+        Err(_) => {
+            step(
+                false,
+                "smtp",
+                &format!("{where_}: no answer within {:?}", smtp.timeout),
+            );
+            return false;
+        }
+    }
+    let Some(to) = send_test_mail else {
+        return true;
+    };
+    let from = mailbox
+        .acknowledge
+        .from
+        .clone()
+        .unwrap_or_else(|| mailbox.address.clone());
+    let row = crate::store::OutboxRow {
+        id: 0,
+        mailbox: mailbox.name.clone(),
+        ticket_id: None,
+        from_address: from,
+        to_address: Some(to.to_string()),
+        subject: format!("mailintake test message from {}", mailbox.address),
+        message_id: format!(
+            "mailintake.test.{}.{}@{}",
+            crate::store::now_ms(),
+            std::process::id(),
+            mailbox
+                .address
+                .rsplit('@')
+                .next()
+                .unwrap_or("mailintake.invalid")
+        ),
+        in_reply_to: None,
+        thread_references: None,
+        body_text: format!(
+            "This message was sent by `mailintake check --send-test-mail` to test sending from {}.\n",
+            mailbox.address
+        ),
+        body_html: None,
+        attempts: 1,
+    };
+    let sent = match reply::smtp::compose(&row, &mailbox.address) {
+        Ok(message) => reply::smtp::send(&transport, message, smtp.timeout).await,
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(response) => {
+            step(true, "testmail", &format!("sent to {to}: {response}"));
+            true
+        }
+        Err(e) => {
+            step(false, "testmail", &format!("to {to}: {e}"));
+            false
+        }
+    }
 }
 
 /// One line about a token: expiry, audience, and the roles or scopes it carries, with what a

@@ -49,6 +49,9 @@ pub enum Command {
         /// Check every mailbox online.
         #[arg(long, conflicts_with = "mailbox")]
         all: bool,
+        /// Also send a real test message from each checked mailbox to this address.
+        #[arg(long, value_name = "ADDRESS")]
+        send_test_mail: Option<String>,
     },
     /// Sign in a delegated identity (flow = "device_code") once: prints a URL and a code to
     /// enter there, waits for the sign-in, and stores the refresh token encrypted.

@@ -42,7 +42,12 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
-    if let Command::Check { mailbox, all } = &command {
+    if let Command::Check {
+        mailbox,
+        all,
+        send_test_mail,
+    } = &command
+    {
         println!(
             "configuration is valid: {} identity(ies), {} mailbox(es), database {}",
             config.identities.len(),
@@ -50,9 +55,13 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             redact_url(&config.database.url)
         );
         if mailbox.is_none() && !all {
+            if send_test_mail.is_some() {
+                eprintln!("mailintake: --send-test-mail needs a mailbox name or --all");
+                return Ok(ExitCode::from(2));
+            }
             return Ok(ExitCode::SUCCESS);
         }
-        let passed = check::online(&config, mailbox.as_deref()).await?;
+        let passed = check::online(&config, mailbox.as_deref(), send_test_mail.as_deref()).await?;
         return Ok(if passed {
             ExitCode::SUCCESS
         } else {

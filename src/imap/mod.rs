@@ -190,6 +190,8 @@ pub fn uid_set(uids: &[Uid]) -> String {
 /// An authenticated IMAP session.
 pub struct Connection {
     session: Session<TlsStream>,
+    /// The login (SASL user), for error messages.
+    login: String,
     capabilities: HashSet<String>,
     command_timeout: Duration,
 }
@@ -320,6 +322,7 @@ pub async fn connect(
     debug!(?capabilities, "logged in");
     Ok(Connection {
         session,
+        login: login.to_string(),
         capabilities,
         command_timeout: endpoint.timeouts.command,
     })
@@ -464,7 +467,19 @@ impl Connection {
                     .map_err(protocol("SELECT"))
             }
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // Exchange Online accepts the token but cannot open the mailbox for this identity.
+            ImapError::Protocol {
+                source: async_imap::error::Error::No(text),
+                ..
+            } if text.contains("authenticated but not connected") => ImapError::AuthFailed {
+                login: self.login.clone(),
+                response: server_text(&text),
+                server_detail: None,
+            },
+            other => other,
+        })?;
         let uidvalidity = mailbox.uid_validity.ok_or_else(|| ImapError::Unexpected {
             operation: "SELECT",
             detail: format!("the server sent no UIDVALIDITY for folder {folder}"),
@@ -666,6 +681,7 @@ impl Connection {
         use async_imap::extensions::idle::IdleResponse;
         let Connection {
             session,
+            login,
             capabilities,
             command_timeout,
         } = self;
@@ -698,6 +714,7 @@ impl Connection {
         Ok((
             Connection {
                 session,
+                login,
                 capabilities,
                 command_timeout,
             },

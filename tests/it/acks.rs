@@ -419,3 +419,55 @@ async fn two_workers_never_send_the_same_row() {
         "no row sent twice"
     );
 }
+
+#[tokio::test]
+async fn check_tests_smtp_and_sends_a_test_message() {
+    let support = unique_mailbox();
+    let customer = format!("{}@customer.test", unique("tm"));
+    let entra = Entra::start(&[&support, &customer]).await;
+    let case = Case::build(
+        Backend::Sqlite,
+        &smtp_keys(),
+        "implicit",
+        support.clone(),
+        entra,
+    )
+    .await;
+    let out = case
+        .run(&["check", "support", "--send-test-mail", &customer])
+        .await;
+    let stdout = assert_ok(&out);
+    assert!(stdout.contains("ok   smtp"), "{stdout}");
+    assert!(stdout.contains("XOAUTH2 accepted"), "{stdout}");
+    assert!(stdout.contains("ok   testmail sent to"), "{stdout}");
+    let arrived = eventually(Duration::from_secs(20), || async {
+        !inbox_messages(&case.entra, &customer).await.is_empty()
+    })
+    .await;
+    assert!(arrived, "the test message did not arrive");
+}
+
+#[tokio::test]
+async fn check_names_the_missing_smtp_permission() {
+    let support = unique_mailbox();
+    let entra = Entra::start_with(
+        &[&support],
+        Duration::from_secs(3599),
+        &["IMAP.AccessAsApp"],
+    )
+    .await;
+    let case = Case::build(
+        Backend::Sqlite,
+        &smtp_keys(),
+        "implicit",
+        support.clone(),
+        entra,
+    )
+    .await;
+    let out = case.run(&["check", "support"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("ok   imap"), "{stdout}");
+    assert!(stdout.contains("FAIL smtp"), "{stdout}");
+    assert!(stdout.contains("SMTP.SendAsApp"), "{stdout}");
+}

@@ -63,6 +63,9 @@ async fn mailbox_without_permission_is_refused_by_the_server_with_the_exchange_f
     let stderr = text(&out.stderr);
     assert!(stderr.contains("XOAUTH2 was refused"), "{stderr}");
     assert!(stderr.contains("Add-MailboxPermission"), "{stderr}");
+    // The server's base64 JSON challenge (RFC 7628 §3.2.2) was decoded into the error, and the
+    // exchange did not hang: the empty answer was sent.
+    assert!(stderr.contains(r#""status":"401""#), "{stderr}");
     // The refused token was replaced once (a stale token is the common cause), not hammered.
     let requests = entra.fake.requests();
     assert_eq!(requests.len(), 2, "{requests:?}");
