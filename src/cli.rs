@@ -75,6 +75,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One ticket with its messages and attachments.
+    Ticket {
+        /// The ticket's id (TCK-000123 is id 123).
+        id: i64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Quarantined messages: list, show, release.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+    /// Outgoing acknowledgements: list, retry, cancel.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Write one stored attachment (by its id in the attachments table) to a file, byte-exact.
     Attachment {
         /// The attachment's id.
@@ -83,4 +101,45 @@ pub enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineAction {
+    /// The most recent quarantined messages.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One quarantined message in full.
+    Show { id: i64 },
+    /// Move the message back to its folder and let it in once (up to --max-bytes when it was
+    /// too large, and past the per-sender limit).
+    Release {
+        id: i64,
+        /// The size limit for this one message, in bytes.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// The most recent rows, optionally of one state (pending, sending, sent, failed, cancelled,
+    /// suppressed).
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a failed or cancelled row due now.
+    Retry { id: i64 },
+    /// Cancel a row that has not been sent.
+    Cancel { id: i64 },
 }

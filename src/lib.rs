@@ -17,6 +17,7 @@
 //!
 //! `main.rs` only parses the command line ([`cli`]) and calls into these modules.
 
+pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use mailintake::cli::{Cli, Command};
+use mailintake::cli::{Cli, Command, OutboxAction, QuarantineAction};
 use mailintake::config::{Config, redact_url};
 use mailintake::oauth::{self, TokenCache};
 use mailintake::store::Store;
-use mailintake::{check, telemetry, worker};
+use mailintake::{admin, check, telemetry, worker};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -181,6 +181,153 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             .await;
             ExitCode::SUCCESS
         }
+        Command::Ticket { id, json } => {
+            let Some(ticket) = store.ticket_summary(id).await? else {
+                anyhow::bail!("no ticket with id {id}");
+            };
+            let messages = store.ticket_messages(id).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ticket": ticket, "messages": messages })
+                );
+            } else {
+                println!(
+                    "{} [{}] {} — {} ({} message(s))",
+                    ticket.reference,
+                    ticket.status,
+                    ticket.subject,
+                    ticket.requester.as_deref().unwrap_or("-"),
+                    messages.len()
+                );
+                for m in &messages {
+                    println!(
+                        "\n  #{} {} from {}{}: {}",
+                        m.id,
+                        m.direction,
+                        m.from_address.as_deref().unwrap_or("-"),
+                        m.auto_kind
+                            .as_deref()
+                            .map(|k| format!(" ({k})"))
+                            .unwrap_or_default(),
+                        m.subject
+                    );
+                    for (aid, name, kind, size) in &m.attachments {
+                        println!(
+                            "     attachment {aid}: {} ({kind}, {size} bytes)",
+                            name.as_deref().unwrap_or("(unnamed)")
+                        );
+                    }
+                    if let Some(body) = &m.body_text {
+                        for line in body.lines().take(20) {
+                            println!("     | {line}");
+                        }
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Quarantine { action } => match action {
+            QuarantineAction::List { limit, json } => {
+                let entries = store.quarantine_list(limit).await?;
+                if json {
+                    for e in &entries {
+                        println!("{}", serde_json::to_string(e)?);
+                    }
+                } else if entries.is_empty() {
+                    println!("nothing is quarantined");
+                } else {
+                    println!(
+                        "{:>6} {:<10} {:<20} {:>10} {:<30} SUBJECT",
+                        "ID", "MAILBOX", "REASON", "BYTES", "FROM"
+                    );
+                    for e in &entries {
+                        println!(
+                            "{:>6} {:<10} {:<20} {:>10} {:<30} {}{}",
+                            e.id,
+                            e.mailbox,
+                            e.reason,
+                            e.size_bytes,
+                            e.from_address.as_deref().unwrap_or("-"),
+                            e.subject.as_deref().unwrap_or("-"),
+                            if e.released_at_ms.is_some() {
+                                "  (released)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            QuarantineAction::Show { id } => {
+                let Some(entry) = store.quarantine_entry(id).await? else {
+                    anyhow::bail!("no quarantined message with id {id}");
+                };
+                println!("{}", serde_json::to_string_pretty(&entry)?);
+                ExitCode::SUCCESS
+            }
+            QuarantineAction::Release { id, max_bytes } => {
+                let tokens = TokenCache::new().with_token_store(store.clone(), &config.token_keys);
+                println!(
+                    "{}",
+                    admin::release(&config, &store, &tokens, id, max_bytes).await?
+                );
+                ExitCode::SUCCESS
+            }
+        },
+        Command::Outbox { action } => match action {
+            OutboxAction::List { state, limit, json } => {
+                let rows = store.outbox_list(state.as_deref(), limit).await?;
+                if json {
+                    for r in &rows {
+                        println!("{}", serde_json::to_string(r)?);
+                    }
+                } else if rows.is_empty() {
+                    println!("the outbox is empty");
+                } else {
+                    println!(
+                        "{:>6} {:<10} {:<11} {:>3} {:<30} SUBJECT / WHY",
+                        "ID", "MAILBOX", "STATE", "TRY", "TO"
+                    );
+                    for r in &rows {
+                        println!(
+                            "{:>6} {:<10} {:<11} {:>3} {:<30} {}{}",
+                            r.id,
+                            r.mailbox,
+                            r.state,
+                            r.attempts,
+                            r.to_address.as_deref().unwrap_or("-"),
+                            r.subject,
+                            r.reason
+                                .as_deref()
+                                .or(r.last_error.as_deref())
+                                .map(|w| format!(" — {}", w.lines().next().unwrap_or("")))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            OutboxAction::Retry { id } => {
+                if !store.outbox_retry(id).await? {
+                    anyhow::bail!(
+                        "outbox row {id} is not failed, cancelled or pending (or does not exist)"
+                    );
+                }
+                println!(
+                    "outbox row {id} is due now; a running worker (or the next `once`) sends it"
+                );
+                ExitCode::SUCCESS
+            }
+            OutboxAction::Cancel { id } => {
+                if !store.outbox_cancel(id).await? {
+                    anyhow::bail!("outbox row {id} is sent, being sent, or does not exist");
+                }
+                println!("outbox row {id} is cancelled");
+                ExitCode::SUCCESS
+            }
+        },
         Command::Attachment { id, out } => {
             let Some(attachment) = store.attachment(id).await? else {
                 anyhow::bail!(

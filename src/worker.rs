@@ -329,7 +329,11 @@ enum Work {
     Old,
     /// Too large (listed, or found while downloading): recorded from these header bytes.
     TooLarge(Vec<u8>),
-    Raw(Vec<u8>),
+    /// Downloaded; `release_key` is the quarantine key of an operator's release that let it in.
+    Raw {
+        raw: Vec<u8>,
+        release_key: Option<String>,
+    },
 }
 
 /// The disposition string stored with an outcome: `seen`, `move:<folder>`, `delete`,
@@ -402,15 +406,40 @@ async fn process_batch(
             match bodies.remove(&message.uid) {
                 Some(Body::Complete(raw)) => {
                     report.bytes_fetched += raw.len() as u64;
-                    Work::Raw(raw)
+                    Work::Raw {
+                        raw,
+                        release_key: None,
+                    }
                 }
                 // Listed too large, or its announced size was an estimate (Exchange) and it is
-                // larger: record it from its header fields only.
+                // larger: record it from its header fields only, unless an operator released it
+                // with a higher limit.
                 found_large => {
                     if found_large.is_some() {
                         report.bytes_fetched += mailbox.max_message_bytes + 1;
                     }
-                    Work::TooLarge(session.conn.fetch_identifying_headers(message.uid).await?)
+                    let header = session.conn.fetch_identifying_headers(message.uid).await?;
+                    let key = envelope_from_header(&header, message).message_id;
+                    match ctx.store.unused_release(&mailbox.name, &key).await? {
+                        Some(limit) => {
+                            let cap = limit.map_or(mailbox.max_message_bytes, |l| l.max(0) as u64);
+                            match session.conn.fetch_bodies(&[message.uid], cap).await?.pop() {
+                                Some((_, Body::Complete(raw))) => {
+                                    info!(
+                                        uid = message.uid.0,
+                                        cap, "released from quarantine; ingesting"
+                                    );
+                                    report.bytes_fetched += raw.len() as u64;
+                                    Work::Raw {
+                                        raw,
+                                        release_key: Some(key.clone()),
+                                    }
+                                }
+                                _ => Work::TooLarge(header),
+                            }
+                        }
+                        None => Work::TooLarge(header),
+                    }
                 }
             }
         };
@@ -501,14 +530,24 @@ async fn record(
                 (disposition, row)
             }));
         }
-        Work::Raw(raw) => raw,
+        Work::Raw { raw, release_key } => {
+            if let Some(key) = release_key {
+                tx.use_release(&mailbox.name, &key).await?;
+            }
+            raw
+        }
     };
 
     let parsed = ingest::parse(&raw);
     let facts = match &parsed {
         Ok(mail) => {
             span.record("message_id", mail.message_id.as_str());
-            facts_for(tx, mail).await?
+            let facts = facts_for(tx, mail, &mailbox.name).await?;
+            if facts.released {
+                // A release lets the message in once.
+                tx.use_release(&mailbox.name, &mail.message_id).await?;
+            }
+            facts
         }
         Err(_) => Facts::default(),
     };
@@ -631,7 +670,7 @@ async fn record(
                 }));
             }
         };
-        let facts = facts_for(tx, &retry_with).await?;
+        let facts = facts_for(tx, &retry_with, &mailbox.name).await?;
         decision = ingest::decide(Ok(*retry_with), &facts, &ctx.policy);
     }
     Ok(None)
@@ -696,7 +735,11 @@ async fn acknowledge(
 /// What the store knows that bears on `mail`: the same Message-ID, the ticket of the thread it
 /// replies to, the ticket its subject tag names, the ticket a report is about, and how many
 /// tickets its sender opened in the last hour.
-async fn facts_for(tx: &mut Batch, mail: &ingest::ParsedMail) -> Result<Facts, StoreError> {
+async fn facts_for(
+    tx: &mut Batch,
+    mail: &ingest::ParsedMail,
+    mailbox: &str,
+) -> Result<Facts, StoreError> {
     // The most specific reference first: In-Reply-To, then References from the newest.
     let mut thread_ids: Vec<String> = mail.in_reply_to.clone();
     thread_ids.extend(mail.references.iter().rev().cloned());
@@ -721,6 +764,7 @@ async fn facts_for(tx: &mut Batch, mail: &ingest::ParsedMail) -> Result<Facts, S
         tagged,
         reported,
         sender_recent_tickets,
+        released: tx.is_released(mailbox, &mail.message_id).await?,
     })
 }
 
@@ -779,7 +823,7 @@ async fn dispose_all(
 
 /// Message-ID, From and Subject from a header-only fetch. Without a Message-ID the key is a hash
 /// of those header fields, the size and INTERNALDATE: stable for the same message in the folder.
-fn envelope_from_header(header: &[u8], summary: &MessageSummary) -> QuarantineEnvelope {
+pub(crate) fn envelope_from_header(header: &[u8], summary: &MessageSummary) -> QuarantineEnvelope {
     let parsed = ingest::parse(header).ok();
     let message_id = match parsed
         .as_ref()

@@ -77,7 +77,10 @@ CREATE TABLE quarantine (
     detail       TEXT,
     raw          BLOB,
     created_at   BIGINT NOT NULL,
-    released_at  BIGINT
+    released_at  BIGINT,
+    -- A release lets the message in once (up to this many bytes when set); then it is used.
+    release_max_bytes BIGINT,
+    release_used_at   BIGINT
 );
 
 CREATE TABLE imap_messages (

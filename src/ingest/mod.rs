@@ -40,6 +40,8 @@ pub struct Facts {
     pub reported: Option<KnownTicket>,
     /// How many tickets the sender opened in the last hour.
     pub sender_recent_tickets: u32,
+    /// An operator released this message from quarantine: it comes in once, past the limits.
+    pub released: bool,
 }
 
 /// Settings that shape decisions.
@@ -276,7 +278,7 @@ pub fn decide(
                 related = Some(ticket.ticket_id);
             }
             let limit = policy.max_new_tickets_per_sender_per_hour;
-            if limit > 0 && facts.sender_recent_tickets >= limit {
+            if limit > 0 && facts.sender_recent_tickets >= limit && !facts.released {
                 return Decision::Quarantine(QuarantineReason::SenderRateLimit {
                     sender: mail
                         .from

@@ -17,6 +17,7 @@ use sqlx::{AnyPool, Connection, Executor, Row};
 use crate::ingest::{KnownTicket, ParsedMail, Party, QuarantineReason, ticket_reference};
 pub use outbox::OutboxRow;
 
+pub mod admin;
 pub mod outbox;
 pub mod tokens;
 
@@ -337,13 +338,22 @@ impl Store {
 
     /// The most recent tickets, newest first.
     pub async fn recent_tickets(&self, limit: i64) -> Result<Vec<TicketSummary>> {
-        let rows = sqlx::query(
+        self.tickets("ORDER BY t.id DESC LIMIT $1", limit).await
+    }
+
+    /// One ticket, as `tickets` lists it.
+    pub async fn ticket_summary(&self, id: i64) -> Result<Option<TicketSummary>> {
+        Ok(self.tickets("WHERE t.id = $1", id).await?.pop())
+    }
+
+    async fn tickets(&self, filter: &'static str, value: i64) -> Result<Vec<TicketSummary>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT t.id, t.reference, t.mailbox, t.subject, t.requester_address, t.status, t.created_at, \
              (SELECT COUNT(*) FROM messages m WHERE m.ticket_id = t.id), \
              (SELECT COUNT(*) FROM attachments a JOIN messages m ON a.message_id = m.id WHERE m.ticket_id = t.id) \
-             FROM tickets t ORDER BY t.id DESC LIMIT $1",
-        )
-        .bind(limit)
+             FROM tickets t {filter}"
+        )))
+        .bind(value)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

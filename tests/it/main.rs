@@ -3,6 +3,7 @@
 //! One test binary, so CI links once.
 
 mod acks;
+mod admin;
 mod cli;
 mod engine;
 mod flows;
