@@ -5,6 +5,8 @@
 #   scripts/mailstack.sh down [--purge] stop what this script started (by pid files); --purge deletes the state dir
 #   scripts/mailstack.sh status        what runs on which port; exit 1 if anything is down
 #   scripts/mailstack.sh env           print the env file (KEY=VALUE lines) that tests read
+#   scripts/mailstack.sh stop|start|restart dovecot|postfix|entra
+#                                      one component only (fault drills on a private stack)
 #   scripts/mailstack.sh seed [ADDRESS] [COUNT]
 #                                      deliver COUNT (5) sample mails to ADDRESS (support@helpdesk.test) via LMTP
 #
@@ -47,7 +49,7 @@ log() { printf 'mailstack: %s\n' "$*" >&2; }
 die() { printf 'mailstack: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 # Makes the state dir absolute (it is written into config files) and checks the settings.
@@ -497,6 +499,36 @@ cmd_down() {
   fi
 }
 
+# Stops one component (dovecot, postfix or entra) of this stack, for fault drills.
+cmd_stop() {
+  case ${1:-} in
+    dovecot) stop_pid Dovecot "$DOVECOT_PID" "$DOVECOT_CONF" ;;
+    postfix) stop_postfix ;;
+    entra) stop_pid fake-entra "$ENTRA_PID" "$ENTRA_CONF" ;;
+    *) die "usage: mailstack.sh stop|start|restart dovecot|postfix|entra" ;;
+  esac
+}
+
+# Starts one stopped component again and waits for its ports.
+cmd_start() {
+  case ${1:-} in
+    dovecot)
+      ensure_vmail_user
+      start_dovecot
+      wait_ports Dovecot "$DOVECOT_DIR/dovecot.log" "$IMAP_PORT" "$IMAPS_PORT" "$LMTP_PORT"
+      ;;
+    postfix)
+      start_postfix
+      wait_ports Postfix "$POSTFIX_DIR/maillog" "$SUBMISSION_PORT" "$SUBMISSIONS_PORT"
+      ;;
+    entra)
+      start_entra
+      wait_ports fake-entra "$ENTRA_LOG" "$ENTRA_PORT"
+      ;;
+    *) die "usage: mailstack.sh stop|start|restart dovecot|postfix|entra" ;;
+  esac
+}
+
 cmd_status() {
   local bad=0 line
   row() { # name ok port-desc
@@ -546,6 +578,12 @@ main() {
     status) cmd_status "$@" ;;
     env) cmd_env "$@" ;;
     seed) cmd_seed "$@" ;;
+    stop) cmd_stop "$@" ;;
+    start) cmd_start "$@" ;;
+    restart)
+      cmd_stop "$@"
+      cmd_start "$@"
+      ;;
     -h | --help | help) usage ;;
     *)
       usage >&2

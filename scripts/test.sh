@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 need_packages=()
-for pkg in pkg-config libssl-dev; do
+# chromium: the status-page test (tests/it/ops.rs) renders the page in headless Chromium.
+for pkg in pkg-config libssl-dev chromium; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_packages+=("$pkg")
 done
 if ((${#need_packages[@]})); then

@@ -35,6 +35,20 @@ pub struct Config {
     /// one decrypts, so a key is rotated by putting a new one first and keeping the old one until
     /// every stored token was renewed.
     pub token_keys: Vec<TokenKey>,
+    /// The monitoring endpoint (`[http]`); off when the table is absent.
+    pub http: Option<HttpConfig>,
+}
+
+/// The default address of the monitoring endpoint: loopback only.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9090";
+
+/// `[http]`: where `/healthz`, `/readyz`, `/metrics` and the status page are served.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: std::net::SocketAddr,
+    /// Required as `Authorization: Bearer …` on every route but `/healthz` when set; required to
+    /// listen on anything but loopback, because the page shows senders and subjects.
+    pub bearer_token: Option<SecretString>,
 }
 
 /// One key for refresh tokens at rest: 32 bytes for AES-256-GCM, given base64 or hex.
@@ -799,12 +813,67 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
         });
     }
 
+    let http = raw
+        .http
+        .and_then(|h| validate_http(h, base_dir, &mut problem));
+
     Config {
         database,
         identities,
         mailboxes,
         token_keys,
+        http,
     }
+}
+
+/// `[http]`: `listen` a socket address (default 127.0.0.1:9090); anything but loopback only with a
+/// `bearer_token` of at least 16 characters.
+fn validate_http(
+    raw: raw::Http,
+    base_dir: &Path,
+    problem: &mut impl FnMut(String, String),
+) -> Option<HttpConfig> {
+    use secrecy::ExposeSecret;
+    let text = raw.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN);
+    let listen: std::net::SocketAddr = match text.parse() {
+        Ok(listen) => listen,
+        Err(_) => {
+            problem(
+                "http.listen".into(),
+                format!("`{text}` is not an IP address and port, e.g. \"127.0.0.1:9090\""),
+            );
+            return None;
+        }
+    };
+    let bearer_token = match raw.bearer_token.map(|s| s.resolve(base_dir)) {
+        None => None,
+        Some(Ok(token)) if token.expose_secret().trim().len() >= 16 => Some(token),
+        Some(Ok(_)) => {
+            problem(
+                "http.bearer_token".into(),
+                "must be at least 16 characters (e.g. `openssl rand -hex 24`)".into(),
+            );
+            return None;
+        }
+        Some(Err(message)) => {
+            problem("http.bearer_token".into(), message);
+            return None;
+        }
+    };
+    if !listen.ip().is_loopback() && bearer_token.is_none() {
+        problem(
+            "http.listen".into(),
+            format!(
+                "{listen} is reachable from other machines, and the status page shows senders and subjects: \
+                 set http.bearer_token = {{ env = \"MAILINTAKE_HTTP_TOKEN\" }}, or listen on 127.0.0.1"
+            ),
+        );
+        return None;
+    }
+    Some(HttpConfig {
+        listen,
+        bearer_token,
+    })
 }
 
 /// `[token_store] keys`: required when an identity keeps refresh tokens; ids unique; each key 32
@@ -1283,6 +1352,14 @@ mod raw {
         #[serde(default)]
         pub mailboxes: Vec<Mailbox>,
         pub token_store: Option<TokenStore>,
+        pub http: Option<Http>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Http {
+        pub listen: Option<String>,
+        pub bearer_token: Option<Secret>,
     }
 
     #[derive(Deserialize)]
@@ -1814,5 +1891,35 @@ mod tests {
             redact_url("postgres://u:hunter2@db.internal/tickets"),
             "postgres://u:***@db.internal/tickets"
         );
+    }
+
+    #[test]
+    fn http_is_off_by_default_and_loopback_unless_a_token_is_set() {
+        assert!(load(MINIMAL).unwrap().http.is_none());
+        let on = load(&format!("{MINIMAL}\n[http]\n")).unwrap().http.unwrap();
+        assert_eq!(on.listen.to_string(), DEFAULT_HTTP_LISTEN);
+        assert!(on.bearer_token.is_none());
+
+        let open = load(&format!("{MINIMAL}\n[http]\nlisten = \"0.0.0.0:9090\"\n")).unwrap_err();
+        assert_eq!(open[0].key, "http.listen");
+        assert!(open[0].message.contains("bearer_token"), "{open:?}");
+
+        let with_token = load(&format!(
+            "{MINIMAL}\n[http]\nlisten = \"[::]:9191\"\nbearer_token = \"0123456789abcdef0123\"\n"
+        ))
+        .unwrap()
+        .http
+        .unwrap();
+        assert_eq!(with_token.listen.port(), 9191);
+        assert_eq!(
+            with_token.bearer_token.unwrap().expose_secret(),
+            "0123456789abcdef0123"
+        );
+
+        let short = load(&format!("{MINIMAL}\n[http]\nbearer_token = \"short\"\n")).unwrap_err();
+        assert_eq!(short[0].key, "http.bearer_token");
+        assert!(!short[0].message.contains("short"), "never echo the token");
+        let bad = load(&format!("{MINIMAL}\n[http]\nlisten = \"localhost\"\n")).unwrap_err();
+        assert_eq!(bad[0].key, "http.listen");
     }
 }

@@ -13,7 +13,9 @@
 //!   in IMAP only after its outcome is committed.
 //! - [`store`]: every SQL statement, for SQLite (embedded default) and PostgreSQL, with migrations.
 //! - [`check`]: `mailintake check <mailbox>`, the token → IMAP → folders path step by step.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging setup, and [`telemetry::Metrics`]: counters and state the workers write.
+//! - [`http`]: the optional monitoring endpoint that reads them (`/healthz`, `/readyz`, `/metrics`,
+//!   a status page).
 //!
 //! `main.rs` only parses the command line ([`cli`]) and calls into these modules.
 
@@ -22,6 +24,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod failpoint;
+pub mod http;
 pub mod imap;
 pub mod ingest;
 pub mod oauth;

@@ -10,7 +10,8 @@ use mailintake::cli::{Cli, Command, OutboxAction, QuarantineAction};
 use mailintake::config::{Config, redact_url};
 use mailintake::oauth::{self, TokenCache};
 use mailintake::store::Store;
-use mailintake::{admin, check, telemetry, worker};
+use mailintake::telemetry::Metrics;
+use mailintake::{admin, check, http, telemetry, worker};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -172,13 +173,40 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
         }
         Command::Run => {
             let tokens = TokenCache::new().with_token_store(store.clone(), &config.token_keys);
+            let config = Arc::new(config);
+            let metrics = Arc::new(Metrics::new(&config));
+            // The monitoring endpoint keeps answering while the workers drain, then stops.
+            let stop_http = tokio_util::sync::CancellationToken::new();
+            let server = match &config.http {
+                Some(http_config) => {
+                    let listener = http::bind(http_config).await?;
+                    Some(tokio::spawn(http::serve(
+                        listener,
+                        Arc::clone(&config),
+                        store.clone(),
+                        Arc::clone(&metrics),
+                        stop_http.clone(),
+                    )))
+                }
+                None => None,
+            };
             worker::run(
-                Arc::new(config),
+                config,
                 store.clone(),
                 Arc::new(tokens),
+                metrics,
                 shutdown_signal(),
             )
             .await;
+            stop_http.cancel();
+            if let Some(server) = server {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => tracing::error!(error = %e, "monitoring endpoint failed"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "monitoring endpoint panicked"),
+                    Err(_) => tracing::warn!("monitoring endpoint did not stop within 5 s"),
+                }
+            }
             ExitCode::SUCCESS
         }
         Command::Ticket { id, json } => {

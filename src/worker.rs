@@ -34,6 +34,7 @@ use crate::reply::{self, AckFacts, AckKind};
 use crate::store::{
     Batch, FolderState, ImapLocation, QuarantineEnvelope, Store, StoreError, now_ms,
 };
+use crate::telemetry::Metrics;
 
 /// Why a sweep stopped. `Token` errors that need an admin stop the mailbox until fixed.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,8 @@ pub struct MailboxContext<'a> {
     pub policy: Policy,
     /// Wakes the mailbox's sender when acknowledgements were queued.
     pub outbox_wake: Option<Arc<Notify>>,
+    /// Where sweeps, failures, logins and ingest latency are counted (read by `http`).
+    pub metrics: &'a Metrics,
 }
 
 /// The decision policy of `mailbox`: every configured mailbox address counts as our own.
@@ -134,12 +137,16 @@ pub struct Session {
 /// fresh one (the token may have been revoked or have expired early).
 pub async fn login(ctx: &MailboxContext<'_>) -> Result<Session, CycleError> {
     let token = ctx.tokens.token(ctx.identity).await?;
+    ctx.metrics
+        .token_received(&ctx.identity.name, token.renew_at, token.expires_in);
     let conn = match imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token).await {
         Ok(conn) => conn,
         Err(e) if e.is_auth_failure() => {
             warn!("login refused; retrying once with a new token");
             ctx.tokens.invalidate(&ctx.identity.name, &token).await;
             let token = ctx.tokens.token(ctx.identity).await?;
+            ctx.metrics
+                .token_received(&ctx.identity.name, token.renew_at, token.expires_in);
             let conn = imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token).await?;
             return Ok(Session::new(conn, token.renew_at));
         }
@@ -447,6 +454,12 @@ async fn process_batch(
     }
 
     let queued_before = report.n_acks_queued;
+    // Arrival times of what this batch records (mail left from before the cutoff excepted).
+    let received_ms: Vec<i64> = work
+        .iter()
+        .filter(|(_, item)| !matches!(item, Work::Old))
+        .filter_map(|(summary, _)| summary.internal_date_ms)
+        .collect();
     let mut tx = ctx.store.begin().await?;
     let mut to_dispose: Vec<(Uid, String, i64)> = Vec::with_capacity(work.len());
     for (summary, item) in work {
@@ -465,6 +478,8 @@ async fn process_batch(
         }
     }
     tx.commit().await?;
+    ctx.metrics
+        .batch_committed(&mailbox.name, &received_ms, now_ms());
     failpoint::hit(Point::AfterCommit);
     if report.n_acks_queued > queued_before
         && let Some(wake) = &ctx.outbox_wake
@@ -858,6 +873,8 @@ pub async fn run_once(
     tokens: &TokenCache,
 ) -> Vec<(String, Result<CycleReport, CycleError>)> {
     let never = CancellationToken::new();
+    // `once` reports through its return value; the counts are not served anywhere.
+    let metrics = Metrics::new(config);
     let mut results = Vec::new();
     for mailbox in &config.mailboxes {
         for folder in &mailbox.folders {
@@ -869,6 +886,7 @@ pub async fn run_once(
                 tokens,
                 policy: policy(config, mailbox),
                 outbox_wake: None,
+                metrics: &metrics,
             };
             let result = run_cycle(&ctx, &never).await;
             results.push((task_name(mailbox, folder), result));
@@ -883,6 +901,7 @@ pub async fn flush_outboxes(
     store: &Store,
     tokens: &TokenCache,
 ) -> Vec<(String, Result<FlushReport, StoreError>)> {
+    let metrics = Metrics::new(config);
     let mut results = Vec::new();
     for mailbox in config
         .mailboxes
@@ -896,6 +915,7 @@ pub async fn flush_outboxes(
             identity: config.identity(&mailbox.identity),
             store,
             tokens,
+            metrics: &metrics,
         };
         results.push((mailbox.name.clone(), sender::flush(&ctx).await));
     }
@@ -920,6 +940,7 @@ pub async fn run(
     config: Arc<Config>,
     store: Store,
     tokens: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
     let cancel = CancellationToken::new();
@@ -930,6 +951,7 @@ pub async fn run(
             let config = Arc::clone(&config);
             let store = store.clone();
             let tokens = Arc::clone(&tokens);
+            let metrics = Arc::clone(&metrics);
             let cancel = cancel.clone();
             let wake = Arc::clone(wake);
             let span = info_span!("outbox", mailbox = %mailbox.name);
@@ -943,6 +965,7 @@ pub async fn run(
                         identity: config.identity(&mailbox.identity),
                         store: &store,
                         tokens: &tokens,
+                        metrics: &metrics,
                     };
                     sender::sender_loop(&ctx, &wake, &cancel).await;
                 }
@@ -953,6 +976,7 @@ pub async fn run(
             let config = Arc::clone(&config);
             let store = store.clone();
             let tokens = Arc::clone(&tokens);
+            let metrics = Arc::clone(&metrics);
             let cancel = cancel.clone();
             let wake = wake.clone();
             let span = info_span!(
@@ -971,6 +995,7 @@ pub async fn run(
                         tokens: &tokens,
                         policy: policy(&config, mailbox),
                         outbox_wake: wake,
+                        metrics: &metrics,
                     };
                     mailbox_loop(&ctx, &cancel).await;
                 }
@@ -1010,6 +1035,8 @@ async fn mailbox_loop(ctx: &MailboxContext<'_>, cancel: &CancellationToken) {
     let mut backoff = new_backoff();
     let mut session: Option<Session> = None;
     let failure_delay = |e: &CycleError, backoff: &mut backon::ExponentialBackoff| {
+        ctx.metrics
+            .cycle_failed(&mailbox.name, ctx.folder, &ctx.identity.name, e);
         if e.needs_admin() {
             error!(error = %e, "mailbox stopped until an administrator fixes this; retrying in 10 minutes");
             Duration::from_secs(600)
@@ -1032,7 +1059,10 @@ async fn mailbox_loop(ctx: &MailboxContext<'_>, cancel: &CancellationToken) {
         let mut current = match session.take() {
             Some(current) => current,
             None => match login(ctx).await {
-                Ok(fresh) => fresh,
+                Ok(fresh) => {
+                    ctx.metrics.logged_in(&mailbox.name, ctx.folder);
+                    fresh
+                }
                 Err(e) => {
                     let delay = failure_delay(&e, &mut backoff);
                     if !pause(delay, cancel).await {
@@ -1044,7 +1074,13 @@ async fn mailbox_loop(ctx: &MailboxContext<'_>, cancel: &CancellationToken) {
         };
 
         let was_fresh = current.fresh;
-        if let Err(e) = sweep(ctx, &mut current, cancel).await {
+        let sweep_started = Instant::now();
+        let swept = sweep(ctx, &mut current, cancel).await;
+        if let Ok(report) = &swept {
+            ctx.metrics
+                .sweep_done(&mailbox.name, ctx.folder, report, sweep_started.elapsed());
+        }
+        if let Err(e) = swept {
             // The connection's state is unknown after an error: drop it.
             if !was_fresh && !e.needs_admin() && !matches!(e, CycleError::Store(_)) {
                 info!(error = %e, "sweep failed on a reused connection; reconnecting at once");

@@ -10,6 +10,7 @@ use super::smtp::{self, SmtpError};
 use crate::config::{Identity, Mailbox, SmtpEndpoint};
 use crate::oauth::TokenCache;
 use crate::store::{OutboxRow, Store, StoreError, now_ms};
+use crate::telemetry::Metrics;
 
 /// A row claimed by a worker that died is given back after this long.
 const CLAIM_LEASE_MS: i64 = 10 * 60 * 1000;
@@ -23,6 +24,8 @@ pub struct SenderContext<'a> {
     pub identity: &'a Identity,
     pub store: &'a Store,
     pub tokens: &'a TokenCache,
+    /// Where sends are counted by result (read by `http`).
+    pub metrics: &'a Metrics,
 }
 
 /// What one flush did.
@@ -125,6 +128,7 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
             }
         }
     }
+    ctx.metrics.flushed(&ctx.mailbox.name, &report);
     Ok(report)
 }
 
@@ -189,6 +193,7 @@ pub async fn sender_loop(
                 until.map_or(30_000, |t| (t - now_ms()).clamp(200, 30_000))
             }
             Err(e) => {
+                ctx.metrics.outbox_failed(&ctx.mailbox.name, &e);
                 warn!(error = %e, "outbox unavailable; retrying");
                 5_000
             }

@@ -141,6 +141,23 @@ impl TestDb {
         AnyPool::connect(&url).await.unwrap()
     }
 
+    /// Like [`TestDb::count`], but 0 while the database or its tables do not exist yet.
+    pub async fn count_or_zero(&self, sql: &str) -> i64 {
+        sqlx::any::install_default_drivers();
+        let url = match self.backend {
+            Backend::Sqlite => format!("{}?mode=rw", self.url),
+            Backend::Postgres => self.url.clone(),
+        };
+        let Ok(pool) = AnyPool::connect(&url).await else {
+            return 0;
+        };
+        let n: Result<(i64,), _> = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&pool)
+            .await;
+        pool.close().await;
+        n.map(|(n,)| n).unwrap_or(0)
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         let pool = self.pool().await;
         let n: i64 = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
@@ -315,7 +332,17 @@ pub fn text(bytes: &[u8]) -> String {
 
 /// Delivers `raw` to `recipient` through Dovecot's LMTP listener (RFC 2033).
 pub async fn deliver_lmtp(recipient: &str, sender: &str, raw: &[u8]) {
-    let port = Stack::get().port("MAILSTACK_LMTP_PORT");
+    deliver_lmtp_to(
+        Stack::get().port("MAILSTACK_LMTP_PORT"),
+        recipient,
+        sender,
+        raw,
+    )
+    .await;
+}
+
+/// Delivers `raw` to `recipient` through the LMTP listener on 127.0.0.1:`port`.
+pub async fn deliver_lmtp_to(port: u16, recipient: &str, sender: &str, raw: &[u8]) {
     let stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("LMTP connect");
@@ -611,10 +638,22 @@ pub fn doveadm(args: &[&str]) -> String {
     doveadm_with_input(args, b"")
 }
 
+/// Runs `doveadm` against the Dovecot of the stack in `dir`.
+pub fn doveadm_at(dir: &Path, args: &[&str]) -> String {
+    run_doveadm(&dir.join("dovecot/dovecot.conf"), args, b"")
+}
+
 /// Runs `doveadm` against the stack's Dovecot with `input` on its standard input.
 pub fn doveadm_with_input(args: &[&str], input: &[u8]) -> String {
+    let conf = PathBuf::from(format!(
+        "{}/dovecot/dovecot.conf",
+        Stack::get().var("MAILSTACK_DIR")
+    ));
+    run_doveadm(&conf, args, input)
+}
+
+fn run_doveadm(conf: &Path, args: &[&str], input: &[u8]) -> String {
     use std::io::Write;
-    let conf = format!("{}/dovecot/dovecot.conf", Stack::get().var("MAILSTACK_DIR"));
     let mut child = std::process::Command::new("doveadm")
         .arg("-c")
         .arg(conf)

@@ -5,11 +5,13 @@
 mod acks;
 mod admin;
 mod cli;
+mod drills;
 mod engine;
 mod flows;
 mod helpers;
 mod intake;
 mod oauth;
+mod ops;
 mod smtp;
 mod threading;
 mod tokens;

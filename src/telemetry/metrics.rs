@@ -1,0 +1,780 @@
+//! Counters and state of every mailbox and identity, kept in memory for `/metrics`, `/readyz` and
+//! the status page. Written by the workers at a few points (end of a sweep, a failure, a login, a
+//! committed batch, an outbox flush); read as a [`Snapshot`]. Labels are mailbox and identity names
+//! and small closed sets (outcome, result, reason), so the number of series stays small.
+//!
+//! One `std::sync::Mutex` guards everything: updates happen a few times per sweep, never per
+//! byte, and no lock is held across an `.await`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::reply::sender::FlushReport;
+use crate::store::now_ms;
+use crate::worker::{CycleError, CycleReport};
+
+/// Upper bounds (seconds) of the ingest-latency buckets: INTERNALDATE has whole seconds, and mail
+/// that waited an hour is as late as it matters.
+const LATENCY_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+/// Upper bounds (seconds) of the sweep-duration buckets.
+const SWEEP_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// A Prometheus histogram: per-bucket counts (not cumulative), their sum and count.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    pub bounds: &'static [f64],
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.counts[i] += 1;
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+}
+
+/// How a mailbox's folder task is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MailboxState {
+    /// Not swept yet since the process started.
+    Starting,
+    Ok,
+    /// The last attempt failed for a passing reason; backing off.
+    Retrying,
+    /// Only an administrator can fix the last failure; retried every ten minutes.
+    NeedsAdmin,
+}
+
+impl MailboxState {
+    pub const ALL: [MailboxState; 4] = [
+        MailboxState::Starting,
+        MailboxState::Ok,
+        MailboxState::Retrying,
+        MailboxState::NeedsAdmin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailboxState::Starting => "starting",
+            MailboxState::Ok => "ok",
+            MailboxState::Retrying => "retrying",
+            MailboxState::NeedsAdmin => "needs_admin",
+        }
+    }
+}
+
+/// How an identity's token requests are doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityState {
+    /// No token requested yet.
+    Unknown,
+    Ok,
+    Retrying,
+    NeedsAdmin,
+}
+
+impl IdentityState {
+    pub const ALL: [IdentityState; 4] = [
+        IdentityState::Unknown,
+        IdentityState::Ok,
+        IdentityState::Retrying,
+        IdentityState::NeedsAdmin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityState::Unknown => "unknown",
+            IdentityState::Ok => "ok",
+            IdentityState::Retrying => "retrying",
+            IdentityState::NeedsAdmin => "needs_admin",
+        }
+    }
+}
+
+/// An error as an operator reads it: its first line, and the `fix:` line when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorInfo {
+    pub summary: String,
+    pub hint: Option<String>,
+    pub at_ms: i64,
+}
+
+/// The first line of an error's text and the text of its `fix:` line (errors of `oauth` and
+/// `imap` carry one where the remedy is known).
+pub fn first_line_and_hint(text: &str) -> (String, Option<String>) {
+    let summary = text.lines().next().unwrap_or("").trim().to_string();
+    let hint = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("fix:"))
+        .map(|h| h.trim().to_string());
+    (summary, hint)
+}
+
+impl ErrorInfo {
+    fn from_text(text: &str) -> ErrorInfo {
+        let (summary, hint) = first_line_and_hint(text);
+        ErrorInfo {
+            summary,
+            hint,
+            at_ms: now_ms(),
+        }
+    }
+}
+
+/// One watched folder's task.
+#[derive(Debug, Clone)]
+pub struct FolderStatus {
+    pub state: MailboxState,
+    pub last_success_ms: Option<i64>,
+    pub last_error: Option<ErrorInfo>,
+    pub logins: u64,
+}
+
+/// Everything known about one mailbox since the process started.
+#[derive(Debug, Clone)]
+pub struct MailboxStats {
+    pub identity: String,
+    pub folders: BTreeMap<String, FolderStatus>,
+    /// New messages listed above the checkpoint.
+    pub listed: u64,
+    pub tickets: u64,
+    pub follow_ups: u64,
+    pub duplicates: u64,
+    pub quarantined: u64,
+    pub ignored: u64,
+    pub bytes_fetched: u64,
+    pub acks_queued: u64,
+    /// Failed sweeps and logins, by kind: token, imap, store.
+    pub errors_token: u64,
+    pub errors_imap: u64,
+    pub errors_store: u64,
+    /// From INTERNALDATE (the server's arrival time) to the commit of the message's outcome.
+    pub ingest_latency: Histogram,
+    pub sweep_duration: Histogram,
+    pub sends_sent: u64,
+    pub sends_retry: u64,
+    pub sends_failed: u64,
+    /// The last outbox failure (database trouble); cleared by a successful flush.
+    pub outbox_error: Option<ErrorInfo>,
+}
+
+impl MailboxStats {
+    /// The worst state of its folders.
+    pub fn state(&self) -> MailboxState {
+        self.folders
+            .values()
+            .map(|f| f.state)
+            .max()
+            .unwrap_or(MailboxState::Starting)
+    }
+
+    /// The oldest of its folders' last successful sweeps: every folder was swept since.
+    pub fn last_success_ms(&self) -> Option<i64> {
+        self.folders
+            .values()
+            .map(|f| f.last_success_ms)
+            .min()
+            .flatten()
+    }
+
+    /// The newest error of a folder that is not ok.
+    pub fn last_error(&self) -> Option<&ErrorInfo> {
+        self.folders
+            .values()
+            .filter(|f| f.state != MailboxState::Ok)
+            .filter_map(|f| f.last_error.as_ref())
+            .max_by_key(|e| e.at_ms)
+    }
+
+    pub fn logins(&self) -> u64 {
+        self.folders.values().map(|f| f.logins).sum()
+    }
+
+    /// Logins after each folder's first one.
+    pub fn reconnects(&self) -> u64 {
+        self.folders
+            .values()
+            .map(|f| f.logins.saturating_sub(1))
+            .sum()
+    }
+}
+
+/// Everything known about one identity since the process started.
+#[derive(Debug, Clone)]
+pub struct IdentityStats {
+    pub state: IdentityState,
+    pub last_error: Option<ErrorInfo>,
+    /// New tokens the workers received (a cached token handed out again is not counted).
+    pub tokens_obtained: u64,
+    pub failures_retry: u64,
+    pub failures_needs_admin: u64,
+    /// When the newest token expires, estimated as the moment the worker first saw it plus its
+    /// lifetime (the cache renews it a few minutes earlier).
+    pub token_expires_at_ms: Option<i64>,
+    /// Tells a new token from the cached one handed out again.
+    last_renew_at: Option<Instant>,
+}
+
+/// A copy of everything, taken under the lock, for rendering.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub started_at_ms: i64,
+    pub mailboxes: BTreeMap<String, MailboxStats>,
+    pub identities: BTreeMap<String, IdentityStats>,
+}
+
+/// The process's metrics and state. One per process, shared as `Arc<Metrics>`.
+#[derive(Debug)]
+pub struct Metrics {
+    inner: Mutex<Snapshot>,
+}
+
+impl Metrics {
+    /// Every configured mailbox, folder and identity starts at zero, so each series exists from
+    /// the first scrape.
+    pub fn new(config: &Config) -> Metrics {
+        let mailboxes = config
+            .mailboxes
+            .iter()
+            .map(|m| {
+                let folders = m
+                    .folders
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.clone(),
+                            FolderStatus {
+                                state: MailboxState::Starting,
+                                last_success_ms: None,
+                                last_error: None,
+                                logins: 0,
+                            },
+                        )
+                    })
+                    .collect();
+                let stats = MailboxStats {
+                    identity: m.identity.clone(),
+                    folders,
+                    listed: 0,
+                    tickets: 0,
+                    follow_ups: 0,
+                    duplicates: 0,
+                    quarantined: 0,
+                    ignored: 0,
+                    bytes_fetched: 0,
+                    acks_queued: 0,
+                    errors_token: 0,
+                    errors_imap: 0,
+                    errors_store: 0,
+                    ingest_latency: Histogram::new(LATENCY_BUCKETS),
+                    sweep_duration: Histogram::new(SWEEP_BUCKETS),
+                    sends_sent: 0,
+                    sends_retry: 0,
+                    sends_failed: 0,
+                    outbox_error: None,
+                };
+                (m.name.clone(), stats)
+            })
+            .collect();
+        let identities = config
+            .identities
+            .keys()
+            .map(|name| {
+                (
+                    name.clone(),
+                    IdentityStats {
+                        state: IdentityState::Unknown,
+                        last_error: None,
+                        tokens_obtained: 0,
+                        failures_retry: 0,
+                        failures_needs_admin: 0,
+                        token_expires_at_ms: None,
+                        last_renew_at: None,
+                    },
+                )
+            })
+            .collect();
+        Metrics {
+            inner: Mutex::new(Snapshot {
+                started_at_ms: now_ms(),
+                mailboxes,
+                identities,
+            }),
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Snapshot> {
+        // A panic while holding the lock leaves plain numbers behind: keep using them.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_folder(&self, mailbox: &str, folder: &str, f: impl FnOnce(&mut FolderStatus)) {
+        let mut inner = self.lock();
+        if let Some(status) = inner
+            .mailboxes
+            .get_mut(mailbox)
+            .and_then(|m| m.folders.get_mut(folder))
+        {
+            f(status);
+        }
+    }
+
+    /// A sweep completed: its counts, its duration, and the folder is ok.
+    pub fn sweep_done(&self, mailbox: &str, folder: &str, report: &CycleReport, took: Duration) {
+        let mut inner = self.lock();
+        let Some(stats) = inner.mailboxes.get_mut(mailbox) else {
+            return;
+        };
+        stats.listed += report.n_listed as u64;
+        stats.tickets += report.n_tickets as u64;
+        stats.follow_ups += report.n_follow_ups as u64;
+        stats.duplicates += report.n_duplicates as u64;
+        stats.quarantined += report.n_quarantined as u64;
+        stats.ignored += report.n_ignored as u64;
+        stats.bytes_fetched += report.bytes_fetched;
+        stats.acks_queued += report.n_acks_queued as u64;
+        stats.sweep_duration.observe(took.as_secs_f64());
+        if let Some(status) = stats.folders.get_mut(folder) {
+            status.state = MailboxState::Ok;
+            status.last_success_ms = Some(now_ms());
+        }
+    }
+
+    /// A batch was committed: how long its messages waited since the server received them.
+    pub fn batch_committed(&self, mailbox: &str, received_ms: &[i64], committed_ms: i64) {
+        let mut inner = self.lock();
+        if let Some(stats) = inner.mailboxes.get_mut(mailbox) {
+            for received in received_ms {
+                let waited = (committed_ms - received).max(0) as f64 / 1000.0;
+                stats.ingest_latency.observe(waited);
+            }
+        }
+    }
+
+    /// A login or sweep failed: the folder's state, and the identity's when a token was refused.
+    pub fn cycle_failed(&self, mailbox: &str, folder: &str, identity: &str, error: &CycleError) {
+        let text = error.to_string();
+        let needs_admin = error.needs_admin();
+        let mut inner = self.lock();
+        if let Some(stats) = inner.mailboxes.get_mut(mailbox) {
+            match error {
+                CycleError::Token(_) => stats.errors_token += 1,
+                CycleError::Imap(_) => stats.errors_imap += 1,
+                CycleError::Store(_) => stats.errors_store += 1,
+            }
+            if let Some(status) = stats.folders.get_mut(folder) {
+                status.state = if needs_admin {
+                    MailboxState::NeedsAdmin
+                } else {
+                    MailboxState::Retrying
+                };
+                status.last_error = Some(ErrorInfo::from_text(&text));
+            }
+        }
+        if let CycleError::Token(_) = error
+            && let Some(id) = inner.identities.get_mut(identity)
+        {
+            if needs_admin {
+                id.failures_needs_admin += 1;
+                id.state = IdentityState::NeedsAdmin;
+            } else {
+                id.failures_retry += 1;
+                id.state = IdentityState::Retrying;
+            }
+            id.last_error = Some(ErrorInfo::from_text(&text));
+        }
+    }
+
+    /// The folder's task logged in to IMAP.
+    pub fn logged_in(&self, mailbox: &str, folder: &str) {
+        self.with_folder(mailbox, folder, |status| status.logins += 1);
+    }
+
+    /// A worker received an access token for `identity` (cached or new).
+    pub fn token_received(&self, identity: &str, renew_at: Instant, lifetime: Duration) {
+        let mut inner = self.lock();
+        let Some(id) = inner.identities.get_mut(identity) else {
+            return;
+        };
+        id.state = IdentityState::Ok;
+        id.last_error = None;
+        if id.last_renew_at != Some(renew_at) {
+            id.last_renew_at = Some(renew_at);
+            id.tokens_obtained += 1;
+            id.token_expires_at_ms = Some(now_ms() + lifetime.as_millis() as i64);
+        }
+    }
+
+    /// An outbox flush ended.
+    pub fn flushed(&self, mailbox: &str, report: &FlushReport) {
+        let mut inner = self.lock();
+        if let Some(stats) = inner.mailboxes.get_mut(mailbox) {
+            stats.sends_sent += report.n_sent as u64;
+            stats.sends_retry += report.n_retry as u64;
+            stats.sends_failed += report.n_failed as u64;
+            stats.outbox_error = None;
+        }
+    }
+
+    /// The outbox could not be read or written.
+    pub fn outbox_failed(&self, mailbox: &str, error: &dyn std::fmt::Display) {
+        let mut inner = self.lock();
+        if let Some(stats) = inner.mailboxes.get_mut(mailbox) {
+            stats.outbox_error = Some(ErrorInfo::from_text(&error.to_string()));
+        }
+    }
+}
+
+/// Facts the snapshot does not hold, read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct ScrapeFacts {
+    pub database_up: bool,
+    /// Pending outbox rows per mailbox, when the database answered.
+    pub outbox_pending: Option<BTreeMap<String, u64>>,
+    /// Per identity: the kind of credential (`client_secret`, `certificate`) and when it expires.
+    pub credential_expiry: BTreeMap<String, (&'static str, i64)>,
+}
+
+impl Snapshot {
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn prometheus(&self, facts: &ScrapeFacts) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {}", number(value));
+            }
+        };
+        let per_mailbox = |f: &dyn Fn(&MailboxStats) -> u64| -> Vec<(String, f64)> {
+            self.mailboxes
+                .iter()
+                .map(|(name, m)| (labels(&[("mailbox", name)]), f(m) as f64))
+                .collect()
+        };
+
+        family(
+            "mailintake_start_time_seconds",
+            "gauge",
+            "When the process started (unix seconds).",
+            vec![(String::new(), self.started_at_ms as f64 / 1000.0)],
+        );
+        family(
+            "mailintake_database_up",
+            "gauge",
+            "1 when the database answered this scrape's ping.",
+            vec![(String::new(), f64::from(u8::from(facts.database_up)))],
+        );
+        family(
+            "mailintake_messages_listed_total",
+            "counter",
+            "New messages listed above the folder checkpoint.",
+            per_mailbox(&|m| m.listed),
+        );
+        let mut outcomes = Vec::new();
+        for (name, m) in &self.mailboxes {
+            for (outcome, n) in [
+                ("ticket", m.tickets),
+                ("follow_up", m.follow_ups),
+                ("duplicate", m.duplicates),
+                ("quarantined", m.quarantined),
+                ("ignored", m.ignored),
+            ] {
+                outcomes.push((labels(&[("mailbox", name), ("outcome", outcome)]), n as f64));
+            }
+        }
+        family(
+            "mailintake_messages_total",
+            "counter",
+            "Messages recorded, by outcome.",
+            outcomes,
+        );
+        family(
+            "mailintake_fetched_bytes_total",
+            "counter",
+            "Message bytes downloaded from IMAP.",
+            per_mailbox(&|m| m.bytes_fetched),
+        );
+        family(
+            "mailintake_acks_queued_total",
+            "counter",
+            "Acknowledgements written to the outbox.",
+            per_mailbox(&|m| m.acks_queued),
+        );
+        for (name, help, pick) in [
+            (
+                "mailintake_ingest_latency_seconds",
+                "From the server's INTERNALDATE to the commit of the message's outcome.",
+                (|m: &MailboxStats| &m.ingest_latency) as fn(&MailboxStats) -> &Histogram,
+            ),
+            (
+                "mailintake_sweep_duration_seconds",
+                "Duration of a successful sweep over a folder.",
+                |m: &MailboxStats| &m.sweep_duration,
+            ),
+        ] {
+            let mut samples = Vec::new();
+            for (mailbox, m) in &self.mailboxes {
+                let h = pick(m);
+                let mut cumulative = 0;
+                for (bound, n) in h.bounds.iter().zip(&h.counts) {
+                    cumulative += n;
+                    samples.push((
+                        format!(
+                            "_bucket{}",
+                            labels(&[("mailbox", mailbox), ("le", &number(*bound))])
+                        ),
+                        cumulative as f64,
+                    ));
+                }
+                samples.push((
+                    format!("_bucket{}", labels(&[("mailbox", mailbox), ("le", "+Inf")])),
+                    h.count as f64,
+                ));
+                samples.push((format!("_sum{}", labels(&[("mailbox", mailbox)])), h.sum));
+                samples.push((
+                    format!("_count{}", labels(&[("mailbox", mailbox)])),
+                    h.count as f64,
+                ));
+            }
+            family(name, "histogram", help, samples);
+        }
+        family(
+            "mailintake_last_success_timestamp_seconds",
+            "gauge",
+            "When every folder of the mailbox was last swept successfully (unix seconds; 0: never).",
+            self.mailboxes
+                .iter()
+                .map(|(name, m)| {
+                    (
+                        labels(&[("mailbox", name)]),
+                        m.last_success_ms().unwrap_or(0) as f64 / 1000.0,
+                    )
+                })
+                .collect(),
+        );
+        let mut states = Vec::new();
+        for (name, m) in &self.mailboxes {
+            let current = m.state();
+            for state in MailboxState::ALL {
+                states.push((
+                    labels(&[("mailbox", name), ("state", state.as_str())]),
+                    f64::from(u8::from(state == current)),
+                ));
+            }
+        }
+        family(
+            "mailintake_mailbox_state",
+            "gauge",
+            "1 for the mailbox's current state (the worst of its folders).",
+            states,
+        );
+        let mut errors = Vec::new();
+        for (name, m) in &self.mailboxes {
+            for (kind, n) in [
+                ("token", m.errors_token),
+                ("imap", m.errors_imap),
+                ("store", m.errors_store),
+            ] {
+                errors.push((labels(&[("mailbox", name), ("kind", kind)]), n as f64));
+            }
+        }
+        family(
+            "mailintake_cycle_errors_total",
+            "counter",
+            "Failed logins and sweeps, by kind.",
+            errors,
+        );
+        family(
+            "mailintake_imap_logins_total",
+            "counter",
+            "IMAP logins.",
+            per_mailbox(&|m| m.logins()),
+        );
+        family(
+            "mailintake_imap_reconnects_total",
+            "counter",
+            "IMAP logins after a folder's first one (token renewal, errors, dropped connections).",
+            per_mailbox(&|m| m.reconnects()),
+        );
+        let mut sends = Vec::new();
+        for (name, m) in &self.mailboxes {
+            for (result, n) in [
+                ("sent", m.sends_sent),
+                ("retry", m.sends_retry),
+                ("failed", m.sends_failed),
+            ] {
+                sends.push((labels(&[("mailbox", name), ("result", result)]), n as f64));
+            }
+        }
+        family(
+            "mailintake_outbox_sends_total",
+            "counter",
+            "Acknowledgement send attempts, by result.",
+            sends,
+        );
+        if let Some(pending) = &facts.outbox_pending {
+            family(
+                "mailintake_outbox_pending",
+                "gauge",
+                "Outbox rows waiting to be sent (due or waiting for a retry).",
+                self.mailboxes
+                    .keys()
+                    .map(|name| {
+                        (
+                            labels(&[("mailbox", name)]),
+                            pending.get(name).copied().unwrap_or(0) as f64,
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        family(
+            "mailintake_tokens_obtained_total",
+            "counter",
+            "New access tokens received by the workers.",
+            self.identities
+                .iter()
+                .map(|(name, i)| (labels(&[("identity", name)]), i.tokens_obtained as f64))
+                .collect(),
+        );
+        let mut failures = Vec::new();
+        for (name, i) in &self.identities {
+            for (reason, n) in [
+                ("retry", i.failures_retry),
+                ("needs_admin", i.failures_needs_admin),
+            ] {
+                failures.push((labels(&[("identity", name), ("reason", reason)]), n as f64));
+            }
+        }
+        family(
+            "mailintake_token_failures_total",
+            "counter",
+            "Token requests that failed, by what it takes: retry (passing trouble) or needs_admin.",
+            failures,
+        );
+        let mut identity_states = Vec::new();
+        for (name, i) in &self.identities {
+            for state in IdentityState::ALL {
+                identity_states.push((
+                    labels(&[("identity", name), ("state", state.as_str())]),
+                    f64::from(u8::from(state == i.state)),
+                ));
+            }
+        }
+        family(
+            "mailintake_identity_state",
+            "gauge",
+            "1 for the identity's current state.",
+            identity_states,
+        );
+        family(
+            "mailintake_token_expiry_timestamp_seconds",
+            "gauge",
+            "When the identity's newest access token expires (unix seconds).",
+            self.identities
+                .iter()
+                .filter_map(|(name, i)| {
+                    let at = i.token_expires_at_ms?;
+                    Some((labels(&[("identity", name)]), at as f64 / 1000.0))
+                })
+                .collect(),
+        );
+        family(
+            "mailintake_credential_expiry_timestamp_seconds",
+            "gauge",
+            "When the identity's client secret (secret_expires) or certificate (notAfter) expires.",
+            facts
+                .credential_expiry
+                .iter()
+                .map(|(name, (kind, at_ms))| {
+                    (
+                        labels(&[("identity", name), ("kind", kind)]),
+                        *at_ms as f64 / 1000.0,
+                    )
+                })
+                .collect(),
+        );
+        out
+    }
+}
+
+/// `{a="x",b="y"}` with values escaped as the exposition format requires.
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| {
+            let escaped = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{k}=\"{escaped}\"")
+        })
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// Integers without a fraction, others as Rust prints them.
+fn number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(
+            labels(&[("mailbox", "a\"b\\c\nd"), ("le", "+Inf")]),
+            r#"{mailbox="a\"b\\c\nd",le="+Inf"}"#
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_the_output() {
+        let mut h = Histogram::new(&[1.0, 10.0]);
+        h.observe(0.5);
+        h.observe(5.0);
+        h.observe(50.0);
+        assert_eq!(h.counts, vec![1, 1]);
+        assert_eq!(h.count, 3);
+        assert_eq!(h.sum, 55.5);
+    }
+
+    #[test]
+    fn hints_come_from_the_fix_line() {
+        let (summary, hint) = first_line_and_hint(
+            "identity `x`: the token endpoint refused\n  fix: create a new secret\n  trace id: 1",
+        );
+        assert_eq!(summary, "identity `x`: the token endpoint refused");
+        assert_eq!(hint.as_deref(), Some("create a new secret"));
+        assert_eq!(first_line_and_hint("plain").1, None);
+    }
+}

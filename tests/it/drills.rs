@@ -1,0 +1,343 @@
+//! Fault drills, scaled to run in CI: the worker killed with SIGKILL at random moments of an
+//! ingest, and the mail server and identity provider of a private stack stopped and restarted
+//! under a running worker. Afterwards the database must hold every message exactly once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// A small deterministic pseudo-random sequence (xorshift), seeded per run, so a failing drill
+/// can be replayed from the seed it prints.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+fn kill9(running: &Running) {
+    let pid = running.child.id().expect("running") as i32;
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+fn distinct_mail(to: &str, n: usize) -> (Vec<u8>, String) {
+    let id = format!("{}@customer.test", unique(&format!("drill{n}-")));
+    let raw = format!(
+        "From: Customer {n} <customer{n}@customer.test>\r\nTo: {to}\r\nSubject: Drill message {n}\r\n\
+         Date: Tue, 24 Nov 2026 18:00:00 +0000\r\nMessage-ID: <{id}>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n",
+        "Line of text for the drill.\r\n".repeat(1 + n % 40)
+    );
+    (raw.into_bytes(), id)
+}
+
+#[tokio::test]
+async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    const N: usize = 150;
+    const KILLS: usize = 8;
+    let case = Case::new(
+        Backend::Sqlite,
+        "dispose = \"move\"\nfetch_batch_messages = 4\nmax_new_tickets_per_sender_per_hour = 0\npoll_interval = \"10m\"",
+        "implicit",
+    )
+    .await;
+    for n in 0..N {
+        let (raw, _) = distinct_mail(&case.mailbox, n);
+        deliver_lmtp(&case.mailbox, "customer@customer.test", &raw).await;
+    }
+    let seed = u64::from(std::process::id()) * 2_654_435_761 + 1;
+    eprintln!("drill seed {seed}");
+    let mut rng = Rng(seed);
+    let mut kills = 0;
+    for _ in 0..KILLS {
+        let before = case
+            .db
+            .count_or_zero("SELECT COUNT(*) FROM imap_messages")
+            .await;
+        if before as usize >= N {
+            break;
+        }
+        let running = case.spawn_run();
+        // Kill after some progress, at a random moment within the next batches.
+        case.wait_for_count(
+            "SELECT COUNT(*) FROM imap_messages",
+            before + 1,
+            Duration::from_secs(30),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(rng.next(120))).await;
+        kill9(&running);
+        let _ = running.child.wait_with_output().await;
+        kills += 1;
+    }
+    assert!(
+        kills >= 3,
+        "the ingest finished before the drill could kill it more than {kills} times"
+    );
+
+    // A last, undisturbed run finishes the work.
+    let out = case.run(&["once"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let db = &case.db;
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM imap_messages").await,
+        N as i64,
+        "seed {seed}"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM tickets").await,
+        N as i64,
+        "seed {seed}"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM messages").await,
+        N as i64,
+        "seed {seed}"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM imap_messages WHERE disposed_at IS NULL")
+            .await,
+        0,
+        "seed {seed}"
+    );
+    // Every message was moved exactly once: none left, none twice.
+    assert!(
+        folder_contents(&case.entra, &case.mailbox, "INBOX")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        folder_contents(&case.entra, &case.mailbox, "Processed")
+            .await
+            .len(),
+        N,
+        "seed {seed}"
+    );
+}
+
+/// A complete stack of its own (Dovecot, Postfix, fake Entra on other ports), so that its servers
+/// can be stopped without disturbing other tests.
+struct PrivateStack {
+    dir: PathBuf,
+    vars: std::collections::HashMap<String, String>,
+}
+
+impl PrivateStack {
+    async fn up() -> PrivateStack {
+        let base = 21_000 + (std::process::id() % 400) * 10;
+        let dir = PathBuf::from(format!("/tmp/mi-drill-{}", std::process::id()));
+        let env = [
+            ("MAILSTACK_DIR", dir.display().to_string()),
+            ("MAILSTACK_IMAP_PORT", (base + 1).to_string()),
+            ("MAILSTACK_IMAPS_PORT", (base + 2).to_string()),
+            ("MAILSTACK_SUBMISSION_PORT", (base + 3).to_string()),
+            ("MAILSTACK_SUBMISSIONS_PORT", (base + 4).to_string()),
+            ("MAILSTACK_LMTP_PORT", (base + 5).to_string()),
+            ("MAILSTACK_ENTRA_PORT", (base + 6).to_string()),
+        ];
+        let stack = PrivateStack {
+            dir,
+            vars: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        };
+        stack.script(&["up"]).await;
+        stack
+    }
+
+    async fn script(&self, args: &[&str]) {
+        let out = tokio::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/mailstack.sh"
+        ))
+        .args(args)
+        .envs(&self.vars)
+        .output()
+        .await
+        .expect("mailstack.sh runs");
+        assert!(
+            out.status.success(),
+            "mailstack.sh {args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    fn port(&self, key: &str) -> u16 {
+        self.vars[key].parse().unwrap()
+    }
+
+    /// Stops Dovecot and ends its IMAP sessions. Dovecot's session processes outlive a stopped
+    /// master, so they are ended by pid (from `doveadm who`) as a crashed server would end them.
+    async fn stop_dovecot_and_its_sessions(&self) {
+        let who = doveadm_at(&self.dir, &["who", "-1"]);
+        let pids: Vec<i32> = who
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| w.len() >= 3)
+            .filter_map(|w| w.parse().ok())
+            .filter(|pid| std::path::Path::new(&format!("/proc/{pid}/comm")).exists())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "imap")
+            })
+            .collect();
+        self.script(&["stop", "dovecot"]).await;
+        for pid in pids {
+            // SAFETY: kill(2) has no memory-safety preconditions; these are Dovecot session
+            // processes of this private stack, found by `doveadm who`.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    async fn deliver(&self, raw: &[u8]) {
+        // The LMTP client of the shared helpers, pointed at this stack.
+        deliver_lmtp_to(
+            self.port("MAILSTACK_LMTP_PORT"),
+            "support@helpdesk.test",
+            "c@customer.test",
+            raw,
+        )
+        .await;
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/mailstack.sh"
+        ))
+        .args(["down", "--purge"])
+        .envs(&self.vars)
+        .output();
+    }
+}
+
+#[tokio::test]
+async fn the_worker_rides_out_mail_server_and_identity_provider_restarts() {
+    let stack = PrivateStack::up().await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    // The stack's own fake Entra and its demo app (crates/fake-entra/fake-entra.example.toml).
+    let config = ConfigFile::write(&format!(
+        r#"
+[database]
+url = "{db}"
+
+[identities.demo]
+tenant = "{tenant}"
+client_id = "3f7e2c1a-9d4b-4e8f-a6c5-0b1d2e3f4a5b"
+client_secret = {{ env = "DRILL_SECRET" }}
+authority = "http://127.0.0.1:{entra}/{{tenant}}"
+
+[[mailboxes]]
+name = "support"
+address = "support@helpdesk.test"
+identity = "demo"
+poll_interval = "10m"
+max_new_tickets_per_sender_per_hour = 0
+
+[mailboxes.imap]
+host = "localhost"
+port = {imaps}
+ca_file = "{dir}/tls/ca.pem"
+connect_timeout = "3s"
+"#,
+        db = db.url,
+        tenant = TENANT_ID,
+        entra = stack.port("MAILSTACK_ENTRA_PORT"),
+        imaps = stack.port("MAILSTACK_IMAPS_PORT"),
+        dir = stack.dir.display(),
+    ));
+    let log = config.path.with_file_name("run.log");
+    let mut child = tokio::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config.path)
+        .arg("run")
+        .env("DRILL_SECRET", "demo-secret-value")
+        .env("RUST_LOG", "mailintake=debug")
+        .kill_on_drop(true)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let tickets = |n: i64| {
+        let db = &db;
+        async move {
+            eventually(Duration::from_secs(40), || async {
+                db.count_or_zero("SELECT COUNT(*) FROM tickets").await >= n
+            })
+            .await
+        }
+    };
+    let mut n = 0;
+    let mut deliver = async |count: usize| {
+        for _ in 0..count {
+            let (raw, _) = distinct_mail("support@helpdesk.test", n);
+            stack.deliver(&raw).await;
+            n += 1;
+        }
+    };
+
+    deliver(3).await;
+    assert!(
+        tickets(3).await,
+        "no tickets before the drill: {}",
+        read_log()
+    );
+
+    // The mail server goes away for a while, and comes back.
+    stack.stop_dovecot_and_its_sessions().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stack.script(&["start", "dovecot"]).await;
+    deliver(3).await;
+    assert!(
+        tickets(6).await,
+        "no recovery after the Dovecot restart: {}",
+        read_log()
+    );
+
+    // The identity provider goes away, and the session with it (Dovecot restarts), so logging in
+    // again needs the provider: the stack's Dovecot validates every token with it.
+    stack.script(&["stop", "entra"]).await;
+    stack.stop_dovecot_and_its_sessions().await;
+    stack.script(&["start", "dovecot"]).await;
+    deliver(2).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stack.script(&["start", "entra"]).await;
+    assert!(
+        tickets(8).await,
+        "no recovery after the fake Entra restart: {}",
+        read_log()
+    );
+
+    // SIGTERM: a clean stop.
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("stopped after SIGTERM")
+        .unwrap();
+    let log_text = read_log();
+    assert!(status.success(), "{status}: {log_text}");
+    assert_eq!(db.count("SELECT COUNT(*) FROM tickets").await, 8);
+    assert_eq!(db.count("SELECT COUNT(*) FROM imap_messages").await, 8);
+    // Backoff, not a tight loop: a handful of retries across both ~4 s outages.
+    let retries = log_text.matches("will retry").count() + log_text.matches("reconnecting").count();
+    assert!(retries >= 1, "the outages were not noticed: {log_text}");
+    assert!(
+        retries <= 20,
+        "{retries} retries: too many for two short outages: {log_text}"
+    );
+}
