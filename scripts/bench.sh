@@ -15,9 +15,12 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*" >&2; }
 
 need=()
-for pkg in pkg-config libssl-dev isync time postgresql-client; do
+for pkg in pkg-config libssl-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
+command -v mbsync >/dev/null || need+=(isync)
+[[ -x /usr/bin/time ]] || need+=(time)
+command -v psql >/dev/null || need+=(postgresql-client)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     apt-get update -qq

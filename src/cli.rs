@@ -93,6 +93,15 @@ pub enum Command {
         #[command(subcommand)]
         action: OutboxAction,
     },
+    /// Write the raw message of a stored article (by its id in the messages table; kept with
+    /// keep_raw = "all") to a file, byte-exact.
+    Raw {
+        /// The message row's id.
+        id: i64,
+        /// Where to write it; an existing file is not overwritten.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Write one stored attachment (by its id in the attachments table) to a file, byte-exact.
     Attachment {
         /// The attachment's id.

@@ -186,6 +186,8 @@ pub struct Mailbox {
     pub max_new_tickets_per_sender_per_hour: u32,
     /// A person's follow-up to a resolved or closed ticket reopens it.
     pub reopen_closed: bool,
+    /// Keep every ingested message's raw bytes (compressed), not only those of failures.
+    pub keep_raw_all: bool,
     /// Where acknowledgements are sent through; `None` when the mailbox sends nothing.
     pub smtp: Option<SmtpEndpoint>,
     pub acknowledge: Acknowledge,
@@ -681,6 +683,14 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
                 problem(key("imap.command_timeout"), e);
                 Duration::from_secs(120)
             });
+        let keep_raw_all = match m.keep_raw.as_deref().unwrap_or("failures") {
+            "failures" => false,
+            "all" => true,
+            _ => {
+                problem(key("keep_raw"), "must be \"failures\" or \"all\"".into());
+                false
+            }
+        };
         let smtp = m.smtp.map(|raw| {
             let tls = raw.tls.unwrap_or(TlsMode::Starttls);
             let ca_file = raw.ca_file.map(|p| base_dir.join(p));
@@ -808,6 +818,7 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
                 .max_new_tickets_per_sender_per_hour
                 .unwrap_or(20),
             reopen_closed: m.reopen_closed.unwrap_or(true),
+            keep_raw_all,
             smtp,
             acknowledge,
         });
@@ -1425,6 +1436,7 @@ mod raw {
         pub first_start: Option<String>,
         pub max_new_tickets_per_sender_per_hour: Option<u32>,
         pub reopen_closed: Option<bool>,
+        pub keep_raw: Option<String>,
         pub smtp: Option<Smtp>,
         pub acknowledge: Option<Acknowledge>,
     }

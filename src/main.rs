@@ -356,21 +356,27 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 ExitCode::SUCCESS
             }
         },
+        Command::Raw { id, out } => {
+            let Some(raw) = store.raw_message(id).await? else {
+                anyhow::bail!(
+                    "no raw message is kept for message {id}; set keep_raw = \"all\" on the mailbox to keep them (failures keep theirs in the quarantine)"
+                );
+            };
+            write_new_file(&out, &raw)?;
+            println!(
+                "wrote message {id} ({} bytes) to {}",
+                raw.len(),
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
         Command::Attachment { id, out } => {
             let Some(attachment) = store.attachment(id).await? else {
                 anyhow::bail!(
                     "no attachment with id {id}; `mailintake tickets` and the attachments table list them"
                 );
             };
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&out)
-                .with_context(|| {
-                    format!("cannot create {} (it must not exist yet)", out.display())
-                })?;
-            std::io::Write::write_all(&mut file, &attachment.content)
-                .with_context(|| format!("writing {}", out.display()))?;
+            write_new_file(&out, &attachment.content)?;
             println!(
                 "wrote {} ({}, {} bytes, sha256 {}) to {}",
                 attachment.filename.as_deref().unwrap_or("(unnamed)"),
@@ -423,6 +429,17 @@ fn unknown_identity(config: &Config, name: &str) -> String {
             known.join(", ")
         }
     )
+}
+
+/// Writes `bytes` to a file that must not exist yet.
+fn write_new_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    std::io::Write::write_all(&mut file, bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Completes on SIGTERM or SIGINT.

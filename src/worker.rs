@@ -32,7 +32,7 @@ use crate::oauth::{TokenCache, TokenError};
 use crate::reply::sender::{self, FlushReport, SenderContext};
 use crate::reply::{self, AckFacts, AckKind};
 use crate::store::{
-    Batch, FolderState, ImapLocation, QuarantineEnvelope, Store, StoreError, now_ms,
+    Batch, FolderState, FollowUpOn, ImapLocation, QuarantineEnvelope, Store, StoreError, now_ms,
 };
 use crate::telemetry::Metrics;
 
@@ -588,7 +588,11 @@ async fn record(
         let retry_with = match decision {
             Decision::NewTicket { mail, related } => {
                 let disposition = normal_disposition(mailbox);
-                match tx.new_ticket(at, &mail, related, &disposition).await {
+                let keep_raw = mailbox.keep_raw_all.then_some(raw.as_slice());
+                match tx
+                    .new_ticket(at, &mail, related, keep_raw, &disposition)
+                    .await
+                {
                     Ok((ticket_id, reference, row)) => {
                         info!(ticket_id, %reference, subject = %mail.subject, "new ticket");
                         report.n_tickets += 1;
@@ -618,8 +622,19 @@ async fn record(
                 auto_kind,
             } => {
                 let disposition = normal_disposition(mailbox);
+                let keep_raw = mailbox.keep_raw_all.then_some(raw.as_slice());
                 match tx
-                    .follow_up(at, &mail, ticket_id, reopen, auto_kind, &disposition)
+                    .follow_up(
+                        at,
+                        &mail,
+                        FollowUpOn {
+                            ticket_id,
+                            reopen,
+                            auto_kind,
+                        },
+                        keep_raw,
+                        &disposition,
+                    )
                     .await
                 {
                     Ok(row) => {

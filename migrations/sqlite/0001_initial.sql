@@ -44,6 +44,15 @@ CREATE TABLE messages (
 CREATE INDEX messages_ticket ON messages (ticket_id);
 CREATE INDEX tickets_requester ON tickets (requester_address, created_at);
 
+-- The raw message of an article, gzip-compressed, when the mailbox keeps raw mail (keep_raw = "all"),
+-- so a ticket can be re-parsed. Failures keep theirs in quarantine.raw.
+CREATE TABLE raw_messages (
+    message_row_id BIGINT PRIMARY KEY REFERENCES messages (id),
+    compression    TEXT NOT NULL CHECK (compression IN ('gzip')),
+    size_bytes     BIGINT NOT NULL,
+    content        BLOB NOT NULL
+);
+
 CREATE TABLE attachment_blobs (
     sha256     TEXT PRIMARY KEY,
     size_bytes BIGINT NOT NULL,

@@ -516,6 +516,65 @@ fn attachment_filenames_are_sanitised() {
 }
 
 #[test]
+fn mail_from_common_clients() {
+    check(
+        "apple_mail.eml",
+        Expected {
+            message_id: "6D2B8C4E-1F3A-4B5C-9D8E-7F6A5B4C3D2E@customer.test",
+            subject: "Cannot sync calendar",
+            from: Some(("jane@customer.test", Some("Jane Appleseed"))),
+            to: &["support@helpdesk.test"],
+            text_contains: Some("since the update – any idea?"),
+            html_contains: Some("<div>Jane</div>"),
+            ..Expected::default()
+        },
+    );
+    check(
+        "thunderbird.eml",
+        Expected {
+            message_id: "4f1e2d3c-b5a6-4978-8d9e-0a1b2c3d4e5f@customer.test",
+            subject: "Zugang gesperrt – bitte entsperren",
+            from: Some(("bjoern@customer.test", Some("Björn Straßer"))),
+            to: &["support@helpdesk.test"],
+            text_contains: Some("seit heute früh gesperrt"),
+            ..Expected::default()
+        },
+    );
+    check(
+        "ios_mobile.eml",
+        Expected {
+            message_id: "A1B2C3D4-E5F6-7A8B-9C0D-E1F2A3B4C5D6@customer.test",
+            subject: "Wifi in room 4",
+            from: Some(("kim@customer.test", Some("Kim"))),
+            to: &["support@helpdesk.test"],
+            text_contains: Some("Sent from my iPhone"),
+            ..Expected::default()
+        },
+    );
+    check(
+        "gmail.eml",
+        Expected {
+            message_id: "CAB1c2D3e4F5g6H7i8J9k0L1m2N3o4P5q6R7s8T9u0V@mail.gmail.com",
+            subject: "Invoice question",
+            from: Some(("lee.chen@customer.test", Some("Lee Chen"))),
+            to: &["support@helpdesk.test"],
+            text_contains: Some("invoice 4711"),
+            html_contains: Some("<div dir=\"ltr\">"),
+            ..Expected::default()
+        },
+    );
+    for name in [
+        "apple_mail.eml",
+        "thunderbird.eml",
+        "ios_mobile.eml",
+        "gmail.eml",
+    ] {
+        let mail = parse(&fixture(name)).unwrap();
+        assert_eq!(classify(&mail, &policy()), MailKind::Person, "{name}");
+    }
+}
+
+#[test]
 fn ticket_references_are_zero_padded() {
     assert_eq!(ticket_reference(42), "TCK-000042");
     assert_eq!(ticket_reference(1_234_567), "TCK-1234567");

@@ -372,6 +372,20 @@ impl Store {
             .collect())
     }
 
+    /// The raw message of a stored article (`keep_raw = "all"`), decompressed.
+    pub async fn raw_message(&self, message_row_id: i64) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT content FROM raw_messages WHERE message_row_id = $1")
+            .bind(message_row_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let compressed: Vec<u8> = row.get(0);
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut raw)
+            .map_err(sqlx::Error::Io)?;
+        Ok(Some(raw))
+    }
+
     /// One attachment with its content.
     pub async fn attachment(&self, id: i64) -> Result<Option<StoredAttachment>> {
         let row = sqlx::query(
@@ -407,6 +421,16 @@ pub struct QuarantineEnvelope {
 /// checkpoint: one commit (one fsync) for the batch, all or nothing.
 pub struct Batch {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+/// The ticket a follow-up goes on, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowUpOn<'a> {
+    pub ticket_id: i64,
+    /// Set the ticket's status back to `open`.
+    pub reopen: bool,
+    /// `auto-reply`, `bounce`, `read-receipt` for automatic mail.
+    pub auto_kind: Option<&'a str>,
 }
 
 /// What an `imap_messages` row records, beyond the message's location.
@@ -519,6 +543,7 @@ impl Batch {
         at: &ImapLocation<'_>,
         mail: &ParsedMail,
         related: Option<i64>,
+        keep_raw: Option<&[u8]>,
         disposition: &str,
     ) -> Result<(i64, String, i64)> {
         // A savepoint, so that a conflict undoes this message only, not the whole batch.
@@ -544,7 +569,8 @@ impl Batch {
             .execute(&mut *sp)
             .await?;
         let result = async {
-            let message_row_id = insert_message(&mut sp, ticket_id, at, mail, None).await?;
+            let message_row_id =
+                insert_message(&mut sp, ticket_id, at, mail, None, keep_raw).await?;
             record_outcome(
                 &mut sp,
                 at,
@@ -579,14 +605,19 @@ impl Batch {
         &mut self,
         at: &ImapLocation<'_>,
         mail: &ParsedMail,
-        ticket_id: i64,
-        reopen: bool,
-        auto_kind: Option<&str>,
+        on: FollowUpOn<'_>,
+        keep_raw: Option<&[u8]>,
         disposition: &str,
     ) -> Result<i64> {
+        let FollowUpOn {
+            ticket_id,
+            reopen,
+            auto_kind,
+        } = on;
         let mut sp = sqlx::Connection::begin(&mut *self.tx).await?;
         let result = async {
-            let message_row_id = insert_message(&mut sp, ticket_id, at, mail, auto_kind).await?;
+            let message_row_id =
+                insert_message(&mut sp, ticket_id, at, mail, auto_kind, keep_raw).await?;
             let status_change = if reopen {
                 "UPDATE tickets SET updated_at = $1, status = 'open' WHERE id = $2"
             } else {
@@ -745,6 +776,7 @@ async fn insert_message(
     at: &ImapLocation<'_>,
     mail: &ParsedMail,
     auto_kind: Option<&str>,
+    keep_raw: Option<&[u8]>,
 ) -> Result<i64> {
     let now = now_ms();
     let inserted = sqlx::query(
@@ -784,6 +816,16 @@ async fn insert_message(
         return Err(StoreError::Conflict);
     };
     let message_row_id: i64 = row.get(0);
+    if let Some(raw) = keep_raw {
+        sqlx::query(
+            "INSERT INTO raw_messages (message_row_id, compression, size_bytes, content) VALUES ($1, 'gzip', $2, $3)",
+        )
+        .bind(message_row_id)
+        .bind(raw.len() as i64)
+        .bind(gzip(raw))
+        .execute(&mut *conn)
+        .await?;
+    }
     for attachment in &mail.attachments {
         sqlx::query(
             "INSERT INTO attachment_blobs (sha256, size_bytes, content) VALUES ($1, $2, $3) \
@@ -858,6 +900,14 @@ async fn record_outcome(
     .execute(&mut *conn)
     .await?;
     Ok(row.get(0))
+}
+
+fn gzip(raw: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(raw);
+    encoder.finish().unwrap_or_default()
 }
 
 fn parties_json(parties: &[Party]) -> String {

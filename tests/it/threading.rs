@@ -313,3 +313,31 @@ async fn a_runaway_sender_is_quarantined_with_its_mail_kept() {
         1
     );
 }
+
+#[tokio::test]
+async fn raw_messages_are_kept_compressed_when_asked_and_round_trip() {
+    let case = Case::new(Backend::Postgres, "keep_raw = \"all\"", "implicit").await;
+    let (raw, _) = unique_fixture("outlook_inline.eml");
+    deliver_lmtp(&case.mailbox, "grace@customer.test", &raw).await;
+    assert_ok(&case.run(&["once"]).await);
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM raw_messages").await, 1);
+
+    // What the server holds, byte for byte (including the trace fields it added).
+    let mut conn = imap_session(&case.entra, &case.mailbox).await;
+    conn.select("INBOX").await.unwrap();
+    let uid = conn.list_above(0).await.unwrap()[0].uid;
+    let served = match conn.fetch_bodies(&[uid], 1 << 20).await.unwrap().pop() {
+        Some((_, mailintake::imap::Body::Complete(bytes))) => bytes,
+        other => panic!("{other:?}"),
+    };
+    conn.logout().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("message.eml");
+    assert_ok(
+        &case
+            .run(&["raw", "1", "--out", path.to_str().unwrap()])
+            .await,
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), served);
+}
