@@ -1,5 +1,5 @@
 //! Fault drills, scaled to run in CI: the worker killed with SIGKILL at random moments of an
-//! ingest, and the mail server and identity provider of a private stack stopped and restarted
+//! ingest (and aborted by a failpoint right after random commits), and the mail server and identity provider of a private stack stopped and restarted
 //! under a running worker. Afterwards the database must hold every message exactly once.
 
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     const KILLS: usize = 8;
     let case = Case::new(
         Backend::Sqlite,
-        "dispose = \"move\"\nfetch_batch_messages = 4\nmax_new_tickets_per_sender_per_hour = 0\npoll_interval = \"10m\"",
+        "dispose = \"move\"\nfetch_batch_messages = 3\nmax_new_tickets_per_sender_per_hour = 0\npoll_interval = \"10m\"",
         "implicit",
     )
     .await;
@@ -57,7 +57,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     eprintln!("drill seed {seed}");
     let mut rng = Rng(seed);
     let mut kills = 0;
-    for _ in 0..KILLS {
+    for round in 0..KILLS {
         let before = case
             .db
             .count_or_zero("SELECT COUNT(*) FROM imap_messages")
@@ -65,23 +65,35 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         if before as usize >= N {
             break;
         }
-        let running = case.spawn_run();
-        // Kill after some progress, at a random moment within the next batches.
-        case.wait_for_count(
-            "SELECT COUNT(*) FROM imap_messages",
-            before + 1,
-            Duration::from_secs(30),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(rng.next(120))).await;
-        kill9(&running);
-        let _ = running.child.wait_with_output().await;
-        kills += 1;
+        if round % 2 == 0 {
+            // A hard stop right after the k-th commit of this run, before its dispositions:
+            // deterministic, so the drill always hits the most delicate moment.
+            let k = 1 + rng.next(4);
+            let out = case
+                .run_with(
+                    &["once"],
+                    &[("MAILINTAKE_FAILPOINT", &format!("after-commit:{k}"))],
+                )
+                .await;
+            if !out.status.success() {
+                kills += 1;
+            }
+        } else {
+            // SIGKILL after some progress, at a random moment.
+            let running = case.spawn_run();
+            case.wait_for_count(
+                "SELECT COUNT(*) FROM imap_messages",
+                before + 1,
+                Duration::from_secs(30),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(rng.next(60))).await;
+            kill9(&running);
+            let _ = running.child.wait_with_output().await;
+            kills += 1;
+        }
     }
-    assert!(
-        kills >= 3,
-        "the ingest finished before the drill could kill it more than {kills} times"
-    );
+    assert!(kills >= 2, "only {kills} kills happened");
 
     // A last, undisturbed run finishes the work.
     let out = case.run(&["once"]).await;
