@@ -985,41 +985,29 @@ fn validate_identity(
             !present
         };
     let uses_certificate = raw.certificate_file.is_some() || raw.private_key_file.is_some();
-    if flow != "client_credentials" {
-        ok &= only_with(
+    // Keys that belong to one flow are mistakes in any other.
+    for (field, owner, present) in [
+        (
             "certificate_file",
-            "flow = \"client_credentials\"",
+            "client_credentials",
             raw.certificate_file.is_some(),
-            problem,
-        );
-        ok &= only_with(
+        ),
+        (
             "private_key_file",
-            "flow = \"client_credentials\"",
+            "client_credentials",
             raw.private_key_file.is_some(),
-            problem,
-        );
-    }
-    if flow != "password" {
-        ok &= only_with(
-            "username",
-            "flow = \"password\"",
-            raw.username.is_some(),
-            problem,
-        );
-        ok &= only_with(
-            "password",
-            "flow = \"password\"",
-            raw.password.is_some(),
-            problem,
-        );
-    }
-    if flow != "refresh_token" {
-        ok &= only_with(
+        ),
+        ("username", "password", raw.username.is_some()),
+        ("password", "password", raw.password.is_some()),
+        (
             "refresh_token",
-            "flow = \"refresh_token\"",
+            "refresh_token",
             raw.refresh_token.is_some(),
-            problem,
-        );
+        ),
+    ] {
+        if flow != owner {
+            ok &= only_with(field, &format!("flow = \"{owner}\""), present, problem);
+        }
     }
     let grant = match flow {
         "client_credentials" if uses_certificate => {

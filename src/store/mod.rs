@@ -587,16 +587,8 @@ impl Batch {
             .await
         }
         .await;
-        match result {
-            Ok(row_id) => {
-                sp.commit().await?;
-                Ok((ticket_id, reference, row_id))
-            }
-            Err(e) => {
-                sp.rollback().await?;
-                Err(e)
-            }
-        }
+        let row_id = settle(sp, result).await?;
+        Ok((ticket_id, reference, row_id))
     }
 
     /// Adds `mail` to an existing ticket (reopening it when asked) and records the outcome.
@@ -644,16 +636,7 @@ impl Batch {
             .await
         }
         .await;
-        match result {
-            Ok(row_id) => {
-                sp.commit().await?;
-                Ok(row_id)
-            }
-            Err(e) => {
-                sp.rollback().await?;
-                Err(e)
-            }
-        }
+        settle(sp, result).await
     }
 
     /// Records a message that is already stored (same Message-ID and fingerprint).
@@ -749,16 +732,8 @@ impl Batch {
             },
         )
         .await;
-        match row_id {
-            Ok(row_id) => {
-                sp.commit().await?;
-                Ok((quarantine_id, row_id))
-            }
-            Err(e) => {
-                sp.rollback().await?;
-                Err(e)
-            }
-        }
+        let row_id = settle(sp, row_id).await?;
+        Ok((quarantine_id, row_id))
     }
 
     /// Makes the batch durable.
@@ -900,6 +875,21 @@ async fn record_outcome(
     .execute(&mut *conn)
     .await?;
     Ok(row.get(0))
+}
+
+/// Releases the savepoint `sp` when `result` is Ok and rolls it back when not, so a failed
+/// message leaves nothing behind while the batch's transaction goes on.
+async fn settle<T>(sp: sqlx::Transaction<'_, sqlx::Any>, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(value) => {
+            sp.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            sp.rollback().await?;
+            Err(e)
+        }
+    }
 }
 
 fn gzip(raw: &[u8]) -> Vec<u8> {

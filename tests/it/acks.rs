@@ -5,15 +5,6 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-fn assert_ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "mailintake failed: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 /// Mail already in a mailbox when mailintake first connects is imported without
 /// acknowledgements; the tests' customers write after that first connection.
 async fn connect_first(case: &Case) {

@@ -2,15 +2,6 @@
 
 use crate::helpers::*;
 
-fn assert_ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "mailintake failed: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 #[tokio::test]
 async fn a_too_large_message_released_with_a_higher_limit_becomes_a_ticket() {
     let case = Case::new(Backend::Sqlite, "max_message_bytes = 4096", "implicit").await;

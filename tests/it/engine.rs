@@ -15,15 +15,6 @@ async fn deliver_fixtures(case: &Case, names: &[&str]) -> Vec<String> {
     ids
 }
 
-fn assert_ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "mailintake failed: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 async fn folder_exists(case: &Case, folder: &str) -> bool {
     let mut conn = imap_session(&case.entra, &case.mailbox).await;
     let exists = conn.examine(folder).await.is_ok();

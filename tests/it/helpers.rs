@@ -705,3 +705,13 @@ pub fn smtp_keys() -> String {
         stack.ca_file()
     )
 }
+
+/// The stdout of a `mailintake` run that must have succeeded (its stderr in the failure message).
+pub fn assert_ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "mailintake failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}

@@ -3,15 +3,6 @@
 
 use crate::helpers::*;
 
-fn assert_ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "mailintake failed: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 /// A raw message from `from` to `to` with optional threading headers.
 fn mail(
     from: &str,
