@@ -511,9 +511,9 @@ cmd_stop() {
 
 # Starts one stopped component again and waits for its ports.
 cmd_start() {
+  ensure_vmail_user
   case ${1:-} in
     dovecot)
-      ensure_vmail_user
       start_dovecot
       wait_ports Dovecot "$DOVECOT_DIR/dovecot.log" "$IMAP_PORT" "$IMAPS_PORT" "$LMTP_PORT"
       ;;

@@ -204,6 +204,8 @@ pub struct SmtpEndpoint {
     /// Exchange Online allows 30 messages a minute and 10,000 recipients a day per mailbox.
     pub max_per_minute: u32,
     pub max_recipients_per_day: u32,
+    /// The first retry after a transient failure; it doubles up to an hour.
+    pub retry_delay: Duration,
 }
 
 /// When and how new tickets are acknowledged.
@@ -717,6 +719,11 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
                     }),
                 max_per_minute: raw.max_per_minute.unwrap_or(30),
                 max_recipients_per_day: raw.max_recipients_per_day.unwrap_or(10_000),
+                retry_delay: parse_duration(raw.retry_delay.as_deref(), Duration::from_secs(30))
+                    .unwrap_or_else(|e| {
+                        problem(key("smtp.retry_delay"), e);
+                        Duration::from_secs(30)
+                    }),
             }
         });
         let raw_ack = m.acknowledge.unwrap_or_default();
@@ -1439,6 +1446,7 @@ mod raw {
         pub timeout: Option<String>,
         pub max_per_minute: Option<u32>,
         pub max_recipients_per_day: Option<u32>,
+        pub retry_delay: Option<String>,
     }
 
     #[derive(Deserialize, Default)]
@@ -1675,6 +1683,20 @@ mod tests {
             panic!("expected a client secret grant");
         };
         assert_eq!(client_secret.expose_secret(), "from-file");
+    }
+
+    #[test]
+    fn acknowledgement_templates_are_checked_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ack.txt"), "Ticket {ticket} for {customer}").unwrap();
+        let text = MINIMAL.replace(
+            "imap = { host = \"outlook.office365.com\" }",
+            "imap = { host = \"outlook.office365.com\" }\nsmtp = { host = \"smtp.office365.com\" }\nacknowledge = { template = \"ack.txt\" }",
+        );
+        let problems = Config::from_toml_str(&text, dir.path()).unwrap_err();
+        assert_eq!(problems[0].key, "mailboxes[0].acknowledge.template");
+        assert!(problems[0].message.contains("{customer}"), "{problems:?}");
+        assert!(check_template(DEFAULT_ACK_TEMPLATE).is_ok());
     }
 
     #[test]

@@ -52,10 +52,10 @@ impl std::fmt::Display for FlushReport {
     }
 }
 
-/// Retry delay after `attempts` transient failures: 30 s doubling, at most an hour.
-fn retry_delay_ms(attempts: i64) -> i64 {
+/// Retry delay after `attempts` transient failures: `first` doubling, at most an hour.
+fn retry_delay_ms(first_ms: i64, attempts: i64) -> i64 {
     let exponent = attempts.clamp(1, 8) as u32 - 1;
-    (30_000i64 << exponent).min(3_600_000)
+    (first_ms << exponent).min(3_600_000)
 }
 
 /// When the mailbox may send again, if a limit is reached now.
@@ -117,7 +117,8 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
                 report.n_failed += 1;
             }
             Err(error) => {
-                let next = now_ms() + retry_delay_ms(row.attempts);
+                let next = now_ms()
+                    + retry_delay_ms(ctx.smtp.retry_delay.as_millis() as i64, row.attempts);
                 warn!(outbox_id = row.id, %error, retry_at_ms = next, "acknowledgement not sent; will retry");
                 ctx.store
                     .reschedule(row.id, &error.to_string(), next)
@@ -212,9 +213,10 @@ mod tests {
 
     #[test]
     fn retries_back_off_to_an_hour() {
-        assert_eq!(retry_delay_ms(1), 30_000);
-        assert_eq!(retry_delay_ms(2), 60_000);
-        assert_eq!(retry_delay_ms(8), 3_600_000);
-        assert_eq!(retry_delay_ms(20), 3_600_000);
+        assert_eq!(retry_delay_ms(30_000, 1), 30_000);
+        assert_eq!(retry_delay_ms(30_000, 2), 60_000);
+        assert_eq!(retry_delay_ms(30_000, 8), 3_600_000);
+        assert_eq!(retry_delay_ms(30_000, 20), 3_600_000);
+        assert_eq!(retry_delay_ms(1_000, 3), 4_000);
     }
 }

@@ -230,6 +230,8 @@ pub struct IdentityStats {
     /// When the newest token expires, estimated as the moment the worker first saw it plus its
     /// lifetime (the cache renews it a few minutes earlier).
     pub token_expires_at_ms: Option<i64>,
+    /// When the newest token was obtained: the identity's last successful refresh.
+    pub token_obtained_at_ms: Option<i64>,
     /// Tells a new token from the cached one handed out again.
     last_renew_at: Option<Instant>,
 }
@@ -308,6 +310,7 @@ impl Metrics {
                         failures_retry: 0,
                         failures_needs_admin: 0,
                         token_expires_at_ms: None,
+                        token_obtained_at_ms: None,
                         last_renew_at: None,
                     },
                 )
@@ -425,6 +428,7 @@ impl Metrics {
             id.last_renew_at = Some(renew_at);
             id.tokens_obtained += 1;
             id.token_expires_at_ms = Some(now_ms() + lifetime.as_millis() as i64);
+            id.token_obtained_at_ms = Some(now_ms());
         }
     }
 
@@ -689,6 +693,18 @@ impl Snapshot {
             "gauge",
             "1 for the identity's current state.",
             identity_states,
+        );
+        family(
+            "mailintake_token_obtained_timestamp_seconds",
+            "gauge",
+            "When the identity last obtained a new access token (unix seconds): its last successful refresh.",
+            self.identities
+                .iter()
+                .filter_map(|(name, i)| {
+                    let at = i.token_obtained_at_ms?;
+                    Some((labels(&[("identity", name)]), at as f64 / 1000.0))
+                })
+                .collect(),
         );
         family(
             "mailintake_token_expiry_timestamp_seconds",

@@ -462,3 +462,25 @@ async fn check_names_the_missing_smtp_permission() {
     assert!(stdout.contains("FAIL smtp"), "{stdout}");
     assert!(stdout.contains("SMTP.SendAsApp"), "{stdout}");
 }
+
+#[tokio::test]
+async fn acknowledgements_go_out_over_implicit_tls_too() {
+    let stack = Stack::get();
+    let extra = format!(
+        "smtp = {{ host = \"localhost\", port = {}, tls = \"implicit\", ca_file = \"{}\" }}",
+        stack.port("MAILSTACK_SUBMISSIONS_PORT"),
+        stack.ca_file()
+    );
+    let case = Case::new(Backend::Sqlite, &extra, "implicit").await;
+    connect_first(&case).await;
+    let customer = format!("{}@customer.test", unique("tls"));
+    let id = format!("{}@customer.test", unique("m"));
+    deliver_lmtp(
+        &case.mailbox,
+        &customer,
+        &customer_mail(&customer, &case.mailbox, "Port 465", &id, ""),
+    )
+    .await;
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(stdout.contains("1 acknowledgement(s) sent"), "{stdout}");
+}

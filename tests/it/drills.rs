@@ -353,3 +353,94 @@ connect_timeout = "3s"
         "{retries} retries: too many for two short outages: {log_text}"
     );
 }
+
+#[tokio::test]
+async fn an_acknowledgement_waits_out_an_smtp_outage() {
+    let stack = PrivateStack::up().await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = ConfigFile::write(&format!(
+        r#"
+[database]
+url = "{db}"
+
+[identities.demo]
+tenant = "{tenant}"
+client_id = "3f7e2c1a-9d4b-4e8f-a6c5-0b1d2e3f4a5b"
+client_secret = {{ env = "DRILL_SECRET" }}
+authority = "http://127.0.0.1:{entra}/{{tenant}}"
+
+[[mailboxes]]
+name = "support"
+address = "support@helpdesk.test"
+identity = "demo"
+smtp = {{ host = "localhost", port = {submission}, ca_file = "{dir}/tls/ca.pem", retry_delay = "1s", timeout = "5s" }}
+
+[mailboxes.imap]
+host = "localhost"
+port = {imaps}
+ca_file = "{dir}/tls/ca.pem"
+"#,
+        db = db.url,
+        tenant = TENANT_ID,
+        entra = stack.port("MAILSTACK_ENTRA_PORT"),
+        submission = stack.port("MAILSTACK_SUBMISSION_PORT"),
+        imaps = stack.port("MAILSTACK_IMAPS_PORT"),
+        dir = stack.dir.display(),
+    ));
+    let once = || {
+        mailintake(
+            &config.path,
+            &["once"],
+            &[("DRILL_SECRET", "demo-secret-value")],
+        )
+    };
+    // The first connection: mail from before it would not be acknowledged.
+    assert_ok(&once().await);
+    let first = mailintake::store::now_ms() / 1000;
+    while mailintake::store::now_ms() / 1000 == first {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    stack.script(&["stop", "postfix"]).await;
+    let customer = format!("{}@customer.test", unique("outage"));
+    let (raw, _) = distinct_mail("support@helpdesk.test", 1);
+    let raw = text(&raw).replace("customer1@customer.test", &customer);
+    deliver_lmtp_to(
+        stack.port("MAILSTACK_LMTP_PORT"),
+        "support@helpdesk.test",
+        &customer,
+        raw.as_bytes(),
+    )
+    .await;
+    let stdout = assert_ok(&once().await);
+    assert!(stdout.contains("1 ticket(s)"), "{stdout}");
+    assert!(
+        stdout.contains("0 acknowledgement(s) sent, 1 to retry"),
+        "{stdout}"
+    );
+
+    stack.script(&["start", "postfix"]).await;
+    let sent = eventually(Duration::from_secs(30), || async {
+        let out = once().await;
+        out.status.success() && text(&out.stdout).contains("1 acknowledgement(s) sent")
+    })
+    .await;
+    assert!(
+        sent,
+        "the acknowledgement was not sent after the SMTP server came back"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND attempts >= 2")
+            .await,
+        1
+    );
+    let arrived = eventually(Duration::from_secs(20), || async {
+        doveadm_at(
+            &stack.dir,
+            &["mailbox", "status", "-u", &customer, "messages", "INBOX"],
+        )
+        .contains("messages=1")
+    })
+    .await;
+    assert!(arrived, "the acknowledgement did not reach {customer}");
+}

@@ -202,6 +202,14 @@ async fn endpoints_follow_intake_and_the_status_page_renders_in_chromium() {
         )
         .is_some()
     );
+    // The identity's last successful refresh, in the last few minutes.
+    let obtained = sample(
+        &metrics,
+        r#"mailintake_token_obtained_timestamp_seconds{identity="test"}"#,
+    )
+    .expect("last refresh recorded");
+    let now = mailintake::store::now_ms() as f64 / 1000.0;
+    assert!(now - obtained < 300.0, "{obtained} vs {now}");
     assert!(metrics.contains("# TYPE mailintake_ingest_latency_seconds histogram"));
     assert!(
         metrics
