@@ -70,3 +70,79 @@ async fn mailbox_without_permission_is_refused_by_the_server_with_the_exchange_f
     let requests = entra.fake.requests();
     assert_eq!(requests.len(), 2, "{requests:?}");
 }
+
+#[tokio::test]
+async fn an_identity_that_needs_an_admin_stops_only_its_own_mailboxes() {
+    let good = unique_mailbox();
+    let bad = unique_mailbox();
+    let entra = Entra::start(&[&good, &bad]).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let stack = Stack::get();
+    let mailbox = |name: &str, address: &str, identity: &str| {
+        format!(
+            "\n[[mailboxes]]\nname = \"{name}\"\naddress = \"{address}\"\nidentity = \"{identity}\"\n\
+             poll_interval = \"10m\"\n\n[mailboxes.imap]\nhost = \"localhost\"\nport = {}\nca_file = \"{}\"\n",
+            stack.port("MAILSTACK_IMAPS_PORT"),
+            stack.ca_file()
+        )
+    };
+    let identity = |name: &str, secret_env: &str| {
+        format!(
+            "\n[identities.{name}]\ntenant = \"{TENANT_ID}\"\nclient_id = \"{}\"\n\
+             client_secret = {{ env = \"{secret_env}\" }}\nauthority = \"{}\"\n",
+            entra.client_id,
+            entra.fake.authority()
+        )
+    };
+    let config = ConfigFile::write(&format!(
+        "[database]\nurl = \"{}\"\n{}{}{}{}",
+        db.url,
+        identity("good", "IT_GOOD_SECRET"),
+        identity("bad", "IT_BAD_SECRET"),
+        mailbox("good", &good, "good"),
+        mailbox("bad", &bad, "bad"),
+    ));
+    let log = config.path.with_file_name("run.log");
+    let mut child = tokio::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config.path)
+        .arg("run")
+        .env("IT_GOOD_SECRET", &entra.secret)
+        .env("IT_BAD_SECRET", "an-expired-or-wrong-secret")
+        .kill_on_drop(true)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let (raw, _) = unique_fixture("plain.eml");
+    deliver_lmtp(&good, "alice@customer.test", &raw).await;
+    let (raw, _) = unique_fixture("latin1.eml");
+    deliver_lmtp(&bad, "joerg@customer.test", &raw).await;
+    let ingested = eventually(std::time::Duration::from_secs(30), || async {
+        db.count_or_zero("SELECT COUNT(*) FROM tickets WHERE mailbox = 'good'")
+            .await
+            == 1
+    })
+    .await;
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("stopped")
+        .unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(ingested, "the healthy mailbox was held up: {log}");
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM tickets WHERE mailbox = 'bad'")
+            .await,
+        0
+    );
+    assert!(log.contains("AADSTS7000215"), "{log}");
+    assert!(log.contains("administrator"), "{log}");
+    assert!(!log.contains("an-expired-or-wrong-secret"), "{log}");
+    // Retried slowly, not hammered: one attempt (and its bounded retries) in the test's window.
+    let requests = entra.fake.requests();
+    assert!(requests.len() <= 4, "{} token requests", requests.len());
+}
