@@ -42,7 +42,8 @@ CREATE TABLE messages (
     created_at        BIGINT NOT NULL
 );
 CREATE INDEX messages_ticket ON messages (ticket_id);
-CREATE INDEX tickets_requester ON tickets (requester_address, created_at);
+-- The per-sender limit counts by lower-cased address.
+CREATE INDEX tickets_requester ON tickets (lower(requester_address), created_at);
 
 -- The raw message of an article, gzip-compressed, when the mailbox keeps raw mail (keep_raw = "all"),
 -- so a ticket can be re-parsed. Failures keep theirs in quarantine.raw.

@@ -499,27 +499,29 @@ impl Connection {
         let first = last_uid.saturating_add(1);
         let range = format!("{first}:*");
         let mut listed: Vec<MessageSummary> = within(self.command_timeout, "UID FETCH", async {
-            let stream = self
+            let mut stream = self
                 .session
                 .uid_fetch(&range, "(UID RFC822.SIZE FLAGS INTERNALDATE)")
                 .await
                 .map_err(protocol("UID FETCH"))?;
-            let fetches: Vec<_> = stream.try_collect().await.map_err(protocol("UID FETCH"))?;
-            Ok(fetches
-                .iter()
-                .filter_map(|fetch| {
-                    let uid = fetch.uid?;
-                    Some(MessageSummary {
-                        uid: Uid(uid),
-                        size: u64::from(fetch.size.unwrap_or(0)),
-                        internal_date_ms: fetch.internal_date().map(|d| d.timestamp_millis()),
-                        seen: fetch
-                            .flags()
-                            .any(|f| matches!(f, async_imap::types::Flag::Seen)),
-                    })
-                })
-                .filter(|m| m.uid.0 >= first)
-                .collect())
+            // Map each response as it arrives: the library's response buffers are dropped at once,
+            // so memory stays small however many messages the folder holds.
+            let mut listed = Vec::new();
+            while let Some(fetch) = stream.try_next().await.map_err(protocol("UID FETCH"))? {
+                let Some(uid) = fetch.uid else { continue };
+                if uid < first {
+                    continue;
+                }
+                listed.push(MessageSummary {
+                    uid: Uid(uid),
+                    size: u64::from(fetch.size.unwrap_or(0)),
+                    internal_date_ms: fetch.internal_date().map(|d| d.timestamp_millis()),
+                    seen: fetch
+                        .flags()
+                        .any(|f| matches!(f, async_imap::types::Flag::Seen)),
+                });
+            }
+            Ok(listed)
         })
         .await?;
         listed.sort_by_key(|m| m.uid);
