@@ -62,7 +62,17 @@ pub async fn release(
             break;
         }
     }
-    if found.is_none() {
+    if found.is_none() && entry.reason == "unreadable" {
+        // Set aside unread, so known only by its size: it must be the only one of that size.
+        let candidates: Vec<_> = listed
+            .iter()
+            .filter(|m| m.size == entry.size_bytes as u64)
+            .collect();
+        if let [only] = candidates.as_slice() {
+            found = Some(only.uid);
+        }
+    }
+    if found.is_none() && entry.reason != "unreadable" {
         // Mail without a Message-ID was keyed by its content: compare candidates of its size.
         for summary in listed.iter().filter(|m| m.size == entry.size_bytes as u64) {
             if let Some((_, imap::Body::Complete(raw))) =

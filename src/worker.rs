@@ -208,21 +208,117 @@ pub async fn sweep(
 
     let listed = session.conn.list_above(state.last_uid).await?;
     report.n_listed = listed.len();
+    // After a failed fetch, messages are taken one at a time until the culprit is known; one the
+    // server fails to deliver STUCK_ATTEMPTS times in a row is set aside unread.
+    let stuck = ctx.store.stuck_message(&mailbox.name, ctx.folder).await?;
+    let batch_messages = if stuck.is_some() {
+        1
+    } else {
+        mailbox.fetch_batch_messages
+    };
     for batch in batches(
         &listed,
         mailbox.fetch_batch_bytes,
-        mailbox.fetch_batch_messages,
+        batch_messages,
         mailbox.max_message_bytes,
     ) {
         if shutdown.is_cancelled() {
             info!("shutdown requested; stopping between batches");
             break;
         }
-        process_batch(ctx, session, &state, batch, &mut report).await?;
+        if let Some((uid, attempts, error)) = &stuck
+            && batch[0].uid.0 == *uid
+            && *attempts >= STUCK_ATTEMPTS
+        {
+            let reason = QuarantineReason::Unreadable {
+                attempts: *attempts,
+                error: error.lines().next().unwrap_or("").to_string(),
+            };
+            set_aside_unreadable(ctx, session, &state, &batch[0], reason, &mut report).await?;
+            ctx.store.clear_stuck(&mailbox.name, ctx.folder).await?;
+            continue;
+        }
+        match process_batch(ctx, session, &state, batch, &mut report).await {
+            Ok(()) => {
+                if stuck
+                    .as_ref()
+                    .is_some_and(|(uid, _, _)| batch.iter().any(|m| m.uid.0 == *uid))
+                {
+                    ctx.store.clear_stuck(&mailbox.name, ctx.folder).await?;
+                }
+            }
+            Err(e) => {
+                // The server failed while delivering these messages: remember where. (A lost
+                // database is not the message's fault and is not counted.)
+                if let CycleError::Imap(imap_error) = &e {
+                    let _ = ctx
+                        .store
+                        .note_stuck(
+                            &mailbox.name,
+                            ctx.folder,
+                            batch[0].uid.0,
+                            &imap_error.to_string(),
+                        )
+                        .await;
+                }
+                return Err(e);
+            }
+        }
     }
     session.fresh = false;
     info!(%report, "sweep done");
     Ok(report)
+}
+
+/// Consecutive failures of the server to deliver one message before it is set aside unread.
+const STUCK_ATTEMPTS: i64 = 3;
+
+/// Records a message the server keeps failing to deliver as quarantined (unread) and moves it to
+/// the quarantine folder, so that the mail after it is not held up. Nothing is lost: it stays in
+/// that folder and `mailintake quarantine release` brings it back.
+async fn set_aside_unreadable(
+    ctx: &MailboxContext<'_>,
+    session: &mut Session,
+    state: &FolderState,
+    message: &MessageSummary,
+    reason: QuarantineReason,
+    report: &mut CycleReport,
+) -> Result<(), CycleError> {
+    let mailbox = ctx.mailbox;
+    let at = ImapLocation {
+        mailbox: &mailbox.name,
+        folder: ctx.folder,
+        uidvalidity: state.uidvalidity,
+        uid: message.uid.0,
+        size: message.size,
+        internal_date_ms: message.internal_date_ms,
+    };
+    // Nothing more is read from a message the server cannot deliver: it is known by its place.
+    let envelope = QuarantineEnvelope {
+        message_id: format!(
+            "uid-{}-{}@unreadable.mailintake.invalid",
+            state.uidvalidity, message.uid.0
+        ),
+        ..QuarantineEnvelope::default()
+    };
+    let disposition = quarantine_disposition(mailbox);
+    let mut tx = ctx.store.begin().await?;
+    let recorded = ok_unless_conflict(
+        tx.quarantine(&at, &envelope, &reason, None, &disposition)
+            .await,
+    )?;
+    tx.commit().await?;
+    if let Some((quarantine_id, row)) = recorded {
+        error!(
+            uid = message.uid.0,
+            quarantine_id,
+            detail = %reason.detail(),
+            "set aside unread"
+        );
+        report.n_quarantined += 1;
+        dispose_all(ctx, session, &[(message.uid, disposition, row)]).await?;
+    }
+    Ok(())
 }
 
 /// The folder's checkpoint, created on the first start (following the mailbox's `first_start`

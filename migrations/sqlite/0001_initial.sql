@@ -83,7 +83,7 @@ CREATE TABLE quarantine (
     size_bytes   BIGINT NOT NULL,
     from_address TEXT,
     subject      TEXT,
-    reason       TEXT NOT NULL CHECK (reason IN ('too-large', 'unparseable', 'message-id-conflict', 'sender-rate-limit')),
+    reason       TEXT NOT NULL CHECK (reason IN ('too-large', 'unparseable', 'message-id-conflict', 'sender-rate-limit', 'unreadable')),
     detail       TEXT,
     raw          BLOB,
     created_at   BIGINT NOT NULL,
@@ -147,6 +147,11 @@ CREATE TABLE mailbox_state (
     last_uid     BIGINT NOT NULL,
     ingest_after BIGINT,
     ack_after    BIGINT,
+    -- A message the server failed to deliver on consecutive sweeps (a "poison" message):
+    -- fetched alone, and quarantined unread after a few failures, so it never blocks the folder.
+    stuck_uid    BIGINT,
+    stuck_count  BIGINT NOT NULL DEFAULT 0,
+    stuck_error  TEXT,
     updated_at   BIGINT NOT NULL,
     PRIMARY KEY (mailbox, folder)
 );

@@ -143,6 +143,8 @@ pub enum QuarantineReason {
     MessageIdConflict { ticket_id: i64 },
     /// The sender opened more new tickets in the last hour than the limit allows.
     SenderRateLimit { sender: String, limit: u32 },
+    /// The server failed to deliver the message on several consecutive attempts.
+    Unreadable { attempts: i64, error: String },
 }
 
 impl QuarantineReason {
@@ -153,6 +155,7 @@ impl QuarantineReason {
             QuarantineReason::Unparseable(_) => "unparseable",
             QuarantineReason::MessageIdConflict { .. } => "message-id-conflict",
             QuarantineReason::SenderRateLimit { .. } => "sender-rate-limit",
+            QuarantineReason::Unreadable { .. } => "unreadable",
         }
     }
 
@@ -165,6 +168,9 @@ impl QuarantineReason {
             QuarantineReason::Unparseable(failure) => failure.to_string(),
             QuarantineReason::MessageIdConflict { ticket_id } => format!(
                 "the Message-ID is already stored on ticket {ticket_id} with different content"
+            ),
+            QuarantineReason::Unreadable { attempts, error } => format!(
+                "the server failed to deliver the message {attempts} times in a row ({error}); it was set aside unread so that the mail after it can come in"
             ),
             QuarantineReason::SenderRateLimit { sender, limit } => format!(
                 "{sender} opened {limit} tickets within the last hour (max_new_tickets_per_sender_per_hour); release the message to ingest it"

@@ -222,6 +222,65 @@ impl Store {
         }))
     }
 
+    /// The message of this folder that failed on the last sweeps: (uid, consecutive failures,
+    /// the last error).
+    pub async fn stuck_message(
+        &self,
+        mailbox: &str,
+        folder: &str,
+    ) -> Result<Option<(u32, i64, String)>> {
+        let row = sqlx::query(
+            "SELECT stuck_uid, stuck_count, stuck_error FROM mailbox_state WHERE mailbox = $1 AND folder = $2 \
+             AND stuck_uid IS NOT NULL",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| {
+            (
+                r.get::<i64, _>(0) as u32,
+                r.get(1),
+                r.get::<Option<String>, _>(2).unwrap_or_default(),
+            )
+        }))
+    }
+
+    /// Counts one more failure of the fetch that starts at `uid` (a new UID starts at one).
+    pub async fn note_stuck(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uid: u32,
+        error: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE mailbox_state SET stuck_count = CASE WHEN stuck_uid = $1 THEN stuck_count + 1 ELSE 1 END, \
+             stuck_uid = $1, stuck_error = $2, updated_at = $3 WHERE mailbox = $4 AND folder = $5",
+        )
+        .bind(i64::from(uid))
+        .bind(error)
+        .bind(now_ms())
+        .bind(mailbox)
+        .bind(folder)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The stuck message came through (or was set aside).
+    pub async fn clear_stuck(&self, mailbox: &str, folder: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE mailbox_state SET stuck_uid = NULL, stuck_count = 0, stuck_error = NULL \
+             WHERE mailbox = $1 AND folder = $2",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Records a folder's (new) UIDVALIDITY with its checkpoint.
     pub async fn set_folder_state(
         &self,

@@ -427,3 +427,82 @@ async fn the_session_is_renewed_with_a_fresh_token_before_the_old_one_expires() 
     assert!(arrived, "no ticket after token renewals: {log}");
     assert!(status.success(), "{status}: {log}");
 }
+
+#[tokio::test]
+async fn a_message_the_server_cannot_deliver_is_set_aside_and_does_not_block_the_folder() {
+    let case = Case::new(Backend::Sqlite, "", "implicit").await;
+    let (bad, _) = large_message(&case.mailbox, 20_000);
+    deliver_lmtp(&case.mailbox, "big@customer.test", &bad).await;
+    // Corrupt the first message's size in its Maildir file name: Dovecot then fails every FETCH
+    // of its body (and drops the connection), as a broken server would.
+    let (local, domain) = case.mailbox.split_once('@').unwrap();
+    let new_dir = std::path::Path::new(Stack::get().var("MAILSTACK_MAIL_ROOT"))
+        .join(domain)
+        .join(local)
+        .join("new");
+    let file = std::fs::read_dir(&new_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let name = file.file_name().unwrap().to_str().unwrap().to_string();
+    let base = name.split(",S=").next().unwrap();
+    std::fs::rename(&file, new_dir.join(format!("{base},S=1000,W=1000"))).unwrap();
+    let (good, good_id) = unique_fixture("plain.eml");
+    deliver_lmtp(&case.mailbox, "alice@customer.test", &good).await;
+
+    // A few failing sweeps, then the bad one is set aside and the good one comes in.
+    let mut runs = 0;
+    let through = eventually(Duration::from_secs(60), || {
+        runs += 1;
+        async {
+            let _ = case.run(&["once"]).await;
+            case.db
+                .count_or_zero("SELECT COUNT(*) FROM quarantine WHERE reason = 'unreadable'")
+                .await
+                == 1
+        }
+    })
+    .await;
+    assert!(through, "the bad message was never set aside");
+    // With it out of the way, a sweep runs clean.
+    assert_ok(&case.run(&["once"]).await);
+    let pool = case.db.pool().await;
+    let q: Vec<(String, Option<String>)> = sqlx::query_as("SELECT reason, detail FROM quarantine")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let o: Vec<(i64, String)> = sqlx::query_as("SELECT uid, outcome FROM imap_messages")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert!(runs >= 3, "set aside too early ({runs} runs): {q:?} {o:?}");
+    assert_eq!(
+        case.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM messages WHERE message_id = '{good_id}'"
+            ))
+            .await,
+        1
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM quarantine WHERE reason = 'unreadable' AND raw IS NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        folder_contents(&case.entra, &case.mailbox, "Quarantine")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM mailbox_state WHERE stuck_uid IS NULL")
+            .await,
+        1
+    );
+}
