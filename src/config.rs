@@ -225,6 +225,8 @@ pub struct Acknowledge {
     pub deny: Vec<String>,
     /// At most this many acknowledgements to one recipient a day.
     pub max_per_recipient_per_day: u32,
+    /// Tell the sender of a message that was too large that it was set aside (and kept).
+    pub quarantine_notice: bool,
     /// Mail received before this (unix ms) is not acknowledged; default: the folder's first sweep,
     /// so importing an existing inbox does not write to every past customer.
     pub since_ms: Option<i64>,
@@ -797,6 +799,7 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
             max_per_recipient_per_day: raw_ack.max_per_recipient_per_day.unwrap_or(5),
+            quarantine_notice: raw_ack.quarantine_notice.unwrap_or(false),
             since_ms,
         };
         mailboxes.push(Mailbox {
@@ -1461,6 +1464,7 @@ mod raw {
         pub deny: Option<Vec<String>>,
         pub max_per_recipient_per_day: Option<u32>,
         pub since: Option<String>,
+        pub quarantine_notice: Option<bool>,
     }
 
     #[derive(Deserialize)]

@@ -631,15 +631,17 @@ async fn record(
             let result = tx
                 .quarantine(at, &envelope, &reason, None, &disposition)
                 .await;
-            return Ok(ok_unless_conflict(result)?.map(|(quarantine_id, row)| {
-                warn!(
-                    quarantine_id,
-                    reason = reason.code(),
-                    "quarantined without downloading"
-                );
-                report.n_quarantined += 1;
-                (disposition, row)
-            }));
+            let Some((quarantine_id, row)) = ok_unless_conflict(result)? else {
+                return Ok(None);
+            };
+            warn!(
+                quarantine_id,
+                reason = reason.code(),
+                "quarantined without downloading"
+            );
+            report.n_quarantined += 1;
+            notify_quarantined(ctx, tx, state, &header, summary, report).await?;
+            return Ok(Some((disposition, row)));
         }
         Work::Raw { raw, release_key } => {
             if let Some(key) = release_key {
@@ -833,7 +835,7 @@ async fn acknowledge(
         },
         ticket_last_ack_ms: match kind {
             AckKind::FollowUp => tx.last_ack_of_ticket(ticket_id).await?,
-            AckKind::NewTicket => None,
+            AckKind::NewTicket | AckKind::QuarantineNotice => None,
         },
         now_ms: now,
     };
@@ -850,10 +852,58 @@ async fn acknowledge(
             "automatic mail ({auto_kind}) is never acknowledged"
         ));
     }
-    tx.enqueue(&mailbox.name, ticket_id, &draft).await?;
+    tx.enqueue(&mailbox.name, Some(ticket_id), &draft).await?;
     match &draft.suppressed {
         None => report.n_acks_queued += 1,
         Some(reason) => debug!(%reason, "no acknowledgement"),
+    }
+    Ok(())
+}
+
+/// Writes the notice to the sender of a message set aside as too large (when the mailbox sends
+/// them), or the reason none is sent, in the batch's transaction.
+async fn notify_quarantined(
+    ctx: &MailboxContext<'_>,
+    tx: &mut Batch,
+    state: &FolderState,
+    header: &[u8],
+    summary: &MessageSummary,
+    report: &mut CycleReport,
+) -> Result<(), StoreError> {
+    let mailbox = ctx.mailbox;
+    if !mailbox.acknowledge.enabled || mailbox.smtp.is_none() || mailbox.mode == Mode::Shadow {
+        return Ok(());
+    }
+    let Ok(mail) = ingest::parse(header) else {
+        return Ok(());
+    };
+    let now = now_ms();
+    let facts = AckFacts {
+        received_ms: summary.internal_date_ms,
+        // Imported mail gets no notice either.
+        ack_after_ms: mailbox.acknowledge.since_ms.or(state.ack_after_ms),
+        recipient_acks_today: match reply::reply_address(&mail) {
+            Some(to) => tx.acks_to_since(&to, now - 86_400_000).await?,
+            None => 0,
+        },
+        ticket_last_ack_ms: None,
+        now_ms: now,
+    };
+    let mut draft = reply::plan_quarantine_notice(
+        mailbox,
+        &ctx.policy.own_addresses,
+        &mail,
+        summary.size,
+        mailbox.max_message_bytes,
+        &facts,
+    );
+    let kind = ingest::classify(&mail, &ctx.policy);
+    if kind != ingest::MailKind::Person {
+        draft.suppressed = Some(format!("automatic mail ({kind:?}) is never answered"));
+    }
+    tx.enqueue(&mailbox.name, None, &draft).await?;
+    if draft.suppressed.is_none() {
+        report.n_acks_queued += 1;
     }
     Ok(())
 }

@@ -118,7 +118,7 @@ CREATE TABLE outbox (
     id                INTEGER PRIMARY KEY,
     mailbox           TEXT NOT NULL,
     ticket_id         BIGINT REFERENCES tickets (id),
-    kind              TEXT NOT NULL CHECK (kind IN ('acknowledgement', 'follow-up-acknowledgement')),
+    kind              TEXT NOT NULL CHECK (kind IN ('acknowledgement', 'follow-up-acknowledgement', 'quarantine-notice')),
     from_address      TEXT NOT NULL,
     to_address        TEXT,
     subject           TEXT NOT NULL,

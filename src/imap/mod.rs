@@ -609,7 +609,7 @@ impl Connection {
                 .session
                 .uid_fetch(
                     uid.to_string(),
-                    "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID FROM SUBJECT DATE)])",
+                    "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID FROM SUBJECT DATE RETURN-PATH REPLY-TO AUTO-SUBMITTED PRECEDENCE LIST-ID X-LOOP)])",
                 )
                 .await
                 .map_err(protocol("UID FETCH header"))?;

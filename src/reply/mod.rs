@@ -20,6 +20,8 @@ use crate::ingest::{ParsedMail, normalized_subject};
 pub enum AckKind {
     NewTicket,
     FollowUp,
+    /// The sender's message was set aside (too large) instead of becoming a ticket.
+    QuarantineNotice,
 }
 
 impl AckKind {
@@ -28,6 +30,7 @@ impl AckKind {
         match self {
             AckKind::NewTicket => "acknowledgement",
             AckKind::FollowUp => "follow-up-acknowledgement",
+            AckKind::QuarantineNotice => "quarantine-notice",
         }
     }
 }
@@ -121,6 +124,56 @@ fn new_message_id(reference: &str, from: &str) -> String {
         reference.to_ascii_lowercase(),
         std::process::id()
     )
+}
+
+/// The short notice to the sender of a message that was set aside because it is too large: it
+/// says what happened and that the message is kept. Rate-limited like acknowledgements (per
+/// recipient per day), never sent to automatic mail, and only when `quarantine_notice` is on.
+pub fn plan_quarantine_notice(
+    mailbox: &Mailbox,
+    own_addresses: &[String],
+    mail: &ParsedMail,
+    size: u64,
+    limit: u64,
+    facts: &AckFacts,
+) -> OutboxDraft {
+    let ack = &mailbox.acknowledge;
+    let from = ack.from.clone().unwrap_or_else(|| mailbox.address.clone());
+    let to = reply_address(mail);
+    let subject_text = normalized_subject(&mail.subject);
+    let mb = |bytes: u64| format!("{:.1} MB", bytes as f64 / 1_000_000.0);
+    let body_text = format!(
+        "Hello,\n\nyour message \"{subject_text}\" to {mailbox} is {size}, more than the {limit} we accept \
+         automatically, so it did not open a ticket yet. It is kept, and our team can take it in \
+         by hand; to be quicker, send the request again without large attachments (links to shared \
+         files are fine).\n\nThis is an automatic message from {mailbox}.\n",
+        mailbox = mailbox.address,
+        size = mb(size),
+        limit = mb(limit),
+    );
+    let suppressed = if !ack.quarantine_notice {
+        Some("quarantine notices are off (acknowledge.quarantine_notice = false)".to_string())
+    } else {
+        suppression(
+            ack,
+            own_addresses,
+            to.as_deref(),
+            AckKind::QuarantineNotice,
+            facts,
+        )
+    };
+    OutboxDraft {
+        kind: AckKind::QuarantineNotice,
+        message_id: new_message_id("quarantine", &from),
+        from,
+        to,
+        subject: format!("Not received automatically: {subject_text}"),
+        in_reply_to: Some(mail.message_id.clone()),
+        references: Some(format!("<{}>", mail.message_id)),
+        body_text,
+        body_html: None,
+        suppressed,
+    }
 }
 
 /// Decides whether `mail`, which opened (or followed up on) ticket `reference`, is acknowledged,

@@ -53,7 +53,7 @@ impl Batch {
     pub async fn enqueue(
         &mut self,
         mailbox: &str,
-        ticket_id: i64,
+        ticket_id: Option<i64>,
         draft: &OutboxDraft,
     ) -> Result<i64> {
         let now = now_ms();

@@ -484,3 +484,54 @@ async fn acknowledgements_go_out_over_implicit_tls_too() {
     let stdout = assert_ok(&case.run(&["once"]).await);
     assert!(stdout.contains("1 acknowledgement(s) sent"), "{stdout}");
 }
+
+#[tokio::test]
+async fn the_sender_of_a_too_large_message_gets_one_short_notice() {
+    let support = unique_mailbox();
+    let customer = format!("{}@customer.test", unique("big"));
+    let entra = Entra::start(&[&support, &customer]).await;
+    let extra = format!(
+        "{}\nmax_message_bytes = 4096\nacknowledge = {{ quarantine_notice = true }}",
+        smtp_keys()
+    );
+    let case = Case::build(Backend::Sqlite, &extra, "implicit", support.clone(), entra).await;
+    connect_first(&case).await;
+    let (big, _) = large_message(&support, 20_000);
+    let big = text(&big).replace("big@customer.test", &customer);
+    deliver_lmtp(&support, &customer, big.as_bytes()).await;
+    // An automatic message that is too large gets no notice.
+    let (auto, _) = large_message(&support, 20_000);
+    let auto = text(&auto).replace(
+        "MIME-Version",
+        "Auto-Submitted: auto-generated\r\nMIME-Version",
+    );
+    deliver_lmtp(&support, "robot@customer.test", auto.as_bytes()).await;
+
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(stdout.contains("2 quarantined"), "{stdout}");
+    assert!(stdout.contains("1 acknowledgement(s) sent"), "{stdout}");
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE kind = 'quarantine-notice' AND state = 'sent' AND ticket_id IS NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE kind = 'quarantine-notice' AND state = 'suppressed' AND reason LIKE 'automatic mail%'")
+            .await,
+        1
+    );
+    let arrived = eventually(Duration::from_secs(20), || async {
+        !inbox_messages(&case.entra, &customer).await.is_empty()
+    })
+    .await;
+    assert!(arrived, "no notice in the sender's inbox");
+    let notice = text(&inbox_messages(&case.entra, &customer).await.remove(0));
+    assert!(
+        notice.contains("Not received automatically: A very large log file"),
+        "{notice}"
+    );
+    assert!(notice.contains("It is kept"), "{notice}");
+    assert!(notice.contains("Auto-Submitted: auto-replied"), "{notice}");
+}
