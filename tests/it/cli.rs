@@ -146,3 +146,64 @@ async fn migrate_creates_the_schema_on_sqlite() {
 async fn migrate_creates_the_schema_on_postgres() {
     migrate_creates_the_schema(Backend::Postgres).await;
 }
+
+/// No Docker engine runs here, so the Dockerfile is linted: multi-stage, a non-root runtime user,
+/// every COPY source present in the repository, the builder on the toolchain Cargo.toml requires.
+#[test]
+fn dockerfile_lint() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let lines: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let stages: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(
+        stages.len() >= 2,
+        "expected a multi-stage build: {stages:?}"
+    );
+    let rust_version = std::fs::read_to_string(root.join("Cargo.toml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .expect("rust-version in Cargo.toml");
+    assert!(
+        stages[0].contains(&format!("rust:{rust_version}")),
+        "the builder should use Rust {rust_version}: {}",
+        stages[0]
+    );
+    let runtime = &lines[lines.iter().rposition(|l| l.starts_with("FROM ")).unwrap()..];
+    let user = runtime
+        .iter()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .next_back()
+        .expect("the runtime stage sets USER");
+    assert!(
+        user != "root" && user != "0",
+        "the runtime must not run as root"
+    );
+    assert!(runtime.iter().any(|l| l.starts_with("ENTRYPOINT ")));
+    for line in lines
+        .iter()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
+    {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for source in &parts[1..parts.len() - 1] {
+            assert!(
+                root.join(source).exists(),
+                "COPY source {source} is missing: {line}"
+            );
+        }
+    }
+    let unit = std::fs::read_to_string(root.join("deploy/mailintake.service")).unwrap();
+    for setting in [
+        "User=mailintake",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ExecStart=/usr/local/bin/mailintake run",
+    ] {
+        assert!(unit.contains(setting), "the systemd unit lacks {setting}");
+    }
+}
