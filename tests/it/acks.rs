@@ -12,10 +12,7 @@ async fn connect_first(case: &Case) {
     assert!(stdout.contains("0 new message(s)"), "{stdout}");
     // INTERNALDATE has whole seconds: let the next second begin, so that mail delivered now is
     // unambiguously newer than the first connection.
-    let first = mailintake::store::now_ms() / 1000;
-    while mailintake::store::now_ms() / 1000 == first {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    next_second().await;
 }
 
 fn customer_mail(from: &str, to: &str, subject: &str, id: &str, extra_headers: &str) -> Vec<u8> {
@@ -328,10 +325,7 @@ async fn the_running_worker_sends_acknowledgements_as_tickets_arrive() {
         )
         .await;
     assert!(connected, "no first sweep: {}", running.log());
-    let first = mailintake::store::now_ms() / 1000;
-    while mailintake::store::now_ms() / 1000 == first {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    next_second().await;
     let customer = format!("{}@customer.test", unique("c"));
     let id = format!("{}@customer.test", unique("m"));
     deliver_lmtp(

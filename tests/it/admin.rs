@@ -105,10 +105,7 @@ async fn outbox_rows_can_be_listed_retried_and_cancelled() {
     );
     let case = Case::new(Backend::Sqlite, &extra, "implicit").await;
     assert_ok(&case.run(&["once"]).await);
-    let first = mailintake::store::now_ms() / 1000;
-    while mailintake::store::now_ms() / 1000 == first {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    next_second().await;
     let (raw, _) = unique_fixture("plain.eml");
     deliver_lmtp(&case.mailbox, "alice@customer.test", &raw).await;
     assert_ok(&case.run(&["once"]).await);

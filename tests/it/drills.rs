@@ -211,6 +211,40 @@ impl PrivateStack {
         }
     }
 
+    /// A config for `support@helpdesk.test` on this stack, logging in with the stack's own fake
+    /// Entra and its demo app (crates/fake-entra/fake-entra.example.toml; secret in DRILL_SECRET).
+    fn config(&self, db: &TestDb, mailbox_keys: &str, imap_keys: &str) -> ConfigFile {
+        ConfigFile::write(&format!(
+            r#"
+[database]
+url = "{db}"
+
+[identities.demo]
+tenant = "{tenant}"
+client_id = "3f7e2c1a-9d4b-4e8f-a6c5-0b1d2e3f4a5b"
+client_secret = {{ env = "DRILL_SECRET" }}
+authority = "http://127.0.0.1:{entra}/{{tenant}}"
+
+[[mailboxes]]
+name = "support"
+address = "support@helpdesk.test"
+identity = "demo"
+{mailbox_keys}
+
+[mailboxes.imap]
+host = "localhost"
+port = {imaps}
+ca_file = "{dir}/tls/ca.pem"
+{imap_keys}
+"#,
+            db = db.url,
+            tenant = TENANT_ID,
+            entra = self.port("MAILSTACK_ENTRA_PORT"),
+            imaps = self.port("MAILSTACK_IMAPS_PORT"),
+            dir = self.dir.display(),
+        ))
+    }
+
     async fn deliver(&self, raw: &[u8]) {
         // The LMTP client of the shared helpers, pointed at this stack.
         deliver_lmtp_to(
@@ -239,37 +273,11 @@ impl Drop for PrivateStack {
 async fn the_worker_rides_out_mail_server_and_identity_provider_restarts() {
     let stack = PrivateStack::up().await;
     let db = TestDb::new(Backend::Sqlite).await;
-    // The stack's own fake Entra and its demo app (crates/fake-entra/fake-entra.example.toml).
-    let config = ConfigFile::write(&format!(
-        r#"
-[database]
-url = "{db}"
-
-[identities.demo]
-tenant = "{tenant}"
-client_id = "3f7e2c1a-9d4b-4e8f-a6c5-0b1d2e3f4a5b"
-client_secret = {{ env = "DRILL_SECRET" }}
-authority = "http://127.0.0.1:{entra}/{{tenant}}"
-
-[[mailboxes]]
-name = "support"
-address = "support@helpdesk.test"
-identity = "demo"
-poll_interval = "10m"
-max_new_tickets_per_sender_per_hour = 0
-
-[mailboxes.imap]
-host = "localhost"
-port = {imaps}
-ca_file = "{dir}/tls/ca.pem"
-connect_timeout = "3s"
-"#,
-        db = db.url,
-        tenant = TENANT_ID,
-        entra = stack.port("MAILSTACK_ENTRA_PORT"),
-        imaps = stack.port("MAILSTACK_IMAPS_PORT"),
-        dir = stack.dir.display(),
-    ));
+    let config = stack.config(
+        &db,
+        "poll_interval = \"10m\"\nmax_new_tickets_per_sender_per_hour = 0",
+        "connect_timeout = \"3s\"",
+    );
     let log = config.path.with_file_name("run.log");
     let mut child = tokio::process::Command::new(binary())
         .arg("--config")
@@ -358,35 +366,15 @@ connect_timeout = "3s"
 async fn an_acknowledgement_waits_out_an_smtp_outage() {
     let stack = PrivateStack::up().await;
     let db = TestDb::new(Backend::Sqlite).await;
-    let config = ConfigFile::write(&format!(
-        r#"
-[database]
-url = "{db}"
-
-[identities.demo]
-tenant = "{tenant}"
-client_id = "3f7e2c1a-9d4b-4e8f-a6c5-0b1d2e3f4a5b"
-client_secret = {{ env = "DRILL_SECRET" }}
-authority = "http://127.0.0.1:{entra}/{{tenant}}"
-
-[[mailboxes]]
-name = "support"
-address = "support@helpdesk.test"
-identity = "demo"
-smtp = {{ host = "localhost", port = {submission}, ca_file = "{dir}/tls/ca.pem", retry_delay = "1s", timeout = "5s" }}
-
-[mailboxes.imap]
-host = "localhost"
-port = {imaps}
-ca_file = "{dir}/tls/ca.pem"
-"#,
-        db = db.url,
-        tenant = TENANT_ID,
-        entra = stack.port("MAILSTACK_ENTRA_PORT"),
-        submission = stack.port("MAILSTACK_SUBMISSION_PORT"),
-        imaps = stack.port("MAILSTACK_IMAPS_PORT"),
-        dir = stack.dir.display(),
-    ));
+    let config = stack.config(
+        &db,
+        &format!(
+            "smtp = {{ host = \"localhost\", port = {}, ca_file = \"{}/tls/ca.pem\", retry_delay = \"1s\", timeout = \"5s\" }}",
+            stack.port("MAILSTACK_SUBMISSION_PORT"),
+            stack.dir.display()
+        ),
+        "",
+    );
     let once = || {
         mailintake(
             &config.path,
@@ -396,10 +384,7 @@ ca_file = "{dir}/tls/ca.pem"
     };
     // The first connection: mail from before it would not be acknowledged.
     assert_ok(&once().await);
-    let first = mailintake::store::now_ms() / 1000;
-    while mailintake::store::now_ms() / 1000 == first {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    next_second().await;
 
     stack.script(&["stop", "postfix"]).await;
     let customer = format!("{}@customer.test", unique("outage"));

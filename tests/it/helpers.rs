@@ -715,3 +715,13 @@ pub fn assert_ok(out: &std::process::Output) -> String {
     );
     text(&out.stdout)
 }
+
+/// Waits for the next wall-clock second. INTERNALDATE has whole seconds, so mail delivered after
+/// this is unambiguously newer than anything that happened before the call (e.g. a first
+/// connection, which decides what counts as imported mail).
+pub async fn next_second() {
+    let now = mailintake::store::now_ms() / 1000;
+    while mailintake::store::now_ms() / 1000 == now {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
