@@ -162,6 +162,12 @@ impl QuarantineReason {
     /// A sentence for the operator.
     pub fn detail(&self) -> String {
         match self {
+            // The size is the one the server announced; Exchange's is an estimate, and a
+            // message announced within the limit can turn out larger when downloaded.
+            QuarantineReason::TooLarge { size, limit } if size <= limit => format!(
+                "the server announced {size} bytes, but the message turned out larger than max_message_bytes = {limit} when downloaded (only its first {} bytes were read); release it with a higher limit to ingest it",
+                limit + 1
+            ),
             QuarantineReason::TooLarge { size, limit } => format!(
                 "the message is {size} bytes, above max_message_bytes = {limit}; release it with a higher limit to ingest it"
             ),

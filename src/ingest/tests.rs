@@ -636,3 +636,27 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn too_large_detail_tells_a_listed_size_from_one_found_while_downloading() {
+    let listed = QuarantineReason::TooLarge {
+        size: 30_000,
+        limit: 16_384,
+    };
+    assert_eq!(
+        listed.detail(),
+        "the message is 30000 bytes, above max_message_bytes = 16384; release it with a higher limit to ingest it"
+    );
+    // Announced within the limit (an estimate), larger when downloaded.
+    let found = QuarantineReason::TooLarge {
+        size: 6_000,
+        limit: 16_384,
+    };
+    let detail = found.detail();
+    assert!(detail.contains("announced 6000 bytes"), "{detail}");
+    assert!(
+        detail.contains("larger than max_message_bytes = 16384"),
+        "{detail}"
+    );
+    assert!(!detail.contains("is 6000 bytes, above"), "{detail}");
+}

@@ -1,5 +1,6 @@
 //! The intake engine against real Dovecot: crashes between commit and disposition, shadow mode,
-//! delete, first-start policy, batching, IDLE, dropped sessions, UIDVALIDITY changes, SIGTERM.
+//! delete, first-start policy, batching, IDLE, dropped sessions, UIDVALIDITY changes, SIGTERM, a
+//! message larger than its announced size.
 
 use std::time::Duration;
 
@@ -504,5 +505,214 @@ async fn a_message_the_server_cannot_deliver_is_set_aside_and_does_not_block_the
             .count("SELECT COUNT(*) FROM mailbox_state WHERE stuck_uid IS NULL")
             .await,
         1
+    );
+}
+
+/// Writes `raw` into `mailbox`'s Maildir as a file whose name carries no `S=`/`W=` size, so
+/// Dovecot has to learn the message's size from the file (and then keeps it in its index cache).
+/// Returns the file's base name.
+fn write_maildir_message(mailbox: &str, raw: &[u8]) -> String {
+    let dir = maildir_of(mailbox);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let base = format!("{secs}.{}.mailintake-it", unique("m"));
+    let owner = std::fs::metadata(&dir).unwrap();
+    let tmp = dir.join("tmp").join(&base);
+    std::fs::write(&tmp, raw).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::os::unix::fs::chown(&tmp, Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
+    std::fs::rename(&tmp, dir.join("new").join(&base)).unwrap();
+    base
+}
+
+fn maildir_of(mailbox: &str) -> std::path::PathBuf {
+    let (local, domain) = mailbox.split_once('@').unwrap();
+    std::path::Path::new(Stack::get().var("MAILSTACK_MAIL_ROOT"))
+        .join(domain)
+        .join(local)
+}
+
+/// The path of the Maildir file `base` (in `new/` or, once Dovecot has seen it, `cur/`).
+fn maildir_file(mailbox: &str, base: &str) -> std::path::PathBuf {
+    let dir = maildir_of(mailbox);
+    ["cur", "new"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(dir.join(sub)).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.split(':').next() == Some(base))
+        })
+        .unwrap_or_else(|| panic!("no Maildir file {base} for {mailbox}"))
+}
+
+/// Exchange announces an estimated RFC822.SIZE; a message can turn out larger than announced.
+/// Dovecot announces the size in its index cache, so the test makes the real size change between
+/// the worker's listing and its body fetch: the worker is held on a PostgreSQL lock while it
+/// commits the first batch, the message's file grows and its cache record is dropped
+/// (`doveadm mailbox cache remove`); Dovecot then delivers the capped partial body
+/// `BODY.PEEK[]<0.N>` of the real, larger message. It must be quarantined as too large without
+/// being downloaded whole, and the mail around it in its batch must become tickets.
+#[tokio::test]
+async fn a_message_larger_than_its_announced_size_is_quarantined_after_a_capped_fetch() {
+    const LIMIT: u64 = 16 * 1024;
+    const REAL_SIZE: usize = 400_000;
+    let case = Case::new(
+        Backend::Postgres,
+        &format!("max_message_bytes = {LIMIT}\nfetch_batch_messages = 3"),
+        "implicit",
+    )
+    .await;
+    assert_ok(&case.run(&["migrate"]).await);
+
+    // Batch 1: three messages (their commit is where the worker is held).
+    // Batch 2: before, the message that grows, after.
+    let first = deliver_fixtures(&case, &["plain.eml", "latin1.eml", "attachment.eml"]).await;
+    let before = deliver_fixtures(&case, &["plain.eml"]).await;
+    let (announced, grown_id) = large_message(&case.mailbox, 6_000);
+    assert!((announced.len() as u64) < LIMIT);
+    let base = write_maildir_message(&case.mailbox, &announced);
+    // Let Dovecot assign it its UID before the next delivery, so it sits between the two.
+    let uids = doveadm(&["search", "-u", &case.mailbox, "mailbox", "INBOX", "all"]);
+    let grown_uid = uids
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("doveadm search: {uids}"))
+        .to_string();
+    assert_eq!(uids.lines().count(), 5, "{uids}");
+    let after = deliver_fixtures(&case, &["html_only.eml"]).await;
+
+    // Hold the worker: inserting a ticket waits for this lock (reads do not).
+    let mut lock_conn = {
+        use sqlx::Connection;
+        sqlx::AnyConnection::connect(&case.db.url).await.unwrap()
+    };
+    let lock = {
+        use sqlx::Connection;
+        let mut tx = lock_conn.begin().await.unwrap();
+        sqlx::query("LOCK TABLE tickets IN SHARE MODE")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx
+    };
+
+    let steer = async {
+        // The worker has listed the folder (sizes as announced) and waits on the lock in batch 1.
+        let held = eventually(Duration::from_secs(30), || async {
+            case.db
+                .count(
+                    "SELECT COUNT(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .await
+                == 1
+        })
+        .await;
+        // The message grows to its real size and Dovecot forgets the size it had cached.
+        let path = maildir_file(&case.mailbox, &base);
+        let (real, _) = large_message(&case.mailbox, REAL_SIZE);
+        let extra = &real[real.len() - (REAL_SIZE - announced.len())..];
+        {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            file.write_all(extra).unwrap();
+        }
+        doveadm(&[
+            "mailbox",
+            "cache",
+            "remove",
+            "-u",
+            &case.mailbox,
+            "mailbox",
+            "INBOX",
+            "uid",
+            &grown_uid,
+        ]);
+        lock.rollback().await.unwrap();
+        held
+    };
+    let (out, held) = tokio::join!(case.run(&["once"]), steer);
+    let stdout = assert_ok(&out);
+    assert!(held, "the worker never waited on the lock: {stdout}");
+    assert!(
+        stdout.contains("5 ticket(s)") && stdout.contains("1 quarantined"),
+        "{stdout}"
+    );
+
+    // In the quarantine folder Dovecot reports the real size, which the worker never read in full.
+    let sizes = doveadm(&[
+        "fetch",
+        "-u",
+        &case.mailbox,
+        "size.virtual",
+        "mailbox",
+        "Quarantine",
+        "all",
+    ]);
+    assert_eq!(sizes.trim(), format!("size.virtual: {REAL_SIZE}"));
+    let sent: u64 = dovecot_bytes_out(&case.mailbox, 1).await.iter().sum();
+    let others: u64 = [
+        "plain.eml",
+        "latin1.eml",
+        "attachment.eml",
+        "plain.eml",
+        "html_only.eml",
+    ]
+    .iter()
+    .map(|name| fixture(name).len() as u64)
+    .sum();
+    assert!(
+        sent <= others + LIMIT + 1 + 64 * 1024,
+        "Dovecot sent {sent} bytes: more than the other mail ({others}), the cap ({LIMIT}) and the protocol"
+    );
+
+    let pool = case.db.pool().await;
+    let quarantined: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT reason, message_id, detail FROM quarantine")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_eq!(quarantined[0].0, "too-large");
+    assert_eq!(quarantined[0].1.as_deref(), Some(grown_id.as_str()));
+    assert!(
+        quarantined[0].2.contains(&format!(
+            "turned out larger than max_message_bytes = {LIMIT}"
+        )),
+        "{}",
+        quarantined[0].2
+    );
+    let tickets: Vec<(String,)> = sqlx::query_as("SELECT message_id FROM messages")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    for id in first.iter().chain(&before).chain(&after) {
+        assert!(
+            tickets.iter().any(|(t,)| t == id),
+            "{id} is not a ticket: {tickets:?}"
+        );
+    }
+    assert_eq!(
+        folder_contents(&case.entra, &case.mailbox, "Quarantine")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        folder_contents(&case.entra, &case.mailbox, "INBOX")
+            .await
+            .len(),
+        5
     );
 }
