@@ -74,6 +74,18 @@ pub struct CycleReport {
     pub n_acks_queued: usize,
 }
 
+impl CycleReport {
+    /// Adds the counts of one batch.
+    fn add(&mut self, batch: &CycleReport) {
+        self.n_tickets += batch.n_tickets;
+        self.n_follow_ups += batch.n_follow_ups;
+        self.n_duplicates += batch.n_duplicates;
+        self.n_quarantined += batch.n_quarantined;
+        self.n_ignored += batch.n_ignored;
+        self.n_acks_queued += batch.n_acks_queued;
+    }
+}
+
 impl std::fmt::Display for CycleReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -216,12 +228,17 @@ pub async fn sweep(
     } else {
         mailbox.fetch_batch_messages
     };
-    for batch in batches(
+    let batches = batches(
         &listed,
         mailbox.fetch_batch_bytes,
         batch_messages,
         mailbox.max_message_bytes,
-    ) {
+    );
+    // A pipeline of two: batch n+1 is downloaded and parsed while batch n is written; batch n's
+    // dispositions follow its commit. (Not while messages are taken one at a time after a failed
+    // fetch: then each must fail or pass on its own.) Memory: two batches.
+    let mut next: Option<Result<Prepared<'_>, CycleError>> = None;
+    for (i, &batch) in batches.iter().enumerate() {
         if shutdown.is_cancelled() {
             info!("shutdown requested; stopping between batches");
             break;
@@ -238,15 +255,12 @@ pub async fn sweep(
             ctx.store.clear_stuck(&mailbox.name, ctx.folder).await?;
             continue;
         }
-        match process_batch(ctx, session, &state, batch, &mut report).await {
-            Ok(()) => {
-                if stuck
-                    .as_ref()
-                    .is_some_and(|(uid, _, _)| batch.iter().any(|m| m.uid.0 == *uid))
-                {
-                    ctx.store.clear_stuck(&mailbox.name, ctx.folder).await?;
-                }
-            }
+        let prepared = match next.take() {
+            Some(prepared) => prepared,
+            None => prepare_batch(ctx, &mut session.conn, &state, batch).await,
+        };
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
             Err(e) => {
                 // The server failed while delivering these messages: remember where. (A lost
                 // database is not the message's fault and is not counted.)
@@ -263,6 +277,28 @@ pub async fn sweep(
                 }
                 return Err(e);
             }
+        };
+        report.bytes_fetched += prepared.bytes_fetched;
+        let prefetch = match batches.get(i + 1) {
+            Some(following) if stuck.is_none() => Some(*following),
+            _ => None,
+        };
+        let conn = &mut session.conn;
+        let (recorded, prefetched) = tokio::join!(record_batch(ctx, &state, prepared), async {
+            match prefetch {
+                Some(following) => Some(prepare_batch(ctx, conn, &state, following).await),
+                None => None,
+            }
+        });
+        next = prefetched;
+        let (to_dispose, counted) = recorded?;
+        report.add(&counted);
+        dispose_all(ctx, session, &to_dispose).await?;
+        if stuck
+            .as_ref()
+            .is_some_and(|(uid, _, _)| batch.iter().any(|m| m.uid.0 == *uid))
+        {
+            ctx.store.clear_stuck(&mailbox.name, ctx.folder).await?;
         }
     }
     session.fresh = false;
@@ -303,21 +339,27 @@ async fn set_aside_unreadable(
     };
     let disposition = quarantine_disposition(mailbox);
     let mut tx = ctx.store.begin().await?;
-    let recorded = ok_unless_conflict(
-        tx.quarantine(&at, &envelope, &reason, None, &disposition)
-            .await,
-    )?;
+    let (quarantine_id, row) = match tx
+        .quarantine(&at, &envelope, &reason, None, &disposition)
+        .await
+    {
+        Ok(recorded) => recorded,
+        Err(StoreError::Conflict) => {
+            // Another worker recorded it first; disposing of it is that worker's.
+            tx.rollback().await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     tx.commit().await?;
-    if let Some((quarantine_id, row)) = recorded {
-        error!(
-            uid = message.uid.0,
-            quarantine_id,
-            detail = %reason.detail(),
-            "set aside unread"
-        );
-        report.n_quarantined += 1;
-        dispose_all(ctx, session, &[(message.uid, disposition, row)]).await?;
-    }
+    error!(
+        uid = message.uid.0,
+        quarantine_id,
+        detail = %reason.detail(),
+        "set aside unread"
+    );
+    report.n_quarantined += 1;
+    dispose_all(ctx, session, &[(message.uid, disposition, row)]).await?;
     Ok(())
 }
 
@@ -432,11 +474,105 @@ enum Work {
     Old,
     /// Too large (listed, or found while downloading): recorded from these header bytes.
     TooLarge(Vec<u8>),
-    /// Downloaded; `release_key` is the quarantine key of an operator's release that let it in.
+    /// Downloaded, and parsed on a blocking thread while the previous batch was written;
+    /// `release_key` is the quarantine key of an operator's release that let it in.
     Raw {
         raw: Vec<u8>,
+        /// Taken by the first attempt to record the message; parsed again only when the batch
+        /// has to be decided again after a conflict.
+        parsed: Option<Result<Box<ingest::ParsedMail>, ingest::ParseFailure>>,
         release_key: Option<String>,
     },
+}
+
+/// A batch downloaded and parsed, ready for its transaction: the messages that still need an
+/// outcome, with what to do with each.
+struct Prepared<'a> {
+    work: Vec<(&'a MessageSummary, Work)>,
+    bytes_fetched: u64,
+}
+
+/// What became of one message; logged once its batch is committed, so that a batch decided
+/// again after a conflict logs only what it finally recorded.
+struct Recorded {
+    uid: Uid,
+    size: u64,
+    message_id: Option<String>,
+    disposition: String,
+    row_id: i64,
+    note: Note,
+}
+
+enum Note {
+    LeftBeforeCutoff,
+    NewTicket {
+        ticket_id: i64,
+        reference: String,
+        subject: String,
+    },
+    FollowUp {
+        ticket_id: i64,
+        reopen: bool,
+        auto_kind: Option<&'static str>,
+    },
+    Duplicate {
+        ticket_id: i64,
+    },
+    Ignored {
+        reason: String,
+    },
+    Quarantined {
+        quarantine_id: i64,
+        code: &'static str,
+        detail: String,
+        downloaded: bool,
+    },
+}
+
+impl Recorded {
+    fn log(&self) {
+        let span = info_span!(
+            "record",
+            uid = self.uid.0,
+            size = self.size,
+            message_id = self.message_id.as_deref()
+        );
+        let _entered = span.enter();
+        match &self.note {
+            Note::LeftBeforeCutoff => {
+                debug!("received before the first-start cutoff; left untouched")
+            }
+            Note::NewTicket {
+                ticket_id,
+                reference,
+                subject,
+            } => info!(ticket_id, %reference, %subject, "new ticket"),
+            Note::FollowUp {
+                ticket_id,
+                reopen,
+                auto_kind,
+            } => info!(
+                ticket_id,
+                reopen, auto_kind, "follow-up on an existing ticket"
+            ),
+            Note::Duplicate { ticket_id } => {
+                info!(ticket_id, "already stored; recorded as duplicate")
+            }
+            Note::Ignored { reason } => info!(%reason, "no ticket"),
+            Note::Quarantined {
+                quarantine_id,
+                code,
+                detail,
+                downloaded: false,
+            } => warn!(quarantine_id, reason = code, %detail, "quarantined without downloading"),
+            Note::Quarantined {
+                quarantine_id,
+                code,
+                detail,
+                downloaded: true,
+            } => warn!(quarantine_id, reason = code, %detail, "quarantined"),
+        }
+    }
 }
 
 /// The disposition string stored with an outcome: `seen`, `move:<folder>`, `delete`,
@@ -457,17 +593,24 @@ fn quarantine_disposition(mailbox: &Mailbox) -> String {
     }
 }
 
+/// The first phase of a batch, which needs the IMAP session but writes nothing (so it runs while
+/// the previous batch is being written): which messages still need an outcome, their bodies in
+/// one round trip (each capped at `max_message_bytes`; header fields only for oversized mail),
+/// parsed on a blocking thread.
 #[instrument(skip_all, fields(first_uid = batch[0].uid.0, n = batch.len()), err)]
-async fn process_batch(
+async fn prepare_batch<'a>(
     ctx: &MailboxContext<'_>,
-    session: &mut Session,
+    conn: &mut Connection,
     state: &FolderState,
-    batch: &[MessageSummary],
-    report: &mut CycleReport,
-) -> Result<(), CycleError> {
+    batch: &'a [MessageSummary],
+) -> Result<Prepared<'a>, CycleError> {
     let mailbox = ctx.mailbox;
     let first = batch[0].uid.0;
     let last = batch[batch.len() - 1].uid.0;
+    let mut prepared = Prepared {
+        work: Vec::with_capacity(batch.len()),
+        bytes_fetched: 0,
+    };
 
     // Outcomes recorded before (their pending dispositions were completed at the sweep's start).
     let recorded: HashSet<u32> = ctx
@@ -482,7 +625,7 @@ async fn process_batch(
         .filter(|m| !recorded.contains(&m.uid.0))
         .collect();
     if todo.is_empty() {
-        return Ok(());
+        return Ok(prepared);
     }
 
     let is_old = |m: &MessageSummary| match (state.ingest_after_ms, m.internal_date_ms) {
@@ -494,23 +637,22 @@ async fn process_batch(
         .filter(|m| !is_old(m) && m.size <= mailbox.max_message_bytes)
         .map(|m| m.uid)
         .collect();
-    let mut bodies: HashMap<Uid, Body> = session
-        .conn
+    let mut bodies: HashMap<Uid, Body> = conn
         .fetch_bodies(&to_fetch, mailbox.max_message_bytes)
         .await?
         .into_iter()
         .collect();
 
-    let mut work = Vec::with_capacity(todo.len());
-    for message in &todo {
+    for message in todo {
         let item = if is_old(message) {
             Work::Old
         } else {
             match bodies.remove(&message.uid) {
                 Some(Body::Complete(raw)) => {
-                    report.bytes_fetched += raw.len() as u64;
+                    prepared.bytes_fetched += raw.len() as u64;
                     Work::Raw {
                         raw,
+                        parsed: None,
                         release_key: None,
                     }
                 }
@@ -519,22 +661,23 @@ async fn process_batch(
                 // with a higher limit.
                 found_large => {
                     if found_large.is_some() {
-                        report.bytes_fetched += mailbox.max_message_bytes + 1;
+                        prepared.bytes_fetched += mailbox.max_message_bytes + 1;
                     }
-                    let header = session.conn.fetch_identifying_headers(message.uid).await?;
+                    let header = conn.fetch_identifying_headers(message.uid).await?;
                     let key = envelope_from_header(&header, message).message_id;
                     match ctx.store.unused_release(&mailbox.name, &key).await? {
                         Some(limit) => {
                             let cap = limit.map_or(mailbox.max_message_bytes, |l| l.max(0) as u64);
-                            match session.conn.fetch_bodies(&[message.uid], cap).await?.pop() {
+                            match conn.fetch_bodies(&[message.uid], cap).await?.pop() {
                                 Some((_, Body::Complete(raw))) => {
                                     info!(
                                         uid = message.uid.0,
                                         cap, "released from quarantine; ingesting"
                                     );
-                                    report.bytes_fetched += raw.len() as u64;
+                                    prepared.bytes_fetched += raw.len() as u64;
                                     Work::Raw {
                                         raw,
+                                        parsed: None,
                                         release_key: Some(key.clone()),
                                     }
                                 }
@@ -546,115 +689,201 @@ async fn process_batch(
                 }
             }
         };
-        work.push((*message, item));
+        prepared.work.push((message, item));
     }
 
-    let queued_before = report.n_acks_queued;
-    // Arrival times of what this batch records (mail left from before the cutoff excepted).
-    let received_ms: Vec<i64> = work
-        .iter()
-        .filter(|(_, item)| !matches!(item, Work::Old))
-        .filter_map(|(summary, _)| summary.internal_date_ms)
-        .collect();
-    let mut tx = ctx.store.begin().await?;
-    let mut to_dispose: Vec<(Uid, String, i64)> = Vec::with_capacity(work.len());
-    for (summary, item) in work {
-        let at = ImapLocation {
-            mailbox: &mailbox.name,
-            folder: ctx.folder,
-            uidvalidity: state.uidvalidity,
-            uid: summary.uid.0,
-            size: summary.size,
-            internal_date_ms: summary.internal_date_ms,
-        };
-        if let Some((disposition, row_id)) =
-            record(ctx, &mut tx, state, &at, summary, item, report).await?
-        {
-            to_dispose.push((summary.uid, disposition, row_id));
+    // Parsing is CPU work: off the async threads, beside the previous batch's SQL.
+    let (summaries, mut items): (Vec<&MessageSummary>, Vec<Work>) =
+        std::mem::take(&mut prepared.work).into_iter().unzip();
+    let parsed = tokio::task::spawn_blocking(move || {
+        for item in &mut items {
+            if let Work::Raw { raw, parsed, .. } = item {
+                *parsed = Some(ingest::parse(raw).map(Box::new));
+            }
         }
-    }
-    tx.commit().await?;
-    ctx.metrics
-        .batch_committed(&mailbox.name, &received_ms, now_ms());
-    failpoint::hit(Point::AfterCommit);
-    if report.n_acks_queued > queued_before
-        && let Some(wake) = &ctx.outbox_wake
-    {
-        wake.notify_one();
-    }
-    dispose_all(ctx, session, &to_dispose).await?;
-    Ok(())
+        items
+    })
+    .await;
+    let items = match parsed {
+        Ok(items) => items,
+        // A panic in the parser is a bug; let it surface as it would have on this thread.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    prepared.work = summaries.into_iter().zip(items).collect();
+    Ok(prepared)
 }
 
-/// Decides and records one message inside the batch's transaction. Returns its disposition and
-/// `imap_messages` row, or `None` when another worker recorded this UID first.
-#[instrument(skip_all, fields(uid = summary.uid.0, size = summary.size, message_id))]
+/// How often a batch is decided again after another worker recorded some of its messages
+/// meanwhile, before the sweep gives up (and retries later).
+const CONFLICT_ATTEMPTS: u32 = 3;
+
+/// The second phase of a batch: decides every message and records all outcomes with the
+/// folder's checkpoint in one transaction (one fsync). Returns the dispositions to perform, which
+/// only now may be done, and what the batch counted.
+async fn record_batch(
+    ctx: &MailboxContext<'_>,
+    state: &FolderState,
+    mut prepared: Prepared<'_>,
+) -> Result<(Vec<(Uid, String, i64)>, CycleReport), CycleError> {
+    let mailbox = ctx.mailbox;
+    for attempt in 1..=CONFLICT_ATTEMPTS {
+        if prepared.work.is_empty() {
+            return Ok((Vec::new(), CycleReport::default()));
+        }
+        if attempt > 1 {
+            // Whatever the other worker recorded is its to dispose of.
+            let first = prepared.work[0].0.uid.0;
+            let last = prepared.work[prepared.work.len() - 1].0.uid.0;
+            let recorded: HashSet<u32> = ctx
+                .store
+                .recorded_outcomes(&mailbox.name, ctx.folder, state.uidvalidity, first, last)
+                .await?
+                .into_iter()
+                .map(|r| r.uid)
+                .collect();
+            prepared.work.retain(|(m, _)| !recorded.contains(&m.uid.0));
+            if prepared.work.is_empty() {
+                return Ok((Vec::new(), CycleReport::default()));
+            }
+        }
+        let mut report = CycleReport::default();
+        let mut recorded = Vec::with_capacity(prepared.work.len());
+        let mut tx = ctx.store.begin().await?;
+        let mut conflict = false;
+        for (summary, item) in &mut prepared.work {
+            let at = ImapLocation {
+                mailbox: &mailbox.name,
+                folder: ctx.folder,
+                uidvalidity: state.uidvalidity,
+                uid: summary.uid.0,
+                size: summary.size,
+                internal_date_ms: summary.internal_date_ms,
+            };
+            match record(ctx, &mut tx, state, &at, summary, item, &mut report).await {
+                Ok(done) => recorded.push(done),
+                Err(CycleError::Store(StoreError::Conflict)) => {
+                    conflict = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if conflict {
+            tx.rollback().await?;
+            warn!(
+                attempt,
+                "another worker recorded some of these messages meanwhile; deciding the batch again"
+            );
+            continue;
+        }
+        tx.commit().await?;
+        // Arrival times of what this batch recorded (mail left from before the cutoff excepted).
+        let received_ms: Vec<i64> = prepared
+            .work
+            .iter()
+            .filter(|(_, item)| !matches!(item, Work::Old))
+            .filter_map(|(summary, _)| summary.internal_date_ms)
+            .collect();
+        ctx.metrics
+            .batch_committed(&mailbox.name, &received_ms, now_ms());
+        failpoint::hit(Point::AfterCommit);
+        if report.n_acks_queued > 0
+            && let Some(wake) = &ctx.outbox_wake
+        {
+            wake.notify_one();
+        }
+        for done in &recorded {
+            done.log();
+        }
+        let to_dispose = recorded
+            .into_iter()
+            .map(|r| (r.uid, r.disposition, r.row_id))
+            .collect();
+        return Ok((to_dispose, report));
+    }
+    Err(StoreError::Conflict.into())
+}
+
+/// Decides and records one message inside the batch's transaction. `Conflict` (another worker
+/// recorded it meanwhile) leaves the transaction to be dropped: see [`Batch`].
 async fn record(
     ctx: &MailboxContext<'_>,
     tx: &mut Batch,
     state: &FolderState,
     at: &ImapLocation<'_>,
     summary: &MessageSummary,
-    item: Work,
+    item: &mut Work,
     report: &mut CycleReport,
-) -> Result<Option<(String, i64)>, CycleError> {
+) -> Result<Recorded, CycleError> {
     let mailbox = ctx.mailbox;
-    let span = tracing::Span::current();
-    let raw = match item {
+    let recorded = |message_id: &str, disposition: String, row_id: i64, note: Note| Recorded {
+        uid: summary.uid,
+        size: summary.size,
+        message_id: Some(message_id.to_string()),
+        disposition,
+        row_id,
+        note,
+    };
+    let (raw, parsed) = match item {
         Work::Old => {
-            let envelope = QuarantineEnvelope {
-                message_id: format!(
-                    "uid-{}-{}@first-start.mailintake.invalid",
-                    at.uidvalidity, at.uid
-                ),
-                ..QuarantineEnvelope::default()
-            };
+            let message_id = format!(
+                "uid-{}-{}@first-start.mailintake.invalid",
+                at.uidvalidity, at.uid
+            );
             let row = tx
                 .ignored(
                     at,
-                    &envelope.message_id,
+                    &message_id,
                     "received before the mailbox's first_start cutoff; left untouched",
                     "none",
                 )
-                .await;
+                .await?;
             report.n_ignored += 1;
-            return Ok(ok_unless_conflict(row)?.map(|row| ("none".to_string(), row)));
+            return Ok(recorded(
+                &message_id,
+                "none".into(),
+                row,
+                Note::LeftBeforeCutoff,
+            ));
         }
         Work::TooLarge(header) => {
-            let envelope = envelope_from_header(&header, summary);
-            span.record("message_id", envelope.message_id.as_str());
+            let envelope = envelope_from_header(header, summary);
             let reason = QuarantineReason::TooLarge {
                 size: summary.size,
                 limit: mailbox.max_message_bytes,
             };
             let disposition = quarantine_disposition(mailbox);
-            let result = tx
+            let (quarantine_id, row) = tx
                 .quarantine(at, &envelope, &reason, None, &disposition)
-                .await;
-            let Some((quarantine_id, row)) = ok_unless_conflict(result)? else {
-                return Ok(None);
-            };
-            warn!(
-                quarantine_id,
-                reason = reason.code(),
-                "quarantined without downloading"
-            );
+                .await?;
             report.n_quarantined += 1;
-            notify_quarantined(ctx, tx, state, &header, summary, report).await?;
-            return Ok(Some((disposition, row)));
+            notify_quarantined(ctx, tx, state, header, summary, report).await?;
+            let note = Note::Quarantined {
+                quarantine_id,
+                code: reason.code(),
+                detail: reason.detail(),
+                downloaded: false,
+            };
+            return Ok(recorded(&envelope.message_id, disposition, row, note));
         }
-        Work::Raw { raw, release_key } => {
+        Work::Raw {
+            raw,
+            parsed,
+            release_key,
+        } => {
             if let Some(key) = release_key {
-                tx.use_release(&mailbox.name, &key).await?;
+                tx.use_release(&mailbox.name, key).await?;
             }
-            raw
+            let parsed = match parsed.take() {
+                Some(parsed) => parsed.map(|mail| *mail),
+                None => ingest::parse(raw),
+            };
+            (raw, parsed)
         }
     };
 
-    let parsed = ingest::parse(&raw);
     let facts = match &parsed {
         Ok(mail) => {
-            span.record("message_id", mail.message_id.as_str());
             let facts = facts_for(tx, mail, &mailbox.name).await?;
             if facts.released {
                 // A release lets the message in once.
@@ -673,135 +902,109 @@ async fn record(
         Err(_) => QuarantineEnvelope {
             message_id: format!(
                 "{}@content-hash.mailintake.invalid",
-                ingest::sha256_hex(&raw)
+                ingest::sha256_hex(raw)
             ),
             ..QuarantineEnvelope::default()
         },
     };
 
-    let mut decision = ingest::decide(parsed, &facts, &ctx.policy);
-    // A conflict means another worker stored this Message-ID (or recorded this UID) meanwhile:
-    // decide once more with what is stored now.
-    for attempt in 0..2 {
-        let retry_with = match decision {
-            Decision::NewTicket { mail, related } => {
-                let disposition = normal_disposition(mailbox);
-                let keep_raw = mailbox.keep_raw_all.then_some(raw.as_slice());
-                match tx
-                    .new_ticket(at, &mail, related, keep_raw, &disposition)
-                    .await
-                {
-                    Ok((ticket_id, reference, row)) => {
-                        info!(ticket_id, %reference, subject = %mail.subject, "new ticket");
-                        report.n_tickets += 1;
-                        acknowledge(
-                            ctx,
-                            tx,
-                            state,
-                            summary,
-                            &mail,
-                            ticket_id,
-                            AckKind::NewTicket,
-                            None,
-                            report,
-                        )
-                        .await?;
-                        return Ok(Some((disposition, row)));
-                    }
-                    Err(StoreError::Conflict) if attempt == 0 => mail,
-                    Err(StoreError::Conflict) => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Decision::FollowUp {
-                mail,
+    let keep_raw = mailbox.keep_raw_all.then_some(raw.as_slice());
+    match ingest::decide(parsed, &facts, &ctx.policy) {
+        Decision::NewTicket { mail, related } => {
+            let disposition = normal_disposition(mailbox);
+            let (ticket_id, reference, row) = tx
+                .new_ticket(at, &mail, related, keep_raw, &disposition)
+                .await?;
+            report.n_tickets += 1;
+            acknowledge(
+                ctx,
+                tx,
+                state,
+                summary,
+                &mail,
+                ticket_id,
+                AckKind::NewTicket,
+                None,
+                report,
+            )
+            .await?;
+            let note = Note::NewTicket {
+                ticket_id,
+                reference,
+                subject: mail.subject.clone(),
+            };
+            Ok(recorded(&mail.message_id, disposition, row, note))
+        }
+        Decision::FollowUp {
+            mail,
+            ticket_id,
+            reopen,
+            auto_kind,
+        } => {
+            let disposition = normal_disposition(mailbox);
+            let on = FollowUpOn {
                 ticket_id,
                 reopen,
                 auto_kind,
-            } => {
-                let disposition = normal_disposition(mailbox);
-                let keep_raw = mailbox.keep_raw_all.then_some(raw.as_slice());
-                match tx
-                    .follow_up(
-                        at,
-                        &mail,
-                        FollowUpOn {
-                            ticket_id,
-                            reopen,
-                            auto_kind,
-                        },
-                        keep_raw,
-                        &disposition,
-                    )
-                    .await
-                {
-                    Ok(row) => {
-                        info!(
-                            ticket_id,
-                            reopen, auto_kind, "follow-up on an existing ticket"
-                        );
-                        report.n_follow_ups += 1;
-                        acknowledge(
-                            ctx,
-                            tx,
-                            state,
-                            summary,
-                            &mail,
-                            ticket_id,
-                            AckKind::FollowUp,
-                            auto_kind,
-                            report,
-                        )
-                        .await?;
-                        return Ok(Some((disposition, row)));
-                    }
-                    Err(StoreError::Conflict) if attempt == 0 => mail,
-                    Err(StoreError::Conflict) => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Decision::Duplicate { ticket_id } => {
-                let disposition = normal_disposition(mailbox);
-                let row = tx
-                    .duplicate(at, &envelope.message_id, ticket_id, &disposition)
-                    .await;
-                return Ok(ok_unless_conflict(row)?.map(|row| {
-                    info!(ticket_id, "already stored; recorded as duplicate");
-                    report.n_duplicates += 1;
-                    (disposition, row)
-                }));
-            }
-            Decision::Ignore { reason } => {
-                // Never deleted: nothing of it is stored but this record.
-                let disposition = match normal_disposition(mailbox).as_str() {
-                    "delete" => "seen".to_string(),
-                    other => other.to_string(),
-                };
-                let row = tx
-                    .ignored(at, &envelope.message_id, &reason, &disposition)
-                    .await;
-                return Ok(ok_unless_conflict(row)?.map(|row| {
-                    info!(%reason, "no ticket");
-                    report.n_ignored += 1;
-                    (disposition, row)
-                }));
-            }
-            Decision::Quarantine(reason) => {
-                let disposition = quarantine_disposition(mailbox);
-                let result = tx
-                    .quarantine(at, &envelope, &reason, Some(&raw), &disposition)
-                    .await;
-                return Ok(ok_unless_conflict(result)?.map(|(quarantine_id, row)| {
-                    warn!(quarantine_id, reason = reason.code(), detail = %reason.detail(), "quarantined");
-                    report.n_quarantined += 1;
-                    (disposition, row)
-                }));
-            }
-        };
-        let facts = facts_for(tx, &retry_with, &mailbox.name).await?;
-        decision = ingest::decide(Ok(*retry_with), &facts, &ctx.policy);
+            };
+            let row = tx.follow_up(at, &mail, on, keep_raw, &disposition).await?;
+            report.n_follow_ups += 1;
+            acknowledge(
+                ctx,
+                tx,
+                state,
+                summary,
+                &mail,
+                ticket_id,
+                AckKind::FollowUp,
+                auto_kind,
+                report,
+            )
+            .await?;
+            let note = Note::FollowUp {
+                ticket_id,
+                reopen,
+                auto_kind,
+            };
+            Ok(recorded(&mail.message_id, disposition, row, note))
+        }
+        Decision::Duplicate { ticket_id } => {
+            let disposition = normal_disposition(mailbox);
+            let row = tx
+                .duplicate(at, &envelope.message_id, ticket_id, &disposition)
+                .await?;
+            report.n_duplicates += 1;
+            let note = Note::Duplicate { ticket_id };
+            Ok(recorded(&envelope.message_id, disposition, row, note))
+        }
+        Decision::Ignore { reason } => {
+            // Never deleted: nothing of it is stored but this record.
+            let disposition = match normal_disposition(mailbox).as_str() {
+                "delete" => "seen".to_string(),
+                other => other.to_string(),
+            };
+            let row = tx
+                .ignored(at, &envelope.message_id, &reason, &disposition)
+                .await?;
+            report.n_ignored += 1;
+            let note = Note::Ignored { reason };
+            Ok(recorded(&envelope.message_id, disposition, row, note))
+        }
+        Decision::Quarantine(reason) => {
+            let disposition = quarantine_disposition(mailbox);
+            let (quarantine_id, row) = tx
+                .quarantine(at, &envelope, &reason, Some(raw), &disposition)
+                .await?;
+            report.n_quarantined += 1;
+            let note = Note::Quarantined {
+                quarantine_id,
+                code: reason.code(),
+                detail: reason.detail(),
+                downloaded: true,
+            };
+            Ok(recorded(&envelope.message_id, disposition, row, note))
+        }
     }
-    Ok(None)
 }
 
 /// Writes the acknowledgement of a new ticket or follow-up into the outbox, in the batch's
@@ -927,33 +1130,27 @@ async fn facts_for(
         Some(reference) => tx.ticket_by_reference(&reference).await?,
         None => None,
     };
-    let sender_recent_tickets = match &mail.from {
-        Some(from) => {
-            tx.tickets_opened_by(&from.address, now_ms() - 3_600_000)
-                .await?
-        }
-        None => 0,
+    let stored = tx
+        .message_facts(
+            mailbox,
+            &mail.message_id,
+            mail.from.as_ref().map(|p| p.address.as_str()),
+            now_ms() - 3_600_000,
+        )
+        .await?;
+    let thread = if thread_ids.is_empty() {
+        None
+    } else {
+        tx.ticket_of_message_ids(&thread_ids).await?
     };
     Ok(Facts {
-        same_message_id: tx.message_by_message_id(&mail.message_id).await?,
-        thread: tx.ticket_of_message_ids(&thread_ids).await?,
+        same_message_id: stored.same_message_id,
+        thread,
         tagged,
         reported,
-        sender_recent_tickets,
-        released: tx.is_released(mailbox, &mail.message_id).await?,
+        sender_recent_tickets: stored.sender_recent_tickets,
+        released: stored.released,
     })
-}
-
-/// `Conflict` means another worker recorded this UID first: not an error, nothing to do.
-fn ok_unless_conflict<T>(result: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
-    match result {
-        Ok(value) => Ok(Some(value)),
-        Err(StoreError::Conflict) => {
-            debug!("already recorded by another worker");
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// Performs the IMAP dispositions of committed outcomes, one command per kind and UID set, then

@@ -6,6 +6,7 @@
 //! or duplicate record) and the folder's checkpoint are written in one transaction; and that row,
 //! keyed by (mailbox, folder, uidvalidity, uid), records whether the IMAP disposition is still due.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -164,10 +165,12 @@ impl Store {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
+                        // 16 KiB pages (taken only by a new, empty database) write message bodies
+                        // and attachments in a quarter of the pages (and system calls) of 4 KiB.
                         // WAL lets readers (the helpdesk application) work during ingest; FULL
                         // fsyncs every commit, which exactly-once needs before the IMAP disposition.
                         conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                            "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
                         )
                         .await?;
@@ -390,8 +393,16 @@ impl Store {
     /// Starts a transaction in which a batch of outcomes is recorded; nothing is visible (or
     /// durable) until [`Batch::commit`].
     pub async fn begin(&self) -> Result<Batch> {
+        let tx = match self.backend {
+            // The write lock from the start: the facts read in the batch are the latest, and no
+            // other writer (a second worker, the sender) can commit in between.
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         Ok(Batch {
-            tx: self.pool.begin().await?,
+            tx,
+            checkpoints: Vec::new(),
+            conflicted: false,
         })
     }
 
@@ -478,8 +489,19 @@ pub struct QuarantineEnvelope {
 
 /// A transaction that records the outcomes of a batch of messages together with the folder's
 /// checkpoint: one commit (one fsync) for the batch, all or nothing.
+///
+/// A write that finds another worker's row (the same UID or Message-ID, committed meanwhile)
+/// returns `Conflict` and leaves the batch unusable: it must be dropped (rolled back) and decided
+/// again from what is stored now; [`Batch::commit`] refuses it. On SQLite this cannot happen
+/// (`BEGIN IMMEDIATE` holds the write lock from the first read); on PostgreSQL it is rare. Undoing
+/// the whole batch instead of one message spares two statements (a savepoint) per message.
 pub struct Batch {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    /// The highest UID recorded per folder (mailbox, folder, uidvalidity): the checkpoint is moved
+    /// once, at commit, instead of once per message.
+    checkpoints: Vec<(String, String, u32, u32)>,
+    /// A write met another worker's row: this batch must not be committed.
+    conflicted: bool,
 }
 
 /// The ticket a follow-up goes on, and how.
@@ -490,6 +512,14 @@ pub struct FollowUpOn<'a> {
     pub reopen: bool,
     /// `auto-reply`, `bounce`, `read-receipt` for automatic mail.
     pub auto_kind: Option<&'a str>,
+}
+
+/// What [`Batch::message_facts`] found.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFacts {
+    pub same_message_id: Option<crate::ingest::KnownMessage>,
+    pub sender_recent_tickets: u32,
+    pub released: bool,
 }
 
 /// What an `imap_messages` row records, beyond the message's location.
@@ -503,34 +533,69 @@ struct Outcome<'a> {
 }
 
 impl Batch {
-    /// The stored message with this Message-ID (as this transaction sees it).
-    pub async fn message_by_message_id(
+    /// What is stored about a message about to be recorded, in one statement: the stored message
+    /// with the same Message-ID, how many tickets `sender` opened since `since_ms`, and whether an
+    /// operator released this Message-ID from the quarantine of `mailbox` (not used yet).
+    pub async fn message_facts(
         &mut self,
+        mailbox: &str,
         message_id: &str,
-    ) -> Result<Option<crate::ingest::KnownMessage>> {
-        let row = sqlx::query("SELECT ticket_id, fingerprint FROM messages WHERE message_id = $1")
-            .bind(message_id)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        Ok(row.map(|r| crate::ingest::KnownMessage {
-            ticket_id: r.get(0),
-            fingerprint: r.get(1),
-        }))
+        sender: Option<&str>,
+        since_ms: i64,
+    ) -> Result<MessageFacts> {
+        let row = sqlx::query(
+            "SELECT m.ticket_id, m.fingerprint, \
+             (SELECT COUNT(*) FROM tickets WHERE lower(requester_address) = lower($2) AND created_at >= $3), \
+             (SELECT COUNT(*) FROM quarantine WHERE mailbox = $4 AND message_id = $1 \
+              AND released_at IS NOT NULL AND release_used_at IS NULL) \
+             FROM (SELECT 1 AS one) AS q LEFT JOIN messages m ON m.message_id = $1",
+        )
+        .bind(message_id)
+        .bind(sender.map(str::to_string))
+        .bind(since_ms)
+        .bind(mailbox)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let same_message_id = match (row.get::<Option<i64>, _>(0), row.get(1)) {
+            (Some(ticket_id), Some(fingerprint)) => Some(crate::ingest::KnownMessage {
+                ticket_id,
+                fingerprint,
+            }),
+            _ => None,
+        };
+        Ok(MessageFacts {
+            same_message_id,
+            sender_recent_tickets: row.get::<i64, _>(2) as u32,
+            released: row.get::<i64, _>(3) > 0,
+        })
     }
 
     /// The ticket owning one of these Message-IDs (our stored inbound messages or our outbox),
-    /// trying them in order.
+    /// the first of them in order that is known: one statement per hundred IDs.
     pub async fn ticket_of_message_ids(&mut self, ids: &[String]) -> Result<Option<KnownTicket>> {
-        for id in ids {
-            let row = sqlx::query(
-                "SELECT ticket_id FROM messages WHERE message_id = $1 \
-                 UNION ALL SELECT ticket_id FROM outbox WHERE message_id = $1 AND ticket_id IS NOT NULL",
-            )
-            .bind(id)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-            if let Some(row) = row {
-                return self.ticket(row.get(0)).await;
+        for chunk in ids.chunks(100) {
+            let placeholders = (1..=chunk.len())
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Only placeholders are formatted into the statement; the IDs are bound.
+            let sql = format!(
+                "SELECT message_id, ticket_id FROM messages WHERE message_id IN ({placeholders}) \
+                 UNION ALL SELECT message_id, ticket_id FROM outbox WHERE message_id IN ({placeholders}) \
+                 AND ticket_id IS NOT NULL"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            let found: HashMap<String, i64> = query
+                .fetch_all(&mut *self.tx)
+                .await?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            if let Some(ticket_id) = chunk.iter().find_map(|id| found.get(id)) {
+                return self.ticket(*ticket_id).await;
             }
         }
         Ok(None)
@@ -548,55 +613,46 @@ impl Batch {
         }
     }
 
-    /// A ticket with its status and participants (requester, and the senders of its messages).
+    /// A ticket with its status and participants (requester, and the senders of its messages),
+    /// in one statement: the ticket's row first, then one row per sender address.
     async fn ticket(&mut self, ticket_id: i64) -> Result<Option<KnownTicket>> {
-        let Some(row) = sqlx::query("SELECT status, requester_address FROM tickets WHERE id = $1")
-            .bind(ticket_id)
-            .fetch_optional(&mut *self.tx)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let mut participants: Vec<String> = row
-            .get::<Option<String>, _>(1)
-            .into_iter()
-            .map(|a| a.to_ascii_lowercase())
-            .collect();
-        let senders = sqlx::query(
-            "SELECT DISTINCT from_address FROM messages WHERE ticket_id = $1 AND from_address IS NOT NULL \
-             UNION SELECT DISTINCT reply_to FROM messages WHERE ticket_id = $1 AND reply_to IS NOT NULL",
+        let rows = sqlx::query(
+            "SELECT 0, status, requester_address FROM tickets WHERE id = $1 \
+             UNION ALL SELECT 1, NULL, from_address FROM messages WHERE ticket_id = $1 AND from_address IS NOT NULL \
+             UNION ALL SELECT 1, NULL, reply_to FROM messages WHERE ticket_id = $1 AND reply_to IS NOT NULL",
         )
         .bind(ticket_id)
         .fetch_all(&mut *self.tx)
         .await?;
-        for sender in senders {
-            let address = sender.get::<String, _>(0).to_ascii_lowercase();
-            if !participants.contains(&address) {
-                participants.push(address);
+        let Some(status) = rows
+            .iter()
+            .find(|r| r.get::<i64, _>(0) == 0)
+            .map(|r| r.get::<String, _>(1))
+        else {
+            return Ok(None);
+        };
+        let mut participants: Vec<String> = Vec::new();
+        // The requester first, then the senders in the order the database gives them.
+        let mut ordered: Vec<&sqlx::any::AnyRow> = rows.iter().collect();
+        ordered.sort_by_key(|r| r.get::<i64, _>(0));
+        for row in ordered {
+            if let Some(address) = row.get::<Option<String>, _>(2) {
+                let address = address.to_ascii_lowercase();
+                if !participants.contains(&address) {
+                    participants.push(address);
+                }
             }
         }
         Ok(Some(KnownTicket {
             ticket_id,
-            status: row.get(0),
+            status,
             participants,
         }))
     }
 
-    /// How many tickets `sender` opened since `since_ms`.
-    pub async fn tickets_opened_by(&mut self, sender: &str, since_ms: i64) -> Result<u32> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) FROM tickets WHERE lower(requester_address) = lower($1) AND created_at >= $2",
-        )
-        .bind(sender)
-        .bind(since_ms)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok(row.get::<i64, _>(0) as u32)
-    }
-
     /// Opens a ticket with `mail` as its first message and records the outcome. Returns the ticket
-    /// id and reference and the `imap_messages` row id. On `Conflict` (the Message-ID or the UID was
-    /// stored meanwhile by another worker) nothing of this message is kept and the batch goes on.
+    /// id and reference and the `imap_messages` row id. `Conflict` when the Message-ID or the UID
+    /// was stored meanwhile by another worker (see [`Batch`]).
     pub async fn new_ticket(
         &mut self,
         at: &ImapLocation<'_>,
@@ -605,9 +661,8 @@ impl Batch {
         keep_raw: Option<&[u8]>,
         disposition: &str,
     ) -> Result<(i64, String, i64)> {
-        // A savepoint, so that a conflict undoes this message only, not the whole batch.
-        let mut sp = sqlx::Connection::begin(&mut *self.tx).await?;
         let now = now_ms();
+        // The database sets the reference (migration 0002), the same one ticket_reference gives.
         let ticket_id: i64 = sqlx::query(
             "INSERT INTO tickets (mailbox, subject, requester_address, requester_name, status, related_ticket_id, \
              created_at, updated_at) VALUES ($1, $2, $3, $4, 'new', $5, $6, $6) RETURNING id",
@@ -618,20 +673,14 @@ impl Batch {
         .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
         .bind(related)
         .bind(now)
-        .fetch_one(&mut *sp)
+        .fetch_one(&mut *self.tx)
         .await?
         .get(0);
-        let reference = ticket_reference(ticket_id);
-        sqlx::query("UPDATE tickets SET reference = $1 WHERE id = $2")
-            .bind(&reference)
-            .bind(ticket_id)
-            .execute(&mut *sp)
+        let message_row_id = self
+            .insert_message(ticket_id, at, mail, None, keep_raw)
             .await?;
-        let result = async {
-            let message_row_id =
-                insert_message(&mut sp, ticket_id, at, mail, None, keep_raw).await?;
-            record_outcome(
-                &mut sp,
+        let row_id = self
+            .record_outcome(
                 at,
                 &mail.message_id,
                 Outcome {
@@ -643,11 +692,8 @@ impl Batch {
                     disposition,
                 },
             )
-            .await
-        }
-        .await;
-        let row_id = settle(sp, result).await?;
-        Ok((ticket_id, reference, row_id))
+            .await?;
+        Ok((ticket_id, ticket_reference(ticket_id), row_id))
     }
 
     /// Adds `mail` to an existing ticket (reopening it when asked) and records the outcome.
@@ -665,37 +711,32 @@ impl Batch {
             reopen,
             auto_kind,
         } = on;
-        let mut sp = sqlx::Connection::begin(&mut *self.tx).await?;
-        let result = async {
-            let message_row_id =
-                insert_message(&mut sp, ticket_id, at, mail, auto_kind, keep_raw).await?;
-            let status_change = if reopen {
-                "UPDATE tickets SET updated_at = $1, status = 'open' WHERE id = $2"
-            } else {
-                "UPDATE tickets SET updated_at = $1 WHERE id = $2"
-            };
-            sqlx::query(status_change)
-                .bind(now_ms())
-                .bind(ticket_id)
-                .execute(&mut *sp)
-                .await?;
-            record_outcome(
-                &mut sp,
-                at,
-                &mail.message_id,
-                Outcome {
-                    outcome: "follow-up",
-                    ticket_id: Some(ticket_id),
-                    message_row_id: Some(message_row_id),
-                    quarantine_id: None,
-                    detail: auto_kind.map(|k| format!("automatic mail ({k})")),
-                    disposition,
-                },
-            )
-            .await
-        }
-        .await;
-        settle(sp, result).await
+        let message_row_id = self
+            .insert_message(ticket_id, at, mail, auto_kind, keep_raw)
+            .await?;
+        let status_change = if reopen {
+            "UPDATE tickets SET updated_at = $1, status = 'open' WHERE id = $2"
+        } else {
+            "UPDATE tickets SET updated_at = $1 WHERE id = $2"
+        };
+        sqlx::query(status_change)
+            .bind(now_ms())
+            .bind(ticket_id)
+            .execute(&mut *self.tx)
+            .await?;
+        self.record_outcome(
+            at,
+            &mail.message_id,
+            Outcome {
+                outcome: "follow-up",
+                ticket_id: Some(ticket_id),
+                message_row_id: Some(message_row_id),
+                quarantine_id: None,
+                detail: auto_kind.map(|k| format!("automatic mail ({k})")),
+                disposition,
+            },
+        )
+        .await
     }
 
     /// Records a message that is already stored (same Message-ID and fingerprint).
@@ -706,8 +747,7 @@ impl Batch {
         ticket_id: i64,
         disposition: &str,
     ) -> Result<i64> {
-        record_outcome(
-            &mut self.tx,
+        self.record_outcome(
             at,
             message_id,
             Outcome {
@@ -731,8 +771,7 @@ impl Batch {
         detail: &str,
         disposition: &str,
     ) -> Result<i64> {
-        record_outcome(
-            &mut self.tx,
+        self.record_outcome(
             at,
             message_id,
             Outcome {
@@ -757,7 +796,6 @@ impl Batch {
         raw: Option<&[u8]>,
         disposition: &str,
     ) -> Result<(i64, i64)> {
-        let mut sp = sqlx::Connection::begin(&mut *self.tx).await?;
         let quarantine_id: i64 = sqlx::query(
             "INSERT INTO quarantine (mailbox, folder, uidvalidity, uid, message_id, size_bytes, from_address, subject, \
              reason, detail, raw, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
@@ -774,180 +812,197 @@ impl Batch {
         .bind(reason.detail())
         .bind(raw.map(<[u8]>::to_vec))
         .bind(now_ms())
-        .fetch_one(&mut *sp)
+        .fetch_one(&mut *self.tx)
         .await?
         .get(0);
-        let row_id = record_outcome(
-            &mut sp,
-            at,
-            &envelope.message_id,
-            Outcome {
-                outcome: "quarantined",
-                ticket_id: None,
-                message_row_id: None,
-                quarantine_id: Some(quarantine_id),
-                detail: Some(reason.detail()),
-                disposition,
-            },
-        )
-        .await;
-        let row_id = settle(sp, row_id).await?;
+        let row_id = self
+            .record_outcome(
+                at,
+                &envelope.message_id,
+                Outcome {
+                    outcome: "quarantined",
+                    ticket_id: None,
+                    message_row_id: None,
+                    quarantine_id: Some(quarantine_id),
+                    detail: Some(reason.detail()),
+                    disposition,
+                },
+            )
+            .await?;
         Ok((quarantine_id, row_id))
     }
 
-    /// Makes the batch durable.
-    pub async fn commit(self) -> Result<()> {
+    /// Moves the checkpoints of the folders written to, then makes the batch durable. A batch
+    /// that met a conflict is refused (and rolled back): it has to be decided again.
+    pub async fn commit(mut self) -> Result<()> {
+        if self.conflicted {
+            self.tx.rollback().await?;
+            return Err(StoreError::Conflict);
+        }
+        let now = now_ms();
+        for (mailbox, folder, uidvalidity, uid) in std::mem::take(&mut self.checkpoints) {
+            // The checkpoint only moves forward, and only for the UIDVALIDITY it was recorded under.
+            sqlx::query(
+                "UPDATE mailbox_state SET last_uid = $1, updated_at = $2 \
+                 WHERE mailbox = $3 AND folder = $4 AND uidvalidity = $5 AND last_uid < $1",
+            )
+            .bind(i64::from(uid))
+            .bind(now)
+            .bind(mailbox)
+            .bind(folder)
+            .bind(i64::from(uidvalidity))
+            .execute(&mut *self.tx)
+            .await?;
+        }
         self.tx.commit().await?;
         Ok(())
     }
-}
 
-/// Inserts an inbound message row (and its attachments) on `ticket_id`. `Conflict` when the
-/// Message-ID is stored already.
-async fn insert_message(
-    conn: &mut sqlx::AnyConnection,
-    ticket_id: i64,
-    at: &ImapLocation<'_>,
-    mail: &ParsedMail,
-    auto_kind: Option<&str>,
-    keep_raw: Option<&[u8]>,
-) -> Result<i64> {
-    let now = now_ms();
-    let inserted = sqlx::query(
-        "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
-         thread_references, subject, from_address, from_name, reply_to, to_addresses, cc_addresses, sent_at, \
-         received_at, body_text, body_html, body_text_derived, auto_kind, headers, size_bytes, content_sha256, \
-         fingerprint, created_at) \
-         VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-         $20, $21, $22, $23) ON CONFLICT (message_id) DO NOTHING RETURNING id",
-    )
-    .bind(ticket_id)
-    .bind(at.mailbox)
-    .bind(&mail.message_id)
-    .bind(mail.message_id_source.as_str())
-    .bind(mail.in_reply_to.first().cloned())
-    .bind(join_ids(&mail.references))
-    .bind(&mail.subject)
-    .bind(mail.from.as_ref().map(|p| p.address.clone()))
-    .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
-    .bind(mail.reply_to.as_ref().map(|p| p.address.clone()))
-    .bind(parties_json(&mail.to))
-    .bind(parties_json(&mail.cc))
-    .bind(mail.date_ms)
-    .bind(at.internal_date_ms)
-    .bind(mail.text_body.clone())
-    .bind(mail.html_body.clone())
-    .bind(mail.text_body_derived.clone())
-    .bind(auto_kind.map(str::to_string))
-    .bind(&mail.headers)
-    .bind(mail.size as i64)
-    .bind(&mail.content_sha256)
-    .bind(&mail.fingerprint)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = inserted else {
-        return Err(StoreError::Conflict);
-    };
-    let message_row_id: i64 = row.get(0);
-    if let Some(raw) = keep_raw {
-        sqlx::query(
-            "INSERT INTO raw_messages (message_row_id, compression, size_bytes, content) VALUES ($1, 'gzip', $2, $3)",
-        )
-        .bind(message_row_id)
-        .bind(raw.len() as i64)
-        .bind(gzip(raw))
-        .execute(&mut *conn)
-        .await?;
+    /// Undoes everything written in this batch.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
     }
-    for attachment in &mail.attachments {
-        sqlx::query(
-            "INSERT INTO attachment_blobs (sha256, size_bytes, content) VALUES ($1, $2, $3) \
-             ON CONFLICT (sha256) DO NOTHING",
+
+    /// Marks the batch as conflicted (see [`Batch`]) and returns the error to hand up.
+    fn conflict(&mut self) -> StoreError {
+        self.conflicted = true;
+        StoreError::Conflict
+    }
+
+    /// Inserts an inbound message row (and its attachments) on `ticket_id`. `Conflict` when the
+    /// Message-ID is stored already.
+    async fn insert_message(
+        &mut self,
+        ticket_id: i64,
+        at: &ImapLocation<'_>,
+        mail: &ParsedMail,
+        auto_kind: Option<&str>,
+        keep_raw: Option<&[u8]>,
+    ) -> Result<i64> {
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
+             thread_references, subject, from_address, from_name, reply_to, to_addresses, cc_addresses, sent_at, \
+             received_at, body_text, body_html, body_text_derived, auto_kind, headers, size_bytes, content_sha256, \
+             fingerprint, created_at) \
+             VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+             $20, $21, $22, $23) ON CONFLICT (message_id) DO NOTHING RETURNING id",
         )
-        .bind(&attachment.sha256)
-        .bind(attachment.content.len() as i64)
-        .bind(attachment.content.clone())
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO attachments (message_id, filename, content_type, content_id, disposition, size_bytes, \
-             sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(message_row_id)
-        .bind(attachment.filename.clone())
-        .bind(&attachment.content_type)
-        .bind(attachment.content_id.clone())
-        .bind(if attachment.inline { "inline" } else { "attachment" })
-        .bind(attachment.content.len() as i64)
-        .bind(&attachment.sha256)
+        .bind(ticket_id)
+        .bind(at.mailbox)
+        .bind(&mail.message_id)
+        .bind(mail.message_id_source.as_str())
+        .bind(mail.in_reply_to.first().cloned())
+        .bind(join_ids(&mail.references))
+        .bind(&mail.subject)
+        .bind(mail.from.as_ref().map(|p| p.address.clone()))
+        .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
+        .bind(mail.reply_to.as_ref().map(|p| p.address.clone()))
+        .bind(parties_json(&mail.to))
+        .bind(parties_json(&mail.cc))
+        .bind(mail.date_ms)
+        .bind(at.internal_date_ms)
+        .bind(mail.text_body.clone())
+        .bind(mail.html_body.clone())
+        .bind(mail.text_body_derived.clone())
+        .bind(auto_kind.map(str::to_string))
+        .bind(&mail.headers)
+        .bind(mail.size as i64)
+        .bind(&mail.content_sha256)
+        .bind(&mail.fingerprint)
         .bind(now)
-        .execute(&mut *conn)
+        .fetch_optional(&mut *self.tx)
         .await?;
+        let Some(row) = inserted else {
+            return Err(self.conflict());
+        };
+        let message_row_id: i64 = row.get(0);
+        if let Some(raw) = keep_raw {
+            sqlx::query(
+                "INSERT INTO raw_messages (message_row_id, compression, size_bytes, content) VALUES ($1, 'gzip', $2, $3)",
+            )
+            .bind(message_row_id)
+            .bind(raw.len() as i64)
+            .bind(gzip(raw))
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        for attachment in &mail.attachments {
+            sqlx::query(
+                "INSERT INTO attachment_blobs (sha256, size_bytes, content) VALUES ($1, $2, $3) \
+                 ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(&attachment.sha256)
+            .bind(attachment.content.len() as i64)
+            .bind(attachment.content.clone())
+            .execute(&mut *self.tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO attachments (message_id, filename, content_type, content_id, disposition, size_bytes, \
+                 sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(message_row_id)
+            .bind(attachment.filename.clone())
+            .bind(&attachment.content_type)
+            .bind(attachment.content_id.clone())
+            .bind(if attachment.inline { "inline" } else { "attachment" })
+            .bind(attachment.content.len() as i64)
+            .bind(&attachment.sha256)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(message_row_id)
     }
-    Ok(message_row_id)
-}
 
-/// Writes the `imap_messages` row and advances the checkpoint, inside the caller's transaction.
-/// Returns the row id; `Conflict` when this UID already has an outcome (another worker).
-async fn record_outcome(
-    conn: &mut sqlx::AnyConnection,
-    at: &ImapLocation<'_>,
-    message_id: &str,
-    outcome: Outcome<'_>,
-) -> Result<i64> {
-    let now = now_ms();
-    let inserted = sqlx::query(
-        "INSERT INTO imap_messages (mailbox, folder, uidvalidity, uid, message_id, size_bytes, outcome, ticket_id, \
-         message_row_id, quarantine_id, detail, disposition, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-         ON CONFLICT (mailbox, folder, uidvalidity, uid) DO NOTHING RETURNING id",
-    )
-    .bind(at.mailbox)
-    .bind(at.folder)
-    .bind(i64::from(at.uidvalidity))
-    .bind(i64::from(at.uid))
-    .bind(message_id)
-    .bind(at.size as i64)
-    .bind(outcome.outcome)
-    .bind(outcome.ticket_id)
-    .bind(outcome.message_row_id)
-    .bind(outcome.quarantine_id)
-    .bind(outcome.detail)
-    .bind(outcome.disposition)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = inserted else {
-        return Err(StoreError::Conflict);
-    };
-    // The checkpoint only moves forward, and only for the UIDVALIDITY it was recorded under.
-    sqlx::query(
-        "UPDATE mailbox_state SET last_uid = $1, updated_at = $2 \
-         WHERE mailbox = $3 AND folder = $4 AND uidvalidity = $5 AND last_uid < $1",
-    )
-    .bind(i64::from(at.uid))
-    .bind(now)
-    .bind(at.mailbox)
-    .bind(at.folder)
-    .bind(i64::from(at.uidvalidity))
-    .execute(&mut *conn)
-    .await?;
-    Ok(row.get(0))
-}
-
-/// Releases the savepoint `sp` when `result` is Ok and rolls it back when not, so a failed
-/// message leaves nothing behind while the batch's transaction goes on.
-async fn settle<T>(sp: sqlx::Transaction<'_, sqlx::Any>, result: Result<T>) -> Result<T> {
-    match result {
-        Ok(value) => {
-            sp.commit().await?;
-            Ok(value)
+    /// Writes the `imap_messages` row and notes the folder's new checkpoint (moved at commit).
+    /// Returns the row id; `Conflict` when this UID already has an outcome (another worker).
+    async fn record_outcome(
+        &mut self,
+        at: &ImapLocation<'_>,
+        message_id: &str,
+        outcome: Outcome<'_>,
+    ) -> Result<i64> {
+        let inserted = sqlx::query(
+            "INSERT INTO imap_messages (mailbox, folder, uidvalidity, uid, message_id, size_bytes, outcome, ticket_id, \
+             message_row_id, quarantine_id, detail, disposition, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (mailbox, folder, uidvalidity, uid) DO NOTHING RETURNING id",
+        )
+        .bind(at.mailbox)
+        .bind(at.folder)
+        .bind(i64::from(at.uidvalidity))
+        .bind(i64::from(at.uid))
+        .bind(message_id)
+        .bind(at.size as i64)
+        .bind(outcome.outcome)
+        .bind(outcome.ticket_id)
+        .bind(outcome.message_row_id)
+        .bind(outcome.quarantine_id)
+        .bind(outcome.detail)
+        .bind(outcome.disposition)
+        .bind(now_ms())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(row) = inserted else {
+            return Err(self.conflict());
+        };
+        let folder = (at.mailbox, at.folder, at.uidvalidity);
+        match self
+            .checkpoints
+            .iter_mut()
+            .find(|(m, f, v, _)| (m.as_str(), f.as_str(), *v) == folder)
+        {
+            Some(checkpoint) => checkpoint.3 = checkpoint.3.max(at.uid),
+            None => self.checkpoints.push((
+                at.mailbox.to_string(),
+                at.folder.to_string(),
+                at.uidvalidity,
+                at.uid,
+            )),
         }
-        Err(e) => {
-            sp.rollback().await?;
-            Err(e)
-        }
+        Ok(row.get(0))
     }
 }
 

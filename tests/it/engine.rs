@@ -243,6 +243,73 @@ async fn many_messages_in_small_batches_on_postgres() {
     many_messages_in_small_batches(Backend::Postgres).await;
 }
 
+/// Two workers on one mailbox at once (a second instance started by mistake, or a deployment's
+/// overlap): they race for the same UIDs and Message-IDs, yet every message ends as exactly one
+/// outcome, one ticket, one message row.
+async fn two_workers_at_once_duplicate_nothing(backend: Backend) {
+    const N: usize = 40;
+    let case = Case::new(backend, "fetch_batch_messages = 3", "implicit").await;
+    assert_ok(&case.run(&["migrate"]).await);
+    let names: Vec<&str> = ["plain.eml", "latin1.eml", "attachment.eml", "html_only.eml"]
+        .iter()
+        .cycle()
+        .take(N)
+        .copied()
+        .collect();
+    let ids = deliver_fixtures(&case, &names).await;
+    let (first, second) = tokio::join!(case.run(&["once"]), case.run(&["once"]));
+    assert_ok(&first);
+    assert_ok(&second);
+    let n = N as i64;
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM imap_messages").await, n);
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, n);
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM messages").await, n);
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(DISTINCT message_id) FROM messages")
+            .await,
+        n
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM imap_messages WHERE outcome <> 'ticket'")
+            .await,
+        0
+    );
+    // Every attachment row belongs to a stored message, none twice.
+    assert_eq!(
+        case.db
+            .count(
+                "SELECT COUNT(*) FROM attachments a WHERE NOT EXISTS \
+                 (SELECT 1 FROM messages m WHERE m.id = a.message_id)"
+            )
+            .await,
+        0
+    );
+    let pool = case.db.pool().await;
+    let stored: Vec<(String,)> = sqlx::query_as("SELECT message_id FROM messages")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    for id in &ids {
+        assert!(stored.iter().any(|(s,)| s == id), "{id} was lost");
+    }
+    let inbox = folder_contents(&case.entra, &case.mailbox, "INBOX").await;
+    assert_eq!(inbox.len(), N);
+    assert!(inbox.iter().all(|(_, seen)| *seen), "{inbox:?}");
+}
+
+#[tokio::test]
+async fn two_workers_at_once_duplicate_nothing_on_sqlite() {
+    two_workers_at_once_duplicate_nothing(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn two_workers_at_once_duplicate_nothing_on_postgres() {
+    two_workers_at_once_duplicate_nothing(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn uidvalidity_change_resyncs_by_message_id_without_duplicates() {
     let case = Case::new(Backend::Sqlite, "", "implicit").await;
@@ -571,8 +638,11 @@ async fn a_message_larger_than_its_announced_size_is_quarantined_after_a_capped_
     assert_ok(&case.run(&["migrate"]).await);
 
     // Batch 1: three messages (their commit is where the worker is held).
-    // Batch 2: before, the message that grows, after.
-    let first = deliver_fixtures(&case, &["plain.eml", "latin1.eml", "attachment.eml"]).await;
+    // Batch 2: three more (the worker downloads the batch after the one it writes, so this one may
+    // be downloaded while it is held).
+    // Batch 3: before, the message that grows, after.
+    let mut first = deliver_fixtures(&case, &["plain.eml", "latin1.eml", "attachment.eml"]).await;
+    first.extend(deliver_fixtures(&case, &["plain.eml", "latin1.eml", "attachment.eml"]).await);
     let before = deliver_fixtures(&case, &["plain.eml"]).await;
     let (announced, grown_id) = large_message(&case.mailbox, 6_000);
     assert!((announced.len() as u64) < LIMIT);
@@ -585,7 +655,7 @@ async fn a_message_larger_than_its_announced_size_is_quarantined_after_a_capped_
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or_else(|| panic!("doveadm search: {uids}"))
         .to_string();
-    assert_eq!(uids.lines().count(), 5, "{uids}");
+    assert_eq!(uids.lines().count(), 8, "{uids}");
     let after = deliver_fixtures(&case, &["html_only.eml"]).await;
 
     // Hold the worker: inserting a ticket waits for this lock (reads do not).
@@ -645,7 +715,7 @@ async fn a_message_larger_than_its_announced_size_is_quarantined_after_a_capped_
     let stdout = assert_ok(&out);
     assert!(held, "the worker never waited on the lock: {stdout}");
     assert!(
-        stdout.contains("5 ticket(s)") && stdout.contains("1 quarantined"),
+        stdout.contains("8 ticket(s)") && stdout.contains("1 quarantined"),
         "{stdout}"
     );
 
@@ -662,6 +732,9 @@ async fn a_message_larger_than_its_announced_size_is_quarantined_after_a_capped_
     assert_eq!(sizes.trim(), format!("size.virtual: {REAL_SIZE}"));
     let sent: u64 = dovecot_bytes_out(&case.mailbox, 1).await.iter().sum();
     let others: u64 = [
+        "plain.eml",
+        "latin1.eml",
+        "attachment.eml",
         "plain.eml",
         "latin1.eml",
         "attachment.eml",
@@ -713,6 +786,6 @@ async fn a_message_larger_than_its_announced_size_is_quarantined_after_a_capped_
         folder_contents(&case.entra, &case.mailbox, "INBOX")
             .await
             .len(),
-        5
+        8
     );
 }
