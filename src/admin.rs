@@ -1,13 +1,14 @@
-//! Admin actions that need more than SQL: releasing a quarantined message back into its folder.
+//! Admin actions that need more than SQL: releasing a quarantined message back into its folder,
+//! and re-parsing stored raw mail with the current code (`reprocess`, a dead-letter replay).
 
 use anyhow::{Context, bail};
 
 use crate::config::Config;
 use crate::imap;
-use crate::ingest;
+use crate::ingest::{self, Decision, Facts};
 use crate::oauth::TokenCache;
-use crate::store::Store;
-use crate::worker::envelope_from_header;
+use crate::store::{Batch, FollowUpOn, ImapLocation, Store, StoreError, now_ms};
+use crate::worker::{envelope_from_header, policy};
 
 /// Moves quarantined message `id` back to the folder it came from and lets it in once: up to
 /// `max_bytes` (for `too-large`; the mailbox's limit otherwise) and past the per-sender limit.
@@ -101,4 +102,223 @@ pub async fn release(
         "released quarantined message {id} back to `{}` of {}; the next sweep ingests it",
         entry.folder, mailbox.address
     ))
+}
+
+/// Re-parses the raw bytes of quarantined message `id` with the current code and records what
+/// [`ingest::decide`] makes of it, once: a new ticket, a follow-up, or ignored mail; the quarantine
+/// row is then marked resolved (`resolved_at`, `resolved_ticket_id`) in the same transaction.
+/// A message the current code still quarantines is left as it is. Running it again says it is
+/// done already; a Message-ID stored meanwhile makes it a duplicate, never a second ticket.
+///
+/// The outcome is recorded in `imap_messages` at a location no IMAP message has (UIDVALIDITY 0,
+/// which RFC 3501 forbids, and the quarantine id as UID), so the original `quarantined` row stays
+/// as history and no sweep ever takes it for a disposition to complete. No acknowledgement is
+/// written for reprocessed mail: it is old news to its sender.
+pub async fn reprocess_quarantined(
+    config: &Config,
+    store: &Store,
+    id: i64,
+) -> anyhow::Result<String> {
+    let Some(entry) = store.quarantine_entry(id).await? else {
+        bail!("no quarantined message with id {id}; `mailintake quarantine list` shows them");
+    };
+    let Some(state) = store.quarantine_raw(id).await? else {
+        bail!("no quarantined message with id {id}");
+    };
+    if state.resolved_at_ms.is_some() {
+        return Ok(match state.resolved_ticket_id {
+            Some(ticket) => format!(
+                "quarantined message {id} was reprocessed already, into {}; nothing to do",
+                ingest::ticket_reference(ticket)
+            ),
+            None => format!(
+                "quarantined message {id} was reprocessed already (recorded as mail that needs no ticket); nothing to do"
+            ),
+        });
+    }
+    let Some(raw) = state.raw else {
+        if state.raw_purged_at_ms.is_some() {
+            bail!(
+                "the raw bytes of quarantined message {id} were purged (mailintake purge); it cannot be re-parsed"
+            );
+        }
+        bail!(
+            "quarantined message {id} ({}) was never downloaded, so there is nothing to re-parse; `mailintake quarantine release {id}` brings it back into its folder",
+            entry.reason
+        );
+    };
+    let Some(mailbox) = config.mailboxes.iter().find(|m| m.name == entry.mailbox) else {
+        bail!(
+            "mailbox `{}` of quarantined message {id} is not configured any more; its policy is needed to decide",
+            entry.mailbox
+        );
+    };
+    let policy = policy(config, mailbox);
+    let parsed = ingest::parse(&raw);
+    let at = ImapLocation {
+        mailbox: &mailbox.name,
+        folder: &entry.folder,
+        uidvalidity: 0,
+        uid: u32::try_from(id).context("quarantine id out of range")?,
+        size: raw.len() as u64,
+        internal_date_ms: Some(state.created_at_ms),
+    };
+    let mut tx = store.begin().await?;
+    let facts = match &parsed {
+        Ok(mail) => facts_for(&mut tx, mail, &mailbox.name).await?,
+        Err(_) => Facts::default(),
+    };
+    let decision = ingest::decide(parsed, &facts, &policy);
+    let keep_raw = mailbox.keep_raw_all.then_some(raw.as_slice());
+    let (ticket_id, row, what) = match decision {
+        Decision::Quarantine(reason) => {
+            return Ok(format!(
+                "quarantined message {id} is still quarantined by the current code ({}: {}); nothing changed",
+                reason.code(),
+                reason.detail()
+            ));
+        }
+        Decision::NewTicket { mail, related } => {
+            match tx.new_ticket(&at, &mail, related, keep_raw, "none").await {
+                Ok((ticket_id, reference, row)) => {
+                    (Some(ticket_id), row, format!("is now ticket {reference}"))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Decision::FollowUp {
+            mail,
+            ticket_id,
+            reopen,
+            auto_kind,
+        } => {
+            let on = FollowUpOn {
+                ticket_id,
+                reopen,
+                auto_kind,
+            };
+            match tx.follow_up(&at, &mail, on, keep_raw, "none").await {
+                Ok(row) => (
+                    Some(ticket_id),
+                    row,
+                    format!(
+                        "is now a follow-up on {}",
+                        ingest::ticket_reference(ticket_id)
+                    ),
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Decision::Duplicate { ticket_id } => {
+            let message_id = entry.message_id.clone().unwrap_or_default();
+            match tx.duplicate(&at, &message_id, ticket_id, "none").await {
+                Ok(row) => (
+                    Some(ticket_id),
+                    row,
+                    format!(
+                        "is stored already, on {} (recorded as a duplicate)",
+                        ingest::ticket_reference(ticket_id)
+                    ),
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Decision::Ignore { reason } => {
+            let message_id = entry.message_id.clone().unwrap_or_default();
+            match tx.ignored(&at, &message_id, &reason, "none").await {
+                Ok(row) => (None, row, format!("needs no ticket ({reason})")),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if !tx.resolve_quarantine(id, ticket_id).await? {
+        // Another run got there first; dropping the transaction undoes this one.
+        return Ok(done_already(id));
+    }
+    // A conflict here (another writer) comes back as StoreError::Conflict and is decided again.
+    tx.commit().await?;
+    // Nothing is to be done in IMAP: the original stays in the quarantine folder.
+    store.mark_disposed(&[row]).await?;
+    Ok(format!(
+        "quarantined message {id} {what}; it stays in folder `{}` in IMAP (no acknowledgement is sent for reprocessed mail)",
+        mailbox.quarantine_folder
+    ))
+}
+
+fn done_already(id: i64) -> String {
+    format!("quarantined message {id} was reprocessed already (by another run); nothing to do")
+}
+
+/// Re-parses the kept raw bytes of article `message_row_id` (`keep_raw = "all"`) with the current
+/// code and tells whether the stored article matches. The stored article is never changed and
+/// nothing new is recorded: its Message-ID is stored, so at most it is a duplicate.
+pub async fn reprocess_article(store: &Store, message_row_id: i64) -> anyhow::Result<String> {
+    let Some((ticket_id, message_id, fingerprint)) = store.article(message_row_id).await? else {
+        bail!(
+            "no message with id {message_row_id}; `mailintake ticket ID` lists a ticket's messages"
+        );
+    };
+    let Some(raw) = store.raw_message(message_row_id).await? else {
+        bail!(
+            "no raw message is kept for message {message_row_id} (keep_raw = \"all\" keeps them; `mailintake purge` removes old ones)"
+        );
+    };
+    let reference = ingest::ticket_reference(ticket_id);
+    match ingest::parse(&raw) {
+        Err(failure) => bail!(
+            "the current code cannot parse message {message_row_id} ({failure}); the stored article on {reference} is unchanged"
+        ),
+        Ok(mail) if mail.message_id == message_id && mail.fingerprint == fingerprint => {
+            Ok(format!(
+                "message {message_row_id} is stored already, on {reference}, as the current code reads it; nothing to do"
+            ))
+        }
+        Ok(mail) => bail!(
+            "the current code reads message {message_row_id} differently (Message-ID <{}>, fingerprint {}; stored: <{message_id}>, {fingerprint}); the stored article on {reference} is unchanged",
+            mail.message_id,
+            mail.fingerprint
+        ),
+    }
+}
+
+/// The facts a decision on `mail` needs, asked for as the worker asks (`worker::facts_for`, which
+/// is private to the worker): the same Message-ID and the sender's tickets in the last hour (one
+/// statement), the ticket its subject tag names, the reported message, and the thread. A
+/// reprocessed message is never an operator's release.
+async fn facts_for(
+    tx: &mut Batch,
+    mail: &ingest::ParsedMail,
+    mailbox: &str,
+) -> Result<Facts, StoreError> {
+    let mut thread_ids: Vec<String> = mail.in_reply_to.clone();
+    thread_ids.extend(mail.references.iter().rev().cloned());
+    let reported = match &mail.signals.original_message_id {
+        Some(id) => tx.ticket_of_message_ids(std::slice::from_ref(id)).await?,
+        None => None,
+    };
+    let tagged = match ingest::tagged_reference(&mail.subject) {
+        Some(reference) => tx.ticket_by_reference(&reference).await?,
+        None => None,
+    };
+    let stored = tx
+        .message_facts(
+            mailbox,
+            &mail.message_id,
+            mail.from.as_ref().map(|p| p.address.as_str()),
+            now_ms() - 3_600_000,
+        )
+        .await?;
+    let thread = if thread_ids.is_empty() {
+        None
+    } else {
+        tx.ticket_of_message_ids(&thread_ids).await?
+    };
+    Ok(Facts {
+        same_message_id: stored.same_message_id,
+        thread,
+        tagged,
+        reported,
+        sender_recent_tickets: stored.sender_recent_tickets,
+        released: false,
+    })
 }

@@ -71,6 +71,10 @@ pub enum Command {
         /// How many tickets to list.
         #[arg(long, default_value_t = 20)]
         limit: i64,
+        /// Only tickets created since then: a date (2026-11-01, midnight UTC), an RFC 3339
+        /// instant, or a duration back from now (7d, 12h).
+        #[arg(long, value_parser = parse_since, value_name = "DATE|DURATION")]
+        since: Option<i64>,
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -92,6 +96,33 @@ pub enum Command {
     Outbox {
         #[command(subcommand)]
         action: OutboxAction,
+    },
+    /// The Junk folder of a mailbox, where real customer mail sometimes lands: list it (header
+    /// fields only), or move one message to the inbox so the worker ingests it.
+    Junk {
+        #[command(subcommand)]
+        action: JunkAction,
+    },
+    /// Remove stored raw mail (keep_raw = "all"), quarantine raw bytes and attachment contents of
+    /// mail older than the retention period. Tickets, messages and attachment rows stay.
+    Purge {
+        /// The retention period, e.g. 90d, 26w, 8760h.
+        #[arg(long, value_parser = parse_age, value_name = "DURATION")]
+        older_than: std::time::Duration,
+        /// Only count what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Re-parse a stored raw message with the current code and record the result once: a
+    /// quarantined message (by its quarantine id) becomes a ticket, follow-up or ignored mail; an
+    /// article (--message, its messages row id, kept with keep_raw = "all") is checked against
+    /// what is stored. Running it again changes nothing.
+    Reprocess {
+        /// The quarantine id (or, with --message, the messages row id).
+        id: i64,
+        /// ID is a row of the messages table (an article whose raw was kept).
+        #[arg(long)]
+        message: bool,
     },
     /// Write the raw message of a stored article (by its id in the messages table; kept with
     /// keep_raw = "all") to a file, byte-exact.
@@ -124,6 +155,16 @@ pub enum QuarantineAction {
     },
     /// One quarantined message in full.
     Show { id: i64 },
+    /// Delete quarantine rows (and their raw bytes) older than the period, except releases still
+    /// waiting for their message. The messages stay in the quarantine folder.
+    Purge {
+        /// e.g. 90d
+        #[arg(long, value_parser = parse_age, value_name = "DURATION")]
+        older_than: std::time::Duration,
+        /// Only count what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Move the message back to its folder and let it in once (up to --max-bytes when it was
     /// too large, and past the per-sender limit).
     Release {
@@ -151,4 +192,53 @@ pub enum OutboxAction {
     Retry { id: i64 },
     /// Cancel a row that has not been sent.
     Cancel { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JunkAction {
+    /// The newest messages in the Junk folder: UID, date, From, Subject, size (no bodies are read).
+    List {
+        /// The mailbox (its `name`); may be left out when only one is configured.
+        #[arg(long)]
+        mailbox: Option<String>,
+        /// How many of the newest messages to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the message with this UID (from `junk list`) to the mailbox's inbox (its first
+    /// watched folder), where the worker ingests it as ordinary mail.
+    Release {
+        uid: u32,
+        /// The mailbox (its `name`); may be left out when only one is configured.
+        #[arg(long)]
+        mailbox: Option<String>,
+    },
+}
+
+/// `7d`, `12h` (back from now), `2026-11-01` (midnight UTC) or an RFC 3339 instant, as unix ms.
+fn parse_since(text: &str) -> Result<i64, String> {
+    if let Some(at) = crate::config::parse_date(text) {
+        return Ok(at);
+    }
+    match humantime::parse_duration(text) {
+        Ok(back) => Ok(crate::store::now_ms() - back.as_millis() as i64),
+        Err(_) => Err(format!(
+            "`{text}` is neither a date (2026-11-01), an instant (2026-11-01T08:00:00Z) nor a duration (7d, 12h)"
+        )),
+    }
+}
+
+/// A retention period: a duration of at least one day.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let age = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 90d"))?;
+    if age < std::time::Duration::from_secs(86_400) {
+        return Err(format!(
+            "`{text}` is shorter than a day; a retention period is given in days, e.g. 90d"
+        ));
+    }
+    Ok(age)
 }

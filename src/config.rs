@@ -180,6 +180,9 @@ pub struct Mailbox {
     pub fetch_batch_messages: usize,
     pub dispose: Disposal,
     pub quarantine_folder: String,
+    /// The mailbox's Junk folder, where real mail sometimes lands (`mailintake junk`); Exchange
+    /// Online's is "Junk Email".
+    pub junk_folder: String,
     pub mode: Mode,
     pub first_start: FirstStart,
     /// New tickets one sender may open per hour; the excess is quarantined. 0 means no limit.
@@ -662,6 +665,13 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
         if fetch_batch_messages == 0 {
             problem(key("fetch_batch_messages"), "must be at least 1".into());
         }
+        let junk_folder = m.junk_folder.clone().unwrap_or_else(|| "Junk".into());
+        if junk_folder.trim().is_empty() {
+            problem(
+                key("junk_folder"),
+                "must name a folder (default \"Junk\"; Exchange Online: \"Junk Email\")".into(),
+            );
+        }
         if m.processed_folder.is_some() && !matches!(dispose, Disposal::Move { .. }) {
             problem(
                 key("processed_folder"),
@@ -822,6 +832,7 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Vec<ConfigProblem>) 
             fetch_batch_messages: fetch_batch_messages.max(1),
             dispose,
             quarantine_folder: m.quarantine_folder.unwrap_or_else(|| "Quarantine".into()),
+            junk_folder,
             mode,
             first_start,
             max_new_tickets_per_sender_per_hour: m
@@ -1319,7 +1330,7 @@ fn parse_duration(text: Option<&str>, default: Duration) -> Result<Duration, Str
 }
 
 /// `2026-11-01` (midnight UTC) or an RFC 3339 instant → unix milliseconds.
-fn parse_date(text: &str) -> Option<i64> {
+pub fn parse_date(text: &str) -> Option<i64> {
     let instant = if text.len() == 10 {
         humantime::parse_rfc3339(&format!("{text}T00:00:00Z")).ok()?
     } else {
@@ -1426,6 +1437,7 @@ mod raw {
         pub dispose: Option<String>,
         pub processed_folder: Option<String>,
         pub quarantine_folder: Option<String>,
+        pub junk_folder: Option<String>,
         pub idle: Option<bool>,
         pub idle_interval: Option<String>,
         pub fetch_batch_bytes: Option<u64>,

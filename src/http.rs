@@ -36,8 +36,6 @@ use crate::telemetry::{MailboxState, Metrics, ScrapeFacts, Snapshot};
 
 /// How long `/readyz` waits for the database before calling it unreachable.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
-/// Rows read to count pending outbox rows and quarantined messages for the page and `/metrics`.
-const COUNT_LIMIT: i64 = 10_000;
 /// Tickets and quarantined messages listed on the status page.
 const RECENT: i64 = 10;
 
@@ -161,7 +159,12 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     }
     let database_up = ping(&state.store).await.is_ok();
     let outbox_pending = if database_up {
-        outbox_pending(&state.store).await.map(|(counts, _)| counts)
+        state.store.backlog().await.ok().map(|b| {
+            b.outbox_pending
+                .into_iter()
+                .map(|(mailbox, n)| (mailbox, n.max(0) as u64))
+                .collect()
+        })
     } else {
         None
     };
@@ -179,17 +182,6 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
         text,
     )
         .into_response()
-}
-
-/// Pending outbox rows per mailbox, and whether the count reached [`COUNT_LIMIT`].
-async fn outbox_pending(store: &Store) -> Option<(BTreeMap<String, u64>, bool)> {
-    let rows = store.outbox_list(Some("pending"), COUNT_LIMIT).await.ok()?;
-    let capped = rows.len() as i64 >= COUNT_LIMIT;
-    let mut counts = BTreeMap::new();
-    for row in rows {
-        *counts.entry(row.mailbox).or_insert(0) += 1;
-    }
-    Some((counts, capped))
 }
 
 /// Per identity whose credential expiry is known: its kind and expiry (unix ms).
@@ -240,11 +232,17 @@ fn detail(config: &Config, snapshot: &Snapshot) -> Value {
         .map(|(name, m)| {
             let last = m.last_success_ms();
             let error = m.last_error();
+            let oldest = m.oldest_unprocessed_ms();
             json!({
                 "name": name,
                 "state": m.state().as_str(),
                 "last_success_ms": last,
                 "last_success_age_seconds": last.map(|t| (now - t).max(0) / 1000),
+                "oldest_unprocessed_age_seconds": oldest.map_or(0, |t| (now - t).max(0) / 1000),
+                "junk": m.junk.as_ref().map(|j| match &j.result {
+                    Ok(listing) => json!({ "checked_at_ms": j.checked_at_ms, "listing": listing }),
+                    Err(e) => json!({ "checked_at_ms": j.checked_at_ms, "error": e }),
+                }),
                 "error": error.map(|e| &e.summary),
                 "hint": error.and_then(|e| e.hint.as_ref()),
                 "identity": identity_json(&m.identity),
@@ -260,11 +258,11 @@ async fn status_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     }
     let snapshot = state.metrics.snapshot();
     let database = ping(&state.store).await;
-    let (tickets, quarantined, pending) = if database.is_ok() {
+    let (tickets, quarantined, backlog) = if database.is_ok() {
         (
             state.store.recent_tickets(RECENT).await.ok(),
-            state.store.quarantine_list(COUNT_LIMIT).await.ok(),
-            outbox_pending(&state.store).await,
+            state.store.quarantine_list(RECENT).await.ok(),
+            state.store.backlog().await.ok(),
         )
     } else {
         (None, None, None)
@@ -275,7 +273,7 @@ async fn status_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         &database,
         tickets.as_deref(),
         quarantined.as_deref(),
-        pending.as_ref(),
+        backlog.as_ref(),
     );
     (
         [
@@ -303,6 +301,82 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// A number of seconds as `90s`, `5m`, `3h`, `4d`.
+fn span(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// The Junk column of a mailbox: its count at the last check, already HTML.
+fn junk_cell(junk: Option<&crate::junk::JunkStatus>, now: i64) -> String {
+    use crate::junk::JunkListing;
+    match junk {
+        None => "<span class=\"muted\">not checked yet</span>".into(),
+        Some(status) => {
+            let checked = format!(
+                "<div class=\"muted\">checked {}</div>",
+                escape(&when(status.checked_at_ms, now))
+            );
+            match &status.result {
+                Ok(JunkListing::Listed { folder, total, .. }) => {
+                    format!("{total} in {}{checked}", escape(folder))
+                }
+                Ok(JunkListing::Missing { folder }) => {
+                    format!("no folder {} (junk_folder){checked}", escape(folder))
+                }
+                Err(e) => format!(
+                    "could not look: {}{checked}",
+                    escape(e.lines().next().unwrap_or(""))
+                ),
+            }
+        }
+    }
+}
+
+/// The newest messages of every Junk folder that has any.
+fn junk_section(page: &mut String, snapshot: &Snapshot, now: i64) {
+    use crate::junk::JunkListing;
+    page.push_str(
+        "<h2>Junk folders</h2><p class=\"muted\">Real customer mail sometimes lands here: \
+         <code>mailintake junk list</code> and <code>mailintake junk release UID</code>.</p>\
+         <table><thead><tr><th>Mailbox</th><th>UID</th><th>From</th><th>Subject</th><th>Bytes</th>\
+         <th>Received</th></tr></thead><tbody>",
+    );
+    let mut any = false;
+    for (name, m) in &snapshot.mailboxes {
+        let Some(Ok(JunkListing::Listed { newest, .. })) = m.junk.as_ref().map(|j| &j.result)
+        else {
+            continue;
+        };
+        for item in newest {
+            any = true;
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(name),
+                item.uid,
+                escape(item.from.as_deref().unwrap_or("-")),
+                escape(item.subject.as_deref().unwrap_or("-")),
+                item.size_bytes,
+                escape(
+                    &item
+                        .received_ms
+                        .map(|t| when(t, now))
+                        .unwrap_or_else(|| "-".into())
+                ),
+            );
+        }
+    }
+    if !any {
+        page.push_str("<tr><td colspan=\"6\" class=\"muted\">no junk mail seen</td></tr>");
+    }
+    page.push_str("</tbody></table>");
+}
+
 /// A unix-ms time as `2026-05-01T10:00:00Z (3m ago)` / `(in 20d)`.
 fn when(at_ms: i64, now_ms: i64) -> String {
     let at = if at_ms >= 0 {
@@ -312,14 +386,6 @@ fn when(at_ms: i64, now_ms: i64) -> String {
     };
     let stamp = humantime::format_rfc3339_seconds(at).to_string();
     let delta = (now_ms - at_ms) / 1000;
-    let span = |s: i64| -> String {
-        match s {
-            s if s < 120 => format!("{s}s"),
-            s if s < 7200 => format!("{}m", s / 60),
-            s if s < 172_800 => format!("{}h", s / 3600),
-            s => format!("{}d", s / 86_400),
-        }
-    };
     if delta >= 0 {
         format!("{stamp} ({} ago)", span(delta))
     } else {
@@ -342,7 +408,7 @@ fn render_page(
     database: &Result<(), String>,
     tickets: Option<&[crate::store::TicketSummary]>,
     quarantined: Option<&[crate::store::admin::QuarantineEntry]>,
-    pending: Option<&(BTreeMap<String, u64>, bool)>,
+    backlog: Option<&crate::store::admin::Backlog>,
 ) -> String {
     let now = now_ms();
     let expiries = credential_expiries(config);
@@ -367,23 +433,15 @@ fn render_page(
 
     page.push_str(
         "<h2>Mailboxes</h2><table><thead><tr><th>Mailbox</th><th>State</th><th>Last successful sweep</th>\
-         <th>Since start</th><th>Quarantined (open)</th><th>Outbox backlog</th><th>Token expires</th>\
+         <th>Since start</th><th>Oldest unprocessed</th><th>Quarantined (open)</th><th>Outbox backlog</th><th>Junk folder</th><th>Token expires</th>\
          <th>Credential expires</th><th>Last error</th></tr></thead><tbody>",
     );
-    let quarantine_open = |mailbox: &str| -> String {
-        match quarantined {
+    let count = |pick: fn(&crate::store::admin::Backlog) -> &BTreeMap<String, i64>,
+                 mailbox: &str|
+     -> String {
+        match backlog {
             None => "?".into(),
-            Some(rows) => {
-                let n = rows
-                    .iter()
-                    .filter(|q| q.mailbox == mailbox && q.released_at_ms.is_none())
-                    .count();
-                if rows.len() as i64 >= COUNT_LIMIT {
-                    format!("{n}+")
-                } else {
-                    n.to_string()
-                }
-            }
+            Some(b) => pick(b).get(mailbox).copied().unwrap_or(0).to_string(),
         }
     };
     for (name, m) in &snapshot.mailboxes {
@@ -397,17 +455,11 @@ fn render_page(
             .get(&m.identity)
             .map(|(kind, at)| format!("{} {}", kind.replace('_', " "), when(*at, now)))
             .unwrap_or_else(|| "unknown".into());
-        let backlog = match pending {
-            None => "?".into(),
-            Some((counts, capped)) => {
-                let n = counts.get(name).copied().unwrap_or(0);
-                if *capped {
-                    format!("{n}+")
-                } else {
-                    n.to_string()
-                }
-            }
+        let oldest = match m.oldest_unprocessed_ms() {
+            Some(t) => format!("{} old", span((now - t).max(0) / 1000)),
+            None => "none (caught up)".into(),
         };
+        let junk = junk_cell(m.junk.as_ref(), now);
         let mut error = String::new();
         if let Some(e) = m.last_error() {
             let _ = write!(error, "{}", escape(&e.summary));
@@ -422,7 +474,7 @@ fn render_page(
             page,
             "<tr><td>{}<div class=\"muted\">{}</div></td><td><span class=\"state {state}\">{}</span></td>\
              <td>{}</td><td>{} ticket(s), {} follow-up(s), {} quarantined, {} ignored</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td class=\"oldest\">{}</td><td>{}</td><td>{}</td><td class=\"junk\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(name),
             escape(
                 &config
@@ -442,14 +494,18 @@ fn render_page(
             m.follow_ups,
             m.quarantined,
             m.ignored,
-            escape(&quarantine_open(name)),
-            escape(&backlog),
+            escape(&oldest),
+            escape(&count(|b| &b.quarantine_open, name)),
+            escape(&count(|b| &b.outbox_pending, name)),
+            junk,
             escape(&token),
             escape(&credential),
             error,
         );
     }
     page.push_str("</tbody></table>");
+
+    junk_section(&mut page, snapshot, now);
 
     page.push_str(
         "<h2>Identities</h2><table><thead><tr><th>Identity</th><th>State</th><th>New tokens</th>\
@@ -515,7 +571,7 @@ fn render_page(
             page.push_str("<tr><td colspan=\"7\" class=\"muted\">nothing is quarantined</td></tr>")
         }
         Some(rows) => {
-            for q in rows.iter().take(RECENT as usize) {
+            for q in rows {
                 let _ = write!(
                     page,
                     "<tr><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

@@ -13,6 +13,8 @@
 //!   in IMAP only after its outcome is committed.
 //! - [`store`]: every SQL statement, for SQLite (embedded default) and PostgreSQL, with migrations.
 //! - [`check`]: `mailintake check <mailbox>`, the token → IMAP → folders path step by step.
+//! - [`admin`] and [`junk`]: admin commands that need IMAP (quarantine release, reprocess, the
+//!   Junk folder) and the Junk folder count of the status page.
 //! - [`telemetry`]: logging setup, and [`telemetry::Metrics`]: counters and state the workers write.
 //! - [`http`]: the optional monitoring endpoint that reads them (`/healthz`, `/readyz`, `/metrics`,
 //!   a status page).
@@ -27,6 +29,7 @@ pub mod failpoint;
 pub mod http;
 pub mod imap;
 pub mod ingest;
+pub mod junk;
 pub mod oauth;
 pub mod reply;
 pub mod store;

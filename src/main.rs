@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use mailintake::cli::{Cli, Command, OutboxAction, QuarantineAction};
+use mailintake::cli::{Cli, Command, JunkAction, OutboxAction, QuarantineAction};
 use mailintake::config::{Config, redact_url};
 use mailintake::oauth::{self, TokenCache};
-use mailintake::store::Store;
+use mailintake::store::{self, Store};
 use mailintake::telemetry::Metrics;
-use mailintake::{admin, check, http, telemetry, worker};
+use mailintake::{admin, check, http, junk, telemetry, worker};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -172,7 +172,8 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             }
         }
         Command::Run => {
-            let tokens = TokenCache::new().with_token_store(store.clone(), &config.token_keys);
+            let tokens =
+                Arc::new(TokenCache::new().with_token_store(store.clone(), &config.token_keys));
             let config = Arc::new(config);
             let metrics = Arc::new(Metrics::new(&config));
             // The monitoring endpoint keeps answering while the workers drain, then stops.
@@ -180,6 +181,14 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             let server = match &config.http {
                 Some(http_config) => {
                     let listener = http::bind(http_config).await?;
+                    // The status page shows each Junk folder's count from this task, so that a
+                    // page view never opens an IMAP session.
+                    tokio::spawn(junk::watch(
+                        Arc::clone(&config),
+                        Arc::clone(&tokens),
+                        Arc::clone(&metrics),
+                        stop_http.clone(),
+                    ));
                     Some(tokio::spawn(http::serve(
                         listener,
                         Arc::clone(&config),
@@ -190,14 +199,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 }
                 None => None,
             };
-            worker::run(
-                config,
-                store.clone(),
-                Arc::new(tokens),
-                metrics,
-                shutdown_signal(),
-            )
-            .await;
+            worker::run(config, store.clone(), tokens, metrics, shutdown_signal()).await;
             stop_http.cancel();
             if let Some(server) = server {
                 match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
@@ -278,10 +280,14 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                             e.size_bytes,
                             e.from_address.as_deref().unwrap_or("-"),
                             e.subject.as_deref().unwrap_or("-"),
-                            if e.released_at_ms.is_some() {
-                                "  (released)"
-                            } else {
-                                ""
+                            match (e.released_at_ms, e.resolved_at_ms, e.resolved_ticket_id) {
+                                (_, Some(_), Some(ticket)) => format!(
+                                    "  (reprocessed: {})",
+                                    mailintake::ingest::ticket_reference(ticket)
+                                ),
+                                (_, Some(_), None) => "  (reprocessed: no ticket needed)".into(),
+                                (Some(_), None, _) => "  (released)".into(),
+                                (None, None, _) => String::new(),
                             }
                         );
                     }
@@ -293,6 +299,29 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                     anyhow::bail!("no quarantined message with id {id}");
                 };
                 println!("{}", serde_json::to_string_pretty(&entry)?);
+                ExitCode::SUCCESS
+            }
+            QuarantineAction::Purge {
+                older_than,
+                dry_run,
+            } => {
+                let cutoff = store::now_ms() - older_than.as_millis() as i64;
+                let report = store.quarantine_purge(cutoff, dry_run).await?;
+                println!(
+                    "{} {} quarantine row(s) older than {} ({} raw bytes){}",
+                    if dry_run { "would delete" } else { "deleted" },
+                    report.rows,
+                    humantime::format_duration(older_than),
+                    report.raw_bytes,
+                    if report.kept_released_pending > 0 {
+                        format!(
+                            "; kept {} released message(s) that have not come in yet",
+                            report.kept_released_pending
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
                 ExitCode::SUCCESS
             }
             QuarantineAction::Release { id, max_bytes } => {
@@ -356,10 +385,127 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 ExitCode::SUCCESS
             }
         },
+        Command::Purge {
+            older_than,
+            dry_run,
+        } => {
+            let cutoff = store::now_ms() - older_than.as_millis() as i64;
+            let r = store.purge_older_than(cutoff, dry_run).await?;
+            println!(
+                "{} mail stored before {}:\n  raw messages: {} ({} bytes)\n  quarantine raw bytes: {} message(s) ({} bytes)\n  attachment contents: {} attachment(s), {} distinct content(s) ({} bytes)",
+                if dry_run { "would purge" } else { "purged" },
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(cutoff.max(0) as u64)
+                ),
+                r.raw_messages,
+                r.raw_message_bytes,
+                r.quarantine_raw,
+                r.quarantine_raw_bytes,
+                r.attachments,
+                r.attachment_blobs,
+                r.attachment_blob_bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Reprocess { id, message } => {
+            let done = if message {
+                admin::reprocess_article(&store, id).await?
+            } else {
+                admin::reprocess_quarantined(&config, &store, id).await?
+            };
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Command::Junk { action } => {
+            let tokens = TokenCache::new().with_token_store(store.clone(), &config.token_keys);
+            match action {
+                JunkAction::List {
+                    mailbox,
+                    limit,
+                    json,
+                } => {
+                    let mailbox = junk::pick_mailbox(&config, mailbox.as_deref())?;
+                    let listing = junk::list(&config, &tokens, mailbox, limit).await?;
+                    match listing {
+                        junk::JunkListing::Missing { folder } => {
+                            if json {
+                                println!(
+                                    "{}",
+                                    serde_json::to_string(&junk::JunkListing::Missing { folder })?
+                                );
+                            } else {
+                                println!(
+                                    "{} has no folder `{folder}` (junk_folder; Exchange Online calls it \"Junk Email\")",
+                                    mailbox.address
+                                );
+                            }
+                        }
+                        junk::JunkListing::Listed {
+                            folder,
+                            total,
+                            newest,
+                        } => {
+                            if json {
+                                for item in &newest {
+                                    println!("{}", serde_json::to_string(item)?);
+                                }
+                            } else if total == 0 {
+                                println!("`{folder}` of {} is empty", mailbox.address);
+                            } else {
+                                println!(
+                                    "`{folder}` of {} holds {total} message(s){}:",
+                                    mailbox.address,
+                                    if newest.len() < total as usize {
+                                        format!("; the newest {}", newest.len())
+                                    } else {
+                                        String::new()
+                                    }
+                                );
+                                println!(
+                                    "{:>6} {:<20} {:<30} {:>10}  SUBJECT",
+                                    "UID", "DATE", "FROM", "BYTES"
+                                );
+                                for item in &newest {
+                                    let date = item
+                                        .date_ms
+                                        .or(item.received_ms)
+                                        .map(|t| {
+                                            humantime::format_rfc3339_seconds(
+                                                std::time::UNIX_EPOCH
+                                                    + std::time::Duration::from_millis(
+                                                        t.max(0) as u64
+                                                    ),
+                                            )
+                                            .to_string()
+                                        })
+                                        .unwrap_or_else(|| "-".into());
+                                    println!(
+                                        "{:>6} {:<20} {:<30} {:>10}  {}",
+                                        item.uid,
+                                        date,
+                                        item.from.as_deref().unwrap_or("-"),
+                                        item.size_bytes,
+                                        item.subject.as_deref().unwrap_or("-")
+                                    );
+                                }
+                                println!(
+                                    "`mailintake junk release UID` moves a real message to the inbox."
+                                );
+                            }
+                        }
+                    }
+                }
+                JunkAction::Release { uid, mailbox } => {
+                    let mailbox = junk::pick_mailbox(&config, mailbox.as_deref())?;
+                    println!("{}", junk::release(&config, &tokens, mailbox, uid).await?);
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Command::Raw { id, out } => {
             let Some(raw) = store.raw_message(id).await? else {
                 anyhow::bail!(
-                    "no raw message is kept for message {id}; set keep_raw = \"all\" on the mailbox to keep them (failures keep theirs in the quarantine)"
+                    "no raw message is kept for message {id}; set keep_raw = \"all\" on the mailbox to keep them (failures keep theirs in the quarantine); `mailintake purge` removes old ones"
                 );
             };
             write_new_file(&out, &raw)?;
@@ -371,6 +517,15 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             ExitCode::SUCCESS
         }
         Command::Attachment { id, out } => {
+            if let Some(purged_ms) = store.attachment_purged_at(id).await? {
+                anyhow::bail!(
+                    "the content of attachment {id} was removed by `mailintake purge` on {} (retention); its metadata is kept",
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::from_millis(purged_ms.max(0) as u64)
+                    )
+                );
+            }
             let Some(attachment) = store.attachment(id).await? else {
                 anyhow::bail!(
                     "no attachment with id {id}; `mailintake tickets` and the attachments table list them"
@@ -387,14 +542,24 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             );
             ExitCode::SUCCESS
         }
-        Command::Tickets { limit, json } => {
-            let tickets = store.recent_tickets(limit).await?;
+        Command::Tickets { limit, json, since } => {
+            let tickets = match since {
+                Some(since_ms) => store.tickets_since(since_ms, limit).await?,
+                None => store.recent_tickets(limit).await?,
+            };
             if json {
                 for ticket in &tickets {
                     println!("{}", serde_json::to_string(ticket)?);
                 }
             } else if tickets.is_empty() {
-                println!("no tickets yet");
+                println!(
+                    "{}",
+                    if since.is_some() {
+                        "no tickets since then"
+                    } else {
+                        "no tickets yet"
+                    }
+                );
             } else {
                 println!(
                     "{:<11} {:<10} {:<28} {:>4} {:>4}  SUBJECT",

@@ -220,6 +220,7 @@ pub async fn sweep(
 
     let listed = session.conn.list_above(state.last_uid).await?;
     report.n_listed = listed.len();
+    ctx.metrics.listed(&mailbox.name, ctx.folder, &listed);
     // After a failed fetch, messages are taken one at a time until the culprit is known; one the
     // server fails to deliver STUCK_ATTEMPTS times in a row is set aside unread.
     let stuck = ctx.store.stuck_message(&mailbox.name, ctx.folder).await?;

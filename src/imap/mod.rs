@@ -782,6 +782,38 @@ impl Connection {
     }
 }
 
+// Folder inspection for the Junk commands and the status page (`crate::junk`).
+impl Connection {
+    /// Whether `folder` exists (LIST), without creating it.
+    pub async fn folder_exists(&mut self, folder: &str) -> Result<bool, ImapError> {
+        let encoded = encode_folder_name(folder);
+        within(self.command_timeout, "LIST", async {
+            let stream = self
+                .session
+                .list(Some(""), Some(&encoded))
+                .await
+                .map_err(protocol("LIST"))?;
+            let names: Vec<_> = stream.try_collect().await.map_err(protocol("LIST"))?;
+            Ok(names.iter().any(|n| n.name() == encoded))
+        })
+        .await
+    }
+
+    /// The number of messages in `folder` (STATUS MESSAGES), without selecting it.
+    pub async fn message_count(&mut self, folder: &str) -> Result<u32, ImapError> {
+        let encoded = encode_folder_name(folder);
+        let status = within(self.command_timeout, "STATUS", async {
+            self.session
+                .status(&encoded, "(MESSAGES)")
+                .await
+                .map_err(protocol("STATUS"))
+        })
+        .await?;
+        while self.session.unsolicited_responses.try_recv().is_ok() {}
+        Ok(status.exists)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

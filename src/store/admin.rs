@@ -21,6 +21,11 @@ pub struct QuarantineEntry {
     pub created_at_ms: i64,
     pub released_at_ms: Option<i64>,
     pub release_max_bytes: Option<i64>,
+    /// `mailintake reprocess` turned it into this ticket (or ignored mail, with no ticket).
+    pub resolved_at_ms: Option<i64>,
+    pub resolved_ticket_id: Option<i64>,
+    /// `mailintake purge` removed its raw bytes.
+    pub raw_purged_at_ms: Option<i64>,
 }
 
 /// An outbox row as `mailintake outbox list` prints it.
@@ -54,7 +59,8 @@ pub struct TicketMessage {
 }
 
 const QUARANTINE_COLUMNS: &str = "id, mailbox, folder, message_id, size_bytes, from_address, subject, reason, detail, \
-     CAST(CASE WHEN raw IS NULL THEN 0 ELSE 1 END AS BIGINT), created_at, released_at, release_max_bytes";
+     CAST(CASE WHEN raw IS NULL THEN 0 ELSE 1 END AS BIGINT), created_at, released_at, release_max_bytes, \
+     resolved_at, resolved_ticket_id, raw_purged_at";
 
 fn quarantine_entry(r: sqlx::any::AnyRow) -> QuarantineEntry {
     QuarantineEntry {
@@ -71,6 +77,9 @@ fn quarantine_entry(r: sqlx::any::AnyRow) -> QuarantineEntry {
         created_at_ms: r.get(10),
         released_at_ms: r.get(11),
         release_max_bytes: r.get(12),
+        resolved_at_ms: r.get(13),
+        resolved_ticket_id: r.get(14),
+        raw_purged_at_ms: r.get(15),
     }
 }
 
@@ -241,5 +250,321 @@ impl Batch {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+}
+
+/// What `mailintake purge` removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    /// Raw messages kept for articles (`raw_messages`), and their uncompressed size.
+    pub raw_messages: i64,
+    pub raw_message_bytes: i64,
+    /// Quarantined messages whose raw bytes were removed, and those bytes.
+    pub quarantine_raw: i64,
+    pub quarantine_raw_bytes: i64,
+    /// Attachments whose content was removed (rows and metadata stay), and the distinct blobs
+    /// (content stored once per SHA-256) that were emptied, with their size.
+    pub attachments: i64,
+    pub attachment_blobs: i64,
+    pub attachment_blob_bytes: i64,
+}
+
+/// What `mailintake quarantine purge` removed (or would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QuarantinePurgeReport {
+    pub rows: i64,
+    pub raw_bytes: i64,
+    /// Released messages that have not come in yet: kept, whatever their age.
+    pub kept_released_pending: i64,
+}
+
+/// Open quarantined messages and pending outbox rows per mailbox, by COUNT queries.
+#[derive(Debug, Clone, Default)]
+pub struct Backlog {
+    /// Quarantined, neither released nor reprocessed.
+    pub quarantine_open: std::collections::BTreeMap<String, i64>,
+    pub outbox_pending: std::collections::BTreeMap<String, i64>,
+}
+
+/// Blobs whose every attachment is older than the cutoff (so no newer attachment shares them) and
+/// whose content is still there.
+const PURGEABLE_BLOBS: &str = "FROM attachment_blobs b WHERE b.purged_at IS NULL \
+     AND EXISTS (SELECT 1 FROM attachments a WHERE a.sha256 = b.sha256) \
+     AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.sha256 = b.sha256 AND a.created_at >= $1)";
+
+/// Quarantine rows that `quarantine purge` may delete: older than the cutoff, and not a release
+/// that is still waiting for its message to come in.
+const PURGEABLE_QUARANTINE: &str = "FROM quarantine WHERE created_at < $1 \
+     AND NOT (released_at IS NOT NULL AND release_used_at IS NULL)";
+
+async fn count_pair(
+    conn: &mut sqlx::AnyConnection,
+    sql: String,
+    cutoff_ms: i64,
+) -> Result<(i64, i64)> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(cutoff_ms)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+impl Store {
+    /// The tickets created at or after `since_ms`, newest first, at most `limit`.
+    pub async fn tickets_since(
+        &self,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<super::TicketSummary>> {
+        let rows = sqlx::query(
+            "SELECT t.id, t.reference, t.mailbox, t.subject, t.requester_address, t.status, t.created_at, \
+             (SELECT COUNT(*) FROM messages m WHERE m.ticket_id = t.id), \
+             (SELECT COUNT(*) FROM attachments a JOIN messages m ON a.message_id = m.id WHERE m.ticket_id = t.id) \
+             FROM tickets t WHERE t.created_at >= $1 ORDER BY t.id DESC LIMIT $2",
+        )
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| super::TicketSummary {
+                id: r.get(0),
+                reference: r.get::<Option<String>, _>(1).unwrap_or_default(),
+                mailbox: r.get(2),
+                subject: r.get(3),
+                requester: r.get(4),
+                status: r.get(5),
+                created_at_ms: r.get(6),
+                n_messages: r.get(7),
+                n_attachments: r.get(8),
+            })
+            .collect())
+    }
+
+    /// Removes raw mail kept for articles, quarantine raw bytes and attachment contents of mail
+    /// stored before `cutoff_ms`, in one transaction; with `dry_run` only counts. Tickets, messages,
+    /// quarantine and attachment rows stay. A blob still used by a newer attachment stays whole.
+    pub async fn purge_older_than(&self, cutoff_ms: i64, dry_run: bool) -> Result<PurgeReport> {
+        let mut tx = self.pool.begin().await?;
+        let raw_filter = "FROM raw_messages r WHERE r.message_row_id IN \
+                          (SELECT m.id FROM messages m WHERE m.created_at < $1)";
+        let (raw_messages, raw_message_bytes) = count_pair(
+            &mut tx,
+            format!("SELECT COUNT(*), CAST(COALESCE(SUM(r.size_bytes), 0) AS BIGINT) {raw_filter}"),
+            cutoff_ms,
+        )
+        .await?;
+        let quarantine_filter = "FROM quarantine WHERE raw IS NOT NULL AND created_at < $1";
+        let (quarantine_raw, quarantine_raw_bytes) = count_pair(
+            &mut tx,
+            format!(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(LENGTH(raw)), 0) AS BIGINT) {quarantine_filter}"
+            ),
+            cutoff_ms,
+        )
+        .await?;
+        let (attachment_blobs, attachment_blob_bytes) = count_pair(
+            &mut tx,
+            format!(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(b.size_bytes), 0) AS BIGINT) {PURGEABLE_BLOBS}"
+            ),
+            cutoff_ms,
+        )
+        .await?;
+        let attachments: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM attachments WHERE content_purged_at IS NULL AND sha256 IN \
+             (SELECT b.sha256 {PURGEABLE_BLOBS})"
+        )))
+        .bind(cutoff_ms)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        let report = PurgeReport {
+            raw_messages,
+            raw_message_bytes,
+            quarantine_raw,
+            quarantine_raw_bytes,
+            attachments,
+            attachment_blobs,
+            attachment_blob_bytes,
+        };
+        if dry_run {
+            tx.rollback().await?;
+            return Ok(report);
+        }
+        let now = now_ms();
+        sqlx::query(
+            "DELETE FROM raw_messages WHERE message_row_id IN \
+             (SELECT m.id FROM messages m WHERE m.created_at < $1)",
+        )
+        .bind(cutoff_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE quarantine SET raw = NULL, raw_purged_at = $2 WHERE raw IS NOT NULL AND created_at < $1",
+        )
+        .bind(cutoff_ms)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // Attachments first: the blob filter below no longer matches once the blobs are emptied.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE attachments SET content_purged_at = $2 WHERE content_purged_at IS NULL AND sha256 IN \
+             (SELECT b.sha256 {PURGEABLE_BLOBS})"
+        )))
+        .bind(cutoff_ms)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE attachment_blobs SET content = $2, purged_at = $3 WHERE sha256 IN \
+             (SELECT b.sha256 {PURGEABLE_BLOBS})"
+        )))
+        .bind(cutoff_ms)
+        .bind(Vec::<u8>::new())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// Deletes quarantine rows (with their raw bytes) created before `cutoff_ms`, except releases
+    /// still waiting for their message. The intake ledger (`imap_messages`) keeps its
+    /// `quarantined` outcome rows; they just no longer point to a quarantine row.
+    pub async fn quarantine_purge(
+        &self,
+        cutoff_ms: i64,
+        dry_run: bool,
+    ) -> Result<QuarantinePurgeReport> {
+        let mut tx = self.pool.begin().await?;
+        let (rows, raw_bytes) = count_pair(
+            &mut tx,
+            format!(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(LENGTH(raw)), 0) AS BIGINT) {PURGEABLE_QUARANTINE}"
+            ),
+            cutoff_ms,
+        )
+        .await?;
+        let kept_released_pending: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM quarantine WHERE created_at < $1 \
+             AND released_at IS NOT NULL AND release_used_at IS NULL",
+        )
+        .bind(cutoff_ms)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        let report = QuarantinePurgeReport {
+            rows,
+            raw_bytes,
+            kept_released_pending,
+        };
+        if dry_run {
+            tx.rollback().await?;
+            return Ok(report);
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE imap_messages SET quarantine_id = NULL WHERE quarantine_id IN \
+             (SELECT id {PURGEABLE_QUARANTINE})"
+        )))
+        .bind(cutoff_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM quarantine WHERE id IN (SELECT id {PURGEABLE_QUARANTINE})"
+        )))
+        .bind(cutoff_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// When the content of attachment `id` was purged (None: it is there, or no such attachment).
+    pub async fn attachment_purged_at(&self, id: i64) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT b.purged_at FROM attachments a JOIN attachment_blobs b ON b.sha256 = a.sha256 WHERE a.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    /// Open quarantined messages and pending outbox rows per mailbox.
+    pub async fn backlog(&self) -> Result<Backlog> {
+        let count = |sql: &'static str| async move {
+            let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+            Ok::<_, super::StoreError>(
+                rows.into_iter()
+                    .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+                    .collect(),
+            )
+        };
+        Ok(Backlog {
+            quarantine_open: count(
+                "SELECT mailbox, COUNT(*) FROM quarantine WHERE released_at IS NULL \
+                 AND resolved_at IS NULL GROUP BY mailbox",
+            )
+            .await?,
+            outbox_pending: count(
+                "SELECT mailbox, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY mailbox",
+            )
+            .await?,
+        })
+    }
+
+    /// The quarantine row's raw bytes and whether (and into which ticket) it was reprocessed.
+    pub async fn quarantine_raw(&self, id: i64) -> Result<Option<QuarantineRaw>> {
+        let row = sqlx::query(
+            "SELECT raw, raw_purged_at, resolved_at, resolved_ticket_id, created_at FROM quarantine WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| QuarantineRaw {
+            raw: r.get(0),
+            raw_purged_at_ms: r.get(1),
+            resolved_at_ms: r.get(2),
+            resolved_ticket_id: r.get(3),
+            created_at_ms: r.get(4),
+        }))
+    }
+
+    /// A stored article: its ticket, Message-ID and fingerprint.
+    pub async fn article(&self, message_row_id: i64) -> Result<Option<(i64, String, String)>> {
+        let row =
+            sqlx::query("SELECT ticket_id, message_id, fingerprint FROM messages WHERE id = $1")
+                .bind(message_row_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+}
+
+/// The raw bytes of a quarantined message and its reprocessing state.
+#[derive(Debug, Clone)]
+pub struct QuarantineRaw {
+    pub raw: Option<Vec<u8>>,
+    pub raw_purged_at_ms: Option<i64>,
+    pub resolved_at_ms: Option<i64>,
+    pub resolved_ticket_id: Option<i64>,
+    pub created_at_ms: i64,
+}
+
+impl Batch {
+    /// Marks quarantined message `id` as reprocessed into `ticket_id` (None: recorded as ignored).
+    /// False when it was resolved already (by a concurrent run).
+    pub async fn resolve_quarantine(&mut self, id: i64, ticket_id: Option<i64>) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE quarantine SET resolved_at = $1, resolved_ticket_id = $2 WHERE id = $3 AND resolved_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(ticket_id)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 }

@@ -147,6 +147,9 @@ pub struct FolderStatus {
     pub last_success_ms: Option<i64>,
     pub last_error: Option<ErrorInfo>,
     pub logins: u64,
+    /// The oldest INTERNALDATE (unix ms) among messages the last listing found above the
+    /// checkpoint; None once a sweep completed (caught up).
+    pub oldest_unprocessed_ms: Option<i64>,
 }
 
 /// Everything known about one mailbox since the process started.
@@ -175,6 +178,8 @@ pub struct MailboxStats {
     pub sends_failed: u64,
     /// The last outbox failure (database trouble); cleared by a successful flush.
     pub outbox_error: Option<ErrorInfo>,
+    /// The last look at the mailbox's Junk folder (`junk::watch`), if any yet.
+    pub junk: Option<crate::junk::JunkStatus>,
 }
 
 impl MailboxStats {
@@ -203,6 +208,14 @@ impl MailboxStats {
             .filter(|f| f.state != MailboxState::Ok)
             .filter_map(|f| f.last_error.as_ref())
             .max_by_key(|e| e.at_ms)
+    }
+
+    /// The oldest message listed but not yet recorded in any of its folders (unix ms).
+    pub fn oldest_unprocessed_ms(&self) -> Option<i64> {
+        self.folders
+            .values()
+            .filter_map(|f| f.oldest_unprocessed_ms)
+            .min()
     }
 
     pub fn logins(&self) -> u64 {
@@ -269,6 +282,7 @@ impl Metrics {
                                 last_success_ms: None,
                                 last_error: None,
                                 logins: 0,
+                                oldest_unprocessed_ms: None,
                             },
                         )
                     })
@@ -293,6 +307,7 @@ impl Metrics {
                     sends_retry: 0,
                     sends_failed: 0,
                     outbox_error: None,
+                    junk: None,
                 };
                 (m.name.clone(), stats)
             })
@@ -363,6 +378,25 @@ impl Metrics {
         if let Some(status) = stats.folders.get_mut(folder) {
             status.state = MailboxState::Ok;
             status.last_success_ms = Some(now_ms());
+            // A completed sweep recorded everything it listed.
+            status.oldest_unprocessed_ms = None;
+        }
+    }
+
+    /// A sweep listed the messages above the checkpoint: until they are recorded (the sweep
+    /// completes), the oldest of them is waiting.
+    pub fn listed(&self, mailbox: &str, folder: &str, listed: &[crate::imap::MessageSummary]) {
+        let oldest = listed.iter().filter_map(|m| m.internal_date_ms).min();
+        self.with_folder(mailbox, folder, |status| {
+            status.oldest_unprocessed_ms = oldest
+        });
+    }
+
+    /// The Junk folder of `mailbox` was looked at.
+    pub fn junk_checked(&self, mailbox: &str, status: crate::junk::JunkStatus) {
+        let mut inner = self.lock();
+        if let Some(stats) = inner.mailboxes.get_mut(mailbox) {
+            stats.junk = Some(status);
         }
     }
 
@@ -520,6 +554,35 @@ impl Snapshot {
             "counter",
             "Message bytes downloaded from IMAP.",
             per_mailbox(&|m| m.bytes_fetched),
+        );
+        let now = now_ms();
+        family(
+            "mailintake_oldest_unprocessed_age_seconds",
+            "gauge",
+            "Age of the oldest message listed but not yet recorded (0 when caught up).",
+            self.mailboxes
+                .iter()
+                .map(|(name, m)| {
+                    let age = m
+                        .oldest_unprocessed_ms()
+                        .map_or(0, |t| (now - t).max(0) / 1000);
+                    (labels(&[("mailbox", name)]), age as f64)
+                })
+                .collect(),
+        );
+        family(
+            "mailintake_junk_messages",
+            "gauge",
+            "Messages in the mailbox's Junk folder at the last check (every few minutes; absent until counted).",
+            self.mailboxes
+                .iter()
+                .filter_map(|(name, m)| match m.junk.as_ref().map(|j| &j.result) {
+                    Some(Ok(crate::junk::JunkListing::Listed { total, .. })) => {
+                        Some((labels(&[("mailbox", name)]), f64::from(*total)))
+                    }
+                    _ => None,
+                })
+                .collect(),
         );
         family(
             "mailintake_acks_queued_total",

@@ -1,0 +1,223 @@
+//! The Junk folder: real customer mail sometimes lands there, and Exchange admins are told to
+//! check it weekly. `mailintake junk list` shows what sits there from header fields only (bodies
+//! are never read), `junk release` moves one message to the inbox so the worker ingests it as
+//! ordinary mail, and [`watch`] counts it for the status page every few minutes, so the page never
+//! opens an IMAP session of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::config::{Config, Mailbox, Mode};
+use crate::imap::{self, Connection, Uid};
+use crate::ingest;
+use crate::oauth::TokenCache;
+use crate::store::now_ms;
+use crate::telemetry::Metrics;
+
+/// How often [`watch`] counts each mailbox's Junk folder.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(300);
+/// How many of the newest Junk messages the status page shows.
+pub const NEWEST_ON_PAGE: usize = 5;
+
+/// One message in a Junk folder, from its header fields and listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct JunkItem {
+    pub uid: u32,
+    /// The Date header (unix ms), when it has a readable one.
+    pub date_ms: Option<i64>,
+    /// When the server received it (INTERNALDATE, unix ms).
+    pub received_ms: Option<i64>,
+    pub from: Option<String>,
+    pub subject: Option<String>,
+    pub size_bytes: u64,
+}
+
+/// What a look at a mailbox's Junk folder found.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JunkListing {
+    /// The folder does not exist on the server (check `junk_folder`).
+    Missing { folder: String },
+    /// `total` messages; `newest` are the newest of them (by UID), newest first.
+    Listed {
+        folder: String,
+        total: u32,
+        newest: Vec<JunkItem>,
+    },
+}
+
+/// The last check of a mailbox's Junk folder, for the status page.
+#[derive(Debug, Clone)]
+pub struct JunkStatus {
+    pub checked_at_ms: i64,
+    /// The listing, or why the check failed.
+    pub result: Result<JunkListing, String>,
+}
+
+/// The mailbox named `name`, or the only one configured.
+pub fn pick_mailbox<'a>(config: &'a Config, name: Option<&str>) -> anyhow::Result<&'a Mailbox> {
+    let names = || {
+        config
+            .mailboxes
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        Some(name) => match config.mailboxes.iter().find(|m| m.name == name) {
+            Some(mailbox) => Ok(mailbox),
+            None => bail!("no mailbox `{name}` is configured; configured: {}", names()),
+        },
+        None => match config.mailboxes.as_slice() {
+            [only] => Ok(only),
+            _ => bail!(
+                "several mailboxes are configured ({}); name one with --mailbox",
+                names()
+            ),
+        },
+    }
+}
+
+async fn connect(
+    tokens: &TokenCache,
+    config: &Config,
+    mailbox: &Mailbox,
+) -> anyhow::Result<Connection> {
+    let token = tokens.token(config.identity(&mailbox.identity)).await?;
+    imap::connect(&mailbox.imap, &mailbox.address, &token)
+        .await
+        .with_context(|| format!("logging in to {}", mailbox.address))
+}
+
+/// The newest `limit` messages of the mailbox's Junk folder, from header fields only.
+pub async fn list(
+    config: &Config,
+    tokens: &TokenCache,
+    mailbox: &Mailbox,
+    limit: usize,
+) -> anyhow::Result<JunkListing> {
+    let mut conn = connect(tokens, config, mailbox).await?;
+    let result = list_on(&mut conn, &mailbox.junk_folder, limit).await;
+    conn.logout().await;
+    result
+}
+
+async fn list_on(conn: &mut Connection, folder: &str, limit: usize) -> anyhow::Result<JunkListing> {
+    if !conn.folder_exists(folder).await? {
+        return Ok(JunkListing::Missing {
+            folder: folder.to_string(),
+        });
+    }
+    let total = conn.message_count(folder).await?;
+    let mut newest = Vec::new();
+    if total > 0 && limit > 0 {
+        // Read-only: looking changes nothing (no \Seen, no \Recent taken).
+        conn.examine(folder).await?;
+        let listed = conn.list_above(0).await?;
+        for summary in listed.iter().rev().take(limit) {
+            let header = conn.fetch_identifying_headers(summary.uid).await?;
+            let parsed = ingest::parse(&header).ok();
+            newest.push(JunkItem {
+                uid: summary.uid.0,
+                date_ms: parsed.as_ref().and_then(|m| m.date_ms),
+                received_ms: summary.internal_date_ms,
+                from: parsed
+                    .as_ref()
+                    .and_then(|m| m.from.as_ref().map(|p| p.address.clone())),
+                subject: parsed.map(|m| m.subject),
+                size_bytes: summary.size,
+            });
+        }
+    }
+    Ok(JunkListing::Listed {
+        folder: folder.to_string(),
+        total,
+        newest,
+    })
+}
+
+/// Moves the message with `uid` from the mailbox's Junk folder to its inbox (the first watched
+/// folder; UID MOVE, or COPY + expunge of that UID), where the next sweep ingests it.
+pub async fn release(
+    config: &Config,
+    tokens: &TokenCache,
+    mailbox: &Mailbox,
+    uid: u32,
+) -> anyhow::Result<String> {
+    if mailbox.mode == Mode::Shadow {
+        bail!(
+            "mailbox `{}` runs in shadow mode, which changes nothing on the server; move the message in the mail client instead",
+            mailbox.name
+        );
+    }
+    let junk = &mailbox.junk_folder;
+    let inbox = &mailbox.folders[0];
+    let mut conn = connect(tokens, config, mailbox).await?;
+    let result = async {
+        if !conn.folder_exists(junk).await? {
+            bail!(
+                "mailbox `{}` has no folder `{junk}` (junk_folder; Exchange Online calls it \"Junk Email\")",
+                mailbox.name
+            );
+        }
+        conn.select(junk).await?;
+        let listed = conn.list_above(uid.saturating_sub(1)).await?;
+        let Some(summary) = listed.iter().find(|m| m.uid.0 == uid) else {
+            bail!(
+                "there is no message with UID {uid} in `{junk}` of {} (moved or deleted meanwhile?); `mailintake junk list` shows the UIDs",
+                mailbox.address
+            );
+        };
+        let header = conn.fetch_identifying_headers(summary.uid).await?;
+        let subject = ingest::parse(&header)
+            .map(|m| m.subject)
+            .unwrap_or_default();
+        conn.move_to(&[Uid(uid)], inbox).await?;
+        Ok(format!(
+            "moved UID {uid} (\"{subject}\", {} bytes) from `{junk}` to `{inbox}` of {}; the next sweep ingests it",
+            summary.size, mailbox.address
+        ))
+    }
+    .await;
+    conn.logout().await;
+    result
+}
+
+/// Counts every mailbox's Junk folder (with its newest few messages) now and then every
+/// [`CHECK_INTERVAL`] into `metrics`, until `cancel`.
+pub async fn watch(
+    config: Arc<Config>,
+    tokens: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    loop {
+        for mailbox in &config.mailboxes {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return,
+                result = list(&config, &tokens, mailbox, NEWEST_ON_PAGE) => result,
+            };
+            let result = result.map_err(|e| {
+                debug!(mailbox = %mailbox.name, error = %e, "cannot look at the Junk folder");
+                format!("{e:#}")
+            });
+            metrics.junk_checked(
+                &mailbox.name,
+                JunkStatus {
+                    checked_at_ms: now_ms(),
+                    result,
+                },
+            );
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(CHECK_INTERVAL) => {}
+        }
+    }
+}
