@@ -429,3 +429,63 @@ async fn an_acknowledgement_waits_out_an_smtp_outage() {
     .await;
     assert!(arrived, "the acknowledgement did not reach {customer}");
 }
+
+#[tokio::test]
+async fn readyz_turns_unready_while_dovecot_is_down_and_ready_after() {
+    use crate::ops::{free_port, get_until};
+    let stack = PrivateStack::up().await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let port = free_port();
+    let config = stack.config(
+        &db,
+        "poll_interval = \"2s\"",
+        &format!("connect_timeout = \"3s\"\n\n[http]\nlisten = \"127.0.0.1:{port}\""),
+    );
+    let log = config.path.with_file_name("run.log");
+    let mut child = tokio::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config.path)
+        .arg("run")
+        .env("DRILL_SECRET", "demo-secret-value")
+        .env("RUST_LOG", "mailintake=debug")
+        .kill_on_drop(true)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    let is_ready = |status: u16, body: &str| status == 200 && body.contains(r#""state":"ok""#);
+
+    let (ready, _, body) = get_until(&readyz, None, is_ready).await;
+    assert!(ready, "never ready: {body}\n{}", read_log());
+
+    stack.stop_dovecot_and_its_sessions().await;
+    let (unready, _, body) = get_until(&readyz, None, |status, _| status == 503).await;
+    assert!(
+        unready,
+        "stayed ready without Dovecot: {body}\n{}",
+        read_log()
+    );
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["status"], "unready");
+    assert_eq!(answer["database"]["ok"], true, "{body}");
+    assert_eq!(answer["mailboxes"][0]["state"], "retrying", "{body}");
+
+    stack.script(&["start", "dovecot"]).await;
+    let (ready, _, body) = get_until(&readyz, None, is_ready).await;
+    assert!(
+        ready,
+        "not ready again after Dovecot came back: {body}\n{}",
+        read_log()
+    );
+
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("stopped after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}: {}", read_log());
+}

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -37,7 +37,7 @@ fn client() -> reqwest::Client {
 }
 
 /// GET `url` (with `token` as bearer when given): status and body.
-async fn get(url: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) async fn get(url: &str, token: Option<&str>) -> (u16, String) {
     let mut request = client().get(url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -59,7 +59,7 @@ fn sample(body: &str, series: &str) -> Option<f64> {
 
 /// GETs `url` until `done(status, body)` holds, for at most 60 s: whether it did, and the last
 /// answer.
-async fn get_until(
+pub(crate) async fn get_until(
     url: &str,
     token: Option<&str>,
     done: impl Fn(u16, &str) -> bool,
@@ -141,6 +141,11 @@ async fn endpoints_follow_intake_and_the_status_page_renders_in_chromium() {
     deliver_lmtp(&case.mailbox, "alice@customer.test", &raw).await;
     let (big, _) = large_message(&case.mailbox, 40_000);
     deliver_lmtp(&case.mailbox, "big@customer.test", &big).await;
+    // A real customer's message in the Junk folder: counted and shown, never ingested.
+    doveadm(&["mailbox", "create", "-u", &case.mailbox, "Junk"]);
+    let (junk, _) = unique_fixture("latin1.eml");
+    doveadm_with_input(&["save", "-u", &case.mailbox, "-m", "Junk"], &junk);
+    let junk_subject = mailintake::ingest::parse(&junk).unwrap().subject;
 
     let running = case.spawn_run();
     wait_until_listening(&base, &running).await;
@@ -155,6 +160,7 @@ async fn endpoints_follow_intake_and_the_status_page_renders_in_chromium() {
                 body,
                 r#"mailintake_messages_total{mailbox="support",outcome="quarantined"}"#,
             ) >= Some(1.0)
+            && sample(body, r#"mailintake_junk_messages{mailbox="support"}"#).is_some()
     })
     .await;
     assert!(moved, "metrics did not move:\n{metrics}\n{}", running.log());
@@ -182,6 +188,7 @@ async fn endpoints_follow_intake_and_the_status_page_renders_in_chromium() {
             1.0,
         ),
         ("mailintake_database_up", 1.0),
+        (r#"mailintake_junk_messages{mailbox="support"}"#, 1.0),
     ] {
         let value = sample(&metrics, series);
         assert!(
@@ -210,6 +217,14 @@ async fn endpoints_follow_intake_and_the_status_page_renders_in_chromium() {
     .expect("last refresh recorded");
     let now = mailintake::store::now_ms() as f64 / 1000.0;
     assert!(now - obtained < 300.0, "{obtained} vs {now}");
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"mailintake_oldest_unprocessed_age_seconds{mailbox="support"}"#
+        ),
+        Some(0.0),
+        "caught up"
+    );
     assert!(metrics.contains("# TYPE mailintake_ingest_latency_seconds histogram"));
     assert!(
         metrics
@@ -233,6 +248,8 @@ async fn endpoints_follow_intake_and_the_status_page_renders_in_chromium() {
     assert!(mailbox["last_success_age_seconds"].as_i64().unwrap() < 120);
     assert_eq!(mailbox["identity"]["name"], "test");
     assert_eq!(mailbox["identity"]["state"], "ok");
+    assert_eq!(mailbox["oldest_unprocessed_age_seconds"], 0, "{body}");
+    assert_eq!(mailbox["junk"]["listing"]["total"], 1, "{body}");
 
     // The page in a real browser: a screenshot for the run's artifacts, and the rendered DOM.
     let page = format!("{base}/");
@@ -264,6 +281,20 @@ async fn endpoints_follow_intake_and_the_status_page_renders_in_chromium() {
         "quarantined message missing: {dom}"
     );
     assert!(dom.contains("TCK-"), "ticket reference missing: {dom}");
+    assert!(dom.contains("1 in Junk"), "Junk count missing: {dom}");
+    assert!(
+        dom.contains(&mailintake::http::escape(&junk_subject)),
+        "newest Junk message missing: {dom}"
+    );
+    assert!(
+        dom.contains("none (caught up)"),
+        "oldest unprocessed: {dom}"
+    );
+    assert_eq!(
+        case.db.count("SELECT COUNT(*) FROM tickets").await,
+        1,
+        "Junk mail is not ingested"
+    );
 
     let (status, log) = terminate(running, Duration::from_secs(30)).await;
     assert!(status.success(), "{log}");
@@ -358,4 +389,65 @@ async fn json_log_lines_carry_mailbox_uid_message_id_and_ticket() {
         !stderr.contains(&case.entra.secret),
         "the client secret was logged"
     );
+}
+
+#[tokio::test]
+async fn the_oldest_unprocessed_message_ages_while_intake_is_stuck_and_clears_after() {
+    let case = Case::new(Backend::Sqlite, "", "implicit").await;
+    let base = enable_http(&case, "");
+    let running = case.spawn_run();
+    wait_until_listening(&base, &running).await;
+    let ready = case
+        .wait_for_count(
+            "SELECT COUNT(*) FROM mailbox_state",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(ready, "no first sweep: {}", running.log());
+
+    // The database refuses to store messages (as a broken schema or disk would): the sweep
+    // lists the new mail, then fails; the mail waits.
+    let pool = case.db.pool().await;
+    sqlx::query("ALTER TABLE messages RENAME TO messages_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (raw, _) = unique_fixture("plain.eml");
+    deliver_lmtp(&case.mailbox, "alice@customer.test", &raw).await;
+    let series = r#"mailintake_oldest_unprocessed_age_seconds{mailbox="support"}"#;
+    let (aged, _, metrics) = get_until(&format!("{base}/metrics"), None, |_, body| {
+        sample(body, series) >= Some(2.0)
+    })
+    .await;
+    assert!(
+        aged,
+        "the waiting message did not age:\n{metrics}\n{}",
+        running.log()
+    );
+    let (_, page) = get(&format!("{base}/"), None).await;
+    assert!(page.contains("s old</td>"), "{page}");
+    // No Junk folder on this mailbox: the page says so and still renders.
+    let (checked, _, page) = get_until(&format!("{base}/"), None, |_, body| {
+        body.contains("no folder Junk (junk_folder)")
+    })
+    .await;
+    assert!(checked, "{page}");
+
+    sqlx::query("ALTER TABLE messages_away RENAME TO messages")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (caught_up, _, metrics) = get_until(&format!("{base}/metrics"), None, |_, body| {
+        sample(body, series) == Some(0.0)
+            && sample(
+                body,
+                r#"mailintake_messages_total{mailbox="support",outcome="ticket"}"#,
+            ) == Some(1.0)
+    })
+    .await;
+    assert!(caught_up, "{metrics}\n{}", running.log());
+    let (status, log) = terminate(running, Duration::from_secs(30)).await;
+    assert!(status.success(), "{log}");
 }
