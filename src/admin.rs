@@ -26,6 +26,17 @@ pub async fn release(
     if entry.released_at_ms.is_some() {
         bail!("quarantined message {id} was released already");
     }
+    if let Some(ticket) = entry.resolved_ticket_id {
+        bail!(
+            "quarantined message {id} was reprocessed into {} already; nothing to release",
+            ingest::ticket_reference(ticket)
+        );
+    }
+    if entry.resolved_at_ms.is_some() {
+        bail!(
+            "quarantined message {id} was reprocessed already (it needs no ticket); nothing to release"
+        );
+    }
     if entry.reason == "message-id-conflict" || entry.reason == "unparseable" {
         bail!(
             "quarantined message {id} ({}) would be quarantined again as it is; its raw bytes are kept in the quarantine table",

@@ -242,3 +242,32 @@ fn parse_age(text: &str) -> Result<std::time::Duration, String> {
     }
     Ok(age)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_dates_instants_and_durations() {
+        assert_eq!(parse_since("2026-11-01"), Ok(1_793_491_200_000));
+        assert_eq!(parse_since("2026-11-01T08:00:00Z"), Ok(1_793_520_000_000));
+        let week = parse_since("7d").unwrap();
+        let expected = crate::store::now_ms() - 7 * 86_400_000;
+        assert!((expected - week).abs() < 5_000, "{week} vs {expected}");
+        assert!(
+            parse_since("last tuesday")
+                .unwrap_err()
+                .contains("neither a date")
+        );
+    }
+
+    #[test]
+    fn retention_is_at_least_a_day() {
+        assert_eq!(
+            parse_age("90d"),
+            Ok(std::time::Duration::from_secs(90 * 86_400))
+        );
+        assert!(parse_age("90m").unwrap_err().contains("shorter than a day"));
+        assert!(parse_age("90").is_err());
+    }
+}

@@ -1716,6 +1716,23 @@ mod tests {
     }
 
     #[test]
+    fn junk_folder_defaults_to_junk_and_must_name_a_folder() {
+        assert_eq!(load(MINIMAL).unwrap().mailboxes[0].junk_folder, "Junk");
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\njunk_folder = \"Junk Email\"",
+        );
+        assert_eq!(load(&text).unwrap().mailboxes[0].junk_folder, "Junk Email");
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\njunk_folder = \" \"",
+        );
+        let problems = load(&text).unwrap_err();
+        assert_eq!(problems[0].key, "mailboxes[0].junk_folder");
+        assert!(problems[0].message.contains("Junk Email"), "{problems:?}");
+    }
+
+    #[test]
     fn several_folders_within_the_connection_limit() {
         let text = MINIMAL.replace(
             "name = \"support\"",

@@ -837,6 +837,66 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_listed_message_waits_until_a_sweep_completes() {
+        let config = crate::config::Config::from_toml_str(
+            r#"
+            [identities.app]
+            tenant = "contoso.onmicrosoft.com"
+            client_id = "00000000-0000-0000-0000-000000000001"
+            client_secret = "s"
+            [[mailboxes]]
+            name = "support"
+            address = "support@contoso.com"
+            identity = "app"
+            imap = { host = "outlook.office365.com" }
+            "#,
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let metrics = Metrics::new(&config);
+        let summary = |uid, at| crate::imap::MessageSummary {
+            uid: crate::imap::Uid(uid),
+            size: 10,
+            internal_date_ms: Some(at),
+            seen: false,
+        };
+        let ten_minutes_ago = now_ms() - 600_000;
+        metrics.listed(
+            "support",
+            "INBOX",
+            &[
+                summary(7, ten_minutes_ago + 5000),
+                summary(8, ten_minutes_ago),
+            ],
+        );
+        let snapshot = metrics.snapshot();
+        assert_eq!(
+            snapshot.mailboxes["support"].oldest_unprocessed_ms(),
+            Some(ten_minutes_ago)
+        );
+        let text = snapshot.prometheus(&ScrapeFacts::default());
+        let age: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"mailintake_oldest_unprocessed_age_seconds{mailbox="support"} "#)
+            })
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((600.0..610.0).contains(&age), "{age}");
+        metrics.sweep_done(
+            "support",
+            "INBOX",
+            &CycleReport::default(),
+            Duration::from_millis(5),
+        );
+        assert_eq!(
+            metrics.snapshot().mailboxes["support"].oldest_unprocessed_ms(),
+            None
+        );
+    }
+
+    #[test]
     fn histogram_buckets_are_cumulative_in_the_output() {
         let mut h = Histogram::new(&[1.0, 10.0]);
         h.observe(0.5);
