@@ -239,10 +239,7 @@ fn detail(config: &Config, snapshot: &Snapshot) -> Value {
                 "last_success_ms": last,
                 "last_success_age_seconds": last.map(|t| (now - t).max(0) / 1000),
                 "oldest_unprocessed_age_seconds": oldest.map_or(0, |t| (now - t).max(0) / 1000),
-                "junk": m.junk.as_ref().map(|j| match &j.result {
-                    Ok(listing) => json!({ "checked_at_ms": j.checked_at_ms, "listing": listing }),
-                    Err(e) => json!({ "checked_at_ms": j.checked_at_ms, "error": e }),
-                }),
+                "junk": m.junk.as_ref().map(junk_json),
                 "error": error.map(|e| &e.summary),
                 "hint": error.and_then(|e| e.hint.as_ref()),
                 "identity": identity_json(&m.identity),
@@ -250,6 +247,21 @@ fn detail(config: &Config, snapshot: &Snapshot) -> Value {
         })
         .collect();
     json!({ "mailboxes": mailboxes })
+}
+
+/// The Junk folder's state and count for `/healthz` and `/readyz`: no senders or subjects, since
+/// `/healthz` answers without a token.
+fn junk_json(junk: &crate::junk::JunkStatus) -> Value {
+    use crate::junk::JunkListing;
+    match &junk.result {
+        Ok(JunkListing::Listed { folder, total, .. }) => {
+            json!({ "checked_at_ms": junk.checked_at_ms, "folder": folder, "exists": true, "total": total })
+        }
+        Ok(JunkListing::Missing { folder }) => {
+            json!({ "checked_at_ms": junk.checked_at_ms, "folder": folder, "exists": false })
+        }
+        Err(e) => json!({ "checked_at_ms": junk.checked_at_ms, "error": e }),
+    }
 }
 
 async fn status_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {

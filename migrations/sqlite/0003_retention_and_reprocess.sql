@@ -3,6 +3,8 @@
 
 -- `purge` removes attachment contents past the retention period; the rows keep their metadata.
 ALTER TABLE attachments ADD COLUMN content_purged_at BIGINT;
+-- `purge` asks per blob whether a newer attachment shares it.
+CREATE INDEX attachments_sha256 ON attachments (sha256, created_at);
 -- A blob whose content was purged keeps its row (attachments reference it) with an empty content.
 ALTER TABLE attachment_blobs ADD COLUMN purged_at BIGINT;
 -- `purge` removes the raw bytes of old quarantined mail.

@@ -249,7 +249,13 @@ async fn endpoints_follow_intake_and_the_status_page_renders_in_chromium() {
     assert_eq!(mailbox["identity"]["name"], "test");
     assert_eq!(mailbox["identity"]["state"], "ok");
     assert_eq!(mailbox["oldest_unprocessed_age_seconds"], 0, "{body}");
-    assert_eq!(mailbox["junk"]["listing"]["total"], 1, "{body}");
+    assert_eq!(mailbox["junk"]["total"], 1, "{body}");
+    assert_eq!(mailbox["junk"]["exists"], true, "{body}");
+    let (_, health) = get(&format!("{base}/healthz"), None).await;
+    assert!(
+        !health.contains(&junk_subject),
+        "/healthz answers without a token: no subjects: {health}"
+    );
 
     // The page in a real browser: a screenshot for the run's artifacts, and the rendered DOM.
     let page = format!("{base}/");

@@ -332,6 +332,13 @@ async fn reprocess_replays_stored_raw_mail_once(backend: Backend) {
     assert_eq!(case.db.count("SELECT COUNT(*) FROM messages").await, 2);
     let listing = assert_ok(&case.run(&["quarantine", "list"]).await);
     assert!(listing.contains("(reprocessed: TCK-000002)"), "{listing}");
+    let out = case.run(&["quarantine", "release", "1"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("reprocessed into TCK-000002 already"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // A quarantined copy of a message that is stored already: recorded as a duplicate, no ticket.
     quarantine_as_unparseable(&case.db, 501, &raw).await;
