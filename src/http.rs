@@ -412,7 +412,7 @@ th,td{border-bottom:1px solid #d8dde6;padding:.35rem .5rem;text-align:left;verti
 th{background:#f2f4f8}.state{font-weight:600;padding:.1rem .4rem;border-radius:.3rem}\
 .ok{background:#d9f2df;color:#17602b}.starting{background:#e6ecf5;color:#34495e}\
 .retrying{background:#fff0c9;color:#7a5300}.needs_admin,.down{background:#fbd9d9;color:#8a1c1c}\
-.hint{color:#5a6475;font-size:.85rem}.muted{color:#7b8494}";
+.hint{color:#5a6475;font-size:.85rem}.muted{color:#7b8494}.wide{overflow-x:auto}";
 
 fn render_page(
     config: &Config,
@@ -444,7 +444,7 @@ fn render_page(
     );
 
     page.push_str(
-        "<h2>Mailboxes</h2><table><thead><tr><th>Mailbox</th><th>State</th><th>Last successful sweep</th>\
+        "<h2>Mailboxes</h2><div class=\"wide\"><table><thead><tr><th>Mailbox</th><th>State</th><th>Last successful sweep</th>\
          <th>Since start</th><th>Oldest unprocessed</th><th>Quarantined (open)</th><th>Outbox backlog</th><th>Junk folder</th><th>Token expires</th>\
          <th>Credential expires</th><th>Last error</th></tr></thead><tbody>",
     );
@@ -515,7 +515,7 @@ fn render_page(
             error,
         );
     }
-    page.push_str("</tbody></table>");
+    page.push_str("</tbody></table></div>");
 
     junk_section(&mut page, snapshot, now);
 
