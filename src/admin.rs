@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::imap;
 use crate::ingest::{self, Decision, Facts};
 use crate::oauth::TokenCache;
-use crate::store::{Batch, FollowUpOn, ImapLocation, Store, StoreError, now_ms};
+use crate::store::{FollowUpOn, ImapLocation, Store};
 use crate::worker::{envelope_from_header, policy};
 
 /// Moves quarantined message `id` back to the folder it came from and lets it in once: up to
@@ -176,7 +176,11 @@ pub async fn reprocess_quarantined(
     };
     let mut tx = store.begin().await?;
     let facts = match &parsed {
-        Ok(mail) => facts_for(&mut tx, mail, &mailbox.name).await?,
+        // As the worker asks; a reprocessed message is never an operator's release.
+        Ok(mail) => Facts {
+            released: false,
+            ..crate::worker::facts_for(&mut tx, mail, &mailbox.name).await?
+        },
         Err(_) => Facts::default(),
     };
     let decision = ingest::decide(parsed, &facts, &policy);
@@ -290,46 +294,4 @@ pub async fn reprocess_article(store: &Store, message_row_id: i64) -> anyhow::Re
             mail.fingerprint
         ),
     }
-}
-
-/// The facts a decision on `mail` needs, asked for as the worker asks (`worker::facts_for`, which
-/// is private to the worker): the same Message-ID and the sender's tickets in the last hour (one
-/// statement), the ticket its subject tag names, the reported message, and the thread. A
-/// reprocessed message is never an operator's release.
-async fn facts_for(
-    tx: &mut Batch,
-    mail: &ingest::ParsedMail,
-    mailbox: &str,
-) -> Result<Facts, StoreError> {
-    let mut thread_ids: Vec<String> = mail.in_reply_to.clone();
-    thread_ids.extend(mail.references.iter().rev().cloned());
-    let reported = match &mail.signals.original_message_id {
-        Some(id) => tx.ticket_of_message_ids(std::slice::from_ref(id)).await?,
-        None => None,
-    };
-    let tagged = match ingest::tagged_reference(&mail.subject) {
-        Some(reference) => tx.ticket_by_reference(&reference).await?,
-        None => None,
-    };
-    let stored = tx
-        .message_facts(
-            mailbox,
-            &mail.message_id,
-            mail.from.as_ref().map(|p| p.address.as_str()),
-            now_ms() - 3_600_000,
-        )
-        .await?;
-    let thread = if thread_ids.is_empty() {
-        None
-    } else {
-        tx.ticket_of_message_ids(&thread_ids).await?
-    };
-    Ok(Facts {
-        same_message_id: stored.same_message_id,
-        thread,
-        tagged,
-        reported,
-        sender_recent_tickets: stored.sender_recent_tickets,
-        released: false,
-    })
 }

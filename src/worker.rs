@@ -1115,7 +1115,7 @@ async fn notify_quarantined(
 /// What the store knows that bears on `mail`: the same Message-ID, the ticket of the thread it
 /// replies to, the ticket its subject tag names, the ticket a report is about, and how many
 /// tickets its sender opened in the last hour.
-async fn facts_for(
+pub(crate) async fn facts_for(
     tx: &mut Batch,
     mail: &ingest::ParsedMail,
     mailbox: &str,
