@@ -13,7 +13,23 @@ use mailintake::store::{self, Store};
 use mailintake::telemetry::Metrics;
 use mailintake::{admin, check, http, junk, telemetry, worker};
 
+/// glibc gives every thread that allocates its own malloc arena; bodies parsed on a blocking
+/// thread and freed on the runtime's threads then leave each arena holding memory (peak RSS 118
+/// instead of 85 MiB over 10,000 messages). Two arenas cost nothing measurable in speed here. An
+/// operator's own MALLOC_ARENA_MAX is left alone.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only changes allocator settings; it is called before any other thread
+        // exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let config = match Config::load(&cli.config) {

@@ -285,16 +285,37 @@ pub async fn sweep(
             _ => None,
         };
         let conn = &mut session.conn;
-        let (recorded, prefetched) = tokio::join!(record_batch(ctx, &state, prepared), async {
-            match prefetch {
-                Some(following) => Some(prepare_batch(ctx, conn, &state, following).await),
-                None => None,
+        let started = Instant::now();
+        let (recorded, prefetched) = tokio::join!(
+            async {
+                let recorded = record_batch(ctx, &state, prepared).await;
+                (recorded, started.elapsed())
+            },
+            async {
+                match prefetch {
+                    Some(following) => Some((
+                        prepare_batch(ctx, conn, &state, following).await,
+                        started.elapsed(),
+                    )),
+                    None => None,
+                }
             }
-        });
-        next = prefetched;
+        );
+        let (recorded, record_time) = recorded;
+        let prefetch_time = prefetched.as_ref().map(|(_, elapsed)| *elapsed);
+        next = prefetched.map(|(prepared, _)| prepared);
         let (to_dispose, counted) = recorded?;
         report.add(&counted);
+        let dispose_started = Instant::now();
         dispose_all(ctx, session, &to_dispose).await?;
+        debug!(
+            first_uid = batch[0].uid.0,
+            n = batch.len(),
+            record_ms = record_time.as_millis() as u64,
+            next_download_ms = prefetch_time.map(|t| t.as_millis() as u64),
+            dispose_ms = dispose_started.elapsed().as_millis() as u64,
+            "batch done"
+        );
         if stuck
             .as_ref()
             .is_some_and(|(uid, _, _)| batch.iter().any(|m| m.uid.0 == *uid))
