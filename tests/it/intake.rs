@@ -227,3 +227,52 @@ async fn run_polls_until_sigterm() {
     );
     assert!(stderr.contains("mailbox stopped"), "{stderr}");
 }
+
+/// The database sets a new ticket's reference (migration 0002); it must be the one the code
+/// shows customers and parses from subject tags, past six digits too.
+async fn the_database_gives_tickets_the_reference_the_code_uses(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = mailintake::store::Store::open(&db.url).await.unwrap();
+    store.close().await;
+    let pool = db.pool().await;
+    for id in [42_i64, 999_999, 1_000_000, 1_234_567] {
+        sqlx::query(
+            "INSERT INTO tickets (id, mailbox, subject, status, created_at, updated_at) \
+             VALUES ($1, 'support', 'Printer', 'new', 0, 0)",
+        )
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let (reference,): (String,) = sqlx::query_as("SELECT reference FROM tickets WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(reference, mailintake::ingest::ticket_reference(id));
+    }
+    // A reference given explicitly is kept.
+    sqlx::query(
+        "INSERT INTO tickets (id, reference, mailbox, subject, status, created_at, updated_at) \
+         VALUES (7, 'LEGACY-7', 'support', 'Imported', 'new', 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (reference,): (String,) = sqlx::query_as("SELECT reference FROM tickets WHERE id = 7")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(reference, "LEGACY-7");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn the_database_gives_tickets_the_reference_the_code_uses_on_sqlite() {
+    the_database_gives_tickets_the_reference_the_code_uses(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_database_gives_tickets_the_reference_the_code_uses_on_postgres() {
+    the_database_gives_tickets_the_reference_the_code_uses(Backend::Postgres).await;
+}
