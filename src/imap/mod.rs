@@ -277,13 +277,13 @@ pub async fn connect(
         Err((async_imap::error::Error::No(response), _))
         | Err((async_imap::error::Error::Bad(response), _)) => {
             let response = server_text(&response);
-            // RFC 5530: [UNAVAILABLE] means the server could not check the credentials right now
-            // (its identity provider is down); that is worth a retry, not an administrator.
-            if response.to_ascii_uppercase().contains("[UNAVAILABLE]") {
+            // A refusal for now, not of the token: worth a retry (with backoff), not an
+            // administrator, and the token stays valid.
+            if is_temporary_refusal(&response) {
                 return Err(ImapError::Unexpected {
                     operation: "AUTHENTICATE",
                     detail: format!(
-                        "the server could not check the token right now, try again later: {response}"
+                        "the server refused the login for now (unavailable, throttled or too many connections); retrying later with backoff. Other clients of this mailbox count against the server's connection limit (Exchange Online: 20 per mailbox): {response}"
                     ),
                 });
             }
@@ -326,6 +326,22 @@ pub async fn connect(
         capabilities,
         command_timeout: endpoint.timeouts.command,
     })
+}
+
+/// A login refusal that says "not now" rather than "not you": RFC 5530's `[UNAVAILABLE]` (the
+/// server could not check the credentials, e.g. its identity provider is down; Dovecot also sends
+/// it for too many connections from one user and address) and `[LIMIT]`, Exchange Online's
+/// `[THROTTLED]` and its "Server Unavailable".
+fn is_temporary_refusal(response: &str) -> bool {
+    let upper = response.to_ascii_uppercase();
+    [
+        "[UNAVAILABLE]",
+        "[LIMIT]",
+        "[THROTTLED]",
+        "SERVER UNAVAILABLE",
+    ]
+    .iter()
+    .any(|marker| upper.contains(marker))
 }
 
 /// async-imap renders a tagged NO as `code: Some(..), info: Some("text")`; keep the server's text.
@@ -817,6 +833,26 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logins_refused_for_now_are_told_from_refused_tokens() {
+        for temporary in [
+            "[UNAVAILABLE] Temporary authentication failure. [host:2026-12-01 09:00:00]",
+            "[UNAVAILABLE] Maximum number of connections from user+IP exceeded (mail_max_userip_connections=10)",
+            "[LIMIT] Too many simultaneous connections",
+            "[THROTTLED] Request is throttled",
+            "Server Unavailable. 15",
+        ] {
+            assert!(is_temporary_refusal(temporary), "{temporary}");
+        }
+        for refused in [
+            "[AUTHENTICATIONFAILED] Authentication failed.",
+            "AUTHENTICATE failed.",
+            "User is authenticated but not connected.",
+        ] {
+            assert!(!is_temporary_refusal(refused), "{refused}");
+        }
+    }
 
     #[test]
     fn server_text_is_extracted_from_async_imap_errors() {
