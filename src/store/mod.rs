@@ -810,7 +810,7 @@ impl Batch {
         .bind(envelope.subject.clone())
         .bind(reason.code())
         .bind(reason.detail())
-        .bind(raw.map(<[u8]>::to_vec))
+        .bind(raw)
         .bind(now_ms())
         .fetch_one(&mut *self.tx)
         .await?
@@ -903,9 +903,9 @@ impl Batch {
         .bind(parties_json(&mail.cc))
         .bind(mail.date_ms)
         .bind(at.internal_date_ms)
-        .bind(mail.text_body.clone())
-        .bind(mail.html_body.clone())
-        .bind(mail.text_body_derived.clone())
+        .bind(mail.text_body.as_deref())
+        .bind(mail.html_body.as_deref())
+        .bind(mail.text_body_derived.as_deref())
         .bind(auto_kind.map(str::to_string))
         .bind(&mail.headers)
         .bind(mail.size as i64)
@@ -935,7 +935,7 @@ impl Batch {
             )
             .bind(&attachment.sha256)
             .bind(attachment.content.len() as i64)
-            .bind(attachment.content.clone())
+            .bind(attachment.content.as_slice())
             .execute(&mut *self.tx)
             .await?;
             sqlx::query(
