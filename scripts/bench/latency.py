@@ -251,6 +251,9 @@ def main():
         binary = os.environ.get("BENCH_MAILINTAKE") or os.path.join(bench.REPO, "target", "release", "mailintake")
         run_env = dict(os.environ, BENCH_CLIENT_SECRET=SECRET)
         run_env.pop("RUST_LOG", None)
+        # The product's default logging unless BENCH_RUST_LOG says otherwise (as for run.py).
+        if os.environ.get("BENCH_RUST_LOG"):
+            run_env["RUST_LOG"] = os.environ["BENCH_RUST_LOG"]
         subprocess.run([binary, "--config", cfg, "migrate"], check=True, env=run_env, capture_output=True)
         # The customer's mailbox exists before the first acknowledgement is looked for.
         with smtp_session(customer) as s:

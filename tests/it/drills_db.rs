@@ -133,6 +133,14 @@ async fn sqlite_locked_by_another_process_is_named_retried_and_ridden_out() {
     // While the lock is held nothing of the new mail is committed, and nothing is disposed of.
     assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 2);
     assert_nothing_disposed_early(&case, 3, 2).await;
+    // `mailintake once` says the same on its standard error.
+    let once = case.run(&["once"]).await;
+    assert!(!once.status.success());
+    let stderr = text(&once.stderr);
+    assert!(
+        stderr.contains("FAILED") && stderr.contains("fix: another process holds a lock"),
+        "{stderr}"
+    );
 
     sqlx::raw_sql("ROLLBACK")
         .execute(&mut holder)
