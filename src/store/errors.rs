@@ -176,6 +176,55 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_connection_whose_transaction_sqlite_ended_by_itself_is_not_reused() {
+        use sqlx::{Acquire, Connection};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailintake.db");
+        let store = Store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        // After SQLITE_FULL or SQLITE_IOERR, SQLite may roll the whole transaction back by itself
+        // (https://sqlite.org/lang_transaction.html, "Response To Errors Within A Transaction").
+        // sqlx does not see that: its ROLLBACK on drop then fails, and its transaction depth
+        // stays up. The ROLLBACK statement below stands for SQLite's own.
+        for _ in 0..4 {
+            let mut tx = store.pool.begin().await.unwrap();
+            let mut savepoint = tx.begin().await.unwrap();
+            sqlx::raw_sql("ROLLBACK")
+                .execute(&mut *savepoint)
+                .await
+                .unwrap();
+            drop(savepoint);
+            drop(tx);
+        }
+        // A connection still counted inside a transaction would run the next batch as a
+        // savepoint; the pool must have closed every such connection.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let conn = store.pool.acquire().await.unwrap();
+            assert!(!conn.is_in_transaction());
+            held.push(conn);
+        }
+        drop(held);
+        let mut tx = store.pool.begin().await.unwrap();
+        sqlx::query("CREATE TABLE visible (x INTEGER)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let mut other =
+            sqlx::AnyConnection::connect(&format!("sqlite://{}?mode=ro", path.display()))
+                .await
+                .unwrap();
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM sqlite_master WHERE name = 'visible'")
+                .fetch_one(&mut other)
+                .await
+                .unwrap();
+        assert_eq!(n, 1, "the commit after the failures was not committed");
+    }
+
+    #[tokio::test]
     async fn a_full_disk_and_a_lock_are_named_with_the_file_and_the_fix() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mailintake.db");
