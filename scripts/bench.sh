@@ -3,6 +3,10 @@
 # generated helpdesk inbox, figures printed and written into BENCHMARKS.md.
 #
 #   scripts/bench.sh [--count N] [--seed S] [--with-50k] [--no-report] [--keep] [--only sqlite,postgres,mbsync,python]
+#   scripts/bench.sh --latency [--count 200] [--rate 5] [--no-report] [--keep]
+#
+# --latency runs the latency benchmark instead (scripts/bench/latency.py): `mailintake run` with
+# IDLE, 200 messages submitted over SMTP, time to the committed ticket and to the acknowledgement.
 #
 # As root on Debian 12 (it installs isync and time, and uses the local mail stack and the
 # PostgreSQL on 127.0.0.1:5432 that scripts/test.sh uses). Not part of the test suite. It creates
@@ -11,6 +15,12 @@
 # The load generator alone: scripts/bench/loadgen.py --help.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+latency=0
+if [[ "${1:-}" == "--latency" ]]; then
+    latency=1
+    shift
+fi
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -31,7 +41,7 @@ log "local mail stack"
 scripts/mailstack.sh up
 [[ -x target/debug/fake-entra ]] || cargo build -q -p fake-entra --bin fake-entra
 
-if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+if ((!latency)) && ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
     echo "bench: PostgreSQL does not answer on 127.0.0.1:5432 (scripts/test.sh starts it)" >&2
     exit 1
 fi
@@ -40,4 +50,7 @@ log "building mailintake (release)"
 cargo build --release --quiet --bin mailintake
 
 log "benchmark (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+if ((latency)); then
+    exec python3 scripts/bench/latency.py "$@"
+fi
 exec python3 scripts/bench/run.py "$@"

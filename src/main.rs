@@ -168,7 +168,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                     Ok(report) => println!("{mailbox}: {report}"),
                     Err(e) => {
                         failed += 1;
-                        eprintln!("{mailbox}: FAILED: {e}");
+                        eprintln!("{mailbox}: FAILED: {}", store.explain_failure(&e));
                     }
                 }
             }

@@ -1422,7 +1422,7 @@ async fn mailbox_loop(ctx: &MailboxContext<'_>, cancel: &CancellationToken) {
             Duration::from_secs(600)
         } else {
             let delay = backoff.next().unwrap_or(Duration::from_secs(300));
-            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mailbox trouble; will retry");
+            warn!(error = %ctx.store.explain_failure(e), retry_in_ms = delay.as_millis() as u64, "mailbox trouble; will retry");
             delay
         }
     };

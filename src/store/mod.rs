@@ -19,6 +19,7 @@ use crate::ingest::{KnownTicket, ParsedMail, Party, QuarantineReason, ticket_ref
 pub use outbox::OutboxRow;
 
 pub mod admin;
+mod errors;
 pub mod outbox;
 pub mod tokens;
 
@@ -162,6 +163,7 @@ impl Store {
                 Backend::Postgres => 8,
             })
             .acquire_timeout(Duration::from_secs(30))
+            .after_release(|conn, _meta| Box::pin(errors::release_check(conn)))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

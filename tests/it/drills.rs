@@ -489,3 +489,136 @@ async fn readyz_turns_unready_while_dovecot_is_down_and_ready_after() {
         .unwrap();
     assert!(status.success(), "{status}: {}", read_log());
 }
+
+#[tokio::test]
+async fn a_token_endpoint_outage_is_waited_out_with_backoff_and_retry_after() {
+    // Tokens that live 6 s: the session is renewed every ~5 s, so it needs a new token during
+    // any outage longer than that.
+    let case = Case::with_token_lifetime(
+        Backend::Sqlite,
+        "dispose = \"move\"\nmax_new_tickets_per_sender_per_hour = 0\npoll_interval = \"10m\"",
+        "implicit",
+        Duration::from_secs(6),
+    )
+    .await;
+    let running = case.spawn_run();
+    let mut n = 0;
+    let mut deliver = async |count: usize| {
+        for _ in 0..count {
+            let (raw, _) = distinct_mail(&case.mailbox, n);
+            deliver_lmtp(&case.mailbox, "customer@customer.test", &raw).await;
+            n += 1;
+        }
+    };
+    deliver(2).await;
+    assert!(
+        case.wait_for_count("SELECT COUNT(*) FROM tickets", 2, Duration::from_secs(30))
+            .await,
+        "no tickets before the drill: {}",
+        running.log()
+    );
+
+    // Entra answers 500 for 8 s, then throttles with 429 and Retry-After: 2 for 8 s.
+    const RETRY_AFTER: Duration = Duration::from_secs(2);
+    let outage_start = std::time::SystemTime::now();
+    let fake = &case.entra.fake;
+    fake.inject_outage(fake_entra::Fault::Status(500), Duration::from_secs(8));
+    fake.inject_outage(
+        fake_entra::Fault::TooManyRequests {
+            retry_after_secs: RETRY_AFTER.as_secs(),
+        },
+        Duration::from_secs(8),
+    );
+    let outage_end = outage_start + Duration::from_secs(16);
+    let faulted = || {
+        fake.requests()
+            .iter()
+            .any(|r| matches!(r.outcome, fake_entra::RequestOutcome::Fault(_)))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async { faulted() }).await,
+        "the worker asked for no token during the outage: {}",
+        running.log()
+    );
+    // Mail that comes in while the worker cannot log in.
+    deliver(3).await;
+    assert!(
+        case.wait_for_count("SELECT COUNT(*) FROM tickets", 5, Duration::from_secs(60))
+            .await,
+        "no recovery after the outage: {}",
+        running.log()
+    );
+    let (status, log) = terminate(running, Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}: {log}");
+    let db = &case.db;
+    assert_eq!(db.count("SELECT COUNT(*) FROM tickets").await, 5);
+    assert_eq!(db.count("SELECT COUNT(*) FROM messages").await, 5);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM imap_messages WHERE disposed_at IS NOT NULL")
+            .await,
+        5
+    );
+
+    // The token requests from the outage on, in order: spaced by the backoff (at least its 1 s
+    // minimum) after a 500, by Retry-After after a 429; a bounded number of them; and a token
+    // again soon after the outage ended.
+    let mut requests: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.at >= outage_start)
+        .collect();
+    requests.sort_by_key(|r| r.at);
+    let is_500 = |r: &fake_entra::TokenRequestRecord| r.status == 500;
+    let is_429 = |r: &fake_entra::TokenRequestRecord| r.status == 429;
+    let n_500 = requests.iter().filter(|r| is_500(r)).count();
+    let n_429 = requests.iter().filter(|r| is_429(r)).count();
+    let summary = requests
+        .iter()
+        .map(|r| {
+            format!(
+                "+{:.2}s {}",
+                r.at.duration_since(outage_start).unwrap().as_secs_f64(),
+                r.status
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    eprintln!("token requests from the outage on: {summary}");
+    assert!(
+        n_500 >= 1 && n_429 >= 1,
+        "both kinds of failure were met: {summary}"
+    );
+    // 8 s of 500s at one request per second at most; 8 s of 429s at one per 2 s at most.
+    assert!(n_500 <= 8, "{n_500} requests answered 500: {summary}");
+    assert!(n_429 <= 5, "{n_429} requests answered 429: {summary}");
+    let slack = Duration::from_millis(100);
+    for pair in requests.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at).unwrap_or_default();
+        if is_500(&pair[0]) {
+            assert!(
+                gap + slack >= Duration::from_secs(1),
+                "a retry {gap:?} after a 500: {summary}"
+            );
+        }
+        if is_429(&pair[0]) {
+            assert!(
+                gap + slack >= RETRY_AFTER,
+                "a retry {gap:?} after a 429 with Retry-After {RETRY_AFTER:?}: {summary}"
+            );
+        }
+    }
+    let recovered = requests
+        .iter()
+        .find(|r| r.at >= outage_end && r.status == 200)
+        .unwrap_or_else(|| panic!("no token after the outage: {summary}"));
+    assert!(
+        recovered.at.duration_since(outage_end).unwrap() <= Duration::from_secs(10),
+        "the first token after the outage came late: {summary}"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.at < outage_end || r.status == 200),
+        "{summary}"
+    );
+}

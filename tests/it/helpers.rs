@@ -131,6 +131,15 @@ impl TestDb {
         }
     }
 
+    /// A database the caller made itself (a private server, a file on a special filesystem).
+    pub fn at(url: String, backend: Backend) -> TestDb {
+        TestDb {
+            url,
+            backend,
+            _dir: None,
+        }
+    }
+
     pub async fn pool(&self) -> AnyPool {
         sqlx::any::install_default_drivers();
         let url = if self.backend == Backend::Sqlite {
@@ -520,7 +529,23 @@ impl Case {
         mailbox: String,
         entra: Entra,
     ) -> Case {
-        let db = TestDb::new(backend).await;
+        Case::on(
+            TestDb::new(backend).await,
+            extra_mailbox_keys,
+            tls,
+            mailbox,
+            entra,
+        )
+    }
+
+    /// A case with a mailbox of its own and a fake Entra that lets it in, on the caller's database.
+    pub async fn with_db(db: TestDb, extra_mailbox_keys: &str, tls: &str) -> Case {
+        let mailbox = unique_mailbox();
+        let entra = Entra::start(&[&mailbox]).await;
+        Case::on(db, extra_mailbox_keys, tls, mailbox, entra)
+    }
+
+    fn on(db: TestDb, extra_mailbox_keys: &str, tls: &str, mailbox: String, entra: Entra) -> Case {
         let secret_var = "IT_CLIENT_SECRET".to_string();
         let config = ConfigFile::write(
             &ConfigSpec {

@@ -6,6 +6,7 @@ mod acks;
 mod admin;
 mod cli;
 mod drills;
+mod drills_db;
 mod engine;
 mod flows;
 mod helpers;

@@ -1132,6 +1132,43 @@ async fn injected_faults_fail_the_next_requests_then_stop() {
 }
 
 #[tokio::test]
+async fn an_outage_fails_every_request_for_its_duration_then_the_next_one_begins() {
+    let entra = start().await;
+    let started = Instant::now();
+    entra.inject_outage(Fault::Status(500), Duration::from_millis(400));
+    entra.inject_outage(
+        Fault::TooManyRequests {
+            retry_after_secs: 3,
+        },
+        Duration::from_millis(400),
+    );
+    // However often the client asks during the first window: 500.
+    for _ in 0..3 {
+        assert_eq!(app_token(&entra).await.0, 500);
+    }
+    while started.elapsed() < Duration::from_millis(450) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = http()
+        .post(entra.token_url())
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "3");
+    while started.elapsed() < Duration::from_millis(850) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app_token(&entra).await.0, 200);
+    // clear_faults ends an outage at once.
+    entra.inject_outage(Fault::Status(503), Duration::from_secs(60));
+    assert_eq!(app_token(&entra).await.0, 503);
+    entra.clear_faults();
+    assert_eq!(app_token(&entra).await.0, 200);
+}
+
+#[tokio::test]
 async fn delay_and_hang_faults() {
     let entra = start().await;
     entra.inject(Fault::Delay(Duration::from_millis(300)), 1);

@@ -163,6 +163,7 @@ impl FakeEntra {
             key,
             base_url: format!("http://{local_addr}"),
             faults: Mutex::default(),
+            outages: Mutex::default(),
             records: Mutex::default(),
             refresh_tokens: Mutex::default(),
             device_flows: Mutex::default(),
@@ -290,9 +291,26 @@ impl FakeEntra {
         faults.extend(std::iter::repeat_n(fault, times));
     }
 
-    /// Drops all queued faults.
+    /// An outage as Entra has them, by time rather than by count: every token request during
+    /// the next `duration` gets `fault` (however often the client asks). Outages queue: the
+    /// window starts when the last queued one ends, so "500s for 5 s, then 429s for 5 s" is two
+    /// calls. Queued faults ([`FakeEntra::inject`]) apply only outside outages.
+    pub fn inject_outage(&self, fault: Fault, duration: Duration) {
+        let mut outages = server::lock(&self.shared.outages);
+        let from = outages
+            .back()
+            .map_or_else(Instant::now, |last| last.until.max(Instant::now()));
+        outages.push_back(server::Outage {
+            fault,
+            from,
+            until: from + duration,
+        });
+    }
+
+    /// Drops all queued faults and outages.
     pub fn clear_faults(&self) {
         self.shared.faults().clear();
+        server::lock(&self.shared.outages).clear();
     }
 
     /// The user codes of device code flows waiting for the user.

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub base_url: String,
     /// Pending injected failures, one entry per failing request.
     pub faults: Mutex<VecDeque<Fault>>,
+    /// Outages by time: every token request until `until` gets `fault` (windows in order).
+    pub outages: Mutex<VecDeque<Outage>>,
     /// Every token request, for tests that count them.
     pub records: Mutex<Vec<TokenRequestRecord>>,
     /// Refresh tokens issued by this instance (they are opaque, as Entra's are).
@@ -40,7 +42,14 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// A window of time in which every token request fails with `fault`.
+pub(crate) struct Outage {
+    pub fault: Fault,
+    pub from: Instant,
+    pub until: Instant,
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -64,6 +73,19 @@ impl Shared {
 
     pub(crate) fn faults(&self) -> MutexGuard<'_, VecDeque<Fault>> {
         lock(&self.faults)
+    }
+
+    /// The fault of the outage under way, if any; ended windows are dropped.
+    pub(crate) fn outage_fault(&self) -> Option<Fault> {
+        let mut outages = lock(&self.outages);
+        let now = Instant::now();
+        while outages.front().is_some_and(|o| o.until <= now) {
+            outages.pop_front();
+        }
+        outages
+            .front()
+            .filter(|o| o.from <= now)
+            .map(|o| o.fault.clone())
     }
 
     pub(crate) fn records(&self) -> MutexGuard<'_, Vec<TokenRequestRecord>> {
@@ -174,7 +196,9 @@ async fn token_endpoint(
     body: Bytes,
 ) -> Response {
     let params = parse_form(&body);
-    let fault = shared.faults().pop_front();
+    let fault = shared
+        .outage_fault()
+        .or_else(|| shared.faults().pop_front());
     let (response, status, outcome) = match fault {
         Some(Fault::Delay(delay)) => {
             tokio::select! {
