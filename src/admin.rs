@@ -194,12 +194,9 @@ pub async fn reprocess_quarantined(
             ));
         }
         Decision::NewTicket { mail, related } => {
-            match tx.new_ticket(&at, &mail, related, keep_raw, "none").await {
-                Ok((ticket_id, reference, row)) => {
-                    (Some(ticket_id), row, format!("is now ticket {reference}"))
-                }
-                Err(e) => return Err(e.into()),
-            }
+            let (ticket_id, reference, row) =
+                tx.new_ticket(&at, &mail, related, keep_raw, "none").await?;
+            (Some(ticket_id), row, format!("is now ticket {reference}"))
         }
         Decision::FollowUp {
             mail,
@@ -212,45 +209,34 @@ pub async fn reprocess_quarantined(
                 reopen,
                 auto_kind,
             };
-            match tx.follow_up(&at, &mail, on, keep_raw, "none").await {
-                Ok(row) => (
-                    Some(ticket_id),
-                    row,
-                    format!(
-                        "is now a follow-up on {}",
-                        ingest::ticket_reference(ticket_id)
-                    ),
-                ),
-                Err(e) => return Err(e.into()),
-            }
+            let row = tx.follow_up(&at, &mail, on, keep_raw, "none").await?;
+            let what = format!(
+                "is now a follow-up on {}",
+                ingest::ticket_reference(ticket_id)
+            );
+            (Some(ticket_id), row, what)
         }
         Decision::Duplicate { ticket_id } => {
             let message_id = entry.message_id.clone().unwrap_or_default();
-            match tx.duplicate(&at, &message_id, ticket_id, "none").await {
-                Ok(row) => (
-                    Some(ticket_id),
-                    row,
-                    format!(
-                        "is stored already, on {} (recorded as a duplicate)",
-                        ingest::ticket_reference(ticket_id)
-                    ),
-                ),
-                Err(e) => return Err(e.into()),
-            }
+            let row = tx.duplicate(&at, &message_id, ticket_id, "none").await?;
+            let what = format!(
+                "is stored already, on {} (recorded as a duplicate)",
+                ingest::ticket_reference(ticket_id)
+            );
+            (Some(ticket_id), row, what)
         }
         Decision::Ignore { reason } => {
             let message_id = entry.message_id.clone().unwrap_or_default();
-            match tx.ignored(&at, &message_id, &reason, "none").await {
-                Ok(row) => (None, row, format!("needs no ticket ({reason})")),
-                Err(e) => return Err(e.into()),
-            }
+            let row = tx.ignored(&at, &message_id, &reason, "none").await?;
+            (None, row, format!("needs no ticket ({reason})"))
         }
     };
     if !tx.resolve_quarantine(id, ticket_id).await? {
         // Another run got there first; dropping the transaction undoes this one.
         return Ok(done_already(id));
     }
-    // A conflict here (another writer) comes back as StoreError::Conflict and is decided again.
+    // A conflict (another writer stored this Message-ID meanwhile) ends the command with that
+    // error and nothing written; running it again decides anew, as a duplicate.
     tx.commit().await?;
     // Nothing is to be done in IMAP: the original stays in the quarantine folder.
     store.mark_disposed(&[row]).await?;

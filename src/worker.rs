@@ -635,13 +635,7 @@ async fn prepare_batch<'a>(
     };
 
     // Outcomes recorded before (their pending dispositions were completed at the sweep's start).
-    let recorded: HashSet<u32> = ctx
-        .store
-        .recorded_outcomes(&mailbox.name, ctx.folder, state.uidvalidity, first, last)
-        .await?
-        .into_iter()
-        .map(|r| r.uid)
-        .collect();
+    let recorded = recorded_uids(ctx, state, first, last).await?;
     let todo: Vec<&MessageSummary> = batch
         .iter()
         .filter(|m| !recorded.contains(&m.uid.0))
@@ -735,6 +729,28 @@ async fn prepare_batch<'a>(
     Ok(prepared)
 }
 
+/// The UIDs from `first` to `last` of the folder whose outcome is recorded already.
+async fn recorded_uids(
+    ctx: &MailboxContext<'_>,
+    state: &FolderState,
+    first: u32,
+    last: u32,
+) -> Result<HashSet<u32>, StoreError> {
+    Ok(ctx
+        .store
+        .recorded_outcomes(
+            &ctx.mailbox.name,
+            ctx.folder,
+            state.uidvalidity,
+            first,
+            last,
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.uid)
+        .collect())
+}
+
 /// How often a batch is decided again after another worker recorded some of its messages
 /// meanwhile, before the sweep gives up (and retries later).
 const CONFLICT_ATTEMPTS: u32 = 3;
@@ -756,13 +772,7 @@ async fn record_batch(
             // Whatever the other worker recorded is its to dispose of.
             let first = prepared.work[0].0.uid.0;
             let last = prepared.work[prepared.work.len() - 1].0.uid.0;
-            let recorded: HashSet<u32> = ctx
-                .store
-                .recorded_outcomes(&mailbox.name, ctx.folder, state.uidvalidity, first, last)
-                .await?
-                .into_iter()
-                .map(|r| r.uid)
-                .collect();
+            let recorded = recorded_uids(ctx, state, first, last).await?;
             prepared.work.retain(|(m, _)| !recorded.contains(&m.uid.0));
             if prepared.work.is_empty() {
                 return Ok((Vec::new(), CycleReport::default()));

@@ -742,18 +742,7 @@ impl Connection {
 
     /// Creates `folder` unless it exists (`[ALREADYEXISTS]`, RFC 5530, or present in LIST).
     pub async fn ensure_folder(&mut self, folder: &str) -> Result<(), ImapError> {
-        let encoded = encode_folder_name(folder);
-        let exists = within(self.command_timeout, "LIST", async {
-            let stream = self
-                .session
-                .list(Some(""), Some(&encoded))
-                .await
-                .map_err(protocol("LIST"))?;
-            let names: Vec<_> = stream.try_collect().await.map_err(protocol("LIST"))?;
-            Ok(names.iter().any(|n| n.name() == encoded))
-        })
-        .await?;
-        if exists {
+        if self.folder_exists(folder).await? {
             return Ok(());
         }
         match self

@@ -326,20 +326,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| super::TicketSummary {
-                id: r.get(0),
-                reference: r.get::<Option<String>, _>(1).unwrap_or_default(),
-                mailbox: r.get(2),
-                subject: r.get(3),
-                requester: r.get(4),
-                status: r.get(5),
-                created_at_ms: r.get(6),
-                n_messages: r.get(7),
-                n_attachments: r.get(8),
-            })
-            .collect())
+        Ok(rows.iter().map(super::TicketSummary::from_row).collect())
     }
 
     /// Removes raw mail kept for articles, quarantine raw bytes and attachment contents of mail

@@ -118,6 +118,24 @@ pub struct TicketSummary {
     pub n_attachments: i64,
 }
 
+impl TicketSummary {
+    /// From a row of `id, reference, mailbox, subject, requester_address, status, created_at,
+    /// message count, attachment count`.
+    fn from_row(r: &sqlx::any::AnyRow) -> TicketSummary {
+        TicketSummary {
+            id: r.get(0),
+            reference: r.get::<Option<String>, _>(1).unwrap_or_default(),
+            mailbox: r.get(2),
+            subject: r.get(3),
+            requester: r.get(4),
+            status: r.get(5),
+            created_at_ms: r.get(6),
+            n_messages: r.get(7),
+            n_attachments: r.get(8),
+        }
+    }
+}
+
 /// An attachment as `mailintake attachment` writes it out.
 #[derive(Debug, Clone)]
 pub struct StoredAttachment {
@@ -428,20 +446,7 @@ impl Store {
         .bind(value)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| TicketSummary {
-                id: r.get(0),
-                reference: r.get::<Option<String>, _>(1).unwrap_or_default(),
-                mailbox: r.get(2),
-                subject: r.get(3),
-                requester: r.get(4),
-                status: r.get(5),
-                created_at_ms: r.get(6),
-                n_messages: r.get(7),
-                n_attachments: r.get(8),
-            })
-            .collect())
+        Ok(rows.iter().map(TicketSummary::from_row).collect())
     }
 
     /// The raw message of a stored article (`keep_raw = "all"`), decompressed.
