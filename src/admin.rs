@@ -185,7 +185,7 @@ pub async fn reprocess_quarantined(
     };
     let decision = ingest::decide(parsed, &facts, &policy);
     let keep_raw = mailbox.keep_raw_all.then_some(raw.as_slice());
-    let (ticket_id, row, what) = match decision {
+    let (ticket_id, what) = match decision {
         Decision::Quarantine(reason) => {
             return Ok(format!(
                 "quarantined message {id} is still quarantined by the current code ({}: {}); nothing changed",
@@ -194,9 +194,9 @@ pub async fn reprocess_quarantined(
             ));
         }
         Decision::NewTicket { mail, related } => {
-            let (ticket_id, reference, row) =
+            let (ticket_id, reference) =
                 tx.new_ticket(&at, &mail, related, keep_raw, "none").await?;
-            (Some(ticket_id), row, format!("is now ticket {reference}"))
+            (Some(ticket_id), format!("is now ticket {reference}"))
         }
         Decision::FollowUp {
             mail,
@@ -209,26 +209,26 @@ pub async fn reprocess_quarantined(
                 reopen,
                 auto_kind,
             };
-            let row = tx.follow_up(&at, &mail, on, keep_raw, "none").await?;
+            tx.follow_up(&at, &mail, on, keep_raw, "none").await?;
             let what = format!(
                 "is now a follow-up on {}",
                 ingest::ticket_reference(ticket_id)
             );
-            (Some(ticket_id), row, what)
+            (Some(ticket_id), what)
         }
         Decision::Duplicate { ticket_id } => {
             let message_id = entry.message_id.clone().unwrap_or_default();
-            let row = tx.duplicate(&at, &message_id, ticket_id, "none").await?;
+            tx.duplicate(&at, &message_id, ticket_id, "none");
             let what = format!(
                 "is stored already, on {} (recorded as a duplicate)",
                 ingest::ticket_reference(ticket_id)
             );
-            (Some(ticket_id), row, what)
+            (Some(ticket_id), what)
         }
         Decision::Ignore { reason } => {
             let message_id = entry.message_id.clone().unwrap_or_default();
-            let row = tx.ignored(&at, &message_id, &reason, "none").await?;
-            (None, row, format!("needs no ticket ({reason})"))
+            tx.ignored(&at, &message_id, &reason, "none");
+            (None, format!("needs no ticket ({reason})"))
         }
     };
     if !tx.resolve_quarantine(id, ticket_id).await? {
@@ -239,7 +239,9 @@ pub async fn reprocess_quarantined(
     // error and nothing written; running it again decides anew, as a duplicate.
     tx.commit().await?;
     // Nothing is to be done in IMAP: the original stays in the quarantine folder.
-    store.mark_disposed(&[row]).await?;
+    store
+        .mark_disposed(at.mailbox, at.folder, 0, &[at.uid])
+        .await?;
     Ok(format!(
         "quarantined message {id} {what}; it stays in folder `{}` in IMAP (no acknowledgement is sent for reprocessed mail)",
         mailbox.quarantine_folder

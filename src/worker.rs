@@ -210,11 +210,11 @@ pub async fn sweep(
         .pending_dispositions(&mailbox.name, ctx.folder, state.uidvalidity)
         .await?;
     if !pending.is_empty() {
-        let items: Vec<(Uid, String, i64)> = pending
+        let items: Vec<(Uid, String)> = pending
             .into_iter()
-            .map(|p| (Uid(p.uid), p.disposition, p.row_id))
+            .map(|p| (Uid(p.uid), p.disposition))
             .collect();
-        dispose_all(ctx, session, &items).await?;
+        dispose_all(ctx, session, state.uidvalidity, &items).await?;
         report.n_completed += items.len();
     }
 
@@ -307,7 +307,7 @@ pub async fn sweep(
         let (to_dispose, counted) = recorded?;
         report.add(&counted);
         let dispose_started = Instant::now();
-        dispose_all(ctx, session, &to_dispose).await?;
+        dispose_all(ctx, session, state.uidvalidity, &to_dispose).await?;
         debug!(
             first_uid = batch[0].uid.0,
             n = batch.len(),
@@ -361,19 +361,15 @@ async fn set_aside_unreadable(
     };
     let disposition = quarantine_disposition(mailbox);
     let mut tx = ctx.store.begin().await?;
-    let (quarantine_id, row) = match tx
+    let quarantine_id = tx
         .quarantine(&at, &envelope, &reason, None, &disposition)
-        .await
-    {
-        Ok(recorded) => recorded,
-        Err(StoreError::Conflict) => {
-            // Another worker recorded it first; disposing of it is that worker's.
-            tx.rollback().await?;
-            return Ok(());
-        }
+        .await?;
+    match tx.commit().await {
+        Ok(()) => {}
+        // Another worker recorded it first; disposing of it is that worker's.
+        Err(StoreError::Conflict) => return Ok(()),
         Err(e) => return Err(e.into()),
-    };
-    tx.commit().await?;
+    }
     error!(
         uid = message.uid.0,
         quarantine_id,
@@ -381,7 +377,7 @@ async fn set_aside_unreadable(
         "set aside unread"
     );
     report.n_quarantined += 1;
-    dispose_all(ctx, session, &[(message.uid, disposition, row)]).await?;
+    dispose_all(ctx, session, state.uidvalidity, &[(message.uid, disposition)]).await?;
     Ok(())
 }
 
@@ -521,7 +517,6 @@ struct Recorded {
     size: u64,
     message_id: Option<String>,
     disposition: String,
-    row_id: i64,
     note: Note,
 }
 
@@ -762,7 +757,7 @@ async fn record_batch(
     ctx: &MailboxContext<'_>,
     state: &FolderState,
     mut prepared: Prepared<'_>,
-) -> Result<(Vec<(Uid, String, i64)>, CycleReport), CycleError> {
+) -> Result<(Vec<(Uid, String)>, CycleReport), CycleError> {
     let mailbox = ctx.mailbox;
     for attempt in 1..=CONFLICT_ATTEMPTS {
         if prepared.work.is_empty() {
@@ -800,15 +795,24 @@ async fn record_batch(
                 Err(e) => return Err(e),
             }
         }
-        if conflict {
+        // A Message-ID stored meanwhile shows while recording, a UID recorded meanwhile at commit.
+        let committed = if conflict {
             tx.rollback().await?;
-            warn!(
-                attempt,
-                "another worker recorded some of these messages meanwhile; deciding the batch again"
-            );
-            continue;
+            Err(StoreError::Conflict)
+        } else {
+            tx.commit().await
+        };
+        match committed {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                warn!(
+                    attempt,
+                    "another worker recorded some of these messages meanwhile; deciding the batch again"
+                );
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         }
-        tx.commit().await?;
         // Arrival times of what this batch recorded (mail left from before the cutoff excepted).
         let received_ms: Vec<i64> = prepared
             .work
@@ -829,7 +833,7 @@ async fn record_batch(
         }
         let to_dispose = recorded
             .into_iter()
-            .map(|r| (r.uid, r.disposition, r.row_id))
+            .map(|r| (r.uid, r.disposition))
             .collect();
         return Ok((to_dispose, report));
     }
@@ -848,12 +852,11 @@ async fn record(
     report: &mut CycleReport,
 ) -> Result<Recorded, CycleError> {
     let mailbox = ctx.mailbox;
-    let recorded = |message_id: &str, disposition: String, row_id: i64, note: Note| Recorded {
+    let recorded = |message_id: &str, disposition: String, note: Note| Recorded {
         uid: summary.uid,
         size: summary.size,
         message_id: Some(message_id.to_string()),
         disposition,
-        row_id,
         note,
     };
     let (raw, parsed) = match item {
@@ -862,19 +865,16 @@ async fn record(
                 "uid-{}-{}@first-start.mailintake.invalid",
                 at.uidvalidity, at.uid
             );
-            let row = tx
-                .ignored(
-                    at,
-                    &message_id,
-                    "received before the mailbox's first_start cutoff; left untouched",
-                    "none",
-                )
-                .await?;
+            tx.ignored(
+                at,
+                &message_id,
+                "received before the mailbox's first_start cutoff; left untouched",
+                "none",
+            );
             report.n_ignored += 1;
             return Ok(recorded(
                 &message_id,
                 "none".into(),
-                row,
                 Note::LeftBeforeCutoff,
             ));
         }
@@ -885,7 +885,7 @@ async fn record(
                 limit: mailbox.max_message_bytes,
             };
             let disposition = quarantine_disposition(mailbox);
-            let (quarantine_id, row) = tx
+            let quarantine_id = tx
                 .quarantine(at, &envelope, &reason, None, &disposition)
                 .await?;
             report.n_quarantined += 1;
@@ -896,7 +896,7 @@ async fn record(
                 detail: reason.detail(),
                 downloaded: false,
             };
-            return Ok(recorded(&envelope.message_id, disposition, row, note));
+            return Ok(recorded(&envelope.message_id, disposition, note));
         }
         Work::Raw {
             raw,
@@ -944,7 +944,7 @@ async fn record(
     match ingest::decide(parsed, &facts, &ctx.policy) {
         Decision::NewTicket { mail, related } => {
             let disposition = normal_disposition(mailbox);
-            let (ticket_id, reference, row) = tx
+            let (ticket_id, reference) = tx
                 .new_ticket(at, &mail, related, keep_raw, &disposition)
                 .await?;
             report.n_tickets += 1;
@@ -965,7 +965,7 @@ async fn record(
                 reference,
                 subject: mail.subject.clone(),
             };
-            Ok(recorded(&mail.message_id, disposition, row, note))
+            Ok(recorded(&mail.message_id, disposition, note))
         }
         Decision::FollowUp {
             mail,
@@ -979,7 +979,7 @@ async fn record(
                 reopen,
                 auto_kind,
             };
-            let row = tx.follow_up(at, &mail, on, keep_raw, &disposition).await?;
+            tx.follow_up(at, &mail, on, keep_raw, &disposition).await?;
             report.n_follow_ups += 1;
             acknowledge(
                 ctx,
@@ -998,16 +998,14 @@ async fn record(
                 reopen,
                 auto_kind,
             };
-            Ok(recorded(&mail.message_id, disposition, row, note))
+            Ok(recorded(&mail.message_id, disposition, note))
         }
         Decision::Duplicate { ticket_id } => {
             let disposition = normal_disposition(mailbox);
-            let row = tx
-                .duplicate(at, &envelope.message_id, ticket_id, &disposition)
-                .await?;
+            tx.duplicate(at, &envelope.message_id, ticket_id, &disposition);
             report.n_duplicates += 1;
             let note = Note::Duplicate { ticket_id };
-            Ok(recorded(&envelope.message_id, disposition, row, note))
+            Ok(recorded(&envelope.message_id, disposition, note))
         }
         Decision::Ignore { reason } => {
             // Never deleted: nothing of it is stored but this record.
@@ -1015,16 +1013,14 @@ async fn record(
                 "delete" => "seen".to_string(),
                 other => other.to_string(),
             };
-            let row = tx
-                .ignored(at, &envelope.message_id, &reason, &disposition)
-                .await?;
+            tx.ignored(at, &envelope.message_id, &reason, &disposition);
             report.n_ignored += 1;
             let note = Note::Ignored { reason };
-            Ok(recorded(&envelope.message_id, disposition, row, note))
+            Ok(recorded(&envelope.message_id, disposition, note))
         }
         Decision::Quarantine(reason) => {
             let disposition = quarantine_disposition(mailbox);
-            let (quarantine_id, row) = tx
+            let quarantine_id = tx
                 .quarantine(at, &envelope, &reason, Some(raw), &disposition)
                 .await?;
             report.n_quarantined += 1;
@@ -1034,7 +1030,7 @@ async fn record(
                 detail: reason.detail(),
                 downloaded: true,
             };
-            Ok(recorded(&envelope.message_id, disposition, row, note))
+            Ok(recorded(&envelope.message_id, disposition, note))
         }
     }
 }
@@ -1190,10 +1186,11 @@ pub(crate) async fn facts_for(
 async fn dispose_all(
     ctx: &MailboxContext<'_>,
     session: &mut Session,
-    items: &[(Uid, String, i64)],
+    uidvalidity: u32,
+    items: &[(Uid, String)],
 ) -> Result<(), CycleError> {
     let mut groups: BTreeMap<&str, Vec<Uid>> = BTreeMap::new();
-    for (uid, disposition, _) in items {
+    for (uid, disposition) in items {
         groups.entry(disposition.as_str()).or_default().push(*uid);
     }
     for (disposition, uids) in groups {
@@ -1221,8 +1218,10 @@ async fn dispose_all(
             }
         }
     }
-    let row_ids: Vec<i64> = items.iter().map(|(_, _, row)| *row).collect();
-    ctx.store.mark_disposed(&row_ids).await?;
+    let uids: Vec<u32> = items.iter().map(|(uid, _)| uid.0).collect();
+    ctx.store
+        .mark_disposed(&ctx.mailbox.name, ctx.folder, uidvalidity, &uids)
+        .await?;
     Ok(())
 }
 

@@ -87,7 +87,6 @@ pub struct FolderState {
 /// An `imap_messages` row whose IMAP disposition has not been confirmed yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingDisposition {
-    pub row_id: i64,
     pub uid: u32,
     /// What to do: `seen`, `move:<folder>`, `quarantine:<folder>`, `delete` or `none`.
     pub disposition: String,
@@ -373,7 +372,7 @@ impl Store {
         uidvalidity: u32,
     ) -> Result<Vec<PendingDisposition>> {
         let rows = sqlx::query(
-            "SELECT id, uid, disposition FROM imap_messages \
+            "SELECT uid, disposition FROM imap_messages \
              WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3 AND disposed_at IS NULL \
              ORDER BY uid",
         )
@@ -385,25 +384,34 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|r| PendingDisposition {
-                row_id: r.get(0),
-                uid: r.get::<i64, _>(1) as u32,
-                disposition: r.get(2),
+                uid: r.get::<i64, _>(0) as u32,
+                disposition: r.get(1),
             })
             .collect())
     }
 
-    /// Records that the IMAP dispositions of these `imap_messages` rows are done: one statement
-    /// per few hundred rows.
-    pub async fn mark_disposed(&self, row_ids: &[i64]) -> Result<()> {
+    /// Records that the IMAP dispositions of these UIDs of a folder are done: one statement per
+    /// few hundred UIDs.
+    pub async fn mark_disposed(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        uids: &[u32],
+    ) -> Result<()> {
         let now = now_ms();
-        for chunk in row_ids.chunks(500) {
-            // The ids are integers from our own rows: formatting them into the statement is safe.
-            let ids: Vec<String> = chunk.iter().map(i64::to_string).collect();
+        for chunk in uids.chunks(500) {
+            // The UIDs are integers: formatting them into the statement is safe.
+            let uids: Vec<String> = chunk.iter().map(u32::to_string).collect();
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE imap_messages SET disposed_at = $1 WHERE id IN ({})",
-                ids.join(", ")
+                "UPDATE imap_messages SET disposed_at = $1 WHERE mailbox = $2 AND folder = $3 \
+                 AND uidvalidity = $4 AND uid IN ({})",
+                uids.join(", ")
             )))
             .bind(now)
+            .bind(mailbox)
+            .bind(folder)
+            .bind(i64::from(uidvalidity))
             .execute(&self.pool)
             .await?;
         }
@@ -421,6 +429,7 @@ impl Store {
         };
         Ok(Batch {
             tx,
+            outcomes: Vec::new(),
             checkpoints: Vec::new(),
             conflicted: false,
         })
@@ -497,13 +506,17 @@ pub struct QuarantineEnvelope {
 /// A transaction that records the outcomes of a batch of messages together with the folder's
 /// checkpoint: one commit (one fsync) for the batch, all or nothing.
 ///
-/// A write that finds another worker's row (the same UID or Message-ID, committed meanwhile)
-/// returns `Conflict` and leaves the batch unusable: it must be dropped (rolled back) and decided
-/// again from what is stored now; [`Batch::commit`] refuses it. On SQLite this cannot happen
+/// A write that finds another worker's row returns `Conflict`: a Message-ID stored meanwhile when
+/// the message is inserted, a UID recorded meanwhile at [`Batch::commit`] (the `imap_messages`
+/// rows are written there, a hundred per statement). Either way the batch is rolled back and must
+/// be decided again from what is stored now; `commit` refuses a batch that met one. On SQLite this cannot happen
 /// (`BEGIN IMMEDIATE` holds the write lock from the first read); on PostgreSQL it is rare. Undoing
 /// the whole batch instead of one message spares two statements (a savepoint) per message.
 pub struct Batch {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    /// The `imap_messages` rows of the batch, written at commit by a few multi-row statements
+    /// instead of one statement per message.
+    outcomes: Vec<OutcomeRow>,
     /// The highest UID recorded per folder (mailbox, folder, uidvalidity): the checkpoint is moved
     /// once, at commit, instead of once per message.
     checkpoints: Vec<(String, String, u32, u32)>,
@@ -528,6 +541,26 @@ pub struct MessageFacts {
     pub sender_recent_tickets: u32,
     pub released: bool,
 }
+
+/// An `imap_messages` row waiting for [`Batch::commit`].
+struct OutcomeRow {
+    mailbox: String,
+    folder: String,
+    uidvalidity: u32,
+    uid: u32,
+    message_id: String,
+    size: u64,
+    outcome: &'static str,
+    ticket_id: Option<i64>,
+    message_row_id: Option<i64>,
+    quarantine_id: Option<i64>,
+    detail: Option<String>,
+    disposition: String,
+    created_at: i64,
+}
+
+/// `imap_messages` rows per INSERT at commit (13 parameters each; far below both backends' limits).
+const OUTCOME_ROWS_PER_STATEMENT: usize = 100;
 
 /// What an `imap_messages` row records, beyond the message's location.
 struct Outcome<'a> {
@@ -658,8 +691,8 @@ impl Batch {
     }
 
     /// Opens a ticket with `mail` as its first message and records the outcome. Returns the ticket
-    /// id and reference and the `imap_messages` row id. `Conflict` when the Message-ID or the UID
-    /// was stored meanwhile by another worker (see [`Batch`]).
+    /// id and reference. `Conflict` when the Message-ID was stored meanwhile by another worker
+    /// (see [`Batch`]; a UID recorded meanwhile is found at commit).
     pub async fn new_ticket(
         &mut self,
         at: &ImapLocation<'_>,
@@ -667,7 +700,7 @@ impl Batch {
         related: Option<i64>,
         keep_raw: Option<&[u8]>,
         disposition: &str,
-    ) -> Result<(i64, String, i64)> {
+    ) -> Result<(i64, String)> {
         let now = now_ms();
         // The database sets the reference (migration 0002), the same one ticket_reference gives.
         let ticket_id: i64 = sqlx::query(
@@ -686,25 +719,23 @@ impl Batch {
         let message_row_id = self
             .insert_message(ticket_id, at, mail, None, keep_raw)
             .await?;
-        let row_id = self
-            .record_outcome(
-                at,
-                &mail.message_id,
-                Outcome {
-                    outcome: "ticket",
-                    ticket_id: Some(ticket_id),
-                    message_row_id: Some(message_row_id),
-                    quarantine_id: None,
-                    detail: None,
-                    disposition,
-                },
-            )
-            .await?;
-        Ok((ticket_id, ticket_reference(ticket_id), row_id))
+        self.record_outcome(
+            at,
+            &mail.message_id,
+            Outcome {
+                outcome: "ticket",
+                ticket_id: Some(ticket_id),
+                message_row_id: Some(message_row_id),
+                quarantine_id: None,
+                detail: None,
+                disposition,
+            },
+        );
+        Ok((ticket_id, ticket_reference(ticket_id)))
     }
 
     /// Adds `mail` to an existing ticket (reopening it when asked) and records the outcome.
-    /// Returns the `imap_messages` row id; `Conflict` as for [`Batch::new_ticket`].
+    /// `Conflict` as for [`Batch::new_ticket`].
     pub async fn follow_up(
         &mut self,
         at: &ImapLocation<'_>,
@@ -712,7 +743,7 @@ impl Batch {
         on: FollowUpOn<'_>,
         keep_raw: Option<&[u8]>,
         disposition: &str,
-    ) -> Result<i64> {
+    ) -> Result<()> {
         let FollowUpOn {
             ticket_id,
             reopen,
@@ -742,18 +773,18 @@ impl Batch {
                 detail: auto_kind.map(|k| format!("automatic mail ({k})")),
                 disposition,
             },
-        )
-        .await
+        );
+        Ok(())
     }
 
     /// Records a message that is already stored (same Message-ID and fingerprint).
-    pub async fn duplicate(
+    pub fn duplicate(
         &mut self,
         at: &ImapLocation<'_>,
         message_id: &str,
         ticket_id: i64,
         disposition: &str,
-    ) -> Result<i64> {
+    ) {
         self.record_outcome(
             at,
             message_id,
@@ -765,19 +796,18 @@ impl Batch {
                 detail: Some("the same message is already stored".into()),
                 disposition,
             },
-        )
-        .await
+        );
     }
 
     /// Records a message that becomes no ticket on purpose (automatic mail that belongs to no
     /// ticket, a loop, or mail older than the first-start cutoff).
-    pub async fn ignored(
+    pub fn ignored(
         &mut self,
         at: &ImapLocation<'_>,
         message_id: &str,
         detail: &str,
         disposition: &str,
-    ) -> Result<i64> {
+    ) {
         self.record_outcome(
             at,
             message_id,
@@ -789,12 +819,11 @@ impl Batch {
                 detail: Some(detail.to_string()),
                 disposition,
             },
-        )
-        .await
+        );
     }
 
     /// Records a quarantined message (with its raw bytes when they were downloaded). Returns the
-    /// quarantine id and the `imap_messages` row id.
+    /// quarantine id.
     pub async fn quarantine(
         &mut self,
         at: &ImapLocation<'_>,
@@ -802,7 +831,7 @@ impl Batch {
         reason: &QuarantineReason,
         raw: Option<&[u8]>,
         disposition: &str,
-    ) -> Result<(i64, i64)> {
+    ) -> Result<i64> {
         let quarantine_id: i64 = sqlx::query(
             "INSERT INTO quarantine (mailbox, folder, uidvalidity, uid, message_id, size_bytes, from_address, subject, \
              reason, detail, raw, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
@@ -822,26 +851,28 @@ impl Batch {
         .fetch_one(&mut *self.tx)
         .await?
         .get(0);
-        let row_id = self
-            .record_outcome(
-                at,
-                &envelope.message_id,
-                Outcome {
-                    outcome: "quarantined",
-                    ticket_id: None,
-                    message_row_id: None,
-                    quarantine_id: Some(quarantine_id),
-                    detail: Some(reason.detail()),
-                    disposition,
-                },
-            )
-            .await?;
-        Ok((quarantine_id, row_id))
+        self.record_outcome(
+            at,
+            &envelope.message_id,
+            Outcome {
+                outcome: "quarantined",
+                ticket_id: None,
+                message_row_id: None,
+                quarantine_id: Some(quarantine_id),
+                detail: Some(reason.detail()),
+                disposition,
+            },
+        );
+        Ok(quarantine_id)
     }
 
-    /// Moves the checkpoints of the folders written to, then makes the batch durable. A batch
-    /// that met a conflict is refused (and rolled back): it has to be decided again.
+    /// Writes the batch's `imap_messages` rows, moves the checkpoints of the folders written to,
+    /// then makes the batch durable. A batch that met a conflict (here: a UID another worker
+    /// recorded meanwhile) is refused and rolled back: it has to be decided again.
     pub async fn commit(mut self) -> Result<()> {
+        if !self.conflicted {
+            self.write_outcomes().await?;
+        }
         if self.conflicted {
             self.tx.rollback().await?;
             return Err(StoreError::Conflict);
@@ -963,38 +994,23 @@ impl Batch {
         Ok(message_row_id)
     }
 
-    /// Writes the `imap_messages` row and notes the folder's new checkpoint (moved at commit).
-    /// Returns the row id; `Conflict` when this UID already has an outcome (another worker).
-    async fn record_outcome(
-        &mut self,
-        at: &ImapLocation<'_>,
-        message_id: &str,
-        outcome: Outcome<'_>,
-    ) -> Result<i64> {
-        let inserted = sqlx::query(
-            "INSERT INTO imap_messages (mailbox, folder, uidvalidity, uid, message_id, size_bytes, outcome, ticket_id, \
-             message_row_id, quarantine_id, detail, disposition, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (mailbox, folder, uidvalidity, uid) DO NOTHING RETURNING id",
-        )
-        .bind(at.mailbox)
-        .bind(at.folder)
-        .bind(i64::from(at.uidvalidity))
-        .bind(i64::from(at.uid))
-        .bind(message_id)
-        .bind(at.size as i64)
-        .bind(outcome.outcome)
-        .bind(outcome.ticket_id)
-        .bind(outcome.message_row_id)
-        .bind(outcome.quarantine_id)
-        .bind(outcome.detail)
-        .bind(outcome.disposition)
-        .bind(now_ms())
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        let Some(row) = inserted else {
-            return Err(self.conflict());
-        };
+    /// Notes the `imap_messages` row (written at commit) and the folder's new checkpoint.
+    fn record_outcome(&mut self, at: &ImapLocation<'_>, message_id: &str, outcome: Outcome<'_>) {
+        self.outcomes.push(OutcomeRow {
+            mailbox: at.mailbox.to_string(),
+            folder: at.folder.to_string(),
+            uidvalidity: at.uidvalidity,
+            uid: at.uid,
+            message_id: message_id.to_string(),
+            size: at.size,
+            outcome: outcome.outcome,
+            ticket_id: outcome.ticket_id,
+            message_row_id: outcome.message_row_id,
+            quarantine_id: outcome.quarantine_id,
+            detail: outcome.detail,
+            disposition: outcome.disposition.to_string(),
+            created_at: now_ms(),
+        });
         let folder = (at.mailbox, at.folder, at.uidvalidity);
         match self
             .checkpoints
@@ -1009,7 +1025,53 @@ impl Batch {
                 at.uid,
             )),
         }
-        Ok(row.get(0))
+    }
+
+    /// Writes the noted `imap_messages` rows, a hundred per statement. A UID that already has a
+    /// row (another worker's) comes back missing: the batch is then conflicted.
+    async fn write_outcomes(&mut self) -> Result<()> {
+        let outcomes = std::mem::take(&mut self.outcomes);
+        for chunk in outcomes.chunks(OUTCOME_ROWS_PER_STATEMENT) {
+            let rows = (0..chunk.len())
+                .map(|i| {
+                    let p = (1..=13)
+                        .map(|k| format!("${}", i * 13 + k))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!("({p})")
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Only placeholders are formatted into the statement; the values are bound.
+            let sql = format!(
+                "INSERT INTO imap_messages (mailbox, folder, uidvalidity, uid, message_id, size_bytes, outcome, \
+                 ticket_id, message_row_id, quarantine_id, detail, disposition, created_at) VALUES {rows} \
+                 ON CONFLICT (mailbox, folder, uidvalidity, uid) DO NOTHING RETURNING id"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for row in chunk {
+                query = query
+                    .bind(row.mailbox.as_str())
+                    .bind(row.folder.as_str())
+                    .bind(i64::from(row.uidvalidity))
+                    .bind(i64::from(row.uid))
+                    .bind(row.message_id.as_str())
+                    .bind(row.size as i64)
+                    .bind(row.outcome)
+                    .bind(row.ticket_id)
+                    .bind(row.message_row_id)
+                    .bind(row.quarantine_id)
+                    .bind(row.detail.as_deref())
+                    .bind(row.disposition.as_str())
+                    .bind(row.created_at);
+            }
+            let written = query.fetch_all(&mut *self.tx).await?.len();
+            if written < chunk.len() {
+                self.conflicted = true;
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 }
 
