@@ -7,7 +7,8 @@ use crate::config::Config;
 use crate::imap;
 use crate::ingest::{self, Decision, Facts};
 use crate::oauth::TokenCache;
-use crate::store::{FollowUpOn, ImapLocation, Store};
+use crate::store::{FollowUpOn, ImapLocation, Store, now_ms};
+use crate::worker::SENDER_WINDOW_MS;
 use crate::worker::{envelope_from_header, policy};
 
 /// Moves quarantined message `id` back to the folder it came from and lets it in once: up to
@@ -179,7 +180,8 @@ pub async fn reprocess_quarantined(
         // As the worker asks; a reprocessed message is never an operator's release.
         Ok(mail) => Facts {
             released: false,
-            ..crate::worker::facts_for(&mut tx, mail, &mailbox.name).await?
+            ..crate::worker::facts_for(&mut tx, mail, &mailbox.name, now_ms() - SENDER_WINDOW_MS)
+                .await?
         },
         Err(_) => Facts::default(),
     };

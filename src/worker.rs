@@ -32,7 +32,8 @@ use crate::oauth::{TokenCache, TokenError};
 use crate::reply::sender::{self, FlushReport, SenderContext};
 use crate::reply::{self, AckFacts, AckKind};
 use crate::store::{
-    Batch, FolderState, FollowUpOn, ImapLocation, QuarantineEnvelope, Store, StoreError, now_ms,
+    Batch, BatchQuestions, FolderState, FollowUpOn, ImapLocation, QuarantineEnvelope, Store,
+    StoreError, now_ms,
 };
 use crate::telemetry::Metrics;
 
@@ -377,7 +378,13 @@ async fn set_aside_unreadable(
         "set aside unread"
     );
     report.n_quarantined += 1;
-    dispose_all(ctx, session, state.uidvalidity, &[(message.uid, disposition)]).await?;
+    dispose_all(
+        ctx,
+        session,
+        state.uidvalidity,
+        &[(message.uid, disposition)],
+    )
+    .await?;
     Ok(())
 }
 
@@ -776,6 +783,10 @@ async fn record_batch(
         let mut report = CycleReport::default();
         let mut recorded = Vec::with_capacity(prepared.work.len());
         let mut tx = ctx.store.begin().await?;
+        // The window of the per-sender limit, the same for the whole batch.
+        let since_ms = now_ms() - SENDER_WINDOW_MS;
+        tx.prefetch(&batch_questions(&mailbox.name, &prepared, since_ms))
+            .await?;
         let mut conflict = false;
         for (summary, item) in &mut prepared.work {
             let at = ImapLocation {
@@ -786,7 +797,18 @@ async fn record_batch(
                 size: summary.size,
                 internal_date_ms: summary.internal_date_ms,
             };
-            match record(ctx, &mut tx, state, &at, summary, item, &mut report).await {
+            match record(
+                ctx,
+                &mut tx,
+                state,
+                &at,
+                summary,
+                item,
+                since_ms,
+                &mut report,
+            )
+            .await
+            {
                 Ok(done) => recorded.push(done),
                 Err(CycleError::Store(StoreError::Conflict)) => {
                     conflict = true;
@@ -840,8 +862,49 @@ async fn record_batch(
     Err(StoreError::Conflict.into())
 }
 
+/// The window of the per-sender ticket limit (`max_new_tickets_per_sender_per_hour`).
+pub(crate) const SENDER_WINDOW_MS: i64 = 3_600_000;
+
+/// What the batch's messages will ask the store, from the messages parsed for it (after a
+/// conflict they are parsed again one by one, and each asks for itself).
+fn batch_questions<'a>(
+    mailbox: &'a str,
+    prepared: &'a Prepared<'_>,
+    since_ms: i64,
+) -> BatchQuestions<'a> {
+    let mut questions = BatchQuestions {
+        mailbox,
+        since_ms,
+        ..BatchQuestions::default()
+    };
+    for (_, item) in &prepared.work {
+        let Work::Raw {
+            parsed: Some(Ok(mail)),
+            ..
+        } = item
+        else {
+            continue;
+        };
+        questions.message_ids.push(&mail.message_id);
+        if let Some(from) = &mail.from {
+            questions.senders.push(&from.address);
+        }
+        questions
+            .referenced_ids
+            .extend(mail.in_reply_to.iter().map(String::as_str));
+        questions
+            .referenced_ids
+            .extend(mail.references.iter().map(String::as_str));
+        questions
+            .referenced_ids
+            .extend(mail.signals.original_message_id.as_deref());
+    }
+    questions
+}
+
 /// Decides and records one message inside the batch's transaction. `Conflict` (another worker
 /// recorded it meanwhile) leaves the transaction to be dropped: see [`Batch`].
+#[allow(clippy::too_many_arguments)]
 async fn record(
     ctx: &MailboxContext<'_>,
     tx: &mut Batch,
@@ -849,6 +912,7 @@ async fn record(
     at: &ImapLocation<'_>,
     summary: &MessageSummary,
     item: &mut Work,
+    since_ms: i64,
     report: &mut CycleReport,
 ) -> Result<Recorded, CycleError> {
     let mailbox = ctx.mailbox;
@@ -872,11 +936,7 @@ async fn record(
                 "none",
             );
             report.n_ignored += 1;
-            return Ok(recorded(
-                &message_id,
-                "none".into(),
-                Note::LeftBeforeCutoff,
-            ));
+            return Ok(recorded(&message_id, "none".into(), Note::LeftBeforeCutoff));
         }
         Work::TooLarge(header) => {
             let envelope = envelope_from_header(header, summary);
@@ -916,7 +976,7 @@ async fn record(
 
     let facts = match &parsed {
         Ok(mail) => {
-            let facts = facts_for(tx, mail, &mailbox.name).await?;
+            let facts = facts_for(tx, mail, &mailbox.name, since_ms).await?;
             if facts.released {
                 // A release lets the message in once.
                 tx.use_release(&mailbox.name, &mail.message_id).await?;
@@ -1146,6 +1206,7 @@ pub(crate) async fn facts_for(
     tx: &mut Batch,
     mail: &ingest::ParsedMail,
     mailbox: &str,
+    since_ms: i64,
 ) -> Result<Facts, StoreError> {
     // The most specific reference first: In-Reply-To, then References from the newest.
     let mut thread_ids: Vec<String> = mail.in_reply_to.clone();
@@ -1163,7 +1224,7 @@ pub(crate) async fn facts_for(
             mailbox,
             &mail.message_id,
             mail.from.as_ref().map(|p| p.address.as_str()),
-            now_ms() - 3_600_000,
+            since_ms,
         )
         .await?;
     let thread = if thread_ids.is_empty() {

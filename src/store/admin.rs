@@ -249,6 +249,7 @@ impl Batch {
         .bind(message_id)
         .execute(&mut *self.tx)
         .await?;
+        self.written.used_releases.insert(message_id.to_string());
         Ok(())
     }
 }

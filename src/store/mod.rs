@@ -6,7 +6,7 @@
 //! or duplicate record) and the folder's checkpoint are written in one transaction; and that row,
 //! keyed by (mailbox, folder, uidvalidity, uid), records whether the IMAP disposition is still due.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -429,6 +429,8 @@ impl Store {
         };
         Ok(Batch {
             tx,
+            prefetched: None,
+            written: Written::default(),
             outcomes: Vec::new(),
             checkpoints: Vec::new(),
             conflicted: false,
@@ -514,6 +516,11 @@ pub struct QuarantineEnvelope {
 /// the whole batch instead of one message spares two statements (a savepoint) per message.
 pub struct Batch {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    /// Facts read for the whole batch at its start ([`Batch::prefetch`]), so that most messages
+    /// need no statement of their own to be decided.
+    prefetched: Option<Prefetched>,
+    /// What this batch wrote that bears on later facts: answers from `prefetched` add it.
+    written: Written,
     /// The `imap_messages` rows of the batch, written at commit by a few multi-row statements
     /// instead of one statement per message.
     outcomes: Vec<OutcomeRow>,
@@ -541,6 +548,54 @@ pub struct MessageFacts {
     pub sender_recent_tickets: u32,
     pub released: bool,
 }
+
+/// What a batch's messages will ask, known before the first is decided: see [`Batch::prefetch`].
+#[derive(Debug, Default)]
+pub struct BatchQuestions<'a> {
+    pub mailbox: &'a str,
+    /// The Message-IDs of the batch's messages.
+    pub message_ids: Vec<&'a str>,
+    /// Their senders (From addresses).
+    pub senders: Vec<&'a str>,
+    /// The Message-IDs they refer to (In-Reply-To, References, reported messages).
+    pub referenced_ids: Vec<&'a str>,
+    /// The start of the window of the per-sender limit.
+    pub since_ms: i64,
+}
+
+/// The answers to a batch's [`BatchQuestions`], as stored when the batch began.
+#[derive(Debug, Default)]
+struct Prefetched {
+    mailbox: String,
+    since_ms: i64,
+    /// Every Message-ID asked about (own and referenced), and the stored inbound message
+    /// (ticket, fingerprint) for those that have one.
+    asked_messages: HashSet<String>,
+    /// The referenced IDs asked about (they were looked up in the outbox too).
+    asked_references: HashSet<String>,
+    messages: HashMap<String, (i64, String)>,
+    /// Referenced IDs that are our own outbox messages, with their ticket.
+    outbox: HashMap<String, i64>,
+    /// lower(sender) → tickets opened since `since_ms`, for every ASCII sender asked about (SQL's
+    /// `lower` and Rust's agree on ASCII only; other senders are queried one by one).
+    senders: HashMap<String, u32>,
+    /// Message-IDs of the batch with an unused release.
+    released: HashSet<String>,
+}
+
+/// What a batch wrote so far that later facts in it depend on.
+#[derive(Debug, Default)]
+struct Written {
+    /// Message-ID → (ticket, fingerprint) of the messages inserted.
+    messages: HashMap<String, (i64, String)>,
+    /// lower(sender) → tickets opened.
+    opened_by: HashMap<String, u32>,
+    /// Message-IDs whose release was used.
+    used_releases: HashSet<String>,
+}
+
+/// IDs per `IN (…)` list of the prefetch.
+const IDS_PER_STATEMENT: usize = 500;
 
 /// An `imap_messages` row waiting for [`Batch::commit`].
 struct OutcomeRow {
@@ -583,6 +638,9 @@ impl Batch {
         sender: Option<&str>,
         since_ms: i64,
     ) -> Result<MessageFacts> {
+        if let Some(answer) = self.prefetched_facts(mailbox, message_id, sender, since_ms) {
+            return Ok(answer);
+        }
         let row = sqlx::query(
             "SELECT m.ticket_id, m.fingerprint, \
              (SELECT COUNT(*) FROM tickets WHERE lower(requester_address) = lower($2) AND created_at >= $3), \
@@ -613,6 +671,12 @@ impl Batch {
     /// The ticket owning one of these Message-IDs (our stored inbound messages or our outbox),
     /// the first of them in order that is known: one statement per hundred IDs.
     pub async fn ticket_of_message_ids(&mut self, ids: &[String]) -> Result<Option<KnownTicket>> {
+        if let Some(known) = self.prefetched_thread(ids) {
+            return match known {
+                Some(ticket_id) => self.ticket(ticket_id).await,
+                None => Ok(None),
+            };
+        }
         for chunk in ids.chunks(100) {
             let placeholders = (1..=chunk.len())
                 .map(|n| format!("${n}"))
@@ -690,6 +754,158 @@ impl Batch {
         }))
     }
 
+    /// Reads, in a few statements for the whole batch, what its messages' decisions will ask:
+    /// the stored messages with their Message-IDs and the ones they refer to, the senders' recent
+    /// tickets and the unused releases. [`Batch::message_facts`] and
+    /// [`Batch::ticket_of_message_ids`] then answer from it (adding what the batch wrote since)
+    /// instead of one statement per message; anything not asked here is still queried.
+    pub async fn prefetch(&mut self, questions: &BatchQuestions<'_>) -> Result<()> {
+        let mut prefetched = Prefetched {
+            mailbox: questions.mailbox.to_string(),
+            since_ms: questions.since_ms,
+            ..Prefetched::default()
+        };
+        let mut ids: Vec<&str> = questions.message_ids.clone();
+        ids.extend(&questions.referenced_ids);
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(1, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT message_id, ticket_id, fingerprint FROM messages WHERE message_id IN ({list})"
+            )));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                prefetched
+                    .messages
+                    .insert(row.get(0), (row.get(1), row.get(2)));
+            }
+        }
+        let mut referenced: Vec<&str> = questions.referenced_ids.clone();
+        referenced.sort_unstable();
+        referenced.dedup();
+        for chunk in referenced.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(1, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT message_id, ticket_id FROM outbox WHERE message_id IN ({list}) AND ticket_id IS NOT NULL"
+            )));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                prefetched.outbox.insert(row.get(0), row.get(1));
+            }
+        }
+        let mut senders: Vec<String> = questions
+            .senders
+            .iter()
+            .filter(|s| s.is_ascii())
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        senders.sort_unstable();
+        senders.dedup();
+        for chunk in senders.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(2, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT lower(requester_address), COUNT(*) FROM tickets \
+                 WHERE lower(requester_address) IN ({list}) AND created_at >= $1 \
+                 GROUP BY lower(requester_address)"
+            )))
+            .bind(questions.since_ms);
+            for sender in chunk {
+                query = query.bind(sender.as_str());
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                prefetched
+                    .senders
+                    .insert(row.get(0), row.get::<i64, _>(1) as u32);
+            }
+            for sender in chunk {
+                prefetched.senders.entry(sender.clone()).or_insert(0);
+            }
+        }
+        for chunk in questions.message_ids.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(2, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT message_id FROM quarantine WHERE mailbox = $1 AND released_at IS NOT NULL \
+                 AND release_used_at IS NULL AND message_id IN ({list})"
+            )))
+            .bind(questions.mailbox);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                prefetched.released.insert(row.get(0));
+            }
+        }
+        prefetched.asked_messages = ids.iter().map(|id| id.to_string()).collect();
+        prefetched.asked_references = referenced.iter().map(|id| id.to_string()).collect();
+        self.prefetched = Some(prefetched);
+        Ok(())
+    }
+
+    /// [`Batch::message_facts`] from the prefetch, when it asked about this message.
+    fn prefetched_facts(
+        &self,
+        mailbox: &str,
+        message_id: &str,
+        sender: Option<&str>,
+        since_ms: i64,
+    ) -> Option<MessageFacts> {
+        let prefetched = self.prefetched.as_ref()?;
+        if prefetched.mailbox != mailbox
+            || prefetched.since_ms != since_ms
+            || !prefetched.asked_messages.contains(message_id)
+        {
+            return None;
+        }
+        let sender_recent_tickets = match sender.map(str::to_ascii_lowercase) {
+            Some(sender) => {
+                prefetched.senders.get(&sender)?
+                    + self.written.opened_by.get(&sender).copied().unwrap_or(0)
+            }
+            None => 0,
+        };
+        let same_message_id = self
+            .written
+            .messages
+            .get(message_id)
+            .or_else(|| prefetched.messages.get(message_id))
+            .map(|(ticket_id, fingerprint)| crate::ingest::KnownMessage {
+                ticket_id: *ticket_id,
+                fingerprint: fingerprint.clone(),
+            });
+        Some(MessageFacts {
+            same_message_id,
+            sender_recent_tickets,
+            released: prefetched.released.contains(message_id)
+                && !self.written.used_releases.contains(message_id),
+        })
+    }
+
+    /// [`Batch::ticket_of_message_ids`] from the prefetch: `Some(answer)` when every ID was asked
+    /// about (the first known one in order wins), `None` when the database must be asked.
+    fn prefetched_thread(&self, ids: &[String]) -> Option<Option<i64>> {
+        let prefetched = self.prefetched.as_ref()?;
+        for id in ids {
+            if let Some((ticket_id, _)) = self.written.messages.get(id) {
+                return Some(Some(*ticket_id));
+            }
+            if !prefetched.asked_references.contains(id) {
+                return None;
+            }
+            if let Some((ticket_id, _)) = prefetched.messages.get(id) {
+                return Some(Some(*ticket_id));
+            }
+            if let Some(ticket_id) = prefetched.outbox.get(id) {
+                return Some(Some(*ticket_id));
+            }
+        }
+        Some(None)
+    }
+
     /// Opens a ticket with `mail` as its first message and records the outcome. Returns the ticket
     /// id and reference. `Conflict` when the Message-ID was stored meanwhile by another worker
     /// (see [`Batch`]; a UID recorded meanwhile is found at commit).
@@ -719,6 +935,13 @@ impl Batch {
         let message_row_id = self
             .insert_message(ticket_id, at, mail, None, keep_raw)
             .await?;
+        if let Some(from) = &mail.from {
+            *self
+                .written
+                .opened_by
+                .entry(from.address.to_ascii_lowercase())
+                .or_insert(0) += 1;
+        }
         self.record_outcome(
             at,
             &mail.message_id,
@@ -956,6 +1179,10 @@ impl Batch {
             return Err(self.conflict());
         };
         let message_row_id: i64 = row.get(0);
+        self.written.messages.insert(
+            mail.message_id.clone(),
+            (ticket_id, mail.fingerprint.clone()),
+        );
         if let Some(raw) = keep_raw {
             sqlx::query(
                 "INSERT INTO raw_messages (message_row_id, compression, size_bytes, content) VALUES ($1, 'gzip', $2, $3)",
@@ -1073,6 +1300,14 @@ impl Batch {
         }
         Ok(())
     }
+}
+
+/// `$first, $first+1, …` for `n` values bound in order.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|k| format!("${k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn gzip(raw: &[u8]) -> Vec<u8> {
