@@ -332,3 +332,79 @@ async fn raw_messages_are_kept_compressed_when_asked_and_round_trip() {
     );
     assert_eq!(std::fs::read(&path).unwrap(), served);
 }
+
+/// One batch sees what it wrote itself: a reply to a message of the same batch lands on that
+/// message's ticket, a re-delivery of it is a duplicate, and a reply to an older ticket finds it
+/// (the batch's facts are read once when it begins, then kept up to date in memory).
+async fn one_batch_sees_what_it_wrote(backend: Backend) {
+    let case = Case::new(backend, "", "implicit").await;
+    let older = format!("{}@customer.test", unique("older"));
+    let raw = mail("bob@customer.test", &case.mailbox, "Printer", &older, None);
+    deliver_lmtp(&case.mailbox, "bob@customer.test", &raw).await;
+    assert_ok(&case.run(&["once"]).await);
+
+    let first = format!("{}@customer.test", unique("first"));
+    let reply = format!("{}@customer.test", unique("reply"));
+    let late = format!("{}@customer.test", unique("late"));
+    let original = mail("alice@customer.test", &case.mailbox, "VPN", &first, None);
+    for raw in [
+        original.clone(),
+        mail(
+            "alice@customer.test",
+            &case.mailbox,
+            "Re: VPN",
+            &reply,
+            Some(&first),
+        ),
+        original,
+        mail(
+            "bob@customer.test",
+            &case.mailbox,
+            "Re: Printer",
+            &late,
+            Some(&older),
+        ),
+    ] {
+        deliver_lmtp(&case.mailbox, "customer@customer.test", &raw).await;
+    }
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(
+        stdout.contains("4 new message(s): 1 ticket(s), 2 follow-up(s), 1 duplicate(s)"),
+        "{stdout}"
+    );
+    let pool = case.db.pool().await;
+    let ticket_of = |id: &str| {
+        let pool = pool.clone();
+        let id = id.to_string();
+        async move {
+            let (ticket,): (i64,) =
+                sqlx::query_as("SELECT ticket_id FROM messages WHERE message_id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            ticket
+        }
+    };
+    assert_eq!(ticket_of(&reply).await, ticket_of(&first).await);
+    assert_eq!(ticket_of(&late).await, ticket_of(&older).await);
+    assert_ne!(ticket_of(&first).await, ticket_of(&older).await);
+    pool.close().await;
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 2);
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM imap_messages WHERE outcome = 'duplicate'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn one_batch_sees_what_it_wrote_on_sqlite() {
+    one_batch_sees_what_it_wrote(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn one_batch_sees_what_it_wrote_on_postgres() {
+    one_batch_sees_what_it_wrote(Backend::Postgres).await;
+}
