@@ -367,11 +367,16 @@ async fn one_batch_sees_what_it_wrote(backend: Backend) {
     ] {
         deliver_lmtp(&case.mailbox, "customer@customer.test", &raw).await;
     }
-    let stdout = assert_ok(&case.run(&["once"]).await);
+    let out = case.run(&["once"]).await;
+    let stdout = assert_ok(&out);
     assert!(
         stdout.contains("4 new message(s): 1 ticket(s), 2 follow-up(s), 1 duplicate(s)"),
         "{stdout}"
     );
+    // Decided right the first time: a lone worker never conflicts with itself (a conflict would
+    // roll the batch back and decide it again from the database, hiding a wrong answer).
+    let log = text(&out.stderr);
+    assert!(!log.contains("deciding the batch again"), "{log}");
     let pool = case.db.pool().await;
     let ticket_of = |id: &str| {
         let pool = pool.clone();
