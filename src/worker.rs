@@ -1485,14 +1485,16 @@ async fn mailbox_loop(ctx: &MailboxContext<'_>, cancel: &CancellationToken) {
     let mut backoff = new_backoff();
     let mut session: Option<Session> = None;
     let failure_delay = |e: &CycleError, backoff: &mut backon::ExponentialBackoff| {
+        // With the fix for a database failure (disk full, locked, …), for the log and the page.
+        let explained = ctx.store.explain_failure(e);
         ctx.metrics
-            .cycle_failed(&mailbox.name, ctx.folder, &ctx.identity.name, e);
+            .cycle_failed(&mailbox.name, ctx.folder, &ctx.identity.name, e, &explained);
         if e.needs_admin() {
-            error!(error = %e, "mailbox stopped until an administrator fixes this; retrying in 10 minutes");
+            error!(error = %explained, "mailbox stopped until an administrator fixes this; retrying in 10 minutes");
             Duration::from_secs(600)
         } else {
             let delay = backoff.next().unwrap_or(Duration::from_secs(300));
-            warn!(error = %ctx.store.explain_failure(e), retry_in_ms = delay.as_millis() as u64, "mailbox trouble; will retry");
+            warn!(error = %explained, retry_in_ms = delay.as_millis() as u64, "mailbox trouble; will retry");
             delay
         }
     };

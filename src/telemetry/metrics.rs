@@ -412,8 +412,15 @@ impl Metrics {
     }
 
     /// A login or sweep failed: the folder's state, and the identity's when a token was refused.
-    pub fn cycle_failed(&self, mailbox: &str, folder: &str, identity: &str, error: &CycleError) {
-        let text = error.to_string();
+    /// `text` is the error as the operator reads it (with its `fix:` line, when one is known).
+    pub fn cycle_failed(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        identity: &str,
+        error: &CycleError,
+        text: &str,
+    ) {
         let needs_admin = error.needs_admin();
         let mut inner = self.lock();
         if let Some(stats) = inner.mailboxes.get_mut(mailbox) {
@@ -428,7 +435,7 @@ impl Metrics {
                 } else {
                     MailboxState::Retrying
                 };
-                status.last_error = Some(ErrorInfo::from_text(&text));
+                status.last_error = Some(ErrorInfo::from_text(text));
             }
         }
         if let CycleError::Token(_) = error
@@ -441,7 +448,7 @@ impl Metrics {
                 id.failures_retry += 1;
                 id.state = IdentityState::Retrying;
             }
-            id.last_error = Some(ErrorInfo::from_text(&text));
+            id.last_error = Some(ErrorInfo::from_text(text));
         }
     }
 
@@ -894,6 +901,48 @@ mod tests {
             metrics.snapshot().mailboxes["support"].oldest_unprocessed_ms(),
             None
         );
+    }
+
+    #[test]
+    fn a_failed_cycle_shows_the_text_the_operator_reads_with_its_fix() {
+        let config = crate::config::Config::from_toml_str(
+            r#"
+            [identities.app]
+            tenant = "contoso.onmicrosoft.com"
+            client_id = "00000000-0000-0000-0000-000000000001"
+            client_secret = "s"
+            [[mailboxes]]
+            name = "support"
+            address = "support@contoso.com"
+            identity = "app"
+            imap = { host = "outlook.office365.com" }
+            "#,
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let metrics = Metrics::new(&config);
+        let error = CycleError::Store(crate::store::StoreError::Sql(sqlx::Error::Protocol(
+            "database or disk is full".into(),
+        )));
+        metrics.cycle_failed(
+            "support",
+            "INBOX",
+            "app",
+            &error,
+            "database error: database or disk is full\n  fix: free space on the filesystem of data/mailintake.db",
+        );
+        let snapshot = metrics.snapshot();
+        let status = &snapshot.mailboxes["support"].folders["INBOX"];
+        let last_error = status.last_error.as_ref().unwrap();
+        assert_eq!(
+            last_error.summary,
+            "database error: database or disk is full"
+        );
+        assert_eq!(
+            last_error.hint.as_deref(),
+            Some("free space on the filesystem of data/mailintake.db")
+        );
+        assert_eq!(status.state, MailboxState::Retrying);
     }
 
     #[test]
