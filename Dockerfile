@@ -6,6 +6,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends pkg-config libs
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
+# sqlx-core with TCP_NODELAY restored (vendor/README.md), wired in by [patch.crates-io].
+COPY vendor ./vendor
 COPY src ./src
 COPY migrations ./migrations
 COPY tests ./tests

@@ -185,6 +185,7 @@ fn dockerfile_lint() {
         "the runtime must not run as root"
     );
     assert!(runtime.iter().any(|l| l.starts_with("ENTRYPOINT ")));
+    let mut copied: Vec<&str> = Vec::new();
     for line in lines
         .iter()
         .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
@@ -195,7 +196,20 @@ fn dockerfile_lint() {
                 root.join(source).exists(),
                 "COPY source {source} is missing: {line}"
             );
+            copied.push(source.trim_end_matches('/'));
         }
+    }
+    // Every local path the build needs (workspace members, [patch] crates) is copied in.
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    for needed in manifest
+        .split('"')
+        .filter(|s| s.starts_with("crates/") || s.starts_with("vendor/"))
+    {
+        let top = needed.split('/').next().unwrap();
+        assert!(
+            copied.contains(&top) || copied.contains(&needed),
+            "Cargo.toml needs {needed}, which the Dockerfile does not COPY"
+        );
     }
     let unit = std::fs::read_to_string(root.join("deploy/mailintake.service")).unwrap();
     for setting in [
