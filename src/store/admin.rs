@@ -311,25 +311,6 @@ async fn count_pair(
 }
 
 impl Store {
-    /// The tickets created at or after `since_ms`, newest first, at most `limit`.
-    pub async fn tickets_since(
-        &self,
-        since_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<super::TicketSummary>> {
-        let rows = sqlx::query(
-            "SELECT t.id, t.reference, t.mailbox, t.subject, t.requester_address, t.status, t.created_at, \
-             (SELECT COUNT(*) FROM messages m WHERE m.ticket_id = t.id), \
-             (SELECT COUNT(*) FROM attachments a JOIN messages m ON a.message_id = m.id WHERE m.ticket_id = t.id) \
-             FROM tickets t WHERE t.created_at >= $1 ORDER BY t.id DESC LIMIT $2",
-        )
-        .bind(since_ms)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(super::TicketSummary::from_row).collect())
-    }
-
     /// Removes raw mail kept for articles, quarantine raw bytes and attachment contents of mail
     /// stored before `cutoff_ms`, in one transaction; with `dry_run` only counts. Tickets, messages,
     /// quarantine and attachment rows stay. A blob still used by a newer attachment stays whole.

@@ -440,25 +440,41 @@ impl Store {
 
     /// The most recent tickets, newest first.
     pub async fn recent_tickets(&self, limit: i64) -> Result<Vec<TicketSummary>> {
-        self.tickets("ORDER BY t.id DESC LIMIT $1", limit).await
+        self.tickets("ORDER BY t.id DESC LIMIT $1", &[limit]).await
+    }
+
+    /// The tickets created at or after `since_ms`, newest first, at most `limit`.
+    pub async fn tickets_since(&self, since_ms: i64, limit: i64) -> Result<Vec<TicketSummary>> {
+        self.tickets(
+            "WHERE t.created_at >= $1 ORDER BY t.id DESC LIMIT $2",
+            &[since_ms, limit],
+        )
+        .await
     }
 
     /// One ticket, as `tickets` lists it.
     pub async fn ticket_summary(&self, id: i64) -> Result<Option<TicketSummary>> {
-        Ok(self.tickets("WHERE t.id = $1", id).await?.pop())
+        Ok(self.tickets("WHERE t.id = $1", &[id]).await?.pop())
     }
 
-    async fn tickets(&self, filter: &'static str, value: i64) -> Result<Vec<TicketSummary>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    /// Tickets as `tickets` lists them, chosen and ordered by `filter` with `values` bound as
+    /// `$1`, `$2`, ….
+    async fn tickets(&self, filter: &'static str, values: &[i64]) -> Result<Vec<TicketSummary>> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT t.id, t.reference, t.mailbox, t.subject, t.requester_address, t.status, t.created_at, \
              (SELECT COUNT(*) FROM messages m WHERE m.ticket_id = t.id), \
              (SELECT COUNT(*) FROM attachments a JOIN messages m ON a.message_id = m.id WHERE m.ticket_id = t.id) \
              FROM tickets t {filter}"
-        )))
-        .bind(value)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(TicketSummary::from_row).collect())
+        )));
+        for value in values {
+            query = query.bind(*value);
+        }
+        Ok(query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(TicketSummary::from_row)
+            .collect())
     }
 
     /// The raw message of a stored article (`keep_raw = "all"`), decompressed.
@@ -512,9 +528,10 @@ pub struct QuarantineEnvelope {
 /// A write that finds another worker's row returns `Conflict`: a Message-ID stored meanwhile when
 /// the message is inserted, a UID recorded meanwhile at [`Batch::commit`] (the `imap_messages`
 /// rows are written there, 25 per statement). Either way the batch is rolled back and must
-/// be decided again from what is stored now; `commit` refuses a batch that met one. On SQLite this cannot happen
-/// (`BEGIN IMMEDIATE` holds the write lock from the first read); on PostgreSQL it is rare. Undoing
-/// the whole batch instead of one message spares two statements (a savepoint) per message.
+/// be decided again from what is stored now; `commit` refuses a batch that met one. On SQLite
+/// this cannot happen (`BEGIN IMMEDIATE` holds the write lock from the first read); on PostgreSQL
+/// it is rare. Undoing the whole batch instead of one message spares two statements (a savepoint)
+/// per message.
 pub struct Batch {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     /// Facts read for the whole batch at its start ([`Batch::prefetch`]), so that most messages
@@ -523,10 +540,11 @@ pub struct Batch {
     /// What this batch wrote that bears on later facts: answers from `prefetched` add it.
     written: Written,
     /// The `imap_messages` rows of the batch, written at commit by a few multi-row statements
-    /// instead of one statement per message; so are the follow-ups' ticket updates (ticket →
-    /// reopened). (Attachments are not deferred: holding a batch's contents until commit raised
-    /// peak RSS by a third for a few percent of speed.)
+    /// instead of one statement per message. (Attachments are not deferred: holding a batch's
+    /// contents until commit raised peak RSS by a third for a few percent of speed.)
     outcomes: Vec<OutcomeRow>,
+    /// The tickets the batch's follow-ups went on (→ reopened), updated at commit in one
+    /// statement; [`Batch::ticket`] already counts a reopening.
     touched_tickets: HashMap<i64, bool>,
     /// The highest UID recorded per folder (mailbox, folder, uidvalidity): the checkpoint is moved
     /// once, at commit, instead of once per message.
@@ -676,7 +694,7 @@ impl Batch {
     }
 
     /// The ticket owning one of these Message-IDs (our stored inbound messages or our outbox),
-    /// the first of them in order that is known: one statement per hundred IDs.
+    /// the first of them in order that is known: one statement per `IDS_PER_STATEMENT` IDs.
     pub async fn ticket_of_message_ids(&mut self, ids: &[String]) -> Result<Option<KnownTicket>> {
         if let Some(known) = self.prefetched_thread(ids) {
             return match known {
@@ -684,15 +702,12 @@ impl Batch {
                 None => Ok(None),
             };
         }
-        for chunk in ids.chunks(100) {
-            let placeholders = (1..=chunk.len())
-                .map(|n| format!("${n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(1, chunk.len());
             // Only placeholders are formatted into the statement; the IDs are bound.
             let sql = format!(
-                "SELECT message_id, ticket_id FROM messages WHERE message_id IN ({placeholders}) \
-                 UNION ALL SELECT message_id, ticket_id FROM outbox WHERE message_id IN ({placeholders}) \
+                "SELECT message_id, ticket_id FROM messages WHERE message_id IN ({list}) \
+                 UNION ALL SELECT message_id, ticket_id FROM outbox WHERE message_id IN ({list}) \
                  AND ticket_id IS NOT NULL"
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -1228,32 +1243,33 @@ impl Batch {
     /// Writes what the batch's follow-ups did to their tickets: the time of the last article, and
     /// the status of those reopened.
     async fn write_ticket_updates(&mut self) -> Result<()> {
-        let touched = std::mem::take(&mut self.touched_tickets);
-        let now = now_ms();
-        let all: Vec<i64> = touched.keys().copied().collect();
-        let reopened: Vec<i64> = touched
-            .iter()
-            .filter(|(_, reopen)| **reopen)
-            .map(|(id, _)| *id)
+        let touched: Vec<(i64, bool)> = std::mem::take(&mut self.touched_tickets)
+            .into_iter()
             .collect();
-        for (ids, statement) in [
-            (all, "UPDATE tickets SET updated_at = $1"),
-            (
-                reopened,
-                "UPDATE tickets SET updated_at = $1, status = 'open'",
-            ),
-        ] {
-            for chunk in ids.chunks(IDS_PER_STATEMENT) {
-                // The ids are integers from our own rows: formatting them into the statement is safe.
-                let list: Vec<String> = chunk.iter().map(i64::to_string).collect();
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{statement} WHERE id IN ({})",
-                    list.join(", ")
-                )))
-                .bind(now)
-                .execute(&mut *self.tx)
-                .await?;
-            }
+        let now = now_ms();
+        for chunk in touched.chunks(IDS_PER_STATEMENT) {
+            // The ids are integers from our own rows: formatting them into the statement is safe.
+            let ids = |reopened_only: bool| {
+                chunk
+                    .iter()
+                    .filter(|(_, reopen)| *reopen || !reopened_only)
+                    .map(|(id, _)| id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let reopened = ids(true);
+            let set_status = if reopened.is_empty() {
+                String::new()
+            } else {
+                format!(", status = CASE WHEN id IN ({reopened}) THEN 'open' ELSE status END")
+            };
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE tickets SET updated_at = $1{set_status} WHERE id IN ({})",
+                ids(false)
+            )))
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?;
         }
         Ok(())
     }
