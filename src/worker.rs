@@ -522,7 +522,7 @@ struct Prepared<'a> {
 struct Recorded {
     uid: Uid,
     size: u64,
-    message_id: Option<String>,
+    message_id: String,
     disposition: String,
     note: Note,
 }
@@ -559,7 +559,7 @@ impl Recorded {
             "record",
             uid = self.uid.0,
             size = self.size,
-            message_id = self.message_id.as_deref()
+            message_id = self.message_id.as_str()
         );
         let _entered = span.enter();
         match &self.note {
@@ -767,18 +767,15 @@ async fn record_batch(
 ) -> Result<(Vec<(Uid, String)>, CycleReport), CycleError> {
     let mailbox = ctx.mailbox;
     for attempt in 1..=CONFLICT_ATTEMPTS {
+        if attempt > 1
+            && let (Some(first), Some(last)) = (prepared.work.first(), prepared.work.last())
+        {
+            // Whatever the other worker recorded is its to dispose of.
+            let recorded = recorded_uids(ctx, state, first.0.uid.0, last.0.uid.0).await?;
+            prepared.work.retain(|(m, _)| !recorded.contains(&m.uid.0));
+        }
         if prepared.work.is_empty() {
             return Ok((Vec::new(), CycleReport::default()));
-        }
-        if attempt > 1 {
-            // Whatever the other worker recorded is its to dispose of.
-            let first = prepared.work[0].0.uid.0;
-            let last = prepared.work[prepared.work.len() - 1].0.uid.0;
-            let recorded = recorded_uids(ctx, state, first, last).await?;
-            prepared.work.retain(|(m, _)| !recorded.contains(&m.uid.0));
-            if prepared.work.is_empty() {
-                return Ok((Vec::new(), CycleReport::default()));
-            }
         }
         let mut report = CycleReport::default();
         let mut recorded = Vec::with_capacity(prepared.work.len());
@@ -919,7 +916,7 @@ async fn record(
     let recorded = |message_id: &str, disposition: String, note: Note| Recorded {
         uid: summary.uid,
         size: summary.size,
-        message_id: Some(message_id.to_string()),
+        message_id: message_id.to_string(),
         disposition,
         note,
     };
