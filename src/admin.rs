@@ -1,15 +1,27 @@
-//! Admin actions that need more than SQL: releasing a quarantined message back into its folder,
-//! and re-parsing stored raw mail with the current code (`reprocess`, a dead-letter replay).
+//! Admin actions that need more than SQL: an IMAP session for the admin commands, releasing a
+//! quarantined message back into its folder, and re-parsing stored raw mail with the current
+//! code (`reprocess`, a dead-letter replay).
 
 use anyhow::{Context, bail};
 
-use crate::config::Config;
-use crate::imap;
+use crate::config::{Config, Mailbox};
+use crate::imap::{self, Connection};
 use crate::ingest::{self, Decision, Facts};
 use crate::oauth::TokenCache;
 use crate::store::{FollowUpOn, ImapLocation, Store, now_ms};
-use crate::worker::SENDER_WINDOW_MS;
-use crate::worker::{envelope_from_header, policy};
+use crate::worker::{SENDER_WINDOW_MS, envelope_from_header, policy};
+
+/// An IMAP session of `mailbox` for an admin command, with its identity's cached token.
+pub(crate) async fn connect(
+    tokens: &TokenCache,
+    config: &Config,
+    mailbox: &Mailbox,
+) -> anyhow::Result<Connection> {
+    let token = tokens.token(config.identity(&mailbox.identity)).await?;
+    imap::connect(&mailbox.imap, &mailbox.address, &token)
+        .await
+        .with_context(|| format!("logging in to {}", mailbox.address))
+}
 
 /// Moves quarantined message `id` back to the folder it came from and lets it in once: up to
 /// `max_bytes` (for `too-large`; the mailbox's limit otherwise) and past the per-sender limit.
@@ -60,9 +72,7 @@ pub async fn release(
         );
     }
     let key = entry.message_id.clone().unwrap_or_default();
-    let identity = config.identity(&mailbox.identity);
-    let token = tokens.token(identity).await?;
-    let mut conn = imap::connect(&mailbox.imap, &mailbox.address, &token)
+    let mut conn = connect(tokens, config, mailbox)
         .await
         .context("logging in to move the message back")?;
     conn.select(&mailbox.quarantine_folder).await?;

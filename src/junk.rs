@@ -7,13 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::admin;
 use crate::config::{Config, Mailbox, Mode};
-use crate::imap::{self, Connection, Uid};
+use crate::imap::{Connection, Uid};
 use crate::ingest;
 use crate::oauth::TokenCache;
 use crate::store::now_ms;
@@ -84,17 +85,6 @@ pub fn pick_mailbox<'a>(config: &'a Config, name: Option<&str>) -> anyhow::Resul
     }
 }
 
-async fn connect(
-    tokens: &TokenCache,
-    config: &Config,
-    mailbox: &Mailbox,
-) -> anyhow::Result<Connection> {
-    let token = tokens.token(config.identity(&mailbox.identity)).await?;
-    imap::connect(&mailbox.imap, &mailbox.address, &token)
-        .await
-        .with_context(|| format!("logging in to {}", mailbox.address))
-}
-
 /// The newest `limit` messages of the mailbox's Junk folder, from header fields only.
 pub async fn list(
     config: &Config,
@@ -102,7 +92,7 @@ pub async fn list(
     mailbox: &Mailbox,
     limit: usize,
 ) -> anyhow::Result<JunkListing> {
-    let mut conn = connect(tokens, config, mailbox).await?;
+    let mut conn = admin::connect(tokens, config, mailbox).await?;
     let result = list_on(&mut conn, &mailbox.junk_folder, limit).await;
     conn.logout().await;
     result
@@ -158,7 +148,7 @@ pub async fn release(
     }
     let junk = &mailbox.junk_folder;
     let inbox = &mailbox.folders[0];
-    let mut conn = connect(tokens, config, mailbox).await?;
+    let mut conn = admin::connect(tokens, config, mailbox).await?;
     let result = async {
         if !conn.folder_exists(junk).await? {
             bail!(

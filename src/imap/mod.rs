@@ -763,32 +763,6 @@ impl Connection {
         }
     }
 
-    /// Sends a command whose answer carries no data we need, and checks its tagged status.
-    async fn checked(&mut self, operation: &'static str, command: String) -> Result<(), ImapError> {
-        within(self.command_timeout, operation, async {
-            self.session
-                .run_command_and_check_ok(&command)
-                .await
-                .map_err(protocol(operation))
-        })
-        .await?;
-        // Unsolicited EXPUNGE/EXISTS responses are informational here; drain them so the library's
-        // bounded channel never fills.
-        while self.session.unsolicited_responses.try_recv().is_ok() {}
-        Ok(())
-    }
-
-    /// Logs out politely; errors are irrelevant at this point.
-    pub async fn logout(mut self) {
-        let _ = within(Duration::from_secs(5), "LOGOUT", async {
-            self.session.logout().await.map_err(protocol("LOGOUT"))
-        })
-        .await;
-    }
-}
-
-// Folder inspection for the Junk commands and the status page (`crate::junk`).
-impl Connection {
     /// Whether `folder` exists (LIST), without creating it.
     pub async fn folder_exists(&mut self, folder: &str) -> Result<bool, ImapError> {
         let encoded = encode_folder_name(folder);
@@ -816,6 +790,29 @@ impl Connection {
         .await?;
         while self.session.unsolicited_responses.try_recv().is_ok() {}
         Ok(status.exists)
+    }
+
+    /// Sends a command whose answer carries no data we need, and checks its tagged status.
+    async fn checked(&mut self, operation: &'static str, command: String) -> Result<(), ImapError> {
+        within(self.command_timeout, operation, async {
+            self.session
+                .run_command_and_check_ok(&command)
+                .await
+                .map_err(protocol(operation))
+        })
+        .await?;
+        // Unsolicited EXPUNGE/EXISTS responses are informational here; drain them so the library's
+        // bounded channel never fills.
+        while self.session.unsolicited_responses.try_recv().is_ok() {}
+        Ok(())
+    }
+
+    /// Logs out politely; errors are irrelevant at this point.
+    pub async fn logout(mut self) {
+        let _ = within(Duration::from_secs(5), "LOGOUT", async {
+            self.session.logout().await.map_err(protocol("LOGOUT"))
+        })
+        .await;
     }
 }
 
