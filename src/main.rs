@@ -422,9 +422,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             println!(
                 "{} mail stored before {}:\n  raw messages: {} ({} bytes)\n  quarantine raw bytes: {} message(s) ({} bytes)\n  attachment contents: {} attachment(s), {} distinct content(s) ({} bytes)",
                 if dry_run { "would purge" } else { "purged" },
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(cutoff.max(0) as u64)
-                ),
+                rfc3339(cutoff),
                 r.raw_messages,
                 r.raw_message_bytes,
                 r.quarantine_raw,
@@ -497,15 +495,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                                     let date = item
                                         .date_ms
                                         .or(item.received_ms)
-                                        .map(|t| {
-                                            humantime::format_rfc3339_seconds(
-                                                std::time::UNIX_EPOCH
-                                                    + std::time::Duration::from_millis(
-                                                        t.max(0) as u64
-                                                    ),
-                                            )
-                                            .to_string()
-                                        })
+                                        .map(|t| rfc3339(t).to_string())
                                         .unwrap_or_else(|| "-".into());
                                     println!(
                                         "{:>6} {:<20} {:<30} {:>10}  {}",
@@ -548,10 +538,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             if let Some(purged_ms) = store.attachment_purged_at(id).await? {
                 anyhow::bail!(
                     "the content of attachment {id} was removed by `mailintake purge` on {} (retention); its metadata is kept",
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH
-                            + std::time::Duration::from_millis(purged_ms.max(0) as u64)
-                    )
+                    rfc3339(purged_ms)
                 );
             }
             let Some(attachment) = store.attachment(id).await? else {
@@ -610,6 +597,13 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
     };
     store.close().await;
     Ok(code)
+}
+
+/// A stored time (unix ms) as `2026-05-01T10:00:00Z`.
+fn rfc3339(at_ms: i64) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms.max(0) as u64),
+    )
 }
 
 fn unknown_identity(config: &Config, name: &str) -> String {
