@@ -843,8 +843,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_oldest_listed_message_waits_until_a_sweep_completes() {
+    /// Metrics of a configuration with one mailbox, `support` (folder INBOX), on identity `app`.
+    fn one_mailbox_metrics() -> Metrics {
         let config = crate::config::Config::from_toml_str(
             r#"
             [identities.app]
@@ -860,7 +860,12 @@ mod tests {
             std::path::Path::new("."),
         )
         .unwrap();
-        let metrics = Metrics::new(&config);
+        Metrics::new(&config)
+    }
+
+    #[test]
+    fn the_oldest_listed_message_waits_until_a_sweep_completes() {
+        let metrics = one_mailbox_metrics();
         let summary = |uid, at| crate::imap::MessageSummary {
             uid: crate::imap::Uid(uid),
             size: 10,
@@ -905,22 +910,7 @@ mod tests {
 
     #[test]
     fn a_failed_cycle_shows_the_text_the_operator_reads_with_its_fix() {
-        let config = crate::config::Config::from_toml_str(
-            r#"
-            [identities.app]
-            tenant = "contoso.onmicrosoft.com"
-            client_id = "00000000-0000-0000-0000-000000000001"
-            client_secret = "s"
-            [[mailboxes]]
-            name = "support"
-            address = "support@contoso.com"
-            identity = "app"
-            imap = { host = "outlook.office365.com" }
-            "#,
-            std::path::Path::new("."),
-        )
-        .unwrap();
-        let metrics = Metrics::new(&config);
+        let metrics = one_mailbox_metrics();
         let error = CycleError::Store(crate::store::StoreError::Sql(sqlx::Error::Protocol(
             "database or disk is full".into(),
         )));

@@ -137,6 +137,23 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 
 /// A complete stack of its own (Dovecot, Postfix, fake Entra on other ports), so that its servers
 /// can be stopped without disturbing other tests.
+/// Starts `mailintake run` with a private stack's `config` in the background (killed when the
+/// handle is dropped); its log goes to a file beside the config.
+fn spawn_run(config: &ConfigFile) -> Running {
+    let log = config.path.with_file_name("run.log");
+    let child = tokio::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config.path)
+        .arg("run")
+        .env("DRILL_SECRET", "demo-secret-value")
+        .env("RUST_LOG", "mailintake=debug")
+        .kill_on_drop(true)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Running { child, log }
+}
+
 struct PrivateStack {
     dir: PathBuf,
     vars: std::collections::HashMap<String, String>,
@@ -278,18 +295,7 @@ async fn the_worker_rides_out_mail_server_and_identity_provider_restarts() {
         "poll_interval = \"10m\"\nmax_new_tickets_per_sender_per_hour = 0",
         "connect_timeout = \"3s\"",
     );
-    let log = config.path.with_file_name("run.log");
-    let mut child = tokio::process::Command::new(binary())
-        .arg("--config")
-        .arg(&config.path)
-        .arg("run")
-        .env("DRILL_SECRET", "demo-secret-value")
-        .env("RUST_LOG", "mailintake=debug")
-        .kill_on_drop(true)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let running = spawn_run(&config);
     let tickets = |n: i64| {
         let db = &db;
         async move {
@@ -312,7 +318,7 @@ async fn the_worker_rides_out_mail_server_and_identity_provider_restarts() {
     assert!(
         tickets(3).await,
         "no tickets before the drill: {}",
-        read_log()
+        running.log()
     );
 
     // The mail server goes away for a while, and comes back.
@@ -323,7 +329,7 @@ async fn the_worker_rides_out_mail_server_and_identity_provider_restarts() {
     assert!(
         tickets(6).await,
         "no recovery after the Dovecot restart: {}",
-        read_log()
+        running.log()
     );
 
     // The identity provider goes away, and the session with it (Dovecot restarts), so logging in
@@ -337,19 +343,11 @@ async fn the_worker_rides_out_mail_server_and_identity_provider_restarts() {
     assert!(
         tickets(8).await,
         "no recovery after the fake Entra restart: {}",
-        read_log()
+        running.log()
     );
 
     // SIGTERM: a clean stop.
-    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-    unsafe {
-        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
-    }
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("stopped after SIGTERM")
-        .unwrap();
-    let log_text = read_log();
+    let (status, log_text) = terminate(running, Duration::from_secs(20)).await;
     assert!(status.success(), "{status}: {log_text}");
     assert_eq!(db.count("SELECT COUNT(*) FROM tickets").await, 8);
     assert_eq!(db.count("SELECT COUNT(*) FROM imap_messages").await, 8);
@@ -441,30 +439,19 @@ async fn readyz_turns_unready_while_dovecot_is_down_and_ready_after() {
         "poll_interval = \"2s\"",
         &format!("connect_timeout = \"3s\"\n\n[http]\nlisten = \"127.0.0.1:{port}\""),
     );
-    let log = config.path.with_file_name("run.log");
-    let mut child = tokio::process::Command::new(binary())
-        .arg("--config")
-        .arg(&config.path)
-        .arg("run")
-        .env("DRILL_SECRET", "demo-secret-value")
-        .env("RUST_LOG", "mailintake=debug")
-        .kill_on_drop(true)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let running = spawn_run(&config);
     let readyz = format!("http://127.0.0.1:{port}/readyz");
     let is_ready = |status: u16, body: &str| status == 200 && body.contains(r#""state":"ok""#);
 
     let (ready, _, body) = get_until(&readyz, None, is_ready).await;
-    assert!(ready, "never ready: {body}\n{}", read_log());
+    assert!(ready, "never ready: {body}\n{}", running.log());
 
     stack.stop_dovecot_and_its_sessions().await;
     let (unready, _, body) = get_until(&readyz, None, |status, _| status == 503).await;
     assert!(
         unready,
         "stayed ready without Dovecot: {body}\n{}",
-        read_log()
+        running.log()
     );
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["status"], "unready");
@@ -476,18 +463,11 @@ async fn readyz_turns_unready_while_dovecot_is_down_and_ready_after() {
     assert!(
         ready,
         "not ready again after Dovecot came back: {body}\n{}",
-        read_log()
+        running.log()
     );
 
-    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-    unsafe {
-        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
-    }
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("stopped after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status}: {}", read_log());
+    let (status, log_text) = terminate(running, Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}: {log_text}");
 }
 
 #[tokio::test]
