@@ -8,7 +8,8 @@ use crate::config::{Config, Mailbox};
 use crate::imap::{self, Connection};
 use crate::ingest::{self, Decision, Facts};
 use crate::oauth::TokenCache;
-use crate::store::{FollowUpOn, ImapLocation, Store, now_ms};
+use crate::store::{FollowUpOn, ImapLocation, Store};
+use crate::time::now_ms;
 use crate::worker::{SENDER_WINDOW_MS, envelope_from_header, policy};
 
 /// An IMAP session of `mailbox` for an admin command, with its identity's cached token.

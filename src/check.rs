@@ -262,7 +262,7 @@ async fn check_smtp(
         subject: format!("mailintake test message from {}", mailbox.address),
         message_id: format!(
             "mailintake.test.{}.{}@{}",
-            crate::store::now_ms(),
+            crate::time::now_ms(),
             std::process::id(),
             mailbox
                 .address

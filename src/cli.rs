@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+pub use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,12 +29,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Pretty,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,11 +216,11 @@ pub enum JunkAction {
 
 /// `7d`, `12h` (back from now), `2026-11-01` (midnight UTC) or an RFC 3339 instant, as unix ms.
 fn parse_since(text: &str) -> Result<i64, String> {
-    if let Some(at) = crate::config::parse_date(text) {
+    if let Some(at) = crate::time::parse_date(text) {
         return Ok(at);
     }
     match humantime::parse_duration(text) {
-        Ok(back) => Ok(crate::store::now_ms() - back.as_millis() as i64),
+        Ok(back) => Ok(crate::time::now_ms() - back.as_millis() as i64),
         Err(_) => Err(format!(
             "`{text}` is neither a date (2026-11-01), an instant (2026-11-01T08:00:00Z) nor a duration (7d, 12h)"
         )),
@@ -252,7 +248,7 @@ mod tests {
         assert_eq!(parse_since("2026-11-01"), Ok(1_793_491_200_000));
         assert_eq!(parse_since("2026-11-01T08:00:00Z"), Ok(1_793_520_000_000));
         let week = parse_since("7d").unwrap();
-        let expected = crate::store::now_ms() - 7 * 86_400_000;
+        let expected = crate::time::now_ms() - 7 * 86_400_000;
         assert!((expected - week).abs() < 5_000, "{week} vs {expected}");
         assert!(
             parse_since("last tuesday")

@@ -17,6 +17,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+use crate::time::parse_date;
+
 /// The Entra authority used when neither `authority` nor `token_url` is configured.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// Exchange Online's resource; scopes of both flows are built on it by default.
@@ -1327,19 +1329,6 @@ fn parse_duration(text: Option<&str>, default: Duration) -> Result<Duration, Str
         Some(t) => humantime::parse_duration(t)
             .map_err(|e| format!("`{t}` is not a duration ({e}); write e.g. \"30s\", \"5m\"")),
     }
-}
-
-/// `2026-11-01` (midnight UTC) or an RFC 3339 instant → unix milliseconds.
-pub fn parse_date(text: &str) -> Option<i64> {
-    let instant = if text.len() == 10 {
-        humantime::parse_rfc3339(&format!("{text}T00:00:00Z")).ok()?
-    } else {
-        humantime::parse_rfc3339_weak(text).ok()?
-    };
-    instant
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_millis() as i64)
 }
 
 /// `postgres://user:password@host/db` → `postgres://user:***@host/db`.

@@ -31,8 +31,9 @@ use tracing::info;
 
 use crate::config::{Config, HttpConfig};
 use crate::oauth;
-use crate::store::{Store, now_ms};
+use crate::store::Store;
 use crate::telemetry::{MailboxState, Metrics, ScrapeFacts, Snapshot};
+use crate::time::now_ms;
 
 /// How long `/readyz` waits for the database before calling it unreachable.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
@@ -251,8 +252,8 @@ fn detail(config: &Config, snapshot: &Snapshot) -> Value {
 
 /// The Junk folder's state and count for `/healthz` and `/readyz`: no senders or subjects, since
 /// `/healthz` answers without a token.
-fn junk_json(junk: &crate::junk::JunkStatus) -> Value {
-    use crate::junk::JunkListing;
+fn junk_json(junk: &crate::report::JunkStatus) -> Value {
+    use crate::report::JunkListing;
     match &junk.result {
         Ok(JunkListing::Listed { folder, total, .. }) => {
             json!({ "checked_at_ms": junk.checked_at_ms, "folder": folder, "exists": true, "total": total })
@@ -324,8 +325,8 @@ fn span(seconds: i64) -> String {
 }
 
 /// The Junk column of a mailbox: its count at the last check, already HTML.
-fn junk_cell(junk: Option<&crate::junk::JunkStatus>, now: i64) -> String {
-    use crate::junk::JunkListing;
+fn junk_cell(junk: Option<&crate::report::JunkStatus>, now: i64) -> String {
+    use crate::report::JunkListing;
     match junk {
         None => "<span class=\"muted\">not checked yet</span>".into(),
         Some(status) => {
@@ -351,7 +352,7 @@ fn junk_cell(junk: Option<&crate::junk::JunkStatus>, now: i64) -> String {
 
 /// The newest messages of every Junk folder that has any.
 fn junk_section(page: &mut String, snapshot: &Snapshot, now: i64) {
-    use crate::junk::JunkListing;
+    use crate::report::JunkListing;
     page.push_str(
         "<h2>Junk folders</h2><p class=\"muted\">Real customer mail sometimes lands here: \
          <code>mailintake junk list</code> and <code>mailintake junk release UID</code>.</p>\

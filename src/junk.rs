@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -17,48 +16,14 @@ use crate::config::{Config, Mailbox, Mode};
 use crate::imap::{Connection, Uid};
 use crate::ingest;
 use crate::oauth::TokenCache;
-use crate::store::now_ms;
+use crate::report::{JunkItem, JunkListing, JunkStatus};
 use crate::telemetry::Metrics;
+use crate::time::now_ms;
 
 /// How often [`watch`] counts each mailbox's Junk folder.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(300);
 /// How many of the newest Junk messages the status page shows.
 pub const NEWEST_ON_PAGE: usize = 5;
-
-/// One message in a Junk folder, from its header fields and listing.
-#[derive(Debug, Clone, Serialize)]
-pub struct JunkItem {
-    pub uid: u32,
-    /// The Date header (unix ms), when it has a readable one.
-    pub date_ms: Option<i64>,
-    /// When the server received it (INTERNALDATE, unix ms).
-    pub received_ms: Option<i64>,
-    pub from: Option<String>,
-    pub subject: Option<String>,
-    pub size_bytes: u64,
-}
-
-/// What a look at a mailbox's Junk folder found.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum JunkListing {
-    /// The folder does not exist on the server (check `junk_folder`).
-    Missing { folder: String },
-    /// `total` messages; `newest` are the newest of them (by UID), newest first.
-    Listed {
-        folder: String,
-        total: u32,
-        newest: Vec<JunkItem>,
-    },
-}
-
-/// The last check of a mailbox's Junk folder, for the status page.
-#[derive(Debug, Clone)]
-pub struct JunkStatus {
-    pub checked_at_ms: i64,
-    /// The listing, or why the check failed.
-    pub result: Result<JunkListing, String>,
-}
 
 /// The mailbox named `name`, or the only one configured.
 pub fn pick_mailbox<'a>(config: &'a Config, name: Option<&str>) -> anyhow::Result<&'a Mailbox> {

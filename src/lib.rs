@@ -32,6 +32,8 @@ pub mod ingest;
 pub mod junk;
 pub mod oauth;
 pub mod reply;
+pub mod report;
 pub mod store;
 pub mod telemetry;
+pub mod time;
 pub mod worker;

@@ -9,8 +9,10 @@ use clap::Parser;
 use mailintake::cli::{Cli, Command, JunkAction, OutboxAction, QuarantineAction};
 use mailintake::config::{Config, redact_url};
 use mailintake::oauth::{self, TokenCache};
-use mailintake::store::{self, Store};
+use mailintake::report::JunkListing;
+use mailintake::store::Store;
 use mailintake::telemetry::Metrics;
+use mailintake::time::rfc3339;
 use mailintake::{admin, check, http, junk, telemetry, worker};
 
 /// Two glibc malloc settings for a process that passes multi-MiB message bodies between threads
@@ -333,7 +335,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 older_than,
                 dry_run,
             } => {
-                let cutoff = store::now_ms() - older_than.as_millis() as i64;
+                let cutoff = mailintake::time::now_ms() - older_than.as_millis() as i64;
                 let report = store.quarantine_purge(cutoff, dry_run).await?;
                 println!(
                     "{} {} quarantine row(s) older than {} ({} raw bytes){}",
@@ -417,7 +419,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             older_than,
             dry_run,
         } => {
-            let cutoff = store::now_ms() - older_than.as_millis() as i64;
+            let cutoff = mailintake::time::now_ms() - older_than.as_millis() as i64;
             let r = store.purge_older_than(cutoff, dry_run).await?;
             println!(
                 "{} mail stored before {}:\n  raw messages: {} ({} bytes)\n  quarantine raw bytes: {} message(s) ({} bytes)\n  attachment contents: {} attachment(s), {} distinct content(s) ({} bytes)",
@@ -453,11 +455,11 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                     let mailbox = junk::pick_mailbox(&config, mailbox.as_deref())?;
                     let listing = junk::list(&config, &tokens, mailbox, limit).await?;
                     match listing {
-                        junk::JunkListing::Missing { folder } => {
+                        JunkListing::Missing { folder } => {
                             if json {
                                 println!(
                                     "{}",
-                                    serde_json::to_string(&junk::JunkListing::Missing { folder })?
+                                    serde_json::to_string(&JunkListing::Missing { folder })?
                                 );
                             } else {
                                 println!(
@@ -466,7 +468,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                                 );
                             }
                         }
-                        junk::JunkListing::Listed {
+                        JunkListing::Listed {
                             folder,
                             total,
                             newest,
@@ -597,13 +599,6 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
     };
     store.close().await;
     Ok(code)
-}
-
-/// A stored time (unix ms) as `2026-05-01T10:00:00Z`.
-fn rfc3339(at_ms: i64) -> humantime::Rfc3339Timestamp {
-    humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms.max(0) as u64),
-    )
 }
 
 fn unknown_identity(config: &Config, name: &str) -> String {

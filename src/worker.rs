@@ -29,13 +29,16 @@ use crate::failpoint::{self, Point};
 use crate::imap::{self, Body, Connection, IdleOutcome, ImapError, MessageSummary, Uid};
 use crate::ingest::{self, Decision, Facts, Policy, QuarantineReason};
 use crate::oauth::{TokenCache, TokenError};
-use crate::reply::sender::{self, FlushReport, SenderContext};
-use crate::reply::{self, AckFacts, AckKind};
+use crate::reply::sender::{self, SenderContext};
+use crate::reply::{self, AckFacts};
+use crate::report::{CycleReport, Failure, FailureSource, FlushReport};
+use crate::store::AckKind;
 use crate::store::{
     Batch, BatchQuestions, FolderState, FollowUpOn, ImapLocation, QuarantineEnvelope, Store,
-    StoreError, now_ms,
+    StoreError,
 };
 use crate::telemetry::Metrics;
+use crate::time::now_ms;
 
 /// Why a sweep stopped. `Token` errors that need an admin stop the mailbox until fixed.
 #[derive(Debug, thiserror::Error)]
@@ -57,50 +60,14 @@ impl CycleError {
             CycleError::Store(_) => false,
         }
     }
-}
 
-/// What one sweep over a mailbox did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CycleReport {
-    pub n_listed: usize,
-    pub n_tickets: usize,
-    pub n_follow_ups: usize,
-    pub n_duplicates: usize,
-    pub n_quarantined: usize,
-    pub n_ignored: usize,
-    /// Messages whose outcome was already recorded; only their disposition was completed.
-    pub n_completed: usize,
-    pub bytes_fetched: u64,
-    /// Acknowledgements written to the outbox (to be sent).
-    pub n_acks_queued: usize,
-}
-
-impl CycleReport {
-    /// Adds the counts of one batch.
-    fn add(&mut self, batch: &CycleReport) {
-        self.n_tickets += batch.n_tickets;
-        self.n_follow_ups += batch.n_follow_ups;
-        self.n_duplicates += batch.n_duplicates;
-        self.n_quarantined += batch.n_quarantined;
-        self.n_ignored += batch.n_ignored;
-        self.n_acks_queued += batch.n_acks_queued;
-    }
-}
-
-impl std::fmt::Display for CycleReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} new message(s): {} ticket(s), {} follow-up(s), {} duplicate(s), {} quarantined, {} ignored; {} earlier disposition(s) completed; {} bytes fetched",
-            self.n_listed,
-            self.n_tickets,
-            self.n_follow_ups,
-            self.n_duplicates,
-            self.n_quarantined,
-            self.n_ignored,
-            self.n_completed,
-            self.bytes_fetched
-        )
+    /// Where the failure came from, for the metrics.
+    pub fn source(&self) -> FailureSource {
+        match self {
+            CycleError::Token(_) => FailureSource::Token,
+            CycleError::Imap(_) => FailureSource::MailServer,
+            CycleError::Store(_) => FailureSource::Store,
+        }
     }
 }
 
@@ -221,7 +188,9 @@ pub async fn sweep(
 
     let listed = session.conn.list_above(state.last_uid).await?;
     report.n_listed = listed.len();
-    ctx.metrics.listed(&mailbox.name, ctx.folder, &listed);
+    let oldest_listed_ms = listed.iter().filter_map(|m| m.internal_date_ms).min();
+    ctx.metrics
+        .listed(&mailbox.name, ctx.folder, oldest_listed_ms);
     // After a failed fetch, messages are taken one at a time until the culprit is known; one the
     // server fails to deliver STUCK_ATTEMPTS times in a row is set aside unread.
     let stuck = ctx.store.stuck_message(&mailbox.name, ctx.folder).await?;
@@ -1484,8 +1453,13 @@ async fn mailbox_loop(ctx: &MailboxContext<'_>, cancel: &CancellationToken) {
     let failure_delay = |e: &CycleError, backoff: &mut backon::ExponentialBackoff| {
         // With the fix for a database failure (disk full, locked, …), for the log and the page.
         let explained = ctx.store.explain_failure(e);
+        let failure = Failure {
+            source: e.source(),
+            needs_admin: e.needs_admin(),
+            text: &explained,
+        };
         ctx.metrics
-            .cycle_failed(&mailbox.name, ctx.folder, &ctx.identity.name, e, &explained);
+            .cycle_failed(&mailbox.name, ctx.folder, &ctx.identity.name, &failure);
         if e.needs_admin() {
             error!(error = %explained, "mailbox stopped until an administrator fixes this; retrying in 10 minutes");
             Duration::from_secs(600)

@@ -8,8 +8,8 @@ use openssl::symm::{Cipher, decrypt_aead, encrypt_aead};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::TokenKey;
-use crate::store::now_ms;
 use crate::store::tokens::SealedToken;
+use crate::time::now_ms;
 
 const TAG_LEN: usize = 16;
 const NONCE_LEN: usize = 12;

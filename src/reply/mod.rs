@@ -14,26 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{Acknowledge, Mailbox};
 use crate::ingest::{ParsedMail, normalized_subject};
-
-/// What the acknowledgement answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckKind {
-    NewTicket,
-    FollowUp,
-    /// The sender's message was set aside (too large) instead of becoming a ticket.
-    QuarantineNotice,
-}
-
-impl AckKind {
-    /// The value of `outbox.kind`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AckKind::NewTicket => "acknowledgement",
-            AckKind::FollowUp => "follow-up-acknowledgement",
-            AckKind::QuarantineNotice => "quarantine-notice",
-        }
-    }
-}
+use crate::store::{AckKind, OutboxDraft};
 
 /// Facts from the store an acknowledgement decision needs.
 #[derive(Debug, Clone, Default)]
@@ -49,24 +30,6 @@ pub struct AckFacts {
     pub ticket_last_ack_ms: Option<i64>,
     /// Now, unix ms.
     pub now_ms: i64,
-}
-
-/// An outbox row to write: a message to send, or the recorded reason for not sending one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxDraft {
-    pub kind: AckKind,
-    pub from: String,
-    pub to: Option<String>,
-    pub subject: String,
-    /// Without angle brackets, like `messages.message_id`.
-    pub message_id: String,
-    pub in_reply_to: Option<String>,
-    /// `<id> <id> …`
-    pub references: Option<String>,
-    pub body_text: String,
-    pub body_html: Option<String>,
-    /// `Some(reason)`: recorded as `suppressed`, never sent.
-    pub suppressed: Option<String>,
 }
 
 /// Where an automatic reply goes (RFC 3834 §4): the envelope sender from Return-Path; none for

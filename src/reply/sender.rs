@@ -9,8 +9,10 @@ use tracing::{info, warn};
 use super::smtp::{self, SmtpError};
 use crate::config::{Identity, Mailbox, SmtpEndpoint};
 use crate::oauth::TokenCache;
-use crate::store::{OutboxRow, Store, StoreError, now_ms};
+use crate::report::FlushReport;
+use crate::store::{OutboxRow, Store, StoreError};
 use crate::telemetry::Metrics;
+use crate::time::now_ms;
 
 /// A row claimed by a worker that died is given back after this long.
 const CLAIM_LEASE_MS: i64 = 10 * 60 * 1000;
@@ -26,30 +28,6 @@ pub struct SenderContext<'a> {
     pub tokens: &'a TokenCache,
     /// Where sends are counted by result (read by `http`).
     pub metrics: &'a Metrics,
-}
-
-/// What one flush did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlushReport {
-    pub n_sent: usize,
-    pub n_retry: usize,
-    pub n_failed: usize,
-    /// Stopped because the per-minute or per-day limit was reached; the rest waits.
-    pub deferred_until_ms: Option<i64>,
-}
-
-impl std::fmt::Display for FlushReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} acknowledgement(s) sent, {} to retry, {} failed",
-            self.n_sent, self.n_retry, self.n_failed
-        )?;
-        if self.deferred_until_ms.is_some() {
-            write!(f, ", rest deferred by the sending limit")?;
-        }
-        Ok(())
-    }
 }
 
 /// Retry delay after `attempts` transient failures: `first` doubling, at most an hour.

@@ -3,7 +3,8 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Batch, Result, Store, now_ms};
+use super::{Batch, Result, Store};
+use crate::time::now_ms;
 
 /// A quarantined message as `mailintake quarantine list/show` prints it.
 #[derive(Debug, Clone, Serialize)]

@@ -9,14 +9,15 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Executor, Row};
 
 use crate::ingest::{KnownTicket, ParsedMail, Party, QuarantineReason, ticket_reference};
-pub use outbox::OutboxRow;
+use crate::time::now_ms;
+pub use outbox::{AckKind, OutboxDraft, OutboxRow};
 
 pub mod admin;
 mod errors;
@@ -53,13 +54,6 @@ pub enum StoreError {
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Now, as the unix milliseconds stored in every time column.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as i64
-}
-
 /// Where a message sits in IMAP: the key of its `imap_messages` row.
 #[derive(Debug, Clone)]
 pub struct ImapLocation<'a> {

@@ -6,8 +6,46 @@
 
 use sqlx::Row;
 
-use super::{Batch, Result, Store, now_ms};
-use crate::reply::OutboxDraft;
+use super::{Batch, Result, Store};
+use crate::time::now_ms;
+
+/// What the acknowledgement answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    NewTicket,
+    FollowUp,
+    /// The sender's message was set aside (too large) instead of becoming a ticket.
+    QuarantineNotice,
+}
+
+impl AckKind {
+    /// The value of `outbox.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckKind::NewTicket => "acknowledgement",
+            AckKind::FollowUp => "follow-up-acknowledgement",
+            AckKind::QuarantineNotice => "quarantine-notice",
+        }
+    }
+}
+
+/// An outbox row to write: a message to send, or the recorded reason for not sending one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxDraft {
+    pub kind: AckKind,
+    pub from: String,
+    pub to: Option<String>,
+    pub subject: String,
+    /// Without angle brackets, like `messages.message_id`.
+    pub message_id: String,
+    pub in_reply_to: Option<String>,
+    /// `<id> <id> …`
+    pub references: Option<String>,
+    pub body_text: String,
+    pub body_html: Option<String>,
+    /// `Some(reason)`: recorded as `suppressed`, never sent.
+    pub suppressed: Option<String>,
+}
 
 /// A claimed outbox row, ready to be sent.
 #[derive(Debug, Clone)]

@@ -4,7 +4,8 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreError, now_ms};
+use super::{Store, StoreError};
+use crate::time::now_ms;
 
 /// The only kind of token stored today (the table's CHECK constraint lists it).
 const REFRESH_TOKEN: &str = "refresh_token";

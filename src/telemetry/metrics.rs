@@ -12,9 +12,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::reply::sender::FlushReport;
-use crate::store::now_ms;
-use crate::worker::{CycleError, CycleReport};
+use crate::report::{CycleReport, Failure, FailureSource, FlushReport, JunkListing, JunkStatus};
+use crate::time::now_ms;
 
 /// Upper bounds (seconds) of the ingest-latency buckets: INTERNALDATE has whole seconds, and mail
 /// that waited an hour is as late as it matters.
@@ -179,7 +178,7 @@ pub struct MailboxStats {
     /// The last outbox failure (database trouble); cleared by a successful flush.
     pub outbox_error: Option<ErrorInfo>,
     /// The last look at the mailbox's Junk folder (`junk::watch`), if any yet.
-    pub junk: Option<crate::junk::JunkStatus>,
+    pub junk: Option<JunkStatus>,
 }
 
 impl MailboxStats {
@@ -385,15 +384,15 @@ impl Metrics {
 
     /// A sweep listed the messages above the checkpoint: until they are recorded (the sweep
     /// completes), the oldest of them is waiting.
-    pub fn listed(&self, mailbox: &str, folder: &str, listed: &[crate::imap::MessageSummary]) {
-        let oldest = listed.iter().filter_map(|m| m.internal_date_ms).min();
+    /// `oldest_ms` is the earliest arrival time (INTERNALDATE) among them.
+    pub fn listed(&self, mailbox: &str, folder: &str, oldest_ms: Option<i64>) {
         self.with_folder(mailbox, folder, |status| {
-            status.oldest_unprocessed_ms = oldest
+            status.oldest_unprocessed_ms = oldest_ms
         });
     }
 
     /// The Junk folder of `mailbox` was looked at.
-    pub fn junk_checked(&self, mailbox: &str, status: crate::junk::JunkStatus) {
+    pub fn junk_checked(&self, mailbox: &str, status: JunkStatus) {
         let mut inner = self.lock();
         if let Some(stats) = inner.mailboxes.get_mut(mailbox) {
             stats.junk = Some(status);
@@ -413,21 +412,15 @@ impl Metrics {
 
     /// A login or sweep failed: the folder's state, and the identity's when a token was refused.
     /// `text` is the error as the operator reads it (with its `fix:` line, when one is known).
-    pub fn cycle_failed(
-        &self,
-        mailbox: &str,
-        folder: &str,
-        identity: &str,
-        error: &CycleError,
-        text: &str,
-    ) {
-        let needs_admin = error.needs_admin();
+    pub fn cycle_failed(&self, mailbox: &str, folder: &str, identity: &str, failure: &Failure<'_>) {
+        let needs_admin = failure.needs_admin;
+        let text = failure.text;
         let mut inner = self.lock();
         if let Some(stats) = inner.mailboxes.get_mut(mailbox) {
-            match error {
-                CycleError::Token(_) => stats.errors_token += 1,
-                CycleError::Imap(_) => stats.errors_imap += 1,
-                CycleError::Store(_) => stats.errors_store += 1,
+            match failure.source {
+                FailureSource::Token => stats.errors_token += 1,
+                FailureSource::MailServer => stats.errors_imap += 1,
+                FailureSource::Store => stats.errors_store += 1,
             }
             if let Some(status) = stats.folders.get_mut(folder) {
                 status.state = if needs_admin {
@@ -438,7 +431,7 @@ impl Metrics {
                 status.last_error = Some(ErrorInfo::from_text(text));
             }
         }
-        if let CycleError::Token(_) = error
+        if failure.source == FailureSource::Token
             && let Some(id) = inner.identities.get_mut(identity)
         {
             if needs_admin {
@@ -584,7 +577,7 @@ impl Snapshot {
             self.mailboxes
                 .iter()
                 .filter_map(|(name, m)| match m.junk.as_ref().map(|j| &j.result) {
-                    Some(Ok(crate::junk::JunkListing::Listed { total, .. })) => {
+                    Some(Ok(JunkListing::Listed { total, .. })) => {
                         Some((labels(&[("mailbox", name)]), f64::from(*total)))
                     }
                     _ => None,
@@ -866,21 +859,8 @@ mod tests {
     #[test]
     fn the_oldest_listed_message_waits_until_a_sweep_completes() {
         let metrics = one_mailbox_metrics();
-        let summary = |uid, at| crate::imap::MessageSummary {
-            uid: crate::imap::Uid(uid),
-            size: 10,
-            internal_date_ms: Some(at),
-            seen: false,
-        };
         let ten_minutes_ago = now_ms() - 600_000;
-        metrics.listed(
-            "support",
-            "INBOX",
-            &[
-                summary(7, ten_minutes_ago + 5000),
-                summary(8, ten_minutes_ago),
-            ],
-        );
+        metrics.listed("support", "INBOX", Some(ten_minutes_ago));
         let snapshot = metrics.snapshot();
         assert_eq!(
             snapshot.mailboxes["support"].oldest_unprocessed_ms(),
@@ -911,16 +891,12 @@ mod tests {
     #[test]
     fn a_failed_cycle_shows_the_text_the_operator_reads_with_its_fix() {
         let metrics = one_mailbox_metrics();
-        let error = CycleError::Store(crate::store::StoreError::Sql(sqlx::Error::Protocol(
-            "database or disk is full".into(),
-        )));
-        metrics.cycle_failed(
-            "support",
-            "INBOX",
-            "app",
-            &error,
-            "database error: database or disk is full\n  fix: free space on the filesystem of data/mailintake.db",
-        );
+        let failure = Failure {
+            source: FailureSource::Store,
+            needs_admin: false,
+            text: "database error: database or disk is full\n  fix: free space on the filesystem of data/mailintake.db",
+        };
+        metrics.cycle_failed("support", "INBOX", "app", &failure);
         let snapshot = metrics.snapshot();
         let status = &snapshot.mailboxes["support"].folders["INBOX"];
         let last_error = status.last_error.as_ref().unwrap();

@@ -18,7 +18,12 @@ pub use metrics::{
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::JsonFields;
 
-use crate::cli::LogFormat;
+/// How log lines are written: human-readable, or one flat JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
 
 /// Installs the global subscriber. Defaults to `info` for mailintake and `warn` for libraries.
 pub fn init(format: LogFormat) {

@@ -745,8 +745,8 @@ pub fn assert_ok(out: &std::process::Output) -> String {
 /// this is unambiguously newer than anything that happened before the call (e.g. a first
 /// connection, which decides what counts as imported mail).
 pub async fn next_second() {
-    let now = mailintake::store::now_ms() / 1000;
-    while mailintake::store::now_ms() / 1000 == now {
+    let now = mailintake::time::now_ms() / 1000;
+    while mailintake::time::now_ms() / 1000 == now {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

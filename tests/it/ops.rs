@@ -215,7 +215,7 @@ async fn endpoints_follow_intake_and_the_status_page_renders_in_chromium() {
         r#"mailintake_token_obtained_timestamp_seconds{identity="test"}"#,
     )
     .expect("last refresh recorded");
-    let now = mailintake::store::now_ms() as f64 / 1000.0;
+    let now = mailintake::time::now_ms() as f64 / 1000.0;
     assert!(now - obtained < 300.0, "{obtained} vs {now}");
     assert_eq!(
         sample(

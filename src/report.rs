@@ -1,0 +1,130 @@
+//! What tasks report, on the ground floor: the folder tasks' sweeps ([`CycleReport`]) and
+//! failures ([`Failure`]), the outbox senders' flushes ([`FlushReport`]) and the Junk folder checks
+//! ([`JunkStatus`]). The tasks fill these in; `telemetry` reads them and knows no task.
+
+use serde::Serialize;
+
+/// What one sweep over a mailbox did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CycleReport {
+    pub n_listed: usize,
+    pub n_tickets: usize,
+    pub n_follow_ups: usize,
+    pub n_duplicates: usize,
+    pub n_quarantined: usize,
+    pub n_ignored: usize,
+    /// Messages whose outcome was already recorded; only their disposition was completed.
+    pub n_completed: usize,
+    pub bytes_fetched: u64,
+    /// Acknowledgements written to the outbox (to be sent).
+    pub n_acks_queued: usize,
+}
+
+impl CycleReport {
+    /// Adds the counts of one batch.
+    pub fn add(&mut self, batch: &CycleReport) {
+        self.n_tickets += batch.n_tickets;
+        self.n_follow_ups += batch.n_follow_ups;
+        self.n_duplicates += batch.n_duplicates;
+        self.n_quarantined += batch.n_quarantined;
+        self.n_ignored += batch.n_ignored;
+        self.n_acks_queued += batch.n_acks_queued;
+    }
+}
+
+impl std::fmt::Display for CycleReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} new message(s): {} ticket(s), {} follow-up(s), {} duplicate(s), {} quarantined, {} ignored; {} earlier disposition(s) completed; {} bytes fetched",
+            self.n_listed,
+            self.n_tickets,
+            self.n_follow_ups,
+            self.n_duplicates,
+            self.n_quarantined,
+            self.n_ignored,
+            self.n_completed,
+            self.bytes_fetched
+        )
+    }
+}
+
+/// What one flush did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    pub n_sent: usize,
+    pub n_retry: usize,
+    pub n_failed: usize,
+    /// Stopped because the per-minute or per-day limit was reached; the rest waits.
+    pub deferred_until_ms: Option<i64>,
+}
+
+impl std::fmt::Display for FlushReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} acknowledgement(s) sent, {} to retry, {} failed",
+            self.n_sent, self.n_retry, self.n_failed
+        )?;
+        if self.deferred_until_ms.is_some() {
+            write!(f, ", rest deferred by the sending limit")?;
+        }
+        Ok(())
+    }
+}
+
+/// One message in a Junk folder, from its header fields and listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct JunkItem {
+    pub uid: u32,
+    /// The Date header (unix ms), when it has a readable one.
+    pub date_ms: Option<i64>,
+    /// When the server received it (INTERNALDATE, unix ms).
+    pub received_ms: Option<i64>,
+    pub from: Option<String>,
+    pub subject: Option<String>,
+    pub size_bytes: u64,
+}
+
+/// What a look at a mailbox's Junk folder found.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JunkListing {
+    /// The folder does not exist on the server (check `junk_folder`).
+    Missing { folder: String },
+    /// `total` messages; `newest` are the newest of them (by UID), newest first.
+    Listed {
+        folder: String,
+        total: u32,
+        newest: Vec<JunkItem>,
+    },
+}
+
+/// The last check of a mailbox's Junk folder, for the status page.
+#[derive(Debug, Clone)]
+pub struct JunkStatus {
+    pub checked_at_ms: i64,
+    /// The listing, or why the check failed.
+    pub result: Result<JunkListing, String>,
+}
+
+/// Where a folder task's failure came from, as the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureSource {
+    /// The identity provider refused or could not give a token.
+    Token,
+    /// The mail server (connection, login, a command).
+    MailServer,
+    /// The database.
+    Store,
+}
+
+/// A folder task's failed login or sweep, as the operator is told about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    pub source: FailureSource,
+    /// Only an administrator can fix it; the task retries every ten minutes meanwhile.
+    pub needs_admin: bool,
+    /// The error as the operator reads it, with its `fix:` line when one is known.
+    pub text: &'a str,
+}
