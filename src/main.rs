@@ -206,7 +206,10 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 Arc::new(TokenCache::new().with_token_store(store.clone(), &config.token_keys));
             let config = Arc::new(config);
             let metrics = Arc::new(Metrics::new(&config));
-            // The monitoring endpoint keeps answering while the workers drain, then stops.
+            // Every task of the worker (folders, outbox senders, the Junk check) stops at a safe
+            // point on `cancel`; the monitoring endpoint keeps answering while they drain.
+            let tracker = tokio_util::task::TaskTracker::new();
+            let cancel = tokio_util::sync::CancellationToken::new();
             let stop_http = tokio_util::sync::CancellationToken::new();
             let server = match &config.http {
                 Some(http_config) => {
@@ -229,7 +232,13 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 }
                 None => None,
             };
-            worker::run(config, store.clone(), tokens, metrics, shutdown_signal()).await;
+            worker::spawn(config, store.clone(), tokens, metrics, &tracker, &cancel);
+            tracker.close();
+            shutdown_signal().await;
+            tracing::info!("shutdown requested; letting mailboxes reach a safe point");
+            cancel.cancel();
+            tracker.wait().await;
+            tracing::info!("all mailboxes stopped");
             stop_http.cancel();
             if let Some(server) = server {
                 match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {

@@ -14,7 +14,6 @@
 //! completes them before listing new mail. Shutdown is honoured between batches, never inside one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1350,17 +1349,17 @@ fn task_name(mailbox: &Mailbox, folder: &str) -> String {
     }
 }
 
-/// The long-running worker: one task per watched folder of every mailbox, until `shutdown`
-/// completes. Returns once every task has stopped at a safe point and logged out.
-pub async fn run(
+/// Starts the long-running worker's tasks in `tracker`: one per watched folder of every mailbox,
+/// and an outbox sender per mailbox that sends acknowledgements. They run until `cancel`, then
+/// stop at a safe point and log out; `tracker.wait()` returns when all have.
+pub fn spawn(
     config: Arc<Config>,
     store: Store,
     tokens: Arc<TokenCache>,
     metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
 ) {
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
     for (index, mailbox) in config.mailboxes.iter().enumerate() {
         let wake = sends_acknowledgements(mailbox).then(|| Arc::new(Notify::new()));
         if let Some(wake) = &wake {
@@ -1419,12 +1418,6 @@ pub async fn run(
             );
         }
     }
-    tracker.close();
-    shutdown.await;
-    info!("shutdown requested; letting mailboxes reach a safe point");
-    cancel.cancel();
-    tracker.wait().await;
-    info!("all mailboxes stopped");
 }
 
 /// Waits `delay` unless shutdown comes first; false when it did.
