@@ -7,10 +7,12 @@ use anyhow::{Context, bail};
 use crate::config::{Config, Mailbox};
 use crate::imap::{self, Connection};
 use crate::ingest::{self, Decision, Facts};
+use crate::intake::facts::{SENDER_WINDOW_MS, facts_for};
+use crate::intake::policy;
+use crate::intake::record::{Dispositions, Note, envelope_from_header, write_decision};
 use crate::oauth::TokenCache;
-use crate::store::{FollowUpOn, ImapLocation, Store};
+use crate::store::{ImapLocation, QuarantineEnvelope, Store};
 use crate::time::now_ms;
-use crate::worker::{SENDER_WINDOW_MS, envelope_from_header, policy};
 
 /// An IMAP session of `mailbox` for an admin command, with its identity's cached token.
 pub(crate) async fn connect(
@@ -191,58 +193,56 @@ pub async fn reprocess_quarantined(
         // As the worker asks; a reprocessed message is never an operator's release.
         Ok(mail) => Facts {
             released: false,
-            ..crate::worker::facts_for(&mut tx, mail, &mailbox.name, now_ms() - SENDER_WINDOW_MS)
-                .await?
+            ..facts_for(&mut tx, mail, &mailbox.name, now_ms() - SENDER_WINDOW_MS).await?
         },
         Err(_) => Facts::default(),
     };
     let decision = ingest::decide(parsed, &facts, &policy);
+    if let Decision::Quarantine(reason) = &decision {
+        return Ok(format!(
+            "quarantined message {id} is still quarantined by the current code ({}: {}); nothing changed",
+            reason.code(),
+            reason.detail()
+        ));
+    }
     let keep_raw = mailbox.keep_raw_all.then_some(raw.as_slice());
-    let (ticket_id, what) = match decision {
-        Decision::Quarantine(reason) => {
-            return Ok(format!(
-                "quarantined message {id} is still quarantined by the current code ({}: {}); nothing changed",
-                reason.code(),
-                reason.detail()
-            ));
-        }
-        Decision::NewTicket { mail, related } => {
-            let (ticket_id, reference) =
-                tx.new_ticket(&at, &mail, related, keep_raw, "none").await?;
-            (Some(ticket_id), format!("is now ticket {reference}"))
-        }
-        Decision::FollowUp {
-            mail,
+    // Mail that needs no ticket, or is stored already, is recorded under the quarantine's key.
+    let envelope = QuarantineEnvelope {
+        message_id: entry.message_id.clone().unwrap_or_default(),
+        ..QuarantineEnvelope::default()
+    };
+    let written = write_decision(
+        &mut tx,
+        &at,
+        &decision,
+        &envelope,
+        &raw,
+        keep_raw,
+        &Dispositions::none(),
+    )
+    .await?;
+    let (ticket_id, what) = match written.note {
+        Note::NewTicket {
             ticket_id,
-            reopen,
-            auto_kind,
-        } => {
-            let on = FollowUpOn {
-                ticket_id,
-                reopen,
-                auto_kind,
-            };
-            tx.follow_up(&at, &mail, on, keep_raw, "none").await?;
-            let what = format!(
+            reference,
+            ..
+        } => (Some(ticket_id), format!("is now ticket {reference}")),
+        Note::FollowUp { ticket_id, .. } => (
+            Some(ticket_id),
+            format!(
                 "is now a follow-up on {}",
                 ingest::ticket_reference(ticket_id)
-            );
-            (Some(ticket_id), what)
-        }
-        Decision::Duplicate { ticket_id } => {
-            let message_id = entry.message_id.clone().unwrap_or_default();
-            tx.duplicate(&at, &message_id, ticket_id, "none");
-            let what = format!(
+            ),
+        ),
+        Note::Duplicate { ticket_id } => (
+            Some(ticket_id),
+            format!(
                 "is stored already, on {} (recorded as a duplicate)",
                 ingest::ticket_reference(ticket_id)
-            );
-            (Some(ticket_id), what)
-        }
-        Decision::Ignore { reason } => {
-            let message_id = entry.message_id.clone().unwrap_or_default();
-            tx.ignored(&at, &message_id, &reason, "none");
-            (None, format!("needs no ticket ({reason})"))
-        }
+            ),
+        ),
+        Note::Ignored { reason } => (None, format!("needs no ticket ({reason})")),
+        other => bail!("reprocessing wrote an unexpected outcome ({other:?}); nothing changed"),
     };
     if !tx.resolve_quarantine(id, ticket_id).await? {
         // Another run got there first; dropping the transaction undoes this one.

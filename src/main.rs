@@ -13,7 +13,7 @@ use mailintake::report::JunkListing;
 use mailintake::store::Store;
 use mailintake::telemetry::Metrics;
 use mailintake::time::rfc3339;
-use mailintake::{admin, check, http, junk, telemetry, worker};
+use mailintake::{admin, check, http, intake as worker, junk, telemetry};
 
 /// Two glibc malloc settings for a process that passes multi-MiB message bodies between threads
 /// (measured over 10,000 and 50,000 messages in BENCHMARKS.md; no measurable cost in speed):

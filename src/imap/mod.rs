@@ -9,6 +9,7 @@
 //! - bodies are buffered whole by the library, so every body fetch is capped with a partial range;
 //! - a `UID FETCH n:*` returns the highest message even when its UID is below `n`.
 
+mod source;
 mod utf7;
 
 use std::collections::HashSet;
@@ -25,19 +26,11 @@ use tracing::{debug, instrument, warn};
 use crate::config::{ImapEndpoint, TlsMode};
 use crate::oauth::AccessToken;
 
+pub use crate::mail_source::{Body, IdleOutcome, MessageSummary, SelectedFolder, Uid};
+pub use source::ImapSource;
 pub use utf7::encode_folder_name;
 
 type TlsStream = async_native_tls::TlsStream<TcpStream>;
-
-/// An IMAP UID (RFC 3501 §2.3.1.1): stable within one UIDVALIDITY of a folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Uid(pub u32);
-
-impl fmt::Display for Uid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// Why an IMAP operation failed. The worker's question is "reconnect and retry later, or is the
 /// login itself refused?": see [`ImapError::is_auth_failure`].
@@ -120,44 +113,6 @@ impl async_imap::Authenticator for XOAuth2<'_> {
             Vec::new()
         }
     }
-}
-
-/// What the server reports when a folder is selected.
-#[derive(Debug, Clone, Copy)]
-pub struct SelectedFolder {
-    pub uidvalidity: u32,
-    pub uid_next: Option<u32>,
-    pub exists: u32,
-}
-
-/// A message's envelope facts, listed before any body is downloaded.
-#[derive(Debug, Clone)]
-pub struct MessageSummary {
-    pub uid: Uid,
-    /// RFC822.SIZE. Exchange may report an estimate, so body fetches are capped as well.
-    pub size: u64,
-    /// INTERNALDATE as unix milliseconds.
-    pub internal_date_ms: Option<i64>,
-    pub seen: bool,
-}
-
-/// The result of a capped body fetch.
-#[derive(Debug)]
-pub enum Body {
-    Complete(Vec<u8>),
-    /// The message is larger than the cap; only the first `cap + 1` bytes were transferred.
-    TooLarge,
-}
-
-/// Why an IDLE wait ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdleOutcome {
-    /// The server reported a change (new mail, usually `* n EXISTS`).
-    Changed,
-    /// Our own timer ran out: time for a reconciliation sweep or a fresh IDLE.
-    Timeout,
-    /// Shutdown was requested.
-    Shutdown,
 }
 
 /// Formats UIDs as a compact IMAP sequence set (`1:3,7,9:10`).

@@ -12,9 +12,15 @@ pub mod smtp;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{Acknowledge, Mailbox};
+use crate::config::{Acknowledge, Mailbox, Mode};
 use crate::ingest::{ParsedMail, normalized_subject};
 use crate::store::{AckKind, OutboxDraft};
+
+/// Whether `mailbox` sends acknowledgements (and quarantine notices) at all: they are enabled,
+/// it has SMTP, and it is not in shadow mode (which changes nothing and sends nothing).
+pub fn sends_acknowledgements(mailbox: &Mailbox) -> bool {
+    mailbox.acknowledge.enabled && mailbox.smtp.is_some() && mailbox.mode == Mode::Normal
+}
 
 /// Facts from the store an acknowledgement decision needs.
 #[derive(Debug, Clone, Default)]

@@ -14,6 +14,7 @@ mod intake;
 mod junk;
 mod oauth;
 mod ops;
+mod record;
 mod retention;
 mod smtp;
 mod threading;

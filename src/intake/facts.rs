@@ -1,0 +1,92 @@
+//! What the store is asked about each message before it is decided. One list of questions per
+//! message ([`questions`]) serves both the batch's prefetch ([`batch_questions`], asked once when
+//! the batch begins) and the per-message answers ([`facts_for`]), so the two cannot drift apart.
+
+use crate::ingest::{self, Facts, ParsedMail};
+use crate::store::{Batch, BatchQuestions, StoreError};
+
+/// The window of the per-sender ticket limit (`max_new_tickets_per_sender_per_hour`).
+pub(crate) const SENDER_WINDOW_MS: i64 = 3_600_000;
+
+/// What the store is asked about one message.
+struct Questions<'a> {
+    /// Is this Message-ID stored already (and with which fingerprint)?
+    message_id: &'a str,
+    /// How many tickets did this sender open within the window?
+    sender: Option<&'a str>,
+    /// Which ticket has a message the mail replies to? The most specific reference first:
+    /// In-Reply-To, then References from the newest.
+    thread_ids: Vec<&'a str>,
+    /// Which ticket has the message a report (bounce, read receipt) is about?
+    reported: Option<&'a str>,
+}
+
+fn questions(mail: &ParsedMail) -> Questions<'_> {
+    let mut thread_ids: Vec<&str> = mail.in_reply_to.iter().map(String::as_str).collect();
+    thread_ids.extend(mail.references.iter().rev().map(String::as_str));
+    Questions {
+        message_id: &mail.message_id,
+        sender: mail.from.as_ref().map(|p| p.address.as_str()),
+        thread_ids,
+        reported: mail.signals.original_message_id.as_deref(),
+    }
+}
+
+/// What a batch's messages will ask the store, asked once when the batch begins (after a
+/// conflict the messages are parsed again one by one, and each asks for itself).
+pub(crate) fn batch_questions<'a>(
+    mailbox: &'a str,
+    mails: impl Iterator<Item = &'a ParsedMail>,
+    since_ms: i64,
+) -> BatchQuestions<'a> {
+    let mut batch = BatchQuestions {
+        mailbox,
+        since_ms,
+        ..BatchQuestions::default()
+    };
+    for mail in mails {
+        let asked = questions(mail);
+        batch.message_ids.push(asked.message_id);
+        batch.senders.extend(asked.sender);
+        batch.referenced_ids.extend(asked.thread_ids);
+        batch.referenced_ids.extend(asked.reported);
+    }
+    batch
+}
+
+/// What the store knows that bears on `mail`: the same Message-ID, the ticket of the thread it
+/// replies to, the ticket its subject tag names, the ticket a report is about, and how many
+/// tickets its sender opened in the last hour. Answered from the batch's prefetch where it can be.
+pub(crate) async fn facts_for(
+    tx: &mut Batch,
+    mail: &ParsedMail,
+    mailbox: &str,
+    since_ms: i64,
+) -> Result<Facts, StoreError> {
+    let asked = questions(mail);
+    let reported = match asked.reported {
+        Some(id) => tx.ticket_of_message_ids(&[id.to_string()]).await?,
+        None => None,
+    };
+    let tagged = match ingest::tagged_reference(&mail.subject) {
+        Some(reference) => tx.ticket_by_reference(&reference).await?,
+        None => None,
+    };
+    let stored = tx
+        .message_facts(mailbox, asked.message_id, asked.sender, since_ms)
+        .await?;
+    let thread = if asked.thread_ids.is_empty() {
+        None
+    } else {
+        let ids: Vec<String> = asked.thread_ids.iter().map(|id| id.to_string()).collect();
+        tx.ticket_of_message_ids(&ids).await?
+    };
+    Ok(Facts {
+        same_message_id: stored.same_message_id,
+        thread,
+        tagged,
+        reported,
+        sender_recent_tickets: stored.sender_recent_tickets,
+        released: stored.released,
+    })
+}

@@ -1,0 +1,102 @@
+//! Intake: one task per watched folder that drives mail source → ingest → store → disposition.
+//! All the IO of a message happens here, in an order that makes every message end in exactly one
+//! recorded outcome:
+//!
+//! 1. list the UIDs above the checkpoint with their sizes (no bodies);
+//! 2. take them in batches bounded by total size and count; in each batch skip what is already
+//!    recorded, record oversized mail from its header fields alone (never downloading the body),
+//!    and download the rest in one round trip, each body capped at `max_message_bytes`;
+//! 3. parse, ask the store for facts, [`crate::ingest::decide`], and record every outcome of the
+//!    batch together with the checkpoint in one transaction (one fsync);
+//! 4. only then dispose of the messages on the server (`\Seen`, a move, or deletion), grouped by
+//!    UID set, and record that.
+//!
+//! A crash between 3 and 4 leaves committed outcomes with their dispositions pending; the next sweep
+//! completes them before listing new mail. Shutdown is honoured between batches, never inside one.
+//!
+//! The rooms, in the order a message passes them: [`run`] (the supervisor: `run`'s tasks and
+//! `once`), [`folder`] (the folder task: its wake-ups as one closed enum), [`session`] (logging in),
+//! [`sweep`] (listing, batches, downloads, dispositions), [`record`] (a batch's decisions and
+//! rows, in one transaction; also used by `reprocess`) and [`facts`] (what the store is asked for
+//! each message). The mail server is reached only through [`crate::mail_source::MailSource`].
+
+pub mod facts;
+pub mod folder;
+pub mod record;
+pub mod run;
+pub mod session;
+pub mod sweep;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+pub use run::{flush_outboxes, run_once, spawn};
+
+use crate::config::{Config, Identity, Mailbox};
+use crate::ingest::Policy;
+use crate::mail_source::SourceError;
+use crate::oauth::{TokenCache, TokenError};
+use crate::report::FailureSource;
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// Why a sweep stopped. `Token` errors that need an admin stop the mailbox until fixed.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CycleError {
+    /// Only an administrator can fix this; retrying soon is pointless.
+    pub fn needs_admin(&self) -> bool {
+        match self {
+            CycleError::Token(e) => e.needs_admin(),
+            CycleError::Source(e) => e.is_auth_failure(),
+            CycleError::Store(_) => false,
+        }
+    }
+
+    /// Where the failure came from, for the metrics.
+    pub fn source(&self) -> FailureSource {
+        match self {
+            CycleError::Token(_) => FailureSource::Token,
+            CycleError::Source(_) => FailureSource::MailServer,
+            CycleError::Store(_) => FailureSource::Store,
+        }
+    }
+}
+
+/// Everything a folder task needs, borrowed.
+pub struct MailboxContext<'a> {
+    pub mailbox: &'a Mailbox,
+    /// The watched folder this task takes care of.
+    pub folder: &'a str,
+    pub identity: &'a Identity,
+    pub store: &'a Store,
+    pub tokens: &'a TokenCache,
+    /// How this mailbox decides (own addresses for loop protection, limits).
+    pub policy: Policy,
+    /// Wakes the mailbox's sender when acknowledgements were queued.
+    pub outbox_wake: Option<Arc<Notify>>,
+    /// Where sweeps, failures, logins and ingest latency are counted (read by `http`).
+    pub metrics: &'a Metrics,
+}
+
+/// The decision policy of `mailbox`: every configured mailbox address counts as our own.
+pub fn policy(config: &Config, mailbox: &Mailbox) -> Policy {
+    Policy {
+        own_addresses: config
+            .mailboxes
+            .iter()
+            .map(|m| m.address.to_ascii_lowercase())
+            .collect(),
+        max_new_tickets_per_sender_per_hour: mailbox.max_new_tickets_per_sender_per_hour,
+        reopen_closed: mailbox.reopen_closed,
+    }
+}

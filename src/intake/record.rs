@@ -1,0 +1,685 @@
+//! The batch record: every message of a downloaded batch decided ([`crate::ingest::decide`]) and
+//! written with the folder's checkpoint in one transaction. [`write_decision`] turns one decision
+//! into its rows; the worker and `mailintake reprocess` both use it.
+
+use std::collections::HashSet;
+
+use tracing::{debug, info, info_span, warn};
+
+use super::facts::{SENDER_WINDOW_MS, batch_questions, facts_for};
+use super::{CycleError, MailboxContext};
+use crate::config::{Disposal, Mailbox, Mode};
+use crate::failpoint::{self, Point};
+use crate::ingest::{self, Decision, Facts, ParseFailure, ParsedMail, QuarantineReason};
+use crate::mail_source::{Disposition, MessageSummary, Uid};
+use crate::reply::{self, AckFacts};
+use crate::report::CycleReport;
+use crate::store::{
+    AckKind, Batch, FolderState, FollowUpOn, ImapLocation, QuarantineEnvelope, StoreError,
+};
+use crate::time::now_ms;
+
+/// How one message of a batch is to be handled.
+pub enum Work {
+    /// Received before the first-start cutoff: recorded as ignored, left untouched.
+    Old,
+    /// Too large (listed, or found while downloading): recorded from these header bytes.
+    TooLarge(Vec<u8>),
+    /// Downloaded, and parsed on a blocking thread while the previous batch was written;
+    /// `release_key` is the quarantine key of an operator's release that let it in.
+    Raw {
+        raw: Vec<u8>,
+        /// Taken by the first attempt to record the message; parsed again only when the batch
+        /// has to be decided again after a conflict.
+        parsed: Option<Result<Box<ParsedMail>, ParseFailure>>,
+        release_key: Option<String>,
+    },
+}
+
+/// A batch downloaded and parsed, ready for its transaction: the messages that still need an
+/// outcome, with what to do with each.
+pub struct Prepared<'a> {
+    pub work: Vec<(&'a MessageSummary, Work)>,
+    pub bytes_fetched: u64,
+}
+
+/// The dispositions a mailbox gives its outcomes.
+pub struct Dispositions {
+    /// For tickets, follow-ups, duplicates and ignored mail.
+    pub normal: Disposition,
+    /// For quarantined mail.
+    pub quarantine: Disposition,
+}
+
+impl Dispositions {
+    /// The mailbox's own: per `dispose`, or none at all in shadow mode.
+    pub fn of(mailbox: &Mailbox) -> Dispositions {
+        Dispositions {
+            normal: normal_disposition(mailbox),
+            quarantine: quarantine_disposition(mailbox),
+        }
+    }
+
+    /// Nothing is done on the server (mail that is not in a watched folder any more).
+    pub fn none() -> Dispositions {
+        Dispositions {
+            normal: Disposition::None,
+            quarantine: Disposition::None,
+        }
+    }
+}
+
+/// `seen`, `move:<folder>` or `delete` as the mailbox says, or `none` in shadow mode.
+fn normal_disposition(mailbox: &Mailbox) -> Disposition {
+    match (&mailbox.mode, &mailbox.dispose) {
+        (Mode::Shadow, _) => Disposition::None,
+        (Mode::Normal, Disposal::MarkSeen) => Disposition::Seen,
+        (Mode::Normal, Disposal::Move { folder }) => Disposition::Move(folder.clone()),
+        (Mode::Normal, Disposal::Delete) => Disposition::Delete,
+    }
+}
+
+/// The move to the quarantine folder, or `none` in shadow mode.
+pub(crate) fn quarantine_disposition(mailbox: &Mailbox) -> Disposition {
+    match mailbox.mode {
+        Mode::Shadow => Disposition::None,
+        Mode::Normal => Disposition::Quarantine(mailbox.quarantine_folder.clone()),
+    }
+}
+
+/// What became of one message; logged once its batch is committed, so that a batch decided
+/// again after a conflict logs only what it finally recorded.
+struct Recorded {
+    uid: Uid,
+    size: u64,
+    message_id: String,
+    disposition: Disposition,
+    note: Note,
+}
+
+/// What was written for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    LeftBeforeCutoff,
+    NewTicket {
+        ticket_id: i64,
+        reference: String,
+        subject: String,
+    },
+    FollowUp {
+        ticket_id: i64,
+        reopen: bool,
+        auto_kind: Option<&'static str>,
+    },
+    Duplicate {
+        ticket_id: i64,
+    },
+    Ignored {
+        reason: String,
+    },
+    Quarantined {
+        quarantine_id: i64,
+        code: &'static str,
+        detail: String,
+        downloaded: bool,
+    },
+}
+
+impl Note {
+    /// Counts the outcome in a sweep's report.
+    fn count(&self, report: &mut CycleReport) {
+        match self {
+            Note::LeftBeforeCutoff | Note::Ignored { .. } => report.n_ignored += 1,
+            Note::NewTicket { .. } => report.n_tickets += 1,
+            Note::FollowUp { .. } => report.n_follow_ups += 1,
+            Note::Duplicate { .. } => report.n_duplicates += 1,
+            Note::Quarantined { .. } => report.n_quarantined += 1,
+        }
+    }
+}
+
+impl Recorded {
+    fn log(&self) {
+        let span = info_span!(
+            "record",
+            uid = self.uid.0,
+            size = self.size,
+            message_id = self.message_id.as_str()
+        );
+        let _entered = span.enter();
+        match &self.note {
+            Note::LeftBeforeCutoff => {
+                debug!("received before the first-start cutoff; left untouched")
+            }
+            Note::NewTicket {
+                ticket_id,
+                reference,
+                subject,
+            } => info!(ticket_id, %reference, %subject, "new ticket"),
+            Note::FollowUp {
+                ticket_id,
+                reopen,
+                auto_kind,
+            } => info!(
+                ticket_id,
+                reopen, auto_kind, "follow-up on an existing ticket"
+            ),
+            Note::Duplicate { ticket_id } => {
+                info!(ticket_id, "already stored; recorded as duplicate")
+            }
+            Note::Ignored { reason } => info!(%reason, "no ticket"),
+            Note::Quarantined {
+                quarantine_id,
+                code,
+                detail,
+                downloaded: false,
+            } => warn!(quarantine_id, reason = code, %detail, "quarantined without downloading"),
+            Note::Quarantined {
+                quarantine_id,
+                code,
+                detail,
+                downloaded: true,
+            } => warn!(quarantine_id, reason = code, %detail, "quarantined"),
+        }
+    }
+}
+
+/// The UIDs from `first` to `last` of the folder whose outcome is recorded already.
+pub(crate) async fn recorded_uids(
+    ctx: &MailboxContext<'_>,
+    state: &FolderState,
+    first: u32,
+    last: u32,
+) -> Result<HashSet<u32>, StoreError> {
+    Ok(ctx
+        .store
+        .recorded_outcomes(
+            &ctx.mailbox.name,
+            ctx.folder,
+            state.uidvalidity,
+            first,
+            last,
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.uid)
+        .collect())
+}
+
+/// How often a batch is decided again after another worker recorded some of its messages
+/// meanwhile, before the sweep gives up (and retries later).
+const CONFLICT_ATTEMPTS: u32 = 3;
+
+/// The second phase of a batch: decides every message and records all outcomes with the
+/// folder's checkpoint in one transaction (one fsync). Returns the dispositions to perform, which
+/// only now may be done, and what the batch counted.
+pub async fn record_batch(
+    ctx: &MailboxContext<'_>,
+    state: &FolderState,
+    mut prepared: Prepared<'_>,
+) -> Result<(Vec<(Uid, Disposition)>, CycleReport), CycleError> {
+    let mailbox = ctx.mailbox;
+    for attempt in 1..=CONFLICT_ATTEMPTS {
+        if attempt > 1
+            && let (Some(first), Some(last)) = (prepared.work.first(), prepared.work.last())
+        {
+            // Whatever the other worker recorded is its to dispose of.
+            let recorded = recorded_uids(ctx, state, first.0.uid.0, last.0.uid.0).await?;
+            prepared.work.retain(|(m, _)| !recorded.contains(&m.uid.0));
+        }
+        if prepared.work.is_empty() {
+            return Ok((Vec::new(), CycleReport::default()));
+        }
+        let mut report = CycleReport::default();
+        let mut recorded = Vec::with_capacity(prepared.work.len());
+        let mut tx = ctx.store.begin().await?;
+        // The window of the per-sender limit, the same for the whole batch.
+        let since_ms = now_ms() - SENDER_WINDOW_MS;
+        let parsed = prepared.work.iter().filter_map(|(_, item)| match item {
+            Work::Raw {
+                parsed: Some(Ok(mail)),
+                ..
+            } => Some(&**mail),
+            _ => None,
+        });
+        tx.prefetch(&batch_questions(&mailbox.name, parsed, since_ms))
+            .await?;
+        let mut conflict = false;
+        for (summary, item) in &mut prepared.work {
+            let at = ImapLocation {
+                mailbox: &mailbox.name,
+                folder: ctx.folder,
+                uidvalidity: state.uidvalidity,
+                uid: summary.uid.0,
+                size: summary.size,
+                internal_date_ms: summary.internal_date_ms,
+            };
+            let message = Message {
+                state,
+                at: &at,
+                summary,
+                since_ms,
+            };
+            match record_message(ctx, &mut tx, &message, item, &mut report).await {
+                Ok(done) => {
+                    done.note.count(&mut report);
+                    recorded.push(done);
+                }
+                Err(CycleError::Store(StoreError::Conflict)) => {
+                    conflict = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // A Message-ID stored meanwhile shows while recording, a UID recorded meanwhile at commit.
+        let committed = if conflict {
+            tx.rollback().await?;
+            Err(StoreError::Conflict)
+        } else {
+            tx.commit().await
+        };
+        match committed {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                warn!(
+                    attempt,
+                    "another worker recorded some of these messages meanwhile; deciding the batch again"
+                );
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Arrival times of what this batch recorded (mail left from before the cutoff excepted).
+        let received_ms: Vec<i64> = prepared
+            .work
+            .iter()
+            .filter(|(_, item)| !matches!(item, Work::Old))
+            .filter_map(|(summary, _)| summary.internal_date_ms)
+            .collect();
+        ctx.metrics
+            .batch_committed(&mailbox.name, &received_ms, now_ms());
+        failpoint::hit(Point::AfterCommit);
+        if report.n_acks_queued > 0
+            && let Some(wake) = &ctx.outbox_wake
+        {
+            wake.notify_one();
+        }
+        for done in &recorded {
+            done.log();
+        }
+        let to_dispose = recorded
+            .into_iter()
+            .map(|r| (r.uid, r.disposition))
+            .collect();
+        return Ok((to_dispose, report));
+    }
+    Err(StoreError::Conflict.into())
+}
+
+/// Where one message of a batch sits, and the batch's facts about time.
+struct Message<'a> {
+    state: &'a FolderState,
+    at: &'a ImapLocation<'a>,
+    summary: &'a MessageSummary,
+    /// The start of the per-sender window.
+    since_ms: i64,
+}
+
+/// Decides and records one message inside the batch's transaction. `Conflict` (another worker
+/// recorded it meanwhile) leaves the transaction to be dropped: see [`Batch`].
+async fn record_message(
+    ctx: &MailboxContext<'_>,
+    tx: &mut Batch,
+    message: &Message<'_>,
+    item: &mut Work,
+    report: &mut CycleReport,
+) -> Result<Recorded, CycleError> {
+    let mailbox = ctx.mailbox;
+    let at = message.at;
+    let summary = message.summary;
+    let recorded = |message_id: &str, disposition: Disposition, note: Note| Recorded {
+        uid: summary.uid,
+        size: summary.size,
+        message_id: message_id.to_string(),
+        disposition,
+        note,
+    };
+    let (raw, parsed) = match item {
+        Work::Old => {
+            let message_id = format!(
+                "uid-{}-{}@first-start.mailintake.invalid",
+                at.uidvalidity, at.uid
+            );
+            tx.ignored(
+                at,
+                &message_id,
+                "received before the mailbox's first_start cutoff; left untouched",
+                &Disposition::None.to_string(),
+            );
+            return Ok(recorded(
+                &message_id,
+                Disposition::None,
+                Note::LeftBeforeCutoff,
+            ));
+        }
+        Work::TooLarge(header) => {
+            let envelope = envelope_from_header(header, summary);
+            let reason = QuarantineReason::TooLarge {
+                size: summary.size,
+                limit: mailbox.max_message_bytes,
+            };
+            let disposition = quarantine_disposition(mailbox);
+            let quarantine_id = tx
+                .quarantine(at, &envelope, &reason, None, &disposition.to_string())
+                .await?;
+            notify_quarantined(ctx, tx, message, header, report).await?;
+            let note = Note::Quarantined {
+                quarantine_id,
+                code: reason.code(),
+                detail: reason.detail(),
+                downloaded: false,
+            };
+            return Ok(recorded(&envelope.message_id, disposition, note));
+        }
+        Work::Raw {
+            raw,
+            parsed,
+            release_key,
+        } => {
+            if let Some(key) = release_key {
+                tx.use_release(&mailbox.name, key).await?;
+            }
+            let parsed = match parsed.take() {
+                Some(parsed) => parsed.map(|mail| *mail),
+                None => ingest::parse(raw),
+            };
+            (raw, parsed)
+        }
+    };
+
+    let facts = match &parsed {
+        Ok(mail) => {
+            let facts = facts_for(tx, mail, &mailbox.name, message.since_ms).await?;
+            if facts.released {
+                // A release lets the message in once.
+                tx.use_release(&mailbox.name, &mail.message_id).await?;
+            }
+            facts
+        }
+        Err(_) => Facts::default(),
+    };
+    let envelope = match &parsed {
+        Ok(mail) => QuarantineEnvelope {
+            message_id: mail.message_id.clone(),
+            from: mail.from.as_ref().map(|p| p.address.clone()),
+            subject: Some(mail.subject.clone()),
+        },
+        Err(_) => QuarantineEnvelope {
+            message_id: format!(
+                "{}@content-hash.mailintake.invalid",
+                ingest::sha256_hex(raw)
+            ),
+            ..QuarantineEnvelope::default()
+        },
+    };
+
+    let keep_raw = mailbox.keep_raw_all.then_some(raw.as_slice());
+    let decision = ingest::decide(parsed, &facts, &ctx.policy);
+    let written = write_decision(
+        tx,
+        at,
+        &decision,
+        &envelope,
+        raw,
+        keep_raw,
+        &Dispositions::of(mailbox),
+    )
+    .await?;
+    acknowledge_decision(ctx, tx, message, &decision, &written.note, report).await?;
+    let message_id = match &decision {
+        Decision::NewTicket { mail, .. } | Decision::FollowUp { mail, .. } => &mail.message_id,
+        Decision::Duplicate { .. } | Decision::Ignore { .. } | Decision::Quarantine(_) => {
+            &envelope.message_id
+        }
+    };
+    Ok(recorded(message_id, written.disposition, written.note))
+}
+
+/// What [`write_decision`] wrote, and what is then to be done on the server.
+pub struct Written {
+    pub disposition: Disposition,
+    pub note: Note,
+}
+
+/// Writes the rows of one decision into the batch's transaction at `at`: a new ticket, a
+/// follow-up, a duplicate, ignored mail (never deleted: nothing of it is stored but this record)
+/// or a quarantine row with the raw bytes. `envelope` names the message where no parsed mail is
+/// stored (duplicates, ignored and quarantined mail).
+pub async fn write_decision(
+    tx: &mut Batch,
+    at: &ImapLocation<'_>,
+    decision: &Decision,
+    envelope: &QuarantineEnvelope,
+    raw: &[u8],
+    keep_raw: Option<&[u8]>,
+    dispositions: &Dispositions,
+) -> Result<Written, StoreError> {
+    let written = match decision {
+        Decision::NewTicket { mail, related } => {
+            let disposition = dispositions.normal.clone();
+            let (ticket_id, reference) = tx
+                .new_ticket(at, mail, *related, keep_raw, &disposition.to_string())
+                .await?;
+            let note = Note::NewTicket {
+                ticket_id,
+                reference,
+                subject: mail.subject.clone(),
+            };
+            Written { disposition, note }
+        }
+        Decision::FollowUp {
+            mail,
+            ticket_id,
+            reopen,
+            auto_kind,
+        } => {
+            let disposition = dispositions.normal.clone();
+            let on = FollowUpOn {
+                ticket_id: *ticket_id,
+                reopen: *reopen,
+                auto_kind: *auto_kind,
+            };
+            tx.follow_up(at, mail, on, keep_raw, &disposition.to_string())
+                .await?;
+            let note = Note::FollowUp {
+                ticket_id: *ticket_id,
+                reopen: *reopen,
+                auto_kind: *auto_kind,
+            };
+            Written { disposition, note }
+        }
+        Decision::Duplicate { ticket_id } => {
+            let disposition = dispositions.normal.clone();
+            tx.duplicate(
+                at,
+                &envelope.message_id,
+                *ticket_id,
+                &disposition.to_string(),
+            );
+            let note = Note::Duplicate {
+                ticket_id: *ticket_id,
+            };
+            Written { disposition, note }
+        }
+        Decision::Ignore { reason } => {
+            // Never deleted: nothing of it is stored but this record.
+            let disposition = match &dispositions.normal {
+                Disposition::Delete => Disposition::Seen,
+                other => other.clone(),
+            };
+            tx.ignored(at, &envelope.message_id, reason, &disposition.to_string());
+            let note = Note::Ignored {
+                reason: reason.clone(),
+            };
+            Written { disposition, note }
+        }
+        Decision::Quarantine(reason) => {
+            let disposition = dispositions.quarantine.clone();
+            let quarantine_id = tx
+                .quarantine(at, envelope, reason, Some(raw), &disposition.to_string())
+                .await?;
+            let note = Note::Quarantined {
+                quarantine_id,
+                code: reason.code(),
+                detail: reason.detail(),
+                downloaded: true,
+            };
+            Written { disposition, note }
+        }
+    };
+    Ok(written)
+}
+
+/// Writes the acknowledgement of a new ticket or follow-up into the outbox, in the batch's
+/// transaction: a message to send, or the reason it is not sent. Nothing for other decisions, or
+/// when the mailbox does not acknowledge at all.
+async fn acknowledge_decision(
+    ctx: &MailboxContext<'_>,
+    tx: &mut Batch,
+    message: &Message<'_>,
+    decision: &Decision,
+    note: &Note,
+    report: &mut CycleReport,
+) -> Result<(), StoreError> {
+    let mailbox = ctx.mailbox;
+    let (mail, ticket_id, kind, auto_kind) = match (decision, note) {
+        (Decision::NewTicket { mail, .. }, Note::NewTicket { ticket_id, .. }) => {
+            (mail, *ticket_id, AckKind::NewTicket, None)
+        }
+        (
+            Decision::FollowUp {
+                mail,
+                ticket_id,
+                auto_kind,
+                ..
+            },
+            _,
+        ) => (mail, *ticket_id, AckKind::FollowUp, *auto_kind),
+        _ => return Ok(()),
+    };
+    if !reply::sends_acknowledgements(mailbox) {
+        return Ok(());
+    }
+    let reference = ingest::ticket_reference(ticket_id);
+    let now = now_ms();
+    let recipient = reply::reply_address(mail);
+    let facts = AckFacts {
+        received_ms: message.summary.internal_date_ms,
+        ack_after_ms: mailbox.acknowledge.since_ms.or(message.state.ack_after_ms),
+        recipient_acks_today: match &recipient {
+            Some(to) => tx.acks_to_since(to, now - 86_400_000).await?,
+            None => 0,
+        },
+        ticket_last_ack_ms: match kind {
+            AckKind::FollowUp => tx.last_ack_of_ticket(ticket_id).await?,
+            AckKind::NewTicket | AckKind::QuarantineNotice => None,
+        },
+        now_ms: now,
+    };
+    let mut draft = reply::plan_acknowledgement(
+        mailbox,
+        &ctx.policy.own_addresses,
+        mail,
+        &reference,
+        kind,
+        &facts,
+    );
+    if let Some(auto_kind) = auto_kind {
+        draft.suppressed = Some(format!(
+            "automatic mail ({auto_kind}) is never acknowledged"
+        ));
+    }
+    tx.enqueue(&mailbox.name, Some(ticket_id), &draft).await?;
+    match &draft.suppressed {
+        None => report.n_acks_queued += 1,
+        Some(reason) => debug!(%reason, "no acknowledgement"),
+    }
+    Ok(())
+}
+
+/// Writes the notice to the sender of a message set aside as too large (when the mailbox sends
+/// them), or the reason none is sent, in the batch's transaction.
+async fn notify_quarantined(
+    ctx: &MailboxContext<'_>,
+    tx: &mut Batch,
+    message: &Message<'_>,
+    header: &[u8],
+    report: &mut CycleReport,
+) -> Result<(), StoreError> {
+    let mailbox = ctx.mailbox;
+    if !reply::sends_acknowledgements(mailbox) {
+        return Ok(());
+    }
+    let Ok(mail) = ingest::parse(header) else {
+        return Ok(());
+    };
+    let now = now_ms();
+    let facts = AckFacts {
+        received_ms: message.summary.internal_date_ms,
+        // Imported mail gets no notice either.
+        ack_after_ms: mailbox.acknowledge.since_ms.or(message.state.ack_after_ms),
+        recipient_acks_today: match reply::reply_address(&mail) {
+            Some(to) => tx.acks_to_since(&to, now - 86_400_000).await?,
+            None => 0,
+        },
+        ticket_last_ack_ms: None,
+        now_ms: now,
+    };
+    let mut draft = reply::plan_quarantine_notice(
+        mailbox,
+        &ctx.policy.own_addresses,
+        &mail,
+        message.summary.size,
+        mailbox.max_message_bytes,
+        &facts,
+    );
+    let kind = ingest::classify(&mail, &ctx.policy);
+    if kind != ingest::MailKind::Person {
+        draft.suppressed = Some(format!("automatic mail ({kind:?}) is never answered"));
+    }
+    tx.enqueue(&mailbox.name, None, &draft).await?;
+    if draft.suppressed.is_none() {
+        report.n_acks_queued += 1;
+    }
+    Ok(())
+}
+
+/// Message-ID, From and Subject from a header-only fetch. Without a Message-ID the key is a hash
+/// of those header fields, the size and INTERNALDATE: stable for the same message in the folder.
+pub(crate) fn envelope_from_header(header: &[u8], summary: &MessageSummary) -> QuarantineEnvelope {
+    let parsed = ingest::parse(header).ok();
+    let message_id = match parsed
+        .as_ref()
+        .filter(|m| m.message_id_source == ingest::MessageIdSource::Header)
+    {
+        Some(mail) => mail.message_id.clone(),
+        None => {
+            let mut key = header.to_vec();
+            key.extend_from_slice(
+                format!("\n{}\n{:?}", summary.size, summary.internal_date_ms).as_bytes(),
+            );
+            format!(
+                "{}@header-hash.mailintake.invalid",
+                ingest::sha256_hex(&key)
+            )
+        }
+    };
+    QuarantineEnvelope {
+        message_id,
+        from: parsed
+            .as_ref()
+            .and_then(|m| m.from.as_ref().map(|p| p.address.clone())),
+        subject: parsed.map(|m| m.subject),
+    }
+}

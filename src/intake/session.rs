@@ -1,0 +1,59 @@
+//! Logging in: a mail-source session with the identity's cached token, and what the folder task
+//! knows about it.
+
+use std::time::Instant;
+
+use tracing::warn;
+
+use super::{CycleError, MailboxContext};
+use crate::imap::{self, ImapSource};
+use crate::mail_source::{MailSource, SourceError};
+
+/// A logged-in session and what the folder task knows about it.
+pub struct Session<S: MailSource> {
+    pub source: S,
+    /// When the token this session logged in with is due for renewal. Exchange ends sessions
+    /// whose token expires, so the task reconnects with a fresh token before then.
+    pub token_renew_at: Instant,
+    /// True until the first sweep on this session; a failure on a reused session is retried at
+    /// once on a fresh one (the server may have dropped an idle connection).
+    pub fresh: bool,
+}
+
+impl<S: MailSource> Session<S> {
+    fn new(source: S, token_renew_at: Instant) -> Session<S> {
+        Session {
+            source,
+            token_renew_at,
+            fresh: true,
+        }
+    }
+}
+
+/// The mail source the folder tasks use. This module is the one place that picks an
+/// implementation of the seam; a second transport makes this an enum over both.
+pub type Source = ImapSource;
+
+/// Logs in to the mailbox's server with a cached token; if the server refuses it, forgets it and
+/// tries once more with a fresh one (the token may have been revoked or have expired early).
+pub async fn login(ctx: &MailboxContext<'_>) -> Result<Session<Source>, CycleError> {
+    let token = ctx.tokens.token(ctx.identity).await?;
+    ctx.metrics
+        .token_received(&ctx.identity.name, token.renew_at, token.expires_in);
+    let conn = match imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token).await {
+        Ok(conn) => conn,
+        Err(e) if e.is_auth_failure() => {
+            warn!("login refused; retrying once with a new token");
+            ctx.tokens.invalidate(&ctx.identity.name, &token).await;
+            let token = ctx.tokens.token(ctx.identity).await?;
+            ctx.metrics
+                .token_received(&ctx.identity.name, token.renew_at, token.expires_in);
+            let conn = imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token)
+                .await
+                .map_err(SourceError::from)?;
+            return Ok(Session::new(ImapSource::new(conn), token.renew_at));
+        }
+        Err(e) => return Err(SourceError::from(e).into()),
+    };
+    Ok(Session::new(ImapSource::new(conn), token.renew_at))
+}
