@@ -1,0 +1,164 @@
+//! Microsoft Entra ID's endpoints and Exchange Online's scopes, derived from an identity's tenant or
+//! authority. Pure: strings in, strings out, no IO; validation parses and checks the results.
+
+/// The Entra authority used when neither `authority` nor `token_url` is configured.
+pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+/// Exchange Online's resource; scopes of both flows are built on it by default.
+pub const EXCHANGE_RESOURCE: &str = "https://outlook.office365.com";
+
+/// Where an authority's token endpoint lives (OAuth 2.0 v2 endpoints).
+const TOKEN_PATH: &str = "/oauth2/v2.0/token";
+/// Where an authority's device authorization endpoint lives.
+const DEVICE_CODE_PATH: &str = "/oauth2/v2.0/devicecode";
+
+/// The authority of an identity, without a trailing slash: `authority` with `{tenant}` filled in
+/// (a national cloud, another identity provider), else the worldwide authority of `tenant`.
+/// `None` when neither is given; then only an explicit `token_url` says where tokens come from.
+pub(super) fn authority(authority: Option<&str>, tenant: Option<&str>) -> Option<String> {
+    let text = match (authority, tenant) {
+        (Some(authority), _) => authority.replace("{tenant}", tenant.unwrap_or("")),
+        (None, Some(tenant)) => format!("{DEFAULT_AUTHORITY_HOST}/{tenant}"),
+        (None, None) => return None,
+    };
+    Some(text.trim_end_matches('/').to_string())
+}
+
+/// The token endpoint of an authority.
+pub(super) fn token_url(authority: &str) -> String {
+    format!("{authority}{TOKEN_PATH}")
+}
+
+/// The device authorization endpoint of an authority.
+pub(super) fn device_code_url(authority: &str) -> String {
+    format!("{authority}{DEVICE_CODE_PATH}")
+}
+
+/// The authority of an Entra-shaped token endpoint (`…/<tenant>/oauth2/v2.0/token`); `None` for
+/// any other shape, e.g. another provider's endpoint.
+pub(super) fn authority_of_token_url(token_url: &str) -> Option<&str> {
+    token_url.strip_suffix(TOKEN_PATH)
+}
+
+/// Exchange Online's resource in the cloud of an Entra authority host: US Government (GCC High)
+/// and China (21Vianet) differ from the worldwide service. DoD tenants
+/// (`https://outlook-dod.office365.us`) share GCC High's authority, so they set `scope` themselves.
+pub(super) fn exchange_resource_for(authority_host: Option<&str>) -> &'static str {
+    match authority_host.map(|h| h.to_ascii_lowercase()).as_deref() {
+        Some("login.microsoftonline.us") => "https://outlook.office365.us",
+        Some("login.partner.microsoftonline.cn" | "login.chinacloudapi.cn") => {
+            "https://partner.outlook.cn"
+        }
+        _ => EXCHANGE_RESOURCE,
+    }
+}
+
+/// The scope asked for when `scope` is not configured. Delegated flows ask for IMAP and SMTP as
+/// the user plus `offline_access` (a refresh token); app-only access asks for the permissions
+/// granted to the app (`/.default`).
+pub(super) fn default_scope(resource: &str, delegated: bool) -> String {
+    if delegated {
+        format!("{resource}/IMAP.AccessAsUser.All {resource}/SMTP.Send offline_access")
+    } else {
+        format!("{resource}/.default")
+    }
+}
+
+/// App-only tokens are issued only for a `…/.default` scope.
+pub(super) fn is_app_only_scope(scope: &str) -> bool {
+    scope.trim_end().ends_with("/.default")
+}
+
+/// Without `offline_access` no refresh token is issued.
+pub(super) fn asks_for_refresh_token(scope: &str) -> bool {
+    scope.split_whitespace().any(|s| s == "offline_access")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_comes_from_the_tenant_or_the_configured_authority() {
+        assert_eq!(
+            authority(None, Some("contoso.onmicrosoft.com")).as_deref(),
+            Some("https://login.microsoftonline.com/contoso.onmicrosoft.com")
+        );
+        assert_eq!(
+            authority(
+                Some("https://login.microsoftonline.us/{tenant}/"),
+                Some("t1")
+            )
+            .as_deref(),
+            Some("https://login.microsoftonline.us/t1")
+        );
+        // An authority without the placeholder is taken as it is; the tenant is then unused.
+        assert_eq!(
+            authority(Some("https://idp.example.net/realm"), Some("t1")).as_deref(),
+            Some("https://idp.example.net/realm")
+        );
+        assert_eq!(authority(None, None), None);
+    }
+
+    #[test]
+    fn endpoints_derive_from_the_authority_and_back() {
+        let authority = "https://login.microsoftonline.com/t1";
+        assert_eq!(
+            token_url(authority),
+            "https://login.microsoftonline.com/t1/oauth2/v2.0/token"
+        );
+        assert_eq!(
+            device_code_url(authority),
+            "https://login.microsoftonline.com/t1/oauth2/v2.0/devicecode"
+        );
+        assert_eq!(
+            authority_of_token_url(&token_url(authority)),
+            Some(authority)
+        );
+        assert_eq!(
+            authority_of_token_url("https://idp.example.net/oauth/token"),
+            None
+        );
+    }
+
+    #[test]
+    fn each_cloud_has_its_exchange_resource() {
+        assert_eq!(exchange_resource_for(None), EXCHANGE_RESOURCE);
+        assert_eq!(
+            exchange_resource_for(Some("login.microsoftonline.com")),
+            EXCHANGE_RESOURCE
+        );
+        assert_eq!(
+            exchange_resource_for(Some("Login.MicrosoftOnline.US")),
+            "https://outlook.office365.us"
+        );
+        for host in ["login.partner.microsoftonline.cn", "login.chinacloudapi.cn"] {
+            assert_eq!(
+                exchange_resource_for(Some(host)),
+                "https://partner.outlook.cn"
+            );
+        }
+        assert_eq!(
+            exchange_resource_for(Some("idp.example.net")),
+            EXCHANGE_RESOURCE
+        );
+    }
+
+    #[test]
+    fn default_scopes_per_kind_of_access() {
+        let app_only = default_scope(EXCHANGE_RESOURCE, false);
+        assert_eq!(app_only, "https://outlook.office365.com/.default");
+        assert!(is_app_only_scope(&app_only));
+        assert!(!asks_for_refresh_token(&app_only));
+
+        let delegated = default_scope("https://partner.outlook.cn", true);
+        assert_eq!(
+            delegated,
+            "https://partner.outlook.cn/IMAP.AccessAsUser.All https://partner.outlook.cn/SMTP.Send offline_access"
+        );
+        assert!(!is_app_only_scope(&delegated));
+        assert!(asks_for_refresh_token(&delegated));
+        assert!(!asks_for_refresh_token(
+            "https://outlook.office365.com/offline_access_x"
+        ));
+    }
+}

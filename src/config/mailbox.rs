@@ -1,0 +1,660 @@
+//! `[[mailboxes]]`: the watched mailboxes, their IMAP and SMTP servers, what happens to a message
+//! once it is committed, and the acknowledgements sent to customers.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::problems::{Problems, Table, alternatives};
+use super::{
+    Acknowledge, DEFAULT_MAX_MESSAGE_BYTES, Disposal, FirstStart, ImapEndpoint, Mailbox, Mode,
+    SmtpEndpoint, Timeouts, TlsMode, file_problem, raw,
+};
+use crate::time::parse_date;
+
+/// Recipients never acknowledged unless `acknowledge.deny` says otherwise.
+pub const DEFAULT_ACK_DENY: [&str; 4] =
+    ["noreply@*", "no-reply@*", "donotreply@*", "do-not-reply@*"];
+
+/// The placeholders templates may use.
+pub const TEMPLATE_PLACEHOLDERS: [&str; 4] = ["ticket", "subject", "requester_name", "mailbox"];
+
+/// The acknowledgement sent when no template is configured.
+pub const DEFAULT_ACK_TEMPLATE: &str = "Hello {requester_name},\n\n\
+thank you for your message. We have opened ticket {ticket} for it:\n\n    {subject}\n\n\
+Please keep {ticket} in the subject when you reply, so that your reply reaches the same ticket.\n\n\
+This is an automatic message from {mailbox}.\n";
+
+/// Checks that `template` uses only known `{placeholders}`; the error names the unknown one.
+pub fn check_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('}') else {
+            return Err("has a `{` without a closing `}`".into());
+        };
+        let name = &after[..end];
+        if !TEMPLATE_PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "uses the unknown placeholder {{{name}}}; known: {}",
+                TEMPLATE_PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+            ));
+        }
+        rest = &after[end + 1..];
+    }
+    Ok(())
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Normal, Mode::Shadow];
+
+    /// The `mode` value that selects this mode in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Mode, String> {
+        Mode::ALL
+            .into_iter()
+            .find(|mode| mode.name() == text)
+            .ok_or_else(|| format!("must be {}", alternatives(&Mode::ALL.map(Mode::name))))
+    }
+}
+
+impl FromStr for FirstStart {
+    type Err = String;
+
+    /// `all`, `now`, or a date (`2026-11-01`, `2026-11-01T08:00:00Z`).
+    fn from_str(text: &str) -> Result<FirstStart, String> {
+        match text {
+            "all" => Ok(FirstStart::All),
+            "now" => Ok(FirstStart::Now),
+            date => parse_date(date).map(FirstStart::Since).ok_or_else(|| {
+                format!(
+                    "`{date}` is not \"all\", \"now\" or a date such as \"2026-11-01\" or \"2026-11-01T08:00:00Z\""
+                )
+            }),
+        }
+    }
+}
+
+/// The `dispose` key; `move` takes its folder from `processed_folder` (see [`Disposal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DisposeMode {
+    Seen,
+    Move,
+    Delete,
+}
+
+impl DisposeMode {
+    const ALL: [DisposeMode; 3] = [DisposeMode::Seen, DisposeMode::Move, DisposeMode::Delete];
+
+    fn name(self) -> &'static str {
+        match self {
+            DisposeMode::Seen => "seen",
+            DisposeMode::Move => "move",
+            DisposeMode::Delete => "delete",
+        }
+    }
+}
+
+impl FromStr for DisposeMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<DisposeMode, String> {
+        DisposeMode::ALL
+            .into_iter()
+            .find(|mode| mode.name() == text)
+            .ok_or_else(|| {
+                format!(
+                    "must be {}",
+                    alternatives(&DisposeMode::ALL.map(DisposeMode::name))
+                )
+            })
+    }
+}
+
+/// The `keep_raw` key: whose raw bytes are kept (compressed) beside the ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeepRaw {
+    /// Only those of messages that failed or were quarantined.
+    Failures,
+    /// Those of every ingested message.
+    All,
+}
+
+impl KeepRaw {
+    const ALL: [KeepRaw; 2] = [KeepRaw::Failures, KeepRaw::All];
+
+    fn name(self) -> &'static str {
+        match self {
+            KeepRaw::Failures => "failures",
+            KeepRaw::All => "all",
+        }
+    }
+}
+
+impl FromStr for KeepRaw {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<KeepRaw, String> {
+        KeepRaw::ALL
+            .into_iter()
+            .find(|keep| keep.name() == text)
+            .ok_or_else(|| format!("must be {}", alternatives(&KeepRaw::ALL.map(KeepRaw::name))))
+    }
+}
+
+pub(super) fn validate_mailboxes(
+    raw: Vec<raw::Mailbox>,
+    declared_identities: &[String],
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Vec<Mailbox> {
+    if raw.is_empty() {
+        problems.report(
+            "mailboxes",
+            "no mailbox is configured; add at least one [[mailboxes]] table",
+        );
+    }
+    let mut names = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(index, m)| {
+            let mut table = problems.within(format!("mailboxes[{index}]"));
+            check_references(&m, &mut names, declared_identities, &mut table);
+            validate_mailbox(m, base_dir, &mut table)
+        })
+        .collect()
+}
+
+/// `name` unique, `address` an address, `identity` a declared one.
+fn check_references(
+    m: &raw::Mailbox,
+    names: &mut HashSet<String>,
+    declared_identities: &[String],
+    table: &mut Table,
+) {
+    if m.name.trim().is_empty() {
+        table.report("name", "must not be empty");
+    } else if !names.insert(m.name.clone()) {
+        table.report(
+            "name",
+            format!(
+                "`{}` is used by two mailboxes; names must be unique",
+                m.name
+            ),
+        );
+    }
+    if !m.address.contains('@') {
+        table.report("address", "must be an email address (the IMAP login)");
+    }
+    if !declared_identities.contains(&m.identity) {
+        let declared = if declared_identities.is_empty() {
+            "none".to_string()
+        } else {
+            declared_identities.join(", ")
+        };
+        table.report(
+            "identity",
+            format!(
+                "names identity `{}`, which is not declared; declared identities: {declared}",
+                m.identity
+            ),
+        );
+    }
+}
+
+fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mailbox {
+    let imap_ca_file = existing_file(base_dir, m.imap.ca_file, "imap.ca_file", table);
+    let dispose_mode = table.choice("dispose", m.dispose.as_deref(), DisposeMode::Seen);
+    let mode = table.choice("mode", m.mode.as_deref(), Mode::Normal);
+    let first_start = table.choice("first_start", m.first_start.as_deref(), FirstStart::All);
+    let idle_interval = validate_idle_interval(m.idle_interval.as_deref(), table);
+    let folders = validate_folders(m.folder, m.folders, m.max_connections, table);
+    let fetch_batch_messages = m.fetch_batch_messages.unwrap_or(200);
+    if fetch_batch_messages == 0 {
+        table.report("fetch_batch_messages", "must be at least 1");
+    }
+    let junk_folder = m.junk_folder.unwrap_or_else(|| "Junk".into());
+    if junk_folder.trim().is_empty() {
+        table.report(
+            "junk_folder",
+            "must name a folder (default \"Junk\"; Exchange Online: \"Junk Email\")",
+        );
+    }
+    let dispose = validate_disposal(dispose_mode, m.processed_folder, table);
+    let poll_interval = duration(
+        table,
+        "poll_interval",
+        m.poll_interval.as_deref(),
+        Duration::from_secs(60),
+    );
+    let max_message_bytes = m.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    if max_message_bytes < 1024 {
+        table.report("max_message_bytes", "must be at least 1024");
+    }
+    let timeouts = Timeouts {
+        connect: duration(
+            table,
+            "imap.connect_timeout",
+            m.imap.connect_timeout.as_deref(),
+            Duration::from_secs(15),
+        ),
+        command: duration(
+            table,
+            "imap.command_timeout",
+            m.imap.command_timeout.as_deref(),
+            Duration::from_secs(120),
+        ),
+    };
+    let keep_raw = table.choice("keep_raw", m.keep_raw.as_deref(), KeepRaw::Failures);
+    let smtp = m.smtp.map(|raw| validate_smtp(raw, base_dir, table));
+    let acknowledge = validate_acknowledge(
+        m.acknowledge.unwrap_or_default(),
+        smtp.is_some(),
+        base_dir,
+        table,
+    );
+    let tls = m.imap.tls.unwrap_or(TlsMode::Implicit);
+    Mailbox {
+        name: m.name,
+        address: m.address,
+        identity: m.identity,
+        imap: ImapEndpoint {
+            host: m.imap.host,
+            port: m.imap.port.unwrap_or(match tls {
+                TlsMode::Implicit => 993,
+                TlsMode::Starttls => 143,
+            }),
+            tls,
+            ca_file: imap_ca_file,
+            timeouts,
+        },
+        folders,
+        poll_interval,
+        idle: m.idle.unwrap_or(true),
+        idle_interval,
+        max_message_bytes,
+        fetch_batch_bytes: m.fetch_batch_bytes.unwrap_or(8 * 1024 * 1024),
+        fetch_batch_messages: fetch_batch_messages.max(1),
+        dispose,
+        quarantine_folder: m.quarantine_folder.unwrap_or_else(|| "Quarantine".into()),
+        junk_folder,
+        mode,
+        first_start,
+        max_new_tickets_per_sender_per_hour: m.max_new_tickets_per_sender_per_hour.unwrap_or(20),
+        reopen_closed: m.reopen_closed.unwrap_or(true),
+        keep_raw_all: keep_raw == KeepRaw::All,
+        smtp,
+        acknowledge,
+    }
+}
+
+/// `idle_interval`: at most 29 minutes (RFC 2177).
+fn validate_idle_interval(text: Option<&str>, table: &mut Table) -> Duration {
+    let idle_interval = duration(table, "idle_interval", text, Duration::from_secs(600));
+    if idle_interval > Duration::from_secs(29 * 60) || idle_interval < Duration::from_secs(1) {
+        table.report(
+            "idle_interval",
+            "must be between 1s and 29m (RFC 2177: servers may drop IDLE after 30 minutes)",
+        );
+    }
+    idle_interval
+}
+
+/// `folder` or `folders` (default INBOX): one IMAP connection each, within `max_connections`.
+fn validate_folders(
+    folder: Option<String>,
+    folders: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    table: &mut Table,
+) -> Vec<String> {
+    let folders = match (folder, folders) {
+        (Some(_), Some(_)) => {
+            table.report("folders", "give either folder or folders, not both");
+            vec!["INBOX".to_string()]
+        }
+        (Some(folder), None) => vec![folder],
+        (None, Some(folders)) => folders,
+        (None, None) => vec!["INBOX".to_string()],
+    };
+    let max_connections = max_connections.unwrap_or(4);
+    if folders.is_empty() || folders.iter().any(|f| f.trim().is_empty()) {
+        table.report(
+            "folders",
+            "must name at least one folder, and no empty name",
+        );
+    } else if folders.len() > max_connections {
+        table.report(
+            "folders",
+            format!(
+                "{} folders need {} IMAP connections, more than max_connections = {max_connections} (Exchange Online allows 20 per mailbox); raise max_connections or watch fewer folders",
+                folders.len(),
+                folders.len()
+            ),
+        );
+    }
+    let mut seen_folders = HashSet::new();
+    for folder in &folders {
+        if !seen_folders.insert(folder.as_str()) {
+            table.report("folders", format!("`{folder}` is listed twice"));
+        }
+    }
+    folders
+}
+
+/// `dispose` with `processed_folder`, which only `move` uses (default "Processed").
+fn validate_disposal(
+    mode: DisposeMode,
+    processed_folder: Option<String>,
+    table: &mut Table,
+) -> Disposal {
+    if processed_folder.is_some() && mode != DisposeMode::Move {
+        table.report(
+            "processed_folder",
+            "is only used with dispose = \"move\"; remove it or set dispose = \"move\"",
+        );
+    }
+    match mode {
+        DisposeMode::Seen => Disposal::MarkSeen,
+        DisposeMode::Move => Disposal::Move {
+            folder: processed_folder.unwrap_or_else(|| "Processed".into()),
+        },
+        DisposeMode::Delete => Disposal::Delete,
+    }
+}
+
+/// `[mailboxes.smtp]`: STARTTLS on 587 unless told otherwise; Exchange Online's sending limits.
+fn validate_smtp(raw: raw::Smtp, base_dir: &Path, table: &mut Table) -> SmtpEndpoint {
+    let tls = raw.tls.unwrap_or(TlsMode::Starttls);
+    let ca_file = existing_file(base_dir, raw.ca_file, "smtp.ca_file", table);
+    SmtpEndpoint {
+        host: raw.host,
+        port: raw.port.unwrap_or(match tls {
+            TlsMode::Starttls => 587,
+            TlsMode::Implicit => 465,
+        }),
+        tls,
+        ca_file,
+        timeout: duration(
+            table,
+            "smtp.timeout",
+            raw.timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        max_per_minute: raw.max_per_minute.unwrap_or(30),
+        max_recipients_per_day: raw.max_recipients_per_day.unwrap_or(10_000),
+        retry_delay: duration(
+            table,
+            "smtp.retry_delay",
+            raw.retry_delay.as_deref(),
+            Duration::from_secs(30),
+        ),
+    }
+}
+
+/// `[mailboxes.acknowledge]`: on when the mailbox has SMTP; templates read and checked now, so a
+/// typo shows at start-up and not in a customer's inbox.
+fn validate_acknowledge(
+    raw: raw::Acknowledge,
+    has_smtp: bool,
+    base_dir: &Path,
+    table: &mut Table,
+) -> Acknowledge {
+    let template_text = read_template(base_dir, "template", raw.template.as_deref(), table)
+        .unwrap_or_else(|| DEFAULT_ACK_TEMPLATE.to_string());
+    let template_html = read_template(
+        base_dir,
+        "template_html",
+        raw.template_html.as_deref(),
+        table,
+    );
+    for (field, template) in [
+        ("template", Some(&template_text)),
+        ("template_html", template_html.as_ref()),
+    ] {
+        if let Some(template) = template
+            && let Err(e) = check_template(template)
+        {
+            table.report(&format!("acknowledge.{field}"), format!("the template {e}"));
+        }
+    }
+    let enabled = raw.enabled.unwrap_or(has_smtp);
+    if enabled && !has_smtp {
+        table.report(
+            "acknowledge.enabled",
+            "acknowledgements need a [mailboxes.smtp] table (Exchange Online: host = \"smtp.office365.com\")",
+        );
+    }
+    let since_ms = raw.since.as_deref().and_then(|text| {
+        parse_date(text).or_else(|| {
+            table.report(
+                "acknowledge.since",
+                format!(
+                    "`{text}` is not a date such as \"2026-11-01\" or \"2026-11-01T08:00:00Z\""
+                ),
+            );
+            None
+        })
+    });
+    let follow_up_interval = duration(
+        table,
+        "acknowledge.follow_up_interval",
+        raw.follow_up_interval.as_deref(),
+        Duration::from_secs(3600),
+    );
+    Acknowledge {
+        enabled,
+        follow_ups: raw.follow_ups.unwrap_or(false),
+        follow_up_interval,
+        from: raw.from,
+        template_text,
+        template_html,
+        deny: raw
+            .deny
+            .unwrap_or_else(|| DEFAULT_ACK_DENY.iter().map(|d| d.to_string()).collect())
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect(),
+        max_per_recipient_per_day: raw.max_per_recipient_per_day.unwrap_or(5),
+        quarantine_notice: raw.quarantine_notice.unwrap_or(false),
+        since_ms,
+    }
+}
+
+/// The text of an `acknowledge.template…` file; `None` when not configured or unreadable
+/// (reported).
+fn read_template(
+    base_dir: &Path,
+    field: &str,
+    path: Option<&Path>,
+    table: &mut Table,
+) -> Option<String> {
+    let path = base_dir.join(path?);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            table.report(
+                &format!("acknowledge.{field}"),
+                format!("cannot read {}: {e}", path.display()),
+            );
+            None
+        }
+    }
+}
+
+/// A configured file, relative to the config file's folder; a missing one is reported.
+fn existing_file(
+    base_dir: &Path,
+    path: Option<PathBuf>,
+    field: &str,
+    table: &mut Table,
+) -> Option<PathBuf> {
+    let path = base_dir.join(path?);
+    if let Some(message) = file_problem(&path) {
+        table.report(field, message);
+    }
+    Some(path)
+}
+
+/// A duration key (`"30s"`, `"5m"`): `default` when absent; a bad one is reported and `default`
+/// is taken.
+fn duration(table: &mut Table, field: &str, text: Option<&str>, default: Duration) -> Duration {
+    let Some(text) = text else {
+        return default;
+    };
+    humantime::parse_duration(text).unwrap_or_else(|e| {
+        table.report(
+            field,
+            format!("`{text}` is not a duration ({e}); write e.g. \"30s\", \"5m\""),
+        );
+        default
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::config::tests::{MINIMAL, load};
+
+    #[test]
+    fn closed_sets_parse_their_words_and_name_the_allowed_ones() {
+        assert_eq!("normal".parse(), Ok(Mode::Normal));
+        assert_eq!("shadow".parse(), Ok(Mode::Shadow));
+        assert_eq!(
+            "Shadow".parse::<Mode>(),
+            Err("must be \"normal\" or \"shadow\"".to_string())
+        );
+        for mode in DisposeMode::ALL {
+            assert_eq!(mode.name().parse(), Ok(mode));
+        }
+        assert_eq!(
+            "archive".parse::<DisposeMode>(),
+            Err("must be \"seen\", \"move\" or \"delete\"".to_string())
+        );
+        for keep in KeepRaw::ALL {
+            assert_eq!(keep.name().parse(), Ok(keep));
+        }
+        assert_eq!(
+            "none".parse::<KeepRaw>(),
+            Err("must be \"failures\" or \"all\"".to_string())
+        );
+        assert_eq!("all".parse(), Ok(FirstStart::All));
+        assert_eq!("now".parse(), Ok(FirstStart::Now));
+        assert_eq!(
+            "2026-11-01".parse(),
+            Ok(FirstStart::Since(1_793_491_200_000))
+        );
+        assert!(
+            "yesterday"
+                .parse::<FirstStart>()
+                .unwrap_err()
+                .starts_with("`yesterday` is not \"all\", \"now\" or a date")
+        );
+    }
+
+    #[test]
+    fn undeclared_identity_lists_the_declared_ones() {
+        let text = MINIMAL.replace("identity = \"app\"", "identity = \"missing\"");
+        let problems = load(&text).unwrap_err();
+        assert_eq!(problems[0].key, "mailboxes[0].identity");
+        assert!(
+            problems[0].message.contains("declared identities: app"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn acknowledgement_templates_are_checked_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ack.txt"), "Ticket {ticket} for {customer}").unwrap();
+        let text = MINIMAL.replace(
+            "imap = { host = \"outlook.office365.com\" }",
+            "imap = { host = \"outlook.office365.com\" }\nsmtp = { host = \"smtp.office365.com\" }\nacknowledge = { template = \"ack.txt\" }",
+        );
+        let problems = Config::from_toml_str(&text, dir.path()).unwrap_err();
+        assert_eq!(problems[0].key, "mailboxes[0].acknowledge.template");
+        assert!(problems[0].message.contains("{customer}"), "{problems:?}");
+        assert!(check_template(DEFAULT_ACK_TEMPLATE).is_ok());
+    }
+
+    #[test]
+    fn junk_folder_defaults_to_junk_and_must_name_a_folder() {
+        assert_eq!(load(MINIMAL).unwrap().mailboxes[0].junk_folder, "Junk");
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\njunk_folder = \"Junk Email\"",
+        );
+        assert_eq!(load(&text).unwrap().mailboxes[0].junk_folder, "Junk Email");
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\njunk_folder = \" \"",
+        );
+        let problems = load(&text).unwrap_err();
+        assert_eq!(problems[0].key, "mailboxes[0].junk_folder");
+        assert!(problems[0].message.contains("Junk Email"), "{problems:?}");
+    }
+
+    #[test]
+    fn several_folders_within_the_connection_limit() {
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\nfolders = [\"INBOX\", \"Support/Urgent\"]",
+        );
+        let config = load(&text).unwrap();
+        assert_eq!(config.mailboxes[0].folders, ["INBOX", "Support/Urgent"]);
+
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\nfolders = [\"INBOX\", \"A\", \"B\"]\nmax_connections = 2",
+        );
+        let problems = load(&text).unwrap_err();
+        assert_eq!(problems[0].key, "mailboxes[0].folders");
+        assert!(
+            problems[0].message.contains("max_connections"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn mailbox_modes_and_first_start_policies() {
+        let config = load(MINIMAL).unwrap();
+        let mailbox = &config.mailboxes[0];
+        assert_eq!(mailbox.mode, Mode::Normal);
+        assert_eq!(mailbox.first_start, FirstStart::All);
+        assert!(mailbox.idle);
+        assert_eq!(mailbox.idle_interval, Duration::from_secs(600));
+
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\nmode = \"shadow\"\nfirst_start = \"2026-11-01\"\ndispose = \"delete\"",
+        );
+        let config = load(&text).unwrap();
+        let mailbox = &config.mailboxes[0];
+        assert_eq!(mailbox.mode, Mode::Shadow);
+        assert_eq!(mailbox.first_start, FirstStart::Since(1_793_491_200_000));
+        assert_eq!(mailbox.dispose, Disposal::Delete);
+
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\nfirst_start = \"yesterday\"\nidle_interval = \"45m\"",
+        );
+        let problems = load(&text).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["mailboxes[0].first_start", "mailboxes[0].idle_interval"],
+            "{problems:?}"
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! Typed settings: loaded from TOML plus `MAILINTAKE_…` environment overrides, validated once, then
+//! passed around as plain values.
+//!
+//! Two layers: the `raw` structs mirror the file (serde, unknown keys rejected) and [`Config`] is the
+//! validated result that the rest of the program uses. Every problem is reported with the key it is
+//! about and what to do; no message ever contains a secret's value. Validation is split by topic:
+//! `identity` (flows, credentials, token endpoints, token keys) with the pure `entra` derivations,
+//! `mailbox` (IMAP, disposal, SMTP, acknowledgements), and `problems` (collecting and rendering).
+//! A key with a closed set of values is read as a string and parsed in validation into an enum, so
+//! that a bad value is reported with its key while validation goes on to find the others.
+
+mod entra;
+mod identity;
+mod mailbox;
+mod problems;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+pub use entra::{DEFAULT_AUTHORITY_HOST, EXCHANGE_RESOURCE};
+pub use identity::Flow;
+pub use mailbox::{DEFAULT_ACK_DENY, DEFAULT_ACK_TEMPLATE, TEMPLATE_PLACEHOLDERS, check_template};
+pub use problems::{ConfigError, ConfigProblem};
+
+use problems::{Problems, figment_problems};
+
+/// The default largest message that is downloaded; bigger ones are quarantined unread.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 25 * 1024 * 1024;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    /// Token sources, declared once and referenced by name from mailboxes.
+    pub identities: BTreeMap<String, Identity>,
+    pub mailboxes: Vec<Mailbox>,
+    /// Keys that encrypt refresh tokens at rest (`[token_store] keys`): the first encrypts, every
+    /// one decrypts, so a key is rotated by putting a new one first and keeping the old one until
+    /// every stored token was renewed.
+    pub token_keys: Vec<TokenKey>,
+    /// The monitoring endpoint (`[http]`); off when the table is absent.
+    pub http: Option<HttpConfig>,
+}
+
+/// The default address of the monitoring endpoint: loopback only.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9090";
+
+/// `[http]`: where `/healthz`, `/readyz`, `/metrics` and the status page are served.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: std::net::SocketAddr,
+    /// Required as `Authorization: Bearer …` on every route but `/healthz` when set; required to
+    /// listen on anything but loopback, because the page shows senders and subjects.
+    pub bearer_token: Option<SecretString>,
+}
+
+/// One key for refresh tokens at rest: 32 bytes for AES-256-GCM, given base64 or hex.
+#[derive(Debug, Clone)]
+pub struct TokenKey {
+    /// Stored beside each token, so any configured key can be found to decrypt it.
+    pub id: String,
+    /// The 32 key bytes, hex-encoded (validated).
+    pub key_hex: SecretString,
+}
+
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`. May hold a password, so it is never printed whole.
+    pub url: String,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+/// An OAuth2 token source: which endpoint to ask, as which client, with which grant.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub client_id: String,
+    pub grant: Grant,
+    pub token_url: Url,
+    /// The device authorization endpoint (`<authority>/oauth2/v2.0/devicecode`, or
+    /// `device_code_url`); `None` when only a `token_url` was given.
+    pub device_code_url: Option<Url>,
+    /// The authority (`https://login.microsoftonline.com/<tenant>`), from which the authorize and
+    /// admin-consent URLs derive; `None` when only a `token_url` was given.
+    pub authority: Option<Url>,
+    pub scope: String,
+    /// An extra CA certificate (PEM) trusted for the token endpoint, besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// When the client secret expires (from the portal's Certificates & secrets page), so that
+    /// mailintake can warn ahead; unix seconds.
+    pub secret_expires: Option<i64>,
+}
+
+/// The OAuth2 grant an identity uses, with the credentials that grant needs.
+#[derive(Debug, Clone)]
+pub enum Grant {
+    /// App-only access (`client_credentials`) with a client secret.
+    ClientSecret { client_secret: SecretString },
+    /// App-only access (`client_credentials`) with a certificate: a client assertion signed with
+    /// the private key. The files are read at every token request, so they can be replaced.
+    Certificate {
+        certificate_file: PathBuf,
+        private_key_file: PathBuf,
+    },
+    /// Delegated access with a user's password (ROPC). Public client unless a secret is given.
+    Password {
+        username: String,
+        password: SecretString,
+        client_secret: Option<SecretString>,
+    },
+    /// Delegated access on a refresh token kept encrypted in the database: obtained by
+    /// `mailintake login` (device code flow, works with MFA) or seeded from `refresh_token`.
+    /// Every rotated refresh token is stored again.
+    RefreshToken {
+        /// How the first refresh token is obtained.
+        login: DelegatedLogin,
+        client_secret: Option<SecretString>,
+    },
+}
+
+/// How a refresh-token identity gets its first refresh token.
+#[derive(Debug, Clone)]
+pub enum DelegatedLogin {
+    /// `mailintake login <identity>`: the device code flow (`flow = "device_code"`).
+    DeviceCode,
+    /// A refresh token obtained elsewhere (`flow = "refresh_token"`, key `refresh_token`); used
+    /// only until the database holds a newer one.
+    Seed(SecretString),
+}
+
+impl Grant {
+    /// The flow that selects this grant in the config file.
+    pub fn flow(&self) -> Flow {
+        match self {
+            Grant::ClientSecret { .. } | Grant::Certificate { .. } => Flow::ClientCredentials,
+            Grant::Password { .. } => Flow::Password,
+            Grant::RefreshToken {
+                login: DelegatedLogin::DeviceCode,
+                ..
+            } => Flow::DeviceCode,
+            Grant::RefreshToken { .. } => Flow::RefreshToken,
+        }
+    }
+
+    /// The `flow` value that selects this grant in the config file.
+    pub fn flow_name(&self) -> &'static str {
+        self.flow().name()
+    }
+
+    /// True for grants that act as a user (delegated permissions, `scp` in the token).
+    pub fn is_delegated(&self) -> bool {
+        self.flow().is_delegated()
+    }
+}
+
+/// One watched mailbox.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    /// A short stable name; it keys the mailbox's rows in the database.
+    pub name: String,
+    /// The address used as the IMAP login (SASL user). For a shared mailbox this is the shared
+    /// mailbox's address, not the identity's account.
+    pub address: String,
+    /// The name of the identity whose tokens log in to this mailbox.
+    pub identity: String,
+    pub imap: ImapEndpoint,
+    /// The folders watched for new mail; each has its own task and IMAP connection.
+    pub folders: Vec<String>,
+    /// How often the folder is swept for new mail. With IDLE it is the longest time between two
+    /// reconciliation sweeps; new mail is taken as it arrives.
+    pub poll_interval: Duration,
+    /// Wait for new mail with IDLE (RFC 2177) where the server offers it.
+    pub idle: bool,
+    /// IDLE is re-issued after this long (Exchange and NAT gateways drop quiet connections; the RFC
+    /// allows 29 minutes at most).
+    pub idle_interval: Duration,
+    pub max_message_bytes: u64,
+    /// Bodies are downloaded in UID batches of at most this many bytes (by RFC822.SIZE) and
+    /// messages; this bounds memory and keeps round trips few.
+    pub fetch_batch_bytes: u64,
+    pub fetch_batch_messages: usize,
+    pub dispose: Disposal,
+    pub quarantine_folder: String,
+    /// The mailbox's Junk folder, where real mail sometimes lands (`mailintake junk`); Exchange
+    /// Online's is "Junk Email".
+    pub junk_folder: String,
+    pub mode: Mode,
+    pub first_start: FirstStart,
+    /// New tickets one sender may open per hour; the excess is quarantined. 0 means no limit.
+    pub max_new_tickets_per_sender_per_hour: u32,
+    /// A person's follow-up to a resolved or closed ticket reopens it.
+    pub reopen_closed: bool,
+    /// Keep every ingested message's raw bytes (compressed), not only those of failures.
+    pub keep_raw_all: bool,
+    /// Where acknowledgements are sent through; `None` when the mailbox sends nothing.
+    pub smtp: Option<SmtpEndpoint>,
+    pub acknowledge: Acknowledge,
+}
+
+/// The SMTP submission server of a mailbox (Exchange Online: smtp.office365.com:587, STARTTLS).
+#[derive(Debug, Clone)]
+pub struct SmtpEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    /// Exchange Online allows 30 messages a minute and 10,000 recipients a day per mailbox.
+    pub max_per_minute: u32,
+    pub max_recipients_per_day: u32,
+    /// The first retry after a transient failure; it doubles up to an hour.
+    pub retry_delay: Duration,
+}
+
+/// When and how new tickets are acknowledged.
+#[derive(Debug, Clone)]
+pub struct Acknowledge {
+    /// Acknowledge new tickets (needs `smtp`).
+    pub enabled: bool,
+    /// Also acknowledge follow-ups (at most one per ticket per `follow_up_interval`).
+    pub follow_ups: bool,
+    pub follow_up_interval: Duration,
+    /// The From address; the mailbox address unless set (Exchange needs the SendAs right).
+    pub from: Option<String>,
+    /// Plain-text and optional HTML templates, already read and checked.
+    pub template_text: String,
+    pub template_html: Option<String>,
+    /// Recipients never acknowledged: exact addresses or `*@domain`, `noreply@*` patterns.
+    pub deny: Vec<String>,
+    /// At most this many acknowledgements to one recipient a day.
+    pub max_per_recipient_per_day: u32,
+    /// Tell the sender of a message that was too large that it was set aside (and kept).
+    pub quarantine_notice: bool,
+    /// Mail received before this (unix ms) is not acknowledged; default: the folder's first sweep,
+    /// so importing an existing inbox does not write to every past customer.
+    pub since_ms: Option<i64>,
+}
+
+/// Whether mailintake changes anything in the mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Ingest and dispose of messages (flag, move or delete them).
+    Normal,
+    /// Read-only: EXAMINE and BODY.PEEK, no flags, moves or deletions, no acknowledgements; tickets
+    /// are still written. For running beside the system mailintake replaces, to compare.
+    Shadow,
+}
+
+/// What a mailbox's first start does with the mail already in the folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstStart {
+    /// Ingest everything that is there.
+    All,
+    /// Leave what is there untouched; ingest only mail that arrives from now on.
+    Now,
+    /// Leave mail received (INTERNALDATE) before this instant untouched; unix milliseconds.
+    Since(i64),
+}
+
+/// What happens in IMAP to a message once its outcome is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposal {
+    /// Set `\Seen` and leave it in the folder.
+    MarkSeen,
+    /// Move it to this folder (created when missing).
+    Move { folder: String },
+    /// Flag it `\Deleted` and expunge that UID (UIDPLUS); without UIDPLUS it stays flagged.
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImapEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    /// An extra CA certificate (PEM) trusted for this server, besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS from the first byte (port 993).
+    Implicit,
+    /// Plain connection upgraded with `STARTTLS` before anything else is sent (port 143).
+    Starttls,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// The longest any single IMAP command may take before the connection is given up.
+    pub command: Duration,
+}
+
+impl Config {
+    /// Loads the file at `path`, applies `MAILINTAKE_…` environment overrides, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        // Nested keys are separated by a double underscore, e.g.
+        // MAILINTAKE_DATABASE__URL or MAILINTAKE_IDENTITIES__DEMO__CLIENT_SECRET. Every setting
+        // lives in a section, so variables without a double underscore (MAILINTAKE_CONFIG, or a
+        // secret named MAILINTAKE_SUPPORT_SECRET and referenced with { env = ... }) are not
+        // overrides and are left alone.
+        let env = Env::prefixed("MAILINTAKE_")
+            .split("__")
+            .filter(|key| key.as_str().contains('.'));
+        let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        Self::from_figment(figment, base_dir).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Validates configuration given as TOML text (tests, `check`). Relative `file` paths are
+    /// resolved against `base_dir`.
+    pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, Vec<ConfigProblem>> {
+        Self::from_figment(Figment::from(Toml::string(text)), base_dir)
+    }
+
+    fn from_figment(figment: Figment, base_dir: &Path) -> Result<Config, Vec<ConfigProblem>> {
+        let raw: raw::File = figment.extract().map_err(figment_problems)?;
+        let mut problems = Problems::default();
+        let config = validate(raw, base_dir, &mut problems);
+        problems.into_result(config)
+    }
+
+    pub fn identity(&self, name: &str) -> &Identity {
+        // Validation guarantees that every mailbox names a declared identity.
+        &self.identities[name]
+    }
+}
+
+/// Validates the whole file, recording every problem; the result is used only when there are none.
+fn validate(raw: raw::File, base_dir: &Path, problems: &mut Problems) -> Config {
+    let database = validate_database(raw.database, problems);
+    // Mailboxes may name only declared identities, also those that turn out to be invalid (their
+    // own problems are reported), so that one mistake is not reported twice.
+    let declared_identities: Vec<String> = raw.identities.keys().cloned().collect();
+    let identities: BTreeMap<String, Identity> = raw
+        .identities
+        .into_iter()
+        .filter_map(|(name, raw_identity)| {
+            identity::validate_identity(&name, raw_identity, base_dir, problems)
+                .map(|identity| (name, identity))
+        })
+        .collect();
+    let token_keys =
+        identity::validate_token_keys(raw.token_store, &identities, base_dir, problems);
+    let mailboxes =
+        mailbox::validate_mailboxes(raw.mailboxes, &declared_identities, base_dir, problems);
+    let http = raw.http.and_then(|h| validate_http(h, base_dir, problems));
+    Config {
+        database,
+        identities,
+        mailboxes,
+        token_keys,
+        http,
+    }
+}
+
+/// `[database] url`: SQLite (the default, a file beside the worker) or PostgreSQL.
+fn validate_database(raw: Option<raw::Database>, problems: &mut Problems) -> DatabaseConfig {
+    let url = raw
+        .and_then(|d| d.url)
+        .unwrap_or_else(|| "sqlite://data/mailintake.db".to_string());
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
+        problems.report(
+            "database.url",
+            "must start with sqlite:// (embedded, the default) or postgres://",
+        );
+    }
+    DatabaseConfig { url }
+}
+
+/// `[http]`: `listen` a socket address (default 127.0.0.1:9090); anything but loopback only with a
+/// `bearer_token` of at least 16 characters.
+fn validate_http(raw: raw::Http, base_dir: &Path, problems: &mut Problems) -> Option<HttpConfig> {
+    use secrecy::ExposeSecret;
+    let text = raw.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN);
+    let listen: std::net::SocketAddr = match text.parse() {
+        Ok(listen) => listen,
+        Err(_) => {
+            problems.report(
+                "http.listen",
+                format!("`{text}` is not an IP address and port, e.g. \"127.0.0.1:9090\""),
+            );
+            return None;
+        }
+    };
+    let bearer_token = match raw.bearer_token.map(|s| s.resolve(base_dir)) {
+        None => None,
+        Some(Ok(token)) if token.expose_secret().trim().len() >= 16 => Some(token),
+        Some(Ok(_)) => {
+            problems.report(
+                "http.bearer_token",
+                "must be at least 16 characters (e.g. `openssl rand -hex 24`)",
+            );
+            return None;
+        }
+        Some(Err(message)) => {
+            problems.report("http.bearer_token", message);
+            return None;
+        }
+    };
+    if !listen.ip().is_loopback() && bearer_token.is_none() {
+        problems.report(
+            "http.listen",
+            format!(
+                "{listen} is reachable from other machines, and the status page shows senders and subjects: \
+                 set http.bearer_token = {{ env = \"MAILINTAKE_HTTP_TOKEN\" }}, or listen on 127.0.0.1"
+            ),
+        );
+        return None;
+    }
+    Some(HttpConfig {
+        listen,
+        bearer_token,
+    })
+}
+
+/// Why a configured file cannot be used, if it cannot: it must exist (checked at start-up, so that a
+/// wrong path shows before the first connection needs it).
+fn file_problem(path: &Path) -> Option<String> {
+    (!path.is_file()).then(|| format!("file {} does not exist", path.display()))
+}
+
+/// `postgres://user:password@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

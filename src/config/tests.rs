@@ -1,0 +1,175 @@
+//! Whole-file tests through [`Config::from_toml_str`], and the fixtures that the topic modules'
+//! tests build on.
+
+use std::path::Path;
+
+use secrecy::ExposeSecret;
+
+use super::*;
+
+pub(super) fn load(text: &str) -> Result<Config, Vec<ConfigProblem>> {
+    Config::from_toml_str(text, Path::new("."))
+}
+
+pub(super) const MINIMAL: &str = r#"
+    [identities.app]
+    tenant = "contoso.onmicrosoft.com"
+    client_id = "11111111-2222-3333-4444-555555555555"
+    client_secret = "s3cr3t-value"
+
+    [[mailboxes]]
+    name = "support"
+    address = "support@contoso.com"
+    identity = "app"
+    imap = { host = "outlook.office365.com" }
+"#;
+
+pub(super) fn with_identity(keys: &str) -> String {
+    MINIMAL.replace("client_secret = \"s3cr3t-value\"", keys)
+}
+
+pub(super) const TOKEN_STORE: &str = "[token_store]\nkeys = [{ id = \"k2\", key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\" }, { id = \"k1\", key = \"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\" }]\n";
+
+#[test]
+fn minimal_config_gets_entra_defaults() {
+    let config = load(MINIMAL).unwrap();
+    let identity = config.identity("app");
+    assert_eq!(
+        identity.token_url.as_str(),
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    assert_eq!(identity.scope, "https://outlook.office365.com/.default");
+    let mailbox = &config.mailboxes[0];
+    assert_eq!(mailbox.imap.port, 993);
+    assert_eq!(mailbox.imap.tls, TlsMode::Implicit);
+    assert_eq!(mailbox.folders, ["INBOX"]);
+    assert_eq!(mailbox.dispose, Disposal::MarkSeen);
+    assert_eq!(mailbox.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    assert_eq!(config.database.url, "sqlite://data/mailintake.db");
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let text = MINIMAL.replace(
+        "name = \"support\"",
+        "name = \"support\"\npoll_intervall = \"5s\"",
+    );
+    let problems = load(&text).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].key.ends_with("poll_intervall"), "{problems:?}");
+    assert!(problems[0].message.contains("unknown key"), "{problems:?}");
+}
+
+#[test]
+fn mistyped_secret_is_not_echoed() {
+    // A secret given where a number is expected must not appear in the message.
+    let text = MINIMAL.replace(
+        "imap = { host = \"outlook.office365.com\" }",
+        "imap = { host = \"h\", port = \"s3cr3t-value\" }",
+    );
+    let problems = load(&text).unwrap_err();
+    let rendered = format!("{problems:?}");
+    assert!(!rendered.contains("s3cr3t-value"), "{rendered}");
+    assert!(rendered.contains("mailboxes"), "{rendered}");
+}
+
+#[test]
+fn secrets_never_appear_in_debug() {
+    let config = load(MINIMAL).unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("s3cr3t-value"), "{debug}");
+    let Grant::ClientSecret { client_secret } = &config.identity("app").grant else {
+        panic!("expected a client secret grant");
+    };
+    assert_eq!(client_secret.expose_secret(), "s3cr3t-value");
+}
+
+#[test]
+fn postgres_password_is_redacted() {
+    assert_eq!(
+        redact_url("postgres://u:hunter2@db.internal/tickets"),
+        "postgres://u:***@db.internal/tickets"
+    );
+}
+
+#[test]
+fn http_is_off_by_default_and_loopback_unless_a_token_is_set() {
+    assert!(load(MINIMAL).unwrap().http.is_none());
+    let on = load(&format!("{MINIMAL}\n[http]\n")).unwrap().http.unwrap();
+    assert_eq!(on.listen.to_string(), DEFAULT_HTTP_LISTEN);
+    assert!(on.bearer_token.is_none());
+
+    let open = load(&format!("{MINIMAL}\n[http]\nlisten = \"0.0.0.0:9090\"\n")).unwrap_err();
+    assert_eq!(open[0].key, "http.listen");
+    assert!(open[0].message.contains("bearer_token"), "{open:?}");
+
+    let with_token = load(&format!(
+        "{MINIMAL}\n[http]\nlisten = \"[::]:9191\"\nbearer_token = \"0123456789abcdef0123\"\n"
+    ))
+    .unwrap()
+    .http
+    .unwrap();
+    assert_eq!(with_token.listen.port(), 9191);
+    assert_eq!(
+        with_token.bearer_token.unwrap().expose_secret(),
+        "0123456789abcdef0123"
+    );
+
+    let short = load(&format!("{MINIMAL}\n[http]\nbearer_token = \"short\"\n")).unwrap_err();
+    assert_eq!(short[0].key, "http.bearer_token");
+    assert!(!short[0].message.contains("short"), "never echo the token");
+    let bad = load(&format!("{MINIMAL}\n[http]\nlisten = \"localhost\"\n")).unwrap_err();
+    assert_eq!(bad[0].key, "http.listen");
+}
+
+#[test]
+fn two_bad_closed_set_values_are_both_reported_with_their_keys() {
+    let text = MINIMAL.replace(
+        "name = \"support\"",
+        "name = \"support\"\ndispose = \"archive\"\nkeep_raw = \"some\"",
+    );
+    let problems = load(&text).unwrap_err();
+    assert_eq!(
+        problems,
+        [
+            ConfigProblem {
+                key: "mailboxes[0].dispose".into(),
+                message: "must be \"seen\", \"move\" or \"delete\"".into(),
+            },
+            ConfigProblem {
+                key: "mailboxes[0].keep_raw".into(),
+                message: "must be \"failures\" or \"all\"".into(),
+            },
+        ]
+    );
+}
+
+#[test]
+fn bad_closed_set_values_in_two_tables_are_both_reported() {
+    let text = with_identity("client_secret = \"x\"\nflow = \"magic\"").replace(
+        "name = \"support\"",
+        "name = \"support\"\nmode = \"dry-run\"\nfirst_start = \"later\"",
+    );
+    let problems = load(&text).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "identities.app.flow",
+            "mailboxes[0].mode",
+            "mailboxes[0].first_start"
+        ],
+        "{problems:?}"
+    );
+    assert_eq!(
+        problems[0].message,
+        "unknown flow `magic`; expected \"client_credentials\", \"password\", \"device_code\" or \"refresh_token\""
+    );
+    assert_eq!(problems[1].message, "must be \"normal\" or \"shadow\"");
+    assert!(
+        problems[2]
+            .message
+            .starts_with("`later` is not \"all\", \"now\" or a date"),
+        "{problems:?}"
+    );
+}
