@@ -1,4 +1,5 @@
-//! The outbox: acknowledgements written with their ticket, claimed and sent by the sender task.
+//! The outbox: acknowledgements written with their ticket (in the batch's transaction:
+//! `batch/outbox.rs`), claimed and sent by the sender task.
 //!
 //! Claiming is one `UPDATE … WHERE id = (SELECT …) AND state = 'pending' RETURNING`, which is
 //! atomic on SQLite and, under PostgreSQL's READ COMMITTED, lets only one of two concurrent workers
@@ -6,7 +7,7 @@
 
 use sqlx::Row;
 
-use super::{Batch, Result, Store};
+use super::{Result, Store};
 use crate::time::now_ms;
 
 /// What the acknowledgement answers.
@@ -82,66 +83,6 @@ fn row(r: sqlx::any::AnyRow) -> OutboxRow {
         body_text: r.get(9),
         body_html: r.get(10),
         attempts: r.get(11),
-    }
-}
-
-impl Batch {
-    /// Writes an outbox row for `ticket_id` in the batch's transaction: `pending` (due now), or
-    /// `suppressed` with the reason.
-    pub async fn enqueue(
-        &mut self,
-        mailbox: &str,
-        ticket_id: Option<i64>,
-        draft: &OutboxDraft,
-    ) -> Result<i64> {
-        let now = now_ms();
-        let id: i64 = sqlx::query(
-            "INSERT INTO outbox (mailbox, ticket_id, kind, from_address, to_address, subject, message_id, \
-             in_reply_to, thread_references, body_text, body_html, state, reason, next_attempt_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) RETURNING id",
-        )
-        .bind(mailbox)
-        .bind(ticket_id)
-        .bind(draft.kind.as_str())
-        .bind(&draft.from)
-        .bind(draft.to.clone())
-        .bind(&draft.subject)
-        .bind(&draft.message_id)
-        .bind(draft.in_reply_to.clone())
-        .bind(draft.references.clone())
-        .bind(&draft.body_text)
-        .bind(draft.body_html.clone())
-        .bind(if draft.suppressed.is_some() { "suppressed" } else { "pending" })
-        .bind(draft.suppressed.clone())
-        .bind(now)
-        .fetch_one(&mut *self.tx)
-        .await?
-        .get(0);
-        Ok(id)
-    }
-
-    /// Acknowledgements (sent or on their way) to `address` since `since_ms`.
-    pub async fn acks_to_since(&mut self, address: &str, since_ms: i64) -> Result<u32> {
-        let r = sqlx::query(
-            "SELECT COUNT(*) FROM outbox WHERE lower(to_address) = lower($1) AND created_at >= $2 \
-             AND state IN ('pending', 'sending', 'sent')",
-        )
-        .bind(address)
-        .bind(since_ms)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok(r.get::<i64, _>(0) as u32)
-    }
-
-    /// When `ticket_id` last got an acknowledgement that was not suppressed.
-    pub async fn last_ack_of_ticket(&mut self, ticket_id: i64) -> Result<Option<i64>> {
-        let r = sqlx::query(
-            "SELECT MAX(created_at) FROM outbox WHERE ticket_id = $1 AND state IN ('pending', 'sending', 'sent')",
-        )
-        .bind(ticket_id)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok(r.get(0))
     }
 }
 

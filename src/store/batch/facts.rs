@@ -1,0 +1,336 @@
+//! What a decision asks of the store (is this Message-ID known? which ticket does this thread
+//! belong to? how many tickets did this sender open lately? was this message released?), read for
+//! the whole batch in a few statements at its start and answered from memory, together with what
+//! the batch wrote since.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::Row;
+
+use super::{Batch, IDS_PER_STATEMENT};
+use crate::ingest::KnownTicket;
+use crate::store::Result;
+use crate::store::sql::placeholders;
+
+/// What [`Batch::message_facts`] found.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFacts {
+    pub same_message_id: Option<crate::ingest::KnownMessage>,
+    pub sender_recent_tickets: u32,
+    pub released: bool,
+}
+
+/// What a batch's messages will ask, known before the first is decided: see [`Batch::prefetch`].
+#[derive(Debug, Default)]
+pub struct BatchQuestions<'a> {
+    pub mailbox: &'a str,
+    /// The Message-IDs of the batch's messages.
+    pub message_ids: Vec<&'a str>,
+    /// Their senders (From addresses).
+    pub senders: Vec<&'a str>,
+    /// The Message-IDs they refer to (In-Reply-To, References, reported messages).
+    pub referenced_ids: Vec<&'a str>,
+    /// The start of the window of the per-sender limit.
+    pub since_ms: i64,
+}
+
+/// The answers to a batch's [`BatchQuestions`], as stored when the batch began.
+#[derive(Debug, Default)]
+pub(super) struct Prefetched {
+    mailbox: String,
+    since_ms: i64,
+    /// Every Message-ID asked about (own and referenced), and the stored inbound message
+    /// (ticket, fingerprint) for those that have one.
+    asked_messages: HashSet<String>,
+    /// The referenced IDs asked about (they were looked up in the outbox too).
+    asked_references: HashSet<String>,
+    messages: HashMap<String, (i64, String)>,
+    /// Referenced IDs that are our own outbox messages, with their ticket.
+    outbox: HashMap<String, i64>,
+    /// lower(sender) → tickets opened since `since_ms`, for every ASCII sender asked about (SQL's
+    /// `lower` and Rust's agree on ASCII only; other senders are queried one by one).
+    senders: HashMap<String, u32>,
+    /// Message-IDs of the batch with an unused release.
+    released: HashSet<String>,
+}
+
+impl Batch {
+    /// What is stored about a message about to be recorded, in one statement: the stored message
+    /// with the same Message-ID, how many tickets `sender` opened since `since_ms`, and whether an
+    /// operator released this Message-ID from the quarantine of `mailbox` (not used yet).
+    pub async fn message_facts(
+        &mut self,
+        mailbox: &str,
+        message_id: &str,
+        sender: Option<&str>,
+        since_ms: i64,
+    ) -> Result<MessageFacts> {
+        if let Some(answer) = self.prefetched_facts(mailbox, message_id, sender, since_ms) {
+            return Ok(answer);
+        }
+        let row = sqlx::query(
+            "SELECT m.ticket_id, m.fingerprint, \
+             (SELECT COUNT(*) FROM tickets WHERE lower(requester_address) = lower($2) AND created_at >= $3), \
+             (SELECT COUNT(*) FROM quarantine WHERE mailbox = $4 AND message_id = $1 \
+              AND released_at IS NOT NULL AND release_used_at IS NULL) \
+             FROM (SELECT 1 AS one) AS q LEFT JOIN messages m ON m.message_id = $1",
+        )
+        .bind(message_id)
+        .bind(sender.map(str::to_string))
+        .bind(since_ms)
+        .bind(mailbox)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let same_message_id = match (row.get::<Option<i64>, _>(0), row.get(1)) {
+            (Some(ticket_id), Some(fingerprint)) => Some(crate::ingest::KnownMessage {
+                ticket_id,
+                fingerprint,
+            }),
+            _ => None,
+        };
+        Ok(MessageFacts {
+            same_message_id,
+            sender_recent_tickets: row.get::<i64, _>(2) as u32,
+            released: row.get::<i64, _>(3) > 0,
+        })
+    }
+
+    /// The ticket owning one of these Message-IDs (our stored inbound messages or our outbox),
+    /// the first of them in order that is known: one statement per `IDS_PER_STATEMENT` IDs.
+    pub async fn ticket_of_message_ids(&mut self, ids: &[String]) -> Result<Option<KnownTicket>> {
+        if let Some(known) = self.prefetched_thread(ids) {
+            return match known {
+                Some(ticket_id) => self.ticket(ticket_id).await,
+                None => Ok(None),
+            };
+        }
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(1, chunk.len());
+            // Only placeholders are formatted into the statement; the IDs are bound.
+            let sql = format!(
+                "SELECT message_id, ticket_id FROM messages WHERE message_id IN ({list}) \
+                 UNION ALL SELECT message_id, ticket_id FROM outbox WHERE message_id IN ({list}) \
+                 AND ticket_id IS NOT NULL"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            let found: HashMap<String, i64> = query
+                .fetch_all(&mut *self.tx)
+                .await?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            if let Some(ticket_id) = chunk.iter().find_map(|id| found.get(id)) {
+                return self.ticket(*ticket_id).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The ticket with this reference (`TCK-000123`).
+    pub async fn ticket_by_reference(&mut self, reference: &str) -> Result<Option<KnownTicket>> {
+        let row = sqlx::query("SELECT id FROM tickets WHERE reference = $1")
+            .bind(reference)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        match row {
+            Some(row) => self.ticket(row.get(0)).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A ticket with its status and participants (requester, and the senders of its messages),
+    /// in one statement: the ticket's row first, then one row per sender address.
+    async fn ticket(&mut self, ticket_id: i64) -> Result<Option<KnownTicket>> {
+        let rows = sqlx::query(
+            "SELECT 0, status, requester_address FROM tickets WHERE id = $1 \
+             UNION ALL SELECT 1, NULL, from_address FROM messages WHERE ticket_id = $1 AND from_address IS NOT NULL \
+             UNION ALL SELECT 1, NULL, reply_to FROM messages WHERE ticket_id = $1 AND reply_to IS NOT NULL",
+        )
+        .bind(ticket_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let Some(mut status) = rows
+            .iter()
+            .find(|r| r.get::<i64, _>(0) == 0)
+            .map(|r| r.get::<String, _>(1))
+        else {
+            return Ok(None);
+        };
+        // Reopened earlier in this batch (written at commit).
+        if self.touched_tickets.get(&ticket_id) == Some(&true) {
+            status = "open".to_string();
+        }
+        let mut participants: Vec<String> = Vec::new();
+        // The requester first, then the senders in the order the database gives them.
+        let mut ordered: Vec<&sqlx::any::AnyRow> = rows.iter().collect();
+        ordered.sort_by_key(|r| r.get::<i64, _>(0));
+        for row in ordered {
+            if let Some(address) = row.get::<Option<String>, _>(2) {
+                let address = address.to_ascii_lowercase();
+                if !participants.contains(&address) {
+                    participants.push(address);
+                }
+            }
+        }
+        Ok(Some(KnownTicket {
+            ticket_id,
+            status,
+            participants,
+        }))
+    }
+
+    /// Reads, in a few statements for the whole batch, what its messages' decisions will ask:
+    /// the stored messages with their Message-IDs and the ones they refer to, the senders' recent
+    /// tickets and the unused releases. [`Batch::message_facts`] and
+    /// [`Batch::ticket_of_message_ids`] then answer from it (adding what the batch wrote since)
+    /// instead of one statement per message; anything not asked here is still queried.
+    pub async fn prefetch(&mut self, questions: &BatchQuestions<'_>) -> Result<()> {
+        let mut prefetched = Prefetched {
+            mailbox: questions.mailbox.to_string(),
+            since_ms: questions.since_ms,
+            ..Prefetched::default()
+        };
+        let mut ids: Vec<&str> = questions.message_ids.clone();
+        ids.extend(&questions.referenced_ids);
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(1, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT message_id, ticket_id, fingerprint FROM messages WHERE message_id IN ({list})"
+            )));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                prefetched
+                    .messages
+                    .insert(row.get(0), (row.get(1), row.get(2)));
+            }
+        }
+        let mut referenced: Vec<&str> = questions.referenced_ids.clone();
+        referenced.sort_unstable();
+        referenced.dedup();
+        for chunk in referenced.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(1, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT message_id, ticket_id FROM outbox WHERE message_id IN ({list}) AND ticket_id IS NOT NULL"
+            )));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                prefetched.outbox.insert(row.get(0), row.get(1));
+            }
+        }
+        let mut senders: Vec<String> = questions
+            .senders
+            .iter()
+            .filter(|s| s.is_ascii())
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        senders.sort_unstable();
+        senders.dedup();
+        for chunk in senders.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(2, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT lower(requester_address), COUNT(*) FROM tickets \
+                 WHERE lower(requester_address) IN ({list}) AND created_at >= $1 \
+                 GROUP BY lower(requester_address)"
+            )))
+            .bind(questions.since_ms);
+            for sender in chunk {
+                query = query.bind(sender.as_str());
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                prefetched
+                    .senders
+                    .insert(row.get(0), row.get::<i64, _>(1) as u32);
+            }
+            for sender in chunk {
+                prefetched.senders.entry(sender.clone()).or_insert(0);
+            }
+        }
+        for chunk in questions.message_ids.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(2, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT message_id FROM quarantine WHERE mailbox = $1 AND released_at IS NOT NULL \
+                 AND release_used_at IS NULL AND message_id IN ({list})"
+            )))
+            .bind(questions.mailbox);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                prefetched.released.insert(row.get(0));
+            }
+        }
+        prefetched.asked_messages = ids.iter().map(|id| id.to_string()).collect();
+        prefetched.asked_references = referenced.iter().map(|id| id.to_string()).collect();
+        self.prefetched = Some(prefetched);
+        Ok(())
+    }
+
+    /// [`Batch::message_facts`] from the prefetch, when it asked about this message.
+    fn prefetched_facts(
+        &self,
+        mailbox: &str,
+        message_id: &str,
+        sender: Option<&str>,
+        since_ms: i64,
+    ) -> Option<MessageFacts> {
+        let prefetched = self.prefetched.as_ref()?;
+        if prefetched.mailbox != mailbox
+            || prefetched.since_ms != since_ms
+            || !prefetched.asked_messages.contains(message_id)
+        {
+            return None;
+        }
+        let sender_recent_tickets = match sender.map(str::to_ascii_lowercase) {
+            Some(sender) => {
+                prefetched.senders.get(&sender)?
+                    + self.written.opened_by.get(&sender).copied().unwrap_or(0)
+            }
+            None => 0,
+        };
+        let same_message_id = self
+            .written
+            .messages
+            .get(message_id)
+            .or_else(|| prefetched.messages.get(message_id))
+            .map(|(ticket_id, fingerprint)| crate::ingest::KnownMessage {
+                ticket_id: *ticket_id,
+                fingerprint: fingerprint.clone(),
+            });
+        Some(MessageFacts {
+            same_message_id,
+            sender_recent_tickets,
+            released: prefetched.released.contains(message_id)
+                && !self.written.used_releases.contains(message_id),
+        })
+    }
+
+    /// [`Batch::ticket_of_message_ids`] from the prefetch: `Some(answer)` when every ID was asked
+    /// about (the first known one in order wins), `None` when the database must be asked.
+    fn prefetched_thread(&self, ids: &[String]) -> Option<Option<i64>> {
+        let prefetched = self.prefetched.as_ref()?;
+        for id in ids {
+            if let Some((ticket_id, _)) = self.written.messages.get(id) {
+                return Some(Some(*ticket_id));
+            }
+            if !prefetched.asked_references.contains(id) {
+                return None;
+            }
+            if let Some((ticket_id, _)) = prefetched.messages.get(id) {
+                return Some(Some(*ticket_id));
+            }
+            if let Some(ticket_id) = prefetched.outbox.get(id) {
+                return Some(Some(*ticket_id));
+            }
+        }
+        Some(None)
+    }
+}

@@ -1,0 +1,295 @@
+//! The outcomes a batch records: a new ticket, a follow-up, a duplicate, ignored mail, a
+//! quarantined message; each inserts its rows now and notes its `imap_messages` row for the commit.
+
+use sqlx::Row;
+
+use super::{Batch, ImapLocation, Outcome};
+use crate::ingest::{ParsedMail, QuarantineReason, ticket_reference};
+use crate::store::Result;
+use crate::store::sql::{gzip, join_ids, parties_json};
+use crate::time::now_ms;
+
+/// What is known of a quarantined message's envelope (from its headers, if they were read).
+#[derive(Debug, Clone, Default)]
+pub struct QuarantineEnvelope {
+    pub message_id: String,
+    pub from: Option<String>,
+    pub subject: Option<String>,
+}
+
+/// The ticket a follow-up goes on, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowUpOn<'a> {
+    pub ticket_id: i64,
+    /// Set the ticket's status back to `open`.
+    pub reopen: bool,
+    /// `auto-reply`, `bounce`, `read-receipt` for automatic mail.
+    pub auto_kind: Option<&'a str>,
+}
+
+impl Batch {
+    /// Opens a ticket with `mail` as its first message and records the outcome. Returns the ticket
+    /// id and reference. `Conflict` when the Message-ID was stored meanwhile by another worker
+    /// (see [`Batch`]; a UID recorded meanwhile is found at commit).
+    pub async fn new_ticket(
+        &mut self,
+        at: &ImapLocation<'_>,
+        mail: &ParsedMail,
+        related: Option<i64>,
+        keep_raw: Option<&[u8]>,
+        disposition: &str,
+    ) -> Result<(i64, String)> {
+        let now = now_ms();
+        // The database sets the reference (migration 0002), the same one ticket_reference gives.
+        let ticket_id: i64 = sqlx::query(
+            "INSERT INTO tickets (mailbox, subject, requester_address, requester_name, status, related_ticket_id, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, 'new', $5, $6, $6) RETURNING id",
+        )
+        .bind(at.mailbox)
+        .bind(crate::ingest::normalized_subject(&mail.subject))
+        .bind(mail.from.as_ref().map(|p| p.address.clone()))
+        .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
+        .bind(related)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await?
+        .get(0);
+        let message_row_id = self
+            .insert_message(ticket_id, at, mail, None, keep_raw)
+            .await?;
+        if let Some(from) = &mail.from {
+            *self
+                .written
+                .opened_by
+                .entry(from.address.to_ascii_lowercase())
+                .or_insert(0) += 1;
+        }
+        self.record_outcome(
+            at,
+            &mail.message_id,
+            Outcome {
+                outcome: "ticket",
+                ticket_id: Some(ticket_id),
+                message_row_id: Some(message_row_id),
+                quarantine_id: None,
+                detail: None,
+                disposition,
+            },
+        );
+        Ok((ticket_id, ticket_reference(ticket_id)))
+    }
+
+    /// Adds `mail` to an existing ticket (reopening it when asked) and records the outcome.
+    /// `Conflict` as for [`Batch::new_ticket`].
+    pub async fn follow_up(
+        &mut self,
+        at: &ImapLocation<'_>,
+        mail: &ParsedMail,
+        on: FollowUpOn<'_>,
+        keep_raw: Option<&[u8]>,
+        disposition: &str,
+    ) -> Result<()> {
+        let FollowUpOn {
+            ticket_id,
+            reopen,
+            auto_kind,
+        } = on;
+        let message_row_id = self
+            .insert_message(ticket_id, at, mail, auto_kind, keep_raw)
+            .await?;
+        // Written at commit, one statement for all the batch's tickets.
+        *self.touched_tickets.entry(ticket_id).or_insert(false) |= reopen;
+        self.record_outcome(
+            at,
+            &mail.message_id,
+            Outcome {
+                outcome: "follow-up",
+                ticket_id: Some(ticket_id),
+                message_row_id: Some(message_row_id),
+                quarantine_id: None,
+                detail: auto_kind.map(|k| format!("automatic mail ({k})")),
+                disposition,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records a message that is already stored (same Message-ID and fingerprint).
+    pub fn duplicate(
+        &mut self,
+        at: &ImapLocation<'_>,
+        message_id: &str,
+        ticket_id: i64,
+        disposition: &str,
+    ) {
+        self.record_outcome(
+            at,
+            message_id,
+            Outcome {
+                outcome: "duplicate",
+                ticket_id: Some(ticket_id),
+                message_row_id: None,
+                quarantine_id: None,
+                detail: Some("the same message is already stored".into()),
+                disposition,
+            },
+        );
+    }
+
+    /// Records a message that becomes no ticket on purpose (automatic mail that belongs to no
+    /// ticket, a loop, or mail older than the first-start cutoff).
+    pub fn ignored(
+        &mut self,
+        at: &ImapLocation<'_>,
+        message_id: &str,
+        detail: &str,
+        disposition: &str,
+    ) {
+        self.record_outcome(
+            at,
+            message_id,
+            Outcome {
+                outcome: "ignored",
+                ticket_id: None,
+                message_row_id: None,
+                quarantine_id: None,
+                detail: Some(detail.to_string()),
+                disposition,
+            },
+        );
+    }
+
+    /// Records a quarantined message (with its raw bytes when they were downloaded). Returns the
+    /// quarantine id.
+    pub async fn quarantine(
+        &mut self,
+        at: &ImapLocation<'_>,
+        envelope: &QuarantineEnvelope,
+        reason: &QuarantineReason,
+        raw: Option<&[u8]>,
+        disposition: &str,
+    ) -> Result<i64> {
+        let quarantine_id: i64 = sqlx::query(
+            "INSERT INTO quarantine (mailbox, folder, uidvalidity, uid, message_id, size_bytes, from_address, subject, \
+             reason, detail, raw, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        )
+        .bind(at.mailbox)
+        .bind(at.folder)
+        .bind(i64::from(at.uidvalidity))
+        .bind(i64::from(at.uid))
+        .bind(&envelope.message_id)
+        .bind(at.size as i64)
+        .bind(envelope.from.clone())
+        .bind(envelope.subject.clone())
+        .bind(reason.code())
+        .bind(reason.detail())
+        .bind(raw)
+        .bind(now_ms())
+        .fetch_one(&mut *self.tx)
+        .await?
+        .get(0);
+        self.record_outcome(
+            at,
+            &envelope.message_id,
+            Outcome {
+                outcome: "quarantined",
+                ticket_id: None,
+                message_row_id: None,
+                quarantine_id: Some(quarantine_id),
+                detail: Some(reason.detail()),
+                disposition,
+            },
+        );
+        Ok(quarantine_id)
+    }
+
+    /// Inserts an inbound message row (and its attachments) on `ticket_id`. `Conflict` when the
+    /// Message-ID is stored already.
+    async fn insert_message(
+        &mut self,
+        ticket_id: i64,
+        at: &ImapLocation<'_>,
+        mail: &ParsedMail,
+        auto_kind: Option<&str>,
+        keep_raw: Option<&[u8]>,
+    ) -> Result<i64> {
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
+             thread_references, subject, from_address, from_name, reply_to, to_addresses, cc_addresses, sent_at, \
+             received_at, body_text, body_html, body_text_derived, auto_kind, headers, size_bytes, content_sha256, \
+             fingerprint, created_at) \
+             VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+             $20, $21, $22, $23) ON CONFLICT (message_id) DO NOTHING RETURNING id",
+        )
+        .bind(ticket_id)
+        .bind(at.mailbox)
+        .bind(&mail.message_id)
+        .bind(mail.message_id_source.as_str())
+        .bind(mail.in_reply_to.first().cloned())
+        .bind(join_ids(&mail.references))
+        .bind(&mail.subject)
+        .bind(mail.from.as_ref().map(|p| p.address.clone()))
+        .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
+        .bind(mail.reply_to.as_ref().map(|p| p.address.clone()))
+        .bind(parties_json(&mail.to))
+        .bind(parties_json(&mail.cc))
+        .bind(mail.date_ms)
+        .bind(at.internal_date_ms)
+        .bind(mail.text_body.as_deref())
+        .bind(mail.html_body.as_deref())
+        .bind(mail.text_body_derived.as_deref())
+        .bind(auto_kind.map(str::to_string))
+        .bind(&mail.headers)
+        .bind(mail.size as i64)
+        .bind(&mail.content_sha256)
+        .bind(&mail.fingerprint)
+        .bind(now)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(row) = inserted else {
+            return Err(self.conflict());
+        };
+        let message_row_id: i64 = row.get(0);
+        self.written.messages.insert(
+            mail.message_id.clone(),
+            (ticket_id, mail.fingerprint.clone()),
+        );
+        if let Some(raw) = keep_raw {
+            sqlx::query(
+                "INSERT INTO raw_messages (message_row_id, compression, size_bytes, content) VALUES ($1, 'gzip', $2, $3)",
+            )
+            .bind(message_row_id)
+            .bind(raw.len() as i64)
+            .bind(gzip(raw))
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        for attachment in &mail.attachments {
+            sqlx::query(
+                "INSERT INTO attachment_blobs (sha256, size_bytes, content) VALUES ($1, $2, $3) \
+                 ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(&attachment.sha256)
+            .bind(attachment.content.len() as i64)
+            .bind(attachment.content.as_slice())
+            .execute(&mut *self.tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO attachments (message_id, filename, content_type, content_id, disposition, size_bytes, \
+                 sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(message_row_id)
+            .bind(attachment.filename.as_deref())
+            .bind(&attachment.content_type)
+            .bind(attachment.content_id.as_deref())
+            .bind(if attachment.inline { "inline" } else { "attachment" })
+            .bind(attachment.content.len() as i64)
+            .bind(&attachment.sha256)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(message_row_id)
+    }
+}

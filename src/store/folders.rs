@@ -1,0 +1,232 @@
+//! A folder's checkpoint (`mailbox_state`: UIDVALIDITY, the last committed UID, the stuck
+//! message) and its intake ledger (`imap_messages`): what was recorded for which UID, and which
+//! IMAP dispositions are still due.
+
+use sqlx::Row;
+
+use super::{Result, Store};
+use crate::time::now_ms;
+
+/// A folder's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FolderState {
+    pub uidvalidity: u32,
+    /// The highest UID whose outcome is committed.
+    pub last_uid: u32,
+    /// Mail received (INTERNALDATE, unix ms) before this is left alone: the mailbox's first-start
+    /// policy, kept so that a UIDVALIDITY resync honours it too.
+    pub ingest_after_ms: Option<i64>,
+    /// Mail received before this (unix ms; the folder's first sweep) gets no acknowledgement.
+    pub ack_after_ms: Option<i64>,
+}
+
+/// An `imap_messages` row whose IMAP disposition has not been confirmed yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDisposition {
+    pub uid: u32,
+    /// What to do: `seen`, `move:<folder>`, `quarantine:<folder>`, `delete` or `none`.
+    pub disposition: String,
+}
+
+/// The outcome recorded for one IMAP message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedOutcome {
+    pub row_id: i64,
+    pub uid: u32,
+    pub outcome: String,
+    pub ticket_id: Option<i64>,
+    pub disposed: bool,
+    pub disposition: String,
+}
+
+impl Store {
+    pub async fn folder_state(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
+        let row = sqlx::query(
+            "SELECT uidvalidity, last_uid, ingest_after, ack_after FROM mailbox_state WHERE mailbox = $1 AND folder = $2",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| FolderState {
+            uidvalidity: r.get::<i64, _>(0) as u32,
+            last_uid: r.get::<i64, _>(1) as u32,
+            ingest_after_ms: r.get(2),
+            ack_after_ms: r.get(3),
+        }))
+    }
+
+    /// The message of this folder that failed on the last sweeps: (uid, consecutive failures,
+    /// the last error).
+    pub async fn stuck_message(
+        &self,
+        mailbox: &str,
+        folder: &str,
+    ) -> Result<Option<(u32, i64, String)>> {
+        let row = sqlx::query(
+            "SELECT stuck_uid, stuck_count, stuck_error FROM mailbox_state WHERE mailbox = $1 AND folder = $2 \
+             AND stuck_uid IS NOT NULL",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| {
+            (
+                r.get::<i64, _>(0) as u32,
+                r.get(1),
+                r.get::<Option<String>, _>(2).unwrap_or_default(),
+            )
+        }))
+    }
+
+    /// Counts one more failure of the fetch that starts at `uid` (a new UID starts at one).
+    pub async fn note_stuck(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uid: u32,
+        error: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE mailbox_state SET stuck_count = CASE WHEN stuck_uid = $1 THEN stuck_count + 1 ELSE 1 END, \
+             stuck_uid = $1, stuck_error = $2, updated_at = $3 WHERE mailbox = $4 AND folder = $5",
+        )
+        .bind(i64::from(uid))
+        .bind(error)
+        .bind(now_ms())
+        .bind(mailbox)
+        .bind(folder)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The stuck message came through (or was set aside).
+    pub async fn clear_stuck(&self, mailbox: &str, folder: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE mailbox_state SET stuck_uid = NULL, stuck_count = 0, stuck_error = NULL \
+             WHERE mailbox = $1 AND folder = $2",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a folder's (new) UIDVALIDITY with its checkpoint.
+    pub async fn set_folder_state(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        state: FolderState,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, ingest_after, ack_after, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, \
+             last_uid = excluded.last_uid, ingest_after = excluded.ingest_after, ack_after = excluded.ack_after, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .bind(i64::from(state.uidvalidity))
+        .bind(i64::from(state.last_uid))
+        .bind(state.ingest_after_ms)
+        .bind(state.ack_after_ms)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The outcomes already recorded for some UIDs of a folder (a restart after a crash finds the
+    /// messages it committed but did not dispose of).
+    pub async fn recorded_outcomes(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        first_uid: u32,
+        last_uid: u32,
+    ) -> Result<Vec<RecordedOutcome>> {
+        let rows = sqlx::query(
+            "SELECT id, uid, outcome, ticket_id, disposed_at, disposition FROM imap_messages \
+             WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3 AND uid >= $4 AND uid <= $5",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .bind(i64::from(uidvalidity))
+        .bind(i64::from(first_uid))
+        .bind(i64::from(last_uid))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RecordedOutcome {
+                row_id: r.get(0),
+                uid: r.get::<i64, _>(1) as u32,
+                outcome: r.get(2),
+                ticket_id: r.get(3),
+                disposed: r.get::<Option<i64>, _>(4).is_some(),
+                disposition: r.get(5),
+            })
+            .collect())
+    }
+
+    /// Messages of a folder whose outcome is committed but whose IMAP disposition is not confirmed
+    /// (the worker stopped in between).
+    pub async fn pending_dispositions(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<Vec<PendingDisposition>> {
+        let rows = sqlx::query(
+            "SELECT uid, disposition FROM imap_messages \
+             WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3 AND disposed_at IS NULL \
+             ORDER BY uid",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .bind(i64::from(uidvalidity))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PendingDisposition {
+                uid: r.get::<i64, _>(0) as u32,
+                disposition: r.get(1),
+            })
+            .collect())
+    }
+
+    /// Records that the IMAP dispositions of these UIDs of a folder are done: one statement per
+    /// few hundred UIDs.
+    pub async fn mark_disposed(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        uids: &[u32],
+    ) -> Result<()> {
+        let now = now_ms();
+        for chunk in uids.chunks(500) {
+            // The UIDs are integers: formatting them into the statement is safe.
+            let uids: Vec<String> = chunk.iter().map(u32::to_string).collect();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE imap_messages SET disposed_at = $1 WHERE mailbox = $2 AND folder = $3 \
+                 AND uidvalidity = $4 AND uid IN ({})",
+                uids.join(", ")
+            )))
+            .bind(now)
+            .bind(mailbox)
+            .bind(folder)
+            .bind(i64::from(uidvalidity))
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+}
