@@ -10,6 +10,7 @@ use crate::ingest::{self, Decision, Facts};
 use crate::intake::facts::{SENDER_WINDOW_MS, facts_for};
 use crate::intake::policy;
 use crate::intake::record::{Dispositions, Note, envelope_from_header, write_decision};
+use crate::mail_source::Uid;
 use crate::oauth::TokenCache;
 use crate::store::{ImapLocation, QuarantineEnvelope, Store};
 use crate::time::now_ms;
@@ -184,7 +185,7 @@ pub async fn reprocess_quarantined(
         mailbox: &mailbox.name,
         folder: &entry.folder,
         uidvalidity: 0,
-        uid: u32::try_from(id).context("quarantine id out of range")?,
+        uid: Uid(u32::try_from(id).context("quarantine id out of range")?),
         size: raw.len() as u64,
         internal_date_ms: Some(state.created_at_ms),
     };

@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod check;
 pub mod cli;
+pub mod closed_set;
 pub mod config;
 pub mod failpoint;
 pub mod http;

@@ -26,6 +26,13 @@ impl fmt::Display for Uid {
     }
 }
 
+/// As a database column (BIGINT).
+impl From<Uid> for i64 {
+    fn from(uid: Uid) -> i64 {
+        i64::from(uid.0)
+    }
+}
+
 /// What the server reports when a folder is opened.
 #[derive(Debug, Clone, Copy)]
 pub struct SelectedFolder {

@@ -18,11 +18,34 @@ pub struct KnownMessage {
     pub fingerprint: String,
 }
 
+crate::closed_set! {
+    /// A ticket's state (`tickets.status`): the helpdesk moves it; a follow-up reopens a resolved
+    /// or closed one.
+    pub enum TicketStatus("ticket status") {
+        New = "new",
+        Open = "open",
+        Pending = "pending",
+        Resolved = "resolved",
+        Closed = "closed",
+    }
+}
+
+crate::closed_set! {
+    /// Why a message was quarantined, as stored (`quarantine.reason`).
+    pub enum QuarantineCode("quarantine reason") {
+        TooLarge = "too-large",
+        Unparseable = "unparseable",
+        MessageIdConflict = "message-id-conflict",
+        SenderRateLimit = "sender-rate-limit",
+        Unreadable = "unreadable",
+    }
+}
+
 /// A stored ticket as threading sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownTicket {
     pub ticket_id: i64,
-    pub status: String,
+    pub status: TicketStatus,
     /// Lower-case addresses of the requester and everyone who wrote to the ticket so far.
     pub participants: Vec<String>,
 }
@@ -148,15 +171,20 @@ pub enum QuarantineReason {
 }
 
 impl QuarantineReason {
+    /// What is stored as `quarantine.reason`.
+    pub fn kind(&self) -> QuarantineCode {
+        match self {
+            QuarantineReason::TooLarge { .. } => QuarantineCode::TooLarge,
+            QuarantineReason::Unparseable(_) => QuarantineCode::Unparseable,
+            QuarantineReason::MessageIdConflict { .. } => QuarantineCode::MessageIdConflict,
+            QuarantineReason::SenderRateLimit { .. } => QuarantineCode::SenderRateLimit,
+            QuarantineReason::Unreadable { .. } => QuarantineCode::Unreadable,
+        }
+    }
+
     /// The value of `quarantine.reason`.
     pub fn code(&self) -> &'static str {
-        match self {
-            QuarantineReason::TooLarge { .. } => "too-large",
-            QuarantineReason::Unparseable(_) => "unparseable",
-            QuarantineReason::MessageIdConflict { .. } => "message-id-conflict",
-            QuarantineReason::SenderRateLimit { .. } => "sender-rate-limit",
-            QuarantineReason::Unreadable { .. } => "unreadable",
-        }
+        self.kind().as_str()
     }
 
     /// A sentence for the operator.
@@ -240,7 +268,7 @@ pub fn decide(
         ticket_id: ticket.ticket_id,
         reopen: person
             && policy.reopen_closed
-            && matches!(ticket.status.as_str(), "resolved" | "closed"),
+            && matches!(ticket.status, TicketStatus::Resolved | TicketStatus::Closed),
         auto_kind: kind.auto_kind(),
         mail: Box::new(mail),
     };

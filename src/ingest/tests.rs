@@ -178,7 +178,7 @@ fn policy() -> Policy {
 fn ticket(id: i64, status: &str, participants: &[&str]) -> KnownTicket {
     KnownTicket {
         ticket_id: id,
-        status: status.into(),
+        status: status.parse().expect("a ticket status"),
         participants: participants.iter().map(|p| p.to_string()).collect(),
     }
 }

@@ -188,9 +188,9 @@ impl Recorded {
 pub(crate) async fn recorded_uids(
     ctx: &MailboxContext<'_>,
     state: &FolderState,
-    first: u32,
-    last: u32,
-) -> Result<HashSet<u32>, StoreError> {
+    first: Uid,
+    last: Uid,
+) -> Result<HashSet<Uid>, StoreError> {
     Ok(ctx
         .store
         .recorded_outcomes(
@@ -224,8 +224,8 @@ pub async fn record_batch(
             && let (Some(first), Some(last)) = (prepared.work.first(), prepared.work.last())
         {
             // Whatever the other worker recorded is its to dispose of.
-            let recorded = recorded_uids(ctx, state, first.0.uid.0, last.0.uid.0).await?;
-            prepared.work.retain(|(m, _)| !recorded.contains(&m.uid.0));
+            let recorded = recorded_uids(ctx, state, first.0.uid, last.0.uid).await?;
+            prepared.work.retain(|(m, _)| !recorded.contains(&m.uid));
         }
         if prepared.work.is_empty() {
             return Ok((Vec::new(), CycleReport::default()));
@@ -250,7 +250,7 @@ pub async fn record_batch(
                 mailbox: &mailbox.name,
                 folder: ctx.folder,
                 uidvalidity: state.uidvalidity,
-                uid: summary.uid.0,
+                uid: summary.uid,
                 size: summary.size,
                 internal_date_ms: summary.internal_date_ms,
             };
@@ -355,7 +355,7 @@ async fn record_message(
                 at,
                 &message_id,
                 "received before the mailbox's first_start cutoff; left untouched",
-                &Disposition::None.to_string(),
+                &Disposition::None,
             );
             return Ok(recorded(
                 &message_id,
@@ -371,7 +371,7 @@ async fn record_message(
             };
             let disposition = quarantine_disposition(mailbox);
             let quarantine_id = tx
-                .quarantine(at, &envelope, &reason, None, &disposition.to_string())
+                .quarantine(at, &envelope, &reason, None, &disposition)
                 .await?;
             notify_quarantined(ctx, tx, message, header, report).await?;
             let note = Note::Quarantined {
@@ -469,7 +469,7 @@ pub async fn write_decision(
         Decision::NewTicket { mail, related } => {
             let disposition = dispositions.normal.clone();
             let (ticket_id, reference) = tx
-                .new_ticket(at, mail, *related, keep_raw, &disposition.to_string())
+                .new_ticket(at, mail, *related, keep_raw, &disposition)
                 .await?;
             let note = Note::NewTicket {
                 ticket_id,
@@ -490,8 +490,7 @@ pub async fn write_decision(
                 reopen: *reopen,
                 auto_kind: *auto_kind,
             };
-            tx.follow_up(at, mail, on, keep_raw, &disposition.to_string())
-                .await?;
+            tx.follow_up(at, mail, on, keep_raw, &disposition).await?;
             let note = Note::FollowUp {
                 ticket_id: *ticket_id,
                 reopen: *reopen,
@@ -501,12 +500,7 @@ pub async fn write_decision(
         }
         Decision::Duplicate { ticket_id } => {
             let disposition = dispositions.normal.clone();
-            tx.duplicate(
-                at,
-                &envelope.message_id,
-                *ticket_id,
-                &disposition.to_string(),
-            );
+            tx.duplicate(at, &envelope.message_id, *ticket_id, &disposition);
             let note = Note::Duplicate {
                 ticket_id: *ticket_id,
             };
@@ -518,7 +512,7 @@ pub async fn write_decision(
                 Disposition::Delete => Disposition::Seen,
                 other => other.clone(),
             };
-            tx.ignored(at, &envelope.message_id, reason, &disposition.to_string());
+            tx.ignored(at, &envelope.message_id, reason, &disposition);
             let note = Note::Ignored {
                 reason: reason.clone(),
             };
@@ -527,7 +521,7 @@ pub async fn write_decision(
         Decision::Quarantine(reason) => {
             let disposition = dispositions.quarantine.clone();
             let quarantine_id = tx
-                .quarantine(at, envelope, reason, Some(raw), &disposition.to_string())
+                .quarantine(at, envelope, reason, Some(raw), &disposition)
                 .await?;
             let note = Note::Quarantined {
                 quarantine_id,

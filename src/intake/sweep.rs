@@ -43,13 +43,13 @@ pub async fn sweep<S: MailSource>(
     if !pending.is_empty() {
         let items: Vec<(Uid, String)> = pending
             .into_iter()
-            .map(|p| (Uid(p.uid), p.disposition))
+            .map(|p| (p.uid, p.disposition))
             .collect();
         dispose_stored(ctx, session, state.uidvalidity, &items).await?;
         report.n_completed += items.len();
     }
 
-    let listed = session.source.list_above(Uid(state.last_uid)).await?;
+    let listed = session.source.list_above(state.last_uid).await?;
     report.n_listed = listed.len();
     let oldest_listed_ms = listed.iter().filter_map(|m| m.internal_date_ms).min();
     ctx.metrics
@@ -78,7 +78,7 @@ pub async fn sweep<S: MailSource>(
             break;
         }
         if let Some((uid, attempts, error)) = &stuck
-            && batch[0].uid.0 == *uid
+            && batch[0].uid == *uid
             && *attempts >= STUCK_ATTEMPTS
         {
             let reason = QuarantineReason::Unreadable {
@@ -104,7 +104,7 @@ pub async fn sweep<S: MailSource>(
                         .note_stuck(
                             &mailbox.name,
                             ctx.folder,
-                            batch[0].uid.0,
+                            batch[0].uid,
                             &source_error.to_string(),
                         )
                         .await;
@@ -151,7 +151,7 @@ pub async fn sweep<S: MailSource>(
         );
         if stuck
             .as_ref()
-            .is_some_and(|(uid, _, _)| batch.iter().any(|m| m.uid.0 == *uid))
+            .is_some_and(|(uid, _, _)| batch.iter().any(|m| m.uid == *uid))
         {
             ctx.store.clear_stuck(&mailbox.name, ctx.folder).await?;
         }
@@ -177,7 +177,7 @@ async fn set_aside_unreadable<S: MailSource>(
         mailbox: &mailbox.name,
         folder: ctx.folder,
         uidvalidity: state.uidvalidity,
-        uid: message.uid.0,
+        uid: message.uid,
         size: message.size,
         internal_date_ms: message.internal_date_ms,
     };
@@ -192,7 +192,7 @@ async fn set_aside_unreadable<S: MailSource>(
     let disposition = quarantine_disposition(mailbox);
     let mut tx = ctx.store.begin().await?;
     let quarantine_id = tx
-        .quarantine(&at, &envelope, &reason, None, &disposition.to_string())
+        .quarantine(&at, &envelope, &reason, None, &disposition)
         .await?;
     match tx.commit().await {
         Ok(()) => {}
@@ -242,7 +242,7 @@ async fn checkpoint<S: MailSource>(
             );
             FolderState {
                 uidvalidity,
-                last_uid: 0,
+                last_uid: Uid(0),
                 ingest_after_ms: previous.ingest_after_ms,
                 ack_after_ms: previous.ack_after_ms,
             }
@@ -250,23 +250,23 @@ async fn checkpoint<S: MailSource>(
         None => match mailbox.first_start {
             FirstStart::All => FolderState {
                 uidvalidity,
-                last_uid: 0,
+                last_uid: Uid(0),
                 ingest_after_ms: None,
                 ack_after_ms: Some(first_sweep_ms),
             },
             FirstStart::Now => {
                 // Everything already there stays untouched.
                 let last_uid = match uid_next {
-                    Some(next) => next.saturating_sub(1),
+                    Some(next) => Uid(next.saturating_sub(1)),
                     None => session
                         .source
                         .list_above(Uid(0))
                         .await?
                         .last()
-                        .map_or(0, |m| m.uid.0),
+                        .map_or(Uid(0), |m| m.uid),
                 };
                 info!(
-                    last_uid,
+                    last_uid = last_uid.0,
                     "first start with first_start = \"now\": existing mail is left untouched"
                 );
                 FolderState {
@@ -278,7 +278,7 @@ async fn checkpoint<S: MailSource>(
             }
             FirstStart::Since(cutoff) => FolderState {
                 uidvalidity,
-                last_uid: 0,
+                last_uid: Uid(0),
                 ingest_after_ms: Some(cutoff),
                 ack_after_ms: Some(first_sweep_ms),
             },
@@ -334,8 +334,8 @@ async fn prepare_batch<'a, S: MailSource>(
     batch: &'a [MessageSummary],
 ) -> Result<Prepared<'a>, CycleError> {
     let mailbox = ctx.mailbox;
-    let first = batch[0].uid.0;
-    let last = batch[batch.len() - 1].uid.0;
+    let first = batch[0].uid;
+    let last = batch[batch.len() - 1].uid;
     let mut prepared = Prepared {
         work: Vec::with_capacity(batch.len()),
         bytes_fetched: 0,
@@ -345,7 +345,7 @@ async fn prepare_batch<'a, S: MailSource>(
     let recorded = recorded_uids(ctx, state, first, last).await?;
     let todo: Vec<&MessageSummary> = batch
         .iter()
-        .filter(|m| !recorded.contains(&m.uid.0))
+        .filter(|m| !recorded.contains(&m.uid))
         .collect();
     if todo.is_empty() {
         return Ok(prepared);
@@ -472,7 +472,7 @@ async fn dispose_all<S: MailSource>(
     for (disposition, uids) in groups {
         session.source.dispose(&uids, disposition).await?;
     }
-    let uids: Vec<u32> = items.iter().map(|(uid, _)| uid.0).collect();
+    let uids: Vec<Uid> = items.iter().map(|(uid, _)| *uid).collect();
     ctx.store
         .mark_disposed(&ctx.mailbox.name, ctx.folder, uidvalidity, &uids)
         .await?;

@@ -4,7 +4,8 @@
 
 use sqlx::Row;
 
-use super::{Result, Store};
+use super::{Outcome, Result, Store};
+use crate::mail_source::Uid;
 use crate::time::now_ms;
 
 /// A folder's checkpoint.
@@ -12,7 +13,7 @@ use crate::time::now_ms;
 pub struct FolderState {
     pub uidvalidity: u32,
     /// The highest UID whose outcome is committed.
-    pub last_uid: u32,
+    pub last_uid: Uid,
     /// Mail received (INTERNALDATE, unix ms) before this is left alone: the mailbox's first-start
     /// policy, kept so that a UIDVALIDITY resync honours it too.
     pub ingest_after_ms: Option<i64>,
@@ -23,7 +24,7 @@ pub struct FolderState {
 /// An `imap_messages` row whose IMAP disposition has not been confirmed yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingDisposition {
-    pub uid: u32,
+    pub uid: Uid,
     /// What to do: `seen`, `move:<folder>`, `quarantine:<folder>`, `delete` or `none`.
     pub disposition: String,
 }
@@ -32,8 +33,8 @@ pub struct PendingDisposition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedOutcome {
     pub row_id: i64,
-    pub uid: u32,
-    pub outcome: String,
+    pub uid: Uid,
+    pub outcome: Outcome,
     pub ticket_id: Option<i64>,
     pub disposed: bool,
     pub disposition: String,
@@ -50,7 +51,7 @@ impl Store {
         .await?;
         Ok(row.map(|r| FolderState {
             uidvalidity: r.get::<i64, _>(0) as u32,
-            last_uid: r.get::<i64, _>(1) as u32,
+            last_uid: Uid(r.get::<i64, _>(1) as u32),
             ingest_after_ms: r.get(2),
             ack_after_ms: r.get(3),
         }))
@@ -62,7 +63,7 @@ impl Store {
         &self,
         mailbox: &str,
         folder: &str,
-    ) -> Result<Option<(u32, i64, String)>> {
+    ) -> Result<Option<(Uid, i64, String)>> {
         let row = sqlx::query(
             "SELECT stuck_uid, stuck_count, stuck_error FROM mailbox_state WHERE mailbox = $1 AND folder = $2 \
              AND stuck_uid IS NOT NULL",
@@ -73,7 +74,7 @@ impl Store {
         .await?;
         Ok(row.map(|r| {
             (
-                r.get::<i64, _>(0) as u32,
+                Uid(r.get::<i64, _>(0) as u32),
                 r.get(1),
                 r.get::<Option<String>, _>(2).unwrap_or_default(),
             )
@@ -85,7 +86,7 @@ impl Store {
         &self,
         mailbox: &str,
         folder: &str,
-        uid: u32,
+        uid: Uid,
         error: &str,
     ) -> Result<()> {
         sqlx::query(
@@ -148,8 +149,8 @@ impl Store {
         mailbox: &str,
         folder: &str,
         uidvalidity: u32,
-        first_uid: u32,
-        last_uid: u32,
+        first_uid: Uid,
+        last_uid: Uid,
     ) -> Result<Vec<RecordedOutcome>> {
         let rows = sqlx::query(
             "SELECT id, uid, outcome, ticket_id, disposed_at, disposition FROM imap_messages \
@@ -162,17 +163,18 @@ impl Store {
         .bind(i64::from(last_uid))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| RecordedOutcome {
-                row_id: r.get(0),
-                uid: r.get::<i64, _>(1) as u32,
-                outcome: r.get(2),
-                ticket_id: r.get(3),
-                disposed: r.get::<Option<i64>, _>(4).is_some(),
-                disposition: r.get(5),
+        rows.into_iter()
+            .map(|r| {
+                Ok(RecordedOutcome {
+                    row_id: r.get(0),
+                    uid: Uid(r.get::<i64, _>(1) as u32),
+                    outcome: r.get::<String, _>(2).parse()?,
+                    ticket_id: r.get(3),
+                    disposed: r.get::<Option<i64>, _>(4).is_some(),
+                    disposition: r.get(5),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Messages of a folder whose outcome is committed but whose IMAP disposition is not confirmed
@@ -196,7 +198,7 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(|r| PendingDisposition {
-                uid: r.get::<i64, _>(0) as u32,
+                uid: Uid(r.get::<i64, _>(0) as u32),
                 disposition: r.get(1),
             })
             .collect())
@@ -209,12 +211,12 @@ impl Store {
         mailbox: &str,
         folder: &str,
         uidvalidity: u32,
-        uids: &[u32],
+        uids: &[Uid],
     ) -> Result<()> {
         let now = now_ms();
         for chunk in uids.chunks(500) {
             // The UIDs are integers: formatting them into the statement is safe.
-            let uids: Vec<String> = chunk.iter().map(u32::to_string).collect();
+            let uids: Vec<String> = chunk.iter().map(Uid::to_string).collect();
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE imap_messages SET disposed_at = $1 WHERE mailbox = $2 AND folder = $3 \
                  AND uidvalidity = $4 AND uid IN ({})",

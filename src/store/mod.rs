@@ -21,7 +21,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Executor};
 
 pub use batch::{
-    Batch, BatchQuestions, FollowUpOn, ImapLocation, MessageFacts, QuarantineEnvelope,
+    Batch, BatchQuestions, FollowUpOn, ImapLocation, MessageFacts, Outcome, QuarantineEnvelope,
 };
 pub use folders::{FolderState, PendingDisposition, RecordedOutcome};
 pub use outbox::{AckKind, OutboxDraft, OutboxRow};
@@ -61,6 +61,10 @@ pub enum StoreError {
     Conflict,
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
+    /// A column of a closed set holds a value this version does not know (a newer version or
+    /// another program wrote it).
+    #[error("the database holds an {0}; is a newer mailintake writing to it?")]
+    UnknownValue(#[from] crate::closed_set::UnknownValue),
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -3,6 +3,7 @@
 use sqlx::Row;
 
 use super::{Result, Store};
+use crate::ingest::TicketStatus;
 
 /// A ticket as `mailintake tickets` lists it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -12,7 +13,7 @@ pub struct TicketSummary {
     pub mailbox: String,
     pub subject: String,
     pub requester: Option<String>,
-    pub status: String,
+    pub status: TicketStatus,
     pub created_at_ms: i64,
     pub n_messages: i64,
     pub n_attachments: i64,
@@ -21,18 +22,18 @@ pub struct TicketSummary {
 impl TicketSummary {
     /// From a row of `id, reference, mailbox, subject, requester_address, status, created_at,
     /// message count, attachment count`.
-    fn from_row(r: &sqlx::any::AnyRow) -> TicketSummary {
-        TicketSummary {
+    fn from_row(r: &sqlx::any::AnyRow) -> Result<TicketSummary> {
+        Ok(TicketSummary {
             id: r.get(0),
             reference: r.get::<Option<String>, _>(1).unwrap_or_default(),
             mailbox: r.get(2),
             subject: r.get(3),
             requester: r.get(4),
-            status: r.get(5),
+            status: r.get::<String, _>(5).parse()?,
             created_at_ms: r.get(6),
             n_messages: r.get(7),
             n_attachments: r.get(8),
-        }
+        })
     }
 }
 
@@ -77,12 +78,12 @@ impl Store {
         for value in values {
             query = query.bind(*value);
         }
-        Ok(query
+        query
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(TicketSummary::from_row)
-            .collect())
+            .collect()
     }
 
     /// The raw message of a stored article (`keep_raw = "all"`), decompressed.

@@ -82,7 +82,7 @@ async fn one_batch_of_decisions_becomes_its_rows_in_one_transaction() {
     };
     let state = FolderState {
         uidvalidity: 7,
-        last_uid: 0,
+        last_uid: Uid(0),
         ingest_after_ms: None,
         ack_after_ms: None,
     };

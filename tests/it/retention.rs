@@ -2,6 +2,7 @@
 //! `reprocess` of stored raw mail, end to end against the real stack, on SQLite and PostgreSQL.
 
 use mailintake::ingest::{ParseFailure, QuarantineReason};
+use mailintake::mail_source::{Disposition, Uid};
 use mailintake::store::{ImapLocation, QuarantineEnvelope, Store};
 
 use crate::helpers::*;
@@ -243,7 +244,7 @@ async fn quarantine_as_unparseable(db: &TestDb, uid: u32, raw: &[u8]) {
         mailbox: "support",
         folder: "INBOX",
         uidvalidity: 7,
-        uid,
+        uid: Uid(uid),
         size: raw.len() as u64,
         internal_date_ms: None,
     };
@@ -260,7 +261,7 @@ async fn quarantine_as_unparseable(db: &TestDb, uid: u32, raw: &[u8]) {
         &envelope,
         &QuarantineReason::Unparseable(ParseFailure::NoHeaders),
         Some(raw),
-        "quarantine:Quarantine",
+        &Disposition::Quarantine("Quarantine".into()),
     )
     .await
     .unwrap();

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row;
 
 use super::{Batch, IDS_PER_STATEMENT};
-use crate::ingest::KnownTicket;
+use crate::ingest::{KnownTicket, TicketStatus};
 use crate::store::Result;
 use crate::store::sql::placeholders;
 
@@ -152,16 +152,17 @@ impl Batch {
         .bind(ticket_id)
         .fetch_all(&mut *self.tx)
         .await?;
-        let Some(mut status) = rows
+        let Some(status) = rows
             .iter()
             .find(|r| r.get::<i64, _>(0) == 0)
             .map(|r| r.get::<String, _>(1))
         else {
             return Ok(None);
         };
+        let mut status: TicketStatus = status.parse()?;
         // Reopened earlier in this batch (written at commit).
         if self.touched_tickets.get(&ticket_id) == Some(&true) {
-            status = "open".to_string();
+            status = TicketStatus::Open;
         }
         let mut participants: Vec<String> = Vec::new();
         // The requester first, then the senders in the order the database gives them.

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::sql::value_lists;
 use super::{Backend, Result, Store, StoreError};
+use crate::mail_source::{Disposition, Uid};
 use crate::time::now_ms;
 use facts::Prefetched;
 pub use facts::{BatchQuestions, MessageFacts};
@@ -28,7 +29,7 @@ pub struct ImapLocation<'a> {
     pub mailbox: &'a str,
     pub folder: &'a str,
     pub uidvalidity: u32,
-    pub uid: u32,
+    pub uid: Uid,
     pub size: u64,
     pub internal_date_ms: Option<i64>,
 }
@@ -59,7 +60,7 @@ pub struct Batch {
     touched_tickets: HashMap<i64, bool>,
     /// The highest UID recorded per folder (mailbox, folder, uidvalidity): the checkpoint is moved
     /// once, at commit, instead of once per message.
-    checkpoints: Vec<(String, String, u32, u32)>,
+    checkpoints: Vec<(String, String, u32, Uid)>,
     /// A write met another worker's row: this batch must not be committed.
     conflicted: bool,
 }
@@ -84,10 +85,10 @@ struct OutcomeRow {
     mailbox: String,
     folder: String,
     uidvalidity: u32,
-    uid: u32,
+    uid: Uid,
     message_id: String,
     size: u64,
-    outcome: &'static str,
+    outcome: Outcome,
     ticket_id: Option<i64>,
     message_row_id: Option<i64>,
     quarantine_id: Option<i64>,
@@ -101,14 +102,29 @@ struct OutcomeRow {
 /// binding cost grows with the square of its size (2.8 % of all CPU at 100 rows).
 const OUTCOME_ROWS_PER_STATEMENT: usize = 25;
 
+crate::closed_set! {
+    /// What became of a message (`imap_messages.outcome`).
+    pub enum Outcome("outcome") {
+        /// A new ticket.
+        Ticket = "ticket",
+        /// A message added to an existing ticket.
+        FollowUp = "follow-up",
+        Quarantined = "quarantined",
+        /// Recorded, but no ticket (automatic mail, a loop, mail from before the first start).
+        Ignored = "ignored",
+        /// Stored already (same Message-ID and content).
+        Duplicate = "duplicate",
+    }
+}
+
 /// What an `imap_messages` row records, beyond the message's location.
-struct Outcome<'a> {
-    outcome: &'static str,
+struct OutcomeFields<'a> {
+    outcome: Outcome,
     ticket_id: Option<i64>,
     message_row_id: Option<i64>,
     quarantine_id: Option<i64>,
     detail: Option<String>,
-    disposition: &'a str,
+    disposition: &'a Disposition,
 }
 
 impl Store {
@@ -212,7 +228,12 @@ impl Batch {
     }
 
     /// Notes the `imap_messages` row (written at commit) and the folder's new checkpoint.
-    fn record_outcome(&mut self, at: &ImapLocation<'_>, message_id: &str, outcome: Outcome<'_>) {
+    fn record_outcome(
+        &mut self,
+        at: &ImapLocation<'_>,
+        message_id: &str,
+        outcome: OutcomeFields<'_>,
+    ) {
         self.outcomes.push(OutcomeRow {
             mailbox: at.mailbox.to_string(),
             folder: at.folder.to_string(),
@@ -265,7 +286,7 @@ impl Batch {
                     .bind(i64::from(row.uid))
                     .bind(row.message_id.as_str())
                     .bind(row.size as i64)
-                    .bind(row.outcome)
+                    .bind(row.outcome.as_str())
                     .bind(row.ticket_id)
                     .bind(row.message_row_id)
                     .bind(row.quarantine_id)

@@ -3,8 +3,9 @@
 
 use sqlx::Row;
 
-use super::{Batch, ImapLocation, Outcome};
+use super::{Batch, ImapLocation, Outcome, OutcomeFields};
 use crate::ingest::{ParsedMail, QuarantineReason, ticket_reference};
+use crate::mail_source::Disposition;
 use crate::store::Result;
 use crate::store::sql::{gzip, join_ids, parties_json};
 use crate::time::now_ms;
@@ -37,7 +38,7 @@ impl Batch {
         mail: &ParsedMail,
         related: Option<i64>,
         keep_raw: Option<&[u8]>,
-        disposition: &str,
+        disposition: &Disposition,
     ) -> Result<(i64, String)> {
         let now = now_ms();
         // The database sets the reference (migration 0002), the same one ticket_reference gives.
@@ -67,8 +68,8 @@ impl Batch {
         self.record_outcome(
             at,
             &mail.message_id,
-            Outcome {
-                outcome: "ticket",
+            OutcomeFields {
+                outcome: Outcome::Ticket,
                 ticket_id: Some(ticket_id),
                 message_row_id: Some(message_row_id),
                 quarantine_id: None,
@@ -87,7 +88,7 @@ impl Batch {
         mail: &ParsedMail,
         on: FollowUpOn<'_>,
         keep_raw: Option<&[u8]>,
-        disposition: &str,
+        disposition: &Disposition,
     ) -> Result<()> {
         let FollowUpOn {
             ticket_id,
@@ -102,8 +103,8 @@ impl Batch {
         self.record_outcome(
             at,
             &mail.message_id,
-            Outcome {
-                outcome: "follow-up",
+            OutcomeFields {
+                outcome: Outcome::FollowUp,
                 ticket_id: Some(ticket_id),
                 message_row_id: Some(message_row_id),
                 quarantine_id: None,
@@ -120,13 +121,13 @@ impl Batch {
         at: &ImapLocation<'_>,
         message_id: &str,
         ticket_id: i64,
-        disposition: &str,
+        disposition: &Disposition,
     ) {
         self.record_outcome(
             at,
             message_id,
-            Outcome {
-                outcome: "duplicate",
+            OutcomeFields {
+                outcome: Outcome::Duplicate,
                 ticket_id: Some(ticket_id),
                 message_row_id: None,
                 quarantine_id: None,
@@ -143,13 +144,13 @@ impl Batch {
         at: &ImapLocation<'_>,
         message_id: &str,
         detail: &str,
-        disposition: &str,
+        disposition: &Disposition,
     ) {
         self.record_outcome(
             at,
             message_id,
-            Outcome {
-                outcome: "ignored",
+            OutcomeFields {
+                outcome: Outcome::Ignored,
                 ticket_id: None,
                 message_row_id: None,
                 quarantine_id: None,
@@ -167,7 +168,7 @@ impl Batch {
         envelope: &QuarantineEnvelope,
         reason: &QuarantineReason,
         raw: Option<&[u8]>,
-        disposition: &str,
+        disposition: &Disposition,
     ) -> Result<i64> {
         let quarantine_id: i64 = sqlx::query(
             "INSERT INTO quarantine (mailbox, folder, uidvalidity, uid, message_id, size_bytes, from_address, subject, \
@@ -191,8 +192,8 @@ impl Batch {
         self.record_outcome(
             at,
             &envelope.message_id,
-            Outcome {
-                outcome: "quarantined",
+            OutcomeFields {
+                outcome: Outcome::Quarantined,
                 ticket_id: None,
                 message_row_id: None,
                 quarantine_id: Some(quarantine_id),
