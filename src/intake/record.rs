@@ -6,17 +6,15 @@ use std::collections::HashSet;
 
 use tracing::{debug, info, info_span, warn};
 
+use super::acknowledge::{acknowledge_decision, notify_quarantined};
 use super::facts::{SENDER_WINDOW_MS, batch_questions, facts_for};
 use super::{CycleError, MailboxContext};
 use crate::config::{Disposal, Mailbox, Mode};
 use crate::failpoint::{self, Point};
 use crate::ingest::{self, Decision, Facts, ParseFailure, ParsedMail, QuarantineReason};
 use crate::mail_source::{Disposition, MessageSummary, Uid};
-use crate::reply::{self, AckFacts};
 use crate::report::CycleReport;
-use crate::store::{
-    AckKind, Batch, FolderState, FollowUpOn, ImapLocation, QuarantineEnvelope, StoreError,
-};
+use crate::store::{Batch, FolderState, FollowUpOn, ImapLocation, QuarantineEnvelope, StoreError};
 use crate::time::now_ms;
 
 /// How one message of a batch is to be handled.
@@ -318,12 +316,12 @@ pub async fn record_batch(
 }
 
 /// Where one message of a batch sits, and the batch's facts about time.
-struct Message<'a> {
-    state: &'a FolderState,
-    at: &'a ImapLocation<'a>,
-    summary: &'a MessageSummary,
+pub(super) struct Message<'a> {
+    pub state: &'a FolderState,
+    pub at: &'a ImapLocation<'a>,
+    pub summary: &'a MessageSummary,
     /// The start of the per-sender window.
-    since_ms: i64,
+    pub since_ms: i64,
 }
 
 /// Decides and records one message inside the batch's transaction. `Conflict` (another worker
@@ -533,120 +531,6 @@ pub async fn write_decision(
         }
     };
     Ok(written)
-}
-
-/// Writes the acknowledgement of a new ticket or follow-up into the outbox, in the batch's
-/// transaction: a message to send, or the reason it is not sent. Nothing for other decisions, or
-/// when the mailbox does not acknowledge at all.
-async fn acknowledge_decision(
-    ctx: &MailboxContext<'_>,
-    tx: &mut Batch,
-    message: &Message<'_>,
-    decision: &Decision,
-    note: &Note,
-    report: &mut CycleReport,
-) -> Result<(), StoreError> {
-    let mailbox = ctx.mailbox;
-    let (mail, ticket_id, kind, auto_kind) = match (decision, note) {
-        (Decision::NewTicket { mail, .. }, Note::NewTicket { ticket_id, .. }) => {
-            (mail, *ticket_id, AckKind::NewTicket, None)
-        }
-        (
-            Decision::FollowUp {
-                mail,
-                ticket_id,
-                auto_kind,
-                ..
-            },
-            _,
-        ) => (mail, *ticket_id, AckKind::FollowUp, *auto_kind),
-        _ => return Ok(()),
-    };
-    if !reply::sends_acknowledgements(mailbox) {
-        return Ok(());
-    }
-    let reference = ingest::ticket_reference(ticket_id);
-    let now = now_ms();
-    let recipient = reply::reply_address(mail);
-    let facts = AckFacts {
-        received_ms: message.summary.internal_date_ms,
-        ack_after_ms: mailbox.acknowledge.since_ms.or(message.state.ack_after_ms),
-        recipient_acks_today: match &recipient {
-            Some(to) => tx.acks_to_since(to, now - 86_400_000).await?,
-            None => 0,
-        },
-        ticket_last_ack_ms: match kind {
-            AckKind::FollowUp => tx.last_ack_of_ticket(ticket_id).await?,
-            AckKind::NewTicket | AckKind::QuarantineNotice => None,
-        },
-        now_ms: now,
-    };
-    let mut draft = reply::plan_acknowledgement(
-        mailbox,
-        &ctx.policy.own_addresses,
-        mail,
-        &reference,
-        kind,
-        &facts,
-    );
-    if let Some(auto_kind) = auto_kind {
-        draft.suppressed = Some(format!(
-            "automatic mail ({auto_kind}) is never acknowledged"
-        ));
-    }
-    tx.enqueue(&mailbox.name, Some(ticket_id), &draft).await?;
-    match &draft.suppressed {
-        None => report.n_acks_queued += 1,
-        Some(reason) => debug!(%reason, "no acknowledgement"),
-    }
-    Ok(())
-}
-
-/// Writes the notice to the sender of a message set aside as too large (when the mailbox sends
-/// them), or the reason none is sent, in the batch's transaction.
-async fn notify_quarantined(
-    ctx: &MailboxContext<'_>,
-    tx: &mut Batch,
-    message: &Message<'_>,
-    header: &[u8],
-    report: &mut CycleReport,
-) -> Result<(), StoreError> {
-    let mailbox = ctx.mailbox;
-    if !reply::sends_acknowledgements(mailbox) {
-        return Ok(());
-    }
-    let Ok(mail) = ingest::parse(header) else {
-        return Ok(());
-    };
-    let now = now_ms();
-    let facts = AckFacts {
-        received_ms: message.summary.internal_date_ms,
-        // Imported mail gets no notice either.
-        ack_after_ms: mailbox.acknowledge.since_ms.or(message.state.ack_after_ms),
-        recipient_acks_today: match reply::reply_address(&mail) {
-            Some(to) => tx.acks_to_since(&to, now - 86_400_000).await?,
-            None => 0,
-        },
-        ticket_last_ack_ms: None,
-        now_ms: now,
-    };
-    let mut draft = reply::plan_quarantine_notice(
-        mailbox,
-        &ctx.policy.own_addresses,
-        &mail,
-        message.summary.size,
-        mailbox.max_message_bytes,
-        &facts,
-    );
-    let kind = ingest::classify(&mail, &ctx.policy);
-    if kind != ingest::MailKind::Person {
-        draft.suppressed = Some(format!("automatic mail ({kind:?}) is never answered"));
-    }
-    tx.enqueue(&mailbox.name, None, &draft).await?;
-    if draft.suppressed.is_none() {
-        report.n_acks_queued += 1;
-    }
-    Ok(())
 }
 
 /// Message-ID, From and Subject from a header-only fetch. Without a Message-ID the key is a hash
