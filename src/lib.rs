@@ -18,12 +18,16 @@
 //! - [`telemetry`]: logging setup, and [`telemetry::Metrics`]: counters and state the workers write.
 //! - [`http`]: the optional monitoring endpoint that reads them (`/healthz`, `/readyz`, `/metrics`,
 //!   a status page).
+//! - [`commands`]: one function per command verb, which calls into the modules above and decides
+//!   every line the command prints and its exit code.
 //!
-//! `main.rs` only parses the command line ([`cli`]) and calls into these modules.
+//! `main.rs` only parses the command line ([`cli`]), starts logging, loads the config and hands
+//! over to [`commands::dispatch`].
 
 pub mod admin;
 pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod failpoint;
 pub mod http;
