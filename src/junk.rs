@@ -13,6 +13,7 @@ use tracing::debug;
 
 use crate::admin;
 use crate::config::{Config, Mailbox, Mode};
+use crate::failpoint::{self, Point};
 use crate::imap::{Connection, Uid};
 use crate::ingest;
 use crate::oauth::TokenCache;
@@ -58,6 +59,9 @@ pub async fn list(
     limit: usize,
 ) -> anyhow::Result<JunkListing> {
     let mut conn = admin::connect(tokens, config, mailbox).await?;
+    // The fault tests hold the listing here, with the session open, to stop `run` at this point.
+    failpoint::reached(Point::JunkListing).await;
+    // Whatever the listing ends with, the session is logged out.
     let result = list_on(&mut conn, &mailbox.junk_folder, limit).await;
     conn.logout().await;
     result
