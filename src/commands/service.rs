@@ -54,12 +54,13 @@ pub(super) async fn run(config: Config, store: &Store) -> anyhow::Result<ExitCod
         Some(http_config) => {
             let listener = http::bind(http_config).await?;
             // The status page shows each Junk folder's count from this task, so that a
-            // page view never opens an IMAP session.
-            tokio::spawn(junk::watch(
+            // page view never opens an IMAP session. It holds a session while it counts, so
+            // shutdown waits for it like for the mailboxes' tasks.
+            tracker.spawn(junk::watch(
                 Arc::clone(&config),
                 Arc::clone(&tokens),
                 Arc::clone(&metrics),
-                stop_http.clone(),
+                cancel.clone(),
             ));
             Some(tokio::spawn(http::serve(
                 listener,
