@@ -1,14 +1,23 @@
-//! Crash points for the fault tests, in debug builds only.
+//! Fault points for the fault tests, in debug builds only.
 //!
-//! `MAILINTAKE_FAILPOINT=<name>:<n>` makes the process abort (as `kill -9` would: no destructors,
-//! no logout) the n-th time it passes the point `<name>` (n = 1 when omitted). Release builds
-//! compile every point to nothing.
+//! `MAILINTAKE_FAILPOINT=<name>[:<n>[:<action>]]` acts the n-th time (n = 1 when omitted) the
+//! process passes the point `<name>`. The action is
+//! - `abort` (the default): the process aborts, as `kill -9` would: no destructors, no logout;
+//! - `hold=<ms>`: the task waits that many milliseconds at the point (an async sleep; the rest of
+//!   the process runs on), after printing `mailintake: failpoint <name> reached; holding <ms> ms`
+//!   to stderr. A test waits for that line and then acts (e.g. sends SIGTERM) while the task is
+//!   known to be there. Only points passed with [`reached`] can hold.
+//!
+//! Release builds compile every point to nothing.
 
-/// The places a test can crash the worker at.
+/// The places a test can stop the worker at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Point {
-    /// Right after a batch of outcomes is committed, before any IMAP disposition.
+    /// Right after a batch of outcomes is committed, before any IMAP disposition ([`hit`]).
     AfterCommit,
+    /// In `junk::list`, logged in to the mailbox and about to look at its Junk folder
+    /// ([`reached`]).
+    JunkListing,
 }
 
 impl Point {
@@ -16,31 +25,160 @@ impl Point {
     fn name(self) -> &'static str {
         match self {
             Point::AfterCommit => "after-commit",
+            Point::JunkListing => "junk-listing",
         }
     }
 }
 
+/// What an armed point does when its turn comes.
 #[cfg(debug_assertions)]
-pub fn hit(point: Point) {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Abort,
+    Hold(std::time::Duration),
+}
+
+/// The point `MAILINTAKE_FAILPOINT` names, the pass it acts on, and how.
+#[cfg(debug_assertions)]
+#[derive(Debug, PartialEq, Eq)]
+struct Armed {
+    name: String,
+    pass: u32,
+    action: Action,
+}
+
+#[cfg(debug_assertions)]
+fn parse(spec: &str) -> Result<Armed, String> {
+    let mut parts = spec.splitn(3, ':');
+    let name = parts.next().unwrap_or_default().to_string();
+    let pass = match parts.next() {
+        None | Some("") => 1,
+        Some(n) => n
+            .parse()
+            .map_err(|_| format!("`{n}` is not a pass number (1, 2, …)"))?,
+    };
+    let action = match parts.next() {
+        None | Some("abort") => Action::Abort,
+        Some(action) => match action.strip_prefix("hold=").map(str::parse) {
+            Some(Ok(ms)) => Action::Hold(std::time::Duration::from_millis(ms)),
+            _ => return Err(format!("`{action}` is neither `abort` nor `hold=<ms>`")),
+        },
+    };
+    Ok(Armed { name, pass, action })
+}
+
+/// The action due now at `point`, if `MAILINTAKE_FAILPOINT` names it and this is its pass.
+#[cfg(debug_assertions)]
+fn due(point: Point) -> Option<Action> {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    static ARMED: OnceLock<Option<(String, u32)>> = OnceLock::new();
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
     static PASSES: AtomicU32 = AtomicU32::new(0);
     let armed = ARMED.get_or_init(|| {
         let spec = std::env::var("MAILINTAKE_FAILPOINT").ok()?;
-        let (name, n) = spec.split_once(':').unwrap_or((spec.as_str(), "1"));
-        Some((name.to_string(), n.parse().unwrap_or(1)))
+        parse(&spec)
+            .inspect_err(|e| eprintln!("mailintake: MAILINTAKE_FAILPOINT={spec} is ignored: {e}"))
+            .ok()
     });
-    if let Some((name, n)) = armed
-        && name == point.name()
-        && PASSES.fetch_add(1, Ordering::SeqCst) + 1 == *n
-    {
-        eprintln!("mailintake: failpoint {name} reached; aborting");
-        std::process::abort();
+    match armed {
+        Some(armed)
+            if armed.name == point.name()
+                && PASSES.fetch_add(1, Ordering::SeqCst) + 1 == armed.pass =>
+        {
+            Some(armed.action)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(debug_assertions)]
+fn abort(point: Point) -> ! {
+    eprintln!("mailintake: failpoint {} reached; aborting", point.name());
+    std::process::abort();
+}
+
+/// Passes a point in synchronous code: only `abort` can act here.
+#[cfg(debug_assertions)]
+pub fn hit(point: Point) {
+    match due(point) {
+        None => {}
+        Some(Action::Abort) => abort(point),
+        Some(Action::Hold(_)) => {
+            // Sleeping here would block a runtime thread; a test asking for it is mistaken.
+            eprintln!(
+                "mailintake: failpoint {} cannot hold (it is passed in synchronous code)",
+                point.name()
+            );
+            abort(point);
+        }
+    }
+}
+
+/// Passes a point in async code: `abort` or `hold`.
+#[cfg(debug_assertions)]
+pub async fn reached(point: Point) {
+    match due(point) {
+        None => {}
+        Some(Action::Abort) => abort(point),
+        Some(Action::Hold(duration)) => {
+            eprintln!(
+                "mailintake: failpoint {} reached; holding {} ms",
+                point.name(),
+                duration.as_millis()
+            );
+            tokio::time::sleep(duration).await;
+        }
     }
 }
 
 #[cfg(not(debug_assertions))]
 #[inline(always)]
 pub fn hit(_point: Point) {}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub async fn reached(_point: Point) {}
+
+#[cfg(all(test, debug_assertions))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn specs_name_a_point_a_pass_and_an_action() {
+        let armed = |name: &str, pass, action| Armed {
+            name: name.to_string(),
+            pass,
+            action,
+        };
+        assert_eq!(
+            parse("after-commit"),
+            Ok(armed("after-commit", 1, Action::Abort))
+        );
+        assert_eq!(
+            parse("after-commit:3"),
+            Ok(armed("after-commit", 3, Action::Abort))
+        );
+        assert_eq!(
+            parse("after-commit:2:abort"),
+            Ok(armed("after-commit", 2, Action::Abort))
+        );
+        assert_eq!(
+            parse("junk-listing:1:hold=3000"),
+            Ok(armed(
+                "junk-listing",
+                1,
+                Action::Hold(Duration::from_millis(3000))
+            ))
+        );
+        assert!(parse("junk-listing:x").unwrap_err().contains("pass number"));
+        assert!(
+            parse("junk-listing:1:hold=3s")
+                .unwrap_err()
+                .contains("hold=<ms>")
+        );
+        assert!(parse("junk-listing:1:wait").is_err());
+    }
+}

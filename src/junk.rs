@@ -13,6 +13,7 @@ use tracing::debug;
 
 use crate::admin;
 use crate::config::{Config, Mailbox, Mode};
+use crate::failpoint::{self, Point};
 use crate::imap::{Connection, Uid};
 use crate::ingest;
 use crate::oauth::TokenCache;
@@ -58,6 +59,9 @@ pub async fn list(
     limit: usize,
 ) -> anyhow::Result<JunkListing> {
     let mut conn = admin::connect(tokens, config, mailbox).await?;
+    // The fault tests hold the listing here, with the session open, to stop `run` at this point.
+    failpoint::reached(Point::JunkListing).await;
+    // Whatever the listing ends with, the session is logged out.
     let result = list_on(&mut conn, &mailbox.junk_folder, limit).await;
     conn.logout().await;
     result
@@ -146,6 +150,10 @@ pub async fn release(
 
 /// Counts every mailbox's Junk folder (with its newest few messages) now and then every
 /// [`CHECK_INTERVAL`] into `metrics`, until `cancel`.
+///
+/// `cancel` is honoured before each mailbox and while the task sleeps, never in the middle of a
+/// [`list`]: a listing is bounded by the IMAP timeouts and logs out at its end, whereas dropping it
+/// would close its session without LOGOUT. So a shutdown waits for the listing under way.
 pub async fn watch(
     config: Arc<Config>,
     tokens: Arc<TokenCache>,
@@ -154,10 +162,10 @@ pub async fn watch(
 ) {
     loop {
         for mailbox in &config.mailboxes {
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                result = list(&config, &tokens, mailbox, NEWEST_ON_PAGE) => result,
-            };
+            if cancel.is_cancelled() {
+                return;
+            }
+            let result = list(&config, &tokens, mailbox, NEWEST_ON_PAGE).await;
             let result = result.map_err(|e| {
                 debug!(mailbox = %mailbox.name, error = %e, "cannot look at the Junk folder");
                 format!("{e:#}")

@@ -1,30 +1,35 @@
 //! mailintake turns helpdesk mailboxes into ticket rows.
 //!
-//! Read the parts in the order data flows through them:
+//! The parts, top to bottom; each uses only the ones below it (ARCHITECTURE.md has the map):
 //!
-//! - [`config`]: the typed settings file, loaded and validated once; secrets stay secret.
+//! - [`commands`]: one function per command verb, deciding every line a command prints and its
+//!   exit code; `main.rs` only parses the command line ([`cli`]), starts logging, loads the config
+//!   and hands over to [`commands::dispatch`].
+//! - [`http`]: the optional monitoring endpoint of `run` (`/healthz`, `/readyz`, `/metrics`, a
+//!   status page), reading [`telemetry::Metrics`] and the store.
+//! - [`junk`], [`admin`], [`check`]: the Junk folder, admin actions that need IMAP (quarantine
+//!   release, reprocess), and `mailintake check` step by step.
+//! - [`intake`]: one task per watched folder that drives mail source → ingest → store, and
+//!   disposes of each message only after its outcome is committed; it reaches the mail server only
+//!   through the [`mail_source`] seam.
+//! - [`imap`]: the IMAP implementation of that seam (TLS, `AUTHENTICATE XOAUTH2`, size-first
+//!   listing, capped body fetches, folder moves); the only module that knows async-imap.
+//! - [`reply`]: acknowledgements, planned (pure) and sent from the outbox over SMTP.
 //! - [`oauth`]: OAuth2 access tokens from Microsoft Entra ID (or any token endpoint), cached per
 //!   identity and shared by every mailbox and protocol that uses that identity.
-//! - [`imap`]: the IMAP connection (TLS, `AUTHENTICATE XOAUTH2`), size-first listing, body fetches and
-//!   folder moves. Only this module knows async-imap's types and its sharp edges.
-//! - [`ingest`]: pure functions from raw message bytes plus facts from the store to a decision
-//!   (new ticket, quarantine, duplicate). No IO.
-//! - [`worker`]: one task per mailbox that drives imap → ingest → store, and disposes of each message
-//!   in IMAP only after its outcome is committed.
 //! - [`store`]: every SQL statement, for SQLite (embedded default) and PostgreSQL, with migrations.
-//! - [`check`]: `mailintake check <mailbox>`, the token → IMAP → folders path step by step.
-//! - [`admin`] and [`junk`]: admin commands that need IMAP (quarantine release, reprocess, the
-//!   Junk folder) and the Junk folder count of the status page.
-//! - [`telemetry`]: logging setup, and [`telemetry::Metrics`]: counters and state the workers write.
-//! - [`http`]: the optional monitoring endpoint that reads them (`/healthz`, `/readyz`, `/metrics`,
-//!   a status page).
-//!
-//! `main.rs` only parses the command line ([`cli`]) and calls into these modules.
+//! - [`telemetry`]: logging setup and the metrics the tasks' reports fill in.
+//! - [`ingest`]: pure functions from raw message bytes plus facts from the store to a decision
+//!   (new ticket, follow-up, duplicate, ignored, quarantine). No IO.
+//! - The ground floor: [`config`] (the typed settings file, validated once; secrets stay secret),
+//!   [`mail_source`] (the seam's operations and words), [`report`] (what tasks report), [`time`]
+//!   (clocks and dates), [`closed_set`] (stored closed sets as enums) and [`failpoint`].
 
 pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod closed_set;
+pub mod commands;
 pub mod config;
 pub mod failpoint;
 pub mod http;

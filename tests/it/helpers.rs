@@ -587,6 +587,11 @@ impl Case {
     /// Starts `mailintake run` in the background (killed when the handle is dropped). Its log goes
     /// to a file beside the config, read back by [`terminate`].
     pub fn spawn_run(&self) -> Running {
+        self.spawn_run_with(&[])
+    }
+
+    /// Like [`Case::spawn_run`], with extra environment variables.
+    pub fn spawn_run_with(&self, env: &[(&str, &str)]) -> Running {
         let log = self.config.path.with_file_name("run.log");
         let file = std::fs::File::create(&log).expect("log file");
         let child = tokio::process::Command::new(binary())
@@ -595,6 +600,7 @@ impl Case {
             .arg("run")
             .env(&self.secret_var, &self.entra.secret)
             .env("RUST_LOG", "mailintake=debug")
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .stdout(std::process::Stdio::null())
             .stderr(file)
@@ -716,6 +722,32 @@ pub async fn dovecot_bytes_out(user: &str, sessions: usize) -> Vec<u64> {
     };
     eventually(Duration::from_secs(10), || async {
         read().len() >= sessions
+    })
+    .await;
+    read()
+}
+
+/// How the IMAP sessions of `user` ended, from Dovecot's log: the number of logins, and the
+/// `Disconnected: …` line of each finished session (`Logged out` after a LOGOUT, `Connection
+/// closed` when the client just went away), once every session that logged in has one (waits up
+/// to 10 s).
+pub async fn dovecot_session_ends(user: &str) -> (usize, Vec<String>) {
+    let log = format!("{}/dovecot/dovecot.log", Stack::get().var("MAILSTACK_DIR"));
+    let login = format!("Login: user=<{user}>");
+    let marker = format!("imap({user})");
+    let read = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let logins = text.lines().filter(|l| l.contains(&login)).count();
+        let ends: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(&marker) && l.contains("Disconnected"))
+            .map(String::from)
+            .collect();
+        (logins, ends)
+    };
+    eventually(Duration::from_secs(10), || async {
+        let (logins, ends) = read();
+        ends.len() >= logins
     })
     .await;
     read()

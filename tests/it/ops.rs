@@ -18,7 +18,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// Appends `[http]` with `keys` to the case's config file; returns the base URL.
-fn enable_http(case: &Case, keys: &str) -> String {
+pub(crate) fn enable_http(case: &Case, keys: &str) -> String {
     let port = free_port();
     let mut text = std::fs::read_to_string(&case.config.path).unwrap();
     text.push_str(&format!(

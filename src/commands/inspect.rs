@@ -1,0 +1,312 @@
+//! Read-only commands: what is stored (tickets, one ticket, an attachment, a raw message, the
+//! quarantine, the outbox) and what sits in a mailbox's Junk folder. None of them changes a row
+//! or a message.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::bail;
+
+use super::{token_cache, write_new_file};
+use crate::config::Config;
+use crate::ingest;
+use crate::junk;
+use crate::report::JunkListing;
+use crate::store::Store;
+use crate::time::rfc3339;
+
+/// `mailintake tickets [--since DATE|DURATION] [--limit N] [--json]`: the newest tickets.
+pub(super) async fn tickets(
+    store: &Store,
+    limit: i64,
+    since: Option<i64>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let tickets = match since {
+        Some(since_ms) => store.tickets_since(since_ms, limit).await?,
+        None => store.recent_tickets(limit).await?,
+    };
+    if json {
+        for ticket in &tickets {
+            println!("{}", serde_json::to_string(ticket)?);
+        }
+    } else if tickets.is_empty() {
+        println!(
+            "{}",
+            if since.is_some() {
+                "no tickets since then"
+            } else {
+                "no tickets yet"
+            }
+        );
+    } else {
+        println!(
+            "{:<11} {:<10} {:<28} {:>4} {:>4}  SUBJECT",
+            "TICKET", "MAILBOX", "REQUESTER", "MSGS", "ATT"
+        );
+        for t in &tickets {
+            println!(
+                "{:<11} {:<10} {:<28} {:>4} {:>4}  {}",
+                t.reference,
+                t.mailbox,
+                t.requester.as_deref().unwrap_or("-"),
+                t.n_messages,
+                t.n_attachments,
+                t.subject
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mailintake ticket ID [--json]`: one ticket with its messages (the first 20 lines of each
+/// body) and attachments.
+pub(super) async fn ticket(store: &Store, id: i64, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(ticket) = store.ticket_summary(id).await? else {
+        bail!("no ticket with id {id}");
+    };
+    let messages = store.ticket_messages(id).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "ticket": ticket, "messages": messages })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} [{}] {} — {} ({} message(s))",
+        ticket.reference,
+        ticket.status,
+        ticket.subject,
+        ticket.requester.as_deref().unwrap_or("-"),
+        messages.len()
+    );
+    for m in &messages {
+        println!(
+            "\n  #{} {} from {}{}: {}",
+            m.id,
+            m.direction,
+            m.from_address.as_deref().unwrap_or("-"),
+            m.auto_kind
+                .as_deref()
+                .map(|k| format!(" ({k})"))
+                .unwrap_or_default(),
+            m.subject
+        );
+        for (aid, name, kind, size) in &m.attachments {
+            println!(
+                "     attachment {aid}: {} ({kind}, {size} bytes)",
+                name.as_deref().unwrap_or("(unnamed)")
+            );
+        }
+        if let Some(body) = &m.body_text {
+            for line in body.lines().take(20) {
+                println!("     | {line}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mailintake attachment ID --out FILE`: one attachment's content, byte-exact, to a new file.
+pub(super) async fn attachment(store: &Store, id: i64, out: &Path) -> anyhow::Result<ExitCode> {
+    if let Some(purged_ms) = store.attachment_purged_at(id).await? {
+        bail!(
+            "the content of attachment {id} was removed by `mailintake purge` on {} (retention); its metadata is kept",
+            rfc3339(purged_ms)
+        );
+    }
+    let Some(attachment) = store.attachment(id).await? else {
+        bail!(
+            "no attachment with id {id}; `mailintake tickets` and the attachments table list them"
+        );
+    };
+    write_new_file(out, &attachment.content)?;
+    println!(
+        "wrote {} ({}, {} bytes, sha256 {}) to {}",
+        attachment.filename.as_deref().unwrap_or("(unnamed)"),
+        attachment.content_type,
+        attachment.content.len(),
+        attachment.sha256,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mailintake raw ID --out FILE`: a kept raw message, byte-exact, to a new file.
+pub(super) async fn raw(store: &Store, id: i64, out: &Path) -> anyhow::Result<ExitCode> {
+    let Some(raw) = store.raw_message(id).await? else {
+        bail!(
+            "no raw message is kept for message {id}; set keep_raw = \"all\" on the mailbox to keep them (failures keep theirs in the quarantine); `mailintake purge` removes old ones"
+        );
+    };
+    write_new_file(out, &raw)?;
+    println!(
+        "wrote message {id} ({} bytes) to {}",
+        raw.len(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mailintake quarantine list [--limit N] [--json]`: the newest quarantined messages, each with
+/// what became of it.
+pub(super) async fn quarantine_list(
+    store: &Store,
+    limit: i64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let entries = store.quarantine_list(limit).await?;
+    if json {
+        for e in &entries {
+            println!("{}", serde_json::to_string(e)?);
+        }
+    } else if entries.is_empty() {
+        println!("nothing is quarantined");
+    } else {
+        println!(
+            "{:>6} {:<10} {:<20} {:>10} {:<30} SUBJECT",
+            "ID", "MAILBOX", "REASON", "BYTES", "FROM"
+        );
+        for e in &entries {
+            println!(
+                "{:>6} {:<10} {:<20} {:>10} {:<30} {}{}",
+                e.id,
+                e.mailbox,
+                e.reason,
+                e.size_bytes,
+                e.from_address.as_deref().unwrap_or("-"),
+                e.subject.as_deref().unwrap_or("-"),
+                match (e.released_at_ms, e.resolved_at_ms, e.resolved_ticket_id) {
+                    (_, Some(_), Some(ticket)) =>
+                        format!("  (reprocessed: {})", ingest::ticket_reference(ticket)),
+                    (_, Some(_), None) => "  (reprocessed: no ticket needed)".into(),
+                    (Some(_), None, _) => "  (released)".into(),
+                    (None, None, _) => String::new(),
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mailintake quarantine show ID`: one quarantine row in full, as pretty JSON.
+pub(super) async fn quarantine_show(store: &Store, id: i64) -> anyhow::Result<ExitCode> {
+    let Some(entry) = store.quarantine_entry(id).await? else {
+        bail!("no quarantined message with id {id}");
+    };
+    println!("{}", serde_json::to_string_pretty(&entry)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mailintake outbox list [--state S] [--limit N] [--json]`: the newest acknowledgements, with
+/// why each was suppressed or what its last attempt said.
+pub(super) async fn outbox_list(
+    store: &Store,
+    state: Option<&str>,
+    limit: i64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let rows = store.outbox_list(state, limit).await?;
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else if rows.is_empty() {
+        println!("the outbox is empty");
+    } else {
+        println!(
+            "{:>6} {:<10} {:<11} {:>3} {:<30} SUBJECT / WHY",
+            "ID", "MAILBOX", "STATE", "TRY", "TO"
+        );
+        for r in &rows {
+            println!(
+                "{:>6} {:<10} {:<11} {:>3} {:<30} {}{}",
+                r.id,
+                r.mailbox,
+                r.state,
+                r.attempts,
+                r.to_address.as_deref().unwrap_or("-"),
+                r.subject,
+                r.reason
+                    .as_deref()
+                    .or(r.last_error.as_deref())
+                    .map(|w| format!(" — {}", w.lines().next().unwrap_or("")))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mailintake junk list [--mailbox NAME] [--limit N] [--json]`: the newest messages of the
+/// mailbox's Junk folder, from header fields only (read-only EXAMINE).
+pub(super) async fn junk_list(
+    config: &Config,
+    store: &Store,
+    mailbox: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let tokens = token_cache(config, store);
+    let mailbox = junk::pick_mailbox(config, mailbox)?;
+    match junk::list(config, &tokens, mailbox, limit).await? {
+        JunkListing::Missing { folder } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&JunkListing::Missing { folder })?
+                );
+            } else {
+                println!(
+                    "{} has no folder `{folder}` (junk_folder; Exchange Online calls it \"Junk Email\")",
+                    mailbox.address
+                );
+            }
+        }
+        JunkListing::Listed {
+            folder,
+            total,
+            newest,
+        } => {
+            if json {
+                for item in &newest {
+                    println!("{}", serde_json::to_string(item)?);
+                }
+            } else if total == 0 {
+                println!("`{folder}` of {} is empty", mailbox.address);
+            } else {
+                println!(
+                    "`{folder}` of {} holds {total} message(s){}:",
+                    mailbox.address,
+                    if newest.len() < total as usize {
+                        format!("; the newest {}", newest.len())
+                    } else {
+                        String::new()
+                    }
+                );
+                println!(
+                    "{:>6} {:<20} {:<30} {:>10}  SUBJECT",
+                    "UID", "DATE", "FROM", "BYTES"
+                );
+                for item in &newest {
+                    let date = item
+                        .date_ms
+                        .or(item.received_ms)
+                        .map(|t| rfc3339(t).to_string())
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:>6} {:<20} {:<30} {:>10}  {}",
+                        item.uid,
+                        date,
+                        item.from.as_deref().unwrap_or("-"),
+                        item.size_bytes,
+                        item.subject.as_deref().unwrap_or("-")
+                    );
+                }
+                println!("`mailintake junk release UID` moves a real message to the inbox.");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,109 @@
+//! The worker as a service: `run` until SIGTERM or SIGINT, or `once` over every mailbox.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{success_if, token_cache};
+use crate::config::Config;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::{http, intake, junk};
+
+/// `mailintake once`: one pass over every mailbox, then every outbox; exit code 1 when any of
+/// them failed.
+pub(super) async fn once(config: &Config, store: &Store) -> ExitCode {
+    let tokens = token_cache(config, store);
+    let mut failed = 0;
+    for (mailbox, result) in intake::run_once(config, store, &tokens).await {
+        match result {
+            Ok(report) => println!("{mailbox}: {report}"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{mailbox}: FAILED: {}", store.explain_failure(&e));
+            }
+        }
+    }
+    for (mailbox, result) in intake::flush_outboxes(config, store, &tokens).await {
+        match result {
+            Ok(report) => println!("{mailbox} outbox: {report}"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{mailbox} outbox: FAILED: {e}");
+            }
+        }
+    }
+    success_if(failed == 0)
+}
+
+/// `mailintake run`: the worker's tasks (and, with `[http]`, the monitoring endpoint and the
+/// Junk check) until SIGTERM or SIGINT; then every task stops at a safe point and logs out.
+pub(super) async fn run(config: Config, store: &Store) -> anyhow::Result<ExitCode> {
+    let tokens = Arc::new(token_cache(&config, store));
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new(&config));
+    // Every task of the worker (folders, outbox senders, the Junk check) stops at a safe
+    // point on `cancel`; the monitoring endpoint keeps answering while they drain.
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let stop_http = CancellationToken::new();
+    let server = match &config.http {
+        Some(http_config) => {
+            let listener = http::bind(http_config).await?;
+            // The status page shows each Junk folder's count from this task, so that a
+            // page view never opens an IMAP session. It holds a session while it counts, so
+            // shutdown waits for it like for the mailboxes' tasks.
+            tracker.spawn(junk::watch(
+                Arc::clone(&config),
+                Arc::clone(&tokens),
+                Arc::clone(&metrics),
+                cancel.clone(),
+            ));
+            Some(tokio::spawn(http::serve(
+                listener,
+                Arc::clone(&config),
+                store.clone(),
+                Arc::clone(&metrics),
+                stop_http.clone(),
+            )))
+        }
+        None => None,
+    };
+    intake::spawn(config, store.clone(), tokens, metrics, &tracker, &cancel);
+    tracker.close();
+    shutdown_signal().await;
+    tracing::info!("shutdown requested; letting mailboxes reach a safe point");
+    cancel.cancel();
+    tracker.wait().await;
+    tracing::info!("all mailboxes stopped");
+    stop_http.cancel();
+    if let Some(server) = server {
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "monitoring endpoint failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "monitoring endpoint panicked"),
+            Err(_) => tracing::warn!("monitoring endpoint did not stop within 5 s"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
