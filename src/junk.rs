@@ -83,7 +83,7 @@ async fn list_on(conn: &mut Connection, folder: &str, limit: usize) -> anyhow::R
             let header = conn.fetch_identifying_headers(summary.uid).await?;
             let parsed = ingest::parse(&header).ok();
             newest.push(JunkItem {
-                uid: summary.uid.0,
+                uid: summary.uid,
                 date_ms: parsed.as_ref().and_then(|m| m.date_ms),
                 received_ms: summary.internal_date_ms,
                 from: parsed
@@ -107,7 +107,7 @@ pub async fn release(
     config: &Config,
     tokens: &TokenCache,
     mailbox: &Mailbox,
-    uid: u32,
+    uid: Uid,
 ) -> anyhow::Result<String> {
     if mailbox.mode == Mode::Shadow {
         bail!(
@@ -126,8 +126,8 @@ pub async fn release(
             );
         }
         conn.select(junk).await?;
-        let listed = conn.list_above(uid.saturating_sub(1)).await?;
-        let Some(summary) = listed.iter().find(|m| m.uid.0 == uid) else {
+        let listed = conn.list_above(uid.0.saturating_sub(1)).await?;
+        let Some(summary) = listed.iter().find(|m| m.uid == uid) else {
             bail!(
                 "there is no message with UID {uid} in `{junk}` of {} (moved or deleted meanwhile?); `mailintake junk list` shows the UIDs",
                 mailbox.address
@@ -137,7 +137,7 @@ pub async fn release(
         let subject = ingest::parse(&header)
             .map(|m| m.subject)
             .unwrap_or_default();
-        conn.move_to(&[Uid(uid)], inbox).await?;
+        conn.move_to(&[uid], inbox).await?;
         Ok(format!(
             "moved UID {uid} (\"{subject}\", {} bytes) from `{junk}` to `{inbox}` of {}; the next sweep ingests it",
             summary.size, mailbox.address

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 /// A message's id within one validity of a folder: an IMAP UID (RFC 3501 §2.3.1.1), ascending
 /// with arrival.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
 pub struct Uid(pub u32);
 
 impl fmt::Display for Uid {

@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use crate::mail_source::Uid;
+
 /// What one sweep over a mailbox did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CycleReport {
@@ -76,7 +78,7 @@ impl std::fmt::Display for FlushReport {
 /// One message in a Junk folder, from its header fields and listing.
 #[derive(Debug, Clone, Serialize)]
 pub struct JunkItem {
-    pub uid: u32,
+    pub uid: Uid,
     /// The Date header (unix ms), when it has a readable one.
     pub date_ms: Option<i64>,
     /// When the server received it (INTERNALDATE, unix ms).

@@ -8,6 +8,7 @@ use anyhow::bail;
 
 use super::token_cache;
 use crate::config::{Config, redact_url};
+use crate::mail_source::Uid;
 use crate::store::Store;
 use crate::time::{now_ms, rfc3339};
 use crate::{admin, junk};
@@ -91,7 +92,10 @@ pub(super) async fn junk_release(
 ) -> anyhow::Result<ExitCode> {
     let tokens = token_cache(config, store);
     let mailbox = junk::pick_mailbox(config, mailbox)?;
-    println!("{}", junk::release(config, &tokens, mailbox, uid).await?);
+    println!(
+        "{}",
+        junk::release(config, &tokens, mailbox, Uid(uid)).await?
+    );
     Ok(ExitCode::SUCCESS)
 }
 
