@@ -5,15 +5,18 @@
 //!   `message_id`, …) sit beside the event's own (`ticket_id`, `reference`, …), so a log store can
 //!   filter on them directly.
 //! - [`Metrics`]: what the worker did and how each mailbox and identity is doing, shared as an
-//!   `Arc` by the workers (which write it) and the HTTP endpoint (which reads it).
+//!   `Arc` by the workers (which write it) and the HTTP endpoint (which reads it), and rendered
+//!   as Prometheus text by [`prometheus`].
 
 mod json;
 mod metrics;
+mod prometheus;
 
 pub use metrics::{
     ErrorInfo, FolderStatus, Histogram, IdentityState, IdentityStats, MailboxState, MailboxStats,
-    Metrics, ScrapeFacts, Snapshot, first_line_and_hint,
+    Metrics, Snapshot, first_line_and_hint,
 };
+pub use prometheus::ScrapeFacts;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::JsonFields;
