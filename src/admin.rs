@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 
 use crate::config::{Config, Mailbox};
 use crate::imap::{self, Connection};
-use crate::ingest::{self, Decision, Facts};
+use crate::ingest::{self, Decision, Facts, QuarantineCode};
 use crate::intake::facts::{SENDER_WINDOW_MS, facts_for};
 use crate::intake::policy;
 use crate::intake::record::{Dispositions, Note, envelope_from_header, write_decision};
@@ -54,7 +54,10 @@ pub async fn release(
             "quarantined message {id} was reprocessed already (it needs no ticket); nothing to release"
         );
     }
-    if entry.reason == "message-id-conflict" || entry.reason == "unparseable" {
+    if matches!(
+        entry.reason,
+        QuarantineCode::MessageIdConflict | QuarantineCode::Unparseable
+    ) {
         bail!(
             "quarantined message {id} ({}) would be quarantined again as it is; its raw bytes are kept in the quarantine table",
             entry.reason
@@ -66,7 +69,7 @@ pub async fn release(
             entry.mailbox
         );
     };
-    if entry.reason == "too-large"
+    if entry.reason == QuarantineCode::TooLarge
         && max_bytes.unwrap_or(mailbox.max_message_bytes) < entry.size_bytes as u64
     {
         bail!(
@@ -89,7 +92,7 @@ pub async fn release(
             break;
         }
     }
-    if found.is_none() && entry.reason == "unreadable" {
+    if found.is_none() && entry.reason == QuarantineCode::Unreadable {
         // Set aside unread, so known only by its size: it must be the only one of that size.
         let candidates: Vec<_> = listed
             .iter()
@@ -99,7 +102,7 @@ pub async fn release(
             found = Some(only.uid);
         }
     }
-    if found.is_none() && entry.reason != "unreadable" {
+    if found.is_none() && entry.reason != QuarantineCode::Unreadable {
         // Mail without a Message-ID was keyed by its content: compare candidates of its size.
         for summary in listed.iter().filter(|m| m.size == entry.size_bytes as u64) {
             if let Some((_, imap::Body::Complete(raw))) =

@@ -40,8 +40,9 @@ macro_rules! closed_set {
         }
 
         impl std::fmt::Display for $name {
+            /// The stored text (padded as asked, for column output).
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
+                f.pad(self.as_str())
             }
         }
 
@@ -84,6 +85,7 @@ mod tests {
             assert_eq!(colour.as_str().parse::<Colour>(), Ok(*colour));
         }
         assert_eq!(Colour::LightBlue.to_string(), "light-blue");
+        assert_eq!(format!("[{:<5}]", Colour::Red), "[red  ]");
         let error = "green".parse::<Colour>().unwrap_err();
         assert_eq!(error.to_string(), "unknown colour `green`");
         assert_eq!(serde_json::to_string(&Colour::Red).unwrap(), "\"red\"");

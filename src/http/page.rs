@@ -303,7 +303,7 @@ pub(super) fn render_page(
                     "<tr><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     q.id,
                     escape(&q.mailbox),
-                    escape(&q.reason),
+                    escape(q.reason.as_str()),
                     if q.released_at_ms.is_some() {
                         " (released)"
                     } else {

@@ -4,6 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{Result, Store};
+use crate::ingest::QuarantineCode;
 use crate::time::now_ms;
 
 /// A quarantined message as `mailintake quarantine list/show` prints it.
@@ -16,7 +17,7 @@ pub struct QuarantineEntry {
     pub size_bytes: i64,
     pub from_address: Option<String>,
     pub subject: Option<String>,
-    pub reason: String,
+    pub reason: QuarantineCode,
     pub detail: Option<String>,
     pub has_raw: bool,
     pub created_at_ms: i64,
@@ -63,8 +64,8 @@ const QUARANTINE_COLUMNS: &str = "id, mailbox, folder, message_id, size_bytes, f
      CAST(CASE WHEN raw IS NULL THEN 0 ELSE 1 END AS BIGINT), created_at, released_at, release_max_bytes, \
      resolved_at, resolved_ticket_id, raw_purged_at";
 
-fn quarantine_entry(r: sqlx::any::AnyRow) -> QuarantineEntry {
-    QuarantineEntry {
+fn quarantine_entry(r: sqlx::any::AnyRow) -> Result<QuarantineEntry> {
+    Ok(QuarantineEntry {
         id: r.get(0),
         mailbox: r.get(1),
         folder: r.get(2),
@@ -72,7 +73,7 @@ fn quarantine_entry(r: sqlx::any::AnyRow) -> QuarantineEntry {
         size_bytes: r.get(4),
         from_address: r.get(5),
         subject: r.get(6),
-        reason: r.get(7),
+        reason: r.get::<String, _>(7).parse()?,
         detail: r.get(8),
         has_raw: r.get::<i64, _>(9) != 0,
         created_at_ms: r.get(10),
@@ -81,7 +82,7 @@ fn quarantine_entry(r: sqlx::any::AnyRow) -> QuarantineEntry {
         resolved_at_ms: r.get(13),
         resolved_ticket_id: r.get(14),
         raw_purged_at_ms: r.get(15),
-    }
+    })
 }
 
 impl Store {
@@ -92,7 +93,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(quarantine_entry).collect())
+        rows.into_iter().map(quarantine_entry).collect()
     }
 
     pub async fn quarantine_entry(&self, id: i64) -> Result<Option<QuarantineEntry>> {
@@ -102,7 +103,7 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(quarantine_entry))
+        row.map(quarantine_entry).transpose()
     }
 
     /// Records that quarantined message `id` was moved back to its folder and may come in once,
