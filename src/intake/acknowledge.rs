@@ -5,11 +5,11 @@
 use tracing::debug;
 
 use super::MailboxContext;
-use super::record::{Message, Note};
 use crate::ingest::{self, Decision};
+use crate::mail_source::MessageSummary;
 use crate::reply::{self, AckFacts};
 use crate::report::CycleReport;
-use crate::store::{AckKind, Batch, StoreError};
+use crate::store::{AckKind, Batch, FolderState, StoreError};
 use crate::time::now_ms;
 
 /// Writes the acknowledgement of a new ticket or follow-up into the outbox, in the batch's
@@ -18,15 +18,16 @@ use crate::time::now_ms;
 pub(super) async fn acknowledge_decision(
     ctx: &MailboxContext<'_>,
     tx: &mut Batch,
-    message: &Message<'_>,
+    state: &FolderState,
+    summary: &MessageSummary,
     decision: &Decision,
-    note: &Note,
+    new_ticket_id: Option<i64>,
     report: &mut CycleReport,
 ) -> Result<(), StoreError> {
     let mailbox = ctx.mailbox;
-    let (mail, ticket_id, kind, auto_kind) = match (decision, note) {
-        (Decision::NewTicket { mail, .. }, Note::NewTicket { ticket_id, .. }) => {
-            (mail, *ticket_id, AckKind::NewTicket, None)
+    let (mail, ticket_id, kind, auto_kind) = match (decision, new_ticket_id) {
+        (Decision::NewTicket { mail, .. }, Some(ticket_id)) => {
+            (mail, ticket_id, AckKind::NewTicket, None)
         }
         (
             Decision::FollowUp {
@@ -46,8 +47,8 @@ pub(super) async fn acknowledge_decision(
     let now = now_ms();
     let recipient = reply::reply_address(mail);
     let facts = AckFacts {
-        received_ms: message.summary.internal_date_ms,
-        ack_after_ms: mailbox.acknowledge.since_ms.or(message.state.ack_after_ms),
+        received_ms: summary.internal_date_ms,
+        ack_after_ms: mailbox.acknowledge.since_ms.or(state.ack_after_ms),
         recipient_acks_today: match &recipient {
             Some(to) => tx.acks_to_since(to, now - 86_400_000).await?,
             None => 0,
@@ -84,7 +85,8 @@ pub(super) async fn acknowledge_decision(
 pub(super) async fn notify_quarantined(
     ctx: &MailboxContext<'_>,
     tx: &mut Batch,
-    message: &Message<'_>,
+    state: &FolderState,
+    summary: &MessageSummary,
     header: &[u8],
     report: &mut CycleReport,
 ) -> Result<(), StoreError> {
@@ -97,9 +99,9 @@ pub(super) async fn notify_quarantined(
     };
     let now = now_ms();
     let facts = AckFacts {
-        received_ms: message.summary.internal_date_ms,
+        received_ms: summary.internal_date_ms,
         // Imported mail gets no notice either.
-        ack_after_ms: mailbox.acknowledge.since_ms.or(message.state.ack_after_ms),
+        ack_after_ms: mailbox.acknowledge.since_ms.or(state.ack_after_ms),
         recipient_acks_today: match reply::reply_address(&mail) {
             Some(to) => tx.acks_to_since(&to, now - 86_400_000).await?,
             None => 0,
@@ -111,7 +113,7 @@ pub(super) async fn notify_quarantined(
         mailbox,
         &ctx.policy.own_addresses,
         &mail,
-        message.summary.size,
+        summary.size,
         mailbox.max_message_bytes,
         &facts,
     );

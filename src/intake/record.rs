@@ -316,12 +316,12 @@ pub async fn record_batch(
 }
 
 /// Where one message of a batch sits, and the batch's facts about time.
-pub(super) struct Message<'a> {
-    pub state: &'a FolderState,
-    pub at: &'a ImapLocation<'a>,
-    pub summary: &'a MessageSummary,
+struct Message<'a> {
+    state: &'a FolderState,
+    at: &'a ImapLocation<'a>,
+    summary: &'a MessageSummary,
     /// The start of the per-sender window.
-    pub since_ms: i64,
+    since_ms: i64,
 }
 
 /// Decides and records one message inside the batch's transaction. `Conflict` (another worker
@@ -371,7 +371,7 @@ async fn record_message(
             let quarantine_id = tx
                 .quarantine(at, &envelope, &reason, None, &disposition)
                 .await?;
-            notify_quarantined(ctx, tx, message, header, report).await?;
+            notify_quarantined(ctx, tx, message.state, summary, header, report).await?;
             let note = Note::Quarantined {
                 quarantine_id,
                 code: reason.code(),
@@ -434,7 +434,20 @@ async fn record_message(
         &Dispositions::of(mailbox),
     )
     .await?;
-    acknowledge_decision(ctx, tx, message, &decision, &written.note, report).await?;
+    let new_ticket_id = match &written.note {
+        Note::NewTicket { ticket_id, .. } => Some(*ticket_id),
+        _ => None,
+    };
+    acknowledge_decision(
+        ctx,
+        tx,
+        message.state,
+        summary,
+        &decision,
+        new_ticket_id,
+        report,
+    )
+    .await?;
     let message_id = match &decision {
         Decision::NewTicket { mail, .. } | Decision::FollowUp { mail, .. } => &mail.message_id,
         Decision::Duplicate { .. } | Decision::Ignore { .. } | Decision::Quarantine(_) => {
