@@ -232,6 +232,8 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
         );
     }
     let dispose = validate_disposal(dispose_mode, m.processed_folder, table);
+    let quarantine_folder = m.quarantine_folder.unwrap_or_else(|| "Quarantine".into());
+    refuse_watched_targets(&folders, &dispose, &quarantine_folder, table);
     let poll_interval = duration(
         table,
         "poll_interval",
@@ -287,7 +289,7 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
         fetch_batch_bytes: m.fetch_batch_bytes.unwrap_or(8 * 1024 * 1024),
         fetch_batch_messages: fetch_batch_messages.max(1),
         dispose,
-        quarantine_folder: m.quarantine_folder.unwrap_or_else(|| "Quarantine".into()),
+        quarantine_folder,
         junk_folder,
         mode,
         first_start,
@@ -350,6 +352,40 @@ fn validate_folders(
         }
     }
     folders
+}
+
+/// A folder that messages are moved into must not be watched: what is moved there would be listed
+/// again and moved again on every sweep, forever. Folder names are compared as Exchange Online
+/// does, without regard to case (and INBOX is case-insensitive everywhere, RFC 3501 §5.1).
+fn refuse_watched_targets(
+    folders: &[String],
+    dispose: &Disposal,
+    quarantine_folder: &str,
+    table: &mut Table,
+) {
+    let watched = |target: &str| {
+        folders
+            .iter()
+            .find(|folder| folder.trim().eq_ignore_ascii_case(target.trim()))
+    };
+    if let Disposal::Move { folder: processed } = dispose
+        && let Some(folder) = watched(processed)
+    {
+        table.report(
+            "processed_folder",
+            format!(
+                "`{processed}` is also a watched folder (`{folder}`): processed mail would be taken in and moved again on every sweep; choose a folder that is not watched"
+            ),
+        );
+    }
+    if let Some(folder) = watched(quarantine_folder) {
+        table.report(
+            "quarantine_folder",
+            format!(
+                "`{quarantine_folder}` is also a watched folder (`{folder}`): quarantined mail would be taken in and set aside again on every sweep; choose a folder that is not watched"
+            ),
+        );
+    }
 }
 
 /// `dispose` with `processed_folder`, which only `move` uses (default "Processed").

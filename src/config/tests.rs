@@ -173,3 +173,34 @@ fn bad_closed_set_values_in_two_tables_are_both_reported() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn a_move_target_that_is_also_watched_is_refused_naming_its_key() {
+    let text = MINIMAL.replace(
+        "name = \"support\"",
+        "name = \"support\"\nfolders = [\"INBOX\", \"Processed\"]\ndispose = \"move\"\nprocessed_folder = \"processed\"\nquarantine_folder = \"inbox\"",
+    );
+    let problems = load(&text).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "mailboxes[0].processed_folder",
+            "mailboxes[0].quarantine_folder"
+        ],
+        "{problems:?}"
+    );
+    assert!(
+        problems[0]
+            .message
+            .contains("`processed` is also a watched folder (`Processed`)"),
+        "{}",
+        problems[0].message
+    );
+    // Folders that are not watched are fine.
+    let fine = MINIMAL.replace(
+        "name = \"support\"",
+        "name = \"support\"\ndispose = \"move\"\nprocessed_folder = \"Done\"\nquarantine_folder = \"Set aside\"",
+    );
+    load(&fine).expect("valid");
+}
