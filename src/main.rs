@@ -60,7 +60,11 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::dispatch(cli.command, config)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mailintake: {e:#}");
+            // Whatever a library put into the message, no credential of a URL leaves the process.
+            eprintln!(
+                "mailintake: {}",
+                mailintake::config::redact_credentials(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

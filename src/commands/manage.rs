@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 
 use super::token_cache;
-use crate::config::{Config, redact_url};
+use crate::config::Config;
 use crate::mail_source::Uid;
 use crate::store::Store;
 use crate::time::{now_ms, rfc3339};
@@ -17,7 +17,7 @@ use crate::{admin, junk};
 pub(super) fn migrate(config: &Config) -> ExitCode {
     println!(
         "database schema is up to date ({})",
-        redact_url(&config.database.url)
+        config.database.redacted_url()
     );
     ExitCode::SUCCESS
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::{success_if, token_cache, unknown_identity};
 use crate::check;
-use crate::config::{Config, redact_url};
+use crate::config::Config;
 use crate::oauth;
 use crate::store::Store;
 
@@ -21,7 +21,7 @@ pub(super) async fn check(
         "configuration is valid: {} identity(ies), {} mailbox(es), database {}",
         config.identities.len(),
         config.mailboxes.len(),
-        redact_url(&config.database.url)
+        config.database.redacted_url()
     );
     if mailbox.is_none() && !all {
         if send_test_mail.is_some() {

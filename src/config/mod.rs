@@ -76,14 +76,28 @@ pub struct TokenKey {
 
 #[derive(Clone)]
 pub struct DatabaseConfig {
-    /// `sqlite://…` or `postgres://…`. May hold a password, so it is never printed whole.
-    pub url: String,
+    /// `sqlite://…` or `postgres://…`. May hold a password, so it is a secret: printed only
+    /// through [`DatabaseConfig::redacted_url`].
+    pub url: SecretString,
+}
+
+impl DatabaseConfig {
+    /// The URL to connect with.
+    pub fn url(&self) -> &str {
+        use secrecy::ExposeSecret;
+        self.url.expose_secret()
+    }
+
+    /// The URL as it may be shown: credentials replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redact_credentials(self.url())
+    }
 }
 
 impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &self.redacted_url())
             .finish()
     }
 }
@@ -357,7 +371,7 @@ impl Config {
 
 /// Validates the whole file, recording every problem; the result is used only when there are none.
 fn validate(raw: raw::File, base_dir: &Path, problems: &mut Problems) -> Config {
-    let database = validate_database(raw.database, problems);
+    let database = validate_database(raw.database, base_dir, problems);
     // Mailboxes may name only declared identities, also those that turn out to be invalid (their
     // own problems are reported), so that one mistake is not reported twice.
     let declared_identities: Vec<String> = raw.identities.keys().cloned().collect();
@@ -384,13 +398,26 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Problems) -> Config 
 }
 
 /// `[database] url`: SQLite (the default, a file beside the worker) or PostgreSQL.
-fn validate_database(raw: Option<raw::Database>, problems: &mut Problems) -> DatabaseConfig {
-    let url = raw
-        .and_then(|d| d.url)
-        .unwrap_or_else(|| "sqlite://data/mailintake.db".to_string());
-    if !(url.starts_with("sqlite:")
-        || url.starts_with("postgres://")
-        || url.starts_with("postgresql://"))
+fn validate_database(
+    raw: Option<raw::Database>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> DatabaseConfig {
+    use secrecy::ExposeSecret;
+    let url = match raw.and_then(|d| d.url).map(|url| url.resolve(base_dir)) {
+        None => SecretString::from("sqlite://data/mailintake.db"),
+        Some(Ok(url)) => url,
+        Some(Err(message)) => {
+            problems.report("database.url", message);
+            return DatabaseConfig {
+                url: SecretString::from(String::new()),
+            };
+        }
+    };
+    let text = url.expose_secret();
+    if !(text.starts_with("sqlite:")
+        || text.starts_with("postgres://")
+        || text.starts_with("postgresql://"))
     {
         problems.report(
             "database.url",
@@ -452,13 +479,59 @@ fn file_problem(path: &Path) -> Option<String> {
     (!path.is_file()).then(|| format!("file {} does not exist", path.display()))
 }
 
-/// `postgres://user:password@host/db` → `postgres://user:***@host/db`.
-pub fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
+/// Every credential in `text` replaced by `***`: the password of each `scheme://user:password@`
+/// (up to the last `@` of the URL, so that a `#`, `?`, `/` or `@` typed into the password unencoded
+/// stays hidden too) and the value of each `password=` / `sslpassword=` / `passwd=` parameter.
+/// Works on a URL and on any text that contains URLs (an error message), so every message can go
+/// through it before it is shown.
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("://") {
+        let authority_start = start + 3;
+        out.push_str(&rest[..authority_start]);
+        let after = &rest[authority_start..];
+        // The URL ends at white space or a character that cannot stand in one unquoted.
+        let url_len = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`'))
+            .unwrap_or(after.len());
+        let url = &after[..url_len];
+        match (url.rfind('@'), url.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&url[..=colon]);
+                out.push_str("***");
+                out.push_str(&url[at..]);
+            }
+            _ => out.push_str(url),
         }
-        _ => url.to_string(),
+        rest = &after[url_len..];
     }
+    out.push_str(rest);
+    redact_password_parameters(&out)
+}
+
+/// `…password=secret&…` → `…password=***&…`.
+fn redact_password_parameters(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let lower = rest.to_ascii_lowercase();
+        let found = ["sslpassword=", "password=", "passwd="]
+            .iter()
+            .filter_map(|name| lower.find(name).map(|i| (i, name.len())))
+            .min();
+        let Some((i, name_len)) = found else { break };
+        let value_start = i + name_len;
+        out.push_str(&rest[..value_start]);
+        let value = &rest[value_start..];
+        let value_len = value
+            .find(|c: char| c == '&' || c.is_whitespace())
+            .unwrap_or(value.len());
+        if value_len > 0 {
+            out.push_str("***");
+        }
+        rest = &value[value_len..];
+    }
+    out.push_str(rest);
+    out
 }

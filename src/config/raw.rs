@@ -49,7 +49,8 @@ pub struct TokenKey {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Database {
-    pub url: Option<String>,
+    /// May hold a password: `{ env = … }` and `{ file = … }` keep it out of the file.
+    pub url: Option<Secret>,
 }
 
 #[derive(Deserialize)]

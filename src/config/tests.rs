@@ -45,7 +45,7 @@ fn minimal_config_gets_entra_defaults() {
     assert_eq!(mailbox.folders, ["INBOX"]);
     assert_eq!(mailbox.dispose, Disposal::MarkSeen);
     assert_eq!(mailbox.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
-    assert_eq!(config.database.url, "sqlite://data/mailintake.db");
+    assert_eq!(config.database.url(), "sqlite://data/mailintake.db");
 }
 
 #[test]
@@ -87,8 +87,65 @@ fn secrets_never_appear_in_debug() {
 #[test]
 fn postgres_password_is_redacted() {
     assert_eq!(
-        redact_url("postgres://u:hunter2@db.internal/tickets"),
+        redact_credentials("postgres://u:hunter2@db.internal/tickets"),
         "postgres://u:***@db.internal/tickets"
+    );
+}
+
+#[test]
+fn credentials_are_redacted_wherever_they_sit() {
+    for (text, shown) in [
+        // A `#` or `?` typed into the password unencoded.
+        (
+            "postgres://u:pa#ss@db/tickets",
+            "postgres://u:***@db/tickets",
+        ),
+        (
+            "postgres://u:pa?s@s@db:5432/tickets",
+            "postgres://u:***@db:5432/tickets",
+        ),
+        // As a parameter, in any case.
+        (
+            "postgres://u@db/tickets?sslmode=require&password=hunter2",
+            "postgres://u@db/tickets?sslmode=require&password=***",
+        ),
+        (
+            "postgres://db/t?PASSWORD=x&sslpassword=y",
+            "postgres://db/t?PASSWORD=***&sslpassword=***",
+        ),
+        // Inside an error message, beside other text.
+        (
+            "cannot open the database postgres://u:s3cret@db/t: connection refused",
+            "cannot open the database postgres://u:***@db/t: connection refused",
+        ),
+        // Nothing to hide.
+        ("sqlite://data/mailintake.db", "sqlite://data/mailintake.db"),
+        (
+            "https://login.microsoftonline.com/x/oauth2/v2.0/token",
+            "https://login.microsoftonline.com/x/oauth2/v2.0/token",
+        ),
+    ] {
+        assert_eq!(redact_credentials(text), shown, "{text}");
+    }
+}
+
+#[test]
+fn the_database_url_can_come_from_the_environment_or_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("db-url"), "postgres://u:from-file@db/t\n").unwrap();
+    let text = format!("{MINIMAL}\n[database]\nurl = {{ file = \"db-url\" }}\n");
+    let config = Config::from_toml_str(&text, dir.path()).expect("valid");
+    assert_eq!(config.database.url(), "postgres://u:from-file@db/t");
+    assert!(!format!("{config:?}").contains("from-file"));
+    let missing =
+        format!("{MINIMAL}\n[database]\nurl = {{ env = \"MAILINTAKE_TEST_UNSET_DB_URL\" }}\n");
+    let problems = load(&missing).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "database.url");
+    assert!(
+        problems[0]
+            .message
+            .contains("MAILINTAKE_TEST_UNSET_DB_URL is not set")
     );
 }
 

@@ -154,7 +154,7 @@ fn can_work(mailbox: &crate::telemetry::MailboxStats) -> bool {
 async fn ping(store: &Store) -> Result<(), String> {
     match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(crate::config::redact_url(&e.to_string())),
+        Ok(Err(e)) => Err(crate::config::redact_credentials(&e.to_string())),
         Err(_) => Err(format!("no answer within {}s", PING_TIMEOUT.as_secs())),
     }
 }

@@ -11,7 +11,7 @@ impl Store {
     /// `error`'s text, followed by a `fix:` line when a database error in its chain has a known
     /// cause (disk full, locked by another process, read-only, I/O error, damaged file, …).
     pub fn explain_failure(&self, error: &(dyn Error + 'static)) -> String {
-        let text = error.to_string();
+        let text = crate::config::redact_credentials(&error.to_string());
         let url = self.pool.connect_options().database_url.clone();
         let hint = match self.backend {
             Backend::Sqlite => sqlx_error_in(error).and_then(|e| sqlite_hint(e, url.path())),

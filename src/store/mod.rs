@@ -87,7 +87,7 @@ impl Store {
     /// Opens without migrating.
     pub async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
-        let redacted = crate::config::redact_url(url);
+        let redacted = crate::config::redact_credentials(url);
         let connect_error = |source| StoreError::Connect {
             url: redacted.clone(),
             source,

@@ -221,3 +221,52 @@ fn dockerfile_lint() {
         assert!(unit.contains(setting), "the systemd unit lacks {setting}");
     }
 }
+
+/// A PostgreSQL URL whose password holds characters typed unencoded (`#`, `?`), plus a
+/// `password=` parameter, against a port nothing listens on: every way the failure is told
+/// (`migrate`, `once`, `check`) names the database without its credentials.
+#[tokio::test]
+async fn database_credentials_never_appear_in_any_message() {
+    let url = "postgres://mailintake:pa#ss?word@127.0.0.1:1/tickets?sslmode=disable&password=other-secret";
+    for args in [&["migrate"][..], &["once"], &["check", "--all"]] {
+        let out = mailintake(
+            example_config(),
+            args,
+            &[
+                ("MAILINTAKE_CONTOSO_CLIENT_SECRET", "x"),
+                ("MAILINTAKE_DATABASE__URL", url),
+                ("RUST_LOG", "trace"),
+            ],
+        )
+        .await;
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!out.status.success(), "{args:?}: {all}");
+        for secret in ["pa#ss", "ss?word", "other-secret"] {
+            assert!(!all.contains(secret), "{args:?} shows {secret}: {all}");
+        }
+        assert!(all.contains("127.0.0.1:1"), "{args:?}: {all}");
+    }
+}
+
+/// `database.url` takes the `{ env = … }` form like every other secret.
+#[tokio::test]
+async fn the_database_url_can_come_from_an_environment_variable() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let text_config = std::fs::read_to_string(example_config()).unwrap().replace(
+        "url = \"sqlite://data/mailintake.db\"",
+        "url = { env = \"MAILINTAKE_TEST_DATABASE_URL\" }",
+    );
+    assert!(text_config.contains("MAILINTAKE_TEST_DATABASE_URL"));
+    let config = ConfigFile::write(&text_config);
+    let out = mailintake(
+        &config.path,
+        &["migrate"],
+        &[
+            ("MAILINTAKE_CONTOSO_CLIENT_SECRET", "x"),
+            ("MAILINTAKE_TEST_DATABASE_URL", &db.url),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(db.count("SELECT COUNT(*) FROM tickets").await, 0);
+}
