@@ -61,7 +61,7 @@ pub async fn online(
     });
     let mut tokens = TokenCache::new();
     if needs_store {
-        let store = Store::open(config.database.url()).await?;
+        let store = Store::open_configured(&config.database).await?;
         tokens = tokens.with_token_store(store, &config.token_keys);
     }
     let mut all_passed = true;

@@ -41,7 +41,7 @@ pub async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCo
         _ => {}
     }
     // Opening the store creates or upgrades the schema, which is all `migrate` asks for.
-    let store = Store::open(config.database.url())
+    let store = Store::open_configured(&config.database)
         .await
         .context("opening the database")?;
     let code = match command {

@@ -79,6 +79,11 @@ pub struct DatabaseConfig {
     /// `sqlite://…` or `postgres://…`. May hold a password, so it is a secret: printed only
     /// through [`DatabaseConfig::redacted_url`].
     pub url: SecretString,
+    /// PostgreSQL's `statement_timeout` and `lock_timeout` for every connection: a helpdesk
+    /// application holding a ticket's row lock, or a stuck statement, ends in an error the
+    /// folder task retries with backoff and shows, instead of freezing the mailbox.
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
 }
 
 impl DatabaseConfig {
@@ -404,14 +409,44 @@ fn validate_database(
     problems: &mut Problems,
 ) -> DatabaseConfig {
     use secrecy::ExposeSecret;
-    let url = match raw.and_then(|d| d.url).map(|url| url.resolve(base_dir)) {
+    let raw = raw.unwrap_or(raw::Database {
+        url: None,
+        statement_timeout: None,
+        lock_timeout: None,
+    });
+    let mut timeout = |key: &str, text: Option<&str>, default: Duration| {
+        let Some(text) = text else { return default };
+        match humantime::parse_duration(text) {
+            Ok(limit) if limit >= Duration::from_millis(100) => limit,
+            Ok(_) => {
+                problems.report(key, "must be at least 100ms");
+                default
+            }
+            Err(e) => {
+                problems.report(
+                    key,
+                    format!("`{text}` is not a duration ({e}); write e.g. \"30s\", \"5m\""),
+                );
+                default
+            }
+        }
+    };
+    let statement_timeout = timeout(
+        "database.statement_timeout",
+        raw.statement_timeout.as_deref(),
+        Duration::from_secs(60),
+    );
+    let lock_timeout = timeout(
+        "database.lock_timeout",
+        raw.lock_timeout.as_deref(),
+        Duration::from_secs(10),
+    );
+    let url = match raw.url.map(|url| url.resolve(base_dir)) {
         None => SecretString::from("sqlite://data/mailintake.db"),
         Some(Ok(url)) => url,
         Some(Err(message)) => {
             problems.report("database.url", message);
-            return DatabaseConfig {
-                url: SecretString::from(String::new()),
-            };
+            SecretString::from(String::new())
         }
     };
     let text = url.expose_secret();
@@ -424,7 +459,11 @@ fn validate_database(
             "must start with sqlite:// (embedded, the default) or postgres://",
         );
     }
-    DatabaseConfig { url }
+    DatabaseConfig {
+        url,
+        statement_timeout,
+        lock_timeout,
+    }
 }
 
 /// `[http]`: `listen` a socket address (default 127.0.0.1:9090); anything but loopback only with a

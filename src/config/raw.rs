@@ -51,6 +51,9 @@ pub struct TokenKey {
 pub struct Database {
     /// May hold a password: `{ env = … }` and `{ file = … }` keep it out of the file.
     pub url: Option<Secret>,
+    /// PostgreSQL: the longest any statement may run, and wait for a lock.
+    pub statement_timeout: Option<String>,
+    pub lock_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -112,6 +112,17 @@ fn postgres_hint(error: &sqlx::Error, url: &url::Url) -> Option<String> {
                 "the PostgreSQL server {server} is shutting down, restarting or starting up; \
                  {retrying}"
             ),
+            "55P03" => format!(
+                "another session (the helpdesk application?) holds a lock on a row this batch \
+                 writes, for longer than database.lock_timeout: find it in pg_stat_activity \
+                 (state 'idle in transaction'); nothing was written and no mail was set aside; \
+                 {retrying}"
+            ),
+            "57014" => format!(
+                "a statement ran longer than database.statement_timeout (a lock held elsewhere, or \
+                 an overloaded server {server}): nothing was written and no mail was set aside; \
+                 {retrying}"
+            ),
             _ => return None,
         },
         _ => return None,

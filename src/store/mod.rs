@@ -20,6 +20,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Executor};
 
+use crate::config::DatabaseConfig;
+
 pub use batch::{
     Batch, BatchQuestions, FollowUpOn, ImapLocation, MessageFacts, Outcome, QuarantineEnvelope,
 };
@@ -69,6 +71,23 @@ pub enum StoreError {
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// How long a PostgreSQL statement may run, and wait for a lock (SQLite waits `busy_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// As `[database]`'s defaults.
+    fn default() -> Limits {
+        Limits {
+            statement_timeout: Duration::from_secs(60),
+            lock_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The store: a connection pool and its backend.
 #[derive(Clone)]
 pub struct Store {
@@ -77,15 +96,32 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating an SQLite file and its folder on first use) and migrates the database.
+    /// Opens (creating an SQLite file and its folder on first use) and migrates the database
+    /// `[database]` names, with its limits.
+    pub async fn open_configured(database: &DatabaseConfig) -> Result<Store> {
+        let limits = Limits {
+            statement_timeout: database.statement_timeout,
+            lock_timeout: database.lock_timeout,
+        };
+        let store = Store::connect_with(database.url(), limits).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens and migrates the database at `url` with the default limits.
     pub async fn open(url: &str) -> Result<Store> {
         let store = Store::connect(url).await?;
         store.migrate().await?;
         Ok(store)
     }
 
-    /// Opens without migrating.
+    /// Opens without migrating, with the default limits.
     pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_with(url, Limits::default()).await
+    }
+
+    /// Opens without migrating.
+    pub async fn connect_with(url: &str, limits: Limits) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let redacted = crate::config::redact_credentials(url);
         let connect_error = |source| StoreError::Connect {
@@ -108,6 +144,17 @@ impl Store {
             .after_release(|conn, _meta| Box::pin(errors::release_check(conn)))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
+                    if backend == Backend::Postgres {
+                        // No statement waits forever: a helpdesk session holding a ticket's row
+                        // lock ends our statement with 55P03, a stuck one with 57014, and the
+                        // folder task retries the batch with backoff and shows the wait.
+                        conn.execute(sqlx::AssertSqlSafe(format!(
+                            "SET statement_timeout = {}; SET lock_timeout = {}",
+                            limits.statement_timeout.as_millis(),
+                            limits.lock_timeout.as_millis()
+                        )))
+                        .await?;
+                    }
                     if backend == Backend::Sqlite {
                         // 16 KiB pages (taken only by a new, empty database) write message bodies
                         // and attachments in a quarter of the pages (and system calls) of 4 KiB.

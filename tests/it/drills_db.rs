@@ -528,3 +528,66 @@ async fn postgres_stopped_and_started_mid_run_loses_and_duplicates_nothing() {
         "{reconnects} connections of the worker after the restart"
     );
 }
+
+/// A helpdesk session holds a ticket's row lock (a transaction left open) while a follow-up to
+/// that ticket comes in: the worker's batch must not freeze behind it. With `lock_timeout` the
+/// batch ends in 55P03, is retried with backoff, `/readyz` and `/healthz` show the wait with its
+/// fix line, nothing is set aside; once the lock is released the follow-up comes in.
+#[tokio::test]
+async fn a_ticket_row_locked_by_the_helpdesk_makes_the_mailbox_wait_visibly_not_freeze() {
+    let case = Case::new(Backend::Postgres, "poll_interval = \"1s\"", "implicit").await;
+    let text_config = std::fs::read_to_string(&case.config.path).unwrap();
+    let text_config = text_config.replacen(
+        &format!("url = \"{}\"", case.db.url),
+        &format!("url = \"{}\"\nlock_timeout = \"1s\"", case.db.url),
+        1,
+    );
+    std::fs::write(&case.config.path, text_config).unwrap();
+    let base = crate::ops::enable_http(&case, "");
+
+    let (first, first_id) = unique_fixture("plain.eml");
+    deliver_lmtp(&case.mailbox, "customer@customer.test", &first).await;
+    assert_ok(&case.run(&["once"]).await);
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 1);
+
+    // The helpdesk application: a transaction that locks the ticket and stays open.
+    let mut helpdesk = sqlx::AnyConnection::connect(&case.db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut helpdesk).await.unwrap();
+    sqlx::query("SELECT id FROM tickets FOR UPDATE")
+        .fetch_all(&mut helpdesk)
+        .await
+        .unwrap();
+
+    let reply_id = format!("{}@customer.test", unique("reply"));
+    let reply = format!(
+        "From: Customer <customer@customer.test>\r\nTo: {mailbox}\r\nSubject: Re: the printer\r\nMessage-ID: <{reply_id}>\r\nIn-Reply-To: <{first_id}>\r\nReferences: <{first_id}>\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\n\r\nStill broken.\r\n",
+        mailbox = case.mailbox
+    );
+    deliver_lmtp(&case.mailbox, "customer@customer.test", reply.as_bytes()).await;
+    let running = case.spawn_run();
+
+    let (waited, _, health) = crate::ops::get_until(&format!("{base}/healthz"), None, |_, body| {
+        body.contains("lock_timeout")
+    })
+    .await;
+    assert!(waited, "the wait never showed: {health}\n{}", running.log());
+    let (status, ready) = crate::ops::get(&format!("{base}/readyz"), None).await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("lock_timeout"), "{ready}");
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM quarantine").await, 0);
+
+    sqlx::query("COMMIT").execute(&mut helpdesk).await.unwrap();
+    assert!(
+        case.wait_for_count(
+            &format!("SELECT COUNT(*) FROM messages WHERE message_id = '{reply_id}' AND ticket_id IS NOT NULL"),
+            1,
+            Duration::from_secs(60)
+        )
+        .await,
+        "the follow-up never came in: {}",
+        running.log()
+    );
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 1);
+    let (status, log) = terminate(running, Duration::from_secs(30)).await;
+    assert!(status.success(), "{log}");
+}
