@@ -18,6 +18,8 @@ pub enum Point {
     /// In `junk::list`, logged in to the mailbox and about to look at its Junk folder
     /// ([`reached`]).
     JunkListing,
+    /// A folder task about to sweep, logged in ([`hit`]; `panic` makes the task panic there).
+    SweepStart,
 }
 
 impl Point {
@@ -26,6 +28,7 @@ impl Point {
         match self {
             Point::AfterCommit => "after-commit",
             Point::JunkListing => "junk-listing",
+            Point::SweepStart => "sweep-start",
         }
     }
 }
@@ -36,6 +39,8 @@ impl Point {
 enum Action {
     Abort,
     Hold(std::time::Duration),
+    /// The task passing the point panics (as a bug would).
+    Panic,
 }
 
 /// The point `MAILINTAKE_FAILPOINT` names, the pass it acts on, and how.
@@ -59,9 +64,10 @@ fn parse(spec: &str) -> Result<Armed, String> {
     };
     let action = match parts.next() {
         None | Some("abort") => Action::Abort,
+        Some("panic") => Action::Panic,
         Some(action) => match action.strip_prefix("hold=").map(str::parse) {
             Some(Ok(ms)) => Action::Hold(std::time::Duration::from_millis(ms)),
-            _ => return Err(format!("`{action}` is neither `abort` nor `hold=<ms>`")),
+            _ => return Err(format!("`{action}` is not `abort`, `panic` or `hold=<ms>`")),
         },
     };
     Ok(Armed { name, pass, action })
@@ -98,12 +104,13 @@ fn abort(point: Point) -> ! {
     std::process::abort();
 }
 
-/// Passes a point in synchronous code: only `abort` can act here.
+/// Passes a point in synchronous code: `abort` or `panic` can act here.
 #[cfg(debug_assertions)]
 pub fn hit(point: Point) {
     match due(point) {
         None => {}
         Some(Action::Abort) => abort(point),
+        Some(Action::Panic) => panic!("failpoint {} reached; panicking", point.name()),
         Some(Action::Hold(_)) => {
             // Sleeping here would block a runtime thread; a test asking for it is mistaken.
             eprintln!(
@@ -115,12 +122,13 @@ pub fn hit(point: Point) {
     }
 }
 
-/// Passes a point in async code: `abort` or `hold`.
+/// Passes a point in async code: `abort`, `panic` or `hold`.
 #[cfg(debug_assertions)]
 pub async fn reached(point: Point) {
     match due(point) {
         None => {}
         Some(Action::Abort) => abort(point),
+        Some(Action::Panic) => panic!("failpoint {} reached; panicking", point.name()),
         Some(Action::Hold(duration)) => {
             eprintln!(
                 "mailintake: failpoint {} reached; holding {} ms",

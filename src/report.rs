@@ -119,6 +119,8 @@ pub enum FailureSource {
     MailServer,
     /// The database.
     Store,
+    /// A bug: the task panicked, and was started again.
+    Panic,
 }
 
 /// A folder task's failed login or sweep, as the operator is told about it.

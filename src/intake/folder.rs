@@ -10,6 +10,7 @@ use tracing::{debug, error, info, instrument, warn};
 use super::session::{Session, Source, login};
 use super::sweep::sweep;
 use super::{CycleError, MailboxContext};
+use crate::failpoint::{self, Point};
 use crate::mail_source::{IdleOutcome, MailSource};
 use crate::report::{CycleReport, Failure};
 
@@ -115,6 +116,7 @@ impl FolderTask<'_, '_> {
             },
         };
 
+        failpoint::hit(Point::SweepStart);
         let was_fresh = session.fresh;
         let sweep_started = Instant::now();
         match sweep(ctx, &mut session, self.cancel).await {

@@ -1,12 +1,18 @@
 //! The supervisor: `mailintake run`'s tasks (one per watched folder, one outbox sender per
 //! mailbox that acknowledges) and `mailintake once` (one sweep per folder, then the outboxes).
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use futures::FutureExt;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, error, info_span};
 
 use super::folder::{mailbox_loop, run_cycle};
 use super::{CycleError, MailboxContext, policy};
@@ -14,7 +20,7 @@ use crate::config::{Config, Mailbox};
 use crate::oauth::TokenCache;
 use crate::reply;
 use crate::reply::sender::{self, SenderContext};
-use crate::report::{CycleReport, FlushReport};
+use crate::report::{CycleReport, Failure, FailureSource, FlushReport};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -116,7 +122,12 @@ pub fn spawn(
                         tokens: &tokens,
                         metrics: &metrics,
                     };
-                    sender::sender_loop(&ctx, &wake, &cancel).await;
+                    let restarted =
+                        |panic: &str| report_panic(&metrics, mailbox, "", &mailbox.identity, panic);
+                    supervise(&cancel, restarted, || {
+                        sender::sender_loop(&ctx, &wake, &cancel)
+                    })
+                    .await;
                 }
                 .instrument(span),
             );
@@ -146,10 +157,66 @@ pub fn spawn(
                         outbox_wake: wake,
                         metrics: &metrics,
                     };
-                    mailbox_loop(&ctx, &cancel).await;
+                    let folder = ctx.folder;
+                    let restarted = |panic: &str| {
+                        report_panic(&metrics, mailbox, folder, &mailbox.identity, panic)
+                    };
+                    supervise(&cancel, restarted, || mailbox_loop(&ctx, &cancel)).await;
                 }
                 .instrument(span),
             );
         }
     }
+}
+
+/// Runs `task` until it returns (at shutdown). A panic in it (a bug) does not end it silently:
+/// it is logged, `restarted` shows it, and the task starts again after a backoff that grows to
+/// five minutes, unless shutdown comes first. Every task is safe to start again: all it knows is in
+/// the database and on the mail server.
+async fn supervise<F, Fut>(cancel: &CancellationToken, restarted: impl Fn(&str), mut task: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(300))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        let Err(panic) = AssertUnwindSafe(task()).catch_unwind().await else {
+            return;
+        };
+        let message = panic_message(panic.as_ref());
+        let delay = backoff.next().unwrap_or(Duration::from_secs(300));
+        error!(panic = %message, restart_in_ms = delay.as_millis() as u64, "the task panicked (a bug); starting it again");
+        restarted(&message);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// What a panic said, as text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Shows a task's panic on the status page, `/readyz` and in the metrics (`kind="panic"`).
+fn report_panic(metrics: &Metrics, mailbox: &Mailbox, folder: &str, identity: &str, panic: &str) {
+    let text = format!(
+        "the task stopped on a bug (panic: {panic}) and is started again\n  fix: please report it with the log lines around \"the task panicked\"; meanwhile it is restarted with backoff"
+    );
+    let failure = Failure {
+        source: FailureSource::Panic,
+        needs_admin: false,
+        text: &text,
+    };
+    metrics.cycle_failed(&mailbox.name, folder, identity, &failure);
 }

@@ -168,6 +168,8 @@ pub struct MailboxStats {
     pub errors_token: u64,
     pub errors_imap: u64,
     pub errors_store: u64,
+    /// Folder tasks and senders that panicked and were started again.
+    pub errors_panic: u64,
     /// From INTERNALDATE (the server's arrival time) to the commit of the message's outcome.
     pub ingest_latency: Histogram,
     pub sweep_duration: Histogram,
@@ -299,6 +301,7 @@ impl Metrics {
                     errors_token: 0,
                     errors_imap: 0,
                     errors_store: 0,
+                    errors_panic: 0,
                     ingest_latency: Histogram::new(LATENCY_BUCKETS),
                     sweep_duration: Histogram::new(SWEEP_BUCKETS),
                     sends_sent: 0,
@@ -420,6 +423,7 @@ impl Metrics {
                 FailureSource::Token => stats.errors_token += 1,
                 FailureSource::MailServer => stats.errors_imap += 1,
                 FailureSource::Store => stats.errors_store += 1,
+                FailureSource::Panic => stats.errors_panic += 1,
             }
             if let Some(status) = stats.folders.get_mut(folder) {
                 status.state = if needs_admin {

@@ -187,6 +187,7 @@ impl Snapshot {
                 ("token", m.errors_token),
                 ("imap", m.errors_imap),
                 ("store", m.errors_store),
+                ("panic", m.errors_panic),
             ] {
                 errors.push((labels(&[("mailbox", name), ("kind", kind)]), n as f64));
             }

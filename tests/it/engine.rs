@@ -789,3 +789,33 @@ async fn a_message_larger_than_its_announced_size_is_quarantined_after_a_capped_
         8
     );
 }
+
+/// A folder task that panics (a bug) is started again with backoff, and the panic is shown: the
+/// mail waiting in the folder still comes in, and `/metrics` counts the panic (the folder's state
+/// and last error show it on the status page while the task waits to start again).
+#[tokio::test]
+async fn a_folder_task_that_panics_is_restarted_and_the_panic_shown() {
+    let case = Case::new(Backend::Sqlite, "", "implicit").await;
+    let base = crate::ops::enable_http(&case, "");
+    let (raw, id) = unique_fixture("plain.eml");
+    deliver_lmtp(&case.mailbox, "customer@customer.test", &raw).await;
+    let running = case.spawn_run_with(&[("MAILINTAKE_FAILPOINT", "sweep-start:1:panic")]);
+    assert!(
+        case.wait_for_count(
+            &format!("SELECT COUNT(*) FROM messages WHERE message_id = '{id}'"),
+            1,
+            Duration::from_secs(60)
+        )
+        .await,
+        "the mail never came in after the panic: {}",
+        running.log()
+    );
+    let (_, metrics) = crate::ops::get(&format!("{base}/metrics"), None).await;
+    assert!(
+        metrics.contains(r#"mailintake_cycle_errors_total{mailbox="support",kind="panic"} 1"#),
+        "{metrics}"
+    );
+    let (status, log) = terminate(running, Duration::from_secs(30)).await;
+    assert!(status.success(), "{log}");
+    assert!(log.contains("the task panicked"), "{log}");
+}
