@@ -92,11 +92,13 @@ impl IdentityCheck<'_> {
     }
 
     /// Resolves a secret; a secret that cannot be read is reported under `field`.
+    /// The secret `field` gives, resolved; a source that cannot be read (an unset variable, a
+    /// missing file) is reported once, as the one problem of that key.
     fn secret(&mut self, field: &str, value: Option<raw::Secret>) -> Option<SecretString> {
         match value?.resolve(self.base_dir) {
             Ok(secret) => Some(secret),
             Err(message) => {
-                self.table.report(field, message);
+                self.fail(field, message);
                 None
             }
         }
@@ -282,8 +284,9 @@ fn password_grant(raw: &mut raw::Identity, check: &mut IdentityCheck) -> Option<
             "missing; the account's user principal name (user@tenant)",
         );
     }
+    let given = raw.password.is_some();
     let password = check.secret("password", raw.password.take());
-    if password.is_none() {
+    if !given {
         check.fail(
             "password",
             "missing; give it as { env = \"VARIABLE\" } or { file = \"PATH\" }",
@@ -299,7 +302,11 @@ fn password_grant(raw: &mut raw::Identity, check: &mut IdentityCheck) -> Option<
 
 fn refresh_token_grant(raw: &mut raw::Identity, check: &mut IdentityCheck) -> Option<Grant> {
     let client_secret = check.secret("client_secret", raw.client_secret.take());
+    let given = raw.refresh_token.is_some();
     let Some(seed) = check.secret("refresh_token", raw.refresh_token.take()) else {
+        if given {
+            return None;
+        }
         check.fail(
             "refresh_token",
             "missing; the first refresh token, as { env = \"VARIABLE\" } or { file = \"PATH\" } (or use flow = \"device_code\" and `mailintake login`)",

@@ -441,18 +441,19 @@ fn validate_database(
         raw.lock_timeout.as_deref(),
         Duration::from_secs(10),
     );
-    let url = match raw.url.map(|url| url.resolve(base_dir)) {
-        None => SecretString::from("sqlite://data/mailintake.db"),
-        Some(Ok(url)) => url,
+    let (url, resolved) = match raw.url.map(|url| url.resolve(base_dir)) {
+        None => (SecretString::from("sqlite://data/mailintake.db"), true),
+        Some(Ok(url)) => (url, true),
         Some(Err(message)) => {
             problems.report("database.url", message);
-            SecretString::from(String::new())
+            (SecretString::from(String::new()), false)
         }
     };
     let text = url.expose_secret();
-    if !(text.starts_with("sqlite:")
-        || text.starts_with("postgres://")
-        || text.starts_with("postgresql://"))
+    if resolved
+        && !(text.starts_with("sqlite:")
+            || text.starts_with("postgres://")
+            || text.starts_with("postgresql://"))
     {
         problems.report(
             "database.url",

@@ -261,3 +261,31 @@ fn a_move_target_that_is_also_watched_is_refused_naming_its_key() {
     );
     load(&fine).expect("valid");
 }
+
+#[test]
+fn an_unset_secret_variable_is_one_problem_of_its_key() {
+    for (flow, key) in [
+        (
+            "client_secret = { env = \"MAILINTAKE_TEST_UNSET_1\" }",
+            "client_secret",
+        ),
+        (
+            "flow = \"password\"\nusername = \"svc@contoso.com\"\npassword = { env = \"MAILINTAKE_TEST_UNSET_1\" }",
+            "password",
+        ),
+        (
+            "flow = \"refresh_token\"\nrefresh_token = { env = \"MAILINTAKE_TEST_UNSET_1\" }",
+            "refresh_token",
+        ),
+    ] {
+        let problems = load(&with_identity(flow)).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, [format!("identities.app.{key}")], "{problems:?}");
+        assert!(
+            problems[0]
+                .message
+                .contains("environment variable MAILINTAKE_TEST_UNSET_1 is not set"),
+            "{problems:?}"
+        );
+    }
+}
