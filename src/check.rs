@@ -91,11 +91,8 @@ async fn check_mailbox(identity: &Identity, mailbox: &Mailbox, tokens: &TokenCac
     let token = match tokens.token(identity).await {
         Ok(token) => token,
         Err(e) => {
-            step(
-                false,
-                "token",
-                &format!("identity `{}`: {e}", identity.name),
-            );
+            // Every token error names its identity already.
+            step(false, "token", &e.to_string());
             return false;
         }
     };

@@ -4,6 +4,15 @@
 use crate::helpers::*;
 
 async fn once_with(entra: &Entra, mailbox: &str, secret: &str) -> std::process::Output {
+    run_with(entra, mailbox, secret, &["once"]).await
+}
+
+async fn run_with(
+    entra: &Entra,
+    mailbox: &str,
+    secret: &str,
+    args: &[&str],
+) -> std::process::Output {
     let db = TestDb::new(Backend::Sqlite).await;
     let config = ConfigFile::write(
         &ConfigSpec {
@@ -16,7 +25,7 @@ async fn once_with(entra: &Entra, mailbox: &str, secret: &str) -> std::process::
         }
         .render(),
     );
-    mailintake(&config.path, &["once"], &[("IT_CLIENT_SECRET", secret)]).await
+    mailintake(&config.path, args, &[("IT_CLIENT_SECRET", secret)]).await
 }
 
 #[tokio::test]
@@ -145,4 +154,21 @@ async fn an_identity_that_needs_an_admin_stops_only_its_own_mailboxes() {
     // Retried slowly, not hammered: one attempt (and its bounded retries) in the test's window.
     let requests = entra.fake.requests();
     assert!(requests.len() <= 4, "{} token requests", requests.len());
+}
+
+/// `check` names the identity once in its token line, with the AADSTS code and the fix.
+#[tokio::test]
+async fn check_says_a_refused_secret_once_in_the_admins_words() {
+    let mailbox = unique_mailbox();
+    let entra = Entra::start(&[&mailbox]).await;
+    let out = run_with(&entra, &mailbox, "not-the-secret", &["check", "support"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let token_line = stdout
+        .lines()
+        .find(|l| l.contains("token"))
+        .unwrap_or_else(|| panic!("no token line: {stdout}"));
+    assert!(token_line.contains("FAIL"), "{stdout}");
+    assert_eq!(token_line.matches("identity `test`").count(), 1, "{stdout}");
+    assert!(stdout.contains("AADSTS7000215"), "{stdout}");
 }
