@@ -218,7 +218,12 @@ impl TokenCache {
                     return Err(e);
                 }
             };
-        if let Some(rotated) = granted.refresh_token {
+        // Only an identity that lives on refresh tokens keeps them: a password identity signs in
+        // with its password every time, so the refresh token Entra adds (for `offline_access`) is
+        // not needed, and neither is a database or a [token_store] key for it.
+        if let Some(rotated) = granted.refresh_token
+            && matches!(identity.grant, Grant::RefreshToken { .. })
+        {
             // Entra rotates refresh tokens on every use; the new one must survive a restart, or
             // the identity quietly dies when the old one expires (AADSTS700082).
             if let Err(e) = self.keep_refresh_token(identity, scope, rotated).await {

@@ -524,3 +524,39 @@ imap = {{ host = "outlook.office365.com" }}
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("declared identities: vendor"));
 }
+
+/// The password flow with the default scope (which asks for `offline_access`): Entra adds a
+/// refresh token, which a password identity does not need. `once` and `check` run without a
+/// `[token_store]` and say nothing about storing it (it used to be an ERROR on every token fetch,
+/// and `check` said "no database is open for refresh tokens").
+#[tokio::test]
+async fn a_password_identity_needs_no_token_store_and_says_nothing_about_refresh_tokens() {
+    let upn = unique_mailbox();
+    let tenant = delegated_tenant(&upn, |_| {}).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let text_config = std::fs::read_to_string(&delegated_config(&tenant, &db, &upn).path)
+        .unwrap()
+        .replace(
+            "[token_store]\nkeys = [{ id = \"k1\", key = { env = \"IT_TOKEN_KEY\" } }]\n",
+            "",
+        )
+        .replace(
+            "flow = \"device_code\"",
+            &format!(
+                "flow = \"password\"\nusername = \"{upn}\"\npassword = {{ env = \"IT_PASSWORD\" }}"
+            ),
+        );
+    assert!(text_config.contains("flow = \"password\""));
+    assert!(!text_config.contains("token_store"));
+    let config = ConfigFile::write(&text_config);
+    let env = [("IT_PASSWORD", "user-password-1")];
+    for args in [&["once"][..], &["check", "support"]] {
+        let out = mailintake(&config.path, args, &env).await;
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{args:?}: {all}");
+        for noise in ["refresh token", "ERROR", "token_store"] {
+            assert!(!all.contains(noise), "{args:?} says {noise}: {all}");
+        }
+    }
+    assert_eq!(db.count("SELECT COUNT(*) FROM oauth_tokens").await, 0);
+}
