@@ -52,6 +52,14 @@ pub fn reply_address(mail: &ParsedMail) -> Option<String> {
     }
 }
 
+/// Why [`reply_address`] found nobody to answer.
+fn no_reply_address_reason(mail: &ParsedMail) -> &'static str {
+    match mail.signals.return_path.as_deref() {
+        Some("") => "no address to answer: the envelope sender is null (Return-Path: <>)",
+        _ => "no address to answer: the message has no Return-Path, Reply-To or From",
+    }
+}
+
 /// `pattern` is an address, `*@domain` or `local@*`; case-insensitive.
 fn denied(address: &str, pattern: &str) -> bool {
     let address = address.to_ascii_lowercase();
@@ -126,6 +134,7 @@ pub fn plan_quarantine_notice(
         suppression(
             ack,
             own_addresses,
+            mail,
             to.as_deref(),
             AckKind::QuarantineNotice,
             facts,
@@ -175,7 +184,7 @@ pub fn plan_acknowledgement(
     let mut references: Vec<String> = mail.references.iter().map(|id| format!("<{id}>")).collect();
     references.push(format!("<{}>", mail.message_id));
 
-    let suppressed = suppression(ack, own_addresses, to.as_deref(), kind, facts);
+    let suppressed = suppression(ack, own_addresses, mail, to.as_deref(), kind, facts);
     OutboxDraft {
         kind,
         message_id: new_message_id(reference, &from),
@@ -196,6 +205,7 @@ pub fn plan_acknowledgement(
 fn suppression(
     ack: &Acknowledge,
     own_addresses: &[String],
+    mail: &ParsedMail,
     to: Option<&str>,
     kind: AckKind,
     facts: &AckFacts,
@@ -207,7 +217,7 @@ fn suppression(
         return Some("follow-ups are not acknowledged (acknowledge.follow_ups = false)".into());
     }
     let Some(to) = to else {
-        return Some("no address to answer: the envelope sender is null (Return-Path: <>)".into());
+        return Some(no_reply_address_reason(mail).into());
     };
     if own_addresses.contains(&to.to_ascii_lowercase()) {
         return Some(format!("{to} is one of our own mailboxes"));
@@ -393,5 +403,36 @@ mod tests {
         assert!(denied("x@spam.test", "*@spam.test"));
         assert!(denied("a@b.test", "a@b.test"));
         assert!(!denied("a@b.test", "*@c.test"));
+    }
+
+    #[test]
+    fn a_message_with_nobody_to_answer_says_which_kind_of_nobody() {
+        let plan = |mail: &ParsedMail| {
+            plan_acknowledgement(
+                &mailbox(""),
+                &own(),
+                mail,
+                "TCK-000007",
+                AckKind::NewTicket,
+                &AckFacts::default(),
+            )
+            .suppressed
+            .unwrap()
+        };
+        let null = crate::ingest::parse(
+            b"Return-Path: <>\r\nFrom: MAILER-DAEMON@relay.test\r\nSubject: x\r\nMessage-ID: <n1@relay.test>\r\n\r\nx\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            plan(&null),
+            "no address to answer: the envelope sender is null (Return-Path: <>)"
+        );
+        let nobody =
+            crate::ingest::parse(b"Subject: x\r\nMessage-ID: <n2@relay.test>\r\n\r\nx\r\n")
+                .unwrap();
+        assert_eq!(
+            plan(&nobody),
+            "no address to answer: the message has no Return-Path, Reply-To or From"
+        );
     }
 }
