@@ -73,6 +73,115 @@ pub(super) fn asks_for_refresh_token(scope: &str) -> bool {
     scope.split_whitespace().any(|s| s == "offline_access")
 }
 
+/// The spellings of "your tenant" that setup guides and our own example use inside URLs: OpenIAM
+/// and Microsoft write `{tenant}` or `{tenant-id}`, Efecte ESM `{tenantID}`, others `{tenantId}`,
+/// config/example.toml `<tenant>`.
+const TENANT_PLACEHOLDERS: &[&str] = &[
+    "{tenant}",
+    "{tenant-id}",
+    "{tenantID}",
+    "{tenantId}",
+    "<tenant>",
+];
+
+/// `text` with every tenant placeholder replaced by `tenant`. Any other `{…}` or `<…>` is an
+/// error that names it (it would be sent literally, and Entra answers AADSTS90002).
+pub(super) fn fill_placeholders(text: &str, tenant: Option<&str>) -> Result<String, String> {
+    let mut filled = text.trim().to_string();
+    for placeholder in TENANT_PLACEHOLDERS {
+        if filled.contains(placeholder) {
+            let Some(tenant) = tenant else {
+                return Err(format!(
+                    "contains the placeholder {placeholder} but no tenant is set: set tenant = \"<Directory (tenant) ID>\", or write the ID into the URL"
+                ));
+            };
+            filled = filled.replace(placeholder, tenant);
+        }
+    }
+    let open = filled.find(['{', '<']);
+    if let Some(start) = open {
+        let close = if filled[start..].starts_with('{') {
+            '}'
+        } else {
+            '>'
+        };
+        let end = filled[start..]
+            .find(close)
+            .map_or(filled.len(), |e| start + e + 1);
+        return Err(format!(
+            "contains the placeholder {} that mailintake cannot fill: replace it with its value (only {} stand for the tenant)",
+            &filled[start..end],
+            TENANT_PLACEHOLDERS.join(", ")
+        ));
+    }
+    Ok(filled)
+}
+
+/// What an Entra URL pasted from a setup guide points at, by its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EntraUrl {
+    /// `…/oauth2/v2.0/token` (or v1 `…/oauth2/token`).
+    Token,
+    /// `…/oauth2/v2.0/authorize` (or v1 `…/oauth2/authorize`).
+    Authorize,
+    /// `…/oauth2/v2.0/devicecode`.
+    DeviceCode,
+    /// Anything else: taken as the authority itself (`https://login.microsoftonline.com/<tenant>`).
+    Authority,
+}
+
+const AUTHORIZE_PATH: &str = "/oauth2/v2.0/authorize";
+const V1_TOKEN_PATH: &str = "/oauth2/token";
+const V1_AUTHORIZE_PATH: &str = "/oauth2/authorize";
+
+/// What `url` is, and the authority it belongs to (without a trailing slash).
+pub(super) fn classify(url: &str) -> (EntraUrl, &str) {
+    let url = url.trim_end_matches('/');
+    for (suffix, kind) in [
+        (TOKEN_PATH, EntraUrl::Token),
+        (V1_TOKEN_PATH, EntraUrl::Token),
+        (AUTHORIZE_PATH, EntraUrl::Authorize),
+        (V1_AUTHORIZE_PATH, EntraUrl::Authorize),
+        (DEVICE_CODE_PATH, EntraUrl::DeviceCode),
+    ] {
+        if let Some(authority) = url.strip_suffix(suffix) {
+            return (kind, authority);
+        }
+    }
+    (EntraUrl::Authority, url)
+}
+
+/// A `scope` as guides write it, as OAuth wants it: Efecte ESM's comma-separated list (or any mix
+/// of commas and white space) becomes one space-separated list.
+pub(super) fn normalize_scope(scope: &str) -> String {
+    scope
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The resources a scope list names (`https://outlook.office365.com` of
+/// `https://outlook.office365.com/IMAP.AccessAsUser.All`), case-insensitively and once each;
+/// resource-less scopes (`offline_access`, `openid`) name none. Entra issues a token for one
+/// resource at a time (AADSTS28000 otherwise).
+pub(super) fn scope_resources(scope: &str) -> Vec<String> {
+    let mut resources: Vec<String> = Vec::new();
+    for item in scope.split_whitespace() {
+        let Some((resource, _)) = item.rsplit_once('/') else {
+            continue;
+        };
+        if !resource.contains("://") {
+            continue;
+        }
+        let resource = resource.to_ascii_lowercase();
+        if !resources.contains(&resource) {
+            resources.push(resource);
+        }
+    }
+    resources
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +269,74 @@ mod tests {
         assert!(!asks_for_refresh_token(
             "https://outlook.office365.com/offline_access_x"
         ));
+    }
+
+    #[test]
+    fn the_tenant_placeholders_of_the_guides_are_filled_and_others_named() {
+        let tenant = Some("8c3a1f52-4b7e-4d0a-9a43-1f0e6c2d7b10");
+        for text in [
+            "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+            "https://login.microsoftonline.com/{tenant-id}/oauth2/v2.0/token",
+            "https://login.microsoftonline.com/{tenantID}/oauth2/v2.0/token",
+            "https://login.microsoftonline.com/{tenantId}/oauth2/v2.0/token",
+            "https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token",
+        ] {
+            assert_eq!(
+                fill_placeholders(text, tenant).unwrap(),
+                "https://login.microsoftonline.com/8c3a1f52-4b7e-4d0a-9a43-1f0e6c2d7b10/oauth2/v2.0/token",
+                "{text}"
+            );
+        }
+        let other = fill_placeholders(
+            "https://login.microsoftonline.com/{directory}/oauth2/v2.0/token",
+            tenant,
+        )
+        .unwrap_err();
+        assert!(other.contains("{directory}"), "{other}");
+        let no_tenant =
+            fill_placeholders("https://login.microsoftonline.com/{tenant-id}", None).unwrap_err();
+        assert!(no_tenant.contains("no tenant is set"), "{no_tenant}");
+    }
+
+    #[test]
+    fn pasted_urls_are_told_apart_by_their_path() {
+        let t = "https://login.microsoftonline.com/contoso.onmicrosoft.com";
+        assert_eq!(
+            classify(&format!("{t}/oauth2/v2.0/token")),
+            (EntraUrl::Token, t)
+        );
+        assert_eq!(classify(&format!("{t}/oauth2/token")), (EntraUrl::Token, t));
+        assert_eq!(
+            classify(&format!("{t}/oauth2/v2.0/authorize/")),
+            (EntraUrl::Authorize, t)
+        );
+        assert_eq!(
+            classify(&format!("{t}/oauth2/v2.0/devicecode")),
+            (EntraUrl::DeviceCode, t)
+        );
+        assert_eq!(classify(&format!("{t}/")), (EntraUrl::Authority, t));
+    }
+
+    #[test]
+    fn comma_separated_scopes_become_one_list_and_their_resources_are_named() {
+        let esm = "https://outlook.office365.com/IMAP.AccessAsUser.All,https://outlook.office365.com/SMTP.Send";
+        assert_eq!(
+            normalize_scope(esm),
+            "https://outlook.office365.com/IMAP.AccessAsUser.All https://outlook.office365.com/SMTP.Send"
+        );
+        assert_eq!(normalize_scope(" a, b  c,"), "a b c");
+        assert_eq!(
+            scope_resources(&normalize_scope(esm)),
+            ["https://outlook.office365.com"]
+        );
+        assert_eq!(
+            scope_resources(
+                "https://outlook.office365.com/IMAP.AccessAsUser.All https://graph.microsoft.com/Mail.Read offline_access"
+            ),
+            [
+                "https://outlook.office365.com",
+                "https://graph.microsoft.com"
+            ]
+        );
     }
 }

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use super::entra::EntraUrl;
 use super::problems::{Problems, Table, alternatives};
 use super::{
     DelegatedLogin, EXCHANGE_RESOURCE, Grant, Identity, TokenKey, entra, file_problem, raw,
@@ -331,14 +332,49 @@ fn validate_endpoints(
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty());
-    let authority_text = entra::authority(raw.authority.as_deref(), tenant);
+    // Every URL as the admin pasted it from a guide, its tenant placeholders filled in.
+    let mut filled = |field: &str, text: Option<&str>| {
+        entra::fill_placeholders(text?, tenant)
+            .map_err(|e| check.fail(field, e))
+            .ok()
+    };
+    let authority_given = filled("authority", raw.authority.as_deref());
+    let token_url_given = filled("token_url", raw.token_url.as_deref());
+    let authorization_given = filled("authorization_url", raw.authorization_url.as_deref());
+    let device_code_given = filled("device_code_url", raw.device_code_url.as_deref());
+    // OpenIAM's "Authority" is the token endpoint itself: recognised, and used as one. An
+    // authorize or device-code URL there names its authority as well.
+    let (token_url_from_authority, authority_text) =
+        match authority_given.as_deref().map(entra::classify) {
+            Some((EntraUrl::Token, authority)) => {
+                (authority_given.clone(), Some(authority.to_string()))
+            }
+            Some((_, authority)) => (None, Some(authority.to_string())),
+            None => (None, entra::authority(None, tenant)),
+        };
+    // Magma's "Authorization Endpoint (v2)": names the authority (for consent and device code).
+    let authority_of_authorization = match authorization_given.as_deref().map(entra::classify) {
+        Some((EntraUrl::Authorize, authority)) => Some(authority.to_string()),
+        Some(_) => {
+            check.fail(
+                "authorization_url",
+                "is not an authorization endpoint: it ends in /oauth2/v2.0/authorize (Magma's \"Authorization Endpoint (v2)\")",
+            );
+            None
+        }
+        None => None,
+    };
+    let authority_text = authority_text.or(authority_of_authorization.clone());
     let authority_field = if raw.authority.is_some() {
         "authority"
     } else {
         "tenant"
     };
-    let token_url = match (&raw.token_url, &authority_text) {
-        (Some(url), _) => parse_endpoint(url)
+    let token_url = match (
+        token_url_given.or(token_url_from_authority),
+        &authority_text,
+    ) {
+        (Some(url), _) => parse_endpoint(&url)
             .map_err(|e| check.table.report("token_url", e))
             .ok(),
         (None, Some(authority)) => parse_endpoint(&entra::token_url(authority))
@@ -362,7 +398,19 @@ fn validate_endpoints(
         .or_else(|| {
             parse_endpoint(entra::authority_of_token_url(token_url.as_ref()?.as_str())?).ok()
         });
-    let device_code_url = match &raw.device_code_url {
+    // Both endpoints pasted: they must be the same tenant's, in the same cloud.
+    if let (Some(of_authorization), Some(token_url)) = (&authority_of_authorization, &token_url)
+        && let Some(of_token) = entra::authority_of_token_url(token_url.as_str())
+        && !of_authorization.eq_ignore_ascii_case(of_token)
+    {
+        check.fail(
+            "authorization_url",
+            format!(
+                "names the authority {of_authorization}, but the token endpoint is under {of_token}: both must name the same tenant in the same cloud"
+            ),
+        );
+    }
+    let device_code_url = match &device_code_given {
         Some(url) => parse_endpoint(url)
             .map_err(|e| check.fail("device_code_url", e))
             .ok(),
@@ -410,8 +458,18 @@ fn validate_scope(
     check: &mut IdentityCheck,
 ) -> String {
     let resource = entra::exchange_resource_for(authority.and_then(|a| a.host_str()));
+    // Efecte ESM's `mail.oauth.scopes` is comma-separated; OAuth wants one space-separated list.
     let scope = scope
+        .map(|s| entra::normalize_scope(&s))
         .unwrap_or_else(|| entra::default_scope(resource, flow.is_some_and(Flow::is_delegated)));
+    if let [first, second, ..] = entra::scope_resources(&scope).as_slice() {
+        check.fail(
+            "scope",
+            format!(
+                "names two resources, {first} and {second}: Entra issues a token for one resource at a time (AADSTS28000); keep the scopes of one (for IMAP and SMTP: {resource})"
+            ),
+        );
+    }
     if flow == Some(Flow::ClientCredentials) && !entra::is_app_only_scope(&scope) {
         check.fail(
             "scope",

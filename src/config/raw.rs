@@ -69,6 +69,8 @@ pub struct Identity {
     pub authority: Option<String>,
     pub token_url: Option<String>,
     pub device_code_url: Option<String>,
+    /// The authorization endpoint (Magma's "Authorization Endpoint (v2)"): names the authority.
+    pub authorization_url: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub certificate_file: Option<PathBuf>,
     pub private_key_file: Option<PathBuf>,

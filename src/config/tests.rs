@@ -289,3 +289,97 @@ fn an_unset_secret_variable_is_one_problem_of_its_key() {
         );
     }
 }
+
+const GUIDE_TENANT: &str = "8c3a1f52-4b7e-4d0a-9a43-1f0e6c2d7b10";
+
+fn guide_identity(keys: &str) -> String {
+    MINIMAL.replace(
+        "tenant = \"contoso.onmicrosoft.com\"\n",
+        &format!("tenant = \"{GUIDE_TENANT}\"\n{keys}\n"),
+    )
+}
+
+#[test]
+fn openiams_authority_is_a_token_url_and_is_used_as_one() {
+    let config = load(&guide_identity(
+        "authority = \"https://login.microsoftonline.com/{tenant-id}/oauth2/v2.0/token\"",
+    ))
+    .unwrap();
+    let identity = config.identity("app");
+    assert_eq!(
+        identity.token_url.as_str(),
+        format!("https://login.microsoftonline.com/{GUIDE_TENANT}/oauth2/v2.0/token")
+    );
+    assert_eq!(
+        identity.authority.as_ref().unwrap().as_str(),
+        format!("https://login.microsoftonline.com/{GUIDE_TENANT}")
+    );
+}
+
+#[test]
+fn efectes_placeholder_and_comma_separated_scopes_are_taken_as_meant() {
+    let config = load(&guide_identity(
+        "token_url = \"https://login.microsoftonline.com/{tenantID}/oauth2/v2.0/token\"\nscope = \"https://outlook.office365.com/.default,\"",
+    ))
+    .unwrap();
+    let identity = config.identity("app");
+    assert_eq!(
+        identity.token_url.as_str(),
+        format!("https://login.microsoftonline.com/{GUIDE_TENANT}/oauth2/v2.0/token")
+    );
+    assert_eq!(identity.scope, "https://outlook.office365.com/.default");
+    // Our own example's spelling, `<tenant>`, too.
+    let config = load(&guide_identity(
+        "token_url = \"https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token\"",
+    ))
+    .unwrap();
+    assert!(
+        config
+            .identity("app")
+            .token_url
+            .as_str()
+            .contains(GUIDE_TENANT)
+    );
+}
+
+#[test]
+fn magmas_authorization_and_token_endpoints_are_accepted_together() {
+    let both = "authorization_url = \"https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize\"\ntoken_url = \"https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token\"";
+    let config = load(&guide_identity(both)).unwrap();
+    let identity = config.identity("app");
+    assert_eq!(
+        identity.authority.as_ref().unwrap().as_str(),
+        format!("https://login.microsoftonline.com/{GUIDE_TENANT}")
+    );
+    assert_eq!(
+        identity.device_code_url.as_ref().unwrap().as_str(),
+        format!("https://login.microsoftonline.com/{GUIDE_TENANT}/oauth2/v2.0/devicecode")
+    );
+    // Two tenants (or clouds) between them is a mistake worth naming.
+    let mixed = both.replacen("{tenant}", "contoso.onmicrosoft.com", 1);
+    let problems = load(&guide_identity(&mixed)).unwrap_err();
+    assert_eq!(
+        problems[0].key, "identities.app.authorization_url",
+        "{problems:?}"
+    );
+    assert!(problems[0].message.contains("same tenant"), "{problems:?}");
+}
+
+#[test]
+fn unknown_placeholders_and_mixed_resources_are_refused_naming_the_key() {
+    let problems = load(&guide_identity(
+        "token_url = \"https://login.microsoftonline.com/{directory-id}/oauth2/v2.0/token\"",
+    ))
+    .unwrap_err();
+    assert_eq!(problems[0].key, "identities.app.token_url", "{problems:?}");
+    assert!(
+        problems[0].message.contains("{directory-id}"),
+        "{problems:?}"
+    );
+    let problems = load(&guide_identity(
+        "flow = \"password\"\nusername = \"svc@contoso.com\"\npassword = \"p\"\nscope = \"https://outlook.office365.com/IMAP.AccessAsUser.All,https://graph.microsoft.com/Mail.Send\"",
+    ))
+    .unwrap_err();
+    assert_eq!(problems[0].key, "identities.app.scope", "{problems:?}");
+    assert!(problems[0].message.contains("AADSTS28000"), "{problems:?}");
+}

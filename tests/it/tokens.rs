@@ -172,3 +172,60 @@ async fn check_says_a_refused_secret_once_in_the_admins_words() {
     assert_eq!(token_line.matches("identity `test`").count(), 1, "{stdout}");
     assert!(stdout.contains("AADSTS7000215"), "{stdout}");
 }
+
+/// What the products' setup guides have the admin paste, against the local stack: OpenIAM's
+/// "Authority" is the whole token URL with `{tenant-id}` in it; Efecte ESM's scopes are one
+/// comma-separated list; Magma gives the authorization and the token endpoint. `check` gets a
+/// token and logs in with each.
+#[tokio::test]
+async fn the_guides_values_work_as_pasted() {
+    let mailbox = unique_mailbox();
+    let entra = Entra::start(&[&mailbox]).await;
+    let base = entra.fake.base_url();
+    let authority_line = format!("authority = \"{}\"", entra.fake.authority());
+    for (guide, keys) in [
+        (
+            "OpenIAM",
+            format!("authority = \"{base}/{{tenant-id}}/oauth2/v2.0/token\""),
+        ),
+        (
+            "Efecte ESM",
+            format!(
+                "token_url = \"{base}/{{tenantID}}/oauth2/v2.0/token\"\nscope = \"https://outlook.office365.com/.default,\""
+            ),
+        ),
+        (
+            "Magma",
+            format!(
+                "authorization_url = \"{base}/{{tenant}}/oauth2/v2.0/authorize\"\ntoken_url = \"{base}/{{tenant}}/oauth2/v2.0/token\""
+            ),
+        ),
+    ] {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let text_config = ConfigSpec {
+            db: &db,
+            entra: &entra,
+            secret_env: "IT_CLIENT_SECRET",
+            mailbox: &mailbox,
+            extra_mailbox_keys: "",
+            tls: "implicit",
+        }
+        .render();
+        assert!(text_config.contains(&authority_line));
+        let config = ConfigFile::write(&text_config.replace(&authority_line, &keys));
+        let out = mailintake(
+            &config.path,
+            &["check", "support"],
+            &[("IT_CLIENT_SECRET", &entra.secret)],
+        )
+        .await;
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{guide}: {stdout}{}",
+            text(&out.stderr)
+        );
+        assert!(stdout.contains("ok   token"), "{guide}: {stdout}");
+        assert!(stdout.contains("ok   imap"), "{guide}: {stdout}");
+    }
+}
