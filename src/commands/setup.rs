@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use super::{success_if, token_cache, unknown_identity};
 use crate::check;
 use crate::config::Config;
-use crate::oauth;
 use crate::store::Store;
 
 /// `mailintake check [MAILBOX | --all] [--send-test-mail ADDRESS]`: the configuration is valid
@@ -41,21 +40,36 @@ pub(super) fn consent_url(config: &Config, identity: &str) -> anyhow::Result<Exi
         eprintln!("mailintake: {}", unknown_identity(config, identity));
         return Ok(ExitCode::from(2));
     };
-    match oauth::admin_consent_url(identity) {
-        Some(url) => {
-            println!("{url}");
+    match crate::config::admin_consent(identity) {
+        Ok(consent) => {
+            println!("{}", consent.url);
+            let whose = if consent.tenant == "organizations" {
+                "any customer tenant".to_string()
+            } else {
+                format!("tenant {}", consent.tenant)
+            };
             eprintln!(
-                "Open this URL as a Global, Application or Cloud Application Administrator of the tenant that will use the app, \
-                 and accept: it grants admin consent to every permission the app registration asks for ({}).",
-                identity.scope
+                "Hand this URL to a Global, Application or Cloud Application Administrator of {whose}. \
+                 They sign in, see the app's name and the Exchange Online permissions it asks for ({}), click Accept, \
+                 and are sent to {} with admin_consent=True: a blank or error page there is expected, consent is granted.",
+                consent.scope, consent.redirect_uri
+            );
+            eprintln!(
+                "The redirect URI must be registered on the app exactly as printed (else AADSTS50011 or AADSTS500113): \
+                 App registrations > the app > Authentication > Add a platform > {}; set consent_redirect_uri to use another.",
+                if consent.redirect_uri == crate::config::NATIVE_CLIENT_REDIRECT_URI {
+                    format!(
+                        "Mobile and desktop applications > tick {}",
+                        consent.redirect_uri
+                    )
+                } else {
+                    format!("Web > Redirect URIs: {}", consent.redirect_uri)
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
-        None => {
-            eprintln!(
-                "mailintake: identity `{}` has only a token_url; admin consent is an Entra ID feature: give tenant or authority",
-                identity.name
-            );
+        Err(message) => {
+            eprintln!("mailintake: {message}");
             Ok(ExitCode::from(2))
         }
     }

@@ -182,6 +182,67 @@ pub(super) fn scope_resources(scope: &str) -> Vec<String> {
     resources
 }
 
+/// The redirect URI Entra offers every app for native clients; an administrator registers it on the
+/// app once (Authentication > Add a platform > Mobile and desktop applications) and the
+/// admin-consent URL can use it.
+pub const NATIVE_CLIENT_REDIRECT_URI: &str =
+    "https://login.microsoftonline.com/common/oauth2/nativeclient";
+
+/// An admin-consent URL and what it was built from, for `mailintake consent-url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConsent {
+    pub url: url::Url,
+    pub redirect_uri: String,
+    /// The tenant the URL names: the customer's, or `organizations` (any tenant's administrator).
+    pub tenant: String,
+    pub scope: String,
+}
+
+/// The Microsoft identity platform's v2.0 admin-consent URL for `identity`:
+/// `<host>/<tenant>/v2.0/adminconsent?client_id=…&scope=<resource>/.default&redirect_uri=…`. The
+/// tenant is the authority's, with `common` (which no administrator can consent for) made
+/// `organizations`; the scope is the Exchange Online resource of the authority's cloud.
+pub fn admin_consent(identity: &super::Identity) -> Result<AdminConsent, String> {
+    let Some(authority) = &identity.authority else {
+        return Err(format!(
+            "identity `{}` has only a token_url; admin consent is an Entra ID feature: give tenant or authority",
+            identity.name
+        ));
+    };
+    let host = authority.host_str().unwrap_or_default();
+    let tenant = authority
+        .path_segments()
+        .and_then(|mut segments| segments.find(|s| !s.is_empty()))
+        .ok_or_else(|| format!("the authority {authority} names no tenant"))?;
+    let tenant = match tenant.to_ascii_lowercase().as_str() {
+        "common" => "organizations".to_string(),
+        "consumers" => {
+            return Err(
+                "personal Microsoft accounts (consumers) have no administrator to consent: set tenant to the customer's Directory (tenant) ID, or organizations".into(),
+            );
+        }
+        _ => tenant.to_string(),
+    };
+    let scope = format!("{}/.default", exchange_resource_for(Some(host)));
+    let redirect_uri = identity
+        .consent_redirect_uri
+        .as_ref()
+        .map_or(NATIVE_CLIENT_REDIRECT_URI.to_string(), |u| u.to_string());
+    let mut url = authority.clone();
+    url.set_path(&format!("/{tenant}/v2.0/adminconsent"));
+    url.set_query(None);
+    url.query_pairs_mut()
+        .append_pair("client_id", &identity.client_id)
+        .append_pair("scope", &scope)
+        .append_pair("redirect_uri", &redirect_uri);
+    Ok(AdminConsent {
+        url,
+        redirect_uri,
+        tenant,
+        scope,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,6 +155,12 @@ pub(super) fn validate_identity(
         endpoints.authority.as_ref(),
         &mut check,
     );
+    // Any https URL (or a loopback one) an administrator can be sent to after consenting.
+    let consent_redirect_uri = raw.consent_redirect_uri.as_deref().and_then(|text| {
+        parse_endpoint(text)
+            .map_err(|e| check.fail("consent_redirect_uri", e))
+            .ok()
+    });
     let ca_file = raw.ca_file.take().map(|p| base_dir.join(p));
     if let Some(message) = ca_file.as_deref().and_then(file_problem) {
         check.fail("ca_file", message);
@@ -168,6 +174,7 @@ pub(super) fn validate_identity(
             token_url,
             device_code_url: endpoints.device_code_url,
             authority: endpoints.authority,
+            consent_redirect_uri,
             scope,
             ca_file,
             secret_expires,

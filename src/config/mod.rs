@@ -28,7 +28,10 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
-pub use entra::{DEFAULT_AUTHORITY_HOST, EXCHANGE_RESOURCE};
+pub use entra::{
+    AdminConsent, DEFAULT_AUTHORITY_HOST, EXCHANGE_RESOURCE, NATIVE_CLIENT_REDIRECT_URI,
+    admin_consent,
+};
 pub use identity::Flow;
 pub use mailbox::{DEFAULT_ACK_DENY, DEFAULT_ACK_TEMPLATE, TEMPLATE_PLACEHOLDERS, check_template};
 pub use problems::{ConfigError, ConfigProblem};
@@ -121,6 +124,9 @@ pub struct Identity {
     /// admin-consent URLs derive; `None` when only a `token_url` was given.
     pub authority: Option<Url>,
     pub scope: String,
+    /// The redirect URI of the admin-consent URL (`consent_redirect_uri`); it must be registered
+    /// on the app. `None`: the native-client URI ([`NATIVE_CLIENT_REDIRECT_URI`]).
+    pub consent_redirect_uri: Option<Url>,
     /// An extra CA certificate (PEM) trusted for the token endpoint, besides the system roots.
     pub ca_file: Option<PathBuf>,
     /// When the client secret expires (from the portal's Certificates & secrets page), so that

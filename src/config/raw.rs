@@ -71,6 +71,8 @@ pub struct Identity {
     pub device_code_url: Option<String>,
     /// The authorization endpoint (Magma's "Authorization Endpoint (v2)"): names the authority.
     pub authorization_url: Option<String>,
+    /// Where Entra sends the administrator after admin consent; registered on the app.
+    pub consent_redirect_uri: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub certificate_file: Option<PathBuf>,
     pub private_key_file: Option<PathBuf>,

@@ -442,22 +442,6 @@ pub fn expiry_warning(identity: &Identity) -> Option<String> {
     }
 }
 
-/// The URL at which a tenant's administrator grants admin consent to the identity's app (Entra's
-/// `adminconsent` endpoint under the identity's authority). With `tenant = "organizations"` any
-/// tenant's administrator can use it: that is how a multi-tenant app is handed to customers.
-/// `None` for identities given only a `token_url`.
-pub fn admin_consent_url(identity: &Identity) -> Option<url::Url> {
-    let authority = identity.authority.as_ref()?;
-    let mut url = url::Url::parse(&format!(
-        "{}/adminconsent",
-        authority.as_str().trim_end_matches('/')
-    ))
-    .ok()?;
-    url.query_pairs_mut()
-        .append_pair("client_id", &identity.client_id);
-    Some(url)
-}
-
 /// When to renew a token that lives `expires_in` from `obtained`: `RENEW_AHEAD` (at most a fifth
 /// of the lifetime) before expiry, and up to a quarter of that margin earlier still, at random.
 fn renew_at(obtained: Instant, expires_in: Duration) -> Instant {

@@ -518,8 +518,30 @@ imap = {{ host = "outlook.office365.com" }}
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout).trim(),
-        "https://login.microsoftonline.com/organizations/adminconsent?client_id=11111111-2222-3333-4444-555555555555"
+        "https://login.microsoftonline.com/organizations/v2.0/adminconsent?client_id=11111111-2222-3333-4444-555555555555&scope=https%3A%2F%2Foutlook.office365.com%2F.default&redirect_uri=https%3A%2F%2Flogin.microsoftonline.com%2Fcommon%2Foauth2%2Fnativeclient"
     );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("any customer tenant"), "{stderr}");
+    assert!(
+        stderr.contains("Mobile and desktop applications"),
+        "{stderr}"
+    );
+    // `common` is never handed out (no administrator can consent for it); a registered web
+    // redirect is used as configured.
+    let common = std::fs::read_to_string(&config.path).unwrap().replace(
+        "tenant = \"organizations\"",
+        "tenant = \"common\"\nconsent_redirect_uri = \"https://helpdesk.example.com/consented\"",
+    );
+    std::fs::write(&config.path, common).unwrap();
+    let out = mailintake(&config.path, &["consent-url", "vendor"], &[]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let url = text(&out.stdout);
+    assert!(url.contains("/organizations/v2.0/adminconsent?"), "{url}");
+    assert!(
+        url.contains("redirect_uri=https%3A%2F%2Fhelpdesk.example.com%2Fconsented"),
+        "{url}"
+    );
+    assert!(text(&out.stderr).contains("Web > Redirect URIs"));
     let out = mailintake(&config.path, &["consent-url", "nobody"], &[]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("declared identities: vendor"));
