@@ -5,6 +5,7 @@
 //! infrastructure (IMAP, database) can fail.
 
 pub mod parse;
+mod repair;
 
 pub use parse::{
     Attachment, MessageIdSource, ParseFailure, ParsedMail, Party, Signals, parse, sha256_hex,

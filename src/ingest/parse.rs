@@ -129,8 +129,14 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseFailure::Empty);
     }
+    // Real-world mail made readable first (a missing blank line, an undeclared 8-bit header);
+    // the digest and size stay those of the raw bytes.
+    let recovered = super::repair::recover_missing_blank_line(raw);
+    let readable = recovered.as_deref().unwrap_or(raw);
+    let transcoded = super::repair::transcode_8bit_header(readable);
+    let input: &[u8] = transcoded.as_deref().unwrap_or(readable);
     let message = MessageParser::default()
-        .parse(raw)
+        .parse(input)
         .ok_or(ParseFailure::NoHeaders)?;
     if message.headers().is_empty() {
         return Err(ParseFailure::NoHeaders);
@@ -140,8 +146,8 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
         .message_id()
         .map(strip_brackets)
         .filter(|id| !id.is_empty());
-    let body_start = (message.root_part().offset_body as usize).min(raw.len());
-    let fingerprint = fingerprint(&message, header_id.as_deref(), &raw[body_start..]);
+    let body_start = (message.root_part().offset_body as usize).min(input.len());
+    let fingerprint = fingerprint(&message, header_id.as_deref(), &input[body_start..]);
 
     let (message_id, message_id_source) = match header_id {
         Some(id) => (id, MessageIdSource::Header),
@@ -206,7 +212,8 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
         })
         .collect();
 
-    let headers = String::from_utf8_lossy(&raw[..body_start]).into_owned();
+    // The header section as received (transcoded to UTF-8 where it was not), kept for audit.
+    let headers = String::from_utf8_lossy(&input[..body_start]).into_owned();
 
     Ok(ParsedMail {
         message_id,

@@ -660,3 +660,36 @@ fn too_large_detail_tells_a_listed_size_from_one_found_while_downloading() {
     );
     assert!(!detail.contains("is 6000 bytes, above"), "{detail}");
 }
+
+#[test]
+fn a_raw_big5_subject_declared_only_by_the_body_is_read_as_big5() {
+    let (subject, _, _) = encoding_rs::BIG5.encode("印表機故障");
+    let (body, _, _) = encoding_rs::BIG5.encode("印表機不能列印。");
+    let mut raw = b"From: customer@customer.test\r\nTo: support@helpdesk.test\r\nMessage-ID: <big5@customer.test>\r\nSubject: ".to_vec();
+    raw.extend_from_slice(&subject);
+    raw.extend_from_slice(b"\r\nContent-Type: text/plain; charset=big5\r\n\r\n");
+    raw.extend_from_slice(&body);
+    let mail = parse(&raw).unwrap();
+    assert_eq!(mail.subject, "印表機故障");
+    assert_eq!(
+        mail.text_body.as_deref().map(str::trim),
+        Some("印表機不能列印。")
+    );
+    assert!(mail.headers.contains("印表機故障"), "{}", mail.headers);
+    assert_eq!(
+        mail.content_sha256,
+        sha256_hex(&raw),
+        "the digest is the raw bytes'"
+    );
+}
+
+#[test]
+fn a_body_after_a_missing_blank_line_is_the_body_not_a_header() {
+    let raw = b"From: customer@customer.test\r\nSubject: No blank line\r\nMessage-ID: <nb@customer.test>\r\nHello support,\r\nthe printer is broken.\r\n";
+    let mail = parse(raw).unwrap();
+    assert_eq!(mail.subject, "No blank line");
+    let text = mail.text_body.expect("a body");
+    assert!(text.contains("Hello support,"), "{text}");
+    assert!(text.contains("the printer is broken."), "{text}");
+    assert!(!mail.headers.contains("Hello support"), "{}", mail.headers);
+}
