@@ -22,7 +22,7 @@
 //! - [`ingest`]: pure functions from raw message bytes plus facts from the store to a decision
 //!   (new ticket, follow-up, duplicate, ignored, quarantine). No IO.
 //! - The ground floor: [`config`] (the typed settings file, validated once; secrets stay secret),
-//!   [`mail_source`] (the seam's operations and words), [`report`] (what tasks report), [`time`]
+//!   [`report`] (what tasks report), [`mail_source`] (the seam's operations and words), [`time`]
 //!   (clocks and dates), [`closed_set`] (stored closed sets as enums) and [`failpoint`].
 
 pub mod admin;
