@@ -361,15 +361,26 @@ fn fingerprint(
         .collect()
 }
 
-/// A filename safe to show and to write: the last path component only, no control characters,
-/// no leading dots or surrounding blanks, at most 200 characters (the extension kept).
+/// A filename safe to show and to write: the last path component only, no control characters and
+/// no bidirectional-text controls (`invoice\u{202E}fdp.exe` would show as `invoiceexe.pdf`), no
+/// leading dots or surrounding blanks, a Windows reserved device name (`CON`, `NUL`, `COM1`,
+/// `LPT1.txt`, …) prefixed with `_`, at most 200 characters (the extension kept).
 pub fn sanitize_filename(name: &str) -> Option<String> {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let cleaned: String = last.chars().filter(|c| !c.is_control()).collect();
+    let cleaned: String = last
+        .chars()
+        .filter(|c| !c.is_control() && !is_bidi_control(*c))
+        .collect();
     let cleaned = cleaned.trim().trim_start_matches('.').trim();
     if cleaned.is_empty() {
         return None;
     }
+    let cleaned = if is_windows_reserved(cleaned) {
+        format!("_{cleaned}")
+    } else {
+        cleaned.to_string()
+    };
+    let cleaned = cleaned.as_str();
     const MAX: usize = 200;
     if cleaned.chars().count() <= MAX {
         return Some(cleaned.to_string());
@@ -382,6 +393,42 @@ pub fn sanitize_filename(name: &str) -> Option<String> {
     };
     let keep = MAX - extension.chars().count();
     Some(stem.chars().take(keep).collect::<String>() + &extension)
+}
+
+/// The Unicode bidirectional formatting characters (UAX #9: embeddings, overrides, isolates and
+/// the directional marks), which let a name show in another order than it is.
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// A name Windows takes for a device whatever its extension: `CON`, `PRN`, `AUX`, `NUL`,
+/// `COM0`–`COM9`, `LPT0`–`LPT9` (and their superscript-digit forms), `CONIN$`, `CONOUT$`, in any
+/// case, also with trailing dots or blanks before the extension.
+fn is_windows_reserved(name: &str) -> bool {
+    let stem = name
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .trim_end()
+        .to_ascii_uppercase();
+    match stem.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$" => true,
+        other => {
+            let device = other
+                .strip_prefix("COM")
+                .or_else(|| other.strip_prefix("LPT"));
+            device.is_some_and(|digit| {
+                let mut chars = digit.chars();
+                matches!(
+                    (chars.next(), chars.next()),
+                    (Some('0'..='9' | '¹' | '²' | '³'), None)
+                )
+            })
+        }
+    }
 }
 
 fn strip_brackets(id: &str) -> String {

@@ -516,6 +516,31 @@ fn attachment_filenames_are_sanitised() {
 }
 
 #[test]
+fn attachment_names_cannot_fool_anyone() {
+    for (sent, stored) in [
+        // Shown as "invoiceexe.pdf" with the override kept.
+        ("invoice\u{202E}fdp.exe", "invoicefdp.exe"),
+        ("\u{2067}report\u{2069}.pdf\u{200F}", "report.pdf"),
+        ("CON", "_CON"),
+        ("nul.txt", "_nul.txt"),
+        ("Com1.log", "_Com1.log"),
+        ("LPT9", "_LPT9"),
+        ("aux .tar.gz", "_aux .tar.gz"),
+        ("CONOUT$", "_CONOUT$"),
+        // Not devices.
+        ("COM10.txt", "COM10.txt"),
+        ("console.txt", "console.txt"),
+        ("nullable.pdf", "nullable.pdf"),
+    ] {
+        assert_eq!(
+            parse::sanitize_filename(sent).as_deref(),
+            Some(stored),
+            "{sent:?}"
+        );
+    }
+}
+
+#[test]
 fn mail_from_common_clients() {
     check(
         "apple_mail.eml",
