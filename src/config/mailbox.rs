@@ -13,9 +13,25 @@ use super::{
 };
 use crate::time::parse_date;
 
-/// Recipients never acknowledged unless `acknowledge.deny` says otherwise.
-pub const DEFAULT_ACK_DENY: [&str; 4] =
-    ["noreply@*", "no-reply@*", "donotreply@*", "do-not-reply@*"];
+/// Recipients never acknowledged (unless `acknowledge.deny_defaults = false`): the no-reply
+/// addresses of automatic senders, and the command, owner and bounce addresses of mailing lists
+/// (Mailman's `-request`/`-owner`/`-bounces`, LISTSERV's and Majordomo's `owner-`), where an
+/// acknowledgement would reach a list robot or its owner, never the person.
+pub const DEFAULT_ACK_DENY: [&str; 13] = [
+    "noreply@*",
+    "no-reply@*",
+    "no_reply@*",
+    "noreply-*@*",
+    "no-reply-*@*",
+    "donotreply@*",
+    "do-not-reply@*",
+    "owner-*@*",
+    "*-owner@*",
+    "*-request@*",
+    "*-bounces@*",
+    "*-bounces+*@*",
+    "listserv@*",
+];
 
 /// The placeholders templates may use.
 pub const TEMPLATE_PLACEHOLDERS: [&str; 4] = ["ticket", "subject", "requester_name", "mailbox"];
@@ -495,11 +511,22 @@ fn validate_acknowledge(
         from: raw.from,
         template_text,
         template_html,
+        // The mailbox's own entries add to the defaults, unless it drops them.
         deny: raw
             .deny
-            .unwrap_or_else(|| DEFAULT_ACK_DENY.iter().map(|d| d.to_string()).collect())
+            .unwrap_or_default()
             .iter()
-            .map(|d| d.to_ascii_lowercase())
+            .map(String::as_str)
+            .chain(
+                if raw.deny_defaults.unwrap_or(true) {
+                    DEFAULT_ACK_DENY.as_slice()
+                } else {
+                    &[]
+                }
+                .iter()
+                .copied(),
+            )
+            .map(str::to_ascii_lowercase)
             .collect(),
         max_per_recipient_per_day: raw.max_per_recipient_per_day.unwrap_or(5),
         quarantine_notice: raw.quarantine_notice.unwrap_or(false),

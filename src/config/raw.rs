@@ -132,6 +132,7 @@ pub struct Acknowledge {
     pub template: Option<PathBuf>,
     pub template_html: Option<PathBuf>,
     pub deny: Option<Vec<String>>,
+    pub deny_defaults: Option<bool>,
     pub max_per_recipient_per_day: Option<u32>,
     pub since: Option<String>,
     pub quarantine_notice: Option<bool>,

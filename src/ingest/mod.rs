@@ -147,8 +147,8 @@ pub fn classify(mail: &ParsedMail, policy: &Policy) -> MailKind {
     if signals.auto_response_suppress {
         return MailKind::Automatic("X-Auto-Response-Suppress".into());
     }
-    if signals.list {
-        return MailKind::Automatic("mailing-list headers (List-Id/List-Unsubscribe)".into());
+    if let Some(evidence) = &signals.list_evidence {
+        return MailKind::Automatic(format!("mailing-list mail ({evidence})"));
     }
     if signals.null_return_path {
         return MailKind::Automatic("empty Return-Path".into());

@@ -41,8 +41,11 @@ pub struct Signals {
     pub precedence: Option<String>,
     /// `X-Auto-Response-Suppress` is present (Exchange puts it on its own automatic mail).
     pub auto_response_suppress: bool,
-    /// `List-Id` or `List-Unsubscribe` is present: mailing-list or newsletter traffic.
+    /// Mailing-list or newsletter traffic: what list software really sets (any `List-*` field,
+    /// `X-Mailman-*`, a `Sender:` or `Return-Path` of a list robot: `owner-…`, `…-owner`,
+    /// `…-request`, `…-bounces`); `list_evidence` says which.
     pub list: bool,
+    pub list_evidence: Option<String>,
     /// `Return-Path: <>`: the null sender of bounces and automatic replies.
     pub null_return_path: bool,
     /// The envelope sender from `Return-Path` (added at final delivery), where automatic replies
@@ -258,7 +261,18 @@ fn signals(message: &mail_parser::Message<'_>) -> Signals {
             }
             "precedence" => signals.precedence = Some(value(raw)),
             "x-auto-response-suppress" => signals.auto_response_suppress = true,
-            "list-id" | "list-unsubscribe" => signals.list = true,
+            lower if lower.starts_with("list-") || lower.starts_with("x-mailman-") => {
+                signals
+                    .list_evidence
+                    .get_or_insert_with(|| format!("{name} header"));
+            }
+            "sender" => {
+                if let Some(address) = robot_address(raw) {
+                    signals
+                        .list_evidence
+                        .get_or_insert(format!("Sender: {address}"));
+                }
+            }
             "return-path" => {
                 let path = raw
                     .trim()
@@ -266,6 +280,11 @@ fn signals(message: &mail_parser::Message<'_>) -> Signals {
                     .to_string();
                 // The first Return-Path is the one added at final delivery.
                 if signals.return_path.is_none() {
+                    if let Some(address) = robot_address(&path) {
+                        signals
+                            .list_evidence
+                            .get_or_insert(format!("Return-Path: {address}"));
+                    }
                     signals.null_return_path = path.is_empty();
                     signals.return_path = Some(path);
                 }
@@ -274,6 +293,9 @@ fn signals(message: &mail_parser::Message<'_>) -> Signals {
             _ => {}
         }
     }
+    // (A Mailman digest, From its -request address with no List-* fields, carries X-Mailman-*; a
+    // From alone is not taken as evidence: `purchase-request@` may be a person's team.)
+    signals.list = signals.list_evidence.is_some();
     if let Some(ct) = message.root_part().content_type()
         && ct.ctype().eq_ignore_ascii_case("multipart")
         && ct
@@ -284,6 +306,26 @@ fn signals(message: &mail_parser::Message<'_>) -> Signals {
         signals.original_message_id = original_message_id(message);
     }
     signals
+}
+
+/// The address in `text` when it is a list robot's: `owner-…` (LISTSERV, Majordomo), `…-owner`,
+/// `…-request`, `…-bounces` (Mailman, also with a VERP `+…` suffix).
+fn robot_address(text: &str) -> Option<String> {
+    let address = text
+        .rsplit('<')
+        .next()
+        .unwrap_or(text)
+        .trim()
+        .trim_end_matches('>')
+        .trim()
+        .to_ascii_lowercase();
+    let (local, _domain) = address.split_once('@')?;
+    let local = local.split('+').next().unwrap_or(local);
+    let robot = local.starts_with("owner-")
+        || ["-owner", "-request", "-bounces"]
+            .iter()
+            .any(|suffix| local.ends_with(suffix));
+    robot.then_some(address)
 }
 
 /// The Message-ID of the message a report is about: from its attached copy (`message/rfc822`) or

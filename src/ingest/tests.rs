@@ -718,3 +718,38 @@ fn a_body_after_a_missing_blank_line_is_the_body_not_a_header() {
     assert!(text.contains("the printer is broken."), "{text}");
     assert!(!mail.headers.contains("Hello support"), "{}", mail.headers);
 }
+
+#[test]
+fn list_mail_is_recognised_by_what_list_software_really_sets() {
+    // A Mailman digest: no List-* fields, From and Return-Path the list's robots.
+    let digest = b"Return-Path: <helpdesk-l-bounces@lists.example.org>\r\nFrom: helpdesk-l-request@lists.example.org\r\nTo: support@helpdesk.test\r\nSubject: Helpdesk-L Digest, Vol 12, Issue 3\r\nMessage-ID: <digest.12.3@lists.example.org>\r\nX-Mailman-Version: 2.1.39\r\n\r\nSend Helpdesk-L mailing list submissions to ...\r\n";
+    // A LISTSERV posting: a person's From, the list's Sender, its owner as envelope sender.
+    let listserv = b"Return-Path: <owner-HELPDESK-L@LISTSERV.EXAMPLE.EDU>\r\nSender: Helpdesk discussion <HELPDESK-L@LISTSERV.EXAMPLE.EDU>\r\nFrom: Bob Example <bob@example.edu>\r\nTo: support@helpdesk.test\r\nSubject: printers\r\nMessage-ID: <p1@example.edu>\r\n\r\nHello list\r\n";
+    for (name, raw, evidence) in [
+        (
+            "digest",
+            &digest[..],
+            "Return-Path: helpdesk-l-bounces@lists.example.org",
+        ),
+        (
+            "listserv",
+            &listserv[..],
+            "Return-Path: owner-helpdesk-l@listserv.example.edu",
+        ),
+    ] {
+        let mail = parse(raw).unwrap();
+        assert!(mail.signals.list, "{name}");
+        assert_eq!(
+            mail.signals.list_evidence.as_deref(),
+            Some(evidence),
+            "{name}"
+        );
+        assert!(
+            matches!(classify(&mail, &policy()), MailKind::Automatic(_)),
+            "{name}"
+        );
+    }
+    // A person's message with an address that merely ends like a robot's is a person's.
+    let person = parse(b"From: purchase-request@customer.test\r\nSubject: PO\r\nMessage-ID: <po@customer.test>\r\n\r\nPlease order\r\n").unwrap();
+    assert!(!person.signals.list);
+}

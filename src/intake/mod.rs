@@ -90,14 +90,19 @@ pub struct MailboxContext<'a> {
     pub metrics: &'a Metrics,
 }
 
-/// The decision policy of `mailbox`: every configured mailbox address counts as our own.
+/// The decision policy of `mailbox`: every configured mailbox address, and every address
+/// acknowledgements are sent from (`acknowledge.from`), counts as our own.
 pub fn policy(config: &Config, mailbox: &Mailbox) -> Policy {
+    let mut own_addresses: Vec<String> = config
+        .mailboxes
+        .iter()
+        .flat_map(|m| std::iter::once(&m.address).chain(m.acknowledge.from.as_ref()))
+        .map(|address| address.to_ascii_lowercase())
+        .collect();
+    own_addresses.sort();
+    own_addresses.dedup();
     Policy {
-        own_addresses: config
-            .mailboxes
-            .iter()
-            .map(|m| m.address.to_ascii_lowercase())
-            .collect(),
+        own_addresses,
         max_new_tickets_per_sender_per_hour: mailbox.max_new_tickets_per_sender_per_hour,
         reopen_closed: mailbox.reopen_closed,
     }

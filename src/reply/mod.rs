@@ -62,11 +62,21 @@ fn no_reply_address_reason(mail: &ParsedMail) -> &'static str {
 
 /// `pattern` is an address, `*@domain` or `local@*`; case-insensitive.
 fn denied(address: &str, pattern: &str) -> bool {
-    let address = address.to_ascii_lowercase();
-    match (pattern.strip_prefix('*'), pattern.strip_suffix('*')) {
-        (Some(suffix), _) => address.ends_with(suffix),
-        (_, Some(prefix)) => address.starts_with(prefix),
-        _ => address == pattern,
+    glob_match(
+        pattern.to_ascii_lowercase().as_bytes(),
+        address.to_ascii_lowercase().as_bytes(),
+    )
+}
+
+/// `pattern` with `*` standing for any run of characters (`owner-*@*`, `*-request@*`), matched
+/// against all of `text`.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob_match(rest, &text[skip..])),
+        Some((first, rest)) => text
+            .split_first()
+            .is_some_and(|(t, text_rest)| t == first && glob_match(rest, text_rest)),
     }
 }
 
@@ -403,6 +413,54 @@ mod tests {
         assert!(denied("x@spam.test", "*@spam.test"));
         assert!(denied("a@b.test", "a@b.test"));
         assert!(!denied("a@b.test", "*@c.test"));
+        assert!(denied("noreply-alerts@vendor.test", "noreply-*@*"));
+        assert!(denied("helpdesk-l-request@lists.test", "*-request@*"));
+        assert!(denied("owner-helpdesk-l@listserv.test", "owner-*@*"));
+        assert!(denied(
+            "team-bounces+bob=x.test@lists.test",
+            "*-bounces+*@*"
+        ));
+        assert!(!denied("requester@customer.test", "*-request@*"));
+    }
+
+    #[test]
+    fn list_addresses_are_never_acknowledged_by_default_and_custom_entries_add_to_them() {
+        for to in [
+            "helpdesk-l-request@lists.test",
+            "owner-helpdesk-l@listserv.test",
+            "helpdesk-l-owner@lists.test",
+            "helpdesk-l-bounces@lists.test",
+            "no_reply@vendor.test",
+            "noreply-alerts@vendor.test",
+        ] {
+            let draft = plan_acknowledgement(
+                &mailbox("acknowledge = { deny = [\"*@spam.test\"] }"),
+                &own(),
+                &mail(Some(to)),
+                "TCK-000007",
+                AckKind::NewTicket,
+                &AckFacts::default(),
+            );
+            assert!(
+                draft
+                    .suppressed
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("deny list"),
+                "{to}: {:?}",
+                draft.suppressed
+            );
+        }
+        // deny_defaults = false keeps only the mailbox's own entries.
+        let draft = plan_acknowledgement(
+            &mailbox("acknowledge = { deny = [\"*@spam.test\"], deny_defaults = false }"),
+            &own(),
+            &mail(Some("no_reply@vendor.test")),
+            "TCK-000007",
+            AckKind::NewTicket,
+            &AckFacts::default(),
+        );
+        assert_eq!(draft.suppressed, None);
     }
 
     #[test]

@@ -529,3 +529,60 @@ async fn the_sender_of_a_too_large_message_gets_one_short_notice() {
     assert!(notice.contains("It is kept"), "{notice}");
     assert!(notice.contains("Auto-Submitted: auto-replied"), "{notice}");
 }
+
+/// A Mailman digest (X-Mailman-Version, From the list's -request address, no List-* fields) and a
+/// LISTSERV posting (Sender the list, envelope sender its owner-… address) are list mail: no
+/// acknowledgement goes to a list's command, owner or bounce address (both were acknowledged to
+/// them before).
+#[tokio::test]
+async fn list_mail_is_never_acknowledged_to_list_addresses() {
+    let case = Case::new(Backend::Sqlite, &smtp_keys(), "implicit").await;
+    connect_first(&case).await;
+    let digest = format!(
+        "From: helpdesk-l-request@lists.example.org\r\nTo: {to}\r\nSubject: Helpdesk-L Digest, Vol 12, Issue 3\r\nMessage-ID: <{id}>\r\nX-Mailman-Version: 2.1.39\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nSend Helpdesk-L mailing list submissions to helpdesk-l@lists.example.org\r\n",
+        to = case.mailbox,
+        id = format!("{}@lists.example.org", unique("digest"))
+    );
+    deliver_lmtp(
+        &case.mailbox,
+        "helpdesk-l-bounces@lists.example.org",
+        digest.as_bytes(),
+    )
+    .await;
+    let posting = format!(
+        "Sender: Helpdesk discussion <HELPDESK-L@LISTSERV.EXAMPLE.EDU>\r\nFrom: Bob Example <bob@example.edu>\r\nTo: {to}\r\nSubject: printers on the third floor\r\nMessage-ID: <{id}>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nDoes anyone else see this?\r\n",
+        to = case.mailbox,
+        id = format!("{}@example.edu", unique("posting"))
+    );
+    deliver_lmtp(
+        &case.mailbox,
+        "owner-HELPDESK-L@LISTSERV.EXAMPLE.EDU",
+        posting.as_bytes(),
+    )
+    .await;
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(stdout.contains("2 new message(s)"), "{stdout}");
+    let db = &case.db;
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state <> 'suppressed'")
+            .await,
+        0,
+        "an acknowledgement was queued for list mail"
+    );
+    for address in [
+        "helpdesk-l-request@lists.example.org",
+        "helpdesk-l-bounces@lists.example.org",
+        "owner-helpdesk-l@listserv.example.edu",
+    ] {
+        assert_eq!(
+            db.count(&format!(
+                "SELECT COUNT(*) FROM outbox WHERE lower(to_address) = '{address}' AND state <> 'suppressed'"
+            ))
+            .await,
+            0,
+            "{address}"
+        );
+    }
+    // Both are recorded (as the mailbox's policy for automatic mail says), neither is lost.
+    assert_eq!(db.count("SELECT COUNT(*) FROM imap_messages").await, 2);
+}
