@@ -205,7 +205,9 @@ impl Batch {
     }
 
     /// Inserts an inbound message row (and its attachments) on `ticket_id`. `Conflict` when the
-    /// Message-ID is stored already.
+    /// Message-ID is stored already. (`ON CONFLICT` names no target: on PostgreSQL the Message-ID
+    /// is unique through a hash exclusion constraint, migration 0006, which only an untargeted
+    /// `ON CONFLICT DO NOTHING` takes as its arbiter; the only other key is the generated id.)
     async fn insert_message(
         &mut self,
         ticket_id: i64,
@@ -221,7 +223,7 @@ impl Batch {
              received_at, body_text, body_html, body_text_derived, auto_kind, headers, size_bytes, content_sha256, \
              fingerprint, created_at) \
              VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22, $23) ON CONFLICT (message_id) DO NOTHING RETURNING id",
+             $20, $21, $22, $23) ON CONFLICT DO NOTHING RETURNING id",
         )
         .bind(ticket_id)
         .bind(at.mailbox)
