@@ -18,6 +18,9 @@ pub enum Point {
     /// In `junk::list`, logged in to the mailbox and about to look at its Junk folder
     /// ([`reached`]).
     JunkListing,
+    /// In `purge`, after it chose the attachment blobs no newer attachment shares and before it
+    /// empties them ([`reached`]).
+    PurgeChecked,
 }
 
 impl Point {
@@ -26,6 +29,7 @@ impl Point {
         match self {
             Point::AfterCommit => "after-commit",
             Point::JunkListing => "junk-listing",
+            Point::PurgeChecked => "purge-checked",
         }
     }
 }
