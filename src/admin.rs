@@ -56,7 +56,9 @@ pub async fn release(
     }
     if matches!(
         entry.reason,
-        QuarantineCode::MessageIdConflict | QuarantineCode::Unparseable
+        QuarantineCode::MessageIdConflict
+            | QuarantineCode::Unparseable
+            | QuarantineCode::Unstorable
     ) {
         bail!(
             "quarantined message {id} ({}) would be quarantined again as it is; its raw bytes are kept in the quarantine table",

@@ -20,6 +20,9 @@ pub enum Point {
     JunkListing,
     /// A folder task about to sweep, logged in ([`hit`]; `panic` makes the task panic there).
     SweepStart,
+    /// In `purge`, after it chose the attachment blobs no newer attachment shares and before it
+    /// empties them ([`reached`]).
+    PurgeChecked,
 }
 
 impl Point {
@@ -29,6 +32,7 @@ impl Point {
             Point::AfterCommit => "after-commit",
             Point::JunkListing => "junk-listing",
             Point::SweepStart => "sweep-start",
+            Point::PurgeChecked => "purge-checked",
         }
     }
 }

@@ -39,6 +39,7 @@ crate::closed_set! {
         MessageIdConflict = "message-id-conflict",
         SenderRateLimit = "sender-rate-limit",
         Unreadable = "unreadable",
+        Unstorable = "unstorable",
     }
 }
 
@@ -169,6 +170,9 @@ pub enum QuarantineReason {
     SenderRateLimit { sender: String, limit: u32 },
     /// The server failed to deliver the message on several consecutive attempts.
     Unreadable { attempts: i64, error: String },
+    /// The database refused to store it (a data error: see `store::FailureKind`); `error` is
+    /// the database's own words with its code.
+    Unstorable { error: String },
 }
 
 impl QuarantineReason {
@@ -180,6 +184,7 @@ impl QuarantineReason {
             QuarantineReason::MessageIdConflict { .. } => QuarantineCode::MessageIdConflict,
             QuarantineReason::SenderRateLimit { .. } => QuarantineCode::SenderRateLimit,
             QuarantineReason::Unreadable { .. } => QuarantineCode::Unreadable,
+            QuarantineReason::Unstorable { .. } => QuarantineCode::Unstorable,
         }
     }
 
@@ -206,6 +211,9 @@ impl QuarantineReason {
             ),
             QuarantineReason::Unreadable { attempts, error } => format!(
                 "the server failed to deliver the message {attempts} times in a row ({error}); it was set aside unread so that the mail after it can come in"
+            ),
+            QuarantineReason::Unstorable { error } => format!(
+                "the database refused to store the message ({error}); it was set aside with its raw bytes so that the mail after it can come in; once the cause is fixed, `mailintake reprocess` with this row's id ingests it"
             ),
             QuarantineReason::SenderRateLimit { sender, limit } => format!(
                 "{sender} opened {limit} tickets within the last hour (max_new_tickets_per_sender_per_hour); release the message to ingest it"

@@ -218,7 +218,7 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
     // The header section as received (transcoded to UTF-8 where it was not), kept for audit.
     let headers = String::from_utf8_lossy(&input[..body_start]).into_owned();
 
-    Ok(ParsedMail {
+    let mut mail = ParsedMail {
         message_id,
         message_id_source,
         subject: message.subject().unwrap_or("").trim().to_string(),
@@ -241,7 +241,81 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
         size: raw.len() as u64,
         content_sha256,
         fingerprint,
-    })
+    };
+    mail.remove_nul_bytes();
+    Ok(mail)
+}
+
+impl ParsedMail {
+    /// Removes every NUL character from the text fields. A NUL is what `=00` (quoted-printable,
+    /// RFC 2047) or a NUL byte in 8-bit mail decodes to; PostgreSQL refuses it in text columns
+    /// (SQLSTATE 22021) and SQLite would keep it, so it is removed for both and stored text is
+    /// the same on either. The raw bytes (and the hashes, taken from them) keep it.
+    fn remove_nul_bytes(&mut self) {
+        fn clean(text: &mut String) {
+            if text.contains('\0') {
+                text.retain(|c| c != '\0');
+            }
+        }
+        fn clean_party(party: &mut Party) {
+            clean(&mut party.address);
+            if let Some(name) = &mut party.name {
+                clean(name);
+            }
+        }
+        clean(&mut self.message_id);
+        clean(&mut self.subject);
+        clean(&mut self.headers);
+        for party in self
+            .from
+            .iter_mut()
+            .chain(self.reply_to.iter_mut())
+            .chain(self.to.iter_mut())
+            .chain(self.cc.iter_mut())
+        {
+            clean_party(party);
+        }
+        for id in self
+            .in_reply_to
+            .iter_mut()
+            .chain(self.references.iter_mut())
+        {
+            clean(id);
+        }
+        for body in [
+            &mut self.text_body,
+            &mut self.html_body,
+            &mut self.text_body_derived,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            clean(body);
+        }
+        let signals = &mut self.signals;
+        for text in [
+            &mut signals.auto_submitted,
+            &mut signals.precedence,
+            &mut signals.return_path,
+            &mut signals.report_type,
+            &mut signals.original_message_id,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(signals.x_loop.iter_mut())
+        {
+            clean(text);
+        }
+        for attachment in &mut self.attachments {
+            clean(&mut attachment.content_type);
+            for text in [&mut attachment.filename, &mut attachment.content_id]
+                .into_iter()
+                .flatten()
+            {
+                clean(text);
+            }
+        }
+    }
 }
 
 fn signals(message: &mail_parser::Message<'_>) -> Signals {

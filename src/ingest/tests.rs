@@ -753,3 +753,30 @@ fn list_mail_is_recognised_by_what_list_software_really_sets() {
     let person = parse(b"From: purchase-request@customer.test\r\nSubject: PO\r\nMessage-ID: <po@customer.test>\r\n\r\nPlease order\r\n").unwrap();
     assert!(!person.signals.list);
 }
+
+#[test]
+fn nul_bytes_are_removed_from_every_text_field_and_kept_in_the_hashes() {
+    let raw = b"From: =?utf-8?Q?Al=00ice?= <alice@customer.test>\r\nTo: support@helpdesk.test\r\n\
+        Subject: =?utf-8?Q?print=00er?=\r\nMessage-ID: <nul-1@customer.test>\r\n\
+        In-Reply-To: <earlier@customer.test>\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+        Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+        jam=00med\r\n--b\r\nContent-Type: application/octet-stream\r\n\
+        Content-Disposition: attachment; filename=\"=?utf-8?Q?log=00.txt?=\"\r\n\
+        Content-Transfer-Encoding: quoted-printable\r\n\r\nbinary=00content\r\n--b--\r\n";
+    let mail = parse(raw).unwrap();
+    assert_eq!(mail.subject, "printer");
+    assert_eq!(mail.from.as_ref().unwrap().name.as_deref(), Some("Alice"));
+    assert_eq!(mail.text_body.as_deref(), Some("jammed"));
+    assert_eq!(mail.attachments[0].filename.as_deref(), Some("log.txt"));
+    // Attachment contents are bytes: they keep theirs.
+    assert_eq!(mail.attachments[0].content, b"binary\0content");
+    assert_eq!(mail.content_sha256, sha256_hex(raw));
+    let text_fields = [
+        &mail.message_id,
+        &mail.subject,
+        &mail.headers,
+        mail.text_body.as_ref().unwrap(),
+    ];
+    assert!(text_fields.iter().all(|t| !t.contains('\0')));
+}

@@ -211,29 +211,81 @@ const CONFLICT_ATTEMPTS: u32 = 3;
 /// The second phase of a batch: decides every message and records all outcomes with the
 /// folder's checkpoint in one transaction (one fsync). Returns the dispositions to perform, which
 /// only now may be done, and what the batch counted.
+///
+/// A batch the database refuses with a data error (see [`crate::store::FailureKind`]: the values
+/// of some message, not the database's state) is taken again one message at a time, each in a
+/// transaction of its own: the message that fails alone is quarantined (`unstorable`, with its
+/// raw bytes and the database's words), and the mail after it comes in. Any other failure is
+/// returned as it is, for the folder task to retry with backoff; it never quarantines mail.
 pub async fn record_batch(
     ctx: &MailboxContext<'_>,
     state: &FolderState,
     mut prepared: Prepared<'_>,
 ) -> Result<(Vec<(Uid, Disposition)>, CycleReport), CycleError> {
+    let refusal = match record_together(ctx, state, &mut prepared.work).await {
+        Err(CycleError::Store(e)) => match e.data_refusal() {
+            Some(refusal) => refusal,
+            None => return Err(e.into()),
+        },
+        done => return done,
+    };
+    if prepared.work.len() == 1 {
+        let (summary, item) = prepared.work.pop().expect("one message");
+        return set_aside_unstorable(ctx, state, summary, &item, &refusal).await;
+    }
+    warn!(
+        n = prepared.work.len(),
+        error = %refusal,
+        "the database refused this batch's data; taking it one message at a time to find the message"
+    );
+    let mut to_dispose = Vec::new();
+    let mut report = CycleReport::default();
+    for item in prepared.work.drain(..) {
+        let mut one = vec![item];
+        let (disposed, counted) = match record_together(ctx, state, &mut one).await {
+            Err(CycleError::Store(e)) => match e.data_refusal() {
+                Some(refusal) => match one.pop() {
+                    Some((summary, item)) => {
+                        set_aside_unstorable(ctx, state, summary, &item, &refusal).await?
+                    }
+                    // Recorded by another worker meanwhile.
+                    None => continue,
+                },
+                None => return Err(e.into()),
+            },
+            done => done?,
+        };
+        to_dispose.extend(disposed);
+        report.add(&counted);
+    }
+    Ok((to_dispose, report))
+}
+
+/// Decides `work` and records it in one transaction; after a conflict with another worker,
+/// decides again what that worker did not record (up to [`CONFLICT_ATTEMPTS`] times).
+async fn record_together(
+    ctx: &MailboxContext<'_>,
+    state: &FolderState,
+    work: &mut Vec<(&MessageSummary, Work)>,
+) -> Result<(Vec<(Uid, Disposition)>, CycleReport), CycleError> {
     let mailbox = ctx.mailbox;
     for attempt in 1..=CONFLICT_ATTEMPTS {
         if attempt > 1
-            && let (Some(first), Some(last)) = (prepared.work.first(), prepared.work.last())
+            && let (Some(first), Some(last)) = (work.first(), work.last())
         {
             // Whatever the other worker recorded is its to dispose of.
             let recorded = recorded_uids(ctx, state, first.0.uid, last.0.uid).await?;
-            prepared.work.retain(|(m, _)| !recorded.contains(&m.uid));
+            work.retain(|(m, _)| !recorded.contains(&m.uid));
         }
-        if prepared.work.is_empty() {
+        if work.is_empty() {
             return Ok((Vec::new(), CycleReport::default()));
         }
         let mut report = CycleReport::default();
-        let mut recorded = Vec::with_capacity(prepared.work.len());
+        let mut recorded = Vec::with_capacity(work.len());
         let mut tx = ctx.store.begin().await?;
         // The window of the per-sender limit, the same for the whole batch.
         let since_ms = now_ms() - SENDER_WINDOW_MS;
-        let parsed = prepared.work.iter().filter_map(|(_, item)| match item {
+        let parsed = work.iter().filter_map(|(_, item)| match item {
             Work::Raw {
                 parsed: Some(Ok(mail)),
                 ..
@@ -243,7 +295,7 @@ pub async fn record_batch(
         tx.prefetch(&batch_questions(&mailbox.name, parsed, since_ms))
             .await?;
         let mut conflict = false;
-        for (summary, item) in &mut prepared.work {
+        for (summary, item) in work.iter_mut() {
             let at = ImapLocation {
                 mailbox: &mailbox.name,
                 folder: ctx.folder,
@@ -289,30 +341,139 @@ pub async fn record_batch(
             Err(e) => return Err(e.into()),
         }
         // Arrival times of what this batch recorded (mail left from before the cutoff excepted).
-        let received_ms: Vec<i64> = prepared
-            .work
+        let received_ms: Vec<i64> = work
             .iter()
             .filter(|(_, item)| !matches!(item, Work::Old))
             .filter_map(|(summary, _)| summary.internal_date_ms)
             .collect();
-        ctx.metrics
-            .batch_committed(&mailbox.name, &received_ms, now_ms());
-        failpoint::hit(Point::AfterCommit);
-        if report.n_acks_queued > 0
-            && let Some(wake) = &ctx.outbox_wake
-        {
-            wake.notify_one();
-        }
-        for done in &recorded {
-            done.log();
-        }
-        let to_dispose = recorded
-            .into_iter()
-            .map(|r| (r.uid, r.disposition))
-            .collect();
-        return Ok((to_dispose, report));
+        return Ok(committed_batch(ctx, &received_ms, recorded, report));
     }
     Err(StoreError::Conflict.into())
+}
+
+/// What follows a batch's commit: the metrics, the outbox sender woken, the outcomes logged;
+/// returns the dispositions now due.
+fn committed_batch(
+    ctx: &MailboxContext<'_>,
+    received_ms: &[i64],
+    recorded: Vec<Recorded>,
+    report: CycleReport,
+) -> (Vec<(Uid, Disposition)>, CycleReport) {
+    ctx.metrics
+        .batch_committed(&ctx.mailbox.name, received_ms, now_ms());
+    failpoint::hit(Point::AfterCommit);
+    if report.n_acks_queued > 0
+        && let Some(wake) = &ctx.outbox_wake
+    {
+        wake.notify_one();
+    }
+    for done in &recorded {
+        done.log();
+    }
+    let to_dispose = recorded
+        .into_iter()
+        .map(|r| (r.uid, r.disposition))
+        .collect();
+    (to_dispose, report)
+}
+
+/// Quarantines a message the database refused to store (`refusal`: its words), with its raw
+/// bytes when they were downloaded, in a transaction of its own. It is keyed by its place, not
+/// its Message-ID (which may be what the database refused), and stored with From and Subject
+/// when the database takes them, else without.
+async fn set_aside_unstorable(
+    ctx: &MailboxContext<'_>,
+    state: &FolderState,
+    summary: &MessageSummary,
+    item: &Work,
+    refusal: &str,
+) -> Result<(Vec<(Uid, Disposition)>, CycleReport), CycleError> {
+    let mailbox = ctx.mailbox;
+    let at = ImapLocation {
+        mailbox: &mailbox.name,
+        folder: ctx.folder,
+        uidvalidity: state.uidvalidity,
+        uid: summary.uid,
+        size: summary.size,
+        internal_date_ms: summary.internal_date_ms,
+    };
+    let (raw, envelope) = match item {
+        Work::Raw { raw, .. } => (
+            Some(raw.as_slice()),
+            ingest::parse(raw).map(|mail| (mail.from.map(|p| p.address), mail.subject)),
+        ),
+        Work::TooLarge(header) => {
+            let envelope = envelope_from_header(header, summary);
+            (
+                None,
+                Ok((envelope.from, envelope.subject.unwrap_or_default())),
+            )
+        }
+        Work::Old => (None, Err(ingest::ParseFailure::Empty)),
+    };
+    let message_id = format!(
+        "uid-{}-{}@unstorable.mailintake.invalid",
+        state.uidvalidity, summary.uid.0
+    );
+    let with_names = envelope.ok().map(|(from, subject)| QuarantineEnvelope {
+        message_id: message_id.clone(),
+        from,
+        subject: Some(subject),
+    });
+    let bare = QuarantineEnvelope {
+        message_id: message_id.clone(),
+        ..QuarantineEnvelope::default()
+    };
+    // The database's words may carry text it cannot store either: the bare attempt has them
+    // in ASCII.
+    let ascii: String = refusal
+        .chars()
+        .map(|c| if c.is_ascii() { c } else { '?' })
+        .collect();
+    let attempts = with_names
+        .into_iter()
+        .map(|envelope| (envelope, refusal))
+        .chain([(bare, ascii.as_str())]);
+    let disposition = quarantine_disposition(mailbox);
+    let mut last_error = None;
+    for (envelope, error) in attempts {
+        let reason = QuarantineReason::Unstorable {
+            error: error.to_string(),
+        };
+        let mut tx = ctx.store.begin().await?;
+        let written = match tx
+            .quarantine(&at, &envelope, &reason, raw, &disposition)
+            .await
+        {
+            Ok(id) => tx.commit().await.map(|()| id),
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(quarantine_id) => {
+                let done = Recorded {
+                    uid: summary.uid,
+                    size: summary.size,
+                    message_id: message_id.clone(),
+                    disposition: disposition.clone(),
+                    note: Note::Quarantined {
+                        quarantine_id,
+                        code: reason.code(),
+                        detail: reason.detail(),
+                        downloaded: raw.is_some(),
+                    },
+                };
+                let mut report = CycleReport::default();
+                done.note.count(&mut report);
+                let received: Vec<i64> = summary.internal_date_ms.into_iter().collect();
+                return Ok(committed_batch(ctx, &received, vec![done], report));
+            }
+            // Another worker recorded it first; disposing of it is that worker's.
+            Err(StoreError::Conflict) => return Ok((Vec::new(), CycleReport::default())),
+            Err(e) if e.data_refusal().is_some() => last_error = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last_error.unwrap_or(StoreError::Conflict).into())
 }
 
 /// Where one message of a batch sits, and the batch's facts about time.

@@ -3,7 +3,8 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Result, Store};
+use super::sql::placeholders;
+use super::{Backend, Result, Store};
 use crate::ingest::QuarantineCode;
 use crate::time::now_ms;
 
@@ -265,6 +266,9 @@ const PURGEABLE_BLOBS: &str = "FROM attachment_blobs b WHERE b.purged_at IS NULL
      AND EXISTS (SELECT 1 FROM attachments a WHERE a.sha256 = b.sha256) \
      AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.sha256 = b.sha256 AND a.created_at >= $1)";
 
+/// Blob keys per `IN (…)` list of `purge`.
+const IDS_PER_STATEMENT: usize = 200;
+
 /// Quarantine rows that `quarantine purge` may delete: older than the cutoff, and not a release
 /// that is still waiting for its message to come in.
 const PURGEABLE_QUARANTINE: &str = "FROM quarantine WHERE created_at < $1 \
@@ -286,8 +290,19 @@ impl Store {
     /// Removes raw mail kept for articles, quarantine raw bytes and attachment contents of mail
     /// stored before `cutoff_ms`, in one transaction; with `dry_run` only counts. Tickets, messages,
     /// quarantine and attachment rows stay. A blob still used by a newer attachment stays whole.
+    ///
+    /// A blob is emptied only if no attachment written meanwhile shares it. On PostgreSQL (READ
+    /// COMMITTED) the candidate blobs are locked `FOR UPDATE` first, which waits for every
+    /// ingest that holds `FOR SHARE` on one of them (it is writing an attachment with that
+    /// content: [`crate::store::Batch`]) and makes later ones wait for this commit; then a new
+    /// statement, which sees what those ingests committed, asks again which are unshared. On
+    /// SQLite the transaction is `BEGIN IMMEDIATE`: it holds the write lock from the start, as a
+    /// batch does, so no ingest writes between the check and the update.
     pub async fn purge_older_than(&self, cutoff_ms: i64, dry_run: bool) -> Result<PurgeReport> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = match self.backend {
+            Backend::Sqlite if !dry_run => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            _ => self.pool.begin().await?,
+        };
         let raw_filter = "FROM raw_messages r WHERE r.message_row_id IN \
                           (SELECT m.id FROM messages m WHERE m.created_at < $1)";
         let (raw_messages, raw_message_bytes) = count_pair(
@@ -305,35 +320,64 @@ impl Store {
             cutoff_ms,
         )
         .await?;
-        let (attachment_blobs, attachment_blob_bytes) = count_pair(
-            &mut tx,
-            format!(
-                "SELECT COUNT(*), CAST(COALESCE(SUM(b.size_bytes), 0) AS BIGINT) {PURGEABLE_BLOBS}"
-            ),
-            cutoff_ms,
-        )
-        .await?;
-        let attachments: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM attachments WHERE content_purged_at IS NULL AND sha256 IN \
-             (SELECT b.sha256 {PURGEABLE_BLOBS})"
+        let lock = match self.backend {
+            Backend::Postgres if !dry_run => " FOR UPDATE",
+            _ => "",
+        };
+        let candidates: Vec<(String, i64)> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT b.sha256, b.size_bytes {PURGEABLE_BLOBS}{lock}"
         )))
         .bind(cutoff_ms)
-        .fetch_one(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?
-        .get(0);
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+        // The check, in a statement of its own (a new snapshot on PostgreSQL): which of the
+        // locked blobs no newer attachment shares now.
+        let mut blobs: Vec<(String, i64)> = Vec::with_capacity(candidates.len());
+        for chunk in candidates.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(2, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT b.sha256 {PURGEABLE_BLOBS} AND b.sha256 IN ({list})"
+            )))
+            .bind(cutoff_ms);
+            for (sha256, _) in chunk {
+                query = query.bind(sha256.as_str());
+            }
+            let unshared: std::collections::HashSet<String> = query
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+            blobs.extend(chunk.iter().filter(|(s, _)| unshared.contains(s)).cloned());
+        }
+        let mut attachments = 0;
+        for chunk in blobs.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(1, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM attachments WHERE content_purged_at IS NULL AND sha256 IN ({list})"
+            )));
+            for (sha256, _) in chunk {
+                query = query.bind(sha256.as_str());
+            }
+            attachments += query.fetch_one(&mut *tx).await?.get::<i64, _>(0);
+        }
         let report = PurgeReport {
             raw_messages,
             raw_message_bytes,
             quarantine_raw,
             quarantine_raw_bytes,
             attachments,
-            attachment_blobs,
-            attachment_blob_bytes,
+            attachment_blobs: blobs.len() as i64,
+            attachment_blob_bytes: blobs.iter().map(|(_, size)| size).sum(),
         };
         if dry_run {
             tx.rollback().await?;
             return Ok(report);
         }
+        crate::failpoint::reached(crate::failpoint::Point::PurgeChecked).await;
         let now = now_ms();
         sqlx::query(
             "DELETE FROM raw_messages WHERE message_row_id IN \
@@ -349,24 +393,28 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        // Attachments first: the blob filter below no longer matches once the blobs are emptied.
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE attachments SET content_purged_at = $2 WHERE content_purged_at IS NULL AND sha256 IN \
-             (SELECT b.sha256 {PURGEABLE_BLOBS})"
-        )))
-        .bind(cutoff_ms)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE attachment_blobs SET content = $2, purged_at = $3 WHERE sha256 IN \
-             (SELECT b.sha256 {PURGEABLE_BLOBS})"
-        )))
-        .bind(cutoff_ms)
-        .bind(Vec::<u8>::new())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        // The attachments first, then their blobs, each by the keys the check chose (held locked
+        // on PostgreSQL, so no new attachment can share them meanwhile).
+        for chunk in blobs.chunks(IDS_PER_STATEMENT) {
+            let mut marked = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE attachments SET content_purged_at = $1 WHERE content_purged_at IS NULL \
+                 AND sha256 IN ({})",
+                placeholders(2, chunk.len())
+            )))
+            .bind(now);
+            let mut emptied = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE attachment_blobs SET content = $1, purged_at = $2 WHERE sha256 IN ({})",
+                placeholders(3, chunk.len())
+            )))
+            .bind(Vec::<u8>::new())
+            .bind(now);
+            for (sha256, _) in chunk {
+                marked = marked.bind(sha256.as_str());
+                emptied = emptied.bind(sha256.as_str());
+            }
+            marked.execute(&mut *tx).await?;
+            emptied.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(report)
     }

@@ -1,11 +1,13 @@
-//! What an operator should do about a failed database write. sqlx passes on SQLite's result codes
-//! with SQLite's own words ("database or disk is full", "database is locked"), which say neither
-//! which file nor what to change; this module adds a `fix:` line that does, in the form the other
-//! layers use (the status page shows it beside the error).
+//! Whose trouble a failed database write is ([`FailureKind`]: the data's, which quarantines the
+//! one message, or the infrastructure's, which is retried), and what an operator should do about
+//! it. sqlx passes on SQLite's result codes with SQLite's own words ("database or disk is full",
+//! "database is locked"), which say neither which file nor what to change; this module adds a
+//! `fix:` line that does, in the form the other layers use (the status page shows it beside the
+//! error).
 
 use std::error::Error;
 
-use super::{Backend, Store};
+use super::{Backend, Store, StoreError};
 
 impl Store {
     /// `error`'s text, followed by a `fix:` line when a database error in its chain has a known
@@ -21,6 +23,84 @@ impl Store {
             Some(hint) => format!("{text}\n  fix: {hint}"),
             None => text,
         }
+    }
+}
+
+/// Whose trouble a failed statement is: the data's (the message being written) or the
+/// infrastructure's. The one place that tells them apart; the batch record asks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The database refused the values themselves: the statement fails the same way whenever
+    /// this message is written, and never because of another. PostgreSQL: SQLSTATE class 22
+    /// (data exception: 22021 a NUL byte or bad UTF-8, 22P05 a character the database encoding
+    /// lacks, 22001 too long for the column, …) and 54000 (program limit exceeded: an index row
+    /// above btree's 2,704 bytes, a value above 1 GB). SQLite: SQLITE_TOOBIG (a string or blob
+    /// above SQLITE_MAX_LENGTH) and SQLITE_MISMATCH (a datatype mismatch).
+    Data,
+    /// Everything else: locks and lock timeouts (55P03, SQLITE_BUSY/LOCKED), statement timeouts
+    /// and cancels (57014), serialization failures and deadlocks (40001, 40P01), lost
+    /// connections (08xxx, I/O errors, pool timeouts), a full disk, a server shutting down, and
+    /// any error not known to be the data's (constraint violations, which mailintake's own
+    /// statements prevent, count here too). Retried with backoff; never held against a message.
+    Infrastructure,
+}
+
+impl StoreError {
+    /// See [`FailureKind`].
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            StoreError::Sql(sqlx::Error::Database(db)) => match db.code() {
+                Some(code) if is_sqlite(db.as_ref(), &code) => {
+                    sqlite_failure_kind(code.parse().unwrap_or(0))
+                }
+                Some(code) => postgres_failure_kind(&code),
+                None => FailureKind::Infrastructure,
+            },
+            _ => FailureKind::Infrastructure,
+        }
+    }
+
+    /// For a data error: the database's own words with its code, for the quarantine row.
+    pub fn data_refusal(&self) -> Option<String> {
+        if self.failure_kind() != FailureKind::Data {
+            return None;
+        }
+        let StoreError::Sql(sqlx::Error::Database(db)) = self else {
+            return None;
+        };
+        let code = db.code().unwrap_or_default();
+        let label = if is_sqlite(db.as_ref(), &code) {
+            format!("SQLite result code {code}")
+        } else {
+            format!("SQLSTATE {code}")
+        };
+        Some(format!("{label}: {}", db.message()))
+    }
+}
+
+/// Whether a database error is SQLite's (its codes are result codes of at most 4 digits;
+/// PostgreSQL's SQLSTATEs have exactly 5 characters).
+fn is_sqlite(db: &dyn sqlx::error::DatabaseError, code: &str) -> bool {
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() || code.len() < 5
+}
+
+/// A PostgreSQL SQLSTATE (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+fn postgres_failure_kind(sqlstate: &str) -> FailureKind {
+    if sqlstate.starts_with("22") || sqlstate == "54000" {
+        FailureKind::Data
+    } else {
+        FailureKind::Infrastructure
+    }
+}
+
+const SQLITE_TOOBIG: i32 = 18;
+const SQLITE_MISMATCH: i32 = 20;
+
+/// An SQLite result code, primary or extended (https://sqlite.org/rescode.html).
+fn sqlite_failure_kind(code: i32) -> FailureKind {
+    match code & 0xff {
+        SQLITE_TOOBIG | SQLITE_MISMATCH => FailureKind::Data,
+        _ => FailureKind::Infrastructure,
     }
 }
 
@@ -284,5 +364,84 @@ mod tests {
         // Errors without a database cause stay as they are.
         let plain = std::io::Error::other("something else");
         assert_eq!(store.explain_failure(&plain), "something else");
+    }
+
+    #[test]
+    fn only_data_errors_count_against_a_message() {
+        use FailureKind::{Data, Infrastructure};
+        for (sqlstate, kind) in [
+            ("22021", Data),           // a NUL byte / invalid UTF-8
+            ("22P05", Data),           // no such character in the database encoding
+            ("22001", Data),           // string data right truncation
+            ("22003", Data),           // numeric value out of range
+            ("22P02", Data),           // invalid text representation
+            ("54000", Data),           // index row above btree's limit, value above 1 GB
+            ("55P03", Infrastructure), // lock not available (lock_timeout)
+            ("57014", Infrastructure), // statement timeout, query cancelled
+            ("40001", Infrastructure), // serialization failure
+            ("40P01", Infrastructure), // deadlock
+            ("08000", Infrastructure), // connection exception
+            ("08006", Infrastructure), // connection failure
+            ("08P01", Infrastructure), // protocol violation
+            ("53100", Infrastructure), // disk full
+            ("53300", Infrastructure), // too many connections
+            ("57P01", Infrastructure), // admin shutdown
+            ("23505", Infrastructure), // unique violation (prevented by ON CONFLICT)
+            ("23514", Infrastructure), // check violation: our own values
+            ("54001", Infrastructure), // statement too complex: our statement, not the data
+            ("XX000", Infrastructure), // internal error
+        ] {
+            assert_eq!(postgres_failure_kind(sqlstate), kind, "SQLSTATE {sqlstate}");
+        }
+        for (code, kind) in [
+            (18, Data),             // SQLITE_TOOBIG
+            (20, Data),             // SQLITE_MISMATCH
+            (5, Infrastructure),    // SQLITE_BUSY
+            (517, Infrastructure),  // SQLITE_BUSY_SNAPSHOT
+            (6, Infrastructure),    // SQLITE_LOCKED
+            (10, Infrastructure),   // SQLITE_IOERR
+            (3338, Infrastructure), // SQLITE_IOERR_WRITE... (10 | 13 << 8)
+            (13, Infrastructure),   // SQLITE_FULL
+            (8, Infrastructure),    // SQLITE_READONLY
+            (11, Infrastructure),   // SQLITE_CORRUPT
+            (19, Infrastructure),   // SQLITE_CONSTRAINT
+            (2067, Infrastructure), // SQLITE_CONSTRAINT_UNIQUE
+        ] {
+            assert_eq!(sqlite_failure_kind(code), kind, "SQLite result code {code}");
+        }
+        // Errors without a database code are never the data's.
+        for error in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ] {
+            assert_eq!(StoreError::Sql(error).failure_kind(), Infrastructure);
+        }
+        assert_eq!(StoreError::Conflict.failure_kind(), Infrastructure);
+    }
+
+    #[tokio::test]
+    async fn a_real_sqlite_toobig_is_a_data_error_and_a_constraint_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/m.db", dir.path().display()))
+            .await
+            .unwrap();
+        let Err(too_big) = sqlx::query("SELECT zeroblob(2000000000)")
+            .fetch_one(&store.pool)
+            .await
+        else {
+            panic!("SQLite made a 2 GB blob");
+        };
+        let too_big = StoreError::from(too_big);
+        assert_eq!(too_big.failure_kind(), FailureKind::Data);
+        let refusal = too_big.data_refusal().unwrap();
+        assert!(refusal.starts_with("SQLite result code 18: "), "{refusal}");
+        let constraint = sqlx::query("INSERT INTO tickets (mailbox, subject, status, created_at, updated_at) VALUES ('m', 's', 'bogus', 0, 0)")
+            .execute(&store.pool)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            StoreError::from(constraint).failure_kind(),
+            FailureKind::Infrastructure
+        );
     }
 }

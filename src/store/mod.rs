@@ -9,8 +9,9 @@
 //! The files, by topic: `folders` (a folder's checkpoint and its intake ledger), `batch` (the
 //! transaction that records a batch of outcomes: every [`Batch`] method), `tickets` (reading
 //! tickets, raw mail and attachments), `outbox` (acknowledgements claimed and sent), `admin`
-//! (quarantine, purge, the backlog), `tokens` (sealed refresh tokens), `errors` (the operator's
-//! fix for a database failure) and `sql` (helpers that build statement text).
+//! (quarantine, purge, the backlog), `tokens` (sealed refresh tokens), `errors` (whose trouble a
+//! database failure is, the data's or the infrastructure's, and the operator's fix for it) and
+//! `sql` (helpers that build statement text).
 
 use std::path::Path;
 use std::str::FromStr;
@@ -25,6 +26,7 @@ use crate::config::DatabaseConfig;
 pub use batch::{
     Batch, BatchQuestions, FollowUpOn, ImapLocation, MessageFacts, Outcome, QuarantineEnvelope,
 };
+pub use errors::FailureKind;
 pub use folders::{FolderState, PendingDisposition, RecordedOutcome};
 pub use outbox::{AckKind, OutboxDraft, OutboxRow};
 pub use tickets::{StoredAttachment, TicketSummary};

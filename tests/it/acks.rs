@@ -538,10 +538,11 @@ async fn the_sender_of_a_too_large_message_gets_one_short_notice() {
 async fn list_mail_is_never_acknowledged_to_list_addresses() {
     let case = Case::new(Backend::Sqlite, &smtp_keys(), "implicit").await;
     connect_first(&case).await;
+    let digest_id = format!("{}@lists.example.org", unique("digest"));
     let digest = format!(
         "From: helpdesk-l-request@lists.example.org\r\nTo: {to}\r\nSubject: Helpdesk-L Digest, Vol 12, Issue 3\r\nMessage-ID: <{id}>\r\nX-Mailman-Version: 2.1.39\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nSend Helpdesk-L mailing list submissions to helpdesk-l@lists.example.org\r\n",
         to = case.mailbox,
-        id = format!("{}@lists.example.org", unique("digest"))
+        id = digest_id
     );
     deliver_lmtp(
         &case.mailbox,
@@ -549,10 +550,11 @@ async fn list_mail_is_never_acknowledged_to_list_addresses() {
         digest.as_bytes(),
     )
     .await;
+    let posting_id = format!("{}@example.edu", unique("posting"));
     let posting = format!(
         "Sender: Helpdesk discussion <HELPDESK-L@LISTSERV.EXAMPLE.EDU>\r\nFrom: Bob Example <bob@example.edu>\r\nTo: {to}\r\nSubject: printers on the third floor\r\nMessage-ID: <{id}>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nDoes anyone else see this?\r\n",
         to = case.mailbox,
-        id = format!("{}@example.edu", unique("posting"))
+        id = posting_id
     );
     deliver_lmtp(
         &case.mailbox,

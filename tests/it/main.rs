@@ -4,6 +4,7 @@
 
 mod acks;
 mod admin;
+mod badrow;
 mod cli;
 mod drills;
 mod drills_db;

@@ -380,3 +380,103 @@ async fn reprocess_replays_stored_raw_mail_once_sqlite() {
 async fn reprocess_replays_stored_raw_mail_once_postgres() {
     reprocess_replays_stored_raw_mail_once(Backend::Postgres).await;
 }
+
+/// `purge` held between its check (no newer attachment shares the blob) and its update, while a
+/// new message with the same attachment content is written (issue 13, item 10): the new
+/// attachment keeps its content.
+async fn purge_cannot_empty_content_that_a_message_written_meanwhile_shares(backend: Backend) {
+    use tokio::io::AsyncBufReadExt;
+
+    let case = Case::new(backend, "", "implicit").await;
+    let (first, _) = unique_fixture("attachment.eml");
+    deliver_lmtp(&case.mailbox, "erik@customer.test", &first).await;
+    assert!(assert_ok(&case.run(&["once"]).await).contains("1 ticket(s)"));
+    backdate(&case.db, 100).await;
+
+    let hold_ms = 4000;
+    let mut purge = tokio::process::Command::new(binary())
+        .arg("--config")
+        .arg(&case.config.path)
+        .args(["purge", "--older-than", "90d"])
+        .env(&case.secret_var, &case.entra.secret)
+        .env(
+            "MAILINTAKE_FAILPOINT",
+            format!("purge-checked:1:hold={hold_ms}"),
+        )
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("purge starts");
+    let mut stderr = tokio::io::BufReader::new(purge.stderr.take().unwrap()).lines();
+    let held = format!("failpoint purge-checked reached; holding {hold_ms} ms");
+    let mut seen = Vec::new();
+    loop {
+        match stderr.next_line().await.unwrap() {
+            Some(line) if line.contains(&held) => break,
+            Some(line) => seen.push(line),
+            None => panic!("purge ended before its failpoint: {seen:?}"),
+        }
+    }
+
+    // The same attachment content arrives in a new message while purge is held.
+    let (second, _) = unique_fixture("attachment.eml");
+    let second = text(&second).replace("Erik <erik@customer.test>", "Dora <dora@customer.test>");
+    deliver_lmtp(&case.mailbox, "dora@customer.test", second.as_bytes()).await;
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(stdout.contains("1 ticket(s)"), "{stdout}");
+
+    let purged = tokio::time::timeout(std::time::Duration::from_secs(60), purge.wait_with_output())
+        .await
+        .expect("purge finished")
+        .unwrap();
+    assert!(
+        purged.status.success(),
+        "purge failed: {seen:?} {}",
+        text(&purged.stderr)
+    );
+    assert!(
+        text(&purged.stdout).starts_with("purged"),
+        "{}",
+        text(&purged.stdout)
+    );
+
+    // The new message's attachments have their content, byte for byte.
+    let db = &case.db;
+    let newest_message = db.count("SELECT MAX(id) FROM messages").await;
+    assert_eq!(
+        db.count(&format!(
+            "SELECT COUNT(*) FROM attachments a JOIN attachment_blobs b ON b.sha256 = a.sha256 \
+             WHERE a.message_id = {newest_message} AND (b.purged_at IS NOT NULL OR LENGTH(b.content) <> b.size_bytes \
+             OR a.content_purged_at IS NOT NULL)"
+        ))
+        .await,
+        0,
+        "an attachment of the message written during the purge lost its content"
+    );
+    let new_id = db
+        .count(&format!(
+            "SELECT MIN(id) FROM attachments WHERE message_id = {newest_message}"
+        ))
+        .await
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("new");
+    assert_ok(
+        &case
+            .run(&["attachment", &new_id, "--out", file.to_str().unwrap()])
+            .await,
+    );
+    assert!(std::fs::metadata(&file).unwrap().len() > 0);
+}
+
+#[tokio::test]
+async fn purge_cannot_empty_content_that_a_message_written_meanwhile_shares_sqlite() {
+    purge_cannot_empty_content_that_a_message_written_meanwhile_shares(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn purge_cannot_empty_content_that_a_message_written_meanwhile_shares_postgres() {
+    purge_cannot_empty_content_that_a_message_written_meanwhile_shares(Backend::Postgres).await;
+}

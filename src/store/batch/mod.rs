@@ -46,6 +46,9 @@ pub struct ImapLocation<'a> {
 /// per message.
 pub struct Batch {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    /// The few statements that differ per backend (row locks, which SQLite has no syntax for and
+    /// no need of under `BEGIN IMMEDIATE`) ask it.
+    backend: Backend,
     /// Facts read for the whole batch at its start ([`Batch::prefetch`]), so that most messages
     /// need no statement of their own to be decided.
     prefetched: Option<Prefetched>,
@@ -139,6 +142,7 @@ impl Store {
         };
         Ok(Batch {
             tx,
+            backend: self.backend,
             prefetched: None,
             written: Written::default(),
             outcomes: Vec::new(),

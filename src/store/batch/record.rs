@@ -4,10 +4,10 @@
 use sqlx::Row;
 
 use super::{Batch, ImapLocation, Outcome, OutcomeFields};
-use crate::ingest::{ParsedMail, QuarantineReason, ticket_reference};
+use crate::ingest::{Attachment, ParsedMail, QuarantineReason, ticket_reference};
 use crate::mail_source::Disposition;
-use crate::store::Result;
 use crate::store::sql::{gzip, join_ids, parties_json};
+use crate::store::{Backend, Result};
 use crate::time::now_ms;
 
 /// What is known of a quarantined message's envelope (from its headers, if they were read).
@@ -205,7 +205,9 @@ impl Batch {
     }
 
     /// Inserts an inbound message row (and its attachments) on `ticket_id`. `Conflict` when the
-    /// Message-ID is stored already.
+    /// Message-ID is stored already. (`ON CONFLICT` names no target: on PostgreSQL the Message-ID
+    /// is unique through a hash exclusion constraint, migration 0006, which only an untargeted
+    /// `ON CONFLICT DO NOTHING` takes as its arbiter; the only other key is the generated id.)
     async fn insert_message(
         &mut self,
         ticket_id: i64,
@@ -221,7 +223,7 @@ impl Batch {
              received_at, body_text, body_html, body_text_derived, auto_kind, headers, size_bytes, content_sha256, \
              fingerprint, created_at) \
              VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22, $23) ON CONFLICT (message_id) DO NOTHING RETURNING id",
+             $20, $21, $22, $23) ON CONFLICT DO NOTHING RETURNING id",
         )
         .bind(ticket_id)
         .bind(at.mailbox)
@@ -267,6 +269,31 @@ impl Batch {
             .await?;
         }
         for attachment in &mail.attachments {
+            self.insert_attachment(message_row_id, attachment, now)
+                .await?;
+        }
+        Ok(message_row_id)
+    }
+
+    /// Stores an attachment's content once per SHA-256 (a purged blob gets it back: the trigger
+    /// of migration 0003) and its row, in two statements. The row is inserted only from a blob
+    /// that still has its content, and on PostgreSQL under `FOR SHARE` on that blob: `purge`
+    /// locks a blob `FOR UPDATE` before it checks that no newer attachment shares it, so either
+    /// it waits for this transaction (and then sees the new row) or this statement waits for
+    /// its commit and finds the blob purged; then the content is stored again and the row
+    /// written on the next pass. (On SQLite the batch holds the write lock: purge cannot run
+    /// in between.)
+    async fn insert_attachment(
+        &mut self,
+        message_row_id: i64,
+        attachment: &Attachment,
+        now: i64,
+    ) -> Result<()> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR SHARE",
+            Backend::Sqlite => "",
+        };
+        for _ in 0..PURGE_RACE_ATTEMPTS {
             sqlx::query(
                 "INSERT INTO attachment_blobs (sha256, size_bytes, content) VALUES ($1, $2, $3) \
                  ON CONFLICT (sha256) DO NOTHING",
@@ -276,10 +303,12 @@ impl Batch {
             .bind(attachment.content.as_slice())
             .execute(&mut *self.tx)
             .await?;
-            sqlx::query(
+            // Only placeholders and the lock clause are formatted into the statement.
+            let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO attachments (message_id, filename, content_type, content_id, disposition, size_bytes, \
-                 sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
+                 sha256, created_at) SELECT $1, $2, $3, $4, $5, $6, sha256, $8 FROM attachment_blobs \
+                 WHERE sha256 = $7 AND purged_at IS NULL{lock}"
+            )))
             .bind(message_row_id)
             .bind(attachment.filename.as_deref())
             .bind(&attachment.content_type)
@@ -290,7 +319,14 @@ impl Batch {
             .bind(now)
             .execute(&mut *self.tx)
             .await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(());
+            }
         }
-        Ok(message_row_id)
+        // Purged again and again by concurrent runs: decide the batch again later.
+        Err(self.conflict())
     }
 }
+
+/// How often an attachment is written again after `purge` emptied its blob meanwhile.
+const PURGE_RACE_ATTEMPTS: usize = 3;
