@@ -381,6 +381,7 @@ start_postfix() {
   changed+=$(render "$TEMPLATES/postfix-master.cf.in" "$POSTFIX_ETC/master.cf")
   changed+=$(render "$TEMPLATES/virtual_alias.regexp" "$POSTFIX_ETC/virtual_alias.regexp")
   changed+=$(render "$TEMPLATES/sender_login.regexp" "$POSTFIX_ETC/sender_login.regexp")
+  changed+=$(render "$TEMPLATES/recipient_access.regexp" "$POSTFIX_ETC/recipient_access.regexp")
   if pid_alive "$POSTFIX_PID" master; then
     [[ -z $changed ]] && return 0
     log "Postfix configuration changed; restarting Postfix"

@@ -199,50 +199,27 @@ async fn check_smtp(
             return false;
         }
     };
-    let transport = match reply::smtp::transport(smtp, &mailbox.address, &token) {
-        Ok(transport) => transport,
+    // Connecting includes STARTTLS (or implicit TLS) and AUTH XOAUTH2.
+    let mut session = match reply::smtp::connect(smtp, &mailbox.address, &token).await {
+        Ok(session) => {
+            step(
+                true,
+                "smtp",
+                &format!("{where_}, XOAUTH2 accepted for {}", mailbox.address),
+            );
+            session
+        }
         Err(e) => {
-            step(false, "smtp", &format!("{where_}: {e}"));
+            step(
+                false,
+                "smtp",
+                &format!("{where_} as {}: {e}", mailbox.address),
+            );
             return false;
         }
     };
-    let tested = tokio::time::timeout(smtp.timeout, transport.test_connection()).await;
-    match tested {
-        Ok(Ok(true)) => step(
-            true,
-            "smtp",
-            &format!("{where_}, XOAUTH2 accepted for {}", mailbox.address),
-        ),
-        Ok(Ok(false)) => {
-            step(
-                false,
-                "smtp",
-                &format!("{where_}: the server did not answer NOOP"),
-            );
-            return false;
-        }
-        Ok(Err(e)) => {
-            let text = e.to_string();
-            let fix = reply::smtp::hint(&text)
-                .map(|h| format!("\n  fix: {h}"))
-                .unwrap_or_default();
-            step(
-                false,
-                "smtp",
-                &format!("{where_} as {}: {text}{fix}", mailbox.address),
-            );
-            return false;
-        }
-        Err(_) => {
-            step(
-                false,
-                "smtp",
-                &format!("{where_}: no answer within {:?}", smtp.timeout),
-            );
-            return false;
-        }
-    }
     let Some(to) = send_test_mail else {
+        session.quit().await;
         return true;
     };
     let from = mailbox
@@ -275,11 +252,13 @@ async fn check_smtp(
         ),
         body_html: None,
         attempts: 1,
+        blocked_reason: None,
     };
     let sent = match reply::smtp::compose(&row, &mailbox.address) {
-        Ok(message) => reply::smtp::send(&transport, message, smtp.timeout).await,
+        Ok(message) => session.send(&message, smtp.timeout).await,
         Err(e) => Err(e),
     };
+    session.quit().await;
     match sent {
         Ok(response) => {
             step(true, "testmail", &format!("sent to {to}: {response}"));

@@ -59,6 +59,30 @@ pub struct FlushReport {
     pub n_failed: usize,
     /// Stopped because the per-minute or per-day limit was reached; the rest waits.
     pub deferred_until_ms: Option<i64>,
+    /// From addresses the server refuses (read after the flush): their rows wait.
+    pub blocked: Vec<BlockedSender>,
+}
+
+impl FlushReport {
+    /// Rows waiting because their From address is refused.
+    pub fn n_blocked(&self) -> u64 {
+        self.blocked.iter().map(|b| b.n_rows).sum()
+    }
+}
+
+/// A From address whose acknowledgements wait because the server refused it for good (SendAs
+/// denied, a policy, a quota): they are tried again every 10 minutes until it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BlockedSender {
+    pub from_address: String,
+    /// Its pending rows.
+    pub n_rows: u64,
+    /// The server's reply and the fix.
+    pub reason: String,
+    /// When the address was first refused.
+    pub since_ms: i64,
+    /// When its oldest row is tried again.
+    pub retry_at_ms: i64,
 }
 
 impl std::fmt::Display for FlushReport {
@@ -68,6 +92,19 @@ impl std::fmt::Display for FlushReport {
             "{} acknowledgement(s) sent, {} to retry, {} failed",
             self.n_sent, self.n_retry, self.n_failed
         )?;
+        if !self.blocked.is_empty() {
+            let addresses: Vec<&str> = self
+                .blocked
+                .iter()
+                .map(|b| b.from_address.as_str())
+                .collect();
+            write!(
+                f,
+                ", {} waiting because the server refuses the From address {}",
+                self.n_blocked(),
+                addresses.join(", ")
+            )?;
+        }
         if self.deferred_until_ms.is_some() {
             write!(f, ", rest deferred by the sending limit")?;
         }

@@ -200,7 +200,8 @@ pub(super) async fn quarantine_show(store: &Store, id: i64) -> anyhow::Result<Ex
 }
 
 /// `mailintake outbox list [--state S] [--limit N] [--json]`: the newest acknowledgements, with
-/// why each was suppressed or what its last attempt said.
+/// why each was suppressed or what its last attempt said. A pending row whose From address the
+/// server refuses shows as `blocked`, with the refusal and the fix.
 pub(super) async fn outbox_list(
     store: &Store,
     state: Option<&str>,
@@ -208,9 +209,21 @@ pub(super) async fn outbox_list(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let rows = store.outbox_list(state, limit).await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let blocked = store.blocked_reasons(&ids).await?;
     if json {
+        #[derive(serde::Serialize)]
+        struct Listed<'a> {
+            #[serde(flatten)]
+            row: &'a crate::store::admin::OutboxEntry,
+            blocked_reason: Option<&'a String>,
+        }
         for r in &rows {
-            println!("{}", serde_json::to_string(r)?);
+            let listed = Listed {
+                row: r,
+                blocked_reason: blocked.get(&r.id),
+            };
+            println!("{}", serde_json::to_string(&listed)?);
         }
     } else if rows.is_empty() {
         println!("the outbox is empty");
@@ -220,19 +233,28 @@ pub(super) async fn outbox_list(
             "ID", "MAILBOX", "STATE", "TRY", "TO"
         );
         for r in &rows {
+            let blocked_reason = blocked.get(&r.id);
+            let why = blocked_reason
+                .or(r.reason.as_ref())
+                .or(r.last_error.as_ref())
+                .map(|w| format!(" — {}", w.lines().next().unwrap_or("")))
+                .unwrap_or_default();
+            let fix = blocked_reason
+                .and_then(|w| w.lines().find_map(|l| l.trim().strip_prefix("fix: ")))
+                .map(|f| format!(" (fix: {f})"))
+                .unwrap_or_default();
             println!(
-                "{:>6} {:<10} {:<11} {:>3} {:<30} {}{}",
+                "{:>6} {:<10} {:<11} {:>3} {:<30} {}{why}{fix}",
                 r.id,
                 r.mailbox,
-                r.state,
+                if blocked_reason.is_some() {
+                    "blocked"
+                } else {
+                    r.state.as_str()
+                },
                 r.attempts,
                 r.to_address.as_deref().unwrap_or("-"),
                 r.subject,
-                r.reason
-                    .as_deref()
-                    .or(r.last_error.as_deref())
-                    .map(|w| format!(" — {}", w.lines().next().unwrap_or("")))
-                    .unwrap_or_default()
             );
         }
     }

@@ -222,7 +222,7 @@ pub(super) fn render_page(
             m.ignored,
             escape(&oldest),
             escape(&count(|b| &b.quarantine_open, name)),
-            escape(&count(|b| &b.outbox_pending, name)),
+            outbox_cell(&count(|b| &b.outbox_pending, name), &m.outbox_blocked, now),
             junk,
             escape(&token),
             escape(&credential),
@@ -325,6 +325,28 @@ pub(super) fn render_page(
     page
 }
 
+/// The outbox backlog, and under it each From address the server refuses: how many rows wait,
+/// since when, the reply and the fix.
+fn outbox_cell(pending: &str, blocked: &[crate::report::BlockedSender], now: i64) -> String {
+    let mut cell = escape(pending);
+    for b in blocked {
+        let mut lines = b.reason.lines();
+        let reply = lines.next().unwrap_or("");
+        let _ = write!(
+            cell,
+            "<div class=\"blocked\">{} waiting: {} refused since {}: {}</div>",
+            b.n_rows,
+            escape(&b.from_address),
+            escape(&when(b.since_ms, now)),
+            escape(reply)
+        );
+        for line in lines {
+            let _ = write!(cell, "<div class=\"hint\">{}</div>", escape(line.trim()));
+        }
+    }
+    cell
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +357,31 @@ mod tests {
             escape("<script>alert('x')</script> & \"q\""),
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
         );
+    }
+
+    #[test]
+    fn the_outbox_cell_names_a_blocked_from_address_with_the_fix() {
+        let blocked = crate::report::BlockedSender {
+            from_address: "sales@contoso.com".into(),
+            n_rows: 2,
+            reason: "RCPT TO refused: 553 5.7.1 <sales@contoso.com>: Sender address rejected\n  fix: grant SendAs".into(),
+            since_ms: 0,
+            retry_at_ms: 600_000,
+        };
+        let cell = outbox_cell("5", &[blocked], 60_000);
+        assert!(
+            cell.starts_with("5<div class=\"blocked\">2 waiting: sales@contoso.com refused since "),
+            "{cell}"
+        );
+        assert!(
+            cell.contains("&lt;sales@contoso.com&gt;: Sender address rejected</div>"),
+            "{cell}"
+        );
+        assert!(
+            cell.contains("<div class=\"hint\">fix: grant SendAs</div>"),
+            "{cell}"
+        );
+        assert_eq!(outbox_cell("0", &[], 0), "0");
     }
 
     #[test]

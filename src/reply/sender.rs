@@ -1,5 +1,7 @@
 //! The sender: one task per mailbox with SMTP that takes due outbox rows, respects Exchange's
-//! sending limits, sends, and records what the server said.
+//! sending limits, sends, and records what the server said. A refused recipient fails its row;
+//! a refused From address holds that address's rows (retried every 10 minutes), never the
+//! rows of other addresses; anything else is retried with backoff.
 
 use std::time::Duration;
 
@@ -18,6 +20,8 @@ use crate::time::now_ms;
 const CLAIM_LEASE_MS: i64 = 10 * 60 * 1000;
 /// After this many attempts a transiently failing row is given up (recorded as failed).
 const MAX_ATTEMPTS: i64 = 12;
+/// The rows of a From address the server refuses are tried again after this long.
+const BLOCKED_RETRY_MS: i64 = 10 * 60 * 1000;
 
 /// Everything the sender of one mailbox needs, borrowed.
 pub struct SenderContext<'a> {
@@ -65,7 +69,7 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
             "acknowledgements left in `sending` by a stopped worker are due again"
         );
     }
-    let mut transport = None;
+    let mut session = None;
     loop {
         if let Some(until) = limited_until(ctx).await? {
             info!(
@@ -78,16 +82,30 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
         let Some(row) = ctx.store.claim_due(&ctx.mailbox.name).await? else {
             break;
         };
-        match send_one(ctx, &mut transport, &row).await {
+        match send_one(ctx, &mut session, &row).await {
             Ok(response) => {
                 info!(outbox_id = row.id, to = row.to_address.as_deref().unwrap_or(""), %response, "acknowledgement sent");
                 ctx.store.mark_sent(row.id, &response).await?;
                 report.n_sent += 1;
+                if row.blocked_reason.is_some() {
+                    let due = ctx
+                        .store
+                        .unblock_sender(&ctx.mailbox.name, &row.from_address)
+                        .await?;
+                    info!(from = %row.from_address, due, "the server accepts this From address again; its waiting acknowledgements are due");
+                }
             }
-            Err(SmtpError::Permanent(reason)) => {
+            Err(SmtpError::RowRefused(reason)) => {
                 warn!(outbox_id = row.id, %reason, "acknowledgement refused for good");
                 ctx.store.mark_failed(row.id, &reason).await?;
                 report.n_failed += 1;
+            }
+            Err(SmtpError::SenderBlocked(reason)) => {
+                // Every row from this address would be refused the same way: they wait (the
+                // operator sees why), and the rows of other addresses go on.
+                let retry_at = now_ms() + BLOCKED_RETRY_MS;
+                let waiting = ctx.store.block_sender(&row, &reason, retry_at).await?;
+                warn!(outbox_id = row.id, from = %row.from_address, waiting, retry_at_ms = retry_at, %reason, "the server refuses this From address; its acknowledgements wait");
             }
             Err(error) if row.attempts >= MAX_ATTEMPTS => {
                 warn!(outbox_id = row.id, %error, "acknowledgement given up after {MAX_ATTEMPTS} attempts");
@@ -107,15 +125,19 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
             }
         }
     }
+    if let Some(session) = session {
+        session.quit().await;
+    }
+    report.blocked = ctx.store.hold_blocked(&ctx.mailbox.name).await?;
     ctx.metrics.flushed(&ctx.mailbox.name, &report);
     Ok(report)
 }
 
-/// Sends one row, building the transport (with a token from the identity's cache) on first use
-/// and fetching a new token once if the server refuses the current one.
+/// Sends one row, opening the SMTP session (with a token from the identity's cache) on first
+/// use or after it broke, and fetching a new token once if the server refuses the current one.
 async fn send_one(
     ctx: &SenderContext<'_>,
-    transport: &mut Option<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>>,
+    session: &mut Option<smtp::Session>,
     row: &OutboxRow,
 ) -> Result<String, SmtpError> {
     let message = smtp::compose(row, &ctx.mailbox.address)?;
@@ -126,22 +148,27 @@ async fn send_one(
             .token(ctx.identity)
             .await
             .map_err(|e| SmtpError::Transient(e.to_string()))?;
-        if transport.is_none() {
-            *transport = Some(smtp::transport(ctx.smtp, &ctx.mailbox.address, &token)?);
+        if !session.as_ref().is_some_and(smtp::Session::is_usable) {
+            *session = None;
+            match smtp::connect(ctx.smtp, &ctx.mailbox.address, &token).await {
+                Ok(opened) => *session = Some(opened),
+                Err(SmtpError::Auth(reason)) if attempt == 0 => {
+                    warn!(%reason, "SMTP refused the token; retrying once with a new one");
+                    ctx.tokens.invalidate(&ctx.identity.name, &token).await;
+                    continue;
+                }
+                // Still refused with a fresh token: an administrator must act; retry later.
+                Err(SmtpError::Auth(reason)) => return Err(SmtpError::Transient(reason)),
+                Err(other) => return Err(other),
+            }
         }
-        let result = smtp::send(
-            transport.as_ref().expect("built above"),
-            message.clone(),
-            limit,
-        )
-        .await;
-        match result {
+        let opened = session.as_mut().expect("opened above");
+        match opened.send(&message, limit).await {
             Err(SmtpError::Auth(reason)) if attempt == 0 => {
                 warn!(%reason, "SMTP refused the token; retrying once with a new one");
                 ctx.tokens.invalidate(&ctx.identity.name, &token).await;
-                *transport = None;
+                *session = None;
             }
-            // Still refused with a fresh token: an administrator must act; retry later.
             Err(SmtpError::Auth(reason)) => return Err(SmtpError::Transient(reason)),
             other => return other,
         }

@@ -1,28 +1,36 @@
 //! SMTP submission with `AUTH XOAUTH2` (lettre), and errors that answer the caller's question:
-//! retry later, give up, or fetch a new token.
+//! retry later, fail this row, hold every row from this From address, or fetch a new token.
 
 use std::time::Duration;
 
+use lettre::Message;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox as Address, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use secrecy::ExposeSecret;
 
+use super::refusal::{Command, Refused, refused};
 use crate::config::{SmtpEndpoint, TlsMode};
 use crate::oauth::AccessToken;
 use crate::store::OutboxRow;
 
-/// Why a message was not sent.
+/// Why a message was not sent; the variants are what the sender does about it.
 #[derive(Debug, thiserror::Error)]
 pub enum SmtpError {
     /// Worth retrying later (4xx, network, timeouts).
     #[error("{0}")]
     Transient(String),
-    /// The server refused for good (5xx): recorded as failed with its reply.
+    /// Refused for good for this row alone (its recipient, or the row cannot be a message): the
+    /// row is recorded as failed with the reply.
     #[error("{0}")]
-    Permanent(String),
+    RowRefused(String),
+    /// Refused for good for the From address (or the mailbox's SMTP setup): nothing from that
+    /// address can go until an administrator acts, so its rows wait, retried every 10 minutes.
+    #[error("{0}")]
+    SenderBlocked(String),
     /// The server refused the token: fetch a new one once, then ask an administrator.
     #[error("{0}")]
     Auth(String),
@@ -34,7 +42,7 @@ impl SmtpError {
     }
 
     pub fn is_permanent(&self) -> bool {
-        matches!(self, SmtpError::Permanent(_))
+        matches!(self, SmtpError::RowRefused(_) | SmtpError::SenderBlocked(_))
     }
 }
 
@@ -43,8 +51,14 @@ pub fn hint(reply: &str) -> Option<&'static str> {
     let reply = reply.to_ascii_lowercase();
     Some(if reply.contains("5.7.139") {
         "SMTP AUTH is disabled for the tenant or this mailbox: Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false (and check Get-TransportConfig | fl SmtpClientAuthenticationDisabled)"
-    } else if reply.contains("5.7.60") || reply.contains("not owned by user") {
+    } else if reply.contains("5.7.60")
+        || reply.contains("5.2.252")
+        || reply.contains("sendasdenied")
+        || reply.contains("not owned by user")
+    {
         "the identity may not send as this From address: grant it with Add-RecipientPermission <mailbox> -Trustee <app or user> -AccessRights SendAs, or send from the mailbox address"
+    } else if reply.contains("quotaexceeded") {
+        "the sending mailbox is over a quota (Exchange: its mailbox size, or 10,000 recipients a day): free space or wait for the window; the rows are retried"
     } else if reply.contains("storedrv") || reply.contains("mailbox logon failure") {
         "Exchange could not log on to the mailbox: check that it exists and that the service principal has FullAccess (Add-MailboxPermission)"
     } else if reply.contains("5.7.3")
@@ -54,6 +68,8 @@ pub fn hint(reply: &str) -> Option<&'static str> {
         "the server refused the token: app-only sending needs SMTP.SendAsApp with admin consent and the service principal registered in Exchange (New-ServicePrincipal); delegated sending needs SMTP.Send"
     } else if reply.contains("5.7.57") {
         "the server requires authentication before sending: check the SMTP host and port (Exchange Online: smtp.office365.com:587 with STARTTLS)"
+    } else if reply.contains("5.7.708") || reply.contains("5.7.750") {
+        "Exchange Online blocked the tenant from sending (a new or suspicious tenant, or unregistered domains): see the Microsoft 365 Defender portal's Restricted entities, or open a ticket with Microsoft"
     } else {
         return None;
     })
@@ -66,7 +82,8 @@ fn with_hint(text: String) -> String {
     }
 }
 
-fn classify(error: lettre::transport::smtp::Error) -> SmtpError {
+/// A failure before any message was offered: connecting, TLS, EHLO, AUTH.
+fn classify_session(error: lettre::transport::smtp::Error) -> SmtpError {
     let text = error.to_string();
     let code = error.status().map(|c| c.to_string()).unwrap_or_default();
     // A refused XOAUTH2 answers with a 334 challenge that lettre does not expect; the server's
@@ -76,29 +93,75 @@ fn classify(error: lettre::transport::smtp::Error) -> SmtpError {
             "SMTP authentication with XOAUTH2 was refused: {text}"
         )))
     } else if error.is_permanent() {
-        SmtpError::Permanent(with_hint(text))
+        SmtpError::SenderBlocked(with_hint(text))
     } else {
         SmtpError::Transient(with_hint(text))
     }
 }
 
-/// A transport for one batch of sends with `token`; rebuilt when the token changes, because lettre
-/// fixes credentials when the transport is built.
-pub fn transport(
+/// A failure of one of a message's commands.
+fn classify_command(command: Command, error: lettre::transport::smtp::Error) -> SmtpError {
+    let code = error.status().map(|c| c.to_string()).unwrap_or_default();
+    if code == "530" {
+        return classify_session(error);
+    }
+    let text = error.to_string();
+    if !error.is_permanent() {
+        return SmtpError::Transient(with_hint(text));
+    }
+    let verb = match command {
+        Command::MailFrom => "MAIL FROM",
+        Command::RcptTo => "RCPT TO",
+        Command::Data => "DATA",
+    };
+    let text = format!("{verb} refused: {text}");
+    match refused(command, &text) {
+        Refused::Recipient => SmtpError::RowRefused(with_hint(text)),
+        Refused::Sender => SmtpError::SenderBlocked(with_hint(text)),
+    }
+}
+
+/// One SMTP session (TLS, XOAUTH2 done) for a batch of sends with one token; opened again when
+/// the token changes. lettre's transport would hide which command a refusal answered, so the
+/// session drives MAIL FROM, RCPT TO and DATA itself.
+pub struct Session {
+    connection: AsyncSmtpConnection,
+}
+
+/// Connects to `endpoint` and authenticates as `login` with `token`, within the endpoint's
+/// timeout.
+pub async fn connect(
     endpoint: &SmtpEndpoint,
     login: &str,
     token: &AccessToken,
-) -> Result<AsyncSmtpTransport<Tokio1Executor>, SmtpError> {
+) -> Result<Session, SmtpError> {
+    let timeout = endpoint.timeout;
+    match tokio::time::timeout(timeout * 2, open(endpoint, login, token)).await {
+        Ok(result) => result,
+        Err(_) => Err(SmtpError::Transient(format!(
+            "the SMTP server {}:{} did not complete the login within {:?}",
+            endpoint.host,
+            endpoint.port,
+            timeout * 2
+        ))),
+    }
+}
+
+async fn open(
+    endpoint: &SmtpEndpoint,
+    login: &str,
+    token: &AccessToken,
+) -> Result<Session, SmtpError> {
     let mut tls = TlsParameters::builder(endpoint.host.clone());
     if let Some(ca_file) = &endpoint.ca_file {
         let pem = std::fs::read(ca_file).map_err(|e| {
-            SmtpError::Permanent(format!(
+            SmtpError::SenderBlocked(format!(
                 "cannot read smtp.ca_file {}: {e}",
                 ca_file.display()
             ))
         })?;
         let cert = Certificate::from_pem(&pem).map_err(|e| {
-            SmtpError::Permanent(format!(
+            SmtpError::SenderBlocked(format!(
                 "smtp.ca_file {} is not a PEM certificate: {e}",
                 ca_file.display()
             ))
@@ -107,22 +170,112 @@ pub fn transport(
     }
     let tls = tls
         .build_native()
-        .map_err(|e| SmtpError::Permanent(format!("TLS setup for {}: {e}", endpoint.host)))?;
-    Ok(
-        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(endpoint.host.as_str())
-            .port(endpoint.port)
-            .tls(match endpoint.tls {
-                TlsMode::Starttls => Tls::Required(tls),
-                TlsMode::Implicit => Tls::Wrapper(tls),
-            })
-            .credentials(Credentials::new(
-                login.to_string(),
-                token.secret.expose_secret().to_string(),
-            ))
-            .authentication(vec![Mechanism::Xoauth2])
-            .timeout(Some(endpoint.timeout))
-            .build(),
+        .map_err(|e| SmtpError::SenderBlocked(format!("TLS setup for {}: {e}", endpoint.host)))?;
+    let hello = ClientId::default();
+    let implicit = match endpoint.tls {
+        TlsMode::Implicit => Some(tls.clone()),
+        TlsMode::Starttls => None,
+    };
+    let mut connection = AsyncSmtpConnection::connect_tokio1(
+        (endpoint.host.as_str(), endpoint.port),
+        Some(endpoint.timeout),
+        &hello,
+        implicit,
+        None,
     )
+    .await
+    .map_err(classify_session)?;
+    if endpoint.tls == TlsMode::Starttls {
+        connection
+            .starttls(tls, &hello)
+            .await
+            .map_err(classify_session)?;
+    }
+    let credentials = Credentials::new(login.to_string(), token.secret.expose_secret().to_string());
+    if let Err(e) = connection.auth(&[Mechanism::Xoauth2], &credentials).await {
+        connection.abort().await;
+        return Err(classify_session(e));
+    }
+    Ok(Session { connection })
+}
+
+impl Session {
+    /// Submits `message` within `limit`; returns the server's reply (e.g. `250 2.0.0 Ok: queued
+    /// as …`). After a refusal the session is reset and can send the next message.
+    pub async fn send(&mut self, message: &Message, limit: Duration) -> Result<String, SmtpError> {
+        match tokio::time::timeout(limit, self.submit(message)).await {
+            Err(_) => {
+                self.connection.abort().await;
+                Err(SmtpError::Transient(format!(
+                    "the SMTP server did not answer within {limit:?}"
+                )))
+            }
+            Ok(Err(error)) => {
+                if !self.connection.has_broken() && self.connection.command(Rset).await.is_err() {
+                    self.connection.abort().await;
+                }
+                Err(error)
+            }
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// False once the connection is lost or closed: open a new session.
+    pub fn is_usable(&self) -> bool {
+        !self.connection.has_broken()
+    }
+
+    /// Ends the session politely.
+    pub async fn quit(mut self) {
+        if !self.connection.has_broken() {
+            let _ = self.connection.quit().await;
+        }
+    }
+
+    async fn submit(&mut self, message: &Message) -> Result<String, SmtpError> {
+        let envelope = message.envelope();
+        let bytes = message.formatted();
+        let info = self.connection.server_info();
+        let mut parameters = Vec::new();
+        let ascii = |a: &lettre::Address| AsRef::<str>::as_ref(a).is_ascii();
+        let ascii_addresses = envelope.from().is_none_or(ascii) && envelope.to().iter().all(ascii);
+        if !ascii_addresses {
+            if !info.supports_feature(Extension::SmtpUtfEight) {
+                return Err(SmtpError::RowRefused(
+                    "the addresses are not ASCII and the server does not offer SMTPUTF8".into(),
+                ));
+            }
+            parameters.push(MailParameter::SmtpUtfEight);
+        }
+        if !bytes.is_ascii() {
+            parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let command = |c: Command| move |e| classify_command(c, e);
+        self.connection
+            .command(Mail::new(envelope.from().cloned(), parameters))
+            .await
+            .map_err(command(Command::MailFrom))?;
+        for to in envelope.to() {
+            self.connection
+                .command(Rcpt::new(to.clone(), vec![]))
+                .await
+                .map_err(command(Command::RcptTo))?;
+        }
+        self.connection
+            .command(Data)
+            .await
+            .map_err(command(Command::Data))?;
+        let response = self
+            .connection
+            .message(&bytes)
+            .await
+            .map_err(command(Command::Data))?;
+        Ok(format!(
+            "{} {}",
+            response.code(),
+            response.message().collect::<Vec<_>>().join(" ")
+        ))
+    }
 }
 
 /// The RFC 5322 message of an outbox row, with the RFC 3834 headers that keep other systems from
@@ -130,13 +283,18 @@ pub fn transport(
 pub fn compose(row: &OutboxRow, loop_address: &str) -> Result<Message, SmtpError> {
     let parse = |what: &str, address: &str| {
         address.parse::<Address>().map_err(|e| {
-            SmtpError::Permanent(format!("the {what} address `{address}` is not valid: {e}"))
+            let text = format!("the {what} address `{address}` is not valid: {e}");
+            if what == "From" {
+                SmtpError::SenderBlocked(text)
+            } else {
+                SmtpError::RowRefused(text)
+            }
         })
     };
     let to = row
         .to_address
         .as_deref()
-        .ok_or_else(|| SmtpError::Permanent("the row has no recipient".into()))?;
+        .ok_or_else(|| SmtpError::RowRefused("the row has no recipient".into()))?;
     let header = |name: &'static str, value: &str| {
         HeaderValue::new(HeaderName::new_from_ascii_str(name), value.to_string())
     };
@@ -162,32 +320,12 @@ pub fn compose(row: &OutboxRow, loop_address: &str) -> Result<Message, SmtpError
         )),
         None => builder.singlepart(SinglePart::plain(row.body_text.clone())),
     };
-    message.map_err(|e| SmtpError::Permanent(format!("cannot build the message: {e}")))
-}
-
-/// Submits `message`; returns the server's reply (e.g. `250 2.0.0 Ok: queued as …`).
-pub async fn send(
-    transport: &AsyncSmtpTransport<Tokio1Executor>,
-    message: Message,
-    limit: Duration,
-) -> Result<String, SmtpError> {
-    match tokio::time::timeout(limit, transport.send(message)).await {
-        Err(_) => Err(SmtpError::Transient(format!(
-            "the SMTP server did not answer within {limit:?}"
-        ))),
-        Ok(Err(e)) => Err(classify(e)),
-        Ok(Ok(response)) => Ok(format!(
-            "{} {}",
-            response.code(),
-            response.message().collect::<Vec<_>>().join(" ")
-        )),
-    }
+    message.map_err(|e| SmtpError::RowRefused(format!("cannot build the message: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
     #[test]
     fn exchange_refusals_have_hints() {
         assert!(
@@ -209,6 +347,21 @@ mod tests {
             hint("535 5.7.3 Authentication unsuccessful")
                 .unwrap()
                 .contains("SMTP.SendAsApp")
+        );
+        assert!(
+            hint("554 5.2.252 SendAsDenied; a not allowed to send as b")
+                .unwrap()
+                .contains("SendAs")
+        );
+        assert!(
+            hint("553 5.7.1 <x>: Sender address rejected: not owned by user y")
+                .unwrap()
+                .contains("Add-RecipientPermission")
+        );
+        assert!(
+            hint("554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException")
+                .unwrap()
+                .contains("quota")
         );
         assert!(hint("250 ok").is_none());
     }

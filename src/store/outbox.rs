@@ -4,10 +4,15 @@
 //! Claiming is one `UPDATE … WHERE id = (SELECT …) AND state = 'pending' RETURNING`, which is
 //! atomic on SQLite and, under PostgreSQL's READ COMMITTED, lets only one of two concurrent workers
 //! win a row (the loser's re-checked `state = 'pending'` no longer holds).
+//!
+//! A From address the server refuses for good is *blocked*: its pending rows carry
+//! `blocked_reason` and wait until `next_attempt_at` (10 minutes on), when the oldest is tried
+//! again; one accepted message makes them all due. Other addresses' rows are not held back.
 
 use sqlx::Row;
 
 use super::{Result, Store};
+use crate::report::BlockedSender;
 use crate::time::now_ms;
 
 /// What the acknowledgement answers.
@@ -64,10 +69,12 @@ pub struct OutboxRow {
     pub body_html: Option<String>,
     /// Including this one.
     pub attempts: i64,
+    /// Set while the row waits because the server refuses its From address.
+    pub blocked_reason: Option<String>,
 }
 
 const ROW_COLUMNS: &str = "id, mailbox, ticket_id, from_address, to_address, subject, message_id, in_reply_to, \
-                           thread_references, body_text, body_html, attempts";
+                           thread_references, body_text, body_html, attempts, blocked_reason";
 
 fn row(r: sqlx::any::AnyRow) -> OutboxRow {
     OutboxRow {
@@ -83,6 +90,7 @@ fn row(r: sqlx::any::AnyRow) -> OutboxRow {
         body_text: r.get(9),
         body_html: r.get(10),
         attempts: r.get(11),
+        blocked_reason: r.get(12),
     }
 }
 
@@ -101,13 +109,18 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Claims the oldest due row of `mailbox`, if any.
+    /// Claims the oldest due row of `mailbox`, if any. A row of a blocked From address is due
+    /// when its own retry time has come (it is the probe); a row not yet marked waits while its
+    /// address has a blocked row whose retry time has not come.
     pub async fn claim_due(&self, mailbox: &str) -> Result<Option<OutboxRow>> {
         let now = now_ms();
         let claimed = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE outbox SET state = 'sending', claimed_at = $1, attempts = attempts + 1 \
-             WHERE id = (SELECT id FROM outbox WHERE mailbox = $2 AND state = 'pending' AND next_attempt_at <= $1 \
-             ORDER BY id LIMIT 1) AND state = 'pending' RETURNING {ROW_COLUMNS}"
+             WHERE id = (SELECT o.id FROM outbox o WHERE o.mailbox = $2 AND o.state = 'pending' \
+             AND o.next_attempt_at <= $1 AND (o.blocked_reason IS NOT NULL OR NOT EXISTS \
+             (SELECT 1 FROM outbox b WHERE b.mailbox = o.mailbox AND b.from_address = o.from_address \
+             AND b.blocked_reason IS NOT NULL AND b.state = 'pending' AND b.next_attempt_at > $1)) \
+             ORDER BY o.id LIMIT 1) AND state = 'pending' RETURNING {ROW_COLUMNS}"
         )))
         .bind(now)
         .bind(mailbox)
@@ -118,7 +131,8 @@ impl Store {
 
     pub async fn mark_sent(&self, id: i64, smtp_response: &str) -> Result<()> {
         sqlx::query(
-            "UPDATE outbox SET state = 'sent', sent_at = $1, smtp_response = $2, last_error = NULL WHERE id = $3",
+            "UPDATE outbox SET state = 'sent', sent_at = $1, smtp_response = $2, last_error = NULL, \
+             blocked_reason = NULL WHERE id = $3",
         )
         .bind(now_ms())
         .bind(smtp_response)
@@ -142,12 +156,126 @@ impl Store {
     }
 
     pub async fn mark_failed(&self, id: i64, error: &str) -> Result<()> {
-        sqlx::query("UPDATE outbox SET state = 'failed', last_error = $1 WHERE id = $2")
+        sqlx::query(
+            "UPDATE outbox SET state = 'failed', last_error = $1, blocked_reason = NULL WHERE id = $2",
+        )
             .bind(error)
             .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// The server refused `row`'s From address for good: the row goes back to `pending` (the
+    /// refusal does not count toward giving it up) and every pending row of that mailbox and
+    /// address waits until `retry_at_ms` with the reason. Returns how many rows wait.
+    pub async fn block_sender(
+        &self,
+        row: &OutboxRow,
+        reason: &str,
+        retry_at_ms: i64,
+    ) -> Result<u64> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE outbox SET state = 'pending', attempts = attempts - 1, last_error = $1 WHERE id = $2",
+        )
+        .bind(reason)
+        .bind(row.id)
+        .execute(&mut *tx)
+        .await?;
+        let held = sqlx::query(
+            "UPDATE outbox SET blocked_reason = $1, blocked_at = COALESCE(blocked_at, $2), \
+             next_attempt_at = CASE WHEN next_attempt_at > $3 THEN next_attempt_at ELSE $3 END \
+             WHERE mailbox = $4 AND from_address = $5 AND state = 'pending'",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(retry_at_ms)
+        .bind(&row.mailbox)
+        .bind(&row.from_address)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(held.rows_affected())
+    }
+
+    /// The server accepted a message from `from_address` again: its waiting rows are due now.
+    pub async fn unblock_sender(&self, mailbox: &str, from_address: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE outbox SET blocked_reason = NULL, next_attempt_at = $1 \
+             WHERE mailbox = $2 AND from_address = $3 AND state = 'pending' AND blocked_reason IS NOT NULL",
+        )
+        .bind(now_ms())
+        .bind(mailbox)
+        .bind(from_address)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The blocked From addresses of `mailbox`, after giving rows written since their refusal
+    /// the same reason and retry time (so they show as waiting, and do not make the sender
+    /// wake for rows it may not send).
+    pub async fn hold_blocked(&self, mailbox: &str) -> Result<Vec<BlockedSender>> {
+        let read = || async {
+            let rows = sqlx::query(
+                "SELECT from_address, COUNT(*), MAX(blocked_reason), MIN(blocked_at), MIN(next_attempt_at) \
+                 FROM outbox WHERE mailbox = $1 AND state = 'pending' AND blocked_reason IS NOT NULL \
+                 GROUP BY from_address ORDER BY from_address",
+            )
+            .bind(mailbox)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok::<_, super::StoreError>(
+                rows.into_iter()
+                    .map(|r| BlockedSender {
+                        from_address: r.get(0),
+                        n_rows: r.get::<i64, _>(1) as u64,
+                        reason: r.get(2),
+                        since_ms: r.get::<Option<i64>, _>(3).unwrap_or_default(),
+                        retry_at_ms: r.get(4),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let blocked = read().await?;
+        let mut held = 0;
+        for b in &blocked {
+            held += sqlx::query(
+                "UPDATE outbox SET blocked_reason = $1, blocked_at = $2, \
+                 next_attempt_at = CASE WHEN next_attempt_at > $3 THEN next_attempt_at ELSE $3 END \
+                 WHERE mailbox = $4 AND from_address = $5 AND state = 'pending' AND blocked_reason IS NULL",
+            )
+            .bind(&b.reason)
+            .bind(b.since_ms)
+            .bind(b.retry_at_ms)
+            .bind(mailbox)
+            .bind(&b.from_address)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        if held == 0 { Ok(blocked) } else { read().await }
+    }
+
+    /// The blocked reason of each of `ids` that waits for its From address (for `outbox list`).
+    pub async fn blocked_reasons(
+        &self,
+        ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, String>> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, blocked_reason FROM outbox WHERE state = 'pending' AND blocked_reason IS NOT NULL \
+             AND id IN ({})",
+            list.join(", ")
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Messages `mailbox` sent since `since_ms`: the per-minute and per-day limits, counted from

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::report::{CycleReport, Failure, FailureSource, FlushReport, JunkStatus};
+use crate::report::{BlockedSender, CycleReport, Failure, FailureSource, FlushReport, JunkStatus};
 use crate::time::now_ms;
 
 /// Upper bounds (seconds) of the ingest-latency buckets: INTERNALDATE has whole seconds, and mail
@@ -178,6 +178,8 @@ pub struct MailboxStats {
     pub sends_failed: u64,
     /// The last outbox failure (database trouble); cleared by a successful flush.
     pub outbox_error: Option<ErrorInfo>,
+    /// From addresses the SMTP server refuses, as the last flush left them: their rows wait.
+    pub outbox_blocked: Vec<BlockedSender>,
     /// The last look at the mailbox's Junk folder (`junk::watch`), if any yet.
     pub junk: Option<JunkStatus>,
 }
@@ -308,6 +310,7 @@ impl Metrics {
                     sends_retry: 0,
                     sends_failed: 0,
                     outbox_error: None,
+                    outbox_blocked: Vec::new(),
                     junk: None,
                 };
                 (m.name.clone(), stats)
@@ -477,6 +480,7 @@ impl Metrics {
             stats.sends_retry += report.n_retry as u64;
             stats.sends_failed += report.n_failed as u64;
             stats.outbox_error = None;
+            stats.outbox_blocked = report.blocked.clone();
         }
     }
 
@@ -544,6 +548,35 @@ mod tests {
             metrics.snapshot().mailboxes["support"].oldest_unprocessed_ms(),
             None
         );
+    }
+
+    #[test]
+    fn a_blocked_from_address_is_a_gauge_until_a_flush_finds_it_accepted() {
+        let metrics = one_mailbox_metrics();
+        let blocked = BlockedSender {
+            from_address: "sales@contoso.com".into(),
+            n_rows: 3,
+            reason: "550 5.7.60 refused\n  fix: grant SendAs".into(),
+            since_ms: now_ms(),
+            retry_at_ms: now_ms() + 600_000,
+        };
+        metrics.flushed(
+            "support",
+            &FlushReport {
+                blocked: vec![blocked],
+                ..FlushReport::default()
+            },
+        );
+        let text = metrics.snapshot().prometheus(&ScrapeFacts::default());
+        assert!(
+            text.contains(
+                "mailintake_outbox_blocked{mailbox=\"support\",from=\"sales@contoso.com\"} 3"
+            ),
+            "{text}"
+        );
+        metrics.flushed("support", &FlushReport::default());
+        let text = metrics.snapshot().prometheus(&ScrapeFacts::default());
+        assert!(!text.contains("mailintake_outbox_blocked{"), "{text}");
     }
 
     #[test]

@@ -226,6 +226,22 @@ impl Snapshot {
             "Acknowledgement send attempts, by result.",
             sends,
         );
+        family(
+            "mailintake_outbox_blocked",
+            "gauge",
+            "Outbox rows waiting because the SMTP server refuses their From address (retried every 10 minutes).",
+            self.mailboxes
+                .iter()
+                .flat_map(|(name, m)| {
+                    m.outbox_blocked.iter().map(move |b| {
+                        (
+                            labels(&[("mailbox", name), ("from", &b.from_address)]),
+                            b.n_rows as f64,
+                        )
+                    })
+                })
+                .collect(),
+        );
         if let Some(pending) = &facts.outbox_pending {
             family(
                 "mailintake_outbox_pending",

@@ -213,34 +213,167 @@ async fn the_sending_limit_defers_and_never_drops() {
 }
 
 #[tokio::test]
-async fn a_refused_sender_address_is_recorded_as_failed_with_the_fix() {
-    let extra = format!(
-        "{}\nacknowledge = {{ from = \"someone.else@helpdesk.test\" }}",
+async fn a_refused_from_address_blocks_only_its_own_rows_on_sqlite() {
+    a_refused_from_address_blocks_only_its_own_rows(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_refused_from_address_blocks_only_its_own_rows_on_postgres() {
+    a_refused_from_address_blocks_only_its_own_rows(Backend::Postgres).await;
+}
+
+/// Postfix refuses one From address (`reject_sender_login_mismatch`, 5.7.1, as Exchange's SendAs
+/// rule does with 5.7.60) and one recipient (`recipient_access.regexp`, 5.1.1). The refused From
+/// address's rows wait with the reason and the fix; rows from the mailbox's own address go out in
+/// the same flush; only the refused recipient's row fails.
+async fn a_refused_from_address_blocks_only_its_own_rows(backend: Backend) {
+    let support = unique_mailbox();
+    let customer = format!("{}@customer.test", unique("c"));
+    let entra = Entra::start(&[&support, &customer]).await;
+    let refused_from = "someone.else@helpdesk.test";
+    let refused_keys = format!(
+        "{}\nacknowledge = {{ from = \"{refused_from}\" }}",
         smtp_keys()
     );
-    let case = Case::new(Backend::Sqlite, &extra, "implicit").await;
+    let case = Case::build(backend, &refused_keys, "implicit", support.clone(), entra).await;
     connect_first(&case).await;
-    let customer = format!("{}@customer.test", unique("c"));
-    let id = format!("{}@customer.test", unique("m"));
-    deliver_lmtp(
-        &case.mailbox,
-        &customer,
-        &customer_mail(&customer, &case.mailbox, "Send-as test", &id, ""),
-    )
-    .await;
+
+    // Two customers write while acknowledgements are sent as an address the login may not use.
+    for n in 0..2 {
+        let sender = format!("{}@customer.test", unique("early"));
+        let id = format!("{}@customer.test", unique("m"));
+        deliver_lmtp(
+            &support,
+            &sender,
+            &customer_mail(&sender, &support, &format!("Early question {n}"), &id, ""),
+        )
+        .await;
+    }
     let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(stdout.contains("2 ticket(s)"), "{stdout}");
+    // The first row is refused; the second is not even tried: the From address is blocked.
     assert!(
-        stdout.contains("0 acknowledgement(s) sent, 0 to retry, 1 failed"),
+        stdout.contains("0 acknowledgement(s) sent, 0 to retry, 0 failed, 2 waiting"),
         "{stdout}"
     );
+    let blocked = format!(
+        "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND from_address = '{refused_from}' \
+         AND blocked_reason LIKE '%Sender address rejected%' AND blocked_reason LIKE '%Add-RecipientPermission%' \
+         AND blocked_at IS NOT NULL AND next_attempt_at > blocked_at + 9 * 60 * 1000"
+    );
+    assert_eq!(case.db.count(&blocked).await, 2);
+    let never_tried = "SELECT COUNT(*) FROM outbox WHERE claimed_at IS NULL AND last_error IS NULL";
+    assert_eq!(
+        case.db.count(never_tried).await,
+        1,
+        "the second row of the blocked address was tried"
+    );
+    // A refusal of the From address does not count toward giving a row up.
     assert_eq!(
         case.db
-            .count("SELECT COUNT(*) FROM outbox WHERE state = 'failed' AND last_error LIKE '%Add-RecipientPermission%'")
+            .count("SELECT COUNT(*) FROM outbox WHERE attempts = 0")
+            .await,
+        2
+    );
+    let first_id = case.db.count("SELECT MIN(id) FROM outbox").await;
+    let first_claimed = case
+        .db
+        .count(&format!(
+            "SELECT claimed_at FROM outbox WHERE id = {first_id}"
+        ))
+        .await;
+
+    // The mailbox sends from its own address again (a config change); a customer writes, and so
+    // does someone whose address Postfix refuses. The blocked address's oldest row is made due by
+    // hand, so this flush meets the refusal again before the other rows.
+    let own_from = ConfigFile::write(
+        &ConfigSpec {
+            db: &case.db,
+            entra: &case.entra,
+            secret_env: &case.secret_var,
+            mailbox: &support,
+            extra_mailbox_keys: &smtp_keys(),
+            tls: "implicit",
+        }
+        .render(),
+    );
+    let id = format!("{}@customer.test", unique("m"));
+    deliver_lmtp(
+        &support,
+        &customer,
+        &customer_mail(&customer, &support, "Later question", &id, ""),
+    )
+    .await;
+    let unknown = format!("{}@customer.test", unique("unknown-"));
+    let id = format!("{}@customer.test", unique("m"));
+    deliver_lmtp(
+        &support,
+        &unknown,
+        &customer_mail(&unknown, &support, "From a dead address", &id, ""),
+    )
+    .await;
+    assert_ok(&case.run(&["outbox", "retry", &first_id.to_string()]).await);
+    let out = mailintake(
+        &own_from.path,
+        &["once"],
+        &[(&case.secret_var, &case.entra.secret)],
+    )
+    .await;
+    let stdout = assert_ok(&out);
+    assert!(
+        stdout.contains("1 acknowledgement(s) sent, 0 to retry, 1 failed, 2 waiting"),
+        "{stdout}"
+    );
+    assert_eq!(case.db.count(&blocked).await, 2);
+    // The oldest blocked row was tried again and refused again; the other one still waits untried.
+    assert_eq!(
+        case.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM outbox WHERE id = {first_id} AND claimed_at > {first_claimed}"
+            ))
             .await,
         1
     );
+    assert_eq!(case.db.count(never_tried).await, 1);
+    assert_eq!(
+        case.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND to_address = '{customer}' \
+                 AND from_address = '{support}' AND blocked_reason IS NULL"
+            ))
+            .await,
+        1
+    );
+    assert_eq!(
+        case.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'failed' AND to_address = '{unknown}' \
+                 AND last_error LIKE '%5.1.1%' AND blocked_reason IS NULL"
+            ))
+            .await,
+        1
+    );
+    let arrived = eventually(Duration::from_secs(20), || async {
+        !inbox_messages(&case.entra, &customer).await.is_empty()
+    })
+    .await;
+    assert!(arrived, "no acknowledgement in the customer's inbox");
+
+    // The operator sees why the two rows wait, and what to do.
+    let listing = assert_ok(&case.run(&["outbox", "list"]).await);
+    let waiting: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains(" blocked "))
+        .collect();
+    assert_eq!(waiting.len(), 2, "{listing}");
+    assert!(
+        waiting
+            .iter()
+            .all(|l| l.contains("Sender address rejected")),
+        "{listing}"
+    );
     // The ticket is not affected.
-    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 1);
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 4);
 }
 
 #[tokio::test]
@@ -587,4 +720,100 @@ async fn list_mail_is_never_acknowledged_to_list_addresses() {
     }
     // Both are recorded (as the mailbox's policy for automatic mail says), neither is lost.
     assert_eq!(db.count("SELECT COUNT(*) FROM imap_messages").await, 2);
+}
+
+#[tokio::test]
+async fn a_blocked_from_address_is_freed_by_one_accepted_message_on_sqlite() {
+    a_blocked_from_address_is_freed_by_one_accepted_message(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_blocked_from_address_is_freed_by_one_accepted_message_on_postgres() {
+    a_blocked_from_address_is_freed_by_one_accepted_message(Backend::Postgres).await;
+}
+
+/// The outbox's blocking rule on the store alone, as the sender drives it: a blocked address's
+/// rows (and rows written after the refusal) wait while another address's rows are claimed; the
+/// oldest is tried again when its time comes, and once it is accepted the others are due at once.
+async fn a_blocked_from_address_is_freed_by_one_accepted_message(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = mailintake::store::Store::open(&db.url).await.unwrap();
+    let pool = db.pool().await;
+    let insert = |from: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let id = unique("m");
+            sqlx::query(
+                "INSERT INTO outbox (mailbox, kind, from_address, to_address, subject, message_id, \
+                 body_text, next_attempt_at, created_at) \
+                 VALUES ('support', 'acknowledgement', $1, 'c@customer.test', 's', $2, 'b', 0, 0)",
+            )
+            .bind(from)
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let (refused, accepted) = ("sales@helpdesk.test", "support@helpdesk.test");
+    insert(refused).await;
+    insert(refused).await;
+    insert(accepted).await;
+
+    let probe = store.claim_due("support").await.unwrap().unwrap();
+    assert_eq!(probe.from_address, refused);
+    let retry_at = mailintake::time::now_ms() + 600_000;
+    let waiting = store
+        .block_sender(&probe, "553 5.7.1 refused\n  fix: grant SendAs", retry_at)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 2);
+    // Written after the refusal: waits too, without being tried.
+    insert(refused).await;
+    let next = store.claim_due("support").await.unwrap().unwrap();
+    assert_eq!(next.from_address, accepted);
+    store.mark_sent(next.id, "250 ok").await.unwrap();
+    assert!(store.claim_due("support").await.unwrap().is_none());
+    let blocked = store.hold_blocked("support").await.unwrap();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(
+        (blocked[0].from_address.as_str(), blocked[0].n_rows),
+        (refused, 3)
+    );
+    assert_eq!(blocked[0].retry_at_ms, retry_at);
+    assert_eq!(
+        store.next_due("support").await.unwrap(),
+        Some(retry_at),
+        "the sender would wake for rows it may not send"
+    );
+
+    // The retry time comes (here: `outbox retry` on the oldest row): the probe is accepted, and
+    // the address's other rows are due at once.
+    sqlx::query("UPDATE outbox SET next_attempt_at = 0 WHERE id = $1")
+        .bind(probe.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let again = store.claim_due("support").await.unwrap().unwrap();
+    assert_eq!(again.id, probe.id);
+    assert!(again.blocked_reason.is_some());
+    store.mark_sent(again.id, "250 ok").await.unwrap();
+    assert_eq!(store.unblock_sender("support", refused).await.unwrap(), 2);
+    for _ in 0..2 {
+        let row = store.claim_due("support").await.unwrap().unwrap();
+        assert_eq!(row.from_address, refused);
+        assert!(row.blocked_reason.is_none());
+        store.mark_sent(row.id, "250 ok").await.unwrap();
+    }
+    assert!(store.hold_blocked("support").await.unwrap().is_empty());
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND blocked_reason IS NULL")
+            .await,
+        4
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE blocked_at IS NOT NULL")
+            .await,
+        3
+    );
 }

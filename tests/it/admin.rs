@@ -99,15 +99,12 @@ async fn a_rate_limited_message_released_gets_its_ticket() {
 
 #[tokio::test]
 async fn outbox_rows_can_be_listed_retried_and_cancelled() {
-    let extra = format!(
-        "{}\nacknowledge = {{ from = \"someone.else@helpdesk.test\" }}",
-        smtp_keys()
-    );
-    let case = Case::new(Backend::Sqlite, &extra, "implicit").await;
+    // The stack's Postfix refuses `unknown-…@customer.test` with 5.1.1: that row fails.
+    let case = Case::new(Backend::Sqlite, &smtp_keys(), "implicit").await;
     assert_ok(&case.run(&["once"]).await);
     next_second().await;
     let (raw, _) = unique_fixture("plain.eml");
-    deliver_lmtp(&case.mailbox, "alice@customer.test", &raw).await;
+    deliver_lmtp(&case.mailbox, "unknown-alice@customer.test", &raw).await;
     assert_ok(&case.run(&["once"]).await);
 
     let listing = assert_ok(&case.run(&["outbox", "list", "--state", "failed"]).await);
