@@ -11,7 +11,7 @@ use crate::aad_error::AadsError;
 use crate::claims::{ClientAuthMethod, Mint, id_token};
 use crate::config::{Client, Config, EXCHANGE_DELEGATED_PERMISSIONS, User};
 use crate::keys::{DecodedJwt, thumbprints};
-use crate::server::Shared;
+use crate::state::{DelegatedScope, DeviceFlow, DeviceFlowState, RefreshGrant, Shared, TenantRef};
 use crate::util::{entra_timestamp, random_bytes, random_opaque, unix_secs};
 
 /// The device code grant type.
@@ -37,17 +37,6 @@ fn required<'a>(params: &'a Params, name: &str) -> Result<&'a str, AadsError> {
     param(params, name).ok_or_else(|| AadsError::missing_parameter(name))
 }
 
-/// The tenant segment of the URL, resolved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum TenantRef {
-    /// The tenant's GUID or one of its domains.
-    Tenant,
-    /// `/organizations`: any work account (here: this tenant's users).
-    Organizations,
-    /// `/common` or `/consumers`.
-    Common,
-}
-
 pub(crate) fn resolve_tenant(config: &Config, segment: &str) -> Result<TenantRef, AadsError> {
     let segment = segment.trim();
     if segment.eq_ignore_ascii_case(&config.tenant_id)
@@ -64,46 +53,6 @@ pub(crate) fn resolve_tenant(config: &Config, segment: &str) -> Result<TenantRef
     } else {
         Err(AadsError::tenant_not_found(segment))
     }
-}
-
-/// A refresh token's grant, kept in memory by the instance that issued it.
-#[derive(Clone, Debug)]
-pub(crate) struct RefreshGrant {
-    pub upn: String,
-    pub client_id: String,
-    pub permissions: Vec<String>,
-    pub issued_at: SystemTime,
-    pub expires_at: SystemTime,
-    pub revoked: bool,
-}
-
-/// A device code flow in progress.
-#[derive(Clone, Debug)]
-pub(crate) struct DeviceFlow {
-    pub client_id: String,
-    pub scope: DelegatedScope,
-    pub user_code: String,
-    pub expires_at: Instant,
-    pub interval: Duration,
-    pub last_poll: Option<Instant>,
-    pub state: DeviceFlowState,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum DeviceFlowState {
-    Pending,
-    Approved { upn: String },
-    Declined,
-    Redeemed,
-}
-
-/// The delegated part of a `scope` parameter, checked against the resource.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct DelegatedScope {
-    /// Exchange permission short names (`IMAP.AccessAsUser.All`), deduplicated.
-    pub permissions: Vec<String>,
-    pub offline_access: bool,
-    pub openid: bool,
 }
 
 /// POST /{tenant}/oauth2/v2.0/token.

@@ -36,6 +36,7 @@ pub mod config;
 mod grants;
 pub mod keys;
 mod server;
+mod state;
 pub mod tokeninfo;
 mod util;
 
@@ -57,8 +58,9 @@ pub use keys::SigningKey;
 pub use tokeninfo::{MailService, TokenInfo};
 
 use claims::{ClientAuthMethod, Mint};
-use grants::{DeviceFlowState, normalise_user_code};
-use server::Shared;
+use grants::normalise_user_code;
+use state::DeviceFlowState;
+use state::Shared;
 
 /// A failure to inject into the next token requests ([`FakeEntra::inject`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,11 +298,11 @@ impl FakeEntra {
     /// window starts when the last queued one ends, so "500s for 5 s, then 429s for 5 s" is two
     /// calls. Queued faults ([`FakeEntra::inject`]) apply only outside outages.
     pub fn inject_outage(&self, fault: Fault, duration: Duration) {
-        let mut outages = server::lock(&self.shared.outages);
+        let mut outages = state::lock(&self.shared.outages);
         let from = outages
             .back()
             .map_or_else(Instant::now, |last| last.until.max(Instant::now()));
-        outages.push_back(server::Outage {
+        outages.push_back(state::Outage {
             fault,
             from,
             until: from + duration,
@@ -310,7 +312,7 @@ impl FakeEntra {
     /// Drops all queued faults and outages.
     pub fn clear_faults(&self) {
         self.shared.faults().clear();
-        server::lock(&self.shared.outages).clear();
+        state::lock(&self.shared.outages).clear();
     }
 
     /// The user codes of device code flows waiting for the user.

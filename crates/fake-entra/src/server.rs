@@ -1,8 +1,7 @@
 //! HTTP: the routes, the state they share, fault injection and the request log.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -11,117 +10,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::aad_error::AadsError;
-use crate::config::{Config, EXCHANGE_RESOURCE, looks_like_guid};
-use crate::grants::{self, DeviceFlow, Params, RefreshGrant, TenantRef, resolve_tenant};
-use crate::keys::SigningKey;
+use crate::config::looks_like_guid;
+use crate::grants::{self, Params, resolve_tenant};
+use crate::state::Shared;
 use crate::tokeninfo::{MailService, validate_mailbox_access};
 use crate::util::{entra_timestamp, random_uuid};
 use crate::{Fault, RequestOutcome, TokenRequestRecord};
-
-/// State shared by the handlers and the [`crate::FakeEntra`] handle.
-pub(crate) struct Shared {
-    /// The tenant; behind a lock so tests can change it while the server runs.
-    pub config: RwLock<Config>,
-    pub key: SigningKey,
-    /// `http://127.0.0.1:PORT`, for discovery documents and client assertion audiences.
-    pub base_url: String,
-    /// Pending injected failures, one entry per failing request.
-    pub faults: Mutex<VecDeque<Fault>>,
-    /// Outages by time: every token request until `until` gets `fault` (windows in order).
-    pub outages: Mutex<VecDeque<Outage>>,
-    /// Every token request, for tests that count them.
-    pub records: Mutex<Vec<TokenRequestRecord>>,
-    /// Refresh tokens issued by this instance (they are opaque, as Entra's are).
-    pub refresh_tokens: Mutex<HashMap<String, RefreshGrant>>,
-    /// Device code flows by device code.
-    pub device_flows: Mutex<HashMap<String, DeviceFlow>>,
-    /// Becomes true at shutdown; a hanging request waits for it.
-    pub shutdown: watch::Receiver<bool>,
-}
-
-/// A window of time in which every token request fails with `fault`.
-pub(crate) struct Outage {
-    pub fault: Fault,
-    pub from: Instant,
-    pub until: Instant,
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Shared {
-    pub(crate) fn config(&self) -> RwLockReadGuard<'_, Config> {
-        self.config.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn update_config<R>(&self, change: impl FnOnce(&mut Config) -> R) -> R {
-        let mut config = self.config.write().unwrap_or_else(PoisonError::into_inner);
-        change(&mut config)
-    }
-
-    pub(crate) fn refresh_tokens(&self) -> MutexGuard<'_, HashMap<String, RefreshGrant>> {
-        lock(&self.refresh_tokens)
-    }
-
-    pub(crate) fn device_flows(&self) -> MutexGuard<'_, HashMap<String, DeviceFlow>> {
-        lock(&self.device_flows)
-    }
-
-    pub(crate) fn faults(&self) -> MutexGuard<'_, VecDeque<Fault>> {
-        lock(&self.faults)
-    }
-
-    /// The fault of the outage under way, if any; ended windows are dropped.
-    pub(crate) fn outage_fault(&self) -> Option<Fault> {
-        let mut outages = lock(&self.outages);
-        let now = Instant::now();
-        while outages.front().is_some_and(|o| o.until <= now) {
-            outages.pop_front();
-        }
-        outages
-            .front()
-            .filter(|o| o.from <= now)
-            .map(|o| o.fault.clone())
-    }
-
-    pub(crate) fn records(&self) -> MutexGuard<'_, Vec<TokenRequestRecord>> {
-        lock(&self.records)
-    }
-
-    /// The v2.0 issuer of discovery and ID tokens, pointing back at this server.
-    pub(crate) fn issuer(&self, config: &Config, tenant: TenantRef) -> String {
-        match tenant {
-            TenantRef::Tenant => format!("{}/{}/v2.0", self.base_url, config.tenant_id),
-            _ => format!("{}/{{tenantid}}/v2.0", self.base_url),
-        }
-    }
-
-    /// The `aud` values the tokeninfo endpoint accepts.
-    fn audiences(&self) -> Vec<String> {
-        let configured = self.config().resource.clone();
-        let mut audiences = vec![configured];
-        if !audiences[0].eq_ignore_ascii_case(EXCHANGE_RESOURCE) {
-            audiences.push(EXCHANGE_RESOURCE.to_owned());
-        }
-        audiences
-    }
-
-    fn log(&self, line: &str) {
-        if self.config().log_requests {
-            println!("{} {line}", entra_timestamp(SystemTime::now()));
-        }
-    }
-
-    async fn until_shutdown(&self) {
-        let mut shutdown = self.shutdown.clone();
-        // An error means the handle is gone: shut down as well.
-        let _ = shutdown.wait_for(|stopping| *stopping).await;
-    }
-}
 
 /// All routes.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
