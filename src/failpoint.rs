@@ -18,6 +18,12 @@ pub enum Point {
     /// In `junk::list`, logged in to the mailbox and about to look at its Junk folder
     /// ([`reached`]).
     JunkListing,
+    /// At the start of a folder listing (`imap::Connection::list_above`), before its first
+    /// command ([`reached`]). The session's view of the folder is the one its last command left
+    /// (Dovecot takes in other sessions' changes at the end of a command), so mail delivered or
+    /// expunged while the task holds here shows between the listing's `UID SEARCH` and its
+    /// `UID FETCH`. Every listing of the process counts as a pass.
+    Listing,
 }
 
 impl Point {
@@ -26,6 +32,7 @@ impl Point {
         match self {
             Point::AfterCommit => "after-commit",
             Point::JunkListing => "junk-listing",
+            Point::Listing => "listing",
         }
     }
 }

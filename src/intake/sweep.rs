@@ -379,6 +379,11 @@ async fn prepare_batch<'a, S: MailSource>(
                         release_key: None,
                     }
                 }
+                // Expunged since the listing: there is nothing to record.
+                None if to_fetch.contains(&message.uid) => {
+                    debug!(uid = message.uid.0, "expunged before its body was read");
+                    continue;
+                }
                 // Listed too large, or its announced size was an estimate (Exchange) and it is
                 // larger: record it from its header fields only, unless an operator released it
                 // with a higher limit.

@@ -12,6 +12,7 @@ mod flows;
 mod helpers;
 mod intake;
 mod junk;
+mod listing;
 mod oauth;
 mod ops;
 mod record;
