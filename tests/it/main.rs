@@ -5,6 +5,7 @@
 mod acks;
 mod admin;
 mod cli;
+mod cutoff;
 mod drills;
 mod drills_db;
 mod engine;
