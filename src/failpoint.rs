@@ -23,6 +23,12 @@ pub enum Point {
     /// In `purge`, after it chose the attachment blobs no newer attachment shares and before it
     /// empties them ([`reached`]).
     PurgeChecked,
+    /// At the start of a folder listing (`imap::Connection::list_above`), before its first
+    /// command ([`reached`]). The session's view of the folder is the one its last command left
+    /// (Dovecot takes in other sessions' changes at the end of a command), so mail delivered or
+    /// expunged while the task holds here shows between the listing's `UID SEARCH` and its
+    /// `UID FETCH`. Every listing of the process counts as a pass.
+    Listing,
 }
 
 impl Point {
@@ -33,6 +39,7 @@ impl Point {
             Point::JunkListing => "junk-listing",
             Point::SweepStart => "sweep-start",
             Point::PurgeChecked => "purge-checked",
+            Point::Listing => "listing",
         }
     }
 }

@@ -214,14 +214,16 @@ pub trait MailSource: Send + Sized {
 
     /// The messages of the open folder with a UID above `last`, in UID order, with their sizes
     /// and no bodies. The listing is complete: an implementation confirms it (a missed message
-    /// would be skipped for good).
+    /// would be skipped for good). Mail that arrives or is expunged while it lists is not an
+    /// error: the one comes with the next listing, the other is simply not listed.
     fn list_above(
         &mut self,
         last: Uid,
     ) -> impl Future<Output = Result<Vec<MessageSummary>, SourceError>> + Send;
 
     /// The bodies of `uids`, each downloaded only up to `cap` bytes (+1 to see that it is larger).
-    /// A UID the server does not deliver is missing from the answer.
+    /// A UID that is gone (expunged since the listing) is missing from the answer; one the
+    /// server fails to deliver is an error.
     fn fetch_bodies(
         &mut self,
         uids: &[Uid],

@@ -1,78 +1,138 @@
-//! Reading mail: the size-first listing above a checkpoint (confirmed by `UID SEARCH`), capped
-//! body downloads, and the identifying header fields of mail too large to download.
+//! Reading mail: the size-first listing above a checkpoint (`UID SEARCH`, then a `UID FETCH` that
+//! must cover what it found), capped body downloads, and the identifying header fields of mail
+//! too large to download.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use futures::TryStreamExt;
+use tracing::debug;
 
 use super::connection::{protocol, within};
 use super::{Body, Connection, ImapError, MessageSummary, Uid, uid_set};
+use crate::failpoint::{self, Point};
+
+/// How many times a listing asks again for UIDs that `UID SEARCH` found but the `UID FETCH` did not
+/// return, before it gives up until the next sweep.
+const LISTING_ROUNDS: usize = 3;
 
 impl Connection {
     /// Lists the messages with a UID above `last_uid`, with their sizes, without any body.
     ///
-    /// The listing is confirmed with `UID SEARCH`: a FETCH that the server ends with NO looks like
-    /// a short, complete result, and a message missed here would be skipped for good.
+    /// `UID SEARCH` comes first and says which UIDs the listing must cover; the `UID FETCH` of
+    /// sizes and flags must then return every one of them: a FETCH that the server ends with NO
+    /// looks like a short, complete result, and a message missed here would be skipped for good.
+    /// A UID searched but not fetched is searched again (and fetched again): if it is gone, it was
+    /// expunged meanwhile, which is not an error. Mail delivered after the search is left to the
+    /// next sweep (its UID is higher than any listed now, so the checkpoint cannot pass it), even
+    /// when the FETCH would show it. An empty search lists nothing, which delays mail but never
+    /// loses it: the checkpoint does not move.
     pub async fn list_above(&mut self, last_uid: u32) -> Result<Vec<MessageSummary>, ImapError> {
         let first = last_uid.saturating_add(1);
-        let range = format!("{first}:*");
-        let mut listed: Vec<MessageSummary> = within(self.command_timeout, "UID FETCH", async {
-            let mut stream = self
-                .session
-                .uid_fetch(&range, "(UID RFC822.SIZE FLAGS INTERNALDATE)")
-                .await
-                .map_err(protocol("UID FETCH"))?;
-            // Map each response as it arrives: the library's response buffers are dropped at once,
-            // so memory stays small however many messages the folder holds.
-            let mut listed = Vec::new();
-            while let Some(fetch) = stream.try_next().await.map_err(protocol("UID FETCH"))? {
-                let Some(uid) = fetch.uid else { continue };
-                if uid < first {
-                    continue;
-                }
-                listed.push(MessageSummary {
-                    uid: Uid(uid),
-                    size: u64::from(fetch.size.unwrap_or(0)),
-                    internal_date_ms: fetch.internal_date().map(|d| d.timestamp_millis()),
-                    seen: fetch
-                        .flags()
-                        .any(|f| matches!(f, async_imap::types::Flag::Seen)),
+        failpoint::reached(Point::Listing).await;
+        // `n:*` also matches the highest message when its UID is below n.
+        let mut wanted = self
+            .search_uids(&format!("{first}:*"), |uid| uid >= first)
+            .await?;
+        let mut listed = Vec::with_capacity(wanted.len());
+        let mut round = 0;
+        while let (Some(&low), Some(&high)) = (wanted.first(), wanted.last()) {
+            if round == LISTING_ROUNDS {
+                return Err(ImapError::Unexpected {
+                    operation: "UID FETCH",
+                    detail: format!(
+                        "the listing missed {} message(s) that UID SEARCH found, {LISTING_ROUNDS} times (e.g. UID {low}); retrying later",
+                        wanted.len(),
+                    ),
                 });
             }
-            Ok(listed)
-        })
-        .await?;
+            round += 1;
+            // One range, not the searched set (which may have many gaps): every UID in it that
+            // SEARCH did not report arrived later and is not listed now.
+            let range = if round == 1 {
+                format!("{low}:{high}")
+            } else {
+                uid_set(&wanted.iter().map(|u| Uid(*u)).collect::<Vec<_>>())
+            };
+            let mut fetched = self.fetch_summaries(&range).await?;
+            let mut missing = Vec::new();
+            for uid in wanted {
+                match fetched.remove(&uid) {
+                    Some(summary) => listed.push(summary),
+                    None => missing.push(uid),
+                }
+            }
+            if missing.is_empty() {
+                break;
+            }
+            let asked: HashSet<u32> = missing.iter().copied().collect();
+            let set = uid_set(&missing.iter().map(|u| Uid(*u)).collect::<Vec<_>>());
+            wanted = self.search_uids(&set, |uid| asked.contains(&uid)).await?;
+            debug!(
+                n_missing = missing.len(),
+                n_gone = missing.len() - wanted.len(),
+                "UID SEARCH found messages the listing FETCH did not return; those still there are fetched again, the others were expunged meanwhile"
+            );
+        }
         listed.sort_by_key(|m| m.uid);
-        listed.dedup_by_key(|m| m.uid);
+        Ok(listed)
+    }
 
+    /// The UIDs `UID SEARCH UID <set>` finds that `keep` accepts, ascending.
+    async fn search_uids(
+        &mut self,
+        set: &str,
+        keep: impl Fn(u32) -> bool,
+    ) -> Result<Vec<u32>, ImapError> {
         let searched = within(self.command_timeout, "UID SEARCH", async {
             self.session
-                .uid_search(format!("UID {range}"))
+                .uid_search(format!("UID {set}"))
                 .await
                 .map_err(protocol("UID SEARCH"))
         })
         .await?;
-        let listed_uids: HashSet<u32> = listed.iter().map(|m| m.uid.0).collect();
-        let missing: Vec<u32> = searched
-            .into_iter()
-            .filter(|uid| *uid >= first && !listed_uids.contains(uid))
-            .collect();
-        if !missing.is_empty() {
-            return Err(ImapError::Unexpected {
-                operation: "UID FETCH",
-                detail: format!(
-                    "the listing missed {} message(s) that UID SEARCH found (e.g. UID {}); retrying later",
-                    missing.len(),
-                    missing[0]
-                ),
-            });
-        }
-        Ok(listed)
+        let mut uids: Vec<u32> = searched.into_iter().filter(|uid| keep(*uid)).collect();
+        uids.sort_unstable();
+        Ok(uids)
+    }
+
+    /// `UID FETCH <set> (UID RFC822.SIZE FLAGS INTERNALDATE)`, by UID.
+    async fn fetch_summaries(
+        &mut self,
+        set: &str,
+    ) -> Result<HashMap<u32, MessageSummary>, ImapError> {
+        within(self.command_timeout, "UID FETCH", async {
+            let mut stream = self
+                .session
+                .uid_fetch(set, "(UID RFC822.SIZE FLAGS INTERNALDATE)")
+                .await
+                .map_err(protocol("UID FETCH"))?;
+            // Map each response as it arrives: the library's response buffers are dropped at once,
+            // so memory stays small however many messages the folder holds.
+            let mut fetched = HashMap::new();
+            while let Some(fetch) = stream.try_next().await.map_err(protocol("UID FETCH"))? {
+                let Some(uid) = fetch.uid else { continue };
+                fetched.insert(
+                    uid,
+                    MessageSummary {
+                        uid: Uid(uid),
+                        size: u64::from(fetch.size.unwrap_or(0)),
+                        internal_date_ms: fetch.internal_date().map(|d| d.timestamp_millis()),
+                        seen: fetch
+                            .flags()
+                            .any(|f| matches!(f, async_imap::types::Flag::Seen)),
+                    },
+                );
+            }
+            Ok(fetched)
+        })
+        .await
     }
 
     /// Downloads a batch of messages in one round trip, but never more than `cap + 1` bytes of any
     /// of them (`BODY.PEEK[]<0.N>`, which also leaves `\Seen` alone). Every requested UID must come
-    /// back: a missing one may be a NO the library swallowed, so it is an error, never an empty mail.
+    /// back: a missing one may be a NO the library swallowed, so it is an error, never an empty
+    /// mail, unless `UID SEARCH` confirms it is gone (expunged since the listing): then it is
+    /// left out of the result.
     pub async fn fetch_bodies(
         &mut self,
         uids: &[Uid],
@@ -108,15 +168,31 @@ impl Connection {
             Ok(bodies)
         })
         .await?;
-        uids.iter()
-            .map(|uid| match bodies.remove(&uid.0) {
-                Some(body) => Ok((*uid, body)),
-                None => Err(ImapError::Unexpected {
+        let missing: Vec<Uid> = uids
+            .iter()
+            .filter(|uid| !bodies.contains_key(&uid.0))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            let asked: HashSet<u32> = missing.iter().map(|uid| uid.0).collect();
+            let still_there = self
+                .search_uids(&uid_set(&missing), |uid| asked.contains(&uid))
+                .await?;
+            if let Some(uid) = still_there.first() {
+                return Err(ImapError::Unexpected {
                     operation: "UID FETCH body",
                     detail: format!("the server returned no body for UID {uid}"),
-                }),
-            })
-            .collect()
+                });
+            }
+            debug!(
+                n_gone = missing.len(),
+                "messages expunged before their bodies were read; left out"
+            );
+        }
+        Ok(uids
+            .iter()
+            .filter_map(|uid| bodies.remove(&uid.0).map(|body| (*uid, body)))
+            .collect())
     }
 
     /// The header fields that identify a message, without its body: what is recorded for mail

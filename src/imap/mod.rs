@@ -3,9 +3,10 @@
 //! async-imap has sharp edges that lose mail when used naively (see `shared/notes/crates.md`); this
 //! wrapper is where each is handled:
 //! - the server greeting is read before `AUTHENTICATE`, or the challenge is mistaken for it;
-//! - a tagged NO/BAD on FETCH or STORE ends the result stream as if it were complete, so listings are
-//!   cross-checked with `UID SEARCH` and commands whose data we do not need are sent with
-//!   `run_command_and_check_ok`, which does check the tagged status;
+//! - a tagged NO/BAD on FETCH or STORE ends the result stream as if it were complete, so a listing
+//!   starts with `UID SEARCH` and its FETCH must cover what the search found, a missing body is
+//!   confirmed gone with `UID SEARCH` before it is left out, and commands whose data we do not
+//!   need are sent with `run_command_and_check_ok`, which does check the tagged status;
 //! - bodies are buffered whole by the library, so every body fetch is capped with a partial range;
 //! - a `UID FETCH n:*` returns the highest message even when its UID is below `n`.
 //!

@@ -218,7 +218,9 @@ async fn set_aside_unreadable<S: MailSource>(
 }
 
 /// The folder's checkpoint, created on the first start (following the mailbox's `first_start`
-/// policy) and reset when the server changed UIDVALIDITY.
+/// policy) and reset when the server changed UIDVALIDITY. Both record the first-start mark, the
+/// folder's UIDNEXT then: mail with a UID from there on arrived afterwards and is ingested
+/// whatever its date; the date cutoff only decides about the UIDs below it.
 async fn checkpoint<S: MailSource>(
     ctx: &MailboxContext<'_>,
     session: &mut Session<S>,
@@ -227,14 +229,30 @@ async fn checkpoint<S: MailSource>(
 ) -> Result<FolderState, CycleError> {
     let mailbox = ctx.mailbox;
     let stored = ctx.store.folder_state(&mailbox.name, ctx.folder).await?;
+    if let Some(state) = stored
+        && state.uidvalidity == uidvalidity
+    {
+        return Ok(state);
+    }
     // INTERNALDATE has whole seconds: mail arriving in this very second counts as new.
     let first_sweep_ms = now_ms() / 1000 * 1000;
+    // The UID the next message to arrive gets; where the server does not say, one above the
+    // highest UID there now.
+    let first_uid_next = match uid_next {
+        Some(next) => Uid(next),
+        None => session
+            .source
+            .list_above(Uid(0))
+            .await?
+            .last()
+            .map_or(Uid(1), |m| Uid(m.uid.0.saturating_add(1))),
+    };
     let state = match stored {
-        Some(state) if state.uidvalidity == uidvalidity => return Ok(state),
         Some(previous) => {
             // The server renumbered the folder. Every message is listed again and recognised by
-            // its Message-ID and fingerprint, so nothing is ingested twice; the first-start cutoff
-            // still applies.
+            // its Message-ID and fingerprint, so nothing is ingested twice. The first-start
+            // cutoff still applies, by date, to every message there now (which mail arrived after
+            // the first start cannot be told any more): the one exception to "by arrival".
             warn!(
                 old = previous.uidvalidity,
                 new = uidvalidity,
@@ -245,6 +263,7 @@ async fn checkpoint<S: MailSource>(
                 last_uid: Uid(0),
                 ingest_after_ms: previous.ingest_after_ms,
                 ack_after_ms: previous.ack_after_ms,
+                first_uid_next: Some(first_uid_next),
             }
         }
         None => match mailbox.first_start {
@@ -253,18 +272,11 @@ async fn checkpoint<S: MailSource>(
                 last_uid: Uid(0),
                 ingest_after_ms: None,
                 ack_after_ms: Some(first_sweep_ms),
+                first_uid_next: Some(first_uid_next),
             },
             FirstStart::Now => {
                 // Everything already there stays untouched.
-                let last_uid = match uid_next {
-                    Some(next) => Uid(next.saturating_sub(1)),
-                    None => session
-                        .source
-                        .list_above(Uid(0))
-                        .await?
-                        .last()
-                        .map_or(Uid(0), |m| m.uid),
-                };
+                let last_uid = Uid(first_uid_next.0.saturating_sub(1));
                 info!(
                     last_uid = last_uid.0,
                     "first start with first_start = \"now\": existing mail is left untouched"
@@ -274,6 +286,7 @@ async fn checkpoint<S: MailSource>(
                     last_uid,
                     ingest_after_ms: Some(first_sweep_ms),
                     ack_after_ms: Some(first_sweep_ms),
+                    first_uid_next: Some(first_uid_next),
                 }
             }
             FirstStart::Since(cutoff) => FolderState {
@@ -281,6 +294,7 @@ async fn checkpoint<S: MailSource>(
                 last_uid: Uid(0),
                 ingest_after_ms: Some(cutoff),
                 ack_after_ms: Some(first_sweep_ms),
+                first_uid_next: Some(first_uid_next),
             },
         },
     };
@@ -288,6 +302,17 @@ async fn checkpoint<S: MailSource>(
         .set_folder_state(&mailbox.name, ctx.folder, state)
         .await?;
     Ok(state)
+}
+
+/// Mail that was in the folder at the first start (a UID below the first-start mark) and was
+/// received before the cutoff: left alone. Mail that arrived later is ingested however old it is
+/// (released from Junk, dragged back by an agent, recovered from deleted items).
+fn is_left_from_before_first_start(state: &FolderState, message: &MessageSummary) -> bool {
+    let there_at_first_start = state.first_uid_next.is_none_or(|mark| message.uid < mark);
+    match (state.ingest_after_ms, message.internal_date_ms) {
+        (Some(cutoff), Some(received)) => there_at_first_start && received < cutoff,
+        _ => false,
+    }
 }
 
 /// Splits a listing into batches of at most `max_messages` whose listed sizes add up to at most
@@ -351,10 +376,7 @@ async fn prepare_batch<'a, S: MailSource>(
         return Ok(prepared);
     }
 
-    let is_old = |m: &MessageSummary| match (state.ingest_after_ms, m.internal_date_ms) {
-        (Some(cutoff), Some(received)) => received < cutoff,
-        _ => false,
-    };
+    let is_old = |m: &MessageSummary| is_left_from_before_first_start(state, m);
     let to_fetch: Vec<Uid> = todo
         .iter()
         .filter(|m| !is_old(m) && m.size <= mailbox.max_message_bytes)
@@ -378,6 +400,11 @@ async fn prepare_batch<'a, S: MailSource>(
                         parsed: None,
                         release_key: None,
                     }
+                }
+                // Expunged since the listing: there is nothing to record.
+                None if to_fetch.contains(&message.uid) => {
+                    debug!(uid = message.uid.0, "expunged before its body was read");
+                    continue;
                 }
                 // Listed too large, or its announced size was an estimate (Exchange) and it is
                 // larger: record it from its header fields only, unless an operator released it
@@ -490,6 +517,41 @@ mod tests {
             internal_date_ms: None,
             seen: false,
         }
+    }
+
+    #[test]
+    fn only_mail_there_at_the_first_start_is_left_by_date() {
+        let state = |first_uid_next| FolderState {
+            uidvalidity: 1,
+            last_uid: Uid(0),
+            ingest_after_ms: Some(10_000),
+            ack_after_ms: Some(10_000),
+            first_uid_next,
+        };
+        let message = |uid, received| MessageSummary {
+            internal_date_ms: Some(received),
+            ..summary(uid, 10)
+        };
+        let marked = state(Some(Uid(5)));
+        // There at the first start: by date.
+        assert!(is_left_from_before_first_start(&marked, &message(4, 9_999)));
+        assert!(!is_left_from_before_first_start(
+            &marked,
+            &message(4, 10_000)
+        ));
+        // Arrived afterwards: ingested however old.
+        assert!(!is_left_from_before_first_start(&marked, &message(5, 1)));
+        // Without a mark (a row from before the mark existed), every UID goes by date.
+        assert!(is_left_from_before_first_start(
+            &state(None),
+            &message(500, 1)
+        ));
+        // `first_start = "all"` has no cutoff.
+        let all = FolderState {
+            ingest_after_ms: None,
+            ..marked
+        };
+        assert!(!is_left_from_before_first_start(&all, &message(1, 1)));
     }
 
     #[test]

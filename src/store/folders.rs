@@ -1,6 +1,6 @@
-//! A folder's checkpoint (`mailbox_state`: UIDVALIDITY, the last committed UID, the stuck
-//! message) and its intake ledger (`imap_messages`): what was recorded for which UID, and which
-//! IMAP dispositions are still due.
+//! A folder's checkpoint (`mailbox_state`: UIDVALIDITY, the last committed UID, the first-start
+//! mark, the stuck message) and its intake ledger (`imap_messages`): what was recorded for which
+//! UID, and which IMAP dispositions are still due.
 
 use sqlx::Row;
 
@@ -19,6 +19,10 @@ pub struct FolderState {
     pub ingest_after_ms: Option<i64>,
     /// Mail received before this (unix ms; the folder's first sweep) gets no acknowledgement.
     pub ack_after_ms: Option<i64>,
+    /// The UIDNEXT seen at the first sweep of this UIDVALIDITY: a UID from here on arrived in the
+    /// folder afterwards and is ingested whatever its date; `ingest_after_ms` concerns only the
+    /// UIDs below. `None` (a row without the mark): the date cutoff applies to every UID.
+    pub first_uid_next: Option<Uid>,
 }
 
 /// An `imap_messages` row whose IMAP disposition has not been confirmed yet.
@@ -43,7 +47,8 @@ pub struct RecordedOutcome {
 impl Store {
     pub async fn folder_state(&self, mailbox: &str, folder: &str) -> Result<Option<FolderState>> {
         let row = sqlx::query(
-            "SELECT uidvalidity, last_uid, ingest_after, ack_after FROM mailbox_state WHERE mailbox = $1 AND folder = $2",
+            "SELECT uidvalidity, last_uid, ingest_after, ack_after, first_uid_next FROM mailbox_state \
+             WHERE mailbox = $1 AND folder = $2",
         )
         .bind(mailbox)
         .bind(folder)
@@ -54,6 +59,7 @@ impl Store {
             last_uid: Uid(r.get::<i64, _>(1) as u32),
             ingest_after_ms: r.get(2),
             ack_after_ms: r.get(3),
+            first_uid_next: r.get::<Option<i64>, _>(4).map(|uid| Uid(uid as u32)),
         }))
     }
 
@@ -116,7 +122,7 @@ impl Store {
         Ok(())
     }
 
-    /// Records a folder's (new) UIDVALIDITY with its checkpoint.
+    /// Records a folder's (new) UIDVALIDITY with its checkpoint and its first-start mark.
     pub async fn set_folder_state(
         &self,
         mailbox: &str,
@@ -124,11 +130,11 @@ impl Store {
         state: FolderState,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, ingest_after, ack_after, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+            "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, ingest_after, ack_after, \
+             first_uid_next, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, \
              last_uid = excluded.last_uid, ingest_after = excluded.ingest_after, ack_after = excluded.ack_after, \
-             updated_at = excluded.updated_at",
+             first_uid_next = excluded.first_uid_next, updated_at = excluded.updated_at",
         )
         .bind(mailbox)
         .bind(folder)
@@ -136,6 +142,7 @@ impl Store {
         .bind(i64::from(state.last_uid))
         .bind(state.ingest_after_ms)
         .bind(state.ack_after_ms)
+        .bind(state.first_uid_next.map(i64::from))
         .bind(now_ms())
         .execute(&self.pool)
         .await?;

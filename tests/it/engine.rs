@@ -316,6 +316,12 @@ async fn uidvalidity_change_resyncs_by_message_id_without_duplicates() {
     deliver_fixtures(&case, &["plain.eml", "latin1.eml"]).await;
     assert_ok(&case.run(&["once"]).await);
     assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 2);
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM mailbox_state WHERE first_uid_next = 3")
+            .await,
+        1
+    );
 
     doveadm(&[
         "mailbox",
@@ -335,7 +341,10 @@ async fn uidvalidity_change_resyncs_by_message_id_without_duplicates() {
     assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 3);
     assert_eq!(
         case.db
-            .count("SELECT COUNT(*) FROM mailbox_state WHERE uidvalidity = 4242 AND last_uid = 3")
+            .count(
+                "SELECT COUNT(*) FROM mailbox_state WHERE uidvalidity = 4242 AND last_uid = 3 \
+                 AND first_uid_next = 4"
+            )
             .await,
         1
     );

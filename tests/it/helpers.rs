@@ -592,12 +592,18 @@ impl Case {
 
     /// Like [`Case::spawn_run`], with extra environment variables.
     pub fn spawn_run_with(&self, env: &[(&str, &str)]) -> Running {
+        self.spawn_with(&["run"], env)
+    }
+
+    /// Starts `mailintake <args>` in the background (killed when the handle is dropped), with
+    /// extra environment variables; its stderr goes to a file read by [`Running::log`].
+    pub fn spawn_with(&self, args: &[&str], env: &[(&str, &str)]) -> Running {
         let log = self.config.path.with_file_name("run.log");
         let file = std::fs::File::create(&log).expect("log file");
         let child = tokio::process::Command::new(binary())
             .arg("--config")
             .arg(&self.config.path)
-            .arg("run")
+            .args(args)
             .env(&self.secret_var, &self.entra.secret)
             .env("RUST_LOG", "mailintake=debug")
             .envs(env.iter().copied())

@@ -85,6 +85,7 @@ async fn one_batch_of_decisions_becomes_its_rows_in_one_transaction() {
         last_uid: Uid(0),
         ingest_after_ms: None,
         ack_after_ms: None,
+        first_uid_next: Some(Uid(1)),
     };
     store
         .set_folder_state(&mailbox.name, "INBOX", state)
