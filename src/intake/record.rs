@@ -182,6 +182,22 @@ impl Recorded {
     }
 }
 
+/// Where `summary` sits: the key of its `imap_messages` row.
+pub(crate) fn location<'a>(
+    ctx: &MailboxContext<'a>,
+    state: &FolderState,
+    summary: &MessageSummary,
+) -> ImapLocation<'a> {
+    ImapLocation {
+        mailbox: &ctx.mailbox.name,
+        folder: ctx.folder,
+        uidvalidity: state.uidvalidity,
+        uid: summary.uid,
+        size: summary.size,
+        internal_date_ms: summary.internal_date_ms,
+    }
+}
+
 /// The UIDs from `first` to `last` of the folder whose outcome is recorded already.
 pub(crate) async fn recorded_uids(
     ctx: &MailboxContext<'_>,
@@ -296,14 +312,7 @@ async fn record_together(
             .await?;
         let mut conflict = false;
         for (summary, item) in work.iter_mut() {
-            let at = ImapLocation {
-                mailbox: &mailbox.name,
-                folder: ctx.folder,
-                uidvalidity: state.uidvalidity,
-                uid: summary.uid,
-                size: summary.size,
-                internal_date_ms: summary.internal_date_ms,
-            };
+            let at = location(ctx, state, summary);
             let message = Message {
                 state,
                 at: &at,
@@ -389,14 +398,7 @@ async fn set_aside_unstorable(
     refusal: &str,
 ) -> Result<(Vec<(Uid, Disposition)>, CycleReport), CycleError> {
     let mailbox = ctx.mailbox;
-    let at = ImapLocation {
-        mailbox: &mailbox.name,
-        folder: ctx.folder,
-        uidvalidity: state.uidvalidity,
-        uid: summary.uid,
-        size: summary.size,
-        internal_date_ms: summary.internal_date_ms,
-    };
+    let at = location(ctx, state, summary);
     let (raw, envelope) = match item {
         Work::Raw { raw, .. } => (
             Some(raw.as_slice()),

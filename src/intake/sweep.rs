@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
 
 use super::record::{
-    Prepared, Work, envelope_from_header, quarantine_disposition, record_batch, recorded_uids,
+    Prepared, Work, envelope_from_header, location, quarantine_disposition, record_batch,
+    recorded_uids,
 };
 use super::session::Session;
 use super::{CycleError, MailboxContext};
@@ -17,7 +18,7 @@ use crate::config::{FirstStart, Mode};
 use crate::ingest::{self, QuarantineReason};
 use crate::mail_source::{Body, Disposition, MailSource, MessageSummary, Uid};
 use crate::report::CycleReport;
-use crate::store::{FolderState, ImapLocation, QuarantineEnvelope, StoreError};
+use crate::store::{FolderState, QuarantineEnvelope, StoreError};
 use crate::time::now_ms;
 
 /// Consecutive failures of the server to deliver one message before it is set aside unread.
@@ -173,14 +174,7 @@ async fn set_aside_unreadable<S: MailSource>(
     report: &mut CycleReport,
 ) -> Result<(), CycleError> {
     let mailbox = ctx.mailbox;
-    let at = ImapLocation {
-        mailbox: &mailbox.name,
-        folder: ctx.folder,
-        uidvalidity: state.uidvalidity,
-        uid: message.uid,
-        size: message.size,
-        internal_date_ms: message.internal_date_ms,
-    };
+    let at = location(ctx, state, message);
     // Nothing more is read from a message the server cannot deliver: it is known by its place.
     let envelope = QuarantineEnvelope {
         message_id: format!(
