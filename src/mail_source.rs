@@ -4,7 +4,8 @@
 //!
 //! The operations, in the order a sweep uses them: open the folder ([`MailSource::open`], which
 //! tells its validity and next id), list what is above the checkpoint with sizes and no bodies
-//! ([`MailSource::list_above`]), fetch bodies capped at a byte limit ([`MailSource::fetch_bodies`])
+//! ([`MailSource::list_above`]; now and then the UIDs below it, [`MailSource::search_range`] and
+//! [`MailSource::list_uids`], for the reconciliation), fetch bodies capped at a byte limit ([`MailSource::fetch_bodies`])
 //! or only the identifying header fields of oversized mail ([`MailSource::fetch_identifying_headers`]),
 //! dispose of committed messages ([`MailSource::dispose`]), and wait for a change
 //! ([`MailSource::wait_for_change`]).
@@ -147,6 +148,10 @@ pub enum SourceErrorKind {
     /// The server refused the login or access to the mailbox: the token may be stale (fetch a new
     /// one once) or the identity lacks permission.
     AuthRefused,
+    /// The server answered the command with a refusal (IMAP's tagged NO or BAD) on a session that
+    /// is otherwise fine: a full or unwritable folder, a missing right, a command it will not do.
+    /// Trying the same again soon gets the same answer.
+    Refused,
     /// Anything else: a lost or timed-out connection, a command the server failed. The session is
     /// given up and a new one opened.
     Failed,
@@ -219,6 +224,23 @@ pub trait MailSource: Send + Sized {
     fn list_above(
         &mut self,
         last: Uid,
+    ) -> impl Future<Output = Result<Vec<MessageSummary>, SourceError>> + Send;
+
+    /// The UIDs of the open folder from `first` to `last` (both included), ascending; only those
+    /// without `\Seen` when `unseen_only`. No message data: the reconciliation below the
+    /// checkpoint compares them with the recorded outcomes.
+    fn search_range(
+        &mut self,
+        first: Uid,
+        last: Uid,
+        unseen_only: bool,
+    ) -> impl Future<Output = Result<Vec<Uid>, SourceError>> + Send;
+
+    /// The summaries (sizes, dates, flags; no bodies) of `uids`, in UID order. A UID that is gone
+    /// is missing from the answer.
+    fn list_uids(
+        &mut self,
+        uids: &[Uid],
     ) -> impl Future<Output = Result<Vec<MessageSummary>, SourceError>> + Send;
 
     /// The bodies of `uids`, each downloaded only up to `cap` bytes (+1 to see that it is larger).

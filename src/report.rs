@@ -20,6 +20,45 @@ pub struct CycleReport {
     pub bytes_fetched: u64,
     /// Acknowledgements written to the outbox (to be sent).
     pub n_acks_queued: usize,
+    /// Messages the reconciliation found at or below the checkpoint without an outcome (shown
+    /// late by the server), taken in by this sweep.
+    pub n_reconciled: usize,
+    /// The folder's dispositions the server refuses, as the sweep left them (read when the sweep
+    /// met a refusal or started with refused ones; empty otherwise).
+    pub refused: Vec<RefusedDispositions>,
+}
+
+/// Messages whose outcome is committed but whose disposition the server refuses (a tagged NO:
+/// a full or unwritable target folder, a missing right): they stay where they are, every sweep
+/// tries again, and the folder goes on meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedDispositions {
+    /// What was to be done, as stored: `seen`, `move:<folder>`, `quarantine:<folder>`, `delete`.
+    pub disposition: String,
+    pub n_messages: u64,
+    /// When the server first refused one of them (unix ms).
+    pub since_ms: Option<i64>,
+    /// The server's reply.
+    pub reply: String,
+}
+
+impl RefusedDispositions {
+    /// One line for an operator: what waits, and the server's words.
+    pub fn describe(&self) -> String {
+        let what = match (
+            self.disposition.strip_prefix("move:"),
+            self.disposition.strip_prefix("quarantine:"),
+        ) {
+            (Some(folder), _) | (_, Some(folder)) => format!("moved to {folder}"),
+            _ if self.disposition == "seen" => "flagged \\Seen".to_string(),
+            _ if self.disposition == "delete" => "deleted".to_string(),
+            _ => self.disposition.clone(),
+        };
+        format!(
+            "{} message(s) recorded but not {what}: the server refuses ({}); they stay in the folder and are tried again each sweep",
+            self.n_messages, self.reply
+        )
+    }
 }
 
 impl CycleReport {
@@ -47,7 +86,15 @@ impl std::fmt::Display for CycleReport {
             self.n_ignored,
             self.n_completed,
             self.bytes_fetched
-        )
+        )?;
+        if self.n_reconciled > 0 {
+            write!(
+                f,
+                "; {} found below the checkpoint by the reconciliation",
+                self.n_reconciled
+            )?;
+        }
+        Ok(())
     }
 }
 

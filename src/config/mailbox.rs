@@ -256,6 +256,18 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
         m.poll_interval.as_deref(),
         Duration::from_secs(60),
     );
+    let reconcile_interval = duration(
+        table,
+        "reconcile_interval",
+        m.reconcile_interval.as_deref(),
+        Duration::from_secs(3600),
+    );
+    if reconcile_interval < Duration::from_secs(1) {
+        table.report(
+            "reconcile_interval",
+            "must be at least 1s (default \"1h\": one UID SEARCH below the checkpoint per hour)",
+        );
+    }
     let max_message_bytes = m.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
     if max_message_bytes < 1024 {
         table.report("max_message_bytes", "must be at least 1024");
@@ -299,6 +311,7 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
         },
         folders,
         poll_interval,
+        reconcile_interval,
         idle: m.idle.unwrap_or(true),
         idle_interval,
         max_message_bytes,
@@ -719,5 +732,30 @@ mod tests {
             ["mailboxes[0].first_start", "mailboxes[0].idle_interval"],
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn the_reconciliation_runs_hourly_unless_configured() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(
+            config.mailboxes[0].reconcile_interval,
+            Duration::from_secs(3600)
+        );
+        let with = |value: &str| {
+            MINIMAL.replace(
+                "name = \"support\"",
+                &format!("name = \"support\"\nreconcile_interval = \"{value}\""),
+            )
+        };
+        let config = load(&with("15m")).unwrap();
+        assert_eq!(
+            config.mailboxes[0].reconcile_interval,
+            Duration::from_secs(900)
+        );
+        for bad in ["0s", "hourly"] {
+            let problems = load(&with(bad)).unwrap_err();
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert_eq!(problems[0].key, "mailboxes[0].reconcile_interval");
+        }
     }
 }

@@ -212,6 +212,9 @@ pub struct Mailbox {
     /// How often the folder is swept for new mail. With IDLE it is the longest time between two
     /// reconciliation sweeps; new mail is taken as it arrives.
     pub poll_interval: Duration,
+    /// How often a sweep also asks the server for the UIDs at or below the checkpoint and ingests
+    /// any that has no outcome (a message a server made visible late).
+    pub reconcile_interval: Duration,
     /// Wait for new mail with IDLE (RFC 2177) where the server offers it.
     pub idle: bool,
     /// IDLE is re-issued after this long (Exchange and NAT gateways drop quiet connections; the RFC

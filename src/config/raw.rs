@@ -91,6 +91,7 @@ pub struct Mailbox {
     pub folders: Option<Vec<String>>,
     pub max_connections: Option<usize>,
     pub poll_interval: Option<String>,
+    pub reconcile_interval: Option<String>,
     pub max_message_bytes: Option<u64>,
     pub dispose: Option<String>,
     pub processed_folder: Option<String>,

@@ -196,6 +196,19 @@ pub(super) fn render_page(
         if let Some(e) = &m.outbox_error {
             let _ = write!(error, "<div>outbox: {}</div>", escape(&e.summary));
         }
+        for (folder, refused) in m.refused_dispositions() {
+            let since = refused
+                .since_ms
+                .map(|t| format!(" (since {})", when(t, now)))
+                .unwrap_or_default();
+            let _ = write!(
+                error,
+                "<div class=\"refused\">{}: {}{}</div>",
+                escape(folder),
+                escape(&refused.describe()),
+                escape(&since)
+            );
+        }
         let _ = write!(
             page,
             "<tr><td>{}<div class=\"muted\">{}</div></td><td><span class=\"state {state}\">{}</span></td>\

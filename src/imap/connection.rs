@@ -64,6 +64,18 @@ impl ImapError {
     pub fn is_auth_failure(&self) -> bool {
         matches!(self, ImapError::AuthFailed { .. })
     }
+
+    /// The server answered the command with a tagged NO or BAD: the session still works, the
+    /// command was refused (its text is the server's reason).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ImapError::Protocol {
+                source: async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_),
+                ..
+            }
+        )
+    }
 }
 
 fn describe_auth_failure(login: &str, response: &str, detail: &Option<String>) -> String {

@@ -77,6 +77,44 @@ impl Connection {
         Ok(listed)
     }
 
+    /// `UID SEARCH UID first:last` (with `UNSEEN` when `unseen_only`): which messages the folder
+    /// has in that range, ascending. No message data is sent.
+    pub async fn search_range(
+        &mut self,
+        first: Uid,
+        last: Uid,
+        unseen_only: bool,
+    ) -> Result<Vec<Uid>, ImapError> {
+        let (first, last) = (first.0, last.0);
+        let criteria = if unseen_only {
+            format!("{first}:{last} UNSEEN")
+        } else {
+            format!("{first}:{last}")
+        };
+        // `a:b` matches the highest message too when every UID is below a (as `n:*` does).
+        let uids = self
+            .search_uids(&criteria, |uid| (first..=last).contains(&uid))
+            .await?;
+        Ok(uids.into_iter().map(Uid).collect())
+    }
+
+    /// The summaries of exactly `uids` (sizes, flags, INTERNALDATE), ascending; a UID that is gone
+    /// is left out.
+    pub async fn list_uids(&mut self, uids: &[Uid]) -> Result<Vec<MessageSummary>, ImapError> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: HashSet<Uid> = uids.iter().copied().collect();
+        let mut listed: Vec<MessageSummary> = self
+            .fetch_summaries(&uid_set(uids))
+            .await?
+            .into_values()
+            .filter(|m| wanted.contains(&m.uid))
+            .collect();
+        listed.sort_by_key(|m| m.uid);
+        Ok(listed)
+    }
+
     /// The UIDs `UID SEARCH UID <set>` finds that `keep` accepts, ascending.
     async fn search_uids(
         &mut self,

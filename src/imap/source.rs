@@ -32,6 +32,8 @@ impl From<ImapError> for SourceError {
     fn from(error: ImapError) -> SourceError {
         let kind = if error.is_auth_failure() {
             SourceErrorKind::AuthRefused
+        } else if error.is_refusal() {
+            SourceErrorKind::Refused
         } else {
             SourceErrorKind::Failed
         };
@@ -50,6 +52,19 @@ impl MailSource for ImapSource {
 
     async fn list_above(&mut self, last: Uid) -> Result<Vec<MessageSummary>, SourceError> {
         Ok(self.conn.list_above(last.0).await?)
+    }
+
+    async fn search_range(
+        &mut self,
+        first: Uid,
+        last: Uid,
+        unseen_only: bool,
+    ) -> Result<Vec<Uid>, SourceError> {
+        Ok(self.conn.search_range(first, last, unseen_only).await?)
+    }
+
+    async fn list_uids(&mut self, uids: &[Uid]) -> Result<Vec<MessageSummary>, SourceError> {
+        Ok(self.conn.list_uids(uids).await?)
     }
 
     async fn fetch_bodies(

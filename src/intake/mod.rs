@@ -16,7 +16,8 @@
 //!
 //! The rooms, in the order a message passes them: [`run`] (the supervisor: `run`'s tasks and
 //! `once`), [`folder`] (the folder task: its wake-ups as one closed enum), [`session`] (logging in),
-//! [`sweep`] (listing, batches, downloads, dispositions), [`record`] (a batch's decisions and
+//! [`sweep`] (listing, batches, downloads, dispositions; now and then `reconcile`, the comparison
+//! below the checkpoint), [`record`] (a batch's decisions and
 //! rows, in one transaction; also used by `reprocess`), `acknowledge` (the outbox rows written
 //! with them) and [`facts`] (what the store is asked for each message). The mail server is
 //! reached only through [`crate::mail_source::MailSource`].
@@ -24,6 +25,7 @@
 mod acknowledge;
 pub mod facts;
 pub mod folder;
+mod reconcile;
 pub mod record;
 pub mod run;
 pub mod session;

@@ -1,6 +1,7 @@
 //! One pass over a folder: complete pending dispositions, list what is above the checkpoint, take
 //! it in batches (downloaded and parsed while the previous batch is written), and dispose of each
-//! batch once its outcomes are committed.
+//! batch once its outcomes are committed; now and then, reconcile below the checkpoint
+//! (`reconcile`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -8,6 +9,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
 
+use super::reconcile::reconcile_if_due;
 use super::record::{
     Prepared, Work, envelope_from_header, location, quarantine_disposition, record_batch,
     recorded_uids,
@@ -16,7 +18,7 @@ use super::session::Session;
 use super::{CycleError, MailboxContext};
 use crate::config::{FirstStart, Mode};
 use crate::ingest::{self, QuarantineReason};
-use crate::mail_source::{Body, Disposition, MailSource, MessageSummary, Uid};
+use crate::mail_source::{Body, Disposition, MailSource, MessageSummary, SourceErrorKind, Uid};
 use crate::report::CycleReport;
 use crate::store::{FolderState, QuarantineEnvelope, StoreError};
 use crate::time::now_ms;
@@ -41,12 +43,15 @@ pub async fn sweep<S: MailSource>(
         .store
         .pending_dispositions(&mailbox.name, ctx.folder, state.uidvalidity)
         .await?;
+    // Dispositions the server refused are tried again here; whether any is still refused is
+    // read back at the end for the status page, `/readyz` and the metric.
+    let mut refusals = pending.iter().any(|p| p.refused);
     if !pending.is_empty() {
         let items: Vec<(Uid, String)> = pending
             .into_iter()
             .map(|p| (p.uid, p.disposition))
             .collect();
-        dispose_stored(ctx, session, state.uidvalidity, &items).await?;
+        refusals |= dispose_stored(ctx, session, state.uidvalidity, &items).await?;
         report.n_completed += items.len();
     }
 
@@ -86,7 +91,8 @@ pub async fn sweep<S: MailSource>(
                 attempts: *attempts,
                 error: error.lines().next().unwrap_or("").to_string(),
             };
-            set_aside_unreadable(ctx, session, &state, &batch[0], reason, &mut report).await?;
+            refusals |=
+                set_aside_unreadable(ctx, session, &state, &batch[0], reason, &mut report).await?;
             ctx.store.clear_stuck(&mailbox.name, ctx.folder).await?;
             continue;
         }
@@ -141,7 +147,7 @@ pub async fn sweep<S: MailSource>(
         let (to_dispose, counted) = recorded?;
         report.add(&counted);
         let dispose_started = Instant::now();
-        dispose_all(ctx, session, state.uidvalidity, &to_dispose).await?;
+        refusals |= dispose_all(ctx, session, state.uidvalidity, &to_dispose).await?;
         debug!(
             first_uid = batch[0].uid.0,
             n = batch.len(),
@@ -157,6 +163,18 @@ pub async fn sweep<S: MailSource>(
             ctx.store.clear_stuck(&mailbox.name, ctx.folder).await?;
         }
     }
+    if !shutdown.is_cancelled() {
+        refusals |= reconcile_if_due(ctx, session, &state, &mut report).await?;
+    }
+    if refusals {
+        report.refused = ctx
+            .store
+            .refused_dispositions(&mailbox.name, ctx.folder, state.uidvalidity)
+            .await?;
+        for refused in &report.refused {
+            warn!("{}", refused.describe());
+        }
+    }
     session.fresh = false;
     info!(%report, "sweep done");
     Ok(report)
@@ -164,7 +182,8 @@ pub async fn sweep<S: MailSource>(
 
 /// Records a message the server keeps failing to deliver as quarantined (unread) and moves it to
 /// the quarantine folder, so that the mail after it is not held up. Nothing is lost: it stays in
-/// that folder and `mailintake quarantine release` brings it back.
+/// that folder and `mailintake quarantine release` brings it back. Returns whether the server
+/// refused the move (see [`dispose_all`]).
 async fn set_aside_unreadable<S: MailSource>(
     ctx: &MailboxContext<'_>,
     session: &mut Session<S>,
@@ -172,7 +191,7 @@ async fn set_aside_unreadable<S: MailSource>(
     message: &MessageSummary,
     reason: QuarantineReason,
     report: &mut CycleReport,
-) -> Result<(), CycleError> {
+) -> Result<bool, CycleError> {
     let mailbox = ctx.mailbox;
     let at = location(ctx, state, message);
     // Nothing more is read from a message the server cannot deliver: it is known by its place.
@@ -191,7 +210,7 @@ async fn set_aside_unreadable<S: MailSource>(
     match tx.commit().await {
         Ok(()) => {}
         // Another worker recorded it first; disposing of it is that worker's.
-        Err(StoreError::Conflict) => return Ok(()),
+        Err(StoreError::Conflict) => return Ok(false),
         Err(e) => return Err(e.into()),
     }
     error!(
@@ -207,8 +226,7 @@ async fn set_aside_unreadable<S: MailSource>(
         state.uidvalidity,
         &[(message.uid, disposition)],
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// The folder's checkpoint, created on the first start (following the mailbox's `first_start`
@@ -312,7 +330,7 @@ fn is_left_from_before_first_start(state: &FolderState, message: &MessageSummary
 /// Splits a listing into batches of at most `max_messages` whose listed sizes add up to at most
 /// `max_bytes` (a single larger message is a batch of its own). Oversized messages count nothing:
 /// their bodies are never downloaded.
-fn batches(
+pub(super) fn batches(
     listed: &[MessageSummary],
     max_bytes: u64,
     max_messages: usize,
@@ -346,7 +364,7 @@ fn batches(
 /// round trip (each capped at `max_message_bytes`; header fields only for oversized mail),
 /// parsed on a blocking thread.
 #[instrument(skip_all, fields(first_uid = batch[0].uid.0, n = batch.len()), err)]
-async fn prepare_batch<'a, S: MailSource>(
+pub(super) async fn prepare_batch<'a, S: MailSource>(
     ctx: &MailboxContext<'_>,
     source: &mut S,
     state: &FolderState,
@@ -457,14 +475,15 @@ async fn prepare_batch<'a, S: MailSource>(
     Ok(prepared)
 }
 
-/// Completes the dispositions a crash left pending, as they were stored. A stored text that is
-/// no known disposition is logged and the message left in place.
+/// Completes the dispositions a crash left pending or the server refused, as they were stored. A
+/// stored text that is no known disposition is logged and the message left in place. Returns
+/// whether any was refused (again).
 async fn dispose_stored<S: MailSource>(
     ctx: &MailboxContext<'_>,
     session: &mut Session<S>,
     uidvalidity: u32,
     items: &[(Uid, String)],
-) -> Result<(), CycleError> {
+) -> Result<bool, CycleError> {
     let mut parsed = Vec::with_capacity(items.len());
     for (uid, text) in items {
         match text.parse::<Disposition>() {
@@ -479,25 +498,55 @@ async fn dispose_stored<S: MailSource>(
 }
 
 /// Performs the dispositions of committed outcomes, one command per kind and UID set, then
-/// records them as done.
-async fn dispose_all<S: MailSource>(
+/// records them as done. A kind the server refuses (a tagged NO: a full or unwritable target
+/// folder, a missing right) does not stop the folder: its messages are recorded as refused and
+/// stay pending, to be tried again by the next sweep; the others are done. Returns whether any
+/// was refused.
+pub(super) async fn dispose_all<S: MailSource>(
     ctx: &MailboxContext<'_>,
     session: &mut Session<S>,
     uidvalidity: u32,
     items: &[(Uid, Disposition)],
-) -> Result<(), CycleError> {
+) -> Result<bool, CycleError> {
+    let mailbox = &ctx.mailbox.name;
     let mut groups: BTreeMap<&Disposition, Vec<Uid>> = BTreeMap::new();
     for (uid, disposition) in items {
         groups.entry(disposition).or_default().push(*uid);
     }
+    let mut done = Vec::with_capacity(items.len());
+    let mut any_refused = false;
     for (disposition, uids) in groups {
-        session.source.dispose(&uids, disposition).await?;
+        match session.source.dispose(&uids, disposition).await {
+            Ok(()) => done.extend(uids),
+            Err(e) if e.kind() == SourceErrorKind::Refused => {
+                warn!(
+                    %disposition,
+                    n = uids.len(),
+                    error = %e,
+                    "the server refuses this disposition; the messages stay where they are and are tried again next sweep"
+                );
+                ctx.store
+                    .note_refused_disposition(
+                        mailbox,
+                        ctx.folder,
+                        uidvalidity,
+                        &uids,
+                        &first_line(&e.to_string()),
+                    )
+                    .await?;
+                any_refused = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    let uids: Vec<Uid> = items.iter().map(|(uid, _)| *uid).collect();
     ctx.store
-        .mark_disposed(&ctx.mailbox.name, ctx.folder, uidvalidity, &uids)
+        .mark_disposed(mailbox, ctx.folder, uidvalidity, &done)
         .await?;
-    Ok(())
+    Ok(any_refused)
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").trim().to_string()
 }
 
 #[cfg(test)]

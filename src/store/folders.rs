@@ -2,10 +2,13 @@
 //! mark, the stuck message) and its intake ledger (`imap_messages`): what was recorded for which
 //! UID, and which IMAP dispositions are still due.
 
+use std::collections::HashSet;
+
 use sqlx::Row;
 
 use super::{Outcome, Result, Store};
 use crate::mail_source::Uid;
+use crate::report::RefusedDispositions;
 use crate::time::now_ms;
 
 /// A folder's checkpoint.
@@ -31,6 +34,8 @@ pub struct PendingDisposition {
     pub uid: Uid,
     /// What to do: `seen`, `move:<folder>`, `quarantine:<folder>`, `delete` or `none`.
     pub disposition: String,
+    /// The server refused it before (see [`Store::note_refused_disposition`]).
+    pub refused: bool,
 }
 
 /// The outcome recorded for one IMAP message.
@@ -42,6 +47,13 @@ pub struct RecordedOutcome {
     pub ticket_id: Option<i64>,
     pub disposed: bool,
     pub disposition: String,
+}
+
+/// UIDs as the list of an `IN (…)`: they are integers, so formatting them into the statement is
+/// safe.
+fn uid_list(uids: &[Uid]) -> String {
+    let uids: Vec<String> = uids.iter().map(Uid::to_string).collect();
+    uids.join(", ")
 }
 
 impl Store {
@@ -193,7 +205,7 @@ impl Store {
         uidvalidity: u32,
     ) -> Result<Vec<PendingDisposition>> {
         let rows = sqlx::query(
-            "SELECT uid, disposition FROM imap_messages \
+            "SELECT uid, disposition, disposition_refused_at FROM imap_messages \
              WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3 AND disposed_at IS NULL \
              ORDER BY uid",
         )
@@ -207,12 +219,13 @@ impl Store {
             .map(|r| PendingDisposition {
                 uid: Uid(r.get::<i64, _>(0) as u32),
                 disposition: r.get(1),
+                refused: r.get::<Option<i64>, _>(2).is_some(),
             })
             .collect())
     }
 
-    /// Records that the IMAP dispositions of these UIDs of a folder are done: one statement per
-    /// few hundred UIDs.
+    /// Records that the IMAP dispositions of these UIDs of a folder are done (and no longer
+    /// refused): one statement per few hundred UIDs.
     pub async fn mark_disposed(
         &self,
         mailbox: &str,
@@ -222,12 +235,11 @@ impl Store {
     ) -> Result<()> {
         let now = now_ms();
         for chunk in uids.chunks(500) {
-            // The UIDs are integers: formatting them into the statement is safe.
-            let uids: Vec<String> = chunk.iter().map(Uid::to_string).collect();
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE imap_messages SET disposed_at = $1 WHERE mailbox = $2 AND folder = $3 \
+                "UPDATE imap_messages SET disposed_at = $1, disposition_refusal = NULL, \
+                 disposition_refused_at = NULL WHERE mailbox = $2 AND folder = $3 \
                  AND uidvalidity = $4 AND uid IN ({})",
-                uids.join(", ")
+                uid_list(chunk)
             )))
             .bind(now)
             .bind(mailbox)
@@ -237,5 +249,116 @@ impl Store {
             .await?;
         }
         Ok(())
+    }
+
+    /// Which of `uids` have a recorded outcome in this folder's current validity.
+    pub async fn recorded_among(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        uids: &[Uid],
+    ) -> Result<HashSet<Uid>> {
+        let mut recorded = HashSet::with_capacity(uids.len());
+        for chunk in uids.chunks(500) {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT uid FROM imap_messages WHERE mailbox = $1 AND folder = $2 \
+                 AND uidvalidity = $3 AND uid IN ({})",
+                uid_list(chunk)
+            )))
+            .bind(mailbox)
+            .bind(folder)
+            .bind(i64::from(uidvalidity))
+            .fetch_all(&self.pool)
+            .await?;
+            recorded.extend(rows.iter().map(|r| Uid(r.get::<i64, _>(0) as u32)));
+        }
+        Ok(recorded)
+    }
+
+    /// When the folder was last reconciled below its checkpoint (unix ms), if ever.
+    pub async fn reconciled_at(&self, mailbox: &str, folder: &str) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT reconciled_at FROM mailbox_state WHERE mailbox = $1 AND folder = $2",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    /// Records that the folder was reconciled below its checkpoint at `at_ms`.
+    pub async fn mark_reconciled(&self, mailbox: &str, folder: &str, at_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE mailbox_state SET reconciled_at = $1 WHERE mailbox = $2 AND folder = $3",
+        )
+        .bind(at_ms)
+        .bind(mailbox)
+        .bind(folder)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that the server refused the pending dispositions of these UIDs (a tagged NO: a
+    /// full or unwritable target folder, a missing right). They stay pending and every sweep
+    /// tries them again; the first refusal's time is kept, the newest reply replaces the older.
+    pub async fn note_refused_disposition(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        uids: &[Uid],
+        reply: &str,
+    ) -> Result<()> {
+        let now = now_ms();
+        for chunk in uids.chunks(500) {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE imap_messages SET disposition_refusal = $1, \
+                 disposition_refused_at = COALESCE(disposition_refused_at, $2) \
+                 WHERE mailbox = $3 AND folder = $4 AND uidvalidity = $5 AND disposed_at IS NULL \
+                 AND uid IN ({})",
+                uid_list(chunk)
+            )))
+            .bind(reply)
+            .bind(now)
+            .bind(mailbox)
+            .bind(folder)
+            .bind(i64::from(uidvalidity))
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The dispositions of a folder the server refuses, by what was to be done: how many
+    /// messages wait, since when, and the server's reply.
+    pub async fn refused_dispositions(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<Vec<RefusedDispositions>> {
+        let rows = sqlx::query(
+            "SELECT disposition, COUNT(*), MIN(disposition_refused_at), MAX(disposition_refusal) \
+             FROM imap_messages WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3 \
+             AND disposed_at IS NULL AND disposition_refused_at IS NOT NULL \
+             GROUP BY disposition ORDER BY disposition",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .bind(i64::from(uidvalidity))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RefusedDispositions {
+                disposition: r.get(0),
+                n_messages: r.get::<i64, _>(1) as u64,
+                since_ms: r.get(2),
+                reply: r.get::<Option<String>, _>(3).unwrap_or_default(),
+            })
+            .collect())
     }
 }

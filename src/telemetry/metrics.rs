@@ -11,7 +11,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::report::{BlockedSender, CycleReport, Failure, FailureSource, FlushReport, JunkStatus};
+use crate::report::{
+    BlockedSender, CycleReport, Failure, FailureSource, FlushReport, JunkStatus,
+    RefusedDispositions,
+};
 use crate::time::now_ms;
 
 /// Upper bounds (seconds) of the ingest-latency buckets: INTERNALDATE has whole seconds, and mail
@@ -148,6 +151,8 @@ pub struct FolderStatus {
     /// The oldest INTERNALDATE (unix ms) among messages the last listing found above the
     /// checkpoint; None once a sweep completed (caught up).
     pub oldest_unprocessed_ms: Option<i64>,
+    /// Dispositions the server refuses, as the last sweep left them.
+    pub refused: Vec<RefusedDispositions>,
 }
 
 /// Everything known about one mailbox since the process started.
@@ -164,6 +169,8 @@ pub struct MailboxStats {
     pub ignored: u64,
     pub bytes_fetched: u64,
     pub acks_queued: u64,
+    /// Messages the reconciliation below the checkpoint found without an outcome.
+    pub reconciled: u64,
     /// Failed sweeps and logins, by kind: token, imap, store.
     pub errors_token: u64,
     pub errors_imap: u64,
@@ -218,6 +225,13 @@ impl MailboxStats {
             .values()
             .filter_map(|f| f.oldest_unprocessed_ms)
             .min()
+    }
+
+    /// Every folder's dispositions the server refuses, with the folder.
+    pub fn refused_dispositions(&self) -> impl Iterator<Item = (&str, &RefusedDispositions)> {
+        self.folders
+            .iter()
+            .flat_map(|(folder, f)| f.refused.iter().map(move |r| (folder.as_str(), r)))
     }
 
     pub fn logins(&self) -> u64 {
@@ -285,6 +299,7 @@ impl Metrics {
                                 last_error: None,
                                 logins: 0,
                                 oldest_unprocessed_ms: None,
+                                refused: Vec::new(),
                             },
                         )
                     })
@@ -300,6 +315,7 @@ impl Metrics {
                     ignored: 0,
                     bytes_fetched: 0,
                     acks_queued: 0,
+                    reconciled: 0,
                     errors_token: 0,
                     errors_imap: 0,
                     errors_store: 0,
@@ -378,12 +394,14 @@ impl Metrics {
         stats.ignored += report.n_ignored as u64;
         stats.bytes_fetched += report.bytes_fetched;
         stats.acks_queued += report.n_acks_queued as u64;
+        stats.reconciled += report.n_reconciled as u64;
         stats.sweep_duration.observe(took.as_secs_f64());
         if let Some(status) = stats.folders.get_mut(folder) {
             status.state = MailboxState::Ok;
             status.last_success_ms = Some(now_ms());
             // A completed sweep recorded everything it listed.
             status.oldest_unprocessed_ms = None;
+            status.refused = report.refused.clone();
         }
     }
 

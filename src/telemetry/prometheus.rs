@@ -205,6 +205,12 @@ impl Snapshot {
             per_mailbox(&|m| m.logins()),
         );
         family(
+            "mailintake_reconciled_total",
+            "counter",
+            "Messages found at or below a folder's checkpoint without an outcome (shown late by the server) and taken in by the reconciliation.",
+            per_mailbox(&|m| m.reconciled),
+        );
+        family(
             "mailintake_imap_reconnects_total",
             "counter",
             "IMAP logins after a folder's first one (token renewal, errors, dropped connections).",
@@ -238,6 +244,20 @@ impl Snapshot {
                             labels(&[("mailbox", name), ("from", &b.from_address)]),
                             b.n_rows as f64,
                         )
+                    })
+                })
+                .collect(),
+        );
+        family(
+            "mailintake_dispositions_refused",
+            "gauge",
+            "Messages recorded whose disposition (mark seen, move, delete) the server refuses: they stay in the folder and each sweep tries again.",
+            self.mailboxes
+                .iter()
+                .flat_map(|(name, m)| {
+                    m.folders.iter().map(move |(folder, f)| {
+                        let n: u64 = f.refused.iter().map(|r| r.n_messages).sum();
+                        (labels(&[("mailbox", name), ("folder", folder)]), n as f64)
                     })
                 })
                 .collect(),

@@ -2,7 +2,10 @@
 //! delete, first-start policy, batching, IDLE, dropped sessions, UIDVALIDITY changes, SIGTERM, a
 //! message larger than its announced size.
 
+use std::path::Path;
 use std::time::Duration;
+
+use sqlx::Row;
 
 use crate::helpers::*;
 
@@ -827,4 +830,127 @@ async fn a_folder_task_that_panics_is_restarted_and_the_panic_shown() {
     let (status, log) = terminate(running, Duration::from_secs(30)).await;
     assert!(status.success(), "{log}");
     assert!(log.contains("the task panicked"), "{log}");
+}
+
+/// Makes a maildir folder writable or not for Dovecot (which runs as the mail user, not root).
+fn set_writable(dir: &Path, writable: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if writable { 0o700 } else { 0o500 };
+    for sub in ["", "cur", "new", "tmp"] {
+        std::fs::set_permissions(dir.join(sub), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+/// Before: the refused MOVE failed the sweep, the next sweep failed again completing it, and
+/// no mail after it became a ticket (the folder stopped, its state `retrying`).
+#[tokio::test]
+async fn a_move_the_server_refuses_is_recorded_and_shown_and_the_folder_goes_on() {
+    let case = Case::new(
+        Backend::Sqlite,
+        "dispose = \"move\"\npoll_interval = \"1s\"",
+        "implicit",
+    )
+    .await;
+    let base = crate::ops::enable_http(&case, "");
+    // Processed exists, but Dovecot cannot write into it: every MOVE there is refused (NO).
+    doveadm(&["mailbox", "create", "-u", &case.mailbox, "Processed"]);
+    let processed = maildir_of(&case.mailbox).join(".Processed");
+    set_writable(&processed, false);
+
+    deliver_fixtures(&case, &["plain.eml"]).await;
+    let running = case.spawn_run();
+    let refused_series = "mailintake_dispositions_refused{mailbox=\"support\",folder=\"INBOX\"}";
+    let (seen, _, metrics) = crate::ops::get_until(&format!("{base}/metrics"), None, |_, b| {
+        b.contains(&format!("{refused_series} 1"))
+    })
+    .await;
+    assert!(seen, "the refusal is a gauge: {metrics}\n{}", running.log());
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 1);
+    let pool = case.db.pool().await;
+    let refusal: String = sqlx::query("SELECT disposition_refusal FROM imap_messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    pool.close().await;
+    assert!(
+        refusal.contains("MOVE"),
+        "the server's reply is kept: {refusal}"
+    );
+
+    // The folder goes on: later mail becomes tickets while the first still waits.
+    deliver_fixtures(&case, &["latin1.eml"]).await;
+    assert!(
+        case.wait_for_count("SELECT COUNT(*) FROM tickets", 2, Duration::from_secs(60))
+            .await,
+        "mail after a refused disposition is ingested: {}",
+        running.log()
+    );
+    let (seen, _, ready) = crate::ops::get_until(&format!("{base}/readyz"), None, |_, b| {
+        b.contains("\"n_messages\":2")
+    })
+    .await;
+    assert!(seen, "/readyz shows both waiting: {ready}");
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    let mailbox = &ready["mailboxes"][0];
+    assert_eq!(
+        ready["status"], "ready",
+        "a refusal does not stop the worker"
+    );
+    assert_eq!(mailbox["state"], "ok", "{mailbox}");
+    let refused = &mailbox["refused_dispositions"][0];
+    assert_eq!(refused["folder"], "INBOX");
+    assert_eq!(refused["disposition"], "move:Processed");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 message(s) recorded but not moved to Processed: the server refuses ("),
+        "{refused}"
+    );
+    let (_, page) = crate::ops::get(&format!("{base}/"), None).await;
+    assert!(
+        page.contains("2 message(s) recorded but not moved to Processed"),
+        "the status page names it: {page}"
+    );
+    assert_eq!(
+        folder_contents(&case.entra, &case.mailbox, "INBOX")
+            .await
+            .len(),
+        2,
+        "nothing moved while refused"
+    );
+
+    // Fixed: the next sweep moves both, and the gauge and the record clear.
+    set_writable(&processed, true);
+    deliver_fixtures(&case, &["attachment.eml"]).await;
+    let (seen, _, metrics) = crate::ops::get_until(&format!("{base}/metrics"), None, |_, b| {
+        b.contains(&format!("{refused_series} 0"))
+            && b.contains("mailintake_messages_total{mailbox=\"support\",outcome=\"ticket\"} 3")
+    })
+    .await;
+    assert!(seen, "{metrics}\n{}", running.log());
+    let (status, log) = terminate(running, Duration::from_secs(30)).await;
+    assert!(status.success(), "{log}");
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 3);
+    assert_eq!(
+        case.db
+            .count(
+                "SELECT COUNT(*) FROM imap_messages WHERE disposed_at IS NULL \
+                 OR disposition_refusal IS NOT NULL OR disposition_refused_at IS NOT NULL"
+            )
+            .await,
+        0
+    );
+    assert!(
+        folder_contents(&case.entra, &case.mailbox, "INBOX")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        folder_contents(&case.entra, &case.mailbox, "Processed")
+            .await
+            .len(),
+        3
+    );
 }
