@@ -74,7 +74,7 @@ pub enum TokenError {
         retry_after: Option<Duration>,
     },
     /// The provider could not be reached or did not answer in time.
-    #[error("token endpoint of identity `{identity}` ({url}) could not be reached: {source}")]
+    #[error("{}", describe_unreachable(.identity, .url, .source))]
     Unreachable {
         identity: String,
         url: String,
@@ -156,6 +156,40 @@ impl TokenError {
             _ => None,
         }
     }
+}
+
+/// An unreachable token endpoint in the admin's words: the innermost cause (a name that does not
+/// resolve, a refused or timed-out connection, a certificate) rather than reqwest's "error sending
+/// request", and what to check.
+fn describe_unreachable(identity: &str, url: &str, error: &reqwest::Error) -> String {
+    let mut causes = Vec::new();
+    let mut next = std::error::Error::source(error);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !causes.contains(&text) {
+            causes.push(text);
+        }
+        next = cause.source();
+    }
+    let cause = if error.is_timeout() {
+        "no answer in time".to_string()
+    } else if causes.is_empty() {
+        error.to_string()
+    } else {
+        causes.join(": ")
+    };
+    let (host, port) = reqwest::Url::parse(url)
+        .ok()
+        .map(|u| {
+            (
+                u.host_str().unwrap_or("?").to_string(),
+                u.port_or_known_default().unwrap_or(443),
+            )
+        })
+        .unwrap_or_else(|| ("?".into(), 443));
+    format!(
+        "token endpoint of identity `{identity}` ({url}) could not be reached: {cause}\n  fix: this machine must resolve {host} and reach it on port {port} (DNS, firewall, or an HTTP proxy given in HTTPS_PROXY); a national cloud has its own host: set `authority`"
+    )
 }
 
 fn describe_rejection(

@@ -11,6 +11,7 @@ mod drills;
 mod drills_db;
 mod engine;
 mod flows;
+mod guides;
 mod helpers;
 mod imapproxy;
 mod intake;
