@@ -173,8 +173,8 @@ pub enum QuarantineAction {
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxAction {
-    /// The most recent rows, optionally of one state (pending, sending, sent, failed, cancelled,
-    /// suppressed).
+    /// The most recent rows, optionally of one state (pending, sending, sent, bounced, failed,
+    /// cancelled, suppressed).
     List {
         #[arg(long)]
         state: Option<String>,

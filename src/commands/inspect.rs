@@ -200,8 +200,8 @@ pub(super) async fn quarantine_show(store: &Store, id: i64) -> anyhow::Result<Ex
 }
 
 /// `mailintake outbox list [--state S] [--limit N] [--json]`: the newest acknowledgements, with
-/// why each was suppressed or what its last attempt said. A pending row whose From address the
-/// server refuses shows as `blocked`, with the refusal and the fix.
+/// why each was suppressed or bounced, or what its last attempt said. A pending row whose From
+/// address the server refuses shows as `blocked`, with the refusal and the fix.
 pub(super) async fn outbox_list(
     store: &Store,
     state: Option<&str>,
@@ -235,6 +235,7 @@ pub(super) async fn outbox_list(
         for r in &rows {
             let blocked_reason = blocked.get(&r.id);
             let why = blocked_reason
+                .or(r.bounce_reason.as_ref())
                 .or(r.reason.as_ref())
                 .or(r.last_error.as_ref())
                 .map(|w| format!(" — {}", w.lines().next().unwrap_or("")))

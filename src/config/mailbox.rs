@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::problems::{Problems, Table, alternatives};
 use super::{
-    Acknowledge, DEFAULT_MAX_MESSAGE_BYTES, Disposal, FirstStart, ImapEndpoint, Mailbox, Mode,
-    SmtpEndpoint, Timeouts, TlsMode, file_problem, raw,
+    Acknowledge, AutomaticMail, DEFAULT_MAX_MESSAGE_BYTES, Disposal, FirstStart, ImapEndpoint,
+    Mailbox, Mode, SmtpEndpoint, Timeouts, TlsMode, file_problem, raw,
 };
 use crate::time::parse_date;
 
@@ -133,6 +133,34 @@ impl FromStr for DisposeMode {
                 format!(
                     "must be {}",
                     alternatives(&DisposeMode::ALL.map(DisposeMode::name))
+                )
+            })
+    }
+}
+
+impl AutomaticMail {
+    pub const ALL: [AutomaticMail; 2] = [AutomaticMail::Ticket, AutomaticMail::Ignore];
+
+    /// The `automatic` value that selects this in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            AutomaticMail::Ticket => "ticket",
+            AutomaticMail::Ignore => "ignore",
+        }
+    }
+}
+
+impl FromStr for AutomaticMail {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AutomaticMail, String> {
+        AutomaticMail::ALL
+            .into_iter()
+            .find(|automatic| automatic.name() == text)
+            .ok_or_else(|| {
+                format!(
+                    "must be {} (what machine-generated mail such as alerts, notifications and list mail becomes)",
+                    alternatives(&AutomaticMail::ALL.map(AutomaticMail::name))
                 )
             })
     }
@@ -287,6 +315,11 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
         ),
     };
     let keep_raw = table.choice("keep_raw", m.keep_raw.as_deref(), KeepRaw::Failures);
+    let automatic = table.choice(
+        "automatic",
+        m.automatic.as_deref(),
+        AutomaticMail::default(),
+    );
     let smtp = m.smtp.map(|raw| validate_smtp(raw, base_dir, table));
     let acknowledge = validate_acknowledge(
         m.acknowledge.unwrap_or_default(),
@@ -324,6 +357,7 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
         first_start,
         max_new_tickets_per_sender_per_hour: m.max_new_tickets_per_sender_per_hour.unwrap_or(20),
         reopen_closed: m.reopen_closed.unwrap_or(true),
+        automatic,
         keep_raw_all: keep_raw == KeepRaw::All,
         smtp,
         acknowledge,
@@ -621,6 +655,15 @@ mod tests {
         for keep in KeepRaw::ALL {
             assert_eq!(keep.name().parse(), Ok(keep));
         }
+        for automatic in AutomaticMail::ALL {
+            assert_eq!(automatic.name().parse(), Ok(automatic));
+        }
+        assert!(
+            "tickets"
+                .parse::<AutomaticMail>()
+                .unwrap_err()
+                .starts_with("must be \"ticket\" or \"ignore\"")
+        );
         assert_eq!(
             "none".parse::<KeepRaw>(),
             Err("must be \"failures\" or \"all\"".to_string())

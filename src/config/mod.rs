@@ -234,8 +234,11 @@ pub struct Mailbox {
     pub first_start: FirstStart,
     /// New tickets one sender may open per hour; the excess is quarantined. 0 means no limit.
     pub max_new_tickets_per_sender_per_hour: u32,
-    /// A person's follow-up to a resolved or closed ticket reopens it.
+    /// A follow-up to a resolved or closed ticket reopens it (a person's, or machine-generated
+    /// mail's under `automatic = "ticket"`; never a machine's reply).
     pub reopen_closed: bool,
+    /// Machine-generated mail opens tickets (`"ticket"`, the default) or not (`"ignore"`).
+    pub automatic: AutomaticMail,
     /// Keep every ingested message's raw bytes (compressed), not only those of failures.
     pub keep_raw_all: bool,
     /// Where acknowledgements are sent through; `None` when the mailbox sends nothing.
@@ -290,6 +293,19 @@ pub enum Mode {
     /// Read-only: EXAMINE and BODY.PEEK, no flags, moves or deletions, no acknowledgements; tickets
     /// are still written. For running beside the system mailintake replaces, to compare.
     Shadow,
+}
+
+/// What becomes of machine-generated mail (notifications, alerts, bulk and list mail: see
+/// `ingest::classify`), the `automatic` key. Either way it is never acknowledged; replies made by
+/// machines (auto-replies, bounces, read receipts) are not under this key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutomaticMail {
+    /// Decided as a person's mail is: a new ticket, a follow-up (reopening), the sender limit.
+    #[default]
+    Ticket,
+    /// Opens no ticket: recorded `ignored` (reason `automatic`); in a ticket's thread it is still
+    /// attached to that ticket, without reopening it.
+    Ignore,
 }
 
 /// What a mailbox's first start does with the mail already in the folder.

@@ -105,6 +105,7 @@ pub struct Mailbox {
     pub first_start: Option<String>,
     pub max_new_tickets_per_sender_per_hour: Option<u32>,
     pub reopen_closed: Option<bool>,
+    pub automatic: Option<String>,
     pub keep_raw: Option<String>,
     pub smtp: Option<Smtp>,
     pub acknowledge: Option<Acknowledge>,

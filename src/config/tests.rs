@@ -183,7 +183,7 @@ fn http_is_off_by_default_and_loopback_unless_a_token_is_set() {
 fn two_bad_closed_set_values_are_both_reported_with_their_keys() {
     let text = MINIMAL.replace(
         "name = \"support\"",
-        "name = \"support\"\ndispose = \"archive\"\nkeep_raw = \"some\"",
+        "name = \"support\"\ndispose = \"archive\"\nkeep_raw = \"some\"\nautomatic = \"always\"",
     );
     let problems = load(&text).unwrap_err();
     assert_eq!(
@@ -196,6 +196,10 @@ fn two_bad_closed_set_values_are_both_reported_with_their_keys() {
             ConfigProblem {
                 key: "mailboxes[0].keep_raw".into(),
                 message: "must be \"failures\" or \"all\"".into(),
+            },
+            ConfigProblem {
+                key: "mailboxes[0].automatic".into(),
+                message: "must be \"ticket\" or \"ignore\" (what machine-generated mail such as alerts, notifications and list mail becomes)".into(),
             },
         ]
     );

@@ -241,7 +241,7 @@ impl Connection {
                 .session
                 .uid_fetch(
                     uid.to_string(),
-                    "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID FROM SUBJECT DATE RETURN-PATH REPLY-TO AUTO-SUBMITTED PRECEDENCE LIST-ID X-LOOP)])",
+                    "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID FROM SUBJECT DATE RETURN-PATH REPLY-TO AUTO-SUBMITTED PRECEDENCE LIST-ID X-LOOP X-AUTO-RESPONSE-SUPPRESS)])",
                 )
                 .await
                 .map_err(protocol("UID FETCH header"))?;

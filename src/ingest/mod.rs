@@ -3,13 +3,25 @@
 //!
 //! Bad mail is data, not failure: every input ends in a [`Decision`], and only the worker's
 //! infrastructure (IMAP, database) can fail.
+//!
+//! The rooms: [`parse`] (raw bytes → [`ParsedMail`], made readable by `repair`; a DSN's fields
+//! read by `report`), `classify` (what kind of mail it is, which outbox message a bounce is
+//! about), and here the decision itself.
 
+mod classify;
 pub mod parse;
 mod repair;
+mod report;
 
 pub use parse::{
-    Attachment, MessageIdSource, ParseFailure, ParsedMail, Party, Signals, parse, sha256_hex,
+    Attachment, DeliveryReport, DsnAction, MessageIdSource, ParseFailure, ParsedMail, Party,
+    RecipientStatus, Signals, parse, sha256_hex,
 };
+
+pub use classify::{AutoKind, MailKind, OutboxBounce, classify, outbox_bounce};
+
+use crate::config::AutomaticMail;
+use classify::reported_message_ids;
 
 /// What the store already knows about a message's Message-ID.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,89 +84,99 @@ pub struct Facts {
 /// Settings that shape decisions.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    /// Our own mailbox addresses, lower case: mail from them, or naming them in X-Loop, is a loop.
+    /// Our own mailbox addresses, lower case: X-Loop naming one, or a Message-ID of ours on one's
+    /// domain, is a loop; no acknowledgement goes to one.
     pub own_addresses: Vec<String>,
     /// New tickets one sender may open per hour; 0 means no limit.
     pub max_new_tickets_per_sender_per_hour: u32,
     /// A follow-up to a resolved or closed ticket reopens it.
     pub reopen_closed: bool,
+    /// What machine-generated mail (notifications, alerts, bulk and list mail) becomes.
+    pub automatic: AutomaticMail,
 }
 
-/// What kind of mail this is, by its headers (RFC 3834 and common practice).
+/// How every Message-ID mailintake writes begins (`reply::new_message_id`): with the domain of
+/// one of our own addresses after the `@`, it tells our own mail from anyone else's.
+pub const OUR_MESSAGE_ID_PREFIX: &str = "mailintake.";
+
+impl Policy {
+    /// `message_id` is one mailintake made (an acknowledgement, a quarantine notice): it begins
+    /// with [`OUR_MESSAGE_ID_PREFIX`] and its domain is one of our own addresses'.
+    pub fn is_our_message_id(&self, message_id: &str) -> bool {
+        let Some((local, domain)) = message_id.rsplit_once('@') else {
+            return false;
+        };
+        local.starts_with(OUR_MESSAGE_ID_PREFIX)
+            && self.own_addresses.iter().any(|address| {
+                address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, own)| own.eq_ignore_ascii_case(domain))
+            })
+    }
+}
+
+crate::closed_set! {
+    /// Why a message became no ticket on purpose: the first word of its `imap_messages.detail`.
+    pub enum IgnoreCode("ignore reason") {
+        /// Sent by mailintake itself (our Message-ID, or X-Loop naming our mailbox).
+        Loop = "loop",
+        /// A machine's reply (auto-reply, bounce, read receipt) about mail we never sent: it
+        /// names neither a ticket nor one of our messages (typically a reply to spam that forged
+        /// our address).
+        Backscatter = "backscatter",
+        /// A machine's reply about one of our messages that belongs to no ticket (a quarantine
+        /// notice).
+        NoTicket = "no-ticket",
+        /// Machine-generated mail under the mailbox's `automatic = "ignore"`.
+        Automatic = "automatic",
+        /// In the folder at the first start and received before the `first_start` cutoff.
+        BeforeFirstStart = "before-first-start",
+    }
+}
+
+/// Why a message becomes no ticket, with the detail for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MailKind {
-    /// Written by a person.
-    Person,
-    /// An automatic reply (out of office, vacation, autoresponder) or other machine-generated mail.
-    Automatic(String),
-    /// A delivery status notification (bounce).
-    Bounce,
-    /// A read receipt (message disposition notification).
-    ReadReceipt,
-    /// Sent by, or looping through, one of our own mailboxes.
+pub enum IgnoreReason {
     Loop(String),
+    Backscatter { kind: AutoKind, evidence: String },
+    NoTicket { kind: AutoKind, message_id: String },
+    Automatic { kind: AutoKind, evidence: String },
+    BeforeFirstStart,
 }
 
-impl MailKind {
-    /// The value of `messages.auto_kind` for a follow-up of this kind.
-    pub fn auto_kind(&self) -> Option<&'static str> {
+impl IgnoreReason {
+    pub fn code(&self) -> IgnoreCode {
         match self {
-            MailKind::Person => None,
-            MailKind::Automatic(_) => Some("auto-reply"),
-            MailKind::Bounce => Some("bounce"),
-            MailKind::ReadReceipt => Some("read-receipt"),
-            MailKind::Loop(_) => Some("loop"),
+            IgnoreReason::Loop(_) => IgnoreCode::Loop,
+            IgnoreReason::Backscatter { .. } => IgnoreCode::Backscatter,
+            IgnoreReason::NoTicket { .. } => IgnoreCode::NoTicket,
+            IgnoreReason::Automatic { .. } => IgnoreCode::Automatic,
+            IgnoreReason::BeforeFirstStart => IgnoreCode::BeforeFirstStart,
         }
     }
-}
 
-/// Classifies `mail` by its headers.
-pub fn classify(mail: &ParsedMail, policy: &Policy) -> MailKind {
-    let signals = &mail.signals;
-    let from = mail
-        .from
-        .as_ref()
-        .map(|p| p.address.to_ascii_lowercase())
-        .unwrap_or_default();
-    if !from.is_empty() && policy.own_addresses.contains(&from) {
-        return MailKind::Loop(format!("sent by our own mailbox {from}"));
+    /// What `imap_messages.detail` holds: the code, a colon, a sentence.
+    pub fn detail(&self) -> String {
+        let sentence = match self {
+            IgnoreReason::Loop(reason) => format!("mail loop: {reason}"),
+            IgnoreReason::Backscatter { kind, evidence } => format!(
+                "{} ({evidence}) that names neither a ticket nor one of our messages",
+                kind.described()
+            ),
+            IgnoreReason::NoTicket { kind, message_id } => format!(
+                "{} about our message {message_id}, which belongs to no ticket",
+                kind.described()
+            ),
+            IgnoreReason::Automatic { kind, evidence } => format!(
+                "{} ({evidence}) that belongs to no ticket; the mailbox has automatic = \"ignore\"",
+                kind.described()
+            ),
+            IgnoreReason::BeforeFirstStart => {
+                "received before the mailbox's first_start cutoff; left untouched".to_string()
+            }
+        };
+        format!("{}: {sentence}", self.code())
     }
-    if let Some(ours) = signals
-        .x_loop
-        .iter()
-        .find(|a| policy.own_addresses.contains(a))
-    {
-        return MailKind::Loop(format!("X-Loop names our mailbox {ours}"));
-    }
-    match signals.report_type.as_deref() {
-        Some("delivery-status") => return MailKind::Bounce,
-        Some("disposition-notification") => return MailKind::ReadReceipt,
-        _ => {}
-    }
-    let local = from.split('@').next().unwrap_or("");
-    if local == "mailer-daemon" || local == "postmaster" {
-        return MailKind::Bounce;
-    }
-    if let Some(value) = signals.auto_submitted.as_deref()
-        && value != "no"
-    {
-        return MailKind::Automatic(format!("Auto-Submitted: {value}"));
-    }
-    if let Some(value) = signals.precedence.as_deref()
-        && matches!(value, "bulk" | "junk" | "list" | "auto_reply")
-    {
-        return MailKind::Automatic(format!("Precedence: {value}"));
-    }
-    if signals.auto_response_suppress {
-        return MailKind::Automatic("X-Auto-Response-Suppress".into());
-    }
-    if let Some(evidence) = &signals.list_evidence {
-        return MailKind::Automatic(format!("mailing-list mail ({evidence})"));
-    }
-    if signals.null_return_path {
-        return MailKind::Automatic("empty Return-Path".into());
-    }
-    MailKind::Person
 }
 
 /// Why a message is set aside instead of becoming a ticket.
@@ -230,6 +252,8 @@ pub enum Decision {
     NewTicket {
         mail: Box<ParsedMail>,
         related: Option<i64>,
+        /// Set for machine-generated mail kept as a ticket: never acknowledged.
+        auto_kind: Option<AutoKind>,
     },
     /// Add the message to an existing ticket.
     FollowUp {
@@ -237,13 +261,20 @@ pub enum Decision {
         ticket_id: i64,
         /// Reopen the ticket (it was resolved or closed and a person wrote again).
         reopen: bool,
-        /// Set for automatic mail (`auto-reply`, `bounce`, `read-receipt`): never acknowledged.
-        auto_kind: Option<&'static str>,
+        /// Set for automatic mail (see [`AutoKind`]): never acknowledged.
+        auto_kind: Option<AutoKind>,
+        /// A bounce of one of our outbox messages: that row becomes `bounced`.
+        bounced: Option<OutboxBounce>,
     },
     /// The same message (same Message-ID and content) is already stored: record, do not duplicate.
     Duplicate { ticket_id: i64 },
-    /// Automatic mail or a loop that belongs to no ticket: recorded, never a ticket.
-    Ignore { reason: String },
+    /// Recorded, never a ticket: see [`IgnoreReason`].
+    Ignore {
+        reason: IgnoreReason,
+        /// A bounce of one of our outbox messages that belongs to no ticket (a quarantine
+        /// notice): that row becomes `bounced` all the same.
+        bounced: Option<OutboxBounce>,
+    },
     /// Set the message aside, with its raw bytes when they were downloaded.
     Quarantine(QuarantineReason),
 }
@@ -273,59 +304,79 @@ pub fn decide(
     }
 
     let kind = classify(&mail, policy);
-    let follow_up = |ticket: &KnownTicket, mail: ParsedMail, person: bool| Decision::FollowUp {
+    let auto_kind = kind.auto_kind();
+    let bounced = outbox_bounce(&mail, policy);
+    let follow_up = |ticket: &KnownTicket, mail: ParsedMail, may_reopen: bool| Decision::FollowUp {
         ticket_id: ticket.ticket_id,
-        reopen: person
+        reopen: may_reopen
             && policy.reopen_closed
             && matches!(ticket.status, TicketStatus::Resolved | TicketStatus::Closed),
-        auto_kind: kind.auto_kind(),
+        auto_kind,
+        bounced: bounced.clone(),
         mail: Box::new(mail),
     };
+    // The ticket a subject tag names, when the sender is one of its participants (a tag is
+    // guessable: from a stranger it only links a new ticket to that one).
+    let tagged_by_participant = facts.tagged.as_ref().filter(|ticket| {
+        [mail.from.as_ref(), mail.reply_to.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|p| {
+                ticket
+                    .participants
+                    .contains(&p.address.to_ascii_lowercase())
+            })
+    });
     match &kind {
         MailKind::Loop(reason) => Decision::Ignore {
-            reason: format!("mail loop: {reason}"),
+            reason: IgnoreReason::Loop(reason.clone()),
+            bounced: None,
         },
-        MailKind::Bounce | MailKind::ReadReceipt => {
-            match facts.reported.as_ref().or(facts.thread.as_ref()) {
+        // A machine's reply belongs to the ticket of the mail it answers or reports on, and is
+        // never a request of its own (RFC 3834 forbids answering it, not reading it).
+        MailKind::Automatic { kind, evidence } if kind.is_reply() => {
+            let ticket = facts
+                .reported
+                .as_ref()
+                .or(facts.thread.as_ref())
+                .or(tagged_by_participant);
+            if let Some(ticket) = ticket {
+                return follow_up(ticket, mail, false);
+            }
+            let reason = match reported_message_ids(&mail)
+                .into_iter()
+                .find(|id| policy.is_our_message_id(id))
+            {
+                Some(ours) => IgnoreReason::NoTicket {
+                    kind: *kind,
+                    message_id: ours.to_string(),
+                },
+                None => IgnoreReason::Backscatter {
+                    kind: *kind,
+                    evidence: evidence.clone(),
+                },
+            };
+            Decision::Ignore { reason, bounced }
+        }
+        MailKind::Automatic { kind, evidence } if policy.automatic == AutomaticMail::Ignore => {
+            match facts.thread.as_ref().or(tagged_by_participant) {
                 Some(ticket) => follow_up(ticket, mail, false),
                 None => Decision::Ignore {
-                    reason: format!(
-                        "{} about a message that belongs to no ticket",
-                        if kind == MailKind::Bounce {
-                            "bounce"
-                        } else {
-                            "read receipt"
-                        }
-                    ),
+                    reason: IgnoreReason::Automatic {
+                        kind: *kind,
+                        evidence: evidence.clone(),
+                    },
+                    bounced: None,
                 },
             }
         }
-        MailKind::Automatic(reason) => match &facts.thread {
-            Some(ticket) => follow_up(ticket, mail, false),
-            None => Decision::Ignore {
-                reason: format!("automatic mail ({reason}) that belongs to no ticket"),
-            },
-        },
-        MailKind::Person => {
-            if let Some(ticket) = &facts.thread {
+        // A person's mail, and machine-generated mail under `automatic = "ticket"` (never
+        // acknowledged: its `auto_kind` says why).
+        MailKind::Automatic { .. } | MailKind::Person => {
+            if let Some(ticket) = facts.thread.as_ref().or(tagged_by_participant) {
                 return follow_up(ticket, mail, true);
             }
-            let mut related = None;
-            if let Some(ticket) = &facts.tagged {
-                let sender_known = [mail.from.as_ref(), mail.reply_to.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .any(|p| {
-                        ticket
-                            .participants
-                            .contains(&p.address.to_ascii_lowercase())
-                    });
-                if sender_known {
-                    return follow_up(ticket, mail, true);
-                }
-                // A tag is guessable: from a stranger it only links the new ticket to that one.
-                related = Some(ticket.ticket_id);
-            }
+            let related = facts.tagged.as_ref().map(|ticket| ticket.ticket_id);
             let limit = policy.max_new_tickets_per_sender_per_hour;
             if limit > 0 && facts.sender_recent_tickets >= limit && !facts.released {
                 return Decision::Quarantine(QuarantineReason::SenderRateLimit {
@@ -340,6 +391,7 @@ pub fn decide(
             Decision::NewTicket {
                 mail: Box::new(mail),
                 related,
+                auto_kind,
             }
         }
     }

@@ -2,6 +2,8 @@
 
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 use serde::Serialize;
+
+pub use super::report::{DeliveryReport, DsnAction, RecipientStatus};
 use sha2::{Digest, Sha256};
 
 /// A name and address from a header such as From or To.
@@ -39,8 +41,11 @@ pub struct Signals {
     pub auto_submitted: Option<String>,
     /// `Precedence`, lower case (`bulk`, `junk`, `list`, `auto_reply`).
     pub precedence: Option<String>,
-    /// `X-Auto-Response-Suppress` is present (Exchange puts it on its own automatic mail).
-    pub auto_response_suppress: bool,
+    /// `X-Auto-Response-Suppress`, lower case (`all`, `oof, autoreply`, …): the sender asks
+    /// for no automatic answers of these kinds ([MS-OXCMAIL] 2.2.3.2.14). Exchange puts it on its
+    /// own automatic mail, ticket systems on everything they send, their agents' replies too:
+    /// it says nothing about who wrote the message.
+    pub auto_response_suppress: Option<String>,
     /// Mailing-list or newsletter traffic: what list software really sets (any `List-*` field,
     /// `X-Mailman-*`, a `Sender:` or `Return-Path` of a list robot: `owner-…`, `…-owner`,
     /// `…-request`, `…-bounces`); `list_evidence` says which.
@@ -58,6 +63,20 @@ pub struct Signals {
     pub report_type: Option<String>,
     /// The Message-ID of the original message a report (bounce, read receipt) is about.
     pub original_message_id: Option<String>,
+    /// The `message/delivery-status` part of a delivery status notification (RFC 3464).
+    pub delivery_report: Option<DeliveryReport>,
+}
+
+impl Signals {
+    /// `X-Auto-Response-Suppress` asks for no auto-replies (`All` or `AutoReply`; `OOF` is about
+    /// out-of-office notices only): an acknowledgement is one.
+    pub fn suppresses_auto_replies(&self) -> bool {
+        self.auto_response_suppress.as_deref().is_some_and(|value| {
+            value
+                .split([',', ' ', ';'])
+                .any(|token| matches!(token.trim(), "all" | "autoreply"))
+        })
+    }
 }
 
 /// One attachment or inline part.
@@ -293,8 +312,23 @@ impl ParsedMail {
             clean(body);
         }
         let signals = &mut self.signals;
+        if let Some(report) = &mut signals.delivery_report {
+            for text in report.reporting_mta.iter_mut() {
+                clean(text);
+            }
+            for recipient in &mut report.recipients {
+                clean(&mut recipient.recipient);
+                for text in [&mut recipient.status, &mut recipient.diagnostic]
+                    .into_iter()
+                    .flatten()
+                {
+                    clean(text);
+                }
+            }
+        }
         for text in [
             &mut signals.auto_submitted,
+            &mut signals.auto_response_suppress,
             &mut signals.precedence,
             &mut signals.return_path,
             &mut signals.report_type,
@@ -334,7 +368,7 @@ fn signals(message: &mail_parser::Message<'_>) -> Signals {
                 signals.auto_submitted = Some(keyword);
             }
             "precedence" => signals.precedence = Some(value(raw)),
-            "x-auto-response-suppress" => signals.auto_response_suppress = true,
+            "x-auto-response-suppress" => signals.auto_response_suppress = Some(value(raw)),
             lower if lower.starts_with("list-") || lower.starts_with("x-mailman-") => {
                 signals
                     .list_evidence
@@ -378,6 +412,9 @@ fn signals(message: &mail_parser::Message<'_>) -> Signals {
     {
         signals.report_type = ct.attribute("report-type").map(|t| t.to_ascii_lowercase());
         signals.original_message_id = original_message_id(message);
+        if signals.report_type.as_deref() == Some("delivery-status") {
+            signals.delivery_report = super::report::delivery_report(message);
+        }
     }
     signals
 }
@@ -547,7 +584,7 @@ fn is_windows_reserved(name: &str) -> bool {
     }
 }
 
-fn strip_brackets(id: &str) -> String {
+pub(super) fn strip_brackets(id: &str) -> String {
     id.trim()
         .trim_start_matches('<')
         .trim_end_matches('>')

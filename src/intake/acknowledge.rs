@@ -26,9 +26,12 @@ pub(super) async fn acknowledge_decision(
 ) -> Result<(), StoreError> {
     let mailbox = ctx.mailbox;
     let (mail, ticket_id, kind, auto_kind) = match (decision, new_ticket_id) {
-        (Decision::NewTicket { mail, .. }, Some(ticket_id)) => {
-            (mail, ticket_id, AckKind::NewTicket, None)
-        }
+        (
+            Decision::NewTicket {
+                mail, auto_kind, ..
+            },
+            Some(ticket_id),
+        ) => (mail, ticket_id, AckKind::NewTicket, *auto_kind),
         (
             Decision::FollowUp {
                 mail,
@@ -117,9 +120,18 @@ pub(super) async fn notify_quarantined(
         mailbox.max_message_bytes,
         &facts,
     );
-    let kind = ingest::classify(&mail, &ctx.policy);
-    if kind != ingest::MailKind::Person {
-        draft.suppressed = Some(format!("automatic mail ({kind:?}) is never answered"));
+    match ingest::classify(&mail, &ctx.policy) {
+        ingest::MailKind::Person => {}
+        ingest::MailKind::Automatic { kind, evidence } => {
+            draft.suppressed = Some(format!(
+                "automatic mail ({kind}: {evidence}) is never answered"
+            ));
+        }
+        ingest::MailKind::Loop(reason) => {
+            draft.suppressed = Some(format!(
+                "automatic mail (a loop: {reason}) is never answered"
+            ));
+        }
     }
     tx.enqueue(&mailbox.name, None, &draft).await?;
     if draft.suppressed.is_none() {

@@ -107,5 +107,6 @@ pub fn policy(config: &Config, mailbox: &Mailbox) -> Policy {
         own_addresses,
         max_new_tickets_per_sender_per_hour: mailbox.max_new_tickets_per_sender_per_hour,
         reopen_closed: mailbox.reopen_closed,
+        automatic: mailbox.automatic,
     }
 }

@@ -11,7 +11,10 @@ use super::facts::{SENDER_WINDOW_MS, batch_questions, facts_for};
 use super::{CycleError, MailboxContext};
 use crate::config::{Disposal, Mailbox, Mode};
 use crate::failpoint::{self, Point};
-use crate::ingest::{self, Decision, Facts, ParseFailure, ParsedMail, QuarantineReason};
+use crate::ingest::{
+    self, AutoKind, Decision, Facts, IgnoreReason, OutboxBounce, ParseFailure, ParsedMail,
+    QuarantineReason,
+};
 use crate::mail_source::{Disposition, MessageSummary, Uid};
 use crate::report::CycleReport;
 use crate::store::{Batch, FolderState, FollowUpOn, ImapLocation, QuarantineEnvelope, StoreError};
@@ -103,16 +106,18 @@ pub enum Note {
         ticket_id: i64,
         reference: String,
         subject: String,
+        auto_kind: Option<AutoKind>,
     },
     FollowUp {
         ticket_id: i64,
         reopen: bool,
-        auto_kind: Option<&'static str>,
+        auto_kind: Option<AutoKind>,
     },
     Duplicate {
         ticket_id: i64,
     },
     Ignored {
+        /// As stored: the code, a colon, the sentence.
         reason: String,
     },
     Quarantined {
@@ -153,14 +158,23 @@ impl Recorded {
                 ticket_id,
                 reference,
                 subject,
-            } => info!(ticket_id, %reference, %subject, "new ticket"),
+                auto_kind,
+            } => info!(
+                ticket_id,
+                %reference,
+                %subject,
+                auto_kind = auto_kind.map(AutoKind::as_str),
+                "new ticket"
+            ),
             Note::FollowUp {
                 ticket_id,
                 reopen,
                 auto_kind,
             } => info!(
                 ticket_id,
-                reopen, auto_kind, "follow-up on an existing ticket"
+                reopen,
+                auto_kind = auto_kind.map(AutoKind::as_str),
+                "follow-up on an existing ticket"
             ),
             Note::Duplicate { ticket_id } => {
                 info!(ticket_id, "already stored; recorded as duplicate")
@@ -515,7 +529,7 @@ async fn record_message(
             tx.ignored(
                 at,
                 &message_id,
-                "received before the mailbox's first_start cutoff; left untouched",
+                &IgnoreReason::BeforeFirstStart.detail(),
                 &Disposition::None,
             );
             return Ok(recorded(
@@ -640,15 +654,27 @@ pub async fn write_decision(
     dispositions: &Dispositions,
 ) -> Result<Written, StoreError> {
     let written = match decision {
-        Decision::NewTicket { mail, related } => {
+        Decision::NewTicket {
+            mail,
+            related,
+            auto_kind,
+        } => {
             let disposition = dispositions.normal.clone();
             let (ticket_id, reference) = tx
-                .new_ticket(at, mail, *related, keep_raw, &disposition)
+                .new_ticket(
+                    at,
+                    mail,
+                    *related,
+                    auto_kind.map(AutoKind::as_str),
+                    keep_raw,
+                    &disposition,
+                )
                 .await?;
             let note = Note::NewTicket {
                 ticket_id,
                 reference,
                 subject: mail.subject.clone(),
+                auto_kind: *auto_kind,
             };
             Written { disposition, note }
         }
@@ -657,14 +683,16 @@ pub async fn write_decision(
             ticket_id,
             reopen,
             auto_kind,
+            bounced,
         } => {
             let disposition = dispositions.normal.clone();
             let on = FollowUpOn {
                 ticket_id: *ticket_id,
                 reopen: *reopen,
-                auto_kind: *auto_kind,
+                auto_kind: auto_kind.map(AutoKind::as_str),
             };
             tx.follow_up(at, mail, on, keep_raw, &disposition).await?;
+            mark_bounced(tx, bounced.as_ref()).await?;
             let note = Note::FollowUp {
                 ticket_id: *ticket_id,
                 reopen: *reopen,
@@ -680,16 +708,16 @@ pub async fn write_decision(
             };
             Written { disposition, note }
         }
-        Decision::Ignore { reason } => {
+        Decision::Ignore { reason, bounced } => {
             // Never deleted: nothing of it is stored but this record.
             let disposition = match &dispositions.normal {
                 Disposition::Delete => Disposition::Seen,
                 other => other.clone(),
             };
-            tx.ignored(at, &envelope.message_id, reason, &disposition);
-            let note = Note::Ignored {
-                reason: reason.clone(),
-            };
+            let detail = reason.detail();
+            tx.ignored(at, &envelope.message_id, &detail, &disposition);
+            mark_bounced(tx, bounced.as_ref()).await?;
+            let note = Note::Ignored { reason: detail };
             Written { disposition, note }
         }
         Decision::Quarantine(reason) => {
@@ -707,6 +735,21 @@ pub async fn write_decision(
         }
     };
     Ok(written)
+}
+
+/// Marks the outbox row a bounce is about as `bounced`, in the batch's transaction (nothing when
+/// no row of ours has that Message-ID, or it was never sent).
+async fn mark_bounced(tx: &mut Batch, bounce: Option<&OutboxBounce>) -> Result<(), StoreError> {
+    if let Some(bounce) = bounce {
+        let marked = tx
+            .outbox_bounced(&bounce.message_id, &bounce.reason)
+            .await?;
+        debug!(
+            message_id = bounce.message_id.as_str(),
+            marked, "a delivery status notification reports our message undelivered"
+        );
+    }
+    Ok(())
 }
 
 /// Message-ID, From and Subject from a header-only fetch. Without a Message-ID the key is a hash

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{Acknowledge, Mailbox, Mode};
-use crate::ingest::{ParsedMail, normalized_subject};
+use crate::ingest::{self, ParsedMail, normalized_subject};
 use crate::store::{AckKind, OutboxDraft};
 
 /// Whether `mailbox` sends acknowledgements (and quarantine notices) at all: they are enabled,
@@ -98,7 +98,9 @@ fn html_escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A Message-ID unique to this process and moment, on the sender's domain.
+/// A Message-ID unique to this process and moment, on the sender's domain. It begins with
+/// [`ingest::OUR_MESSAGE_ID_PREFIX`]: with our domain, that is how mail we sent is told when it
+/// comes back (a loop) and how a bounce finds its outbox row.
 fn new_message_id(reference: &str, from: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
@@ -108,7 +110,8 @@ fn new_message_id(reference: &str, from: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let domain = from.rsplit('@').next().unwrap_or("mailintake.invalid");
     format!(
-        "mailintake.{}.{nanos:x}.{}.{n}@{domain}",
+        "{}{}.{nanos:x}.{}.{n}@{domain}",
+        ingest::OUR_MESSAGE_ID_PREFIX,
         reference.to_ascii_lowercase(),
         std::process::id()
     )
@@ -232,6 +235,12 @@ fn suppression(
     };
     if own_addresses.contains(&to.to_ascii_lowercase()) {
         return Some(format!("{to} is one of our own mailboxes"));
+    }
+    if mail.signals.suppresses_auto_replies() {
+        return Some(format!(
+            "the sender asks for no automatic replies (X-Auto-Response-Suppress: {})",
+            mail.signals.auto_response_suppress.as_deref().unwrap_or("")
+        ));
     }
     if let Some(pattern) = ack.deny.iter().find(|p| denied(to, p)) {
         return Some(format!("{to} matches the deny list entry {pattern}"));
@@ -398,6 +407,57 @@ mod tests {
                 .unwrap()
                 .contains("off")
         );
+    }
+
+    #[test]
+    fn our_message_ids_are_recognised_as_ours_and_only_on_our_domains() {
+        let policy = crate::ingest::Policy {
+            own_addresses: vec!["support@helpdesk.test".into(), "ack@notify.test".into()],
+            ..crate::ingest::Policy::default()
+        };
+        for (from, ours) in [
+            ("support@helpdesk.test", true),
+            ("Ack@Notify.test", true),
+            ("support@elsewhere.test", false),
+        ] {
+            let id = new_message_id("TCK-000001", from);
+            assert_eq!(policy.is_our_message_id(&id), ours, "{id}");
+        }
+        assert!(!policy.is_our_message_id("CAB1c2@helpdesk.test"));
+        assert!(!policy.is_our_message_id("mailintake.x"));
+    }
+
+    #[test]
+    fn a_sender_asking_for_no_automatic_replies_gets_no_acknowledgement() {
+        let plan = |value: &str| {
+            let raw = format!(
+                "From: Partner Agent <agent@partner.test>\r\nTo: support@helpdesk.test\r\n\
+                 Subject: Re: ticket\r\nMessage-ID: <p1@partner.test>\r\n\
+                 X-Auto-Response-Suppress: {value}\r\n\r\nDone on our side.\r\n"
+            );
+            let mail = crate::ingest::parse(raw.as_bytes()).unwrap();
+            plan_acknowledgement(
+                &mailbox(""),
+                &own(),
+                &mail,
+                "TCK-000007",
+                AckKind::NewTicket,
+                &AckFacts::default(),
+            )
+            .suppressed
+        };
+        for value in ["All", "DR, AutoReply", "autoreply"] {
+            assert_eq!(
+                plan(value),
+                Some(format!(
+                    "the sender asks for no automatic replies (X-Auto-Response-Suppress: {})",
+                    value.to_ascii_lowercase()
+                )),
+                "{value}"
+            );
+        }
+        // Out-of-office notices and delivery reports only: an acknowledgement is neither.
+        assert_eq!(plan("OOF, DR"), None);
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct OutboxEntry {
     pub next_attempt_at_ms: i64,
     pub last_error: Option<String>,
     pub smtp_response: Option<String>,
+    /// For a `bounced` row: when the delivery status notification was recorded, and what it said.
+    pub bounced_at_ms: Option<i64>,
+    pub bounce_reason: Option<String>,
 }
 
 /// One message of a ticket, for `mailintake ticket`.
@@ -140,7 +143,7 @@ impl Store {
     pub async fn outbox_list(&self, state: Option<&str>, limit: i64) -> Result<Vec<OutboxEntry>> {
         let rows = sqlx::query(
             "SELECT id, mailbox, ticket_id, to_address, subject, state, reason, attempts, next_attempt_at, \
-             last_error, smtp_response FROM outbox WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT $2",
+             last_error, smtp_response, bounced_at, bounce_reason FROM outbox WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT $2",
         )
         .bind(state.map(str::to_string))
         .bind(limit)
@@ -160,6 +163,8 @@ impl Store {
                 next_attempt_at_ms: r.get(8),
                 last_error: r.get(9),
                 smtp_response: r.get(10),
+                bounced_at_ms: r.get(11),
+                bounce_reason: r.get(12),
             })
             .collect())
     }

@@ -129,10 +129,12 @@ impl Store {
         Ok(claimed.map(row))
     }
 
+    /// The server accepted the row. (A bounce recorded in between, when the notification came
+    /// back before this, stays.)
     pub async fn mark_sent(&self, id: i64, smtp_response: &str) -> Result<()> {
         sqlx::query(
-            "UPDATE outbox SET state = 'sent', sent_at = $1, smtp_response = $2, last_error = NULL, \
-             blocked_reason = NULL WHERE id = $3",
+            "UPDATE outbox SET state = CASE WHEN state = 'bounced' THEN state ELSE 'sent' END, \
+             sent_at = $1, smtp_response = $2, last_error = NULL, blocked_reason = NULL WHERE id = $3",
         )
         .bind(now_ms())
         .bind(smtp_response)
@@ -278,11 +280,11 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Messages `mailbox` sent since `since_ms`: the per-minute and per-day limits, counted from
-    /// the table so that they survive restarts.
+    /// Messages `mailbox` sent since `since_ms` (bounced ones too: they were sent): the
+    /// per-minute and per-day limits, counted from the table so that they survive restarts.
     pub async fn sent_since(&self, mailbox: &str, since_ms: i64) -> Result<u32> {
         let r = sqlx::query(
-            "SELECT COUNT(*) FROM outbox WHERE mailbox = $1 AND state = 'sent' AND sent_at >= $2",
+            "SELECT COUNT(*) FROM outbox WHERE mailbox = $1 AND state IN ('sent', 'bounced') AND sent_at >= $2",
         )
         .bind(mailbox)
         .bind(since_ms)
@@ -293,7 +295,7 @@ impl Store {
 
     /// The oldest `sent_at` of `mailbox` since `since_ms`: when a full rate window frees a slot.
     pub async fn oldest_sent_since(&self, mailbox: &str, since_ms: i64) -> Result<Option<i64>> {
-        let r = sqlx::query("SELECT MIN(sent_at) FROM outbox WHERE mailbox = $1 AND state = 'sent' AND sent_at >= $2")
+        let r = sqlx::query("SELECT MIN(sent_at) FROM outbox WHERE mailbox = $1 AND state IN ('sent', 'bounced') AND sent_at >= $2")
             .bind(mailbox)
             .bind(since_ms)
             .fetch_one(&self.pool)

@@ -718,8 +718,13 @@ async fn list_mail_is_never_acknowledged_to_list_addresses() {
             "{address}"
         );
     }
-    // Both are recorded (as the mailbox's policy for automatic mail says), neither is lost.
+    // Both are list mail, kept as tickets (the default `automatic = "ticket"`): neither is lost.
     assert_eq!(db.count("SELECT COUNT(*) FROM imap_messages").await, 2);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM messages WHERE auto_kind = 'list'")
+            .await,
+        2
+    );
 }
 
 #[tokio::test]

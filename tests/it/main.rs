@@ -4,6 +4,7 @@
 
 mod acks;
 mod admin;
+mod automatic;
 mod badrow;
 mod cli;
 mod cutoff;

@@ -99,10 +99,11 @@ async fn one_batch_of_decisions_becomes_its_rows_in_one_transaction() {
         &format!("In-Reply-To: <{first}>\r\nReferences: <{first}>\r\n"),
         "Re: Printer broken",
     );
+    // An out-of-office reply about nothing we sent: recorded as backscatter, no ticket.
     let automatic = mail(
         &unique("auto"),
-        "Auto-Submitted: auto-generated\r\n",
-        "Nightly report",
+        "Auto-Submitted: auto-replied\r\n",
+        "Out of office",
     );
     let summaries = [
         summary(1, &original),
@@ -182,6 +183,16 @@ async fn one_batch_of_decisions_becomes_its_rows_in_one_transaction() {
         );
     }
     assert_eq!(db.count("SELECT COUNT(*) FROM imap_messages").await, 6);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM imap_messages WHERE uid = 5 AND detail LIKE 'backscatter: an automatic reply %'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM imap_messages WHERE uid = 6 AND detail LIKE 'before-first-start: %'")
+            .await,
+        1
+    );
     // The unparseable message is kept with its (empty) raw bytes and its reason.
     assert_eq!(
         db.count(

@@ -43,11 +43,27 @@ impl Batch {
         Ok(id)
     }
 
-    /// Acknowledgements (sent or on their way) to `address` since `since_ms`.
+    /// A delivery status notification says our message `message_id` was not delivered: its row
+    /// becomes `bounced`, with when and `reason`, if it was sent (or is being sent). A row that was
+    /// never sent, or bounced already, is left as it is. Returns whether a row was marked.
+    pub async fn outbox_bounced(&mut self, message_id: &str, reason: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE outbox SET state = 'bounced', bounced_at = $1, bounce_reason = $2 \
+             WHERE message_id = $3 AND state IN ('sent', 'sending')",
+        )
+        .bind(now_ms())
+        .bind(reason)
+        .bind(message_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Acknowledgements (sent, bounced or on their way) to `address` since `since_ms`.
     pub async fn acks_to_since(&mut self, address: &str, since_ms: i64) -> Result<u32> {
         let r = sqlx::query(
             "SELECT COUNT(*) FROM outbox WHERE lower(to_address) = lower($1) AND created_at >= $2 \
-             AND state IN ('pending', 'sending', 'sent')",
+             AND state IN ('pending', 'sending', 'sent', 'bounced')",
         )
         .bind(address)
         .bind(since_ms)
@@ -59,7 +75,7 @@ impl Batch {
     /// When `ticket_id` last got an acknowledgement that was not suppressed.
     pub async fn last_ack_of_ticket(&mut self, ticket_id: i64) -> Result<Option<i64>> {
         let r = sqlx::query(
-            "SELECT MAX(created_at) FROM outbox WHERE ticket_id = $1 AND state IN ('pending', 'sending', 'sent')",
+            "SELECT MAX(created_at) FROM outbox WHERE ticket_id = $1 AND state IN ('pending', 'sending', 'sent', 'bounced')",
         )
         .bind(ticket_id)
         .fetch_one(&mut *self.tx)

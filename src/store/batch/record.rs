@@ -24,7 +24,7 @@ pub struct FollowUpOn<'a> {
     pub ticket_id: i64,
     /// Set the ticket's status back to `open`.
     pub reopen: bool,
-    /// `auto-reply`, `bounce`, `read-receipt` for automatic mail.
+    /// `messages.auto_kind` for automatic mail (`ingest::AutoKind`).
     pub auto_kind: Option<&'a str>,
 }
 
@@ -37,6 +37,7 @@ impl Batch {
         at: &ImapLocation<'_>,
         mail: &ParsedMail,
         related: Option<i64>,
+        auto_kind: Option<&str>,
         keep_raw: Option<&[u8]>,
         disposition: &Disposition,
     ) -> Result<(i64, String)> {
@@ -56,7 +57,7 @@ impl Batch {
         .await?
         .get(0);
         let message_row_id = self
-            .insert_message(ticket_id, at, mail, None, keep_raw)
+            .insert_message(ticket_id, at, mail, auto_kind, keep_raw)
             .await?;
         if let Some(from) = &mail.from {
             *self
@@ -73,7 +74,7 @@ impl Batch {
                 ticket_id: Some(ticket_id),
                 message_row_id: Some(message_row_id),
                 quarantine_id: None,
-                detail: None,
+                detail: auto_kind.map(|k| format!("automatic mail ({k}), never acknowledged")),
                 disposition,
             },
         );
@@ -137,8 +138,8 @@ impl Batch {
         );
     }
 
-    /// Records a message that becomes no ticket on purpose (automatic mail that belongs to no
-    /// ticket, a loop, or mail older than the first-start cutoff).
+    /// Records a message that becomes no ticket on purpose (`detail`: `ingest::IgnoreReason`'s,
+    /// which begins with its code: backscatter, a loop, mail older than the first-start cutoff…).
     pub fn ignored(
         &mut self,
         at: &ImapLocation<'_>,
