@@ -4,6 +4,7 @@
 //! Bad mail is data, not failure: every input ends in a [`Decision`], and only the worker's
 //! infrastructure (IMAP, database) can fail.
 
+mod address;
 pub mod parse;
 mod repair;
 

@@ -604,6 +604,7 @@ async fn record_message(
     acknowledge_decision(
         ctx,
         tx,
+        at,
         message.state,
         summary,
         &decision,
