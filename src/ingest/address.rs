@@ -418,8 +418,9 @@ mod tests {
 
     #[test]
     fn addresses_as_mail_really_carries_them() {
-        // (header, [(name, address)], the note's words, or "" for none)
-        let cases: &[(&str, &[(Option<&str>, &str)], &str)] = &[
+        /// The header, the `(name, address)` pairs it gives, the note's words ("" for none).
+        type Case<'a> = (&'a str, &'a [(Option<&'a str>, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
             (
                 "From: Alice <alice@Example.COM>",
                 &[(Some("Alice"), "alice@example.com")],

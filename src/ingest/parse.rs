@@ -397,19 +397,17 @@ fn signals(message: &mail_parser::Message<'_>, notes: &mut Vec<String>) -> Signa
                         .get_or_insert(format!("Sender: {address}"));
                 }
             }
-            "return-path" => {
-                // The first Return-Path is the one added at final delivery.
-                if signals.return_path.is_none() {
-                    let (path, note) = super::address::return_path(raw);
-                    notes.extend(note);
-                    if let Some(address) = robot_address(&path) {
-                        signals
-                            .list_evidence
-                            .get_or_insert(format!("Return-Path: {address}"));
-                    }
-                    signals.null_return_path = path.is_empty();
-                    signals.return_path = Some(path);
+            // The first Return-Path is the one added at final delivery.
+            "return-path" if signals.return_path.is_none() => {
+                let (path, note) = address::return_path(raw);
+                notes.extend(note);
+                if let Some(address) = robot_address(&path) {
+                    signals
+                        .list_evidence
+                        .get_or_insert(format!("Return-Path: {address}"));
                 }
+                signals.null_return_path = path.is_empty();
+                signals.return_path = Some(path);
             }
             "x-loop" => signals.x_loop.push(strip_brackets(&value(raw))),
             _ => {}
