@@ -93,6 +93,35 @@ pub(super) async fn ticket(store: &Store, id: i64, json: bool) -> anyhow::Result
                 .unwrap_or_default(),
             m.subject
         );
+        let others: Vec<&str> = m
+            .from_addresses
+            .as_ref()
+            .and_then(|list| list.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("address").and_then(|a| a.as_str()))
+            .skip(1)
+            .collect();
+        if !others.is_empty() {
+            println!("     also from: {}", others.join(", "));
+        }
+        if let Some(detail) = &m.intake_detail {
+            println!("     note: {detail}");
+        }
+        if let Some(ack) = &m.acknowledgement {
+            println!(
+                "     acknowledgement: {}{}{}",
+                ack.state,
+                ack.to_address
+                    .as_deref()
+                    .map(|to| format!(" to {to}"))
+                    .unwrap_or_default(),
+                ack.reason
+                    .as_deref()
+                    .map(|why| format!(" ({why})"))
+                    .unwrap_or_default()
+            );
+        }
         for (aid, name, kind, size) in &m.attachments {
             println!(
                 "     attachment {aid}: {} ({kind}, {size} bytes)",

@@ -8,6 +8,7 @@
 //! read by `report`), `classify` (what kind of mail it is, which outbox message a bounce is
 //! about), and here the decision itself.
 
+mod address;
 mod classify;
 pub mod parse;
 mod repair;

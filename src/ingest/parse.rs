@@ -1,6 +1,8 @@
 //! Raw RFC 5322 bytes → the fields a ticket row needs, using mail-parser.
 
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
+
+use super::address;
 use serde::Serialize;
 
 pub use super::report::{DeliveryReport, DsnAction, RecipientStatus};
@@ -97,7 +99,14 @@ pub struct ParsedMail {
     pub message_id: String,
     pub message_id_source: MessageIdSource,
     pub subject: String,
+    /// The first From address (normalised: `ingest::address`); with several, the first one
+    /// written, which is the requester. `None` when From holds no address.
     pub from: Option<Party>,
+    /// Every From address, normalised, in the order written (RFC 5322 allows several, with a
+    /// Sender).
+    pub from_addresses: Vec<Party>,
+    /// The Sender field: who sent a message written by several From addresses.
+    pub sender: Option<Party>,
     pub reply_to: Option<Party>,
     pub to: Vec<Party>,
     pub cc: Vec<Party>,
@@ -116,6 +125,9 @@ pub struct ParsedMail {
     pub headers: String,
     /// Headers that tell automatic mail, lists and reports from mail a person wrote.
     pub signals: Signals,
+    /// What was repaired or left out in the address fields (From, Sender, Reply-To,
+    /// Return-Path), as sentences for the operator: the message's `detail` in the ledger.
+    pub address_notes: Vec<String>,
     pub attachments: Vec<Attachment>,
     pub size: u64,
     /// SHA-256 (hex) of the raw bytes, for audit.
@@ -237,14 +249,47 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
     // The header section as received (transcoded to UTF-8 where it was not), kept for audit.
     let headers = String::from_utf8_lossy(&input[..body_start]).into_owned();
 
+    let raw_field = |name: &str| {
+        message
+            .headers_raw()
+            .find(|(field, _)| field.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    };
+    let from = address::mailbox_list("From", message.from(), raw_field("From"));
+    let sender = address::mailbox_list("Sender", message.sender(), raw_field("Sender"));
+    let reply_to = address::mailbox_list("Reply-To", message.reply_to(), raw_field("Reply-To"));
+    let to = address::mailbox_list("To", message.to(), raw_field("To"));
+    let cc = address::mailbox_list("Cc", message.cc(), raw_field("Cc"));
+    let mut address_notes: Vec<String> = [&from, &sender, &reply_to]
+        .into_iter()
+        .flat_map(|list| list.notes.iter().cloned())
+        .collect();
+    let sender = sender.parties.into_iter().next();
+    if from.parties.len() > 1 {
+        let all: Vec<&str> = from.parties.iter().map(|p| p.address.as_str()).collect();
+        address_notes.push(format!(
+            "From names {} addresses ({}); the first, {}, is the requester; {}",
+            all.len(),
+            all.join(", "),
+            all[0],
+            match &sender {
+                Some(sender) => format!("Sender: {}", sender.address),
+                None => "there is no Sender field, which RFC 5322 §3.6.2 requires then".into(),
+            }
+        ));
+    }
+    let signals = signals(&message, &mut address_notes);
+
     let mut mail = ParsedMail {
         message_id,
         message_id_source,
         subject: message.subject().unwrap_or("").trim().to_string(),
-        from: message.from().and_then(first_party),
-        reply_to: message.reply_to().and_then(first_party),
-        to: message.to().map(all_parties).unwrap_or_default(),
-        cc: message.cc().map(all_parties).unwrap_or_default(),
+        from: from.parties.first().cloned(),
+        from_addresses: from.parties,
+        sender,
+        reply_to: reply_to.parties.into_iter().next(),
+        to: to.parties,
+        cc: cc.parties,
         date_ms: message.date().map(|d| d.to_timestamp() * 1000),
         in_reply_to: id_list(message.in_reply_to()),
         references: id_list(message.references()),
@@ -255,7 +300,8 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
         text_body,
         html_body,
         headers,
-        signals: signals(&message),
+        signals,
+        address_notes,
         attachments,
         size: raw.len() as u64,
         content_sha256,
@@ -288,6 +334,8 @@ impl ParsedMail {
         for party in self
             .from
             .iter_mut()
+            .chain(self.from_addresses.iter_mut())
+            .chain(self.sender.iter_mut())
             .chain(self.reply_to.iter_mut())
             .chain(self.to.iter_mut())
             .chain(self.cc.iter_mut())
@@ -298,6 +346,7 @@ impl ParsedMail {
             .in_reply_to
             .iter_mut()
             .chain(self.references.iter_mut())
+            .chain(self.address_notes.iter_mut())
         {
             clean(id);
         }
@@ -352,7 +401,8 @@ impl ParsedMail {
     }
 }
 
-fn signals(message: &mail_parser::Message<'_>) -> Signals {
+/// The signals of `message`; a note about a Return-Path that needed repair goes into `notes`.
+fn signals(message: &mail_parser::Message<'_>, notes: &mut Vec<String>) -> Signals {
     let mut signals = Signals::default();
     let value = |raw: &str| raw.trim().to_ascii_lowercase();
     for (name, raw) in message.headers_raw() {
@@ -381,21 +431,17 @@ fn signals(message: &mail_parser::Message<'_>) -> Signals {
                         .get_or_insert(format!("Sender: {address}"));
                 }
             }
-            "return-path" => {
-                let path = raw
-                    .trim()
-                    .trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace())
-                    .to_string();
-                // The first Return-Path is the one added at final delivery.
-                if signals.return_path.is_none() {
-                    if let Some(address) = robot_address(&path) {
-                        signals
-                            .list_evidence
-                            .get_or_insert(format!("Return-Path: {address}"));
-                    }
-                    signals.null_return_path = path.is_empty();
-                    signals.return_path = Some(path);
+            // The first Return-Path is the one added at final delivery.
+            "return-path" if signals.return_path.is_none() => {
+                let (path, note) = address::return_path(raw);
+                notes.extend(note);
+                if let Some(address) = robot_address(&path) {
+                    signals
+                        .list_evidence
+                        .get_or_insert(format!("Return-Path: {address}"));
                 }
+                signals.null_return_path = path.is_empty();
+                signals.return_path = Some(path);
             }
             "x-loop" => signals.x_loop.push(strip_brackets(&value(raw))),
             _ => {}
@@ -598,29 +644,6 @@ fn join_parts<'a>(parts: impl Iterator<Item = &'a str>) -> Option<String> {
     } else {
         Some(parts.join("\n"))
     }
-}
-
-fn party(addr: &mail_parser::Addr<'_>) -> Option<Party> {
-    let address = addr.address()?.trim();
-    if address.is_empty() {
-        return None;
-    }
-    Some(Party {
-        name: addr
-            .name()
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(str::to_string),
-        address: address.to_string(),
-    })
-}
-
-fn first_party(address: &Address<'_>) -> Option<Party> {
-    address.iter().find_map(party)
-}
-
-fn all_parties(address: &Address<'_>) -> Vec<Party> {
-    address.iter().filter_map(party).collect()
 }
 
 fn id_list(value: &HeaderValue<'_>) -> Vec<String> {

@@ -1009,3 +1009,99 @@ fn nul_bytes_are_removed_from_every_text_field_and_kept_in_the_hashes() {
     ];
     assert!(text_fields.iter().all(|t| !t.contains('\0')));
 }
+
+#[test]
+fn from_address_is_the_first_normalised_from_and_every_repair_is_noted() {
+    // (header fields, from_address, every From address, a note's words or "" for none)
+    let cases: &[(&str, Option<&str>, &[&str], &str)] = &[
+        (
+            "From: Big Bug bb@Bug.com\r\n",
+            Some("bb@bug.com"),
+            &["bb@bug.com"],
+            "no angle brackets",
+        ),
+        (
+            "From: jdoe@machine.  example\r\n",
+            Some("jdoe@machine.example"),
+            &["jdoe@machine.example"],
+            "obsolete syntax",
+        ),
+        (
+            "From: a@x.test, b@y.test\r\nSender: s@x.test\r\n",
+            Some("a@x.test"),
+            &["a@x.test", "b@y.test"],
+            "From names 2 addresses (a@x.test, b@y.test); the first, a@x.test, is the requester; Sender: s@x.test",
+        ),
+        (
+            "From: a@x.test, b@y.test\r\n",
+            Some("a@x.test"),
+            &["a@x.test", "b@y.test"],
+            "there is no Sender field, which RFC 5322 §3.6.2 requires",
+        ),
+        // An entry that is no address is left out; the first one that is becomes from_address.
+        (
+            "From: bb@, c@z.test\r\n",
+            Some("c@z.test"),
+            &["c@z.test"],
+            "`bb@` is not an address",
+        ),
+        (
+            "From: undisclosed-recipients:;\r\n",
+            None,
+            &[],
+            "empty group",
+        ),
+        (
+            "From: Alice <alice@Customer.TEST>\r\n",
+            Some("alice@customer.test"),
+            &["alice@customer.test"],
+            "",
+        ),
+        (
+            "Return-Path: <@relay.test:bounce@X.test>\r\nFrom: a@x.test\r\n",
+            Some("a@x.test"),
+            &["a@x.test"],
+            "source route was dropped",
+        ),
+        (
+            "From: a@x.test\r\nReply-To: Desk desk@x.test\r\n",
+            Some("a@x.test"),
+            &["a@x.test"],
+            "Reply-To `Desk desk@x.test` has no angle brackets",
+        ),
+    ];
+    for (fields, from, all, note) in cases {
+        let raw = format!("{fields}Subject: x\r\nMessage-ID: <m@x.test>\r\n\r\nx\r\n");
+        let mail = parse(raw.as_bytes()).unwrap();
+        assert_eq!(
+            mail.from.as_ref().map(|p| p.address.as_str()),
+            *from,
+            "{fields}"
+        );
+        let addresses: Vec<&str> = mail
+            .from_addresses
+            .iter()
+            .map(|p| p.address.as_str())
+            .collect();
+        assert_eq!(&addresses, all, "{fields}");
+        if note.is_empty() {
+            assert!(
+                mail.address_notes.is_empty(),
+                "{fields}: {:?}",
+                mail.address_notes
+            );
+        } else {
+            assert!(
+                mail.address_notes.iter().any(|n| n.contains(note)),
+                "{fields}: {:?}",
+                mail.address_notes
+            );
+        }
+    }
+    // The envelope sender is normalised too: acknowledgements go there.
+    let mail = parse(
+        b"Return-Path: <@relay.test:bounce@X.test>\r\nFrom: a@x.test\r\nSubject: x\r\n\r\nx\r\n",
+    )
+    .unwrap();
+    assert_eq!(mail.signals.return_path.as_deref(), Some("bounce@x.test"));
+}

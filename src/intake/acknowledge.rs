@@ -2,22 +2,26 @@
 //! (so an acknowledgement exists only for a committed ticket): what the store knows for the
 //! decision, then [`crate::reply`]'s plan.
 
-use tracing::debug;
+use tracing::info;
 
 use super::MailboxContext;
 use crate::ingest::{self, Decision};
 use crate::mail_source::MessageSummary;
 use crate::reply::{self, AckFacts};
 use crate::report::CycleReport;
-use crate::store::{AckKind, Batch, FolderState, StoreError};
+use crate::store::{AckKind, Batch, FolderState, ImapLocation, StoreError};
 use crate::time::now_ms;
 
 /// Writes the acknowledgement of a new ticket or follow-up into the outbox, in the batch's
-/// transaction: a message to send, or the reason it is not sent. Nothing for other decisions, or
-/// when the mailbox does not acknowledge at all.
+/// transaction: a message to send, or the reason it is not sent (decided here, before the row is
+/// queued, also for an address no mail can be sent to; the reason goes into the message's
+/// ledger detail at `at` too). Nothing for other decisions, or when the mailbox does not
+/// acknowledge at all.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn acknowledge_decision(
     ctx: &MailboxContext<'_>,
     tx: &mut Batch,
+    at: &ImapLocation<'_>,
     state: &FolderState,
     summary: &MessageSummary,
     decision: &Decision,
@@ -53,7 +57,7 @@ pub(super) async fn acknowledge_decision(
         received_ms: summary.internal_date_ms,
         ack_after_ms: mailbox.acknowledge.since_ms.or(state.ack_after_ms),
         recipient_acks_today: match &recipient {
-            Some(to) => tx.acks_to_since(to, now - 86_400_000).await?,
+            Some(to) => tx.acks_to_since(&to.address, now - 86_400_000).await?,
             None => 0,
         },
         ticket_last_ack_ms: match kind {
@@ -78,7 +82,13 @@ pub(super) async fn acknowledge_decision(
     tx.enqueue(&mailbox.name, Some(ticket_id), &draft).await?;
     match &draft.suppressed {
         None => report.n_acks_queued += 1,
-        Some(reason) => debug!(%reason, "no acknowledgement"),
+        Some(reason) => {
+            info!(ticket_id, %reason, "no acknowledgement");
+            // Automatic mail says so in its detail already.
+            if auto_kind.is_none() {
+                tx.add_outcome_detail(at, &format!("no acknowledgement: {reason}"));
+            }
+        }
     }
     Ok(())
 }
@@ -106,7 +116,7 @@ pub(super) async fn notify_quarantined(
         // Imported mail gets no notice either.
         ack_after_ms: mailbox.acknowledge.since_ms.or(state.ack_after_ms),
         recipient_acks_today: match reply::reply_address(&mail) {
-            Some(to) => tx.acks_to_since(&to, now - 86_400_000).await?,
+            Some(to) => tx.acks_to_since(&to.address, now - 86_400_000).await?,
             None => 0,
         },
         ticket_last_ack_ms: None,

@@ -618,6 +618,7 @@ async fn record_message(
     acknowledge_decision(
         ctx,
         tx,
+        at,
         message.state,
         summary,
         &decision,

@@ -39,17 +39,78 @@ pub struct AckFacts {
     pub now_ms: i64,
 }
 
+/// Where an automatic reply goes, and the header field that named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyAddress {
+    /// In the form the envelope uses: an IDN domain as its A-label (`xn--…`) when the local part
+    /// is ASCII, so that only a UTF-8 local part needs SMTPUTF8 (RFC 6531).
+    pub address: String,
+    /// `Return-Path`, `Reply-To`, `Sender` or `From`.
+    pub field: &'static str,
+}
+
 /// Where an automatic reply goes (RFC 3834 §4): the envelope sender from Return-Path; none for
-/// the null path; Reply-To or From only when the message carries no Return-Path at all.
-pub fn reply_address(mail: &ParsedMail) -> Option<String> {
-    match mail.signals.return_path.as_deref() {
-        Some("") => None,
-        Some(path) => Some(path.to_string()),
-        None => mail
-            .reply_to
-            .as_ref()
-            .or(mail.from.as_ref())
-            .map(|p| p.address.clone()),
+/// the null path; only when the message carries no Return-Path at all, Reply-To, else the
+/// Sender of mail that names several From addresses (RFC 5322 §3.6.2: the one who sent it),
+/// else From (its first address, the requester).
+pub fn reply_address(mail: &ParsedMail) -> Option<ReplyAddress> {
+    let (address, field) = match mail.signals.return_path.as_deref() {
+        Some("") => return None,
+        Some(path) => (path.to_string(), "Return-Path"),
+        None => match (&mail.reply_to, &mail.sender, &mail.from) {
+            (Some(reply_to), _, _) => (reply_to.address.clone(), "Reply-To"),
+            (None, Some(sender), _) if mail.from_addresses.len() > 1 => {
+                (sender.address.clone(), "Sender")
+            }
+            (None, _, Some(from)) => (from.address.clone(), "From"),
+            (None, _, None) => return None,
+        },
+    };
+    Some(ReplyAddress {
+        address: envelope_form(&address),
+        field,
+    })
+}
+
+/// `address` with an IDN domain as its A-label when the local part is ASCII; as it is otherwise
+/// (and when the domain is no valid IDN: [`unsendable`] then says why).
+fn envelope_form(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) if local.is_ascii() && !domain.is_ascii() => {
+            match idna::domain_to_ascii(domain) {
+                Ok(ascii) => format!("{local}@{ascii}"),
+                Err(_) => address.to_string(),
+            }
+        }
+        _ => address.to_string(),
+    }
+}
+
+/// Why no mail can be sent to `address`, decided before an acknowledgement is queued with the
+/// checks SMTP and the sender make (the sender builds each message with lettre's `Address`,
+/// which refuses what is checked here), so that a bad address is a recorded reason on the row,
+/// not a failure at send time. `None`: it can be sent to.
+pub fn unsendable(address: &str) -> Option<String> {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return Some("it has no @domain".into());
+    };
+    if local.len() > 64 {
+        return Some(format!(
+            "its local part is {} bytes long, more than the 64 SMTP allows (RFC 5321 §4.5.3.1.1)",
+            local.len()
+        ));
+    }
+    if domain.len() > 255 {
+        return Some(format!(
+            "its domain is {} bytes long, more than the 255 SMTP allows (RFC 5321 §4.5.3.1.2)",
+            domain.len()
+        ));
+    }
+    match address.parse::<lettre::Address>() {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "the SMTP library mailintake sends with refuses it ({e})"
+        )),
     }
 }
 
@@ -130,7 +191,8 @@ pub fn plan_quarantine_notice(
 ) -> OutboxDraft {
     let ack = &mailbox.acknowledge;
     let from = ack.from.clone().unwrap_or_else(|| mailbox.address.clone());
-    let to = reply_address(mail);
+    let recipient = reply_address(mail);
+    let to = recipient.as_ref().map(|r| r.address.clone());
     let subject_text = normalized_subject(&mail.subject);
     let mb = |bytes: u64| format!("{:.1} MB", bytes as f64 / 1_000_000.0);
     let body_text = format!(
@@ -149,7 +211,7 @@ pub fn plan_quarantine_notice(
             ack,
             own_addresses,
             mail,
-            to.as_deref(),
+            recipient.as_ref(),
             AckKind::QuarantineNotice,
             facts,
         )
@@ -181,7 +243,8 @@ pub fn plan_acknowledgement(
 ) -> OutboxDraft {
     let ack: &Acknowledge = &mailbox.acknowledge;
     let from = ack.from.clone().unwrap_or_else(|| mailbox.address.clone());
-    let to = reply_address(mail);
+    let recipient = reply_address(mail);
+    let to = recipient.as_ref().map(|r| r.address.clone());
     let subject_text = normalized_subject(&mail.subject);
     let subject = format!("[#{reference}] Re: {subject_text}");
     let requester_name = mail
@@ -198,7 +261,7 @@ pub fn plan_acknowledgement(
     let mut references: Vec<String> = mail.references.iter().map(|id| format!("<{id}>")).collect();
     references.push(format!("<{}>", mail.message_id));
 
-    let suppressed = suppression(ack, own_addresses, mail, to.as_deref(), kind, facts);
+    let suppressed = suppression(ack, own_addresses, mail, recipient.as_ref(), kind, facts);
     OutboxDraft {
         kind,
         message_id: new_message_id(reference, &from),
@@ -220,7 +283,7 @@ fn suppression(
     ack: &Acknowledge,
     own_addresses: &[String],
     mail: &ParsedMail,
-    to: Option<&str>,
+    recipient: Option<&ReplyAddress>,
     kind: AckKind,
     facts: &AckFacts,
 ) -> Option<String> {
@@ -230,9 +293,15 @@ fn suppression(
     if kind == AckKind::FollowUp && !ack.follow_ups {
         return Some("follow-ups are not acknowledged (acknowledge.follow_ups = false)".into());
     }
-    let Some(to) = to else {
+    let Some(ReplyAddress { address: to, field }) = recipient else {
         return Some(no_reply_address_reason(mail).into());
     };
+    let to = to.as_str();
+    if let Some(problem) = unsendable(to) {
+        return Some(format!(
+            "no acknowledgement can be sent to `{to}` (the {field} address): {problem}"
+        ));
+    }
     if own_addresses.contains(&to.to_ascii_lowercase()) {
         return Some(format!("{to} is one of our own mailboxes"));
     }
@@ -458,6 +527,110 @@ mod tests {
         }
         // Out-of-office notices and delivery reports only: an acknowledgement is neither.
         assert_eq!(plan("OOF, DR"), None);
+    }
+
+    #[test]
+    fn the_address_is_checked_before_the_row_is_queued() {
+        let plan = |raw: &str| {
+            let mail = crate::ingest::parse(raw.as_bytes()).unwrap();
+            plan_acknowledgement(
+                &mailbox(""),
+                &own(),
+                &mail,
+                "TCK-000007",
+                AckKind::NewTicket,
+                &AckFacts::default(),
+            )
+        };
+        let long = "x".repeat(65);
+        // (header fields, the row's to_address, the reason's words, or "" when it is sent)
+        let to = |address: &str| Some(address.to_string());
+        let cases: Vec<(String, Option<String>, &str)> = vec![
+            // Repaired From addresses are answered (no Return-Path: From is the recipient).
+            ("From: Big Bug bb@bug.com\r\n".into(), to("bb@bug.com"), ""),
+            (
+                "From: jdoe@machine.  example\r\n".into(),
+                to("jdoe@machine.example"),
+                "",
+            ),
+            (
+                "From: \"john\"@Example.com\r\n".into(),
+                to("john@example.com"),
+                "",
+            ),
+            (
+                "From: \"j.doe\"@Example.com\r\n".into(),
+                to("j.doe@example.com"),
+                "",
+            ),
+            (
+                "From: \"j,doe\"@Example.com\r\n".into(),
+                to("\"j,doe\"@example.com"),
+                "",
+            ),
+            (
+                "From: \"john doe\"@Example.com\r\n".into(),
+                to("\"john doe\"@example.com"),
+                "",
+            ),
+            // An IDN domain goes out as its A-label; a UTF-8 local part stays (SMTPUTF8).
+            ("From: a@Bücher.de\r\n".into(), to("a@xn--bcher-kva.de"), ""),
+            ("From: jösé@bücher.de\r\n".into(), to("jösé@bücher.de"), ""),
+            // Two authors: the Sender sent it and gets the acknowledgement.
+            (
+                "From: a@x.test, b@y.test\r\nSender: s@x.test\r\n".into(),
+                to("s@x.test"),
+                "",
+            ),
+            ("From: a@x.test, b@y.test\r\n".into(), to("a@x.test"), ""),
+            // Reply-To before From; Return-Path before both.
+            (
+                "From: a@x.test\r\nReply-To: Desk <desk@X.test>\r\n".into(),
+                to("desk@x.test"),
+                "",
+            ),
+            (
+                "Return-Path: <@relay.test:bounce@x.test>\r\nFrom: a@x.test\r\n".into(),
+                to("bounce@x.test"),
+                "",
+            ),
+            // What no mail can be sent to is a recorded reason, not a failure at send time.
+            (
+                format!("Return-Path: <{long}@x.test>\r\nFrom: a@x.test\r\n"),
+                Some(format!("{long}@x.test")),
+                "local part is 65 bytes long",
+            ),
+            (
+                "Return-Path: <not an address>\r\nFrom: a@x.test\r\n".into(),
+                to("not an address"),
+                "(the Return-Path address): it has no @domain",
+            ),
+            (
+                "From: a@-bad-.test\r\n".into(),
+                to("a@-bad-.test"),
+                "SMTP library mailintake sends with refuses it",
+            ),
+            (
+                "From: undisclosed-recipients:;\r\n".into(),
+                None,
+                "no Return-Path, Reply-To or From",
+            ),
+        ];
+        for (fields, to, reason) in cases {
+            let draft = plan(&format!(
+                "{fields}Subject: x\r\nMessage-ID: <m@x.test>\r\n\r\nx\r\n"
+            ));
+            assert_eq!(draft.to, to, "{fields}");
+            match draft.suppressed {
+                None => assert_eq!(reason, "", "{fields}"),
+                Some(why) => {
+                    assert!(
+                        !reason.is_empty() && why.contains(reason),
+                        "{fields}: {why}"
+                    )
+                }
+            }
+        }
     }
 
     #[test]

@@ -57,11 +57,29 @@ pub struct TicketMessage {
     pub direction: String,
     pub message_id: String,
     pub from_address: Option<String>,
+    /// Every From address (`messages.from_addresses`, JSON); `None` for rows stored before
+    /// migration 0008.
+    pub from_addresses: Option<serde_json::Value>,
     pub subject: String,
     pub auto_kind: Option<String>,
     pub created_at_ms: i64,
     pub body_text: Option<String>,
     pub attachments: Vec<(i64, Option<String>, String, i64)>,
+    /// The intake ledger's detail for the message (address repairs, why it got no
+    /// acknowledgement).
+    pub intake_detail: Option<String>,
+    /// The acknowledgement of an inbound message: its outbox state and, when it is not sent on
+    /// purpose, the reason.
+    pub acknowledgement: Option<AckEntry>,
+}
+
+/// The acknowledgement row of one message, as `mailintake ticket` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AckEntry {
+    pub outbox_id: i64,
+    pub state: String,
+    pub to_address: Option<String>,
+    pub reason: Option<String>,
 }
 
 const QUARANTINE_COLUMNS: &str = "id, mailbox, folder, message_id, size_bytes, from_address, subject, reason, detail, \
@@ -199,7 +217,7 @@ impl Store {
     pub async fn ticket_messages(&self, ticket_id: i64) -> Result<Vec<TicketMessage>> {
         let rows = sqlx::query(
             "SELECT id, direction, message_id, from_address, subject, auto_kind, created_at, \
-             COALESCE(body_text, body_text_derived) FROM messages WHERE ticket_id = $1 ORDER BY id",
+             COALESCE(body_text, body_text_derived), from_addresses FROM messages WHERE ticket_id = $1 ORDER BY id",
         )
         .bind(ticket_id)
         .fetch_all(&self.pool)
@@ -216,16 +234,47 @@ impl Store {
             .into_iter()
             .map(|a| (a.get(0), a.get(1), a.get(2), a.get(3)))
             .collect();
+            let message_id: String = r.get(2);
+            // By Message-ID first: that column is indexed in both tables' lookups used here.
+            let intake_detail = sqlx::query(
+                "SELECT detail FROM imap_messages WHERE message_id = $1 AND message_row_id = $2 \
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(&message_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .and_then(|d| d.get(0));
+            let acknowledgement = sqlx::query(
+                "SELECT id, state, to_address, reason FROM outbox WHERE ticket_id = $1 AND in_reply_to = $2 \
+                 AND kind IN ('acknowledgement', 'follow-up-acknowledgement') ORDER BY id DESC LIMIT 1",
+            )
+            .bind(ticket_id)
+            .bind(&message_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|a| AckEntry {
+                outbox_id: a.get(0),
+                state: a.get(1),
+                to_address: a.get(2),
+                reason: a.get(3),
+            });
+            let from_addresses = r
+                .get::<Option<String>, _>(8)
+                .and_then(|json| serde_json::from_str(&json).ok());
             messages.push(TicketMessage {
                 id,
                 direction: r.get(1),
-                message_id: r.get(2),
+                message_id,
                 from_address: r.get(3),
+                from_addresses,
                 subject: r.get(4),
                 auto_kind: r.get(5),
                 created_at_ms: r.get(6),
                 body_text: r.get(7),
                 attachments,
+                intake_detail,
+                acknowledgement,
             });
         }
         Ok(messages)

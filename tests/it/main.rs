@@ -3,6 +3,7 @@
 //! One test binary, so CI links once.
 
 mod acks;
+mod addresses;
 mod admin;
 mod automatic;
 mod badrow;

@@ -231,6 +231,25 @@ impl Batch {
         Ok(())
     }
 
+    /// Adds `text` to the detail of the outcome noted for `at` (its `imap_messages` row is written
+    /// at commit): e.g. why the message's acknowledgement is not sent.
+    pub fn add_outcome_detail(&mut self, at: &ImapLocation<'_>, text: &str) {
+        let key = (at.mailbox, at.folder, at.uidvalidity, at.uid);
+        if let Some(row) = self.outcomes.iter_mut().rev().find(|row| {
+            (
+                row.mailbox.as_str(),
+                row.folder.as_str(),
+                row.uidvalidity,
+                row.uid,
+            ) == key
+        }) {
+            row.detail = Some(match row.detail.take() {
+                Some(detail) => format!("{detail}; {text}"),
+                None => text.to_string(),
+            });
+        }
+    }
+
     /// Notes the `imap_messages` row (written at commit) and the folder's new checkpoint.
     fn record_outcome(
         &mut self,

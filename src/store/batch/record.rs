@@ -74,7 +74,10 @@ impl Batch {
                 ticket_id: Some(ticket_id),
                 message_row_id: Some(message_row_id),
                 quarantine_id: None,
-                detail: auto_kind.map(|k| format!("automatic mail ({k}), never acknowledged")),
+                detail: join_details([
+                    auto_kind.map(|k| format!("automatic mail ({k}), never acknowledged")),
+                    address_notes(mail),
+                ]),
                 disposition,
             },
         );
@@ -109,7 +112,10 @@ impl Batch {
                 ticket_id: Some(ticket_id),
                 message_row_id: Some(message_row_id),
                 quarantine_id: None,
-                detail: auto_kind.map(|k| format!("automatic mail ({k})")),
+                detail: join_details([
+                    auto_kind.map(|k| format!("automatic mail ({k})")),
+                    address_notes(mail),
+                ]),
                 disposition,
             },
         );
@@ -220,11 +226,11 @@ impl Batch {
         let now = now_ms();
         let inserted = sqlx::query(
             "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
-             thread_references, subject, from_address, from_name, reply_to, to_addresses, cc_addresses, sent_at, \
-             received_at, body_text, body_html, body_text_derived, auto_kind, headers, size_bytes, content_sha256, \
-             fingerprint, created_at) \
+             thread_references, subject, from_address, from_name, reply_to, from_addresses, to_addresses, cc_addresses, \
+             sent_at, received_at, body_text, body_html, body_text_derived, auto_kind, headers, size_bytes, \
+             content_sha256, fingerprint, created_at) \
              VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22, $23) ON CONFLICT DO NOTHING RETURNING id",
+             $20, $21, $22, $23, $24) ON CONFLICT DO NOTHING RETURNING id",
         )
         .bind(ticket_id)
         .bind(at.mailbox)
@@ -236,6 +242,7 @@ impl Batch {
         .bind(mail.from.as_ref().map(|p| p.address.clone()))
         .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
         .bind(mail.reply_to.as_ref().map(|p| p.address.clone()))
+        .bind(parties_json(&mail.from_addresses))
         .bind(parties_json(&mail.to))
         .bind(parties_json(&mail.cc))
         .bind(mail.date_ms)
@@ -327,6 +334,17 @@ impl Batch {
         // Purged again and again by concurrent runs: decide the batch again later.
         Err(self.conflict())
     }
+}
+
+/// The address repairs of `mail` (`ingest::address`) as one sentence list for the ledger's detail.
+fn address_notes(mail: &ParsedMail) -> Option<String> {
+    (!mail.address_notes.is_empty()).then(|| mail.address_notes.join("; "))
+}
+
+/// The parts of a ledger detail that are there, joined; `None` when none is.
+fn join_details<const N: usize>(parts: [Option<String>; N]) -> Option<String> {
+    let parts: Vec<String> = parts.into_iter().flatten().collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// How often an attachment is written again after `purge` emptied its blob meanwhile.
