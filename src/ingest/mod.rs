@@ -72,6 +72,9 @@ pub struct Facts {
     pub same_message_id: Option<KnownMessage>,
     /// The ticket owning a message named in In-Reply-To or References (inbound or outbound).
     pub thread: Option<KnownTicket>,
+    /// The ID that found `thread` is one of our own outbound messages (an acknowledgement): the
+    /// mail replies to something we sent, so it belongs to the ticket whoever sends it.
+    pub thread_by_our_message: bool,
     /// The ticket whose tag (`[#TCK-000123]`) is in the subject.
     pub tagged: Option<KnownTicket>,
     /// The ticket owning the message a bounce or read receipt is about.
@@ -316,9 +319,9 @@ pub fn decide(
         bounced: bounced.clone(),
         mail: Box::new(mail),
     };
-    // The ticket a subject tag names, when the sender is one of its participants (a tag is
-    // guessable: from a stranger it only links a new ticket to that one).
-    let tagged_by_participant = facts.tagged.as_ref().filter(|ticket| {
+    // Someone on the ticket: the requester or anyone in the From, Reply-To, To or Cc of one of
+    // its messages, or a recipient of our messages on it.
+    let on_ticket = |ticket: &KnownTicket| {
         [mail.from.as_ref(), mail.reply_to.as_ref()]
             .into_iter()
             .flatten()
@@ -327,7 +330,17 @@ pub fn decide(
                     .participants
                     .contains(&p.address.to_ascii_lowercase())
             })
-    });
+    };
+    // The ticket a subject tag names, when the sender is on it (a tag is guessable: from a
+    // stranger it only links a new ticket to that one).
+    let tagged_by_participant = facts.tagged.as_ref().filter(|ticket| on_ticket(ticket));
+    // The ticket of the thread the mail replies to, when it replies to one of our own messages or
+    // comes from someone on the ticket. (A Message-ID in References is no secret either: a
+    // stranger's reply only opens a new ticket linked to that one.)
+    let thread = facts
+        .thread
+        .as_ref()
+        .filter(|ticket| facts.thread_by_our_message || on_ticket(ticket));
     match &kind {
         MailKind::Loop(reason) => Decision::Ignore {
             reason: IgnoreReason::Loop(reason.clone()),
@@ -336,11 +349,7 @@ pub fn decide(
         // A machine's reply belongs to the ticket of the mail it answers or reports on, and is
         // never a request of its own (RFC 3834 forbids answering it, not reading it).
         MailKind::Automatic { kind, evidence } if kind.is_reply() => {
-            let ticket = facts
-                .reported
-                .as_ref()
-                .or(facts.thread.as_ref())
-                .or(tagged_by_participant);
+            let ticket = facts.reported.as_ref().or(thread).or(tagged_by_participant);
             if let Some(ticket) = ticket {
                 return follow_up(ticket, mail, false);
             }
@@ -360,7 +369,7 @@ pub fn decide(
             Decision::Ignore { reason, bounced }
         }
         MailKind::Automatic { kind, evidence } if policy.automatic == AutomaticMail::Ignore => {
-            match facts.thread.as_ref().or(tagged_by_participant) {
+            match thread.or(tagged_by_participant) {
                 Some(ticket) => follow_up(ticket, mail, false),
                 None => Decision::Ignore {
                     reason: IgnoreReason::Automatic {
@@ -374,10 +383,14 @@ pub fn decide(
         // A person's mail, and machine-generated mail under `automatic = "ticket"` (never
         // acknowledged: its `auto_kind` says why).
         MailKind::Automatic { .. } | MailKind::Person => {
-            if let Some(ticket) = facts.thread.as_ref().or(tagged_by_participant) {
+            if let Some(ticket) = thread.or(tagged_by_participant) {
                 return follow_up(ticket, mail, true);
             }
-            let related = facts.tagged.as_ref().map(|ticket| ticket.ticket_id);
+            let related = facts
+                .thread
+                .as_ref()
+                .or(facts.tagged.as_ref())
+                .map(|ticket| ticket.ticket_id);
             let limit = policy.max_new_tickets_per_sender_per_hour;
             if limit > 0 && facts.sender_recent_tickets >= limit && !facts.released {
                 return Decision::Quarantine(QuarantineReason::SenderRateLimit {

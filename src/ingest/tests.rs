@@ -371,9 +371,11 @@ fn machine_generated_mail_opens_tickets_unless_the_mailbox_ignores_it() {
             }
             other => panic!("{other:?}"),
         }
-        // In a ticket's thread it is attached either way; it reopens only under "ticket".
+        // In a ticket's thread, from a sender on it, it is attached either way; it reopens only
+        // under "ticket".
+        let sender = mail.from.as_ref().unwrap().address.to_ascii_lowercase();
         let facts = Facts {
-            thread: Some(ticket(4, "closed", &[])),
+            thread: Some(ticket(4, "closed", &[&sender])),
             ..Facts::default()
         };
         assert!(matches!(
@@ -1104,4 +1106,44 @@ fn from_address_is_the_first_normalised_from_and_every_repair_is_noted() {
     )
     .unwrap();
     assert_eq!(mail.signals.return_path.as_deref(), Some("bounce@x.test"));
+}
+
+#[test]
+fn a_reply_in_a_thread_reaches_the_ticket_only_from_someone_on_it() {
+    let reply = |from: &str| {
+        parse(
+            format!(
+                "From: {from}\r\nTo: support@helpdesk.test\r\nSubject: Re: Printer\r\n\
+                 Message-ID: <r.{from}@x.test>\r\nIn-Reply-To: <first@customer.test>\r\n\r\nHi.\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    let thread = |by_ours: bool| Facts {
+        thread: Some(ticket(
+            7,
+            "open",
+            &["alice@customer.test", "bob@customer.test"],
+        )),
+        thread_by_our_message: by_ours,
+        ..Facts::default()
+    };
+    // On the ticket (any case of the address).
+    assert!(matches!(
+        decide(reply("Bob <BOB@customer.test>"), &thread(false), &policy()),
+        Decision::FollowUp { ticket_id: 7, .. }
+    ));
+    // A stranger who knows the Message-ID: a new ticket, linked.
+    assert!(matches!(
+        decide(reply("mallory@elsewhere.test"), &thread(false), &policy()),
+        Decision::NewTicket {
+            related: Some(7),
+            ..
+        }
+    ));
+    // Anyone answering one of our own messages belongs on the ticket.
+    assert!(matches!(
+        decide(reply("carol@customer.test"), &thread(true), &policy()),
+        Decision::FollowUp { ticket_id: 7, .. }
+    ));
 }

@@ -79,11 +79,13 @@ pub(crate) async fn facts_for(
         None
     } else {
         let ids: Vec<String> = asked.thread_ids.iter().map(|id| id.to_string()).collect();
-        tx.ticket_of_message_ids(&ids).await?
+        tx.thread_of_message_ids(&ids).await?
     };
+    let thread_by_our_message = thread.as_ref().is_some_and(|(_, ours)| *ours);
     Ok(Facts {
         same_message_id: stored.same_message_id,
-        thread,
+        thread: thread.map(|(ticket, _)| ticket),
+        thread_by_our_message,
         tagged,
         reported,
         sender_recent_tickets: stored.sender_recent_tickets,

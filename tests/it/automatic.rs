@@ -116,7 +116,9 @@ async fn a_mailbox_that_ignores_machine_generated_mail_records_why() {
         to,
         "alice@customer.test",
         &message(
-            &format!("From: alice@customer.test\r\nTo: {to}\r\nSubject: Backup failed\r\nMessage-ID: <{first}>\r\n"),
+            // The backup system's address is in Cc, so it is on the ticket (a reply in the
+            // thread from anyone else opens a ticket of its own).
+            &format!("From: alice@customer.test\r\nTo: {to}\r\nCc: backup@customer.test\r\nSubject: Backup failed\r\nMessage-ID: <{first}>\r\n"),
             "The backup failed.",
         ),
     )

@@ -414,3 +414,93 @@ async fn one_batch_sees_what_it_wrote_on_sqlite() {
 async fn one_batch_sees_what_it_wrote_on_postgres() {
     one_batch_sees_what_it_wrote(Backend::Postgres).await;
 }
+
+/// `mail` with a Cc.
+fn mail_cc(from: &str, to: &str, cc: &str, subject: &str, message_id: &str) -> Vec<u8> {
+    let raw = String::from_utf8(mail(from, to, subject, message_id, None)).unwrap();
+    raw.replacen("\r\nSubject: ", &format!("\r\nCc: {cc}\r\nSubject: "), 1)
+        .into_bytes()
+}
+
+/// Before: every reply whose In-Reply-To named a ticket's message was attached to it, whoever
+/// sent it: the stranger's reply became a follow-up on ticket 1 (one ticket, not two).
+#[tokio::test]
+async fn a_reply_reaches_its_ticket_only_from_someone_on_it_or_to_our_own_message() {
+    let case = Case::new(Backend::Postgres, &smtp_keys(), "implicit").await;
+    let first = format!("{}@customer.test", unique("first"));
+    deliver_lmtp(
+        &case.mailbox,
+        "alice@customer.test",
+        &mail_cc(
+            "Alice <alice@customer.test>",
+            &case.mailbox,
+            "Bob <bob@customer.test>",
+            "Printer on fire",
+            &first,
+        ),
+    )
+    .await;
+    assert_ok(&case.run(&["once"]).await);
+    let pool = case.db.pool().await;
+    let (ack_id,): (String,) = sqlx::query_as("SELECT message_id FROM outbox WHERE ticket_id = 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+
+    // Bob was in Cc: his reply is a follow-up. Mallory knows the Message-ID but is no one on
+    // the ticket: a new ticket linked to it. Carol answers our acknowledgement (forwarded to
+    // her): a follow-up, since she replies to our own message.
+    let reply = |from: &str, parent: &str, id: &str| {
+        mail(from, &case.mailbox, "Re: Printer on fire", id, Some(parent))
+    };
+    let bob = format!("{}@customer.test", unique("bob"));
+    let mallory = format!("{}@elsewhere.test", unique("mallory"));
+    let carol = format!("{}@customer.test", unique("carol"));
+    for (sender, raw) in [
+        (
+            "bob@customer.test",
+            reply("Bob <bob@customer.test>", &first, &bob),
+        ),
+        (
+            "mallory@elsewhere.test",
+            reply("Mallory <mallory@elsewhere.test>", &first, &mallory),
+        ),
+        (
+            "carol@customer.test",
+            reply("Carol <carol@customer.test>", &ack_id, &carol),
+        ),
+    ] {
+        deliver_lmtp(&case.mailbox, sender, &raw).await;
+    }
+    assert_ok(&case.run(&["once"]).await);
+
+    let ticket_of = |id: String| {
+        let pool = pool.clone();
+        async move {
+            let (ticket,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT ticket_id FROM messages WHERE message_id = '{id}'"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            ticket
+        }
+    };
+    assert_eq!(ticket_of(bob).await, 1, "someone in Cc is on the ticket");
+    assert_eq!(ticket_of(carol).await, 1, "a reply to our own message");
+    let stranger_ticket = ticket_of(mallory).await;
+    assert_ne!(
+        stranger_ticket, 1,
+        "a stranger's reply opens a ticket of its own"
+    );
+    let (related, requester): (Option<i64>, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT related_ticket_id, requester_address FROM tickets WHERE id = {stranger_ticket}"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(related, Some(1), "linked to the ticket it referred to");
+    assert_eq!(requester, "mallory@elsewhere.test");
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 2);
+    pool.close().await;
+}

@@ -98,9 +98,24 @@ impl Batch {
     /// The ticket owning one of these Message-IDs (our stored inbound messages or our outbox),
     /// the first of them in order that is known: one statement per `IDS_PER_STATEMENT` IDs.
     pub async fn ticket_of_message_ids(&mut self, ids: &[String]) -> Result<Option<KnownTicket>> {
+        Ok(self
+            .thread_of_message_ids(ids)
+            .await?
+            .map(|(ticket, _)| ticket))
+    }
+
+    /// Like [`Batch::ticket_of_message_ids`], and whether the ID that matched is one of our own
+    /// outbound messages (an outbox row: an acknowledgement, a notice): a reply naming one was
+    /// written to something we sent.
+    pub async fn thread_of_message_ids(
+        &mut self,
+        ids: &[String],
+    ) -> Result<Option<(KnownTicket, bool)>> {
         if let Some(known) = self.prefetched_thread(ids) {
             return match known {
-                Some(ticket_id) => self.ticket(ticket_id).await,
+                Some((ticket_id, ours)) => {
+                    Ok(self.ticket(ticket_id).await?.map(|ticket| (ticket, ours)))
+                }
                 None => Ok(None),
             };
         }
@@ -108,22 +123,23 @@ impl Batch {
             let list = placeholders(1, chunk.len());
             // Only placeholders are formatted into the statement; the IDs are bound.
             let sql = format!(
-                "SELECT message_id, ticket_id FROM messages WHERE message_id IN ({list}) \
-                 UNION ALL SELECT message_id, ticket_id FROM outbox WHERE message_id IN ({list}) \
+                "SELECT message_id, ticket_id, 0 FROM messages WHERE message_id IN ({list}) \
+                 UNION ALL SELECT message_id, ticket_id, 1 FROM outbox WHERE message_id IN ({list}) \
                  AND ticket_id IS NOT NULL"
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 query = query.bind(id);
             }
-            let found: HashMap<String, i64> = query
+            let found: HashMap<String, (i64, bool)> = query
                 .fetch_all(&mut *self.tx)
                 .await?
                 .into_iter()
-                .map(|r| (r.get(0), r.get(1)))
+                .map(|r| (r.get(0), (r.get(1), r.get::<i64, _>(2) == 1)))
                 .collect();
-            if let Some(ticket_id) = chunk.iter().find_map(|id| found.get(id)) {
-                return self.ticket(*ticket_id).await;
+            if let Some((ticket_id, ours)) = chunk.iter().find_map(|id| found.get(id)) {
+                let ours = *ours;
+                return Ok(self.ticket(*ticket_id).await?.map(|ticket| (ticket, ours)));
             }
         }
         Ok(None)
@@ -141,13 +157,18 @@ impl Batch {
         }
     }
 
-    /// A ticket with its status and participants (requester, and the senders of its messages),
-    /// in one statement: the ticket's row first, then one row per sender address.
+    /// A ticket with its status and participants, in one statement: the ticket's row first, then
+    /// one row per address: the requester, everyone in the From, Reply-To, To or Cc of one of its
+    /// messages (the lists as stored JSON, kind 2), and the recipients of our outbox messages.
     async fn ticket(&mut self, ticket_id: i64) -> Result<Option<KnownTicket>> {
         let rows = sqlx::query(
             "SELECT 0, status, requester_address FROM tickets WHERE id = $1 \
              UNION ALL SELECT 1, NULL, from_address FROM messages WHERE ticket_id = $1 AND from_address IS NOT NULL \
-             UNION ALL SELECT 1, NULL, reply_to FROM messages WHERE ticket_id = $1 AND reply_to IS NOT NULL",
+             UNION ALL SELECT 1, NULL, reply_to FROM messages WHERE ticket_id = $1 AND reply_to IS NOT NULL \
+             UNION ALL SELECT 2, NULL, from_addresses FROM messages WHERE ticket_id = $1 AND from_addresses IS NOT NULL \
+             UNION ALL SELECT 2, NULL, to_addresses FROM messages WHERE ticket_id = $1 AND to_addresses IS NOT NULL \
+             UNION ALL SELECT 2, NULL, cc_addresses FROM messages WHERE ticket_id = $1 AND cc_addresses IS NOT NULL \
+             UNION ALL SELECT 1, NULL, to_address FROM outbox WHERE ticket_id = $1 AND to_address IS NOT NULL",
         )
         .bind(ticket_id)
         .fetch_all(&mut *self.tx)
@@ -169,7 +190,15 @@ impl Batch {
         let mut ordered: Vec<&sqlx::any::AnyRow> = rows.iter().collect();
         ordered.sort_by_key(|r| r.get::<i64, _>(0));
         for row in ordered {
-            if let Some(address) = row.get::<Option<String>, _>(2) {
+            let Some(text) = row.get::<Option<String>, _>(2) else {
+                continue;
+            };
+            let addresses = if row.get::<i64, _>(0) == 2 {
+                addresses_of_json(&text)
+            } else {
+                vec![text]
+            };
+            for address in addresses {
                 let address = address.to_ascii_lowercase();
                 if !participants.contains(&address) {
                     participants.push(address);
@@ -316,22 +345,51 @@ impl Batch {
 
     /// [`Batch::ticket_of_message_ids`] from the prefetch: `Some(answer)` when every ID was asked
     /// about (the first known one in order wins), `None` when the database must be asked.
-    fn prefetched_thread(&self, ids: &[String]) -> Option<Option<i64>> {
+    /// The ticket of the first known of `ids` and whether that ID is one of our outbox messages,
+    /// from the prefetch and what the batch wrote since; `None` when the prefetch did not ask.
+    fn prefetched_thread(&self, ids: &[String]) -> Option<Option<(i64, bool)>> {
         let prefetched = self.prefetched.as_ref()?;
         for id in ids {
             if let Some((ticket_id, _)) = self.written.messages.get(id) {
-                return Some(Some(*ticket_id));
+                return Some(Some((*ticket_id, false)));
             }
             if !prefetched.asked_references.contains(id) {
                 return None;
             }
             if let Some((ticket_id, _)) = prefetched.messages.get(id) {
-                return Some(Some(*ticket_id));
+                return Some(Some((*ticket_id, false)));
             }
             if let Some(ticket_id) = prefetched.outbox.get(id) {
-                return Some(Some(*ticket_id));
+                return Some(Some((*ticket_id, true)));
             }
         }
         Some(None)
+    }
+}
+
+/// The addresses of a stored address list (`[{"name"?, "address"}]`); a list that does not
+/// parse names no one.
+fn addresses_of_json(text: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        address: Option<String>,
+    }
+    serde_json::from_str::<Vec<Entry>>(text)
+        .map(|entries| entries.into_iter().filter_map(|e| e.address).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::addresses_of_json;
+
+    #[test]
+    fn stored_address_lists_give_their_addresses() {
+        assert_eq!(
+            addresses_of_json(r#"[{"name":"Ann","address":"ann@x.test"},{"address":"bo@y.test"}]"#),
+            ["ann@x.test", "bo@y.test"]
+        );
+        assert!(addresses_of_json("not json").is_empty());
+        assert!(addresses_of_json("[]").is_empty());
     }
 }
