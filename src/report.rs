@@ -23,6 +23,14 @@ pub struct CycleReport {
 }
 
 impl CycleReport {
+    /// Adds everything a later part of the same sweep did (one resumed on a new session).
+    pub fn merge(&mut self, later: &CycleReport) {
+        self.add(later);
+        self.n_listed += later.n_listed;
+        self.n_completed += later.n_completed;
+        self.bytes_fetched += later.bytes_fetched;
+    }
+
     /// Adds the counts of one batch.
     pub fn add(&mut self, batch: &CycleReport) {
         self.n_tickets += batch.n_tickets;

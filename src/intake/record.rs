@@ -14,7 +14,9 @@ use crate::failpoint::{self, Point};
 use crate::ingest::{self, Decision, Facts, ParseFailure, ParsedMail, QuarantineReason};
 use crate::mail_source::{Disposition, MessageSummary, Uid};
 use crate::report::CycleReport;
-use crate::store::{Batch, FolderState, FollowUpOn, ImapLocation, QuarantineEnvelope, StoreError};
+use crate::store::{
+    Batch, FolderState, FollowUpOn, ImapLocation, QuarantineEnvelope, StoreError, StuckMessage,
+};
 use crate::time::now_ms;
 
 /// How one message of a batch is to be handled.
@@ -39,6 +41,9 @@ pub enum Work {
 pub struct Prepared<'a> {
     pub work: Vec<(&'a MessageSummary, Work)>,
     pub bytes_fetched: u64,
+    /// Messages the server refused when they were asked for alone: no outcome, they wait (their
+    /// records as they are after this failure).
+    pub waiting: Vec<StuckMessage>,
 }
 
 /// The dispositions a mailbox gives its outcomes.
