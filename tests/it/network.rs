@@ -147,8 +147,9 @@ fn set_mode(path: &std::path::Path, mode: u32) {
 async fn a_message_dovecot_cannot_read_waits_while_the_mail_after_it_comes_in_and_is_set_aside_only_after_unreadable_after()
  {
     const WAIT: Duration = Duration::from_secs(8);
+    // On PostgreSQL: the other two tests run on SQLite.
     let case = Case::new(
-        Backend::Sqlite,
+        Backend::Postgres,
         "fetch_batch_messages = 5\nunreadable_after = \"8s\"\nmax_new_tickets_per_sender_per_hour = 0",
         "implicit",
     )
