@@ -62,6 +62,12 @@ pub enum Body {
     Complete(Vec<u8>),
     /// The message is larger than the cap; only the first `cap + 1` bytes were transferred.
     TooLarge,
+    /// The server answered without this message although it is still there (a tagged NO or BAD,
+    /// or no body while the folder still lists it), on a session whose other commands succeed;
+    /// the text says what happened. In a batch this may be another message's doing; asked for
+    /// alone, it is the message's own trouble (a file the server cannot read, a message being
+    /// scanned).
+    Refused(String),
 }
 
 /// Why a wait for change ended.
@@ -245,7 +251,8 @@ pub trait MailSource: Send + Sized {
 
     /// The bodies of `uids`, each downloaded only up to `cap` bytes (+1 to see that it is larger).
     /// A UID that is gone (expunged since the listing) is missing from the answer; one the
-    /// server fails to deliver is an error.
+    /// server answers without, on a session that still works, is [`Body::Refused`]. An error
+    /// means the session is lost (reset, closed, BYE, a timeout).
     fn fetch_bodies(
         &mut self,
         uids: &[Uid],

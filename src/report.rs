@@ -23,9 +23,9 @@ pub struct CycleReport {
     /// Messages the reconciliation found at or below the checkpoint without an outcome (shown
     /// late by the server), taken in by this sweep.
     pub n_reconciled: usize,
-    /// The folder's dispositions the server refuses, as the sweep left them (read when the sweep
-    /// met a refusal or started with refused ones; empty otherwise).
-    pub refused: Vec<RefusedDispositions>,
+    /// The folder's dispositions the server refuses, as the sweep left them: read when the sweep
+    /// met a refusal or started with refused ones (`None`: not read, nothing changed).
+    pub refused: Option<Vec<RefusedDispositions>>,
 }
 
 /// Messages whose outcome is committed but whose disposition the server refuses (a tagged NO:
@@ -62,6 +62,18 @@ impl RefusedDispositions {
 }
 
 impl CycleReport {
+    /// Adds everything a later part of the same sweep did (one resumed on a new session).
+    pub fn merge(&mut self, later: &CycleReport) {
+        self.add(later);
+        self.n_listed += later.n_listed;
+        self.n_completed += later.n_completed;
+        self.bytes_fetched += later.bytes_fetched;
+        self.n_reconciled += later.n_reconciled;
+        if later.refused.is_some() {
+            self.refused = later.refused.clone();
+        }
+    }
+
     /// Adds the counts of one batch.
     pub fn add(&mut self, batch: &CycleReport) {
         self.n_tickets += batch.n_tickets;

@@ -314,6 +314,12 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
             Duration::from_secs(120),
         ),
     };
+    let unreadable_after = duration(
+        table,
+        "unreadable_after",
+        m.unreadable_after.as_deref(),
+        Duration::from_secs(15 * 60),
+    );
     let keep_raw = table.choice("keep_raw", m.keep_raw.as_deref(), KeepRaw::Failures);
     let automatic = table.choice(
         "automatic",
@@ -350,6 +356,7 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
         max_message_bytes,
         fetch_batch_bytes: m.fetch_batch_bytes.unwrap_or(8 * 1024 * 1024),
         fetch_batch_messages: fetch_batch_messages.max(1),
+        unreadable_after,
         dispose,
         quarantine_folder,
         junk_folder,

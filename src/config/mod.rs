@@ -225,6 +225,12 @@ pub struct Mailbox {
     /// messages; this bounds memory and keeps round trips few.
     pub fetch_batch_bytes: u64,
     pub fetch_batch_messages: usize,
+    /// A message the server fails to deliver in a way that is its own (refused when asked for
+    /// alone, or the connection lost while it alone was fetched, three sessions in a row) is set
+    /// aside as unreadable only once this long has passed since the first such failure; until
+    /// then it waits and the mail after it comes in. Exchange's Dynamic Delivery keeps a message
+    /// unreadable while Defender scans its attachments.
+    pub unreadable_after: Duration,
     pub dispose: Disposal,
     pub quarantine_folder: String,
     /// The mailbox's Junk folder, where real mail sometimes lands (`mailintake junk`); Exchange

@@ -101,6 +101,7 @@ pub struct Mailbox {
     pub idle_interval: Option<String>,
     pub fetch_batch_bytes: Option<u64>,
     pub fetch_batch_messages: Option<usize>,
+    pub unreadable_after: Option<String>,
     pub mode: Option<String>,
     pub first_start: Option<String>,
     pub max_new_tickets_per_sender_per_hour: Option<u32>,

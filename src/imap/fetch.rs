@@ -115,17 +115,60 @@ impl Connection {
         Ok(listed)
     }
 
-    /// The UIDs `UID SEARCH UID <set>` finds that `keep` accepts, ascending.
+    /// The UIDs `UID SEARCH UID <set>` finds that `keep` accepts, ascending. The answer is read
+    /// up to the command's tagged completion, which must be OK: async-imap's `uid_search` takes a
+    /// connection that ends first (after a `* BYE`, a reset) for an empty, successful answer, and
+    /// "nothing found" here means "expunged", which would let the checkpoint pass mail the
+    /// server merely failed to deliver.
     async fn search_uids(
         &mut self,
         set: &str,
         keep: impl Fn(u32) -> bool,
     ) -> Result<Vec<u32>, ImapError> {
+        use async_imap::imap_proto::{MailboxDatum, Response, Status};
         let searched = within(self.command_timeout, "UID SEARCH", async {
-            self.session
-                .uid_search(format!("UID {set}"))
+            let tag = self
+                .session
+                .run_command(format!("UID SEARCH UID {set}"))
                 .await
-                .map_err(protocol("UID SEARCH"))
+                .map_err(protocol("UID SEARCH"))?;
+            let mut found = Vec::new();
+            loop {
+                let response = self
+                    .session
+                    .read_response()
+                    .await
+                    .map_err(|e| protocol("UID SEARCH")(e.into()))?
+                    .ok_or_else(|| ImapError::Unexpected {
+                        operation: "UID SEARCH",
+                        detail: "the connection ended before the server completed the command"
+                            .into(),
+                    })?;
+                match response.parsed() {
+                    Response::MailboxData(MailboxDatum::Search(uids)) => {
+                        found.extend(uids.iter().copied())
+                    }
+                    Response::Done {
+                        tag: done,
+                        status,
+                        outcome,
+                    } if *done == tag => {
+                        return match status {
+                            Status::Ok => Ok(found),
+                            other => Err(ImapError::Unexpected {
+                                operation: "UID SEARCH",
+                                detail: format!(
+                                    "the server answered {other:?}: {}",
+                                    outcome.information.as_deref().unwrap_or("")
+                                ),
+                            }),
+                        };
+                    }
+                    // Untagged updates (EXISTS, EXPUNGE, FETCH flags) are not needed here: the
+                    // sweep lists again next time.
+                    _ => {}
+                }
+            }
         })
         .await?;
         let mut uids: Vec<u32> = searched.into_iter().filter(|uid| keep(*uid)).collect();
@@ -168,9 +211,10 @@ impl Connection {
 
     /// Downloads a batch of messages in one round trip, but never more than `cap + 1` bytes of any
     /// of them (`BODY.PEEK[]<0.N>`, which also leaves `\Seen` alone). Every requested UID must come
-    /// back: a missing one may be a NO the library swallowed, so it is an error, never an empty
-    /// mail, unless `UID SEARCH` confirms it is gone (expunged since the listing): then it is
-    /// left out of the result.
+    /// back: a missing one may be a NO the library swallowed, so it is never an empty mail. `UID
+    /// SEARCH` tells the two cases apart: gone (expunged since the listing), it is left out of the
+    /// result; still there, the server refused it on a session that works (the SEARCH did), and
+    /// it comes back as [`Body::Refused`]. A lost connection fails the SEARCH too: an error.
     pub async fn fetch_bodies(
         &mut self,
         uids: &[Uid],
@@ -216,16 +260,20 @@ impl Connection {
             let still_there = self
                 .search_uids(&uid_set(&missing), |uid| asked.contains(&uid))
                 .await?;
-            if let Some(uid) = still_there.first() {
-                return Err(ImapError::Unexpected {
-                    operation: "UID FETCH body",
-                    detail: format!("the server returned no body for UID {uid}"),
-                });
+            for uid in &still_there {
+                bodies.insert(
+                    *uid,
+                    Body::Refused(format!(
+                        "IMAP UID FETCH body: the server returned no body for UID {uid}, which UID SEARCH still finds (a tagged NO or BAD, e.g. a message it cannot read now)"
+                    )),
+                );
             }
-            debug!(
-                n_gone = missing.len(),
-                "messages expunged before their bodies were read; left out"
-            );
+            if still_there.len() < missing.len() {
+                debug!(
+                    n_gone = missing.len() - still_there.len(),
+                    "messages expunged before their bodies were read; left out"
+                );
+            }
         }
         Ok(uids
             .iter()

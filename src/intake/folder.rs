@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
 
 use super::session::{Session, Source, login};
-use super::sweep::sweep;
+use super::sweep::{SweepEnd, sweep};
 use super::{CycleError, MailboxContext};
 use crate::failpoint::{self, Point};
 use crate::mail_source::{IdleOutcome, MailSource};
@@ -31,16 +31,26 @@ enum Wake {
     Shutdown,
 }
 
-/// One sweep on a new session, then logout: what `mailintake once` does per folder.
+/// One sweep on a new session, then logout: what `mailintake once` does per folder. A sweep that
+/// stops because its session's token expires soon goes on, at the checkpoint, on a new session.
 #[instrument(skip_all, fields(mailbox = %ctx.mailbox.name, folder = ctx.folder))]
 pub async fn run_cycle(
     ctx: &MailboxContext<'_>,
     shutdown: &CancellationToken,
 ) -> Result<CycleReport, CycleError> {
-    let mut session = login(ctx).await?;
-    let result = sweep(ctx, &mut session, shutdown).await;
-    session.source.logout().await;
-    result
+    let mut total = CycleReport::default();
+    loop {
+        let mut session = login(ctx).await?;
+        let result = sweep(ctx, &mut session, shutdown).await;
+        session.source.logout().await;
+        let swept = result?;
+        total.merge(&swept.report);
+        match swept.end {
+            // A new session with a renewed token resumes at the checkpoint.
+            SweepEnd::TokenExpiring => info!("logging in again with a renewed access token"),
+            SweepEnd::Complete | SweepEnd::Shutdown => return Ok(total),
+        }
+    }
 }
 
 /// Sweeps, then waits for new mail (IDLE where offered, else `poll_interval`), until `cancel`.
@@ -120,12 +130,20 @@ impl FolderTask<'_, '_> {
         let was_fresh = session.fresh;
         let sweep_started = Instant::now();
         match sweep(ctx, &mut session, self.cancel).await {
-            Ok(report) => ctx.metrics.sweep_done(
-                &ctx.mailbox.name,
-                ctx.folder,
-                &report,
-                sweep_started.elapsed(),
-            ),
+            Ok(swept) => {
+                ctx.metrics.sweep_done(
+                    &ctx.mailbox.name,
+                    ctx.folder,
+                    &swept.report,
+                    sweep_started.elapsed(),
+                );
+                if swept.end == SweepEnd::TokenExpiring {
+                    // Logged out and replaced by a session with a renewed token, which resumes
+                    // at the checkpoint.
+                    self.session = Some(session);
+                    return Wake::TokenRenewal;
+                }
+            }
             Err(e) => {
                 if !was_fresh && !e.needs_admin() && !matches!(e, CycleError::Store(_)) {
                     info!(error = %e, "sweep failed on a reused connection; reconnecting at once");
@@ -150,6 +168,7 @@ impl FolderTask<'_, '_> {
             let Session {
                 source,
                 token_renew_at,
+                last_batch_by,
                 fresh,
             } = session;
             match source
@@ -161,6 +180,7 @@ impl FolderTask<'_, '_> {
                     self.session = Some(Session {
                         source,
                         token_renew_at,
+                        last_batch_by,
                         fresh,
                     });
                     match outcome {

@@ -12,12 +12,14 @@
 //!    UID set, and record that.
 //!
 //! A crash between 3 and 4 leaves committed outcomes with their dispositions pending; the next sweep
-//! completes them before listing new mail. Shutdown is honoured between batches, never inside one.
+//! completes them before listing new mail. Shutdown is honoured between batches, never inside one;
+//! so is a token about to expire (the sweep stops and resumes at the checkpoint on a new session).
 //!
 //! The rooms, in the order a message passes them: [`run`] (the supervisor: `run`'s tasks and
 //! `once`), [`folder`] (the folder task: its wake-ups as one closed enum), [`session`] (logging in),
 //! [`sweep`] (listing, batches, downloads, dispositions; now and then `reconcile`, the comparison
-//! below the checkpoint), [`record`] (a batch's decisions and
+//! below the checkpoint), `stuck` (which failures are a message's own, the messages that wait,
+//! the set-aside rule), [`record`] (a batch's decisions and
 //! rows, in one transaction; also used by `reprocess`), `acknowledge` (the outbox rows written
 //! with them) and [`facts`] (what the store is asked for each message). The mail server is
 //! reached only through [`crate::mail_source::MailSource`].
@@ -29,6 +31,7 @@ mod reconcile;
 pub mod record;
 pub mod run;
 pub mod session;
+mod stuck;
 pub mod sweep;
 
 use std::sync::Arc;

@@ -84,6 +84,7 @@ pub(super) async fn reconcile_if_due<S: MailSource>(
                 mailbox.fetch_batch_bytes,
                 mailbox.fetch_batch_messages,
                 mailbox.max_message_bytes,
+                None,
             ) {
                 let prepared = prepare_batch(ctx, &mut session.source, state, batch).await?;
                 report.bytes_fetched += prepared.bytes_fetched;

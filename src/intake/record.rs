@@ -17,7 +17,9 @@ use crate::ingest::{
 };
 use crate::mail_source::{Disposition, MessageSummary, Uid};
 use crate::report::CycleReport;
-use crate::store::{Batch, FolderState, FollowUpOn, ImapLocation, QuarantineEnvelope, StoreError};
+use crate::store::{
+    Batch, FolderState, FollowUpOn, ImapLocation, QuarantineEnvelope, StoreError, StuckMessage,
+};
 use crate::time::now_ms;
 
 /// How one message of a batch is to be handled.
@@ -42,6 +44,9 @@ pub enum Work {
 pub struct Prepared<'a> {
     pub work: Vec<(&'a MessageSummary, Work)>,
     pub bytes_fetched: u64,
+    /// Messages the server refused when they were asked for alone: no outcome, they wait (their
+    /// records as they are after this failure).
+    pub waiting: Vec<StuckMessage>,
 }
 
 /// The dispositions a mailbox gives its outcomes.

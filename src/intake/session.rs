@@ -1,13 +1,14 @@
 //! Logging in: a mail-source session with the identity's cached token, and what the folder task
 //! knows about it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 
 use super::{CycleError, MailboxContext};
 use crate::imap::{self, ImapSource};
 use crate::mail_source::{MailSource, SourceError};
+use crate::oauth::AccessToken;
 
 /// A logged-in session and what the folder task knows about it.
 pub struct Session<S: MailSource> {
@@ -15,19 +16,31 @@ pub struct Session<S: MailSource> {
     /// When the token this session logged in with is due for renewal. Exchange ends sessions
     /// whose token expires, so the task reconnects with a fresh token before then.
     pub token_renew_at: Instant,
+    /// From here on the session takes no further batch: its token expires within the margin
+    /// ([`expiry_margin`]), and IMAP cannot re-authenticate a session, so the sweep stops between
+    /// batches and resumes at the checkpoint on a new session.
+    pub last_batch_by: Instant,
     /// True until the first sweep on this session; a failure on a reused session is retried at
     /// once on a fresh one (the server may have dropped an idle connection).
     pub fresh: bool,
 }
 
 impl<S: MailSource> Session<S> {
-    fn new(source: S, token_renew_at: Instant) -> Session<S> {
+    pub fn new(source: S, token: &AccessToken, command_timeout: Duration) -> Session<S> {
         Session {
             source,
-            token_renew_at,
+            token_renew_at: token.renew_at,
+            last_batch_by: token.expires_at - expiry_margin(command_timeout, token.expires_in),
             fresh: true,
         }
     }
+}
+
+/// How long before its token expires a session starts no further batch: two command timeouts
+/// (a batch's download and its dispositions, the longest it can take), or half the token's
+/// lifetime for a token that lives shorter than four.
+pub fn expiry_margin(command_timeout: Duration, token_lifetime: Duration) -> Duration {
+    (2 * command_timeout).min(token_lifetime / 2)
 }
 
 /// The mail source the folder tasks use. This module is the one place that picks an
@@ -37,7 +50,10 @@ pub type Source = ImapSource;
 /// Logs in to the mailbox's server with a cached token; if the server refuses it, forgets it and
 /// tries once more with a fresh one (the token may have been revoked or have expired early).
 pub async fn login(ctx: &MailboxContext<'_>) -> Result<Session<Source>, CycleError> {
-    let token = ctx.tokens.token(ctx.identity).await?;
+    let command_timeout = ctx.mailbox.imap.timeouts.command;
+    // A token that outlasts the margin, so the new session can take batches.
+    let lasting = 2 * command_timeout;
+    let token = ctx.tokens.token_lasting(ctx.identity, lasting).await?;
     ctx.metrics
         .token_received(&ctx.identity.name, token.renew_at, token.expires_in);
     let conn = match imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token).await {
@@ -45,15 +61,15 @@ pub async fn login(ctx: &MailboxContext<'_>) -> Result<Session<Source>, CycleErr
         Err(e) if e.is_auth_failure() => {
             warn!("login refused; retrying once with a new token");
             ctx.tokens.invalidate(&ctx.identity.name, &token).await;
-            let token = ctx.tokens.token(ctx.identity).await?;
+            let token = ctx.tokens.token_lasting(ctx.identity, lasting).await?;
             ctx.metrics
                 .token_received(&ctx.identity.name, token.renew_at, token.expires_in);
             let conn = imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token)
                 .await
                 .map_err(SourceError::from)?;
-            return Ok(Session::new(ImapSource::new(conn), token.renew_at));
+            return Ok(Session::new(ImapSource::new(conn), &token, command_timeout));
         }
         Err(e) => return Err(SourceError::from(e).into()),
     };
-    Ok(Session::new(ImapSource::new(conn), token.renew_at))
+    Ok(Session::new(ImapSource::new(conn), &token, command_timeout))
 }

@@ -4,35 +4,51 @@
 //! (`reconcile`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
 
 use super::reconcile::reconcile_if_due;
-use super::record::{
-    Prepared, Work, envelope_from_header, location, quarantine_disposition, record_batch,
-    recorded_uids,
-};
+use super::record::{Prepared, Work, envelope_from_header, record_batch, recorded_uids};
 use super::session::Session;
+use super::stuck::{self, CONNECTION_LOSSES};
 use super::{CycleError, MailboxContext};
 use crate::config::{FirstStart, Mode};
-use crate::ingest::{self, QuarantineReason};
+use crate::ingest;
 use crate::mail_source::{Body, Disposition, MailSource, MessageSummary, SourceErrorKind, Uid};
 use crate::report::CycleReport;
-use crate::store::{FolderState, QuarantineEnvelope, StoreError};
+use crate::store::{FolderState, StuckFailure, StuckMessage};
 use crate::time::now_ms;
 
-/// Consecutive failures of the server to deliver one message before it is set aside unread.
-const STUCK_ATTEMPTS: i64 = 3;
+/// How a sweep ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepEnd {
+    /// Every listed message has its outcome, or waits.
+    Complete,
+    /// Stopped between batches because shutdown was requested.
+    Shutdown,
+    /// Stopped between batches because the session's token expires within the margin (IMAP cannot
+    /// re-authenticate a session; Exchange ends it): log out, log in with a renewed token and
+    /// sweep again, which resumes at the checkpoint.
+    TokenExpiring,
+}
+
+/// What a sweep did and how it ended.
+#[derive(Debug)]
+pub struct Swept {
+    pub report: CycleReport,
+    pub end: SweepEnd,
+}
 
 /// One pass over the mailbox's folder: complete pending dispositions, then ingest every message
-/// above the checkpoint. Stops early (between batches) when `shutdown` is cancelled.
+/// above the checkpoint, and try the messages that wait once more. Stops early (between batches)
+/// when `shutdown` is cancelled or the session's token is about to expire.
 pub async fn sweep<S: MailSource>(
     ctx: &MailboxContext<'_>,
     session: &mut Session<S>,
     shutdown: &CancellationToken,
-) -> Result<CycleReport, CycleError> {
+) -> Result<Swept, CycleError> {
     let mailbox = ctx.mailbox;
     let mut report = CycleReport::default();
     let read_only = mailbox.mode == Mode::Shadow;
@@ -44,7 +60,7 @@ pub async fn sweep<S: MailSource>(
         .pending_dispositions(&mailbox.name, ctx.folder, state.uidvalidity)
         .await?;
     // Dispositions the server refused are tried again here; whether any is still refused is
-    // read back at the end for the status page, `/readyz` and the metric.
+    // read back before the sweep ends, for the status page, `/readyz` and the metric.
     let mut refusals = pending.iter().any(|p| p.refused);
     if !pending.is_empty() {
         let items: Vec<(Uid, String)> = pending
@@ -60,68 +76,58 @@ pub async fn sweep<S: MailSource>(
     let oldest_listed_ms = listed.iter().filter_map(|m| m.internal_date_ms).min();
     ctx.metrics
         .listed(&mailbox.name, ctx.folder, oldest_listed_ms);
-    // After a failed fetch, messages are taken one at a time until the culprit is known; one the
-    // server fails to deliver STUCK_ATTEMPTS times in a row is set aside unread.
-    let stuck = ctx.store.stuck_message(&mailbox.name, ctx.folder).await?;
-    let batch_messages = if stuck.is_some() {
-        1
-    } else {
-        mailbox.fetch_batch_messages
-    };
+    // Messages that wait are left out of the batches and tried alone at the end; the messages of
+    // a batch that lost its connection are taken one at a time.
+    let mut waiting = stuck::still_waiting(ctx, &state, &listed).await?;
+    let alone = ctx.store.alone_range(&mailbox.name, ctx.folder).await?;
+    let rest: Vec<MessageSummary> = listed
+        .iter()
+        .filter(|m| !waiting.iter().any(|w| w.uid == m.uid))
+        .cloned()
+        .collect();
     let batches = batches(
-        &listed,
+        &rest,
         mailbox.fetch_batch_bytes,
-        batch_messages,
+        mailbox.fetch_batch_messages,
         mailbox.max_message_bytes,
+        alone,
     );
+    // Whether the session may stop for its token's expiry: not before the first batch of a fresh
+    // session, so that every login makes progress.
+    let mut n_batches = 0usize;
+    let fresh = session.fresh;
+    session.fresh = false;
+    let command_timeout = mailbox.imap.timeouts.command;
+    let expiring = |session: &Session<S>, n_batches: usize, ahead: Duration| {
+        (!fresh || n_batches > 0) && Instant::now() + ahead >= session.last_batch_by
+    };
     // A pipeline of two: batch n+1 is downloaded and parsed while batch n is written; batch n's
-    // dispositions follow its commit. (Not while messages are taken one at a time after a failed
-    // fetch: then each must fail or pass on its own.) Memory: two batches.
+    // dispositions follow its commit. Memory: two batches.
     let mut next: Option<Result<Prepared<'_>, CycleError>> = None;
     for (i, &batch) in batches.iter().enumerate() {
         if shutdown.is_cancelled() {
             info!("shutdown requested; stopping between batches");
-            break;
+            return Ok(Swept {
+                report,
+                end: SweepEnd::Shutdown,
+            });
         }
-        if let Some((uid, attempts, error)) = &stuck
-            && batch[0].uid == *uid
-            && *attempts >= STUCK_ATTEMPTS
-        {
-            let reason = QuarantineReason::Unreadable {
-                attempts: *attempts,
-                error: error.lines().next().unwrap_or("").to_string(),
-            };
-            refusals |=
-                set_aside_unreadable(ctx, session, &state, &batch[0], reason, &mut report).await?;
-            ctx.store.clear_stuck(&mailbox.name, ctx.folder).await?;
-            continue;
+        // Within the margin, a batch not downloaded yet is left to the next session.
+        if next.is_none() && expiring(session, n_batches, Duration::ZERO) {
+            return Ok(stop_for_token(report));
         }
         let prepared = match next.take() {
             Some(prepared) => prepared,
-            None => prepare_batch(ctx, &mut session.source, &state, batch).await,
-        };
-        let prepared = match prepared {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                // The server failed while delivering these messages: remember where. (A lost
-                // database is not the message's fault and is not counted.)
-                if let CycleError::Source(source_error) = &e {
-                    let _ = ctx
-                        .store
-                        .note_stuck(
-                            &mailbox.name,
-                            ctx.folder,
-                            batch[0].uid,
-                            &source_error.to_string(),
-                        )
-                        .await;
-                }
-                return Err(e);
-            }
-        };
+            None => prepare(ctx, &mut session.source, &state, batch).await,
+        }?;
         report.bytes_fetched += prepared.bytes_fetched;
+        // A download of the next batch commits the session to three more commands (that
+        // download, this batch's dispositions and the next one's): only with a command timeout to
+        // spare before the margin.
         let prefetch = match batches.get(i + 1) {
-            Some(following) if stuck.is_none() => Some(*following),
+            Some(following) if !expiring(session, n_batches + 1, command_timeout) => {
+                Some(*following)
+            }
             _ => None,
         };
         let source = &mut session.source;
@@ -134,7 +140,7 @@ pub async fn sweep<S: MailSource>(
             async {
                 match prefetch {
                     Some(following) => Some((
-                        prepare_batch(ctx, source, &state, following).await,
+                        prepare(ctx, source, &state, following).await,
                         started.elapsed(),
                     )),
                     None => None,
@@ -148,6 +154,7 @@ pub async fn sweep<S: MailSource>(
         report.add(&counted);
         let dispose_started = Instant::now();
         refusals |= dispose_all(ctx, session, state.uidvalidity, &to_dispose).await?;
+        n_batches += 1;
         debug!(
             first_uid = batch[0].uid.0,
             n = batch.len(),
@@ -156,69 +163,183 @@ pub async fn sweep<S: MailSource>(
             dispose_ms = dispose_started.elapsed().as_millis() as u64,
             "batch done"
         );
-        if stuck
-            .as_ref()
-            .is_some_and(|(uid, _, _)| batch.iter().any(|m| m.uid == *uid))
-        {
-            ctx.store.clear_stuck(&mailbox.name, ctx.folder).await?;
+    }
+    // Past them: each message of the batch that lost its connection was taken alone.
+    if alone.is_some() {
+        ctx.store
+            .set_alone_range(&mailbox.name, ctx.folder, None)
+            .await?;
+    }
+    // The waiting messages, each alone: those the server refused first, those that broke the
+    // connection (and may do so again) last.
+    waiting.sort_by_key(|w| (w.connection_losses > 0, w.uid));
+    for stuck in &waiting {
+        if shutdown.is_cancelled() {
+            info!("shutdown requested; stopping before the messages that wait");
+            return Ok(Swept {
+                report,
+                end: SweepEnd::Shutdown,
+            });
         }
+        if expiring(session, n_batches, Duration::ZERO) {
+            return Ok(stop_for_token(report));
+        }
+        let Ok(at) = listed.binary_search_by_key(&stuck.uid, |m| m.uid) else {
+            continue;
+        };
+        refusals |= try_waiting(ctx, session, &state, &listed[at], stuck, &mut report).await?;
+        n_batches += 1;
+    }
+    // Every listed message has its outcome now, or waits (the store keeps the checkpoint below
+    // those): the checkpoint moves past mail recorded above a message that waited.
+    if let Some(highest) = listed.last() {
+        ctx.store
+            .advance_checkpoint(&mailbox.name, ctx.folder, state.uidvalidity, highest.uid)
+            .await?;
     }
     if !shutdown.is_cancelled() {
         refusals |= reconcile_if_due(ctx, session, &state, &mut report).await?;
     }
     if refusals {
-        report.refused = ctx
+        let refused = ctx
             .store
             .refused_dispositions(&mailbox.name, ctx.folder, state.uidvalidity)
             .await?;
-        for refused in &report.refused {
-            warn!("{}", refused.describe());
+        for waiting in &refused {
+            warn!("{}", waiting.describe());
         }
+        report.refused = Some(refused);
     }
-    session.fresh = false;
     info!(%report, "sweep done");
-    Ok(report)
+    Ok(Swept {
+        report,
+        end: SweepEnd::Complete,
+    })
 }
 
-/// Records a message the server keeps failing to deliver as quarantined (unread) and moves it to
-/// the quarantine folder, so that the mail after it is not held up. Nothing is lost: it stays in
-/// that folder and `mailintake quarantine release` brings it back. Returns whether the server
-/// refused the move (see [`dispose_all`]).
+/// The end of a sweep that stops for its token: logged, to resume on a new session.
+fn stop_for_token(report: CycleReport) -> Swept {
+    info!(
+        %report,
+        "the session's access token expires soon; stopping between batches to log in again and resume at the checkpoint"
+    );
+    Swept {
+        report,
+        end: SweepEnd::TokenExpiring,
+    }
+}
+
+/// Prepares a batch ([`prepare_batch`]); when the connection is lost meanwhile, notes what that
+/// says: about the message if it was fetched alone, else only that the batch's messages must be
+/// taken one at a time to find out.
+async fn prepare<'a, S: MailSource>(
+    ctx: &MailboxContext<'_>,
+    source: &mut S,
+    state: &FolderState,
+    batch: &'a [MessageSummary],
+) -> Result<Prepared<'a>, CycleError> {
+    let result = prepare_batch(ctx, source, state, batch).await;
+    if let Err(CycleError::Source(e)) = &result {
+        let noted = match batch {
+            [only] => stuck::note(
+                ctx,
+                state,
+                only.uid,
+                StuckFailure::ConnectionLost,
+                &e.to_string(),
+            )
+            .await
+            .map(drop),
+            [first, .., last] => {
+                warn!(
+                    first_uid = first.uid.0,
+                    last_uid = last.uid.0,
+                    error = %e,
+                    "the connection failed while a batch was fetched; its messages are taken one at a time next"
+                );
+                ctx.store
+                    .set_alone_range(&ctx.mailbox.name, ctx.folder, Some((first.uid, last.uid)))
+                    .await
+            }
+            [] => Ok(()),
+        };
+        if let Err(store_error) = noted {
+            warn!(error = %store_error, "could not record where the connection failed");
+        }
+    }
+    result
+}
+
+/// Tries a waiting message alone once more: it comes through (recorded and disposed of like any
+/// other), is refused again, or breaks the connection again (noted; the error is returned).
+/// Returns whether the server refused its disposition (see [`dispose_all`]). Once
+/// it is due ([`stuck::is_due`]) it is set aside unread; one that broke the connection
+/// [`CONNECTION_LOSSES`] times in a row is not tried again.
+async fn try_waiting<S: MailSource>(
+    ctx: &MailboxContext<'_>,
+    session: &mut Session<S>,
+    state: &FolderState,
+    message: &MessageSummary,
+    waiting: &StuckMessage,
+    report: &mut CycleReport,
+) -> Result<bool, CycleError> {
+    let unreadable_after = ctx.mailbox.unreadable_after;
+    if waiting.connection_losses >= CONNECTION_LOSSES
+        && stuck::is_due(waiting, unreadable_after, now_ms())
+    {
+        return set_aside_unreadable(ctx, session, state, message, waiting, report).await;
+    }
+    let mut prepared = prepare(
+        ctx,
+        &mut session.source,
+        state,
+        std::slice::from_ref(message),
+    )
+    .await?;
+    if let Some(refused) = prepared.waiting.pop() {
+        if stuck::is_due(&refused, unreadable_after, now_ms()) {
+            return set_aside_unreadable(ctx, session, state, message, &refused, report).await;
+        }
+        return Ok(false);
+    }
+    report.bytes_fetched += prepared.bytes_fetched;
+    let came_through = !prepared.work.is_empty();
+    let (to_dispose, counted) = record_batch(ctx, state, prepared).await?;
+    report.add(&counted);
+    // Recorded (or gone): it waits no more.
+    ctx.store
+        .clear_stuck(
+            &ctx.mailbox.name,
+            ctx.folder,
+            state.uidvalidity,
+            message.uid,
+        )
+        .await?;
+    if came_through {
+        info!(
+            uid = message.uid.0,
+            failures = waiting.failures,
+            waited_ms = now_ms().saturating_sub(waiting.first_failed_at_ms),
+            "a message that waited came through"
+        );
+    }
+    dispose_all(ctx, session, state.uidvalidity, &to_dispose).await
+}
+
+/// Sets a message that keeps failing aside unread (see [`stuck::record_unreadable`]) and moves it
+/// to the quarantine folder, so that the checkpoint can pass it. Returns whether the server
+/// refused the move.
 async fn set_aside_unreadable<S: MailSource>(
     ctx: &MailboxContext<'_>,
     session: &mut Session<S>,
     state: &FolderState,
     message: &MessageSummary,
-    reason: QuarantineReason,
+    waiting: &StuckMessage,
     report: &mut CycleReport,
 ) -> Result<bool, CycleError> {
-    let mailbox = ctx.mailbox;
-    let at = location(ctx, state, message);
-    // Nothing more is read from a message the server cannot deliver: it is known by its place.
-    let envelope = QuarantineEnvelope {
-        message_id: format!(
-            "uid-{}-{}@unreadable.mailintake.invalid",
-            state.uidvalidity, message.uid.0
-        ),
-        ..QuarantineEnvelope::default()
+    let Some(disposition) = stuck::record_unreadable(ctx, state, message, waiting).await? else {
+        return Ok(false);
     };
-    let disposition = quarantine_disposition(mailbox);
-    let mut tx = ctx.store.begin().await?;
-    let quarantine_id = tx
-        .quarantine(&at, &envelope, &reason, None, &disposition)
-        .await?;
-    match tx.commit().await {
-        Ok(()) => {}
-        // Another worker recorded it first; disposing of it is that worker's.
-        Err(StoreError::Conflict) => return Ok(false),
-        Err(e) => return Err(e.into()),
-    }
-    error!(
-        uid = message.uid.0,
-        quarantine_id,
-        detail = %reason.detail(),
-        "set aside unread"
-    );
     report.n_quarantined += 1;
     dispose_all(
         ctx,
@@ -329,13 +450,17 @@ fn is_left_from_before_first_start(state: &FolderState, message: &MessageSummary
 
 /// Splits a listing into batches of at most `max_messages` whose listed sizes add up to at most
 /// `max_bytes` (a single larger message is a batch of its own). Oversized messages count nothing:
-/// their bodies are never downloaded.
+/// their bodies are never downloaded. A message in `alone` (UIDs from, to: a batch that lost its
+/// connection) is a batch of its own.
 pub(super) fn batches(
     listed: &[MessageSummary],
     max_bytes: u64,
     max_messages: usize,
     max_message_bytes: u64,
+    alone: Option<(Uid, Uid)>,
 ) -> Vec<&[MessageSummary]> {
+    let is_alone =
+        |m: &MessageSummary| alone.is_some_and(|(from, to)| from <= m.uid && m.uid <= to);
     let mut out = Vec::new();
     let mut start = 0;
     let mut bytes = 0u64;
@@ -346,7 +471,13 @@ pub(super) fn batches(
             message.size
         };
         let count = i - start;
-        if count > 0 && (count >= max_messages || bytes + size > max_bytes) {
+        let previous_alone = i > 0 && is_alone(&listed[i - 1]);
+        if count > 0
+            && (count >= max_messages
+                || bytes + size > max_bytes
+                || is_alone(message)
+                || previous_alone)
+        {
             out.push(&listed[start..i]);
             start = i;
             bytes = 0;
@@ -376,6 +507,7 @@ pub(super) async fn prepare_batch<'a, S: MailSource>(
     let mut prepared = Prepared {
         work: Vec::with_capacity(batch.len()),
         bytes_fetched: 0,
+        waiting: Vec::new(),
     };
 
     // Outcomes recorded before (their pending dispositions were completed at the sweep's start).
@@ -399,12 +531,41 @@ pub(super) async fn prepare_batch<'a, S: MailSource>(
         .await?
         .into_iter()
         .collect();
+    // A message refused in a batch may be another message's doing (a server may stop at the
+    // first one it cannot read): each is asked for alone before it counts.
+    if to_fetch.len() > 1 {
+        let refused: Vec<Uid> = bodies
+            .iter()
+            .filter(|(_, body)| matches!(body, Body::Refused(_)))
+            .map(|(uid, _)| *uid)
+            .collect();
+        for uid in refused {
+            debug!(uid = uid.0, "no body in the batch; asking for it alone");
+            match source
+                .fetch_bodies(&[uid], mailbox.max_message_bytes)
+                .await?
+                .pop()
+            {
+                Some((_, body)) => bodies.insert(uid, body),
+                None => bodies.remove(&uid),
+            };
+        }
+    }
 
     for message in todo {
         let item = if is_old(message) {
             Work::Old
         } else {
             match bodies.remove(&message.uid) {
+                // Refused alone on a working session: its own trouble. It waits; the checkpoint
+                // stays below it.
+                Some(Body::Refused(reason)) => {
+                    let waiting =
+                        stuck::note(ctx, state, message.uid, StuckFailure::Refused, &reason)
+                            .await?;
+                    prepared.waiting.push(waiting);
+                    continue;
+                }
                 Some(Body::Complete(raw)) => {
                     prepared.bytes_fetched += raw.len() as u64;
                     Work::Raw {
@@ -613,15 +774,24 @@ mod tests {
         .collect();
         let uids = |b: &[MessageSummary]| b.iter().map(|m| m.uid.0).collect::<Vec<_>>();
         // 100-byte budget, at most 3 messages; 500 bytes is above max_message_bytes = 200.
-        let got: Vec<Vec<u32>> = batches(&listed, 100, 3, 200)
+        let got: Vec<Vec<u32>> = batches(&listed, 100, 3, 200, None)
             .into_iter()
             .map(uids)
             .collect();
         assert_eq!(got, vec![vec![1, 2], vec![3, 4, 5], vec![6, 7]]);
         // A single message larger than the budget is a batch of its own.
         let big = [summary(1, 150), summary(2, 10)];
-        let got: Vec<Vec<u32>> = batches(&big, 100, 10, 1000).into_iter().map(uids).collect();
+        let got: Vec<Vec<u32>> = batches(&big, 100, 10, 1000, None)
+            .into_iter()
+            .map(uids)
+            .collect();
         assert_eq!(got, vec![vec![1], vec![2]]);
-        assert!(batches(&[], 100, 10, 1000).is_empty());
+        assert!(batches(&[], 100, 10, 1000, None).is_empty());
+        // The messages of a batch that lost its connection are taken one at a time.
+        let got: Vec<Vec<u32>> = batches(&listed, 1000, 10, 1000, Some((Uid(2), Uid(4))))
+            .into_iter()
+            .map(uids)
+            .collect();
+        assert_eq!(got, vec![vec![1], vec![2], vec![3], vec![4], vec![5, 6, 7]]);
     }
 }

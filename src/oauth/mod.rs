@@ -48,7 +48,10 @@ pub struct AccessToken {
     pub secret: SecretString,
     /// When the cache considers the token stale (ahead of its real expiry).
     pub renew_at: Instant,
+    /// The lifetime the provider gave it.
     pub expires_in: Duration,
+    /// When it stops being valid: a session logged in with it must end before then.
+    pub expires_at: Instant,
 }
 
 impl std::fmt::Debug for AccessToken {
@@ -324,6 +327,18 @@ impl TokenCache {
         self.token_for_scope(identity, &identity.scope).await
     }
 
+    /// Like [`TokenCache::token`], but renewed now unless the cached token stays valid for at
+    /// least `at_least` more (or half its lifetime, for a token that lives shorter than twice
+    /// that): a session that must not outlive its token (Exchange ends it) asks for this.
+    pub async fn token_lasting(
+        &self,
+        identity: &Identity,
+        at_least: Duration,
+    ) -> Result<AccessToken, TokenError> {
+        self.token_with_margin(identity, &identity.scope, at_least)
+            .await
+    }
+
     /// A valid token for `identity` and `scope`. Concurrent callers for the same pair share one
     /// request.
     pub async fn token_for_scope(
@@ -331,11 +346,22 @@ impl TokenCache {
         identity: &Identity,
         scope: &str,
     ) -> Result<AccessToken, TokenError> {
+        self.token_with_margin(identity, scope, Duration::ZERO)
+            .await
+    }
+
+    async fn token_with_margin(
+        &self,
+        identity: &Identity,
+        scope: &str,
+        at_least: Duration,
+    ) -> Result<AccessToken, TokenError> {
         let slot = self.slot(&identity.name, scope);
         let mut cached = slot.lock().await;
         let now = Instant::now();
         if let Some(current) = cached.as_ref()
             && now < current.token.renew_at
+            && current.expires_at > now + at_least.min(current.token.expires_in / 2)
         {
             return Ok(current.token.clone());
         }

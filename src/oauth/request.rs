@@ -378,6 +378,7 @@ pub(super) async fn post_token_form(
         secret: parsed.access_token,
         renew_at: renew_at(started, expires_in),
         expires_in,
+        expires_at: started + expires_in,
     };
     Ok(Granted {
         token,

@@ -1,6 +1,7 @@
 //! A folder's checkpoint (`mailbox_state`: UIDVALIDITY, the last committed UID, the first-start
-//! mark, the stuck message) and its intake ledger (`imap_messages`): what was recorded for which
-//! UID, and which IMAP dispositions are still due.
+//! mark, the UIDs to take one at a time), its waiting messages (`stuck_messages`) and its intake
+//! ledger (`imap_messages`): what was recorded for which UID, and which IMAP dispositions are
+//! still due.
 
 use std::collections::HashSet;
 
@@ -27,6 +28,55 @@ pub struct FolderState {
     /// UIDs below. `None` (a row without the mark): the date cutoff applies to every UID.
     pub first_uid_next: Option<Uid>,
 }
+
+/// A message waiting after failures that are its own (`stuck_messages`): tried again alone at the
+/// end of every sweep, with the checkpoint held below it, until it comes through, is set aside as
+/// unreadable, or is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckMessage {
+    pub uidvalidity: u32,
+    pub uid: Uid,
+    /// Failures in a row that belong to the message.
+    pub failures: i64,
+    /// Connection losses in a row while it was fetched alone; 0 when the last failure was the
+    /// server's refusal on a working session.
+    pub connection_losses: i64,
+    /// When the first of these failures happened (unix ms): `unreadable_after` counts from here.
+    pub first_failed_at_ms: i64,
+    pub last_error: String,
+}
+
+/// How a message failed when it was fetched alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StuckFailure {
+    /// The server answered, on a session whose other commands succeed, without the message: a
+    /// tagged NO/BAD or no body although UID SEARCH still finds it.
+    Refused,
+    /// The connection was lost (reset, closed, BYE, timed out) while only it was being fetched.
+    ConnectionLost,
+}
+
+fn stuck_from_row(r: &sqlx::any::AnyRow) -> StuckMessage {
+    StuckMessage {
+        uidvalidity: r.get::<i64, _>(0) as u32,
+        uid: Uid(r.get::<i64, _>(1) as u32),
+        failures: r.get(2),
+        connection_losses: r.get(3),
+        first_failed_at_ms: r.get(4),
+        last_error: r.get(5),
+    }
+}
+
+/// Moves a folder's checkpoint (`$3`, `$4`, UIDVALIDITY `$5`) forward to `$1` (at `$2`), but
+/// never to or past a message that waits (`stuck_messages`): the next listing starts below it,
+/// so it is tried again, while the mail recorded above it is skipped as recorded. Only forward,
+/// and only for the UIDVALIDITY it was recorded under.
+pub(super) const MOVE_CHECKPOINT: &str = "UPDATE mailbox_state SET updated_at = $2, last_uid = \
+     COALESCE((SELECT MIN(s.uid) - 1 FROM stuck_messages s WHERE s.mailbox = $3 AND s.folder = $4 \
+     AND s.uidvalidity = $5 AND s.uid <= $1), $1) \
+     WHERE mailbox = $3 AND folder = $4 AND uidvalidity = $5 AND last_uid < \
+     COALESCE((SELECT MIN(s.uid) - 1 FROM stuck_messages s WHERE s.mailbox = $3 AND s.folder = $4 \
+     AND s.uidvalidity = $5 AND s.uid <= $1), $1)";
 
 /// An `imap_messages` row whose IMAP disposition has not been confirmed yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,16 +125,80 @@ impl Store {
         }))
     }
 
-    /// The message of this folder that failed on the last sweeps: (uid, consecutive failures,
-    /// the last error).
-    pub async fn stuck_message(
+    /// The messages of this folder that are waiting after failures of their own, in UID order,
+    /// under any UIDVALIDITY (rows of an old one are the caller's to forget).
+    pub async fn stuck_messages(&self, mailbox: &str, folder: &str) -> Result<Vec<StuckMessage>> {
+        let rows = sqlx::query(
+            "SELECT uidvalidity, uid, failures, connection_losses, first_failed_at, last_error \
+             FROM stuck_messages WHERE mailbox = $1 AND folder = $2 ORDER BY uidvalidity, uid",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(stuck_from_row).collect())
+    }
+
+    /// Counts one more failure of message `uid` that is its own (a new one starts its clock) and
+    /// returns the record as it is now.
+    pub async fn note_stuck(
         &self,
         mailbox: &str,
         folder: &str,
-    ) -> Result<Option<(Uid, i64, String)>> {
+        uidvalidity: u32,
+        uid: Uid,
+        failure: StuckFailure,
+        error: &str,
+    ) -> Result<StuckMessage> {
+        let lost = i64::from(failure == StuckFailure::ConnectionLost);
         let row = sqlx::query(
-            "SELECT stuck_uid, stuck_count, stuck_error FROM mailbox_state WHERE mailbox = $1 AND folder = $2 \
-             AND stuck_uid IS NOT NULL",
+            "INSERT INTO stuck_messages (mailbox, folder, uidvalidity, uid, failures, connection_losses, \
+             first_failed_at, last_failed_at, last_error) VALUES ($1, $2, $3, $4, 1, $5, $6, $6, $7) \
+             ON CONFLICT (mailbox, folder, uidvalidity, uid) DO UPDATE SET \
+             failures = stuck_messages.failures + 1, \
+             connection_losses = CASE WHEN excluded.connection_losses = 1 \
+             THEN stuck_messages.connection_losses + 1 ELSE 0 END, \
+             last_failed_at = excluded.last_failed_at, last_error = excluded.last_error \
+             RETURNING uidvalidity, uid, failures, connection_losses, first_failed_at, last_error",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .bind(i64::from(uidvalidity))
+        .bind(i64::from(uid))
+        .bind(lost)
+        .bind(now_ms())
+        .bind(error)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(stuck_from_row(&row))
+    }
+
+    /// The waiting message came through, was set aside, or is gone.
+    pub async fn clear_stuck(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        uid: Uid,
+    ) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM stuck_messages WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3 AND uid = $4",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .bind(i64::from(uidvalidity))
+        .bind(i64::from(uid))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The UIDs (first, last) of a batch that lost its connection while it was fetched: they are
+    /// taken one at a time until a sweep gets past them.
+    pub async fn alone_range(&self, mailbox: &str, folder: &str) -> Result<Option<(Uid, Uid)>> {
+        let row = sqlx::query(
+            "SELECT alone_from, alone_to FROM mailbox_state WHERE mailbox = $1 AND folder = $2 \
+             AND alone_from IS NOT NULL AND alone_to IS NOT NULL",
         )
         .bind(mailbox)
         .bind(folder)
@@ -93,27 +207,23 @@ impl Store {
         Ok(row.map(|r| {
             (
                 Uid(r.get::<i64, _>(0) as u32),
-                r.get(1),
-                r.get::<Option<String>, _>(2).unwrap_or_default(),
+                Uid(r.get::<i64, _>(1) as u32),
             )
         }))
     }
 
-    /// Counts one more failure of the fetch that starts at `uid` (a new UID starts at one).
-    pub async fn note_stuck(
+    /// Sets (or with `None` clears) the UIDs to be taken one at a time.
+    pub async fn set_alone_range(
         &self,
         mailbox: &str,
         folder: &str,
-        uid: Uid,
-        error: &str,
+        range: Option<(Uid, Uid)>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE mailbox_state SET stuck_count = CASE WHEN stuck_uid = $1 THEN stuck_count + 1 ELSE 1 END, \
-             stuck_uid = $1, stuck_error = $2, updated_at = $3 WHERE mailbox = $4 AND folder = $5",
+            "UPDATE mailbox_state SET alone_from = $1, alone_to = $2 WHERE mailbox = $3 AND folder = $4",
         )
-        .bind(i64::from(uid))
-        .bind(error)
-        .bind(now_ms())
+        .bind(range.map(|(from, _)| i64::from(from)))
+        .bind(range.map(|(_, to)| i64::from(to)))
         .bind(mailbox)
         .bind(folder)
         .execute(&self.pool)
@@ -121,16 +231,24 @@ impl Store {
         Ok(())
     }
 
-    /// The stuck message came through (or was set aside).
-    pub async fn clear_stuck(&self, mailbox: &str, folder: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE mailbox_state SET stuck_uid = NULL, stuck_count = 0, stuck_error = NULL \
-             WHERE mailbox = $1 AND folder = $2",
-        )
-        .bind(mailbox)
-        .bind(folder)
-        .execute(&self.pool)
-        .await?;
+    /// Moves a folder's checkpoint forward to `uid` (never back, never past a waiting message),
+    /// for a sweep that went through its whole listing: every message up to there is recorded
+    /// or gone (mail recorded above a message that waited, and that message since through).
+    pub async fn advance_checkpoint(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: u32,
+        uid: Uid,
+    ) -> Result<()> {
+        sqlx::query(MOVE_CHECKPOINT)
+            .bind(i64::from(uid))
+            .bind(now_ms())
+            .bind(mailbox)
+            .bind(folder)
+            .bind(i64::from(uidvalidity))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

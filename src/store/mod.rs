@@ -27,7 +27,7 @@ pub use batch::{
     Batch, BatchQuestions, FollowUpOn, ImapLocation, MessageFacts, Outcome, QuarantineEnvelope,
 };
 pub use errors::FailureKind;
-pub use folders::{FolderState, PendingDisposition, RecordedOutcome};
+pub use folders::{FolderState, PendingDisposition, RecordedOutcome, StuckFailure, StuckMessage};
 pub use outbox::{AckKind, OutboxDraft, OutboxRow};
 pub use tickets::{StoredAttachment, TicketSummary};
 

@@ -401,7 +401,9 @@ impl Metrics {
             status.last_success_ms = Some(now_ms());
             // A completed sweep recorded everything it listed.
             status.oldest_unprocessed_ms = None;
-            status.refused = report.refused.clone();
+            if let Some(refused) = &report.refused {
+                status.refused = refused.clone();
+            }
         }
     }
 

@@ -266,7 +266,7 @@ async fn inbox_messages(entra: &Entra, mailbox: &str) -> Vec<Vec<u8>> {
         .into_iter()
         .filter_map(|(_, body)| match body {
             mailintake::imap::Body::Complete(raw) => Some(raw),
-            mailintake::imap::Body::TooLarge => None,
+            mailintake::imap::Body::TooLarge | mailintake::imap::Body::Refused(_) => None,
         })
         .collect()
 }

@@ -510,7 +510,7 @@ async fn the_session_is_renewed_with_a_fresh_token_before_the_old_one_expires() 
 
 #[tokio::test]
 async fn a_message_the_server_cannot_deliver_is_set_aside_and_does_not_block_the_folder() {
-    let case = Case::new(Backend::Sqlite, "", "implicit").await;
+    let case = Case::new(Backend::Sqlite, "unreadable_after = \"1s\"", "implicit").await;
     let (bad, _) = large_message(&case.mailbox, 20_000);
     deliver_lmtp(&case.mailbox, "big@customer.test", &bad).await;
     // Corrupt the first message's size in its Maildir file name: Dovecot then fails every FETCH
@@ -532,7 +532,9 @@ async fn a_message_the_server_cannot_deliver_is_set_aside_and_does_not_block_the
     let (good, good_id) = unique_fixture("plain.eml");
     deliver_lmtp(&case.mailbox, "alice@customer.test", &good).await;
 
-    // A few failing sweeps, then the bad one is set aside and the good one comes in.
+    // A few failing sweeps (Dovecot ends the session each time the message alone is fetched:
+    // three in a row make it the message's trouble), then the bad one is set aside; the good one
+    // comes in meanwhile.
     let mut runs = 0;
     let through = eventually(Duration::from_secs(60), || {
         runs += 1;
@@ -580,10 +582,8 @@ async fn a_message_the_server_cannot_deliver_is_set_aside_and_does_not_block_the
         1
     );
     assert_eq!(
-        case.db
-            .count("SELECT COUNT(*) FROM mailbox_state WHERE stuck_uid IS NULL")
-            .await,
-        1
+        case.db.count("SELECT COUNT(*) FROM stuck_messages").await,
+        0
     );
 }
 

@@ -467,6 +467,7 @@ pub async fn imap_session(entra: &Entra, mailbox: &str) -> mailintake::imap::Con
         secret: token.into(),
         renew_at: Instant::now() + Duration::from_secs(600),
         expires_in: Duration::from_secs(3600),
+        expires_at: Instant::now() + Duration::from_secs(3600),
     };
     let endpoint = ImapEndpoint {
         host: "localhost".into(),

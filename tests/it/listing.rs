@@ -113,9 +113,7 @@ async fn a_message_expunged_during_the_listing_is_not_an_error() {
     assert_eq!(case.db.count("SELECT COUNT(*) FROM imap_messages").await, 1);
     // Nothing is held against the folder: no message counted as stuck.
     assert_eq!(
-        case.db
-            .count("SELECT COUNT(*) FROM mailbox_state WHERE stuck_uid IS NOT NULL")
-            .await,
+        case.db.count("SELECT COUNT(*) FROM stuck_messages").await,
         0,
         "{log}"
     );

@@ -125,6 +125,7 @@ async fn one_batch_of_decisions_becomes_its_rows_in_one_transaction() {
             (&summaries[5], Work::Old),
         ],
         bytes_fetched: 0,
+        waiting: Vec::new(),
     };
 
     let (dispositions, report) = record_batch(&ctx, &state, prepared).await.unwrap();

@@ -168,18 +168,15 @@ impl Batch {
         }
         let now = now_ms();
         for (mailbox, folder, uidvalidity, uid) in std::mem::take(&mut self.checkpoints) {
-            // The checkpoint only moves forward, and only for the UIDVALIDITY it was recorded under.
-            sqlx::query(
-                "UPDATE mailbox_state SET last_uid = $1, updated_at = $2 \
-                 WHERE mailbox = $3 AND folder = $4 AND uidvalidity = $5 AND last_uid < $1",
-            )
-            .bind(i64::from(uid))
-            .bind(now)
-            .bind(mailbox)
-            .bind(folder)
-            .bind(i64::from(uidvalidity))
-            .execute(&mut *self.tx)
-            .await?;
+            // Forward only, and never past a message that waits.
+            sqlx::query(super::folders::MOVE_CHECKPOINT)
+                .bind(i64::from(uid))
+                .bind(now)
+                .bind(mailbox)
+                .bind(folder)
+                .bind(i64::from(uidvalidity))
+                .execute(&mut *self.tx)
+                .await?;
         }
         self.tx.commit().await?;
         Ok(())
