@@ -560,7 +560,7 @@ async fn a_ticket_row_locked_by_the_helpdesk_makes_the_mailbox_wait_visibly_not_
 
     let reply_id = format!("{}@customer.test", unique("reply"));
     let reply = format!(
-        "From: Customer <customer@customer.test>\r\nTo: {mailbox}\r\nSubject: Re: the printer\r\nMessage-ID: <{reply_id}>\r\nIn-Reply-To: <{first_id}>\r\nReferences: <{first_id}>\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\n\r\nStill broken.\r\n",
+        "From: Alice Example <alice@customer.test>\r\nTo: {mailbox}\r\nSubject: Re: the printer\r\nMessage-ID: <{reply_id}>\r\nIn-Reply-To: <{first_id}>\r\nReferences: <{first_id}>\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\n\r\nStill broken.\r\n",
         mailbox = case.mailbox
     );
     deliver_lmtp(&case.mailbox, "customer@customer.test", reply.as_bytes()).await;

@@ -31,12 +31,12 @@ async fn replies_land_on_their_ticket_and_automatic_replies_open_none() {
     deliver_lmtp(
         &case.mailbox,
         "alice@customer.test",
-        &mail(
+        &mail_cc(
             "Alice <alice@customer.test>",
             &case.mailbox,
+            "Bob Keller <bob@customer.test>",
             "VPN is down",
             &first,
-            None,
         ),
     )
     .await;
@@ -44,7 +44,8 @@ async fn replies_land_on_their_ticket_and_automatic_replies_open_none() {
     assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 1);
 
     // A reply in the thread, a tagged reply from the requester, a tagged mail from a stranger,
-    // an out-of-office reply in the thread and one outside any thread.
+    // an out-of-office reply in the thread from Bob (in Cc, so on the ticket) and one outside
+    // any thread.
     let reply = format!("{}@customer.test", unique("reply"));
     deliver_lmtp(
         &case.mailbox,
