@@ -15,7 +15,15 @@
 //! Normal form: the local part as written (case kept; quotes only where RFC 5321 needs them), the
 //! domain lower case (Unicode lower case for an IDN, RFC 6532), no white space or comments.
 
-use super::parse::Party;
+use serde::Serialize;
+
+/// A name and address from a header such as From or To.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Party {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub address: String,
+}
 
 /// The normalised addresses of one header field and what was repaired or left out, as sentences
 /// for the operator (they go into the message's `detail`).

@@ -3,18 +3,10 @@
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 
 use super::address;
-use serde::Serialize;
 
+pub use super::address::Party;
 pub use super::report::{DeliveryReport, DsnAction, RecipientStatus};
 use sha2::{Digest, Sha256};
-
-/// A name and address from a header such as From or To.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Party {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub address: String,
-}
 
 /// Where a message's key came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,8 +3,6 @@
 
 use mail_parser::MimeHeaders;
 
-use super::parse::strip_brackets;
-
 crate::closed_set! {
     /// What a reporting MTA did about one recipient (RFC 3464 §2.3.3 `Action`).
     pub enum DsnAction("DSN action") {
@@ -117,7 +115,8 @@ pub(super) fn delivery_report(message: &mail_parser::Message<'_>) -> Option<Deli
             })
             .unwrap_or_default();
         report.recipients.push(RecipientStatus {
-            recipient: strip_brackets(&recipient),
+            // `rfc822; <a@b>`: the address without its angle brackets.
+            recipient: recipient.trim().trim_matches(['<', '>']).to_string(),
             action,
             status: field(group, "status"),
             diagnostic: field(group, "diagnostic-code"),

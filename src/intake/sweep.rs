@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
 
-use super::reconcile::reconcile_if_due;
+use super::reconcile;
 use super::record::{Prepared, Work, envelope_from_header, record_batch, recorded_uids};
 use super::session::Session;
 use super::stuck::{self, CONNECTION_LOSSES};
@@ -197,8 +197,12 @@ pub async fn sweep<S: MailSource>(
             .advance_checkpoint(&mailbox.name, ctx.folder, state.uidvalidity, highest.uid)
             .await?;
     }
-    if !shutdown.is_cancelled() {
-        refusals |= reconcile_if_due(ctx, session, &state, &mut report).await?;
+    if !shutdown.is_cancelled()
+        && let Some(reconciliation) = reconcile::gaps_if_due(ctx, session, &state).await?
+    {
+        refusals |= take_in(ctx, session, &state, &reconciliation.gaps, &mut report).await?;
+        report.n_reconciled += reconciliation.gaps.len();
+        reconcile::done(ctx, &reconciliation).await?;
     }
     if refusals {
         let refused = ctx
@@ -215,6 +219,34 @@ pub async fn sweep<S: MailSource>(
         report,
         end: SweepEnd::Complete,
     })
+}
+
+/// Takes `messages` (found apart from the listing: the reconciliation's gaps) through the
+/// ordinary batches, one after the other: decided, committed, disposed of. Returns whether the
+/// server refused a disposition.
+async fn take_in<S: MailSource>(
+    ctx: &MailboxContext<'_>,
+    session: &mut Session<S>,
+    state: &FolderState,
+    messages: &[MessageSummary],
+    report: &mut CycleReport,
+) -> Result<bool, CycleError> {
+    let mailbox = ctx.mailbox;
+    let mut refused = false;
+    for batch in batches(
+        messages,
+        mailbox.fetch_batch_bytes,
+        mailbox.fetch_batch_messages,
+        mailbox.max_message_bytes,
+        None,
+    ) {
+        let prepared = prepare_batch(ctx, &mut session.source, state, batch).await?;
+        report.bytes_fetched += prepared.bytes_fetched;
+        let (to_dispose, counted) = record_batch(ctx, state, prepared).await?;
+        report.add(&counted);
+        refused |= dispose_all(ctx, session, state.uidvalidity, &to_dispose).await?;
+    }
+    Ok(refused)
 }
 
 /// The end of a sweep that stops for its token: logged, to resume on a new session.
@@ -452,7 +484,7 @@ fn is_left_from_before_first_start(state: &FolderState, message: &MessageSummary
 /// `max_bytes` (a single larger message is a batch of its own). Oversized messages count nothing:
 /// their bodies are never downloaded. A message in `alone` (UIDs from, to: a batch that lost its
 /// connection) is a batch of its own.
-pub(super) fn batches(
+fn batches(
     listed: &[MessageSummary],
     max_bytes: u64,
     max_messages: usize,
@@ -495,7 +527,7 @@ pub(super) fn batches(
 /// round trip (each capped at `max_message_bytes`; header fields only for oversized mail),
 /// parsed on a blocking thread.
 #[instrument(skip_all, fields(first_uid = batch[0].uid.0, n = batch.len()), err)]
-pub(super) async fn prepare_batch<'a, S: MailSource>(
+async fn prepare_batch<'a, S: MailSource>(
     ctx: &MailboxContext<'_>,
     source: &mut S,
     state: &FolderState,
@@ -663,7 +695,7 @@ async fn dispose_stored<S: MailSource>(
 /// folder, a missing right) does not stop the folder: its messages are recorded as refused and
 /// stay pending, to be tried again by the next sweep; the others are done. Returns whether any
 /// was refused.
-pub(super) async fn dispose_all<S: MailSource>(
+async fn dispose_all<S: MailSource>(
     ctx: &MailboxContext<'_>,
     session: &mut Session<S>,
     uidvalidity: u32,
