@@ -839,7 +839,7 @@ mod tests {
                 .starts_with("acknowledgements suppressed: the server stamps no Authentication-Results (none from `mx.helpdesk.test` on the last 2 message(s)")
         );
         assert_eq!(notice(&[]), None);
-        assert_eq!(notice(&[other.clone()]), None);
+        assert_eq!(notice(std::slice::from_ref(&other)), None);
         assert_eq!(notice(&[unstamped.clone(), None]), None);
         assert_eq!(notice(&[unstamped.clone(), failed]), None);
         let mut unset = mb.clone();

@@ -1000,7 +1000,7 @@ async fn check_says_when_the_server_stamps_no_authentication_results() {
         .await;
     }
     assert_ok(&case.run(&["once"]).await);
-    let checked = assert_ok(&case.run(&["check"]).await);
+    let checked = assert_ok(&case.run(&["check", "support"]).await);
     assert!(
         checked.contains(&format!(
             "WARNING: {notice} (none from `{STACK_AUTHSERV_ID}` on the last 2 message(s)"
@@ -1014,6 +1014,6 @@ async fn check_says_when_the_server_stamps_no_authentication_results() {
     )
     .await;
     assert_ok(&case.run(&["once"]).await);
-    let checked = assert_ok(&case.run(&["check"]).await);
+    let checked = assert_ok(&case.run(&["check", "support"]).await);
     assert!(!checked.contains(notice), "{checked}");
 }
