@@ -1017,3 +1017,37 @@ async fn check_says_when_the_server_stamps_no_authentication_results() {
     let checked = assert_ok(&case.run(&["check", "support"]).await);
     assert!(!checked.contains(notice), "{checked}");
 }
+
+/// `/readyz` and the status page give the same notice as `check` while the mailbox's mail
+/// carries no stamp of the configured server.
+#[tokio::test]
+async fn readyz_and_the_status_page_say_when_the_server_stamps_nothing() {
+    let case = Case::new(Backend::Sqlite, &smtp_keys(), "implicit").await;
+    connect_first(&case).await;
+    let base = crate::ops::enable_http(&case, "");
+    let customer = format!("{}@customer.test", unique("c"));
+    deliver_lmtp_unstamped(
+        &case.mailbox,
+        &customer,
+        &customer_mail(&customer, &case.mailbox, "Unstamped", &unique("u"), ""),
+    )
+    .await;
+    let running = case.spawn_run();
+    let notice = "acknowledgements suppressed: the server stamps no Authentication-Results";
+    let (seen, _, ready) =
+        crate::ops::get_until(&format!("{base}/readyz"), None, |_, b| b.contains(notice)).await;
+    assert!(seen, "/readyz: {ready}");
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert!(
+        ready["mailboxes"][0]["acknowledgements"]
+            .as_str()
+            .unwrap()
+            .starts_with(notice),
+        "{ready}"
+    );
+    let (status, page) = crate::ops::get(&format!("{base}/"), None).await;
+    assert_eq!(status, 200);
+    assert!(page.contains(notice), "{page}");
+    let (status, log) = terminate(running, Duration::from_secs(20)).await;
+    assert!(status.success(), "{log}");
+}
