@@ -199,7 +199,14 @@ pub async fn reprocess_quarantined(
         // As the worker asks; a reprocessed message is never an operator's release.
         Ok(mail) => Facts {
             released: false,
-            ..facts_for(&mut tx, mail, &mailbox.name, now_ms() - SENDER_WINDOW_MS).await?
+            ..facts_for(
+                &mut tx,
+                mail,
+                &mailbox.name,
+                &mailbox.acknowledge,
+                now_ms() - SENDER_WINDOW_MS,
+            )
+            .await?
         },
         Err(_) => Facts::default(),
     };
@@ -225,6 +232,7 @@ pub async fn reprocess_quarantined(
         &raw,
         keep_raw,
         &Dispositions::none(),
+        &mailbox.acknowledge,
     )
     .await?;
     let (ticket_id, what) = match written.note {

@@ -60,9 +60,14 @@ pub async fn online(
         )
     });
     let mut tokens = TokenCache::new();
+    let mut store = None;
     if needs_store {
-        let store = Store::open_configured(&config.database).await?;
-        tokens = tokens.with_token_store(store, &config.token_keys);
+        let opened = Store::open_configured(&config.database).await?;
+        tokens = tokens.with_token_store(opened.clone(), &config.token_keys);
+        store = Some(opened);
+    } else if mailboxes.iter().any(|m| reply::sends_acknowledgements(m)) {
+        // Only for the acknowledgement notice: without a database it is not given.
+        store = Store::open_configured(&config.database).await.ok();
     }
     let mut all_passed = true;
     for mailbox in mailboxes {
@@ -72,6 +77,7 @@ pub async fn online(
         if passed {
             passed &= check_smtp(identity, mailbox, &tokens, send_test_mail).await;
         }
+        acknowledgement_notice(mailbox, store.as_ref()).await;
         all_passed &= passed;
         let _ = std::io::stdout().flush();
     }
@@ -166,6 +172,21 @@ async fn check_mailbox(identity: &Identity, mailbox: &Mailbox, tokens: &TokenCac
     }
     conn.logout().await;
     passed
+}
+
+/// A warning (the step passes: tickets are still written) when the receiving server's stamp
+/// suppresses every acknowledgement ([`reply::authentication_notice`]).
+async fn acknowledgement_notice(mailbox: &Mailbox, store: Option<&Store>) {
+    let reasons = match store {
+        Some(store) => store
+            .latest_ack_reasons(&mailbox.name, reply::NOTICE_ROWS)
+            .await
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if let Some(notice) = reply::authentication_notice(mailbox, &reasons) {
+        step(true, "acks", &format!("WARNING: {notice}"));
+    }
 }
 
 /// The SMTP step: STARTTLS (or TLS), XOAUTH2 with the same token, and optionally a real message.

@@ -330,6 +330,7 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
     let acknowledge = validate_acknowledge(
         m.acknowledge.unwrap_or_default(),
         smtp.is_some(),
+        is_exchange_online_host(&m.imap.host),
         base_dir,
         table,
     );
@@ -513,6 +514,7 @@ fn validate_smtp(raw: raw::Smtp, base_dir: &Path, table: &mut Table) -> SmtpEndp
 fn validate_acknowledge(
     raw: raw::Acknowledge,
     has_smtp: bool,
+    exchange_online: bool,
     base_dir: &Path,
     table: &mut Table,
 ) -> Acknowledge {
@@ -585,7 +587,31 @@ fn validate_acknowledge(
         max_per_recipient_per_day: raw.max_per_recipient_per_day.unwrap_or(5),
         quarantine_notice: raw.quarantine_notice.unwrap_or(false),
         since_ms,
+        require_authentication: raw.require_authentication.unwrap_or(true),
+        authserv_id: match raw.authserv_id {
+            Some(id) if id.trim().is_empty() => {
+                table.report(
+                    "acknowledge.authserv_id",
+                    "is empty: set the id the receiving server writes first in its Authentication-Results, or \"exchange-online\"",
+                );
+                None
+            }
+            Some(id) => Some(id.trim().to_ascii_lowercase()),
+            None if exchange_online => Some(super::EXCHANGE_ONLINE_AUTHSERV_ID.to_string()),
+            None => None,
+        },
     }
+}
+
+/// Whether `host` is Exchange Online's IMAP endpoint (worldwide, GCC High/DoD, 21Vianet), whose
+/// receiving servers stamp `Authentication-Results` without an id.
+fn is_exchange_online_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    matches!(
+        host.as_str(),
+        "outlook.office365.com" | "outlook.office.com"
+    ) || host.ends_with(".office365.us")
+        || host.ends_with(".partner.outlook.cn")
 }
 
 /// The text of an `acknowledge.template…` file; `None` when not configured or unreadable

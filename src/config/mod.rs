@@ -267,6 +267,11 @@ pub struct SmtpEndpoint {
     pub retry_delay: Duration,
 }
 
+/// The `acknowledge.authserv_id` that stands for Exchange Online's own stamp: the topmost
+/// `Authentication-Results` (Exchange writes it without an id, above any the sender supplied),
+/// read with `X-MS-Exchange-Organization-SCL`.
+pub const EXCHANGE_ONLINE_AUTHSERV_ID: &str = "exchange-online";
+
 /// When and how new tickets are acknowledged.
 #[derive(Debug, Clone)]
 pub struct Acknowledge {
@@ -289,6 +294,14 @@ pub struct Acknowledge {
     /// Mail received before this (unix ms) is not acknowledged; default: the folder's first sweep,
     /// so importing an existing inbox does not write to every past customer.
     pub since_ms: Option<i64>,
+    /// Acknowledge only when the receiving server vouches for the recipient (SPF or aligned DKIM
+    /// `pass` in its own `Authentication-Results`); `require_authentication = false` turns it off.
+    pub require_authentication: bool,
+    /// The `authserv-id` of the receiving server's own `Authentication-Results`, lower case;
+    /// `exchange-online` for Exchange Online (the default when the IMAP host is Exchange's).
+    /// `None`: not set on another server, so nothing vouches and nothing is acknowledged while
+    /// `require_authentication` is on (`check` says so).
+    pub authserv_id: Option<String>,
 }
 
 /// Whether mailintake changes anything in the mailbox.

@@ -139,6 +139,8 @@ pub struct Acknowledge {
     pub max_per_recipient_per_day: Option<u32>,
     pub since: Option<String>,
     pub quarantine_notice: Option<bool>,
+    pub require_authentication: Option<bool>,
+    pub authserv_id: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -132,6 +132,15 @@ async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     let working = snapshot.mailboxes.values().any(can_work);
     let ready = database.is_ok() && working;
     let mut body = detail(&state.config, &snapshot);
+    if database.is_ok() {
+        let notices = ack_notices(&state).await;
+        if let Some(mailboxes) = body["mailboxes"].as_array_mut() {
+            for mailbox in mailboxes {
+                let notice = mailbox["name"].as_str().and_then(|n| notices.get(n));
+                mailbox["acknowledgements"] = json!(notice);
+            }
+        }
+    }
     body["status"] = json!(if ready { "ready" } else { "unready" });
     body["database"] = json!({ "ok": database.is_ok(), "error": database.err() });
     if !working {
@@ -144,6 +153,26 @@ async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(body)).into_response()
+}
+
+/// Per mailbox, the notice that the receiving server's stamp suppresses its acknowledgements
+/// ([`crate::reply::authentication_notice`]), read from its latest outbox rows.
+async fn ack_notices(state: &AppState) -> BTreeMap<String, String> {
+    let mut notices = BTreeMap::new();
+    for mailbox in &state.config.mailboxes {
+        if !crate::reply::sends_acknowledgements(mailbox) {
+            continue;
+        }
+        let reasons = state
+            .store
+            .latest_ack_reasons(&mailbox.name, crate::reply::NOTICE_ROWS)
+            .await
+            .unwrap_or_default();
+        if let Some(notice) = crate::reply::authentication_notice(mailbox, &reasons) {
+            notices.insert(mailbox.name.clone(), notice);
+        }
+    }
+    notices
 }
 
 /// Starting (not failed yet) or ok.
@@ -284,14 +313,15 @@ async fn status_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     }
     let snapshot = state.metrics.snapshot();
     let database = ping(&state.store).await;
-    let (tickets, quarantined, backlog) = if database.is_ok() {
+    let (tickets, quarantined, backlog, notices) = if database.is_ok() {
         (
             state.store.recent_tickets(RECENT).await.ok(),
             state.store.quarantine_list(RECENT).await.ok(),
             state.store.backlog().await.ok(),
+            ack_notices(&state).await,
         )
     } else {
-        (None, None, None)
+        (None, None, None, BTreeMap::new())
     };
     let html = render_page(
         &state.config,
@@ -300,6 +330,7 @@ async fn status_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         tickets.as_deref(),
         quarantined.as_deref(),
         backlog.as_ref(),
+        &notices,
     );
     (
         [

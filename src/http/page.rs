@@ -135,6 +135,7 @@ pub(super) fn render_page(
     tickets: Option<&[crate::store::TicketSummary]>,
     quarantined: Option<&[crate::store::admin::QuarantineEntry]>,
     backlog: Option<&crate::store::admin::Backlog>,
+    ack_notices: &std::collections::BTreeMap<String, String>,
 ) -> String {
     let now = now_ms();
     let expiries = credential_expiries(config);
@@ -195,6 +196,9 @@ pub(super) fn render_page(
         }
         if let Some(e) = &m.outbox_error {
             let _ = write!(error, "<div>outbox: {}</div>", escape(&e.summary));
+        }
+        if let Some(notice) = ack_notices.get(name) {
+            let _ = write!(error, "<div class=\"refused\">{}</div>", escape(notice));
         }
         for (folder, refused) in m.refused_dispositions() {
             let since = refused

@@ -282,14 +282,15 @@ impl Connection {
     }
 
     /// The header fields that identify a message, without its body: what is recorded for mail
-    /// that is too large to download.
+    /// that is too large to download, and what its notice is decided on (the receiving server's
+    /// `Authentication-Results` and Exchange's spam level among them).
     pub async fn fetch_identifying_headers(&mut self, uid: Uid) -> Result<Vec<u8>, ImapError> {
         let header = within(self.command_timeout, "UID FETCH header", async {
             let stream = self
                 .session
                 .uid_fetch(
                     uid.to_string(),
-                    "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID FROM SUBJECT DATE RETURN-PATH REPLY-TO AUTO-SUBMITTED PRECEDENCE LIST-ID X-LOOP X-AUTO-RESPONSE-SUPPRESS)])",
+                    "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID FROM SUBJECT DATE RETURN-PATH REPLY-TO AUTO-SUBMITTED PRECEDENCE LIST-ID X-LOOP X-AUTO-RESPONSE-SUPPRESS AUTHENTICATION-RESULTS X-MS-EXCHANGE-ORGANIZATION-SCL)])",
                 )
                 .await
                 .map_err(protocol("UID FETCH header"))?;

@@ -9,6 +9,7 @@
 //! about), and here the decision itself.
 
 mod address;
+pub mod authres;
 mod classify;
 pub mod parse;
 mod repair;

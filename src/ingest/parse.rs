@@ -59,6 +59,11 @@ pub struct Signals {
     pub original_message_id: Option<String>,
     /// The `message/delivery-status` part of a delivery status notification (RFC 3464).
     pub delivery_report: Option<DeliveryReport>,
+    /// Every `Authentication-Results` field, topmost first (RFC 8601); which of them counts is
+    /// for [`super::authres::vouch`] to say.
+    pub authentication_results: Vec<super::authres::AuthResults>,
+    /// The topmost `X-MS-Exchange-Organization-SCL`: Exchange Online's spam confidence level.
+    pub exchange_scl: Option<i32>,
 }
 
 impl Signals {
@@ -436,6 +441,12 @@ fn signals(message: &mail_parser::Message<'_>, notes: &mut Vec<String>) -> Signa
                 signals.return_path = Some(path);
             }
             "x-loop" => signals.x_loop.push(strip_brackets(&value(raw))),
+            "authentication-results" => signals
+                .authentication_results
+                .push(super::authres::parse_header(raw)),
+            "x-ms-exchange-organization-scl" if signals.exchange_scl.is_none() => {
+                signals.exchange_scl = raw.trim().parse().ok();
+            }
             _ => {}
         }
     }

@@ -2,7 +2,9 @@
 //! message ([`questions`]) serves both the batch's prefetch ([`batch_questions`], asked once when
 //! the batch begins) and the per-message answers ([`facts_for`]), so the two cannot drift apart.
 
+use crate::config::Acknowledge;
 use crate::ingest::{self, Facts, ParsedMail};
+use crate::reply;
 use crate::store::{Batch, BatchQuestions, StoreError};
 
 /// The window of the per-sender ticket limit (`max_new_tickets_per_sender_per_hour`).
@@ -12,8 +14,9 @@ pub(crate) const SENDER_WINDOW_MS: i64 = 3_600_000;
 struct Questions<'a> {
     /// Is this Message-ID stored already (and with which fingerprint)?
     message_id: &'a str,
-    /// How many tickets did this sender open within the window?
-    sender: Option<&'a str>,
+    /// How many tickets were opened under this sender's key ([`reply::sender_limit_key`])
+    /// within the window?
+    sender: Option<String>,
     /// Which ticket has a message the mail replies to? The most specific reference first:
     /// In-Reply-To, then References from the newest.
     thread_ids: Vec<&'a str>,
@@ -21,12 +24,12 @@ struct Questions<'a> {
     reported: Option<&'a str>,
 }
 
-fn questions(mail: &ParsedMail) -> Questions<'_> {
+fn questions<'a>(mail: &'a ParsedMail, ack: &Acknowledge) -> Questions<'a> {
     let mut thread_ids: Vec<&str> = mail.in_reply_to.iter().map(String::as_str).collect();
     thread_ids.extend(mail.references.iter().rev().map(String::as_str));
     Questions {
         message_id: &mail.message_id,
-        sender: mail.from.as_ref().map(|p| p.address.as_str()),
+        sender: reply::sender_limit_key(ack, mail),
         thread_ids,
         reported: mail.signals.original_message_id.as_deref(),
     }
@@ -36,6 +39,7 @@ fn questions(mail: &ParsedMail) -> Questions<'_> {
 /// conflict the messages are parsed again one by one, and each asks for itself).
 pub(crate) fn batch_questions<'a>(
     mailbox: &'a str,
+    ack: &Acknowledge,
     mails: impl Iterator<Item = &'a ParsedMail>,
     since_ms: i64,
 ) -> BatchQuestions<'a> {
@@ -45,7 +49,7 @@ pub(crate) fn batch_questions<'a>(
         ..BatchQuestions::default()
     };
     for mail in mails {
-        let asked = questions(mail);
+        let asked = questions(mail, ack);
         batch.message_ids.push(asked.message_id);
         batch.senders.extend(asked.sender);
         batch.referenced_ids.extend(asked.thread_ids);
@@ -61,9 +65,10 @@ pub(crate) async fn facts_for(
     tx: &mut Batch,
     mail: &ParsedMail,
     mailbox: &str,
+    ack: &Acknowledge,
     since_ms: i64,
 ) -> Result<Facts, StoreError> {
-    let asked = questions(mail);
+    let asked = questions(mail, ack);
     let reported = match asked.reported {
         Some(id) => tx.ticket_of_message_ids(&[id.to_string()]).await?,
         None => None,
@@ -73,7 +78,7 @@ pub(crate) async fn facts_for(
         None => None,
     };
     let stored = tx
-        .message_facts(mailbox, asked.message_id, asked.sender, since_ms)
+        .message_facts(mailbox, asked.message_id, asked.sender.as_deref(), since_ms)
         .await?;
     let thread = if asked.thread_ids.is_empty() {
         None

@@ -327,8 +327,13 @@ async fn record_together(
             } => Some(&**mail),
             _ => None,
         });
-        tx.prefetch(&batch_questions(&mailbox.name, parsed, since_ms))
-            .await?;
+        tx.prefetch(&batch_questions(
+            &mailbox.name,
+            &mailbox.acknowledge,
+            parsed,
+            since_ms,
+        ))
+        .await?;
         let mut conflict = false;
         for (summary, item) in work.iter_mut() {
             let at = location(ctx, state, summary);
@@ -580,7 +585,14 @@ async fn record_message(
 
     let facts = match &parsed {
         Ok(mail) => {
-            let facts = facts_for(tx, mail, &mailbox.name, message.since_ms).await?;
+            let facts = facts_for(
+                tx,
+                mail,
+                &mailbox.name,
+                &mailbox.acknowledge,
+                message.since_ms,
+            )
+            .await?;
             if facts.released {
                 // A release lets the message in once.
                 tx.use_release(&mailbox.name, &mail.message_id).await?;
@@ -614,6 +626,7 @@ async fn record_message(
         raw,
         keep_raw,
         &Dispositions::of(mailbox),
+        &mailbox.acknowledge,
     )
     .await?;
     let new_ticket_id = match &written.note {
@@ -649,7 +662,9 @@ pub struct Written {
 /// Writes the rows of one decision into the batch's transaction at `at`: a new ticket, a
 /// follow-up, a duplicate, ignored mail (never deleted: nothing of it is stored but this record)
 /// or a quarantine row with the raw bytes. `envelope` names the message where no parsed mail is
-/// stored (duplicates, ignored and quarantined mail).
+/// stored (duplicates, ignored and quarantined mail); a new ticket is counted for the per-sender
+/// limit under the key `ack` gives it ([`crate::reply::sender_limit_key`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn write_decision(
     tx: &mut Batch,
     at: &ImapLocation<'_>,
@@ -658,6 +673,7 @@ pub async fn write_decision(
     raw: &[u8],
     keep_raw: Option<&[u8]>,
     dispositions: &Dispositions,
+    ack: &crate::config::Acknowledge,
 ) -> Result<Written, StoreError> {
     let written = match decision {
         Decision::NewTicket {
@@ -670,6 +686,7 @@ pub async fn write_decision(
                 .new_ticket(
                     at,
                     mail,
+                    crate::reply::sender_limit_key(ack, mail).as_deref(),
                     *related,
                     auto_kind.map(AutoKind::as_str),
                     keep_raw,

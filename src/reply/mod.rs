@@ -72,6 +72,30 @@ pub fn reply_address(mail: &ParsedMail) -> Option<ReplyAddress> {
     })
 }
 
+/// The key the per-sender ticket limit counts `mail` under (`tickets.sender_key`): the address
+/// the receiving server vouches for (where an acknowledgement goes, see
+/// [`crate::ingest::authres::vouch`]), lower case; else `unverified:` and the From address, so
+/// that mail whose From anyone could have written never uses up the limit of a sender the server
+/// vouches for. Vouching is read whenever `acknowledge.authserv_id` is known, also with
+/// `require_authentication = false`. `None` without either address.
+pub fn sender_limit_key(ack: &Acknowledge, mail: &ParsedMail) -> Option<String> {
+    if let Some(authserv_id) = ack.authserv_id.as_deref()
+        && let Some(to) = reply_address(mail)
+        && ingest::authres::vouch(
+            &mail.signals.authentication_results,
+            mail.signals.exchange_scl,
+            authserv_id,
+            &to.address,
+        )
+        .is_ok()
+    {
+        return Some(to.address.to_lowercase());
+    }
+    mail.from
+        .as_ref()
+        .map(|from| format!("unverified:{}", from.address.to_lowercase()))
+}
+
 /// `address` with an IDN domain as its A-label when the local part is ASCII; as it is otherwise
 /// (and when the domain is no valid IDN: [`unsendable`] then says why).
 fn envelope_form(address: &str) -> String {
@@ -338,7 +362,100 @@ fn suppression(
             "this ticket was acknowledged recently (acknowledge.follow_up_interval)".into(),
         );
     }
-    None
+    unverified_recipient(ack, mail, to, field)
+}
+
+/// How many of a mailbox's latest acknowledgement decisions [`authentication_notice`] reads.
+pub const NOTICE_ROWS: u32 = 20;
+
+/// How the outbox reasons of [`unverified_recipient`] begin.
+const NOT_VOUCHED_PREFIX: &str = "the receiving server does not vouch for ";
+/// What they say when the message carried no stamp of the server's at all.
+const NO_STAMP_WORDS: &str = ": the message carries no Authentication-Results from `";
+
+/// The notice `check`, the status page and `/readyz` give for a mailbox whose acknowledgements
+/// the receiving server's stamp suppresses wholesale, instead of going silent: no
+/// `authserv_id` known, or none of its recent messages carries the server's stamp (so it stamps
+/// none, or with another id). `reasons` are [`crate::store::Store::latest_ack_reasons`].
+pub fn authentication_notice(mailbox: &Mailbox, reasons: &[Option<String>]) -> Option<String> {
+    let ack = &mailbox.acknowledge;
+    if !sends_acknowledgements(mailbox) || !ack.require_authentication {
+        return None;
+    }
+    let Some(authserv_id) = ack.authserv_id.as_deref() else {
+        return Some(
+            "acknowledgements suppressed: acknowledge.authserv_id is not set (the id the receiving \
+             server writes in its Authentication-Results), so nothing vouches for any sender"
+                .into(),
+        );
+    };
+    // The rows that reached the check: sent or queued, or suppressed by it.
+    let checked: Vec<&Option<String>> = reasons
+        .iter()
+        .filter(|r| {
+            r.as_deref()
+                .is_none_or(|r| r.starts_with(NOT_VOUCHED_PREFIX))
+        })
+        .collect();
+    let unstamped = checked
+        .iter()
+        .filter(|r| r.as_deref().is_some_and(|r| r.contains(NO_STAMP_WORDS)))
+        .count();
+    (!checked.is_empty() && unstamped == checked.len()).then(|| {
+        format!(
+            "acknowledgements suppressed: the server stamps no Authentication-Results \
+             (none from `{authserv_id}` on the last {unstamped} message(s); check \
+             acknowledge.authserv_id)"
+        )
+    })
+}
+
+/// Why the receiving server does not vouch for `to` (the `field` address), when the mailbox
+/// acknowledges only addresses it vouches for (`acknowledge.require_authentication`): an
+/// acknowledgement repeats the sender's subject and name from our domain, so to an address
+/// anyone can write into Return-Path it would be spam we send on their behalf.
+fn unverified_recipient(
+    ack: &Acknowledge,
+    mail: &ParsedMail,
+    to: &str,
+    field: &str,
+) -> Option<String> {
+    use crate::ingest::authres::{self, NotVouched};
+    if !ack.require_authentication {
+        return None;
+    }
+    let Some(authserv_id) = ack.authserv_id.as_deref() else {
+        return Some(format!(
+            "nothing vouches for {to}: acknowledge.authserv_id is not set (the id the receiving \
+             server writes in its Authentication-Results; or require_authentication = false)"
+        ));
+    };
+    let signals = &mail.signals;
+    let why = match authres::vouch(
+        &signals.authentication_results,
+        signals.exchange_scl,
+        authserv_id,
+        to,
+    ) {
+        Ok(_) => return None,
+        Err(NotVouched::NoStamp) => format!(
+            "the message carries no Authentication-Results from `{authserv_id}` \
+             (acknowledge.authserv_id)"
+        ),
+        // (The reason's words are NOT_VOUCHED_PREFIX … NO_STAMP_WORDS, which the notice reads.)
+        Err(NotVouched::NoExchangeScl) => {
+            "Exchange's stamp has no X-MS-Exchange-Organization-SCL beside it".to_string()
+        }
+        Err(NotVouched::Spam { scl }) => {
+            format!("Exchange rates it as spam (X-MS-Exchange-Organization-SCL: {scl})")
+        }
+        Err(NotVouched::Unverified { said }) => {
+            format!("no SPF or aligned DKIM pass for its domain (`{authserv_id}` says: {said})")
+        }
+    };
+    Some(format!(
+        "{NOT_VOUCHED_PREFIX}{to} (the {field} address): {why}"
+    ))
 }
 
 #[cfg(test)]
@@ -363,10 +480,13 @@ mod tests {
             {extra}
             "#
         );
-        Config::from_toml_str(&text, std::path::Path::new("."))
+        let mut mailbox = Config::from_toml_str(&text, std::path::Path::new("."))
             .unwrap()
             .mailboxes
-            .remove(0)
+            .remove(0);
+        // The receiving server's stamp has tests of its own below.
+        mailbox.acknowledge.require_authentication = false;
+        mailbox
     }
 
     fn mail(return_path: Option<&str>) -> ParsedMail {
@@ -631,6 +751,139 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn only_a_recipient_the_receiving_server_vouches_for_is_acknowledged() {
+        let plan = |mailbox: &Mailbox, stamps: &str| {
+            let raw = format!(
+                "Return-Path: <alice@customer.test>\r\n{stamps}From: Alice <alice@customer.test>\r\n\
+                 Subject: Buy now\r\nMessage-ID: <v1@customer.test>\r\n\r\nx\r\n"
+            );
+            let mail = crate::ingest::parse(raw.as_bytes()).unwrap();
+            plan_acknowledgement(
+                mailbox,
+                &own(),
+                &mail,
+                "TCK-000007",
+                AckKind::NewTicket,
+                &AckFacts::default(),
+            )
+            .suppressed
+        };
+        let mut on = mailbox("acknowledge = { authserv_id = \"MX.helpdesk.test\" }");
+        on.acknowledge.require_authentication = true;
+        let stamp = "Authentication-Results: mx.helpdesk.test; spf=pass smtp.mailfrom=alice@customer.test\r\n";
+        let forged_pass = "Authentication-Results: mx.helpdesk.test;\r\n spf=pass smtp.mailfrom=alice@customer.test\r\n";
+        let fail = "Authentication-Results: mx.helpdesk.test; spf=softfail smtp.mailfrom=alice@customer.test\r\n";
+        let dkim = "Authentication-Results: mx.helpdesk.test; spf=none; dkim=pass header.d=customer.test\r\n";
+        assert_eq!(plan(&on, stamp), None);
+        assert_eq!(plan(&on, dkim), None);
+        assert_eq!(plan(&on, &format!("{stamp}{fail}")), None);
+        // The server's own stamp on top says softfail: a pass below it is forged.
+        assert_eq!(
+            plan(&on, &format!("{fail}{forged_pass}")).as_deref(),
+            Some(
+                "the receiving server does not vouch for alice@customer.test (the Return-Path address): \
+                 no SPF or aligned DKIM pass for its domain (`mx.helpdesk.test` says: spf=softfail \
+                 smtp.mailfrom=alice@customer.test)"
+            )
+        );
+        // A pass from another id vouches for nothing.
+        assert!(
+            plan(
+                &on,
+                "Authentication-Results: customer.test; spf=pass smtp.mailfrom=alice@customer.test\r\n"
+            )
+            .unwrap()
+            .contains("carries no Authentication-Results from `mx.helpdesk.test`")
+        );
+        assert!(
+            plan(&on, "")
+                .unwrap()
+                .contains("carries no Authentication-Results")
+        );
+        // No id configured on a server that is not Exchange Online: nothing vouches.
+        let mut unset = mailbox("");
+        unset.acknowledge.require_authentication = true;
+        assert_eq!(unset.acknowledge.authserv_id, None);
+        assert!(
+            plan(&unset, stamp)
+                .unwrap()
+                .contains("acknowledge.authserv_id is not set")
+        );
+        // The off switch.
+        let off = mailbox("acknowledge = { require_authentication = false }");
+        assert_eq!(plan(&off, ""), None);
+    }
+
+    #[test]
+    fn the_notice_speaks_when_no_recent_message_carries_the_stamp() {
+        let mut mb = mailbox("acknowledge = { authserv_id = \"mx.helpdesk.test\" }");
+        mb.acknowledge.require_authentication = true;
+        let unstamped = Some(
+            "the receiving server does not vouch for a@x.test (the Return-Path address): the message \
+             carries no Authentication-Results from `mx.helpdesk.test` (acknowledge.authserv_id)"
+                .to_string(),
+        );
+        let other = Some("a@x.test matches the deny list entry *@x.test".to_string());
+        let failed = Some(
+            "the receiving server does not vouch for a@x.test (the Return-Path address): no SPF or \
+             aligned DKIM pass for its domain (`mx.helpdesk.test` says: spf=fail)"
+                .to_string(),
+        );
+        let notice = |reasons: &[Option<String>]| authentication_notice(&mb, reasons);
+        assert!(
+            notice(&[unstamped.clone(), other.clone(), unstamped.clone()])
+                .unwrap()
+                .starts_with("acknowledgements suppressed: the server stamps no Authentication-Results (none from `mx.helpdesk.test` on the last 2 message(s)")
+        );
+        assert_eq!(notice(&[]), None);
+        assert_eq!(notice(std::slice::from_ref(&other)), None);
+        assert_eq!(notice(&[unstamped.clone(), None]), None);
+        assert_eq!(notice(&[unstamped.clone(), failed]), None);
+        let mut unset = mb.clone();
+        unset.acknowledge.authserv_id = None;
+        assert!(
+            authentication_notice(&unset, &[])
+                .unwrap()
+                .contains("acknowledge.authserv_id is not set")
+        );
+        let mut off = mb.clone();
+        off.acknowledge.require_authentication = false;
+        assert_eq!(authentication_notice(&off, &[unstamped]), None);
+    }
+
+    #[test]
+    fn exchange_online_is_the_default_id_for_its_hosts_only() {
+        let text = |host: &str| {
+            format!(
+                r#"
+                [identities.app]
+                tenant = "t"
+                client_id = "c"
+                client_secret = "s"
+
+                [[mailboxes]]
+                name = "support"
+                address = "support@helpdesk.test"
+                identity = "app"
+                imap = {{ host = "{host}" }}
+                smtp = {{ host = "smtp.office365.com" }}
+                "#
+            )
+        };
+        let load = |host: &str| {
+            Config::from_toml_str(&text(host), std::path::Path::new("."))
+                .unwrap()
+                .mailboxes
+                .remove(0)
+                .acknowledge
+        };
+        let exchange = load("outlook.office365.com");
+        assert!(exchange.require_authentication);
+        assert_eq!(exchange.authserv_id.as_deref(), Some("exchange-online"));
+        assert_eq!(load("imap.example.test").authserv_id, None);
     }
 
     #[test]

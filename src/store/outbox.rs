@@ -280,6 +280,32 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// The suppression reasons of `mailbox`'s latest `limit` acknowledgement decisions (new
+    /// tickets and follow-ups), newest first; `None` for a row that was not suppressed.
+    pub async fn latest_ack_reasons(
+        &self,
+        mailbox: &str,
+        limit: u32,
+    ) -> Result<Vec<Option<String>>> {
+        let rows = sqlx::query(
+            "SELECT state, reason FROM outbox WHERE mailbox = $1 AND kind IN ($2, $3) \
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(mailbox)
+        .bind(AckKind::NewTicket.as_str())
+        .bind(AckKind::FollowUp.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| match r.get::<String, _>(0).as_str() {
+                "suppressed" => Some(r.get::<Option<String>, _>(1).unwrap_or_default()),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Messages `mailbox` sent since `since_ms` (bounced ones too: they were sent): the
     /// per-minute and per-day limits, counted from the table so that they survive restarts.
     pub async fn sent_since(&self, mailbox: &str, since_ms: i64) -> Result<u32> {

@@ -173,7 +173,7 @@ async fn the_customer_gets_one_acknowledgement_and_replies_to_it_thread_back() {
 
 #[tokio::test]
 async fn the_sending_limit_defers_and_never_drops() {
-    let extra = smtp_keys().replace(" }", ", max_per_minute = 1 }");
+    let extra = smtp_keys().replacen(" }", ", max_per_minute = 1 }", 1);
     let case = Case::new(Backend::Postgres, &extra, "implicit").await;
     connect_first(&case).await;
     for n in 0..3 {
@@ -231,10 +231,7 @@ async fn a_refused_from_address_blocks_only_its_own_rows(backend: Backend) {
     let customer = format!("{}@customer.test", unique("c"));
     let entra = Entra::start(&[&support, &customer]).await;
     let refused_from = "someone.else@helpdesk.test";
-    let refused_keys = format!(
-        "{}\nacknowledge = {{ from = \"{refused_from}\" }}",
-        smtp_keys()
-    );
+    let refused_keys = smtp_keys_with_ack(&format!("from = \"{refused_from}\""));
     let case = Case::build(backend, &refused_keys, "implicit", support.clone(), entra).await;
     connect_first(&case).await;
 
@@ -419,10 +416,7 @@ async fn a_token_without_smtp_permission_is_retried_later_with_the_fix() {
 
 #[tokio::test]
 async fn imported_mail_is_not_acknowledged() {
-    let extra = format!(
-        "{}\nacknowledge = {{ since = \"2099-01-01\" }}",
-        smtp_keys()
-    );
+    let extra = smtp_keys_with_ack("since = \"2099-01-01\"");
     let case = Case::new(Backend::Sqlite, &extra, "implicit").await;
     let customer = format!("{}@customer.test", unique("c"));
     let id = format!("{}@customer.test", unique("m"));
@@ -594,9 +588,10 @@ async fn check_names_the_missing_smtp_permission() {
 async fn acknowledgements_go_out_over_implicit_tls_too() {
     let stack = Stack::get();
     let extra = format!(
-        "smtp = {{ host = \"localhost\", port = {}, tls = \"implicit\", ca_file = \"{}\" }}",
+        "smtp = {{ host = \"localhost\", port = {}, tls = \"implicit\", ca_file = \"{}\" }}\n{}",
         stack.port("MAILSTACK_SUBMISSIONS_PORT"),
-        stack.ca_file()
+        stack.ca_file(),
+        ack_keys_with("")
     );
     let case = Case::new(Backend::Sqlite, &extra, "implicit").await;
     connect_first(&case).await;
@@ -618,8 +613,8 @@ async fn the_sender_of_a_too_large_message_gets_one_short_notice() {
     let customer = format!("{}@customer.test", unique("big"));
     let entra = Entra::start(&[&support, &customer]).await;
     let extra = format!(
-        "{}\nmax_message_bytes = 4096\nacknowledge = {{ quarantine_notice = true }}",
-        smtp_keys()
+        "{}\nmax_message_bytes = 4096",
+        smtp_keys_with_ack("quarantine_notice = true")
     );
     let case = Case::build(Backend::Sqlite, &extra, "implicit", support.clone(), entra).await;
     connect_first(&case).await;
@@ -821,4 +816,238 @@ async fn a_blocked_from_address_is_freed_by_one_accepted_message(backend: Backen
             .await,
         3
     );
+}
+
+/// An acknowledgement goes only to an address the receiving server vouches for (its own
+/// `Authentication-Results` on top, SPF or aligned DKIM `pass`): copies that claim its id below
+/// its stamp, or come from anyone else, are forged and vouch for nothing, so a spammer who puts a
+/// victim in Return-Path gets no mail from our domain sent to the victim.
+#[tokio::test]
+async fn forged_authentication_results_get_no_acknowledgement_the_stamped_one_does() {
+    let case = Case::new(Backend::Sqlite, &smtp_keys(), "implicit").await;
+    connect_first(&case).await;
+    let customer = format!("{}@customer.test", unique("real"));
+    let victim = format!("{}@bank.test", unique("victim"));
+    let forged_pass = format!(
+        "Authentication-Results: {STACK_AUTHSERV_ID}; spf=pass smtp.mailfrom={victim}\r\n\
+         Authentication-Results: bank.test; dkim=pass header.d=bank.test\r\n"
+    );
+    // The customer's mail, stamped by the receiving server.
+    deliver_lmtp(
+        &case.mailbox,
+        &customer,
+        &customer_mail(&customer, &case.mailbox, "Real question", &unique("a"), ""),
+    )
+    .await;
+    // The server's own stamp on top says the sender failed SPF; forged passes below it.
+    let stamped_fail = format!(
+        "Authentication-Results: {STACK_AUTHSERV_ID}; spf=fail smtp.mailfrom={victim}\r\n{forged_pass}"
+    );
+    deliver_lmtp_unstamped(
+        &case.mailbox,
+        &victim,
+        &[
+            stamped_fail.as_bytes(),
+            &customer_mail(&victim, &case.mailbox, "Cheap pills", &unique("b"), ""),
+        ]
+        .concat(),
+    )
+    .await;
+    // No stamp of the server's at all: only what the sender wrote.
+    deliver_lmtp_unstamped(
+        &case.mailbox,
+        &victim,
+        &customer_mail(
+            &victim,
+            &case.mailbox,
+            "Cheap pills again",
+            &unique("c"),
+            "Authentication-Results: bank.test; spf=pass smtp.mailfrom=bank.test\r\n",
+        ),
+    )
+    .await;
+
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(stdout.contains("3 ticket(s)"), "{stdout}");
+    assert!(
+        stdout.contains("support outbox: 1 acknowledgement(s) sent"),
+        "{stdout}"
+    );
+    assert_eq!(
+        case.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND to_address = '{customer}'"
+            ))
+            .await,
+        1
+    );
+    assert_eq!(
+        case.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'suppressed' AND to_address = '{victim}' \
+                 AND reason = 'the receiving server does not vouch for {victim} (the Return-Path address): \
+                 no SPF or aligned DKIM pass for its domain (`{STACK_AUTHSERV_ID}` says: spf=fail smtp.mailfrom={victim})'"
+            ))
+            .await,
+        1
+    );
+    assert_eq!(
+        case.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'suppressed' AND to_address = '{victim}' \
+                 AND reason = 'the receiving server does not vouch for {victim} (the Return-Path address): \
+                 the message carries no Authentication-Results from `{STACK_AUTHSERV_ID}` (acknowledge.authserv_id)'"
+            ))
+            .await,
+        1
+    );
+}
+
+/// `require_authentication = false` is the off switch: the forged mail is acknowledged again.
+#[tokio::test]
+async fn without_require_authentication_unverified_senders_are_acknowledged() {
+    let case = Case::new(
+        Backend::Sqlite,
+        &smtp_keys_with_ack("require_authentication = false"),
+        "implicit",
+    )
+    .await;
+    connect_first(&case).await;
+    let sender = format!("{}@elsewhere.test", unique("unchecked"));
+    deliver_lmtp_unstamped(
+        &case.mailbox,
+        &sender,
+        &customer_mail(&sender, &case.mailbox, "Unchecked", &unique("d"), ""),
+    )
+    .await;
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(
+        stdout.contains("support outbox: 1 acknowledgement(s) sent"),
+        "{stdout}"
+    );
+}
+
+/// The per-sender ticket limit counts by the address the receiving server vouched for: mail
+/// with a real customer's From that nothing vouches for uses up a limit of its own, and the
+/// customer's own mail still opens its ticket.
+#[tokio::test]
+async fn a_forged_from_cannot_get_a_real_customers_mail_quarantined() {
+    let extra = format!("{}\nmax_new_tickets_per_sender_per_hour = 2", smtp_keys());
+    let case = Case::new(Backend::Postgres, &extra, "implicit").await;
+    connect_first(&case).await;
+    let customer = format!("{}@customer.test", unique("alice"));
+    for n in 1..=3 {
+        deliver_lmtp_unstamped(
+            &case.mailbox,
+            &customer,
+            &customer_mail(
+                &customer,
+                &case.mailbox,
+                &format!("Forged {n}"),
+                &unique("f"),
+                "",
+            ),
+        )
+        .await;
+    }
+    deliver_lmtp(
+        &case.mailbox,
+        &customer,
+        &customer_mail(&customer, &case.mailbox, "Real one", &unique("r"), ""),
+    )
+    .await;
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(
+        stdout.contains("3 ticket(s)") && stdout.contains("1 quarantined"),
+        "{stdout}"
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM quarantine WHERE reason = 'sender-rate-limit' AND subject = 'Forged 3'")
+            .await,
+        1
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM tickets WHERE subject = 'Real one'")
+            .await,
+        1
+    );
+    assert_eq!(
+        case.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM tickets WHERE sender_key = '{customer}'"
+            ))
+            .await,
+        1
+    );
+}
+
+/// A mailbox whose mail carries no stamp of the configured server says so in `check` instead of
+/// going silent; once a stamped message arrives the notice is gone.
+#[tokio::test]
+async fn check_says_when_the_server_stamps_no_authentication_results() {
+    let case = Case::new(Backend::Sqlite, &smtp_keys(), "implicit").await;
+    connect_first(&case).await;
+    let notice = "acknowledgements suppressed: the server stamps no Authentication-Results";
+    let customer = format!("{}@customer.test", unique("c"));
+    for n in 0..2 {
+        deliver_lmtp_unstamped(
+            &case.mailbox,
+            &customer,
+            &customer_mail(&customer, &case.mailbox, &format!("Q{n}"), &unique("n"), ""),
+        )
+        .await;
+    }
+    assert_ok(&case.run(&["once"]).await);
+    let checked = assert_ok(&case.run(&["check", "support"]).await);
+    assert!(
+        checked.contains(&format!(
+            "WARNING: {notice} (none from `{STACK_AUTHSERV_ID}` on the last 2 message(s)"
+        )),
+        "{checked}"
+    );
+    deliver_lmtp(
+        &case.mailbox,
+        &customer,
+        &customer_mail(&customer, &case.mailbox, "Stamped", &unique("s"), ""),
+    )
+    .await;
+    assert_ok(&case.run(&["once"]).await);
+    let checked = assert_ok(&case.run(&["check", "support"]).await);
+    assert!(!checked.contains(notice), "{checked}");
+}
+
+/// `/readyz` and the status page give the same notice as `check` while the mailbox's mail
+/// carries no stamp of the configured server.
+#[tokio::test]
+async fn readyz_and_the_status_page_say_when_the_server_stamps_nothing() {
+    let case = Case::new(Backend::Sqlite, &smtp_keys(), "implicit").await;
+    connect_first(&case).await;
+    let base = crate::ops::enable_http(&case, "");
+    let customer = format!("{}@customer.test", unique("c"));
+    deliver_lmtp_unstamped(
+        &case.mailbox,
+        &customer,
+        &customer_mail(&customer, &case.mailbox, "Unstamped", &unique("u"), ""),
+    )
+    .await;
+    let running = case.spawn_run();
+    let notice = "acknowledgements suppressed: the server stamps no Authentication-Results";
+    let (seen, _, ready) =
+        crate::ops::get_until(&format!("{base}/readyz"), None, |_, b| b.contains(notice)).await;
+    assert!(seen, "/readyz: {ready}");
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert!(
+        ready["mailboxes"][0]["acknowledgements"]
+            .as_str()
+            .unwrap()
+            .starts_with(notice),
+        "{ready}"
+    );
+    let (status, page) = crate::ops::get(&format!("{base}/"), None).await;
+    assert_eq!(status, 200);
+    assert!(page.contains(notice), "{page}");
+    let (status, log) = terminate(running, Duration::from_secs(20)).await;
+    assert!(status.success(), "{log}");
 }

@@ -367,9 +367,10 @@ async fn an_acknowledgement_waits_out_an_smtp_outage() {
     let config = stack.config(
         &db,
         &format!(
-            "smtp = {{ host = \"localhost\", port = {}, ca_file = \"{}/tls/ca.pem\", retry_delay = \"1s\", timeout = \"5s\" }}",
+            "smtp = {{ host = \"localhost\", port = {}, ca_file = \"{}/tls/ca.pem\", retry_delay = \"1s\", timeout = \"5s\" }}\n{}",
             stack.port("MAILSTACK_SUBMISSION_PORT"),
-            stack.dir.display()
+            stack.dir.display(),
+            ack_keys_with("")
         ),
         "",
     );

@@ -339,7 +339,25 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Delivers `raw` to `recipient` through Dovecot's LMTP listener (RFC 2033).
+/// The `authserv-id` of the stamp tests' deliveries carry: LMTP delivery stands in for the
+/// receiving server, which checks the sender and prepends its own `Authentication-Results`
+/// (RFC 8601). Mailboxes with [`smtp_keys`] trust it (`acknowledge.authserv_id`).
+pub const STACK_AUTHSERV_ID: &str = "mx.mailstack.test";
+
+/// The stamp the receiving server would prepend for mail from envelope sender `sender` that
+/// passed SPF (for the null sender: the HELO name's check).
+pub fn stack_stamp(sender: &str) -> String {
+    if sender.is_empty() {
+        format!("Authentication-Results: {STACK_AUTHSERV_ID}; spf=pass smtp.helo=tests.local\r\n")
+    } else {
+        format!(
+            "Authentication-Results: {STACK_AUTHSERV_ID};\r\n\tspf=pass (test delivery) smtp.mailfrom={sender}\r\n"
+        )
+    }
+}
+
+/// Delivers `raw` to `recipient` through Dovecot's LMTP listener (RFC 2033), with the receiving
+/// server's stamp on top ([`stack_stamp`]: the sender passed SPF).
 pub async fn deliver_lmtp(recipient: &str, sender: &str, raw: &[u8]) {
     deliver_lmtp_to(
         Stack::get().port("MAILSTACK_LMTP_PORT"),
@@ -350,8 +368,28 @@ pub async fn deliver_lmtp(recipient: &str, sender: &str, raw: &[u8]) {
     .await;
 }
 
-/// Delivers `raw` to `recipient` through the LMTP listener on 127.0.0.1:`port`.
+/// Delivers `raw` as it is, without the receiving server's stamp: mail whose sender nobody
+/// checked (or with only the `Authentication-Results` it brought along).
+pub async fn deliver_lmtp_unstamped(recipient: &str, sender: &str, raw: &[u8]) {
+    deliver_lmtp_raw(
+        Stack::get().port("MAILSTACK_LMTP_PORT"),
+        recipient,
+        sender,
+        raw,
+    )
+    .await;
+}
+
+/// Delivers `raw` to `recipient` through the LMTP listener on 127.0.0.1:`port`, stamped like
+/// [`deliver_lmtp`].
 pub async fn deliver_lmtp_to(port: u16, recipient: &str, sender: &str, raw: &[u8]) {
+    let mut stamped = stack_stamp(sender).into_bytes();
+    stamped.extend_from_slice(raw);
+    deliver_lmtp_raw(port, recipient, sender, &stamped).await;
+}
+
+/// Delivers `raw` byte for byte (dot-stuffed) over LMTP on 127.0.0.1:`port`.
+pub async fn deliver_lmtp_raw(port: u16, recipient: &str, sender: &str, raw: &[u8]) {
     let stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("LMTP connect");
@@ -760,14 +798,31 @@ pub async fn dovecot_session_ends(user: &str) -> (usize, Vec<String>) {
     read()
 }
 
-/// Mailbox keys that send acknowledgements through the stack's Postfix (STARTTLS + XOAUTH2).
+/// Mailbox keys that send acknowledgements through the stack's Postfix (STARTTLS + XOAUTH2),
+/// trusting the stamp of the tests' deliveries ([`STACK_AUTHSERV_ID`]).
 pub fn smtp_keys() -> String {
+    smtp_keys_with_ack("")
+}
+
+/// Like [`smtp_keys`], with more `acknowledge` keys (`from = "…", since = "…"`).
+pub fn smtp_keys_with_ack(ack_keys: &str) -> String {
     let stack = Stack::get();
     format!(
-        "smtp = {{ host = \"localhost\", port = {}, tls = \"starttls\", ca_file = \"{}\" }}",
+        "smtp = {{ host = \"localhost\", port = {}, tls = \"starttls\", ca_file = \"{}\" }}\n{}",
         stack.port("MAILSTACK_SUBMISSION_PORT"),
-        stack.ca_file()
+        stack.ca_file(),
+        ack_keys_with(ack_keys)
     )
+}
+
+/// `acknowledge = { authserv_id = "<the stack's>", <ack_keys> }`.
+pub fn ack_keys_with(ack_keys: &str) -> String {
+    let more = if ack_keys.is_empty() {
+        String::new()
+    } else {
+        format!(", {ack_keys}")
+    };
+    format!("acknowledge = {{ authserv_id = \"{STACK_AUTHSERV_ID}\"{more} }}")
 }
 
 /// The stdout of a `mailintake` run that must have succeeded (its stderr in the failure message).

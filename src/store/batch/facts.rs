@@ -26,8 +26,9 @@ pub struct BatchQuestions<'a> {
     pub mailbox: &'a str,
     /// The Message-IDs of the batch's messages.
     pub message_ids: Vec<&'a str>,
-    /// Their senders (From addresses).
-    pub senders: Vec<&'a str>,
+    /// Their senders' keys for the per-sender limit (`tickets.sender_key`: the vouched address,
+    /// or `unverified:` and the From address), lower case.
+    pub senders: Vec<String>,
     /// The Message-IDs they refer to (In-Reply-To, References, reported messages).
     pub referenced_ids: Vec<&'a str>,
     /// The start of the window of the per-sender limit.
@@ -47,8 +48,7 @@ pub(super) struct Prefetched {
     messages: HashMap<String, (i64, String)>,
     /// Referenced IDs that are our own outbox messages, with their ticket.
     outbox: HashMap<String, i64>,
-    /// lower(sender) → tickets opened since `since_ms`, for every ASCII sender asked about (SQL's
-    /// `lower` and Rust's agree on ASCII only; other senders are queried one by one).
+    /// sender key → tickets opened since `since_ms`, for every sender key asked about.
     senders: HashMap<String, u32>,
     /// Message-IDs of the batch with an unused release.
     released: HashSet<String>,
@@ -56,27 +56,28 @@ pub(super) struct Prefetched {
 
 impl Batch {
     /// What is stored about a message about to be recorded, in one statement: the stored message
-    /// with the same Message-ID, how many tickets `sender` opened since `since_ms`, and whether an
+    /// with the same Message-ID, how many tickets were opened under `sender_key` (see
+    /// [`BatchQuestions::senders`]) since `since_ms`, and whether an
     /// operator released this Message-ID from the quarantine of `mailbox` (not used yet).
     pub async fn message_facts(
         &mut self,
         mailbox: &str,
         message_id: &str,
-        sender: Option<&str>,
+        sender_key: Option<&str>,
         since_ms: i64,
     ) -> Result<MessageFacts> {
-        if let Some(answer) = self.prefetched_facts(mailbox, message_id, sender, since_ms) {
+        if let Some(answer) = self.prefetched_facts(mailbox, message_id, sender_key, since_ms) {
             return Ok(answer);
         }
         let row = sqlx::query(
             "SELECT m.ticket_id, m.fingerprint, \
-             (SELECT COUNT(*) FROM tickets WHERE lower(requester_address) = lower($2) AND created_at >= $3), \
+             (SELECT COUNT(*) FROM tickets WHERE sender_key = $2 AND created_at >= $3), \
              (SELECT COUNT(*) FROM quarantine WHERE mailbox = $4 AND message_id = $1 \
               AND released_at IS NOT NULL AND release_used_at IS NULL) \
              FROM (SELECT 1 AS one) AS q LEFT JOIN messages m ON m.message_id = $1",
         )
         .bind(message_id)
-        .bind(sender.map(str::to_string))
+        .bind(sender_key.map(str::to_string))
         .bind(since_ms)
         .bind(mailbox)
         .fetch_one(&mut *self.tx)
@@ -256,20 +257,14 @@ impl Batch {
                 prefetched.outbox.insert(row.get(0), row.get(1));
             }
         }
-        let mut senders: Vec<String> = questions
-            .senders
-            .iter()
-            .filter(|s| s.is_ascii())
-            .map(|s| s.to_ascii_lowercase())
-            .collect();
+        let mut senders: Vec<String> = questions.senders.clone();
         senders.sort_unstable();
         senders.dedup();
         for chunk in senders.chunks(IDS_PER_STATEMENT) {
             let list = placeholders(2, chunk.len());
             let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT lower(requester_address), COUNT(*) FROM tickets \
-                 WHERE lower(requester_address) IN ({list}) AND created_at >= $1 \
-                 GROUP BY lower(requester_address)"
+                "SELECT sender_key, COUNT(*) FROM tickets \
+                 WHERE sender_key IN ({list}) AND created_at >= $1 GROUP BY sender_key"
             )))
             .bind(questions.since_ms);
             for sender in chunk {
@@ -309,7 +304,7 @@ impl Batch {
         &self,
         mailbox: &str,
         message_id: &str,
-        sender: Option<&str>,
+        sender_key: Option<&str>,
         since_ms: i64,
     ) -> Option<MessageFacts> {
         let prefetched = self.prefetched.as_ref()?;
@@ -319,10 +314,9 @@ impl Batch {
         {
             return None;
         }
-        let sender_recent_tickets = match sender.map(str::to_ascii_lowercase) {
-            Some(sender) => {
-                prefetched.senders.get(&sender)?
-                    + self.written.opened_by.get(&sender).copied().unwrap_or(0)
+        let sender_recent_tickets = match sender_key {
+            Some(key) => {
+                prefetched.senders.get(key)? + self.written.opened_by.get(key).copied().unwrap_or(0)
             }
             None => 0,
         };

@@ -31,11 +31,14 @@ pub struct FollowUpOn<'a> {
 impl Batch {
     /// Opens a ticket with `mail` as its first message and records the outcome. Returns the ticket
     /// id and reference. `Conflict` when the Message-ID was stored meanwhile by another worker
-    /// (see [`Batch`]; a UID recorded meanwhile is found at commit).
+    /// (see [`Batch`]; a UID recorded meanwhile is found at commit). `sender_key` is what the
+    /// per-sender limit counts it under (`tickets.sender_key`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn new_ticket(
         &mut self,
         at: &ImapLocation<'_>,
         mail: &ParsedMail,
+        sender_key: Option<&str>,
         related: Option<i64>,
         auto_kind: Option<&str>,
         keep_raw: Option<&[u8]>,
@@ -45,7 +48,7 @@ impl Batch {
         // The database sets the reference (migration 0002), the same one ticket_reference gives.
         let ticket_id: i64 = sqlx::query(
             "INSERT INTO tickets (mailbox, subject, requester_address, requester_name, status, related_ticket_id, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, 'new', $5, $6, $6) RETURNING id",
+             created_at, updated_at, sender_key) VALUES ($1, $2, $3, $4, 'new', $5, $6, $6, $7) RETURNING id",
         )
         .bind(at.mailbox)
         .bind(crate::ingest::normalized_subject(&mail.subject))
@@ -53,18 +56,15 @@ impl Batch {
         .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
         .bind(related)
         .bind(now)
+        .bind(sender_key)
         .fetch_one(&mut *self.tx)
         .await?
         .get(0);
         let message_row_id = self
             .insert_message(ticket_id, at, mail, auto_kind, keep_raw)
             .await?;
-        if let Some(from) = &mail.from {
-            *self
-                .written
-                .opened_by
-                .entry(from.address.to_ascii_lowercase())
-                .or_insert(0) += 1;
+        if let Some(key) = sender_key {
+            *self.written.opened_by.entry(key.to_string()).or_insert(0) += 1;
         }
         self.record_outcome(
             at,
