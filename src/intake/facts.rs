@@ -2,7 +2,7 @@
 //! message ([`questions`]) serves both the batch's prefetch ([`batch_questions`], asked once when
 //! the batch begins) and the per-message answers ([`facts_for`]), so the two cannot drift apart.
 
-use crate::ingest::{self, Facts, ParsedMail};
+use crate::ingest::{self, Facts, FingerprintVersion, ParsedMail};
 use crate::store::{Batch, BatchQuestions, StoreError};
 
 /// The window of the per-sender ticket limit (`max_new_tickets_per_sender_per_hour`).
@@ -57,6 +57,11 @@ pub(crate) fn batch_questions<'a>(
 /// What the store knows that bears on `mail`: the same Message-ID, the ticket of the thread it
 /// replies to, the ticket its subject tag names, the ticket a report is about, and how many
 /// tickets its sender opened in the last hour. Answered from the batch's prefetch where it can be.
+///
+/// A stored message with the same Message-ID whose fingerprint differs under its own (older)
+/// version is fingerprinted anew from its kept raw bytes, when `keep_raw = "all"` kept them:
+/// a server's re-rendering of it then still counts as the same message. Only a message that still
+/// differs asks for the released conflicts under that Message-ID (`<id>#2`, `#3`, …).
 pub(crate) async fn facts_for(
     tx: &mut Batch,
     mail: &ParsedMail,
@@ -81,8 +86,29 @@ pub(crate) async fn facts_for(
         let ids: Vec<String> = asked.thread_ids.iter().map(|id| id.to_string()).collect();
         tx.ticket_of_message_ids(&ids).await?
     };
+    let mut same_message_id = stored.same_message_id;
+    let mut conflict_releases = Vec::new();
+    let mut free_conflict_key = None;
+    if let Some(known) = same_message_id.as_mut()
+        && !known.is_same_content(mail)
+    {
+        if known.fingerprint_version != FingerprintVersion::CURRENT
+            && let Some(raw) = tx.kept_raw_message(known.message_row_id).await?
+            && let Ok(stored_mail) = ingest::parse(&raw)
+        {
+            known.fingerprint = stored_mail.fingerprint;
+            known.fingerprint_version = FingerprintVersion::CURRENT;
+        }
+        if !known.is_same_content(mail) {
+            let (released, free) = tx.conflict_releases(asked.message_id).await?;
+            conflict_releases = released;
+            free_conflict_key = Some(free);
+        }
+    }
     Ok(Facts {
-        same_message_id: stored.same_message_id,
+        same_message_id,
+        conflict_releases,
+        free_conflict_key,
         thread,
         tagged,
         reported,

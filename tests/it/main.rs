@@ -12,6 +12,7 @@ mod cutoff;
 mod drills;
 mod drills_db;
 mod engine;
+mod fingerprints;
 mod flows;
 mod guides;
 mod helpers;
