@@ -250,7 +250,7 @@ impl QuarantineReason {
             ),
             QuarantineReason::Unparseable(failure) => failure.to_string(),
             QuarantineReason::MessageIdConflict { ticket_id } => format!(
-                "the Message-ID is already stored on ticket {ticket_id} with different content"
+                "the Message-ID is already stored on ticket {ticket_id} with different content; if the sender reuses Message-IDs, release the message to ingest it as a ticket of its own"
             ),
             QuarantineReason::Unreadable { attempts, error } => format!(
                 "the server failed to deliver the message {attempts} times in a row ({error}); it was set aside unread so that the mail after it can come in"
