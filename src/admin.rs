@@ -28,7 +28,9 @@ pub(crate) async fn connect(
 }
 
 /// Moves quarantined message `id` back to the folder it came from and lets it in once: up to
-/// `max_bytes` (for `too-large`; the mailbox's limit otherwise) and past the per-sender limit.
+/// `max_bytes` (for `too-large`; the mailbox's limit otherwise), past the per-sender limit, and
+/// for a `message-id-conflict` (a sender that reuses Message-IDs) as a ticket of its own under
+/// the key `<Message-ID>#<n>` (the first free `n` from 2; `message_id_source = conflict-release`).
 /// Its UID changes with the move, so it is found by its Message-ID (or header/content key).
 pub async fn release(
     config: &Config,
@@ -54,11 +56,10 @@ pub async fn release(
             "quarantined message {id} was reprocessed already (it needs no ticket); nothing to release"
         );
     }
+    // A Message-ID conflict is released as a ticket of its own, under `<Message-ID>#<n>`.
     if matches!(
         entry.reason,
-        QuarantineCode::MessageIdConflict
-            | QuarantineCode::Unparseable
-            | QuarantineCode::Unstorable
+        QuarantineCode::Unparseable | QuarantineCode::Unstorable
     ) {
         bail!(
             "quarantined message {id} ({}) would be quarantined again as it is; its raw bytes are kept in the quarantine table",
@@ -283,7 +284,7 @@ fn done_already(id: i64) -> String {
 /// code and tells whether the stored article matches. The stored article is never changed and
 /// nothing new is recorded: its Message-ID is stored, so at most it is a duplicate.
 pub async fn reprocess_article(store: &Store, message_row_id: i64) -> anyhow::Result<String> {
-    let Some((ticket_id, message_id, fingerprint)) = store.article(message_row_id).await? else {
+    let Some((message_id, stored)) = store.article(message_row_id).await? else {
         bail!(
             "no message with id {message_row_id}; `mailintake ticket ID` lists a ticket's messages"
         );
@@ -293,20 +294,26 @@ pub async fn reprocess_article(store: &Store, message_row_id: i64) -> anyhow::Re
             "no raw message is kept for message {message_row_id} (keep_raw = \"all\" keeps them; `mailintake purge` removes old ones)"
         );
     };
-    let reference = ingest::ticket_reference(ticket_id);
+    let reference = ingest::ticket_reference(stored.ticket_id);
+    // A released conflict is stored under `<Message-ID>#<n>`.
+    let same_key = |mail: &ingest::ParsedMail| {
+        message_id == mail.message_id
+            || message_id
+                .strip_prefix(mail.message_id.as_str())
+                .is_some_and(|rest| rest.starts_with('#'))
+    };
+    let fingerprint = &stored.fingerprint;
     match ingest::parse(&raw) {
         Err(failure) => bail!(
             "the current code cannot parse message {message_row_id} ({failure}); the stored article on {reference} is unchanged"
         ),
-        Ok(mail) if mail.message_id == message_id && mail.fingerprint == fingerprint => {
-            Ok(format!(
-                "message {message_row_id} is stored already, on {reference}, as the current code reads it; nothing to do"
-            ))
-        }
+        Ok(mail) if same_key(&mail) && stored.is_same_content(&mail) => Ok(format!(
+            "message {message_row_id} is stored already, on {reference}, as the current code reads it; nothing to do"
+        )),
         Ok(mail) => bail!(
             "the current code reads message {message_row_id} differently (Message-ID <{}>, fingerprint {}; stored: <{message_id}>, {fingerprint}); the stored article on {reference} is unchanged",
             mail.message_id,
-            mail.fingerprint
+            mail.fingerprint_under(stored.fingerprint_version)
         ),
     }
 }

@@ -16,8 +16,8 @@ mod repair;
 mod report;
 
 pub use parse::{
-    Attachment, DeliveryReport, DsnAction, MessageIdSource, ParseFailure, ParsedMail, Party,
-    RecipientStatus, Signals, parse, sha256_hex,
+    Attachment, DeliveryReport, DsnAction, FingerprintVersion, MessageIdSource, ParseFailure,
+    ParsedMail, Party, RecipientStatus, Signals, parse, sha256_hex,
 };
 
 pub use classify::{AutoKind, MailKind, OutboxBounce, classify, outbox_bounce};
@@ -29,8 +29,24 @@ use classify::reported_message_ids;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownMessage {
     pub ticket_id: i64,
-    /// [`ParsedMail::fingerprint`] of the stored message.
+    /// The stored row (`messages.id`): its kept raw bytes, if any, can be fingerprinted anew.
+    pub message_row_id: i64,
+    /// The stored message's fingerprint, computed under `fingerprint_version`.
     pub fingerprint: String,
+    pub fingerprint_version: FingerprintVersion,
+}
+
+impl KnownMessage {
+    /// `mail` is the stored message: equal fingerprints under the stored one's version.
+    pub fn is_same_content(&self, mail: &ParsedMail) -> bool {
+        mail.fingerprint_under(self.fingerprint_version) == self.fingerprint
+    }
+}
+
+/// The stored message key `<original>#<n>` that a released conflict of `original` is stored
+/// under ([`MessageIdSource::ConflictRelease`]); `n` counts from 2.
+pub fn conflict_release_key(original: &str, n: u32) -> String {
+    format!("{original}#{n}")
 }
 
 crate::closed_set! {
@@ -71,6 +87,10 @@ pub struct KnownTicket {
 pub struct Facts {
     /// The stored message with the same Message-ID, if any.
     pub same_message_id: Option<KnownMessage>,
+    /// When `same_message_id` is another message: the released conflicts stored under
+    /// `<Message-ID>#2`, `#3`, … ([`conflict_release_key`]), and the first such key still free.
+    pub conflict_releases: Vec<KnownMessage>,
+    pub free_conflict_key: Option<String>,
     /// The ticket owning a message named in In-Reply-To or References (inbound or outbound).
     pub thread: Option<KnownTicket>,
     /// The ID that found `thread` is one of our own outbound messages (an acknowledgement): the
@@ -234,7 +254,7 @@ impl QuarantineReason {
             ),
             QuarantineReason::Unparseable(failure) => failure.to_string(),
             QuarantineReason::MessageIdConflict { ticket_id } => format!(
-                "the Message-ID is already stored on ticket {ticket_id} with different content"
+                "the Message-ID is already stored on ticket {ticket_id} with different content; if the sender reuses Message-IDs, release the message to ingest it as a ticket of its own"
             ),
             QuarantineReason::Unreadable { attempts, error } => format!(
                 "the server failed to deliver the message {attempts} times in a row ({error}); it was set aside unread so that the mail after it can come in"
@@ -294,16 +314,38 @@ pub fn decide(
         Ok(mail) => mail,
         Err(failure) => return Decision::Quarantine(QuarantineReason::Unparseable(failure)),
     };
+    let mut mail = mail;
     match &facts.same_message_id {
-        Some(known) if known.fingerprint == mail.fingerprint => {
+        Some(known) if known.is_same_content(&mail) => {
             return Decision::Duplicate {
                 ticket_id: known.ticket_id,
             };
         }
         Some(known) => {
-            return Decision::Quarantine(QuarantineReason::MessageIdConflict {
-                ticket_id: known.ticket_id,
-            });
+            if let Some(released) = facts
+                .conflict_releases
+                .iter()
+                .find(|released| released.is_same_content(&mail))
+            {
+                return Decision::Duplicate {
+                    ticket_id: released.ticket_id,
+                };
+            }
+            let Some(key) = facts.free_conflict_key.as_ref().filter(|_| facts.released) else {
+                return Decision::Quarantine(QuarantineReason::MessageIdConflict {
+                    ticket_id: known.ticket_id,
+                });
+            };
+            // An operator released a real conflict (a sender that reuses Message-IDs): it comes
+            // in once, as a ticket of its own under its own key.
+            mail.message_id = key.clone();
+            mail.message_id_source = MessageIdSource::ConflictRelease;
+            let auto_kind = classify(&mail, policy).auto_kind();
+            return Decision::NewTicket {
+                related: facts.tagged.as_ref().map(|ticket| ticket.ticket_id),
+                mail: Box::new(mail),
+                auto_kind,
+            };
         }
         None => {}
     }

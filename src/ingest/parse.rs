@@ -13,9 +13,13 @@ use sha2::{Digest, Sha256};
 pub enum MessageIdSource {
     /// The Message-ID header.
     Header,
-    /// No Message-ID: a deterministic key from the SHA-256 of the raw bytes, so a re-delivery of the
-    /// same bytes is still recognised.
+    /// No Message-ID: a deterministic key from the version-1 fingerprint (the identifying header
+    /// fields and the body's bytes), so a re-delivery of the same bytes is still recognised. (It
+    /// stays version 1: keys stored before version 2 existed must still be found.)
     ContentHash,
+    /// The Message-ID header of a real conflict (another message reusing a stored Message-ID)
+    /// that an operator released: stored under `<original>#<n>`, the first free `n` from 2.
+    ConflictRelease,
 }
 
 impl MessageIdSource {
@@ -23,6 +27,47 @@ impl MessageIdSource {
         match self {
             MessageIdSource::Header => "header",
             MessageIdSource::ContentHash => "content-hash",
+            MessageIdSource::ConflictRelease => "conflict-release",
+        }
+    }
+}
+
+/// How a fingerprint was computed (`messages.fingerprint_version`). A new message is compared
+/// with a stored one under the stored one's version, so rows written by older code keep matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FingerprintVersion {
+    /// The identifying header fields (Message-ID, From, To, Cc, Subject, Date) and the body's
+    /// bytes as received: a server that re-renders the message (another transfer encoding,
+    /// re-wrapped quoted-printable, new MIME boundaries) changes it.
+    V1,
+    /// What a person sees: the identifying header fields decoded (Message-ID, From, To, Cc, Date,
+    /// Subject, In-Reply-To), the decoded text of every text part with line endings and trailing
+    /// blanks normalised, and each other part's content SHA-256 and name, in the order of the
+    /// parts. Transfer encodings, charsets, MIME boundaries and header folding do not count.
+    V2,
+}
+
+impl FingerprintVersion {
+    /// The version new rows are written with.
+    pub const CURRENT: FingerprintVersion = FingerprintVersion::V2;
+
+    pub fn number(self) -> i64 {
+        match self {
+            FingerprintVersion::V1 => 1,
+            FingerprintVersion::V2 => 2,
+        }
+    }
+
+    /// The version stored as `number`; an error for one this code does not know (written by
+    /// newer code).
+    pub fn from_number(number: i64) -> Result<FingerprintVersion, crate::closed_set::UnknownValue> {
+        match number {
+            1 => Ok(FingerprintVersion::V1),
+            2 => Ok(FingerprintVersion::V2),
+            _ => Err(crate::closed_set::UnknownValue {
+                set: "fingerprint version",
+                text: number.to_string(),
+            }),
         }
     }
 }
@@ -129,11 +174,14 @@ pub struct ParsedMail {
     pub size: u64,
     /// SHA-256 (hex) of the raw bytes, for audit.
     pub content_sha256: String,
-    /// SHA-256 (hex) of what the sender wrote: the identifying header fields and the body, without
-    /// the trace fields (Received, Return-Path, Delivered-To, …) that every delivery adds. Equal for
-    /// the copies of one message delivered to two mailboxes or re-delivered; different for another
-    /// message that reuses a Message-ID.
+    /// SHA-256 (hex) of what the sender wrote, under [`FingerprintVersion::CURRENT`]: what a
+    /// person sees, without the trace fields (Received, Return-Path, Delivered-To, …) that every
+    /// delivery adds and without what a server may change when it re-renders the message. Equal
+    /// for the copies of one message delivered to two mailboxes, re-delivered or re-rendered;
+    /// different for another message that reuses a Message-ID.
     pub fingerprint: String,
+    /// The [`FingerprintVersion::V1`] fingerprint, to compare with rows stored under it.
+    pub fingerprint_v1: String,
 }
 
 /// Why a message could not be parsed. It is quarantined with this reason and its raw bytes.
@@ -178,12 +226,13 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
         .map(strip_brackets)
         .filter(|id| !id.is_empty());
     let body_start = (message.root_part().offset_body as usize).min(input.len());
-    let fingerprint = fingerprint(&message, header_id.as_deref(), &input[body_start..]);
+    let fingerprint_v1 = fingerprint_v1(&message, header_id.as_deref(), &input[body_start..]);
+    let fingerprint = fingerprint_v2(&message, header_id.as_deref());
 
     let (message_id, message_id_source) = match header_id {
         Some(id) => (id, MessageIdSource::Header),
         None => (
-            format!("{fingerprint}@content-hash.mailintake.invalid"),
+            format!("{fingerprint_v1}@content-hash.mailintake.invalid"),
             MessageIdSource::ContentHash,
         ),
     };
@@ -303,12 +352,33 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
         size: raw.len() as u64,
         content_sha256,
         fingerprint,
+        fingerprint_v1,
     };
     mail.remove_nul_bytes();
     Ok(mail)
 }
 
 impl ParsedMail {
+    /// The Message-ID the sender wrote, for the In-Reply-To and References of a reply: the key
+    /// without the `#<n>` of a released conflict ([`MessageIdSource::ConflictRelease`]).
+    pub fn sent_message_id(&self) -> &str {
+        match self.message_id_source {
+            MessageIdSource::ConflictRelease => self
+                .message_id
+                .rsplit_once('#')
+                .map_or(self.message_id.as_str(), |(original, _)| original),
+            MessageIdSource::Header | MessageIdSource::ContentHash => &self.message_id,
+        }
+    }
+
+    /// The fingerprint under `version`, to compare with a row stored under it.
+    pub fn fingerprint_under(&self, version: FingerprintVersion) -> &str {
+        match version {
+            FingerprintVersion::V1 => &self.fingerprint_v1,
+            FingerprintVersion::V2 => &self.fingerprint,
+        }
+    }
+
     /// Removes every NUL character from the text fields. A NUL is what `=00` (quoted-printable,
     /// RFC 2047) or a NUL byte in 8-bit mail decodes to; PostgreSQL refuses it in text columns
     /// (SQLSTATE 22021) and SQLite would keep it, so it is removed for both and stored text is
@@ -527,40 +597,131 @@ fn original_message_id(message: &mail_parser::Message<'_>) -> Option<String> {
     None
 }
 
-/// See [`ParsedMail::fingerprint`].
-fn fingerprint(
+/// Lower-case addresses of a header field, comma-separated.
+fn address_list(address: Option<&Address<'_>>) -> String {
+    address
+        .map(|a| {
+            a.iter()
+                .filter_map(|addr| addr.address())
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn hex(digest: impl AsRef<[u8]>) -> String {
+    digest
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// [`FingerprintVersion::V1`]: kept as it was, to compare with rows stored under it.
+fn fingerprint_v1(
     message: &mail_parser::Message<'_>,
     message_id: Option<&str>,
     body: &[u8],
 ) -> String {
-    let addresses = |address: Option<&Address<'_>>| -> String {
-        address
-            .map(|a| {
-                a.iter()
-                    .filter_map(|addr| addr.address())
-                    .map(str::to_ascii_lowercase)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default()
-    };
     let identifying = format!(
         "message-id:{}\nfrom:{}\nto:{}\ncc:{}\nsubject:{}\ndate:{}\n\n",
         message_id.unwrap_or(""),
-        addresses(message.from()),
-        addresses(message.to()),
-        addresses(message.cc()),
+        address_list(message.from()),
+        address_list(message.to()),
+        address_list(message.cc()),
         message.subject().unwrap_or(""),
         message.date().map(|d| d.to_timestamp()).unwrap_or(0),
     );
     let mut hasher = Sha256::new();
     hasher.update(identifying.as_bytes());
     hasher.update(body);
-    hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex(hasher.finalize())
+}
+
+/// [`FingerprintVersion::V2`]: see there. Every item is written with its length, so no two
+/// different messages hash the same input.
+fn fingerprint_v2(message: &mail_parser::Message<'_>, message_id: Option<&str>) -> String {
+    let mut hasher = Sha256::new();
+    fingerprint_v2_into(&mut hasher, message, message_id);
+    hex(hasher.finalize())
+}
+
+fn fingerprint_v2_into(
+    hasher: &mut Sha256,
+    message: &mail_parser::Message<'_>,
+    message_id: Option<&str>,
+) {
+    let mut item = |label: &str, value: &[u8]| {
+        hasher.update(format!("{label}:{}:", value.len()).as_bytes());
+        hasher.update(value);
+        hasher.update(b"\n");
+    };
+    // Decoded (RFC 2047) and with blanks collapsed: re-folding a header changes neither.
+    let collapse = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    item("message-id", message_id.unwrap_or("").as_bytes());
+    item("from", address_list(message.from()).as_bytes());
+    item("to", address_list(message.to()).as_bytes());
+    item("cc", address_list(message.cc()).as_bytes());
+    item(
+        "date",
+        message
+            .date()
+            .map(|d| d.to_timestamp())
+            .unwrap_or(0)
+            .to_string()
+            .as_bytes(),
+    );
+    item(
+        "subject",
+        collapse(message.subject().unwrap_or("")).as_bytes(),
+    );
+    item(
+        "in-reply-to",
+        id_list(message.in_reply_to()).join(" ").as_bytes(),
+    );
+    // The leaves of the MIME tree in order; the multipart containers (and so their boundaries)
+    // are left out, and every body is taken decoded.
+    for part in &message.parts {
+        let name = part.attachment_name().map(collapse).unwrap_or_default();
+        match &part.body {
+            PartType::Multipart(_) => {}
+            PartType::Text(text) => {
+                item("text", normalized_text(text).as_bytes());
+                item("name", name.as_bytes());
+            }
+            PartType::Html(html) => {
+                item("html", normalized_text(html).as_bytes());
+                item("name", name.as_bytes());
+            }
+            PartType::Binary(content) | PartType::InlineBinary(content) => {
+                item("part", sha256_hex(content).as_bytes());
+                item("name", name.as_bytes());
+            }
+            // An attached message may be re-rendered as well: it counts by its own fingerprint.
+            PartType::Message(nested) => {
+                let nested_id = nested.message_id().map(strip_brackets);
+                item(
+                    "message",
+                    fingerprint_v2(nested, nested_id.as_deref()).as_bytes(),
+                );
+                item("name", name.as_bytes());
+            }
+        }
+    }
+}
+
+/// Text with `\n` line endings, without trailing blanks on each line or blank lines at the end:
+/// what re-wrapped quoted-printable, another transfer encoding or CRLF conversion leave as it was.
+fn normalized_text(text: &str) -> String {
+    let mut lines: Vec<&str> = text
+        .split('\n')
+        .map(|line| line.trim_end_matches([' ', '\t', '\r']))
+        .collect();
+    while lines.last().is_some_and(|line| line.is_empty()) {
+        lines.pop();
+    }
+    lines.join("\n")
 }
 
 /// A filename safe to show and to write: the last path component only, no control characters and

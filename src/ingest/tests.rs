@@ -144,7 +144,7 @@ fn missing_message_id_gets_a_deterministic_key() {
     let second = parse(&raw).unwrap();
     assert_eq!(first.message_id_source, MessageIdSource::ContentHash);
     assert_eq!(first.message_id, second.message_id);
-    assert!(first.message_id.starts_with(&first.fingerprint));
+    assert!(first.message_id.starts_with(&first.fingerprint_v1));
 }
 
 #[test]
@@ -165,6 +165,103 @@ fn a_redelivered_copy_has_the_same_fingerprint_and_an_edited_one_does_not() {
         parse(edited.as_bytes()).unwrap().fingerprint,
         original.fingerprint
     );
+}
+
+/// `plain.eml` as a server may re-render it: headers re-folded, the body base64-encoded with
+/// CRLF line ends, inside a multipart with a new boundary.
+fn re_rendered_plain() -> Vec<u8> {
+    use base64::Engine;
+    let raw = String::from_utf8(fixture("plain.eml")).unwrap();
+    let (headers, body) = raw.split_once("\r\n\r\n").unwrap();
+    let headers: String = headers
+        .lines()
+        .filter(|line| !line.to_ascii_lowercase().starts_with("content-"))
+        .filter(|line| !line.to_ascii_lowercase().starts_with("mime-version"))
+        .map(|line| match line.split_once(": ") {
+            Some((name, value)) if name.eq_ignore_ascii_case("subject") => {
+                format!("{name}:\r\n {value}\r\n")
+            }
+            _ => format!("{line}\r\n"),
+        })
+        .collect();
+    // Exchange's base64 of a 7bit body: the text without its last line end.
+    let body = body.trim_end();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(body.as_bytes());
+    format!(
+        "{headers}MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"_000_exchange_\"\r\n\r\n\
+         --_000_exchange_\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n--_000_exchange_--\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_re_rendered_copy_has_the_same_version_2_fingerprint_but_not_version_1() {
+    let original = parse(&fixture("plain.eml")).unwrap();
+    let re_rendered = parse(&re_rendered_plain()).unwrap();
+    assert_eq!(
+        re_rendered.text_body.as_deref().map(str::trim_end),
+        original.text_body.as_deref().map(str::trim_end)
+    );
+    assert_eq!(re_rendered.fingerprint, original.fingerprint);
+    assert_ne!(re_rendered.fingerprint_v1, original.fingerprint_v1);
+    // Compared under the stored row's version: a version-1 row does not know the copy.
+    let stored_v1 = KnownMessage {
+        ticket_id: 1,
+        message_row_id: 1,
+        fingerprint: original.fingerprint_v1.clone(),
+        fingerprint_version: FingerprintVersion::V1,
+    };
+    assert!(stored_v1.is_same_content(&original));
+    assert!(!stored_v1.is_same_content(&re_rendered));
+}
+
+#[test]
+fn a_released_conflict_becomes_a_ticket_under_its_own_key_once() {
+    let mail = parse(&fixture("plain.eml")).unwrap();
+    let stored = KnownMessage {
+        ticket_id: 7,
+        message_row_id: 70,
+        fingerprint: "0".repeat(64),
+        fingerprint_version: FingerprintVersion::V2,
+    };
+    let released = Facts {
+        same_message_id: Some(stored.clone()),
+        free_conflict_key: Some(format!("{}#2", mail.message_id)),
+        released: true,
+        ..Facts::default()
+    };
+    match decide(Ok(mail.clone()), &released, &policy()) {
+        Decision::NewTicket { mail: new, .. } => {
+            assert_eq!(new.message_id, format!("{}#2", mail.message_id));
+            assert_eq!(new.message_id_source, MessageIdSource::ConflictRelease);
+            assert_eq!(new.sent_message_id(), mail.message_id);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Not released: quarantined; stored under `#2` already: a duplicate of that one.
+    let not_released = Facts {
+        released: false,
+        ..released.clone()
+    };
+    assert!(matches!(
+        decide(Ok(mail.clone()), &not_released, &policy()),
+        Decision::Quarantine(QuarantineReason::MessageIdConflict { ticket_id: 7 })
+    ));
+    let stored_twice = Facts {
+        conflict_releases: vec![KnownMessage {
+            ticket_id: 8,
+            message_row_id: 80,
+            fingerprint: mail.fingerprint.clone(),
+            fingerprint_version: FingerprintVersion::V2,
+        }],
+        free_conflict_key: Some(format!("{}#3", mail.message_id)),
+        ..released
+    };
+    assert!(matches!(
+        decide(Ok(mail), &stored_twice, &policy()),
+        Decision::Duplicate { ticket_id: 8 }
+    ));
 }
 
 fn policy() -> Policy {
@@ -203,7 +300,9 @@ fn same_message_again_is_a_duplicate_and_different_content_a_conflict() {
     let same = Facts {
         same_message_id: Some(KnownMessage {
             ticket_id: 7,
+            message_row_id: 70,
             fingerprint: mail.fingerprint.clone(),
+            fingerprint_version: FingerprintVersion::V2,
         }),
         ..Facts::default()
     };
@@ -214,7 +313,9 @@ fn same_message_again_is_a_duplicate_and_different_content_a_conflict() {
     let different = Facts {
         same_message_id: Some(KnownMessage {
             ticket_id: 7,
+            message_row_id: 70,
             fingerprint: "0".repeat(64),
+            fingerprint_version: FingerprintVersion::V2,
         }),
         ..Facts::default()
     };

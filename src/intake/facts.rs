@@ -3,7 +3,7 @@
 //! the batch begins) and the per-message answers ([`facts_for`]), so the two cannot drift apart.
 
 use crate::config::Acknowledge;
-use crate::ingest::{self, Facts, ParsedMail};
+use crate::ingest::{self, Facts, FingerprintVersion, ParsedMail};
 use crate::reply;
 use crate::store::{Batch, BatchQuestions, StoreError};
 
@@ -61,6 +61,11 @@ pub(crate) fn batch_questions<'a>(
 /// What the store knows that bears on `mail`: the same Message-ID, the ticket of the thread it
 /// replies to, the ticket its subject tag names, the ticket a report is about, and how many
 /// tickets its sender opened in the last hour. Answered from the batch's prefetch where it can be.
+///
+/// A stored message with the same Message-ID whose fingerprint differs under its own (older)
+/// version is fingerprinted anew from its kept raw bytes, when `keep_raw = "all"` kept them:
+/// a server's re-rendering of it then still counts as the same message. Only a message that still
+/// differs asks for the released conflicts under that Message-ID (`<id>#2`, `#3`, …).
 pub(crate) async fn facts_for(
     tx: &mut Batch,
     mail: &ParsedMail,
@@ -87,8 +92,29 @@ pub(crate) async fn facts_for(
         tx.thread_of_message_ids(&ids).await?
     };
     let thread_by_our_message = thread.as_ref().is_some_and(|(_, ours)| *ours);
+    let mut same_message_id = stored.same_message_id;
+    let mut conflict_releases = Vec::new();
+    let mut free_conflict_key = None;
+    if let Some(known) = same_message_id.as_mut()
+        && !known.is_same_content(mail)
+    {
+        if known.fingerprint_version != FingerprintVersion::CURRENT
+            && let Some(raw) = tx.kept_raw_message(known.message_row_id).await?
+            && let Ok(stored_mail) = ingest::parse(&raw)
+        {
+            known.fingerprint = stored_mail.fingerprint;
+            known.fingerprint_version = FingerprintVersion::CURRENT;
+        }
+        if !known.is_same_content(mail) {
+            let (released, free) = tx.conflict_releases(asked.message_id).await?;
+            conflict_releases = released;
+            free_conflict_key = Some(free);
+        }
+    }
     Ok(Facts {
-        same_message_id: stored.same_message_id,
+        same_message_id,
+        conflict_releases,
+        free_conflict_key,
         thread: thread.map(|(ticket, _)| ticket),
         thread_by_our_message,
         tagged,

@@ -246,8 +246,8 @@ pub fn plan_quarantine_notice(
         from,
         to,
         subject: format!("Not received automatically: {subject_text}"),
-        in_reply_to: Some(mail.message_id.clone()),
-        references: Some(format!("<{}>", mail.message_id)),
+        in_reply_to: Some(mail.sent_message_id().to_string()),
+        references: Some(format!("<{}>", mail.sent_message_id())),
         body_text,
         body_html: None,
         suppressed,
@@ -283,7 +283,7 @@ pub fn plan_acknowledgement(
         ("mailbox", mailbox.address.as_str()),
     ];
     let mut references: Vec<String> = mail.references.iter().map(|id| format!("<{id}>")).collect();
-    references.push(format!("<{}>", mail.message_id));
+    references.push(format!("<{}>", mail.sent_message_id()));
 
     let suppressed = suppression(ack, own_addresses, mail, recipient.as_ref(), kind, facts);
     OutboxDraft {
@@ -292,7 +292,7 @@ pub fn plan_acknowledgement(
         from,
         to,
         subject,
-        in_reply_to: Some(mail.message_id.clone()),
+        in_reply_to: Some(mail.sent_message_id().to_string()),
         references: Some(references.join(" ")),
         body_text: render(&ack.template_text, &values, str::to_string),
         body_html: ack

@@ -575,14 +575,28 @@ impl Store {
         }))
     }
 
-    /// A stored article: its ticket, Message-ID and fingerprint.
-    pub async fn article(&self, message_row_id: i64) -> Result<Option<(i64, String, String)>> {
-        let row =
-            sqlx::query("SELECT ticket_id, message_id, fingerprint FROM messages WHERE id = $1")
-                .bind(message_row_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    /// A stored article: its Message-ID (as stored: a released conflict's `<id>#<n>`), ticket
+    /// and fingerprint.
+    pub async fn article(
+        &self,
+        message_row_id: i64,
+    ) -> Result<Option<(String, crate::ingest::KnownMessage)>> {
+        let row = sqlx::query(
+            "SELECT message_id, ticket_id, fingerprint, fingerprint_version FROM messages WHERE id = $1",
+        )
+        .bind(message_row_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some((
+            r.get(0),
+            crate::ingest::KnownMessage {
+                ticket_id: r.get(1),
+                message_row_id,
+                fingerprint: r.get(2),
+                fingerprint_version: crate::ingest::FingerprintVersion::from_number(r.get(3))?,
+            },
+        )))
     }
 }
 

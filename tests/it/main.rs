@@ -13,6 +13,7 @@ mod drills;
 mod drills_db;
 mod engine;
 mod faultproxy;
+mod fingerprints;
 mod flows;
 mod guides;
 mod helpers;

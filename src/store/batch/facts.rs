@@ -8,14 +8,14 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row;
 
 use super::{Batch, IDS_PER_STATEMENT};
-use crate::ingest::{KnownTicket, TicketStatus};
+use crate::ingest::{FingerprintVersion, KnownMessage, KnownTicket, TicketStatus};
 use crate::store::Result;
 use crate::store::sql::placeholders;
 
 /// What [`Batch::message_facts`] found.
 #[derive(Debug, Clone, Default)]
 pub struct MessageFacts {
-    pub same_message_id: Option<crate::ingest::KnownMessage>,
+    pub same_message_id: Option<KnownMessage>,
     pub sender_recent_tickets: u32,
     pub released: bool,
 }
@@ -40,12 +40,12 @@ pub struct BatchQuestions<'a> {
 pub(super) struct Prefetched {
     mailbox: String,
     since_ms: i64,
-    /// Every Message-ID asked about (own and referenced), and the stored inbound message
-    /// (ticket, fingerprint) for those that have one.
+    /// Every Message-ID asked about (own and referenced), and the stored inbound message for
+    /// those that have one.
     asked_messages: HashSet<String>,
     /// The referenced IDs asked about (they were looked up in the outbox too).
     asked_references: HashSet<String>,
-    messages: HashMap<String, (i64, String)>,
+    messages: HashMap<String, KnownMessage>,
     /// Referenced IDs that are our own outbox messages, with their ticket.
     outbox: HashMap<String, i64>,
     /// sender key → tickets opened since `since_ms`, for every sender key asked about.
@@ -70,7 +70,7 @@ impl Batch {
             return Ok(answer);
         }
         let row = sqlx::query(
-            "SELECT m.ticket_id, m.fingerprint, \
+            "SELECT m.ticket_id, m.fingerprint, m.id, m.fingerprint_version, \
              (SELECT COUNT(*) FROM tickets WHERE sender_key = $2 AND created_at >= $3), \
              (SELECT COUNT(*) FROM quarantine WHERE mailbox = $4 AND message_id = $1 \
               AND released_at IS NOT NULL AND release_used_at IS NULL) \
@@ -82,18 +82,73 @@ impl Batch {
         .bind(mailbox)
         .fetch_one(&mut *self.tx)
         .await?;
-        let same_message_id = match (row.get::<Option<i64>, _>(0), row.get(1)) {
-            (Some(ticket_id), Some(fingerprint)) => Some(crate::ingest::KnownMessage {
-                ticket_id,
-                fingerprint,
-            }),
+        let same_message_id = match (
+            row.get::<Option<i64>, _>(0),
+            row.get(1),
+            row.get::<Option<i64>, _>(2),
+            row.get::<Option<i64>, _>(3),
+        ) {
+            (Some(ticket_id), Some(fingerprint), Some(message_row_id), Some(version)) => {
+                Some(KnownMessage {
+                    ticket_id,
+                    message_row_id,
+                    fingerprint,
+                    fingerprint_version: FingerprintVersion::from_number(version)?,
+                })
+            }
             _ => None,
         };
         Ok(MessageFacts {
             same_message_id,
-            sender_recent_tickets: row.get::<i64, _>(2) as u32,
-            released: row.get::<i64, _>(3) > 0,
+            sender_recent_tickets: row.get::<i64, _>(4) as u32,
+            released: row.get::<i64, _>(5) > 0,
         })
+    }
+
+    /// The stored message with exactly this Message-ID (this batch's writes included).
+    async fn stored_message(&mut self, message_id: &str) -> Result<Option<KnownMessage>> {
+        if let Some(known) = self.written.messages.get(message_id) {
+            return Ok(Some(known.clone()));
+        }
+        let row = sqlx::query(
+            "SELECT ticket_id, fingerprint, id, fingerprint_version FROM messages WHERE message_id = $1",
+        )
+        .bind(message_id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|row| known_message(&row, 0)).transpose()
+    }
+
+    /// The released conflicts of Message-ID `original` (stored under `<original>#2`, `#3`, …:
+    /// [`crate::ingest::conflict_release_key`]) and the first of those keys still free. One
+    /// statement per key: asked only when a message meets another one under its Message-ID.
+    pub async fn conflict_releases(
+        &mut self,
+        original: &str,
+    ) -> Result<(Vec<KnownMessage>, String)> {
+        let mut found = Vec::new();
+        for n in 2.. {
+            let key = crate::ingest::conflict_release_key(original, n);
+            match self.stored_message(&key).await? {
+                Some(known) => found.push(known),
+                None => return Ok((found, key)),
+            }
+        }
+        unreachable!("an unbounded range ends only by returning")
+    }
+
+    /// The raw message kept for stored row `message_row_id` (`keep_raw = "all"`), decompressed.
+    pub async fn kept_raw_message(&mut self, message_row_id: i64) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT content FROM raw_messages WHERE message_row_id = $1")
+            .bind(message_row_id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let compressed: Vec<u8> = row.get(0);
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut raw)
+            .map_err(sqlx::Error::Io)?;
+        Ok(Some(raw))
     }
 
     /// The ticket owning one of these Message-IDs (our stored inbound messages or our outbox),
@@ -231,7 +286,8 @@ impl Batch {
         for chunk in ids.chunks(IDS_PER_STATEMENT) {
             let list = placeholders(1, chunk.len());
             let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT message_id, ticket_id, fingerprint FROM messages WHERE message_id IN ({list})"
+                "SELECT message_id, ticket_id, fingerprint, id, fingerprint_version FROM messages \
+                 WHERE message_id IN ({list})"
             )));
             for id in chunk {
                 query = query.bind(*id);
@@ -239,7 +295,7 @@ impl Batch {
             for row in query.fetch_all(&mut *self.tx).await? {
                 prefetched
                     .messages
-                    .insert(row.get(0), (row.get(1), row.get(2)));
+                    .insert(row.get(0), known_message(&row, 1)?);
             }
         }
         let mut referenced: Vec<&str> = questions.referenced_ids.clone();
@@ -325,10 +381,7 @@ impl Batch {
             .messages
             .get(message_id)
             .or_else(|| prefetched.messages.get(message_id))
-            .map(|(ticket_id, fingerprint)| crate::ingest::KnownMessage {
-                ticket_id: *ticket_id,
-                fingerprint: fingerprint.clone(),
-            });
+            .cloned();
         Some(MessageFacts {
             same_message_id,
             sender_recent_tickets,
@@ -344,14 +397,14 @@ impl Batch {
     fn prefetched_thread(&self, ids: &[String]) -> Option<Option<(i64, bool)>> {
         let prefetched = self.prefetched.as_ref()?;
         for id in ids {
-            if let Some((ticket_id, _)) = self.written.messages.get(id) {
-                return Some(Some((*ticket_id, false)));
+            if let Some(known) = self.written.messages.get(id) {
+                return Some(Some((known.ticket_id, false)));
             }
             if !prefetched.asked_references.contains(id) {
                 return None;
             }
-            if let Some((ticket_id, _)) = prefetched.messages.get(id) {
-                return Some(Some((*ticket_id, false)));
+            if let Some(known) = prefetched.messages.get(id) {
+                return Some(Some((known.ticket_id, false)));
             }
             if let Some(ticket_id) = prefetched.outbox.get(id) {
                 return Some(Some((*ticket_id, true)));
@@ -359,6 +412,17 @@ impl Batch {
         }
         Some(None)
     }
+}
+
+/// A stored message from `ticket_id, fingerprint, id, fingerprint_version`, the first at column
+/// `first`.
+fn known_message(row: &sqlx::any::AnyRow, first: usize) -> Result<KnownMessage> {
+    Ok(KnownMessage {
+        ticket_id: row.get(first),
+        fingerprint: row.get(first + 1),
+        message_row_id: row.get(first + 2),
+        fingerprint_version: FingerprintVersion::from_number(row.get(first + 3))?,
+    })
 }
 
 /// The addresses of a stored address list (`[{"name"?, "address"}]`); a list that does not

@@ -71,8 +71,8 @@ pub struct Batch {
 /// What a batch wrote so far that later facts in it depend on.
 #[derive(Debug, Default)]
 struct Written {
-    /// Message-ID → (ticket, fingerprint) of the messages inserted.
-    messages: HashMap<String, (i64, String)>,
+    /// Message-ID → the messages inserted.
+    messages: HashMap<String, crate::ingest::KnownMessage>,
     /// lower(sender) → tickets opened.
     opened_by: HashMap<String, u32>,
     /// Message-IDs whose release was used.

@@ -4,7 +4,9 @@
 use sqlx::Row;
 
 use super::{Batch, ImapLocation, Outcome, OutcomeFields};
-use crate::ingest::{Attachment, ParsedMail, QuarantineReason, ticket_reference};
+use crate::ingest::{
+    Attachment, FingerprintVersion, KnownMessage, ParsedMail, QuarantineReason, ticket_reference,
+};
 use crate::mail_source::Disposition;
 use crate::store::sql::{gzip, join_ids, parties_json};
 use crate::store::{Backend, Result};
@@ -228,9 +230,9 @@ impl Batch {
             "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
              thread_references, subject, from_address, from_name, reply_to, from_addresses, to_addresses, cc_addresses, \
              sent_at, received_at, body_text, body_html, body_text_derived, auto_kind, headers, size_bytes, \
-             content_sha256, fingerprint, created_at) \
+             content_sha256, fingerprint, fingerprint_version, created_at) \
              VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22, $23, $24) ON CONFLICT DO NOTHING RETURNING id",
+             $20, $21, $22, $23, $24, $25) ON CONFLICT DO NOTHING RETURNING id",
         )
         .bind(ticket_id)
         .bind(at.mailbox)
@@ -255,6 +257,7 @@ impl Batch {
         .bind(mail.size as i64)
         .bind(&mail.content_sha256)
         .bind(&mail.fingerprint)
+        .bind(FingerprintVersion::CURRENT.number())
         .bind(now)
         .fetch_optional(&mut *self.tx)
         .await?;
@@ -264,7 +267,12 @@ impl Batch {
         let message_row_id: i64 = row.get(0);
         self.written.messages.insert(
             mail.message_id.clone(),
-            (ticket_id, mail.fingerprint.clone()),
+            KnownMessage {
+                ticket_id,
+                message_row_id,
+                fingerprint: mail.fingerprint.clone(),
+                fingerprint_version: FingerprintVersion::CURRENT,
+            },
         );
         if let Some(raw) = keep_raw {
             sqlx::query(
