@@ -171,13 +171,42 @@ pub enum QuarantineAction {
     },
 }
 
+/// Which rows `outbox list --state` shows: an `outbox.state`, or `blocked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutboxFilter {
+    Pending,
+    /// Pending rows whose From address the server refuses (they wait with the reply and the fix).
+    Blocked,
+    Sending,
+    Sent,
+    Bounced,
+    Failed,
+    Cancelled,
+    Suppressed,
+}
+
+impl OutboxFilter {
+    /// The `outbox.state` the rows have.
+    pub fn state(self) -> &'static str {
+        match self {
+            OutboxFilter::Pending | OutboxFilter::Blocked => "pending",
+            OutboxFilter::Sending => "sending",
+            OutboxFilter::Sent => "sent",
+            OutboxFilter::Bounced => "bounced",
+            OutboxFilter::Failed => "failed",
+            OutboxFilter::Cancelled => "cancelled",
+            OutboxFilter::Suppressed => "suppressed",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum OutboxAction {
-    /// The most recent rows, optionally of one state (pending, sending, sent, bounced, failed,
-    /// cancelled, suppressed).
+    /// The most recent rows, optionally of one state; `blocked` is the pending rows that wait
+    /// because the server refuses their From address.
     List {
-        #[arg(long)]
-        state: Option<String>,
+        #[arg(long, value_enum)]
+        state: Option<OutboxFilter>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
         /// Print JSON lines instead of a table.

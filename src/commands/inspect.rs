@@ -233,11 +233,14 @@ pub(super) async fn quarantine_show(store: &Store, id: i64) -> anyhow::Result<Ex
 /// address the server refuses shows as `blocked`, with the refusal and the fix.
 pub(super) async fn outbox_list(
     store: &Store,
-    state: Option<&str>,
+    state: Option<crate::cli::OutboxFilter>,
     limit: i64,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let rows = store.outbox_list(state, limit).await?;
+    let only_blocked = state == Some(crate::cli::OutboxFilter::Blocked);
+    let rows = store
+        .outbox_list(state.map(|s| s.state()), only_blocked, limit)
+        .await?;
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let blocked = store.blocked_reasons(&ids).await?;
     if json {

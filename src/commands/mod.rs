@@ -71,7 +71,7 @@ pub async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCo
         },
         Command::Outbox { action } => match action {
             OutboxAction::List { state, limit, json } => {
-                inspect::outbox_list(&store, state.as_deref(), limit, json).await?
+                inspect::outbox_list(&store, state, limit, json).await?
             }
             OutboxAction::Retry { id } => manage::outbox_retry(&store, id).await?,
             OutboxAction::Cancel { id } => manage::outbox_cancel(&store, id).await?,

@@ -158,11 +158,25 @@ impl Store {
         Ok(row.map(|r| r.get(0)))
     }
 
-    pub async fn outbox_list(&self, state: Option<&str>, limit: i64) -> Result<Vec<OutboxEntry>> {
-        let rows = sqlx::query(
+    /// The newest outbox rows, of `state` if given; with `only_blocked`, only those that wait
+    /// because the server refuses their From address.
+    pub async fn outbox_list(
+        &self,
+        state: Option<&str>,
+        only_blocked: bool,
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>> {
+        let blocked = if only_blocked {
+            " AND blocked_reason IS NOT NULL"
+        } else {
+            ""
+        };
+        // Only the fixed condition above is formatted into the statement; values are bound.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT id, mailbox, ticket_id, to_address, subject, state, reason, attempts, next_attempt_at, \
-             last_error, smtp_response, bounced_at, bounce_reason FROM outbox WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT $2",
-        )
+             last_error, smtp_response, bounced_at, bounce_reason FROM outbox WHERE ($1 IS NULL OR state = $1){blocked} \
+             ORDER BY id DESC LIMIT $2"
+        )))
         .bind(state.map(str::to_string))
         .bind(limit)
         .fetch_all(&self.pool)

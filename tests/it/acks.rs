@@ -369,6 +369,24 @@ async fn a_refused_from_address_blocks_only_its_own_rows(backend: Backend) {
             .all(|l| l.contains("Sender address rejected")),
         "{listing}"
     );
+    // `--state blocked` shows exactly those; a misspelt state is refused with the choices.
+    let blocked = assert_ok(&case.run(&["outbox", "list", "--state", "blocked"]).await);
+    assert_eq!(
+        blocked.lines().count(),
+        1 + 2,
+        "a header and the two rows: {blocked}"
+    );
+    assert!(
+        blocked.lines().skip(1).all(|l| l.contains(" blocked ")),
+        "{blocked}"
+    );
+    let out = case.run(&["outbox", "list", "--state", "blockd"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("possible values") && stderr.contains("blocked"),
+        "{stderr}"
+    );
     // The ticket is not affected.
     assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 4);
 }
