@@ -320,7 +320,7 @@ fn unescape(inner: &str) -> Option<String> {
 
 /// `text` without its comments (`(…)`, nested, with quoted pairs; not inside quoted strings),
 /// each replaced by a space, and whether there was one.
-fn strip_comments(text: &str) -> (String, bool) {
+pub(super) fn strip_comments(text: &str) -> (String, bool) {
     let mut out = String::with_capacity(text.len());
     let (mut depth, mut quoted, mut escaped, mut found) = (0usize, false, false, false);
     for c in text.chars() {
@@ -394,7 +394,7 @@ fn contains_outside_quotes(text: &str, wanted: char) -> bool {
 }
 
 /// `text` split at the characters `split` matches, outside quoted strings.
-fn split_outside_quotes(text: &str, split: impl Fn(char) -> bool) -> Vec<&str> {
+pub(super) fn split_outside_quotes(text: &str, split: impl Fn(char) -> bool) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut start = 0;
     for i in positions_outside_quotes(text, &split) {

@@ -10,6 +10,8 @@
 
 pub use crate::config::EXCHANGE_ONLINE_AUTHSERV_ID as EXCHANGE_ONLINE;
 
+use super::address::{split_outside_quotes, strip_comments};
+
 /// Exchange's spam confidence level at or above which mail is treated as spam.
 const EXCHANGE_SPAM_SCL: i32 = 5;
 
@@ -44,7 +46,7 @@ impl MethodResult {
 /// Reads one field's value. Comments are dropped, quoted strings kept whole; what cannot be read
 /// is skipped (a field nobody understands vouches for nothing).
 pub fn parse_header(value: &str) -> AuthResults {
-    let segments = split_top_level(&strip_comments(value), b';');
+    let segments = split_top_level(&strip_comments(value).0, ';');
     let mut segments = segments.into_iter();
     let mut out = AuthResults::default();
     let Some(first) = segments.next() else {
@@ -84,67 +86,13 @@ pub fn parse_header(value: &str) -> AuthResults {
     out
 }
 
-/// `text` without RFC 5322 comments (nested parentheses, `\` escapes), quoted strings untouched.
-fn strip_comments(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
-    for c in text.chars() {
-        if escaped {
-            escaped = false;
-            if depth == 0 {
-                out.push(c);
-            }
-            continue;
-        }
-        match c {
-            '\\' => {
-                escaped = true;
-                if depth == 0 {
-                    out.push(c);
-                }
-            }
-            '"' if depth == 0 => {
-                quoted = !quoted;
-                out.push(c);
-            }
-            '(' if !quoted => depth += 1,
-            ')' if !quoted && depth > 0 => {
-                depth -= 1;
-                // A comment separates words like a space does.
-                if depth == 0 {
-                    out.push(' ');
-                }
-            }
-            _ if depth == 0 => out.push(c),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// `text` split at `separator` outside quoted strings.
-fn split_top_level(text: &str, separator: u8) -> Vec<String> {
-    let mut parts = Vec::new();
-    let mut current = String::new();
-    let (mut quoted, mut escaped) = (false, false);
-    for c in text.chars() {
-        if escaped {
-            escaped = false;
-        } else if c == '\\' && quoted {
-            escaped = true;
-        } else if c == '"' {
-            quoted = !quoted;
-        } else if !quoted && c as u32 == u32::from(separator) {
-            parts.push(std::mem::take(&mut current));
-            continue;
-        }
-        current.push(c);
-    }
-    parts.push(current);
-    parts
+/// `text` split at `separator` outside quoted strings, each part trimmed, empty ones left out.
+fn split_top_level(text: &str, separator: char) -> Vec<String> {
+    split_outside_quotes(text, |c| c == separator)
         .into_iter()
-        .map(|part| part.trim().to_string())
+        .map(str::trim)
         .filter(|part| !part.is_empty())
+        .map(str::to_string)
         .collect()
 }
 

@@ -724,7 +724,7 @@ async fn dispose_all<S: MailSource>(
                         ctx.folder,
                         uidvalidity,
                         &uids,
-                        &first_line(&e.to_string()),
+                        &crate::telemetry::first_line_and_hint(&e.to_string()).0,
                     )
                     .await?;
                 any_refused = true;
@@ -736,10 +736,6 @@ async fn dispose_all<S: MailSource>(
         .mark_disposed(mailbox, ctx.folder, uidvalidity, &done)
         .await?;
     Ok(any_refused)
-}
-
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or("").trim().to_string()
 }
 
 #[cfg(test)]

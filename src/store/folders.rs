@@ -99,6 +99,9 @@ pub struct RecordedOutcome {
     pub disposition: String,
 }
 
+/// How many UIDs one `uid IN (…)` statement names.
+const UIDS_PER_STATEMENT: usize = 500;
+
 /// UIDs as the list of an `IN (…)`: they are integers, so formatting them into the statement is
 /// safe.
 fn uid_list(uids: &[Uid]) -> String {
@@ -352,7 +355,7 @@ impl Store {
         uids: &[Uid],
     ) -> Result<()> {
         let now = now_ms();
-        for chunk in uids.chunks(500) {
+        for chunk in uids.chunks(UIDS_PER_STATEMENT) {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE imap_messages SET disposed_at = $1, disposition_refusal = NULL, \
                  disposition_refused_at = NULL WHERE mailbox = $2 AND folder = $3 \
@@ -378,7 +381,7 @@ impl Store {
         uids: &[Uid],
     ) -> Result<HashSet<Uid>> {
         let mut recorded = HashSet::with_capacity(uids.len());
-        for chunk in uids.chunks(500) {
+        for chunk in uids.chunks(UIDS_PER_STATEMENT) {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT uid FROM imap_messages WHERE mailbox = $1 AND folder = $2 \
                  AND uidvalidity = $3 AND uid IN ({})",
@@ -431,7 +434,7 @@ impl Store {
         reply: &str,
     ) -> Result<()> {
         let now = now_ms();
-        for chunk in uids.chunks(500) {
+        for chunk in uids.chunks(UIDS_PER_STATEMENT) {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE imap_messages SET disposition_refusal = $1, \
                  disposition_refused_at = COALESCE(disposition_refused_at, $2) \
