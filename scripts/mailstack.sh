@@ -10,11 +10,13 @@
 #   scripts/mailstack.sh seed [ADDRESS] [COUNT]
 #                                      deliver COUNT (5) sample mails to ADDRESS (support@helpdesk.test) via LMTP
 #
-# Components, all on loopback only (127.0.0.1; one IMAPS listener also on 127.0.0.2):
+# Components, all on loopback only (127.0.0.1; IMAPS listeners also on 127.0.0.2 and 127.0.0.3):
 #   fake-entra (crates/fake-entra)  HTTP   MAILSTACK_ENTRA_PORT       (14080)  token + /_fake/tokeninfo
 #   Dovecot 2.3                     IMAP   MAILSTACK_IMAP_PORT        (14143)  STARTTLS
 #                                   IMAPS  MAILSTACK_IMAPS_PORT       (14993)  implicit TLS
-#                                          (also on 127.0.0.2, advertising no MOVE)
+#                                          (also on 127.0.0.2, advertising no MOVE, and on
+#                                          127.0.0.3, answering a FETCH of a message it cannot read
+#                                          with a tagged NO instead of ending the session)
 #                                   LMTP   MAILSTACK_LMTP_PORT        (14024)  for tests to deliver mail directly
 #   Postfix 3.7                     SMTP   MAILSTACK_SUBMISSION_PORT  (14587)  STARTTLS required before AUTH
 #                                   SMTPS  MAILSTACK_SUBMISSIONS_PORT (14465)  implicit TLS
@@ -251,11 +253,11 @@ make_dirs() {
 }
 
 make_certs() {
-  # Certificates from before the 127.0.0.2 listener existed lack that name: make new ones.
+  # Certificates from before the 127.0.0.3 listener existed lack that name: make new ones.
   if [[ -s $TLS_DIR/ca.pem && -s $TLS_DIR/server.pem && -s $TLS_DIR/server.key ]]; then
-    openssl x509 -in "$TLS_DIR/server.pem" -noout -text | grep -q 'IP Address:127.0.0.2' && return 0
+    openssl x509 -in "$TLS_DIR/server.pem" -noout -text | grep -q 'IP Address:127.0.0.3' && return 0
   fi
-  log "generating a test CA and a server certificate for localhost/127.0.0.1/127.0.0.2 in $TLS_DIR"
+  log "generating a test CA and a server certificate for localhost/127.0.0.1/127.0.0.2/127.0.0.3 in $TLS_DIR"
   local tmp
   tmp=$(mktemp -d "$TLS_DIR/.gen.XXXXXX")
   (
@@ -268,7 +270,7 @@ make_certs() {
     printf '%s\n' 'basicConstraints=critical,CA:FALSE' \
       'keyUsage=critical,digitalSignature,keyEncipherment' \
       'extendedKeyUsage=serverAuth' \
-      'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:127.0.0.2' >server.ext
+      'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3' >server.ext
     openssl x509 -req -sha256 -days 825 -in server.csr -CA ca.pem -CAkey ca.key \
       -CAcreateserial -extfile server.ext -out server.pem
     chmod 600 ca.key server.key
@@ -420,6 +422,7 @@ MAILSTACK_HOST=localhost
 MAILSTACK_IMAP_PORT=$IMAP_PORT
 MAILSTACK_IMAPS_PORT=$IMAPS_PORT
 MAILSTACK_IMAPS_NOMOVE_HOST=127.0.0.2
+MAILSTACK_IMAPS_FETCH_NO_HOST=127.0.0.3
 MAILSTACK_SUBMISSION_PORT=$SUBMISSION_PORT
 MAILSTACK_SUBMISSIONS_PORT=$SUBMISSIONS_PORT
 MAILSTACK_LMTP_PORT=$LMTP_PORT

@@ -248,9 +248,11 @@ impl ConfigSpec<'_> {
             "starttls" => stack.port("MAILSTACK_IMAP_PORT"),
             _ => stack.port("MAILSTACK_IMAPS_PORT"),
         };
-        // "nomove": implicit TLS on the stack's second address, which advertises no MOVE.
+        // "nomove": implicit TLS on the stack's second address, which advertises no MOVE;
+        // "fetch-no": on its third, which answers a FETCH of a message it cannot read with NO.
         let (host, tls) = match self.tls {
             "nomove" => (stack.var("MAILSTACK_IMAPS_NOMOVE_HOST"), "implicit"),
+            "fetch-no" => (stack.var("MAILSTACK_IMAPS_FETCH_NO_HOST"), "implicit"),
             other => ("localhost", other),
         };
         format!(
