@@ -358,6 +358,28 @@ pub fn stack_stamp(sender: &str) -> String {
     }
 }
 
+/// The Maildir file of the message with `message_id` (in `new/` or, once Dovecot has seen it,
+/// `cur/`), found by its content (root reads it whatever its mode).
+pub fn maildir_file_of(mailbox: &str, message_id: &str) -> PathBuf {
+    let (local, domain) = mailbox.split_once('@').unwrap();
+    let dir = PathBuf::from(Stack::get().var("MAILSTACK_MAIL_ROOT"))
+        .join(domain)
+        .join(local);
+    let needle = format!("Message-ID: <{message_id}>");
+    ["new", "cur"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(dir.join(sub)).into_iter().flatten())
+        .map(|entry| entry.unwrap().path())
+        .find(|path| std::fs::read(path).is_ok_and(|raw| text(&raw).contains(&needle)))
+        .unwrap_or_else(|| panic!("no Maildir file holds {message_id}"))
+}
+
+/// Sets a file's mode (Dovecot reads mail as its own user: 0 makes a message unreadable to it).
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 /// Delivers `raw` to `recipient` through Dovecot's LMTP listener (RFC 2033), with the receiving
 /// server's stamp on top ([`stack_stamp`]: the sender passed SPF).
 pub async fn deliver_lmtp(recipient: &str, sender: &str, raw: &[u8]) {

@@ -5,8 +5,6 @@
 //! fault proxy ([`crate::faultproxy`]) in front of Dovecot; the unreadable message from Dovecot
 //! itself (a Maildir file it may not open).
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::faultproxy::{Fault, FaultProxy};
@@ -121,26 +119,6 @@ async fn a_connection_cut_or_stalled_mid_fetch_sets_nothing_aside_and_all_mail_c
     let inbox = folder_contents(&case.entra, &case.mailbox, "INBOX").await;
     assert_eq!(inbox.len(), 30);
     assert!(inbox.iter().all(|(_, seen)| *seen), "{inbox:?}");
-}
-
-/// The Maildir file of the message with `message_id` (in `new/` or, once Dovecot has seen it,
-/// `cur/`), found by its content (root reads it whatever its mode).
-fn maildir_file_of(mailbox: &str, message_id: &str) -> PathBuf {
-    let (local, domain) = mailbox.split_once('@').unwrap();
-    let dir = PathBuf::from(Stack::get().var("MAILSTACK_MAIL_ROOT"))
-        .join(domain)
-        .join(local);
-    let needle = format!("Message-ID: <{message_id}>");
-    ["new", "cur"]
-        .iter()
-        .flat_map(|sub| std::fs::read_dir(dir.join(sub)).into_iter().flatten())
-        .map(|entry| entry.unwrap().path())
-        .find(|path| std::fs::read(path).is_ok_and(|raw| text(&raw).contains(&needle)))
-        .unwrap_or_else(|| panic!("no Maildir file holds {message_id}"))
-}
-
-fn set_mode(path: &std::path::Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 #[tokio::test]
@@ -287,4 +265,92 @@ async fn a_sweep_longer_than_a_token_lifetime_logs_in_again_between_batches() {
     );
     assert_eq!(count(&case, "SELECT COUNT(*) FROM quarantine").await, 0);
     assert_eq!(count(&case, "SELECT COUNT(*) FROM stuck_messages").await, 0);
+}
+
+/// Where the server answers a FETCH of a message it cannot read with a tagged NO (Dovecot on the
+/// stack's third address, `imap_fetch_failure = no-after`; other servers do the same for mail
+/// they cannot deliver now), the refusal on a working session is the message's own: it waits
+/// while the mail around it comes in, is set aside once `unreadable_after` has passed, and no
+/// session is given up for it after the first.
+#[tokio::test]
+async fn a_message_the_server_refuses_with_a_tagged_no_waits_on_a_working_session_and_is_set_aside_after_unreadable_after()
+ {
+    const WAIT: Duration = Duration::from_secs(4);
+    let case = Case::new(
+        Backend::Sqlite,
+        "fetch_batch_messages = 5\nunreadable_after = \"4s\"\nmax_new_tickets_per_sender_per_hour = 0",
+        "fetch-no",
+    )
+    .await;
+    let ids = deliver(&case, 8, 2_000).await;
+    set_mode(&maildir_file_of(&case.mailbox, &ids[1]), 0o000);
+
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    let mut others_in = false;
+    let mut first_failed_at_ms = None;
+    let mut set_aside_at = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        runs.push(once(&case).await);
+        if first_failed_at_ms.is_none()
+            && count(&case, "SELECT COUNT(*) FROM stuck_messages").await > 0
+        {
+            first_failed_at_ms =
+                Some(count(&case, "SELECT MIN(first_failed_at) FROM stuck_messages").await);
+        }
+        if !others_in && count(&case, "SELECT COUNT(*) FROM tickets").await == 7 {
+            others_in = true;
+            // It waits for its own refusal, not for a lost connection.
+            assert_eq!(
+                count(
+                    &case,
+                    "SELECT COUNT(*) FROM stuck_messages WHERE connection_losses = 0"
+                )
+                .await,
+                1,
+                "{runs:#?}"
+            );
+            assert_eq!(count(&case, "SELECT COUNT(*) FROM quarantine").await, 0);
+        }
+        if count(&case, "SELECT COUNT(*) FROM quarantine").await > 0 {
+            set_aside_at = Some(mailintake::time::now_ms());
+            break;
+        }
+    }
+    let logs: Vec<&str> = runs.iter().map(|(_, log)| log.as_str()).collect();
+    assert!(others_in, "the mail around it never came in: {logs:#?}");
+    let set_aside_at = set_aside_at.unwrap_or_else(|| panic!("never set aside: {logs:#?}"));
+    // Dovecot ends a session that asks again for a message it has refused in it: the batch's
+    // re-ask for it alone does, once; after that the message is only ever asked for alone.
+    let failed = runs.iter().filter(|(ok, _)| !*ok).count();
+    assert!(failed <= 1, "{failed} sweeps failed: {logs:#?}");
+    assert!(
+        logs.iter().any(|log| log.contains("tagged NO")),
+        "the refusal was logged as the server's answer for the message: {logs:#?}"
+    );
+    let waited = Duration::from_millis((set_aside_at - first_failed_at_ms.unwrap()) as u64);
+    assert!(
+        waited >= WAIT,
+        "set aside after {waited:?}, before unreadable_after = {WAIT:?}: {logs:#?}"
+    );
+    let pool = case.db.pool().await;
+    let (reason, detail): (String, Option<String>) =
+        sqlx::query_as("SELECT reason, detail FROM quarantine")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    assert_eq!(reason, "unreadable");
+    let detail = detail.unwrap_or_default();
+    assert!(detail.contains("waited"), "{detail}");
+    assert_eq!(count(&case, "SELECT COUNT(*) FROM stuck_messages").await, 0);
+    assert_eq!(
+        folder_contents(&case.entra, &case.mailbox, "Quarantine")
+            .await
+            .len(),
+        1
+    );
+    // With it set aside, the sweeps run clean.
+    let (ok, log) = once(&case).await;
+    assert!(ok, "{log}");
 }
