@@ -6,7 +6,8 @@
 //!
 //! A message with such a failure waits (`stuck_messages`): the checkpoint stays below it (the
 //! store never moves it past a waiting message), the mail after it comes in and is recorded above
-//! it, and it is tried again alone at the end of every sweep. It is set aside as unreadable only
+//! it, and it is tried again alone at the end of every sweep. A message the reconciliation found
+//! below the checkpoint waits by the same rules. It is set aside as unreadable only
 //! once `unreadable_after` has passed since its first failure — and, when it broke the connection,
 //! only after [`CONNECTION_LOSSES`] sessions in a row. It is forgotten when it comes through or
 //! is gone from the folder.
@@ -15,10 +16,10 @@ use std::time::Duration;
 
 use tracing::{error, warn};
 
-use super::MailboxContext;
 use super::record::{location, quarantine_disposition};
+use super::{CycleError, MailboxContext};
 use crate::ingest::QuarantineReason;
-use crate::mail_source::{Disposition, MessageSummary, Uid};
+use crate::mail_source::{Disposition, MailSource, MessageSummary, Uid};
 use crate::store::{FolderState, QuarantineEnvelope, StoreError, StuckFailure, StuckMessage};
 use crate::time::now_ms;
 
@@ -67,35 +68,68 @@ pub async fn note(
     Ok(stuck)
 }
 
-/// The folder's waiting messages that are still listed, in UID order. The others are forgotten:
-/// gone from the folder (expunged, moved by someone), or recorded under another UIDVALIDITY.
-pub async fn still_waiting(
+/// A message that waits, with what the server says about it now.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub stuck: StuckMessage,
+    pub message: MessageSummary,
+}
+
+/// The folder's waiting messages that are still there, in UID order: those above the checkpoint
+/// from the listing, those below it (found late by a reconciliation) asked of the server. The
+/// others are forgotten: gone from the folder (expunged, moved by someone), or recorded under
+/// another UIDVALIDITY.
+pub async fn still_waiting<S: MailSource>(
     ctx: &MailboxContext<'_>,
+    source: &mut S,
     state: &FolderState,
     listed: &[MessageSummary],
-) -> Result<Vec<StuckMessage>, StoreError> {
-    let mut waiting = Vec::new();
-    for stuck in ctx
+) -> Result<Vec<Waiting>, CycleError> {
+    let rows = ctx
         .store
         .stuck_messages(&ctx.mailbox.name, ctx.folder)
-        .await?
-    {
-        let there = stuck.uidvalidity == state.uidvalidity
-            && listed.binary_search_by_key(&stuck.uid, |m| m.uid).is_ok();
-        if there {
-            waiting.push(stuck);
-        } else {
-            warn!(
-                uid = stuck.uid.0,
-                uidvalidity = stuck.uidvalidity,
-                failures = stuck.failures,
-                "a message that waited is gone from the folder; forgotten"
-            );
-            ctx.store
-                .clear_stuck(&ctx.mailbox.name, ctx.folder, stuck.uidvalidity, stuck.uid)
-                .await?;
+        .await?;
+    let below: Vec<Uid> = rows
+        .iter()
+        .filter(|s| s.uidvalidity == state.uidvalidity && s.uid <= state.last_uid)
+        .map(|s| s.uid)
+        .collect();
+    let below = if below.is_empty() {
+        Vec::new()
+    } else {
+        source.list_uids(&below).await?
+    };
+    let mut waiting = Vec::new();
+    for stuck in rows {
+        let found = (stuck.uidvalidity == state.uidvalidity)
+            .then(|| {
+                let there = if stuck.uid <= state.last_uid {
+                    &below
+                } else {
+                    listed
+                };
+                there
+                    .binary_search_by_key(&stuck.uid, |m| m.uid)
+                    .ok()
+                    .map(|at| there[at].clone())
+            })
+            .flatten();
+        match found {
+            Some(message) => waiting.push(Waiting { stuck, message }),
+            None => {
+                warn!(
+                    uid = stuck.uid.0,
+                    uidvalidity = stuck.uidvalidity,
+                    failures = stuck.failures,
+                    "a message that waited is gone from the folder; forgotten"
+                );
+                ctx.store
+                    .clear_stuck(&ctx.mailbox.name, ctx.folder, stuck.uidvalidity, stuck.uid)
+                    .await?;
+            }
         }
     }
+    waiting.sort_by_key(|w| w.message.uid);
     Ok(waiting)
 }
 

@@ -78,11 +78,12 @@ pub async fn sweep<S: MailSource>(
         .listed(&mailbox.name, ctx.folder, oldest_listed_ms);
     // Messages that wait are left out of the batches and tried alone at the end; the messages of
     // a batch that lost its connection are taken one at a time.
-    let mut waiting = stuck::still_waiting(ctx, &state, &listed).await?;
+    let mut waiting = stuck::still_waiting(ctx, &mut session.source, &state, &listed).await?;
     let alone = ctx.store.alone_range(&mailbox.name, ctx.folder).await?;
+    let is_waiting = |uid: Uid| waiting.iter().any(|w| w.message.uid == uid);
     let rest: Vec<MessageSummary> = listed
         .iter()
-        .filter(|m| !waiting.iter().any(|w| w.uid == m.uid))
+        .filter(|m| !is_waiting(m.uid))
         .cloned()
         .collect();
     let batches = batches(
@@ -164,16 +165,28 @@ pub async fn sweep<S: MailSource>(
             "batch done"
         );
     }
-    // Past them: each message of the batch that lost its connection was taken alone.
-    if alone.is_some() {
-        ctx.store
-            .set_alone_range(&mailbox.name, ctx.folder, None)
-            .await?;
+    // Now and then the mail below the checkpoint is compared with the ledger: what the server
+    // shows late is taken in, before the messages that wait (which may break the session).
+    if !shutdown.is_cancelled()
+        && let Some(mut reconciliation) = reconcile::gaps_if_due(ctx, session, &state).await?
+    {
+        reconciliation.gaps.retain(|gap| !is_waiting(gap.uid));
+        refusals |= take_in(
+            ctx,
+            session,
+            &state,
+            &reconciliation.gaps,
+            alone,
+            &mut report,
+        )
+        .await?;
+        report.n_reconciled += reconciliation.gaps.len();
+        reconcile::done(ctx, &reconciliation).await?;
     }
     // The waiting messages, each alone: those the server refused first, those that broke the
     // connection (and may do so again) last.
-    waiting.sort_by_key(|w| (w.connection_losses > 0, w.uid));
-    for stuck in &waiting {
+    waiting.sort_by_key(|w| (w.stuck.connection_losses > 0, w.message.uid));
+    for w in &waiting {
         if shutdown.is_cancelled() {
             info!("shutdown requested; stopping before the messages that wait");
             return Ok(Swept {
@@ -184,10 +197,7 @@ pub async fn sweep<S: MailSource>(
         if expiring(session, n_batches, Duration::ZERO) {
             return Ok(stop_for_token(report));
         }
-        let Ok(at) = listed.binary_search_by_key(&stuck.uid, |m| m.uid) else {
-            continue;
-        };
-        refusals |= try_waiting(ctx, session, &state, &listed[at], stuck, &mut report).await?;
+        refusals |= try_waiting(ctx, session, &state, &w.message, &w.stuck, &mut report).await?;
         n_batches += 1;
     }
     // Every listed message has its outcome now, or waits (the store keeps the checkpoint below
@@ -197,12 +207,11 @@ pub async fn sweep<S: MailSource>(
             .advance_checkpoint(&mailbox.name, ctx.folder, state.uidvalidity, highest.uid)
             .await?;
     }
-    if !shutdown.is_cancelled()
-        && let Some(reconciliation) = reconcile::gaps_if_due(ctx, session, &state).await?
-    {
-        refusals |= take_in(ctx, session, &state, &reconciliation.gaps, &mut report).await?;
-        report.n_reconciled += reconciliation.gaps.len();
-        reconcile::done(ctx, &reconciliation).await?;
+    // Past them: each message of the batch that lost its connection was taken alone.
+    if alone.is_some() {
+        ctx.store
+            .set_alone_range(&mailbox.name, ctx.folder, None)
+            .await?;
     }
     if refusals {
         let refused = ctx
@@ -222,13 +231,15 @@ pub async fn sweep<S: MailSource>(
 }
 
 /// Takes `messages` (found apart from the listing: the reconciliation's gaps) through the
-/// ordinary batches, one after the other: decided, committed, disposed of. Returns whether the
-/// server refused a disposition.
+/// ordinary batches, one after the other: decided, committed, disposed of, under the same rules
+/// as the listing's (a lost connection is noted; the messages of a batch in `alone` are taken
+/// one at a time). Returns whether the server refused a disposition.
 async fn take_in<S: MailSource>(
     ctx: &MailboxContext<'_>,
     session: &mut Session<S>,
     state: &FolderState,
     messages: &[MessageSummary],
+    alone: Option<(Uid, Uid)>,
     report: &mut CycleReport,
 ) -> Result<bool, CycleError> {
     let mailbox = ctx.mailbox;
@@ -238,9 +249,9 @@ async fn take_in<S: MailSource>(
         mailbox.fetch_batch_bytes,
         mailbox.fetch_batch_messages,
         mailbox.max_message_bytes,
-        None,
+        alone,
     ) {
-        let prepared = prepare_batch(ctx, &mut session.source, state, batch).await?;
+        let prepared = prepare(ctx, &mut session.source, state, batch).await?;
         report.bytes_fetched += prepared.bytes_fetched;
         let (to_dispose, counted) = record_batch(ctx, state, prepared).await?;
         report.add(&counted);

@@ -132,3 +132,67 @@ async fn the_reconciliation_searches_every_uid_when_processed_mail_leaves_the_fo
     assert!(!stdout.contains("by the reconciliation"), "{stdout}");
     assert_eq!(case.db.count("SELECT COUNT(*) FROM messages").await, 4);
 }
+
+/// A message found late that the server cannot deliver follows the rules of any message that
+/// waits: the mail around it is in, it is tried alone, and after three lost connections and
+/// `unreadable_after` it is set aside; the sweeps after that run clean.
+///
+/// Before: the gap was fetched outside those rules. Each sweep's reconciliation, still due
+/// because the last one never finished, lost the connection on it again, so every sweep failed
+/// (`once` exited 1 for good) and the message was never set aside.
+#[tokio::test]
+async fn a_message_shown_late_that_breaks_the_connection_waits_and_is_set_aside_like_any_other() {
+    let case = Case::new(
+        Backend::Sqlite,
+        "reconcile_interval = \"1h\"\nunreadable_after = \"1s\"",
+        "implicit",
+    )
+    .await;
+    let proxy = ImapProxy::start().await;
+    through(&case, &proxy);
+    let ids = deliver_three(&case).await;
+    proxy.hide_from_searches(2, 1);
+    // Dovecot may not open UID 2's file: a FETCH of its body gets `* BYE` and the session ends.
+    set_mode(&maildir_file_of(&case.mailbox, &ids[1]), 0o000);
+
+    let mut runs = Vec::new();
+    let started = std::time::Instant::now();
+    let mut set_aside = false;
+    while !set_aside && started.elapsed() < Duration::from_secs(60) {
+        let out = case.run(&["once"]).await;
+        runs.push((out.status.success(), text(&out.stderr)));
+        set_aside = case
+            .db
+            .count_or_zero("SELECT COUNT(*) FROM quarantine WHERE reason = 'unreadable'")
+            .await
+            == 1;
+    }
+    let logs: Vec<&str> = runs.iter().map(|(_, log)| log.as_str()).collect();
+    assert!(set_aside, "never set aside: {logs:#?}");
+    assert_eq!(proxy.hidden(), 1);
+    let failed = runs.iter().filter(|(ok, _)| !*ok).count();
+    assert_eq!(
+        failed, 3,
+        "one lost connection per sweep, three in all: {logs:#?}"
+    );
+    assert!(
+        logs[0].contains("it waits and is tried again alone"),
+        "the first lost connection already counts against it: {logs:#?}"
+    );
+    // The sweeps after it run clean, and nothing is asked of the server again.
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(!stdout.contains("by the reconciliation"), "{stdout}");
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 2);
+    assert_eq!(
+        case.db.count("SELECT COUNT(*) FROM stuck_messages").await,
+        0
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM mailbox_state WHERE alone_from IS NOT NULL")
+            .await,
+        0
+    );
+    let quarantined = folder_contents(&case.entra, &case.mailbox, "Quarantine").await;
+    assert_eq!(quarantined.len(), 1, "moved to the quarantine folder");
+}
