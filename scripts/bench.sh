@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The ingest benchmark (issue 7): mailintake vs mbsync vs a plain Python ingester on the same
-# generated helpdesk inbox, figures printed and written into BENCHMARKS.md.
+# The ingest benchmark (issue 7): mailintake vs the bare pipeline (the floor, examples/bare_pipeline.rs)
+# vs mbsync vs a plain Python ingester on the same generated helpdesk inbox, figures printed and
+# written into BENCHMARKS.md.
 #
-#   scripts/bench.sh [--count N] [--seed S] [--with-50k] [--no-report] [--keep] [--only sqlite,postgres,mbsync,python]
+#   scripts/bench.sh [--count N] [--seed S] [--with-50k] [--no-report] [--keep] [--only bare,sqlite,postgres,mbsync,python]
 #   scripts/bench.sh --latency [--count 200] [--rate 5] [--no-report] [--keep]
 #
 # --latency runs the latency benchmark instead (scripts/bench/latency.py): `mailintake run` with
@@ -46,8 +47,8 @@ if ((!latency)) && ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
     exit 1
 fi
 
-log "building mailintake (release)"
-cargo build --release --quiet --bin mailintake
+log "building mailintake and the bare pipeline (release)"
+cargo build --release --quiet --bin mailintake --example bare_pipeline
 
 log "benchmark (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 if ((latency)); then

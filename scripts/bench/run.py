@@ -6,8 +6,10 @@ packages, brings up the mail stack and builds the release binary first.
 
 One run, same data for every tool: the load generator fills one fresh mailbox per tool
 (bench-<tag>-<tool>@helpdesk.test, hard links of the same files), then, one after the other:
-  mailintake once (SQLite), mailintake once (PostgreSQL), mbsync (download only, FSync no),
-  py_ingest.py (imaplib + email + sqlite3).
+  the bare pipeline (examples/bare_pipeline.rs: 200-message UID FETCH batches, mail-parser, one
+  multi-row insert per batch into SQLite with mailintake's durability, no dispositions: the floor
+  mailintake is measured against), mailintake once (SQLite), mailintake once (PostgreSQL), mbsync
+  (download only, FSync no), py_ingest.py (imaplib + email + sqlite3).
 Each under /usr/bin/time -v: wall time, user+system CPU, peak RSS. Afterwards it checks the
 outcomes in each database, that the mailintake sessions downloaded no quarantined body (Dovecot's
 per-session body_bytes on logout) and, with --with-50k, mailintake's peak RSS at 50,000 messages.
@@ -37,7 +39,8 @@ QUARANTINE_LIMIT = 12 * 1024 * 1024
 BENCH_CLIENT_ID = "5d2b8e41-7c3a-4f9e-b1d6-2e4f6a8c0b3d"
 BENCH_SECRET = "bench-secret-value"
 PG_URL_BASE = "postgres://postgres@127.0.0.1:5432"
-TARGETS = {"sqlite_vs_mbsync": 1.6, "sqlite_vs_python": 5.5, "pg_vs_mbsync": 1.2, "rss_mib": 128}
+TARGETS = {"sqlite_vs_mbsync": 1.6, "sqlite_vs_python": 5.5, "pg_vs_mbsync": 1.2, "rss_mib": 128,
+           "sqlite_vs_bare": 0.8, "pg_vs_sqlite": 0.8}
 
 
 def log(msg):
@@ -288,6 +291,24 @@ SyncState *
     return r
 
 
+def run_bare(work, address):
+    """The bare pipeline on SQLite: the reference row (issue 19)."""
+    binary = os.environ.get("BENCH_BARE", os.path.join(REPO, "target", "release", "examples", "bare_pipeline"))
+    off = dovecot_log_offset()
+    db = os.path.join(work, "bare", "bare.db")
+    os.makedirs(os.path.dirname(db), exist_ok=True)
+    r = timed([binary, "--host", "localhost", "--port", ENV["MAILSTACK_IMAPS_PORT"], "--ca", ENV["MAILSTACK_CA"],
+               "--user", address, "--password", ENV["MAILSTACK_PLAIN_PASSWORD"], "--db", f"sqlite://{db}",
+               "--max-bytes", str(QUARANTINE_LIMIT)], os.path.join(work, "bare.log"))
+    time.sleep(0.3)
+    r["sessions"] = dovecot_sessions(off, address)
+    try:
+        r["result"] = json.loads(open(os.path.join(work, "bare.log")).read().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        r["result"] = None
+    return r
+
+
 def run_python(work, address):
     off = dovecot_log_offset()
     r = timed([sys.executable, os.path.join(HERE, "py_ingest.py"), "--host", "localhost",
@@ -349,7 +370,7 @@ def main():
     ap.add_argument("--big-count", type=int, default=50000)
     ap.add_argument("--no-report", action="store_true", help="do not rewrite BENCHMARKS.md")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
-    ap.add_argument("--only", default="sqlite,postgres,mbsync,python")
+    ap.add_argument("--only", default="bare,sqlite,postgres,mbsync,python")
     args = ap.parse_args()
     only = set(args.only.split(","))
 
@@ -357,7 +378,7 @@ def main():
     tag = f"{os.getpid()}"
     work = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"mailintake-bench-{tag}")
     os.makedirs(work)
-    tools = ["sqlite", "postgres", "mbsync", "python"]
+    tools = ["bare", "sqlite", "postgres", "mbsync", "python"]
     addr = {t: f"bench-{tag}-{t}@helpdesk.test" for t in tools}
     addr["big"] = f"bench-{tag}-big@helpdesk.test"
     pg_db = f"mailintake_bench_{tag}"
@@ -387,6 +408,12 @@ def main():
             f"({gen['msgs_per_s']} msg/s)")
         fetchable = gen["fetchable_bytes"]
 
+        if "bare" in only:
+            la = loadavg()
+            log(f"the bare pipeline, SQLite (load {la})")
+            r = run_bare(work, addr["bare"])
+            r["load_before"] = la
+            results["tools"]["bare"] = r
         if "sqlite" in only:
             log(f"mailintake once, SQLite (load {loadavg()})")
             la = loadavg()
@@ -479,10 +506,10 @@ def render(res):
     lines.append("")
     lines.append("| tool | wall s | msg/s | MB/s | CPU s (user+sys) | Dovecot CPU s | peak RSS MiB | load avg before | exit |")
     lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
-    names = {"sqlite": "mailintake once, SQLite", "postgres": "mailintake once, PostgreSQL",
+    names = {"bare": "bare pipeline (reference), SQLite", "sqlite": "mailintake once, SQLite", "postgres": "mailintake once, PostgreSQL",
              "mbsync": "mbsync (download only, FSync no)", "python": "Python imaplib + email + sqlite3",
              "sqlite_big": f"mailintake once, SQLite, {res.get('loadgen_big', {}).get('count', '')} messages"}
-    for k in ("sqlite", "postgres", "mbsync", "python", "sqlite_big"):
+    for k in ("bare", "sqlite", "postgres", "mbsync", "python", "sqlite_big"):
         if k not in t:
             continue
         r = t[k]
@@ -502,6 +529,8 @@ def render(res):
             res["ok"] &= met
             res.setdefault("ratios", {})[label] = round(x, 2)
             lines.append(f"- {label}: **{x:.2f}×** (≥ {target}×) — {'met' if met else 'MISSED'}")
+    ratio("sqlite", "bare", TARGETS["sqlite_vs_bare"], "mailintake SQLite / bare pipeline")
+    ratio("postgres", "sqlite", TARGETS["pg_vs_sqlite"], "mailintake PostgreSQL / mailintake SQLite")
     ratio("sqlite", "mbsync", TARGETS["sqlite_vs_mbsync"], "mailintake SQLite / mbsync")
     ratio("sqlite", "python", TARGETS["sqlite_vs_python"], "mailintake SQLite / Python")
     ratio("postgres", "mbsync", TARGETS["pg_vs_mbsync"], "mailintake PostgreSQL / mbsync")
@@ -541,6 +570,8 @@ def render(res):
         r = t["mbsync"]
         lines.append(f"- mbsync stored {r['files']} files, {r['bytes']} bytes; Dovecot body_bytes="
                      f"{sum(s.get('body_bytes', 0) for s in r['sessions'])}")
+    if "bare" in t:
+        lines.append(f"- bare pipeline: {t['bare'].get('result')}")
     if "python" in t:
         lines.append(f"- Python: {t['python'].get('result')}")
     lines.append(f"- load average after the run: {res['load_after']}")
