@@ -49,9 +49,12 @@ impl Stack {
     }
 
     pub fn var(&self, key: &str) -> &str {
-        self.vars
-            .get(key)
-            .unwrap_or_else(|| panic!("{key} missing from the mail stack's env file"))
+        self.vars.get(key).unwrap_or_else(|| {
+            panic!(
+                "{key} missing from the mail stack's env file (written by an older \
+                     scripts/mailstack.sh: run `scripts/mailstack.sh up` again)"
+            )
+        })
     }
 
     pub fn port(&self, key: &str) -> u16 {
