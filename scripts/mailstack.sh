@@ -5,7 +5,7 @@
 #   scripts/mailstack.sh down [--purge] stop what this script started (by pid files); --purge deletes the state dir
 #   scripts/mailstack.sh status        what runs on which port; exit 1 if anything is down
 #   scripts/mailstack.sh env           print the env file (KEY=VALUE lines) that tests read
-#   scripts/mailstack.sh stop|start|restart dovecot|postfix|entra
+#   scripts/mailstack.sh stop|start|restart dovecot|postfix|opendkim|entra
 #                                      one component only (fault drills on a private stack)
 #   scripts/mailstack.sh seed [ADDRESS] [COUNT]
 #                                      deliver COUNT (5) sample mails to ADDRESS (support@helpdesk.test) via LMTP
@@ -20,10 +20,22 @@
 #                                   LMTP   MAILSTACK_LMTP_PORT        (14024)  for tests to deliver mail directly
 #   Postfix 3.7                     SMTP   MAILSTACK_SUBMISSION_PORT  (14587)  STARTTLS required before AUTH
 #                                   SMTPS  MAILSTACK_SUBMISSIONS_PORT (14465)  implicit TLS
+#                                   SMTP   MAILSTACK_MX_PORT          (14025)  inbound, like a domain's MX:
+#                                          no AUTH, mail for the local domains only (no relay),
+#                                          through OpenDKIM
+#   OpenDKIM 2.11                   milter MAILSTACK_MILTER_PORT      (14891)  for the MX only
 # Every address in every domain is a mailbox (Maildir under $MAILSTACK_DIR/mail/<domain>/<local>).
 # Logins: XOAUTH2/OAUTHBEARER with a fake-entra token, or PLAIN/LOGIN with $MAILSTACK_PLAIN_PASSWORD.
 # Mail submitted for a domain other than helpdesk.test, customer.test, example.com, example.org
 # lands in sink@customer.test; nothing is ever sent off the machine.
+#
+# The MX stamps what it checked the way a receiving server does (RFC 8601): OpenDKIM, in verify
+# mode, inserts `Authentication-Results: mx.mailstack.test; dkim=...` above every header the
+# sender wrote (dkim=none for unsigned mail) and removes the sender's copies that claim that id.
+# Public keys come from OpenDKIM's TestPublicKeys file, not DNS: `up` makes one RSA key for
+# customer.test (selector `mailstack`) whose private half tests sign with (MAILSTACK_DKIM_KEY,
+# e.g. python3-dkim's dkimsign). SPF is not checked: it needs the sender's DNS and a real client
+# address, and this machine has neither (mail delivered over LMTP carries no stamp at all).
 #
 # Settings (environment): MAILSTACK_DIR (state dir, default ${TMPDIR:-/tmp}/mailintake-mailstack)
 # and the MAILSTACK_*_PORT variables above.
@@ -40,11 +52,19 @@ SUBMISSION_PORT=${MAILSTACK_SUBMISSION_PORT:-14587}
 SUBMISSIONS_PORT=${MAILSTACK_SUBMISSIONS_PORT:-14465}
 LMTP_PORT=${MAILSTACK_LMTP_PORT:-14024}
 ENTRA_PORT=${MAILSTACK_ENTRA_PORT:-14080}
+MX_PORT=${MAILSTACK_MX_PORT:-14025}
+MILTER_PORT=${MAILSTACK_MILTER_PORT:-14891}
 
 PLAIN_PASSWORD=mailstack-plain-password
 TENANT_ID=8c3a1f52-4b7e-4d0a-9a43-1f0e6c2d7b10
 VMAIL_USER=mailstack
-PACKAGES=(dovecot-core dovecot-imapd dovecot-lmtpd postfix openssl python3)
+# The authserv-id of the MX's Authentication-Results, and the domain and selector of the DKIM
+# key tests sign with.
+AUTHSERV_ID=mx.mailstack.test
+DKIM_DOMAIN=customer.test
+DKIM_SELECTOR=mailstack
+# python3-dkim: its dkimsign is the tests' DKIM signer, independent of OpenDKIM.
+PACKAGES=(dovecot-core dovecot-imapd dovecot-lmtpd postfix openssl python3 opendkim python3-dkim)
 START_TIMEOUT=30
 
 log() { printf 'mailstack: %s\n' "$*" >&2; }
@@ -67,7 +87,8 @@ check_settings() {
     die "MAILSTACK_DIR='$DIR' may only contain letters, digits and . _ / + - (it goes into config files)"
   ((${#DIR} <= 72)) || die "MAILSTACK_DIR='$DIR' is too long for unix socket paths (at most 72 characters)"
   local port
-  for port in "$IMAP_PORT" "$IMAPS_PORT" "$SUBMISSION_PORT" "$SUBMISSIONS_PORT" "$LMTP_PORT" "$ENTRA_PORT"; do
+  for port in "$IMAP_PORT" "$IMAPS_PORT" "$SUBMISSION_PORT" "$SUBMISSIONS_PORT" "$LMTP_PORT" "$ENTRA_PORT" \
+    "$MX_PORT" "$MILTER_PORT"; do
     if ! [[ $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
       die "invalid port '$port' in MAILSTACK_*_PORT"
     fi
@@ -90,6 +111,12 @@ set_paths() {
   ENTRA_KEY=$ENTRA_DIR/signing-key.pem
   ENTRA_CONF=$ENTRA_DIR/fake-entra.toml
   ENTRA_BIN=$REPO_ROOT/target/debug/fake-entra
+  OPENDKIM_DIR=$DIR/opendkim
+  OPENDKIM_CONF=$OPENDKIM_DIR/opendkim.conf
+  OPENDKIM_PID=$OPENDKIM_DIR/run/opendkim.pid
+  OPENDKIM_LOG=$OPENDKIM_DIR/opendkim.log
+  DKIM_KEY=$OPENDKIM_DIR/$DKIM_SELECTOR.$DKIM_DOMAIN.key
+  DKIM_PUBLIC_KEYS=$OPENDKIM_DIR/test-public-keys
   MAIL_DIR=$DIR/mail
   ENV_FILE=$DIR/env
 }
@@ -214,7 +241,7 @@ install_packages() {
   # If a policy-rc.d that allowed starting was already there (e.g. a systemd host), the packages
   # started their default instances: stop them, they would sit on ports 143/993/25.
   if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-    for p in dovecot postfix; do
+    for p in dovecot postfix opendkim; do
       if systemctl is-active --quiet "$p" 2>/dev/null; then
         log "stopping and disabling the distribution's default $p service"
         systemctl disable --now "$p" >/dev/null 2>&1 || true
@@ -243,6 +270,12 @@ make_dirs() {
   chmod 750 "$MAIL_DIR"
   chown postfix:postfix "$POSTFIX_DIR/data"
   chmod 700 "$POSTFIX_DIR/data"
+  # OpenDKIM runs as its package's user: it writes its pid file into run/ and reads the public
+  # keys; the private key stays root's (tests sign as root, like they read the Entra key).
+  mkdir -p "$OPENDKIM_DIR/run"
+  chmod 755 "$OPENDKIM_DIR"
+  chown opendkim:opendkim "$OPENDKIM_DIR/run"
+  chmod 750 "$OPENDKIM_DIR/run"
   # Dovecot delivers as $VMAIL_USER and Postfix runs as postfix: both must reach the state dir
   # (a private TMPDIR such as a 0700 directory would lock them out).
   local u
@@ -292,6 +325,7 @@ render() {
     -e "s|@IMAP_PORT@|$IMAP_PORT|g" -e "s|@IMAPS_PORT@|$IMAPS_PORT|g" \
     -e "s|@SUBMISSION_PORT@|$SUBMISSION_PORT|g" -e "s|@SUBMISSIONS_PORT@|$SUBMISSIONS_PORT|g" \
     -e "s|@LMTP_PORT@|$LMTP_PORT|g" -e "s|@ENTRA_PORT@|$ENTRA_PORT|g" \
+    -e "s|@MX_PORT@|$MX_PORT|g" -e "s|@MILTER_PORT@|$MILTER_PORT|g" -e "s|@AUTHSERV_ID@|$AUTHSERV_ID|g" \
     -e "s|@PLAIN_PASSWORD@|$PLAIN_PASSWORD|g" \
     -e "s|@VMAIL_USER@|$VMAIL_USER|g" -e "s|@VMAIL_GROUP@|$VMAIL_GROUP|g" -e "s|@VMAIL_UID@|$VMAIL_UID|g" \
     "$src" >"$tmp"
@@ -371,10 +405,60 @@ start_dovecot() {
     { tail -n 30 "$DOVECOT_DIR/dovecot.log" >&2; die "dovecot failed to start"; }
 }
 
+# --- OpenDKIM --------------------------------------------------------------------------------
+
+# The RSA key tests sign customer.test's mail with, made once; its public half goes into the
+# TestPublicKeys file on every `up`, as the TXT record `<selector>._domainkey.<domain>` would hold it.
+make_dkim_key() {
+  if [[ ! -s $DKIM_KEY ]]; then
+    log "generating the DKIM key of $DKIM_DOMAIN (selector $DKIM_SELECTOR)"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$DKIM_KEY.tmp" 2>/dev/null
+    chmod 600 "$DKIM_KEY.tmp"
+    mv "$DKIM_KEY.tmp" "$DKIM_KEY"
+  fi
+  local public tmp
+  # p= is the base64 of the DER SubjectPublicKeyInfo, on one line (the file is read line by line).
+  public=$(openssl pkey -in "$DKIM_KEY" -pubout -outform DER 2>/dev/null | base64 -w0)
+  [[ -n $public ]] || die "cannot read the public half of $DKIM_KEY"
+  tmp=$(mktemp "$DKIM_PUBLIC_KEYS.XXXXXX")
+  {
+    echo "# Written by mailstack.sh up: the keys OpenDKIM verifies with instead of DNS (TestPublicKeys)."
+    printf '%s._domainkey.%s v=DKIM1; k=rsa; p=%s\n' "$DKIM_SELECTOR" "$DKIM_DOMAIN" "$public"
+  } >"$tmp"
+  chmod 644 "$tmp"
+  mv -f "$tmp" "$DKIM_PUBLIC_KEYS"
+}
+
+opendkim_healthy() {
+  pid_alive "$OPENDKIM_PID" "$OPENDKIM_CONF" && port_open "$MILTER_PORT"
+}
+
+start_opendkim() {
+  local changed=''
+  changed+=$(render "$TEMPLATES/opendkim.conf.in" "$OPENDKIM_CONF")
+  if pid_alive "$OPENDKIM_PID" "$OPENDKIM_CONF"; then
+    [[ -z $changed ]] && return 0
+    log "OpenDKIM configuration changed; restarting OpenDKIM"
+    stop_pid OpenDKIM "$OPENDKIM_PID" "$OPENDKIM_CONF"
+  fi
+  # An opendkim that cannot bind its socket exits at once, while wait_ports would see the
+  # other program's listener and call it up.
+  ! port_open "$MILTER_PORT" ||
+    die "127.0.0.1:$MILTER_PORT (MAILSTACK_MILTER_PORT) is taken by another program; OpenDKIM cannot listen there"
+  opendkim -n -x "$OPENDKIM_CONF" >"$OPENDKIM_DIR/check.log" 2>&1 ||
+    { cat "$OPENDKIM_DIR/check.log" >&2; die "OpenDKIM rejects $OPENDKIM_CONF"; }
+  log "starting OpenDKIM (milter $MILTER_PORT)"
+  # Background no: it stays in the foreground, and writes its own pid file (before it drops
+  # root for the opendkim user).
+  setsid opendkim -x "$OPENDKIM_CONF" </dev/null >>"$OPENDKIM_LOG" 2>&1 &
+  disown || true
+}
+
 # --- Postfix ---------------------------------------------------------------------------------
 
 postfix_healthy() {
-  pid_alive "$POSTFIX_PID" master && port_open "$SUBMISSION_PORT" && port_open "$SUBMISSIONS_PORT"
+  pid_alive "$POSTFIX_PID" master && port_open "$SUBMISSION_PORT" && port_open "$SUBMISSIONS_PORT" &&
+    port_open "$MX_PORT"
 }
 
 start_postfix() {
@@ -394,7 +478,7 @@ start_postfix() {
     { cat "$POSTFIX_DIR/check.log" >&2; die "postfix set-permissions failed"; }
   postfix -c "$POSTFIX_ETC" check >>"$POSTFIX_DIR/check.log" 2>&1 ||
     { cat "$POSTFIX_DIR/check.log" >&2; die "postfix check failed"; }
-  log "starting Postfix (submission $SUBMISSION_PORT, submissions $SUBMISSIONS_PORT)"
+  log "starting Postfix (submission $SUBMISSION_PORT, submissions $SUBMISSIONS_PORT, MX $MX_PORT)"
   postfix -c "$POSTFIX_ETC" start </dev/null >>"$POSTFIX_DIR/start.log" 2>&1 ||
     { tail -n 30 "$POSTFIX_DIR/start.log" "$POSTFIX_DIR/maillog" >&2 2>/dev/null; die "postfix failed to start"; }
 }
@@ -433,6 +517,12 @@ MAILSTACK_CA=$TLS_DIR/ca.pem
 MAILSTACK_PLAIN_PASSWORD=$PLAIN_PASSWORD
 MAILSTACK_TENANT_ID=$TENANT_ID
 MAILSTACK_MAIL_ROOT=$MAIL_DIR
+MAILSTACK_MX_PORT=$MX_PORT
+MAILSTACK_MILTER_PORT=$MILTER_PORT
+MAILSTACK_AUTHSERV_ID=$AUTHSERV_ID
+MAILSTACK_DKIM_DOMAIN=$DKIM_DOMAIN
+MAILSTACK_DKIM_SELECTOR=$DKIM_SELECTOR
+MAILSTACK_DKIM_KEY=$DKIM_KEY
 EOF
   chmod 644 "$tmp"
   mv -f "$tmp" "$ENV_FILE"
@@ -442,7 +532,7 @@ EOF
 fingerprint() {
   {
     printf '%s\n' "$DIR" "$IMAP_PORT" "$IMAPS_PORT" "$SUBMISSION_PORT" "$SUBMISSIONS_PORT" \
-      "$LMTP_PORT" "$ENTRA_PORT" "$PLAIN_PASSWORD"
+      "$LMTP_PORT" "$ENTRA_PORT" "$MX_PORT" "$MILTER_PORT" "$PLAIN_PASSWORD"
     cat "${BASH_SOURCE[0]}" "$TEMPLATES"/*.in "$TEMPLATES"/*.regexp \
       "$REPO_ROOT/crates/fake-entra/fake-entra.example.toml" 2>/dev/null
   } | sha256sum | cut -d' ' -f1
@@ -451,7 +541,7 @@ fingerprint() {
 # Everything runs, listens, was started from the current configuration, and the fake-entra
 # sources are not newer than the running fake-entra.
 all_healthy() {
-  entra_healthy && dovecot_healthy && postfix_healthy && [[ -s $ENV_FILE ]] &&
+  entra_healthy && dovecot_healthy && opendkim_healthy && postfix_healthy && [[ -s $ENV_FILE ]] &&
     [[ -f $DIR/.fingerprint && $(<"$DIR/.fingerprint") == "$(fingerprint)" ]] &&
     [[ -z $(find "$REPO_ROOT/crates/fake-entra" -type f -newer "$ENTRA_PID" -print -quit 2>/dev/null) ]]
 }
@@ -469,10 +559,13 @@ cmd_up() {
   make_certs
   start_entra
   start_dovecot
+  make_dkim_key
+  start_opendkim
   start_postfix
   wait_ports fake-entra "$ENTRA_LOG" "$ENTRA_PORT"
   wait_ports Dovecot "$DOVECOT_DIR/dovecot.log" "$IMAP_PORT" "$IMAPS_PORT" "$LMTP_PORT"
-  wait_ports Postfix "$POSTFIX_DIR/maillog" "$SUBMISSION_PORT" "$SUBMISSIONS_PORT"
+  wait_ports OpenDKIM "$OPENDKIM_LOG" "$MILTER_PORT"
+  wait_ports Postfix "$POSTFIX_DIR/maillog" "$SUBMISSION_PORT" "$SUBMISSIONS_PORT" "$MX_PORT"
   write_env
   fingerprint >"$DIR/.fingerprint"
   log "up in $((SECONDS - t0)) s; state dir $DIR; env file $ENV_FILE"
@@ -489,13 +582,14 @@ cmd_down() {
     # In parallel: Dovecot and fake-entra each take ~2 s to shut down gracefully.
     stop_postfix &
     stop_pid Dovecot "$DOVECOT_PID" "$DOVECOT_CONF" &
+    stop_pid OpenDKIM "$OPENDKIM_PID" "$OPENDKIM_CONF" &
     stop_pid fake-entra "$ENTRA_PID" "$ENTRA_CONF" &
     wait
   fi
   if ((purge)); then
     # Refuse to delete anything that does not look like our state dir.
     if [[ -d $DIR ]]; then
-      [[ -f $DIR/env || -d $DIR/dovecot || -d $DIR/postfix || -d $DIR/entra ]] ||
+      [[ -f $DIR/env || -d $DIR/dovecot || -d $DIR/postfix || -d $DIR/opendkim || -d $DIR/entra ]] ||
         die "$DIR does not look like a mailstack state dir; not deleting it"
       log "deleting $DIR"
       rm -rf -- "$DIR"
@@ -503,13 +597,14 @@ cmd_down() {
   fi
 }
 
-# Stops one component (dovecot, postfix or entra) of this stack, for fault drills.
+# Stops one component (dovecot, postfix, opendkim or entra) of this stack, for fault drills.
 cmd_stop() {
   case ${1:-} in
     dovecot) stop_pid Dovecot "$DOVECOT_PID" "$DOVECOT_CONF" ;;
     postfix) stop_postfix ;;
+    opendkim) stop_pid OpenDKIM "$OPENDKIM_PID" "$OPENDKIM_CONF" ;;
     entra) stop_pid fake-entra "$ENTRA_PID" "$ENTRA_CONF" ;;
-    *) die "usage: mailstack.sh stop|start|restart dovecot|postfix|entra" ;;
+    *) die "usage: mailstack.sh stop|start|restart dovecot|postfix|opendkim|entra" ;;
   esac
 }
 
@@ -523,13 +618,17 @@ cmd_start() {
       ;;
     postfix)
       start_postfix
-      wait_ports Postfix "$POSTFIX_DIR/maillog" "$SUBMISSION_PORT" "$SUBMISSIONS_PORT"
+      wait_ports Postfix "$POSTFIX_DIR/maillog" "$SUBMISSION_PORT" "$SUBMISSIONS_PORT" "$MX_PORT"
+      ;;
+    opendkim)
+      start_opendkim
+      wait_ports OpenDKIM "$OPENDKIM_LOG" "$MILTER_PORT"
       ;;
     entra)
       start_entra
       wait_ports fake-entra "$ENTRA_LOG" "$ENTRA_PORT"
       ;;
-    *) die "usage: mailstack.sh stop|start|restart dovecot|postfix|entra" ;;
+    *) die "usage: mailstack.sh stop|start|restart dovecot|postfix|opendkim|entra" ;;
   esac
 }
 
@@ -551,9 +650,13 @@ cmd_status() {
   echo "postfix:    $(pstate "$POSTFIX_PID" master)"
   row '  submission' "$(pstat "$SUBMISSION_PORT")" "127.0.0.1:$SUBMISSION_PORT  SMTP submission + STARTTLS"
   row '  submissions' "$(pstat "$SUBMISSIONS_PORT")" "127.0.0.1:$SUBMISSIONS_PORT  SMTP submission, implicit TLS"
+  row '  mx' "$(pstat "$MX_PORT")" "127.0.0.1:$MX_PORT  inbound SMTP (no AUTH, local domains only), through OpenDKIM"
+  echo "opendkim:   $(pstate "$OPENDKIM_PID" "$OPENDKIM_CONF")"
+  row '  milter' "$(pstat "$MILTER_PORT")" "127.0.0.1:$MILTER_PORT  DKIM verification, Authentication-Results: $AUTHSERV_ID"
   pid_alive "$ENTRA_PID" "$ENTRA_CONF" || bad=1
   pid_alive "$DOVECOT_PID" "$DOVECOT_CONF" || bad=1
   pid_alive "$POSTFIX_PID" master || bad=1
+  pid_alive "$OPENDKIM_PID" "$OPENDKIM_CONF" || bad=1
   if [[ -s $ENV_FILE ]]; then echo "env file:   $ENV_FILE"; else echo "env file:   missing"; bad=1; fi
   return "$bad"
 }

@@ -7,7 +7,7 @@ use crate::helpers::*;
 
 /// Mail already in a mailbox when mailintake first connects is imported without
 /// acknowledgements; the tests' customers write after that first connection.
-async fn connect_first(case: &Case) {
+pub(crate) async fn connect_first(case: &Case) {
     let stdout = assert_ok(&case.run(&["once"]).await);
     assert!(stdout.contains("0 new message(s)"), "{stdout}");
     // INTERNALDATE has whole seconds: let the next second begin, so that mail delivered now is
@@ -15,7 +15,13 @@ async fn connect_first(case: &Case) {
     next_second().await;
 }
 
-fn customer_mail(from: &str, to: &str, subject: &str, id: &str, extra_headers: &str) -> Vec<u8> {
+pub(crate) fn customer_mail(
+    from: &str,
+    to: &str,
+    subject: &str,
+    id: &str,
+    extra_headers: &str,
+) -> Vec<u8> {
     format!(
         "From: Alice Example <{from}>\r\nTo: {to}\r\nSubject: {subject}\r\n\
          Date: Tue, 24 Nov 2026 17:00:00 +0000\r\nMessage-ID: <{id}>\r\n{extra_headers}\
@@ -25,7 +31,7 @@ fn customer_mail(from: &str, to: &str, subject: &str, id: &str, extra_headers: &
 }
 
 /// The raw messages in `mailbox`'s inbox.
-async fn inbox_messages(entra: &Entra, mailbox: &str) -> Vec<Vec<u8>> {
+pub(crate) async fn inbox_messages(entra: &Entra, mailbox: &str) -> Vec<Vec<u8>> {
     let mut conn = imap_session(entra, mailbox).await;
     conn.select("INBOX").await.unwrap();
     let listed = conn.list_above(0).await.unwrap();

@@ -171,6 +171,8 @@ impl PrivateStack {
             ("MAILSTACK_SUBMISSIONS_PORT", (base + 4).to_string()),
             ("MAILSTACK_LMTP_PORT", (base + 5).to_string()),
             ("MAILSTACK_ENTRA_PORT", (base + 6).to_string()),
+            ("MAILSTACK_MX_PORT", (base + 7).to_string()),
+            ("MAILSTACK_MILTER_PORT", (base + 8).to_string()),
         ];
         let stack = PrivateStack {
             dir,

@@ -1,7 +1,7 @@
 //! Test support: the local mail stack (started by `scripts/mailstack.sh up`), a fresh database per
 //! test (SQLite file or PostgreSQL database), an in-process fake Entra ID per test that signs with
-//! the stack's key (so the stack's Dovecot accepts its tokens), mail delivery over LMTP, and the
-//! real `mailintake` binary.
+//! the stack's key (so the stack's Dovecot accepts its tokens), mail delivery over LMTP or through
+//! the stack's MX (which stamps Authentication-Results), and the real `mailintake` binary.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,9 +49,12 @@ impl Stack {
     }
 
     pub fn var(&self, key: &str) -> &str {
-        self.vars
-            .get(key)
-            .unwrap_or_else(|| panic!("{key} missing from the mail stack's env file"))
+        self.vars.get(key).unwrap_or_else(|| {
+            panic!(
+                "{key} missing from the mail stack's env file (written by an older \
+                     scripts/mailstack.sh: run `scripts/mailstack.sh up` again)"
+            )
+        })
     }
 
     pub fn port(&self, key: &str) -> u16 {
@@ -341,8 +344,9 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The `authserv-id` of the stamp tests' deliveries carry: LMTP delivery stands in for the
-/// receiving server, which checks the sender and prepends its own `Authentication-Results`
+/// The `authserv-id` of the receiving server's stamp: the stack's MX writes it ([`deliver_mx`],
+/// `MAILSTACK_AUTHSERV_ID`), and LMTP deliveries fake it ([`deliver_lmtp`]), standing in for a
+/// receiving server that checked the sender and prepended its own `Authentication-Results`
 /// (RFC 8601). Mailboxes with [`smtp_keys`] trust it (`acknowledge.authserv_id`).
 pub const STACK_AUTHSERV_ID: &str = "mx.mailstack.test";
 
@@ -454,6 +458,108 @@ pub async fn deliver_lmtp_raw(port: u16, recipient: &str, sender: &str, raw: &[u
     data.extend_from_slice(b".\r\n");
     send(String::from_utf8_lossy(&data).into_owned(), "250").await;
     send("QUIT\r\n".into(), "221").await;
+}
+
+/// Delivers `raw` to `recipient` through the stack's MX (`MAILSTACK_MX_PORT`: Postfix's inbound
+/// smtpd, no AUTH, with OpenDKIM as milter), as mail from outside arrives at a domain: the MX
+/// stamps it with its own `Authentication-Results` ([`STACK_AUTHSERV_ID`]; `dkim=pass` only for
+/// a signature that verifies, [`sign_dkim`]) and removes copies the sender wrote that claim that
+/// id. An empty `envelope_from` is the null sender. Returns once Postfix has handed the message
+/// to Dovecot (the MX only queues it): its maillog says `status=sent` for the queue id.
+pub async fn deliver_mx(recipient: &str, envelope_from: &str, raw: &[u8]) {
+    use lettre::address::Envelope;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+    let stack = Stack::get();
+    assert_eq!(stack.var("MAILSTACK_AUTHSERV_ID"), STACK_AUTHSERV_ID);
+    let maillog = Path::new(stack.var("MAILSTACK_DIR")).join("postfix/maillog");
+    let logged_before = std::fs::metadata(&maillog).map_or(0, |m| m.len());
+    let sender =
+        (!envelope_from.is_empty()).then(|| envelope_from.parse().expect("envelope sender"));
+    let envelope =
+        Envelope::new(sender, vec![recipient.parse().expect("recipient")]).expect("envelope");
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(stack.port("MAILSTACK_MX_PORT"))
+        .build();
+    let response = transport
+        .send_raw(&envelope, raw)
+        .await
+        .unwrap_or_else(|e| panic!("the MX refused the message for {recipient}: {e}"));
+    // "250 2.0.0 Ok: queued as 3F1C298C27D"
+    let said: Vec<&str> = response.message().collect();
+    let queue_id = said
+        .first()
+        .and_then(|line| line.rsplit_once("queued as "))
+        .map(|(_, id)| id.trim().to_string())
+        .unwrap_or_else(|| panic!("the MX did not say a queue id: {said:?}"));
+    let delivered_line = format!("{queue_id}: to=<{recipient}>");
+    let mut outcome = String::new();
+    let done = eventually(Duration::from_secs(30), || {
+        let line = std::fs::read(&maillog).ok().and_then(|log| {
+            let new = log.get(logged_before as usize..).unwrap_or_default();
+            text(new)
+                .lines()
+                .find(|line| line.contains(&delivered_line) && line.contains("status="))
+                .map(str::to_string)
+        });
+        if let Some(line) = line {
+            outcome = line;
+        }
+        let found = !outcome.is_empty();
+        async move { found }
+    })
+    .await;
+    assert!(
+        done,
+        "the MX queued {queue_id} for {recipient} but did not deliver it within 30 s ({})",
+        maillog.display()
+    );
+    assert!(
+        outcome.contains("status=sent"),
+        "the MX did not deliver {queue_id}: {outcome}"
+    );
+}
+
+/// `raw` signed with the stack's DKIM key for `customer.test` (`MAILSTACK_DKIM_KEY`, selector
+/// `MAILSTACK_DKIM_SELECTOR`), relaxed/relaxed, by python3-dkim's `dkimsign`: a DKIM
+/// implementation independent of the OpenDKIM that verifies it at the MX. The signature covers
+/// From, To, Subject, Date, Message-ID and the MIME headers; headers added above it later are
+/// not signed.
+pub fn sign_dkim(raw: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let stack = Stack::get();
+    let mut child = Command::new("dkimsign")
+        .args([
+            "--hcanon",
+            "relaxed",
+            "--bcanon",
+            "relaxed",
+            stack.var("MAILSTACK_DKIM_SELECTOR"),
+            stack.var("MAILSTACK_DKIM_DOMAIN"),
+            stack.var("MAILSTACK_DKIM_KEY"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "dkimsign runs (Debian package python3-dkim, installed by scripts/mailstack.sh up)",
+        );
+    // dkimsign reads all of stdin before it writes anything.
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(raw)
+        .expect("dkimsign reads the message");
+    let out = child.wait_with_output().expect("dkimsign ends");
+    assert!(
+        out.status.success() && out.stdout.starts_with(b"DKIM-Signature:"),
+        "dkimsign failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out.stdout
 }
 
 /// A fixture from `tests/fixtures/`.

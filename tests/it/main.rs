@@ -21,6 +21,7 @@ mod imapproxy;
 mod intake;
 mod junk;
 mod listing;
+mod mx;
 mod network;
 mod oauth;
 mod ops;
