@@ -173,7 +173,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listing: Vec<(u32, u64)> = session
         .uid_fetch("1:*", "(UID RFC822.SIZE)")
         .await?
-        .try_filter_map(|f| async move { Ok(f.uid.map(|uid| (uid, u64::from(f.size.unwrap_or(0))))) })
+        .try_filter_map(
+            |f| async move { Ok(f.uid.map(|uid| (uid, u64::from(f.size.unwrap_or(0))))) },
+        )
         .try_collect()
         .await?;
     let (wanted, oversized): (Vec<_>, Vec<_>) = listing

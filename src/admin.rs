@@ -203,6 +203,7 @@ pub async fn reprocess_quarantined(
             ..facts_for(
                 &mut tx,
                 mail,
+                &raw,
                 &mailbox.name,
                 &mailbox.acknowledge,
                 now_ms() - SENDER_WINDOW_MS,
@@ -303,7 +304,14 @@ pub async fn reprocess_article(store: &Store, message_row_id: i64) -> anyhow::Re
                 .is_some_and(|rest| rest.starts_with('#'))
     };
     let fingerprint = &stored.fingerprint;
-    match ingest::parse(&raw) {
+    // Compared under the stored row's version: version 1 only on demand (see `ParsedMail`).
+    let parsed = ingest::parse(&raw).map(|mut mail| {
+        if stored.fingerprint_version == ingest::FingerprintVersion::V1 {
+            mail.fingerprint_v1 = ingest::fingerprint_v1(&raw);
+        }
+        mail
+    });
+    match parsed {
         Err(failure) => bail!(
             "the current code cannot parse message {message_row_id} ({failure}); the stored article on {reference} is unchanged"
         ),
@@ -314,6 +322,7 @@ pub async fn reprocess_article(store: &Store, message_row_id: i64) -> anyhow::Re
             "the current code reads message {message_row_id} differently (Message-ID <{}>, fingerprint {}; stored: <{message_id}>, {fingerprint}); the stored article on {reference} is unchanged",
             mail.message_id,
             mail.fingerprint_under(stored.fingerprint_version)
+                .unwrap_or("-")
         ),
     }
 }

@@ -17,7 +17,7 @@ mod report;
 
 pub use parse::{
     Attachment, DeliveryReport, DsnAction, FingerprintVersion, MessageIdSource, ParseFailure,
-    ParsedMail, Party, RecipientStatus, Signals, parse, sha256_hex,
+    ParsedMail, Party, RecipientStatus, Signals, fingerprint_v1, parse, sha256_hex,
 };
 
 pub use classify::{AutoKind, MailKind, OutboxBounce, classify, outbox_bounce};
@@ -39,7 +39,7 @@ pub struct KnownMessage {
 impl KnownMessage {
     /// `mail` is the stored message: equal fingerprints under the stored one's version.
     pub fn is_same_content(&self, mail: &ParsedMail) -> bool {
-        mail.fingerprint_under(self.fingerprint_version) == self.fingerprint
+        mail.fingerprint_under(self.fingerprint_version) == Some(self.fingerprint.as_str())
     }
 }
 

@@ -1,5 +1,8 @@
 //! Raw RFC 5322 bytes → the fields a ticket row needs, using mail-parser.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 
 use super::address;
@@ -180,8 +183,10 @@ pub struct ParsedMail {
     /// for the copies of one message delivered to two mailboxes, re-delivered or re-rendered;
     /// different for another message that reuses a Message-ID.
     pub fingerprint: String,
-    /// The [`FingerprintVersion::V1`] fingerprint, to compare with rows stored under it.
-    pub fingerprint_v1: String,
+    /// The [`FingerprintVersion::V1`] fingerprint (a hash of the raw body: a second pass over
+    /// nearly every byte), computed only for mail without a Message-ID, whose key it is; for the
+    /// rest [`fingerprint_v1`] computes it when a stored row of that version is compared.
+    pub fingerprint_v1: Option<String>,
 }
 
 /// Why a message could not be parsed. It is quarantined with this reason and its raw bytes.
@@ -208,33 +213,47 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseFailure::Empty);
     }
-    // Real-world mail made readable first (a missing blank line, an undeclared 8-bit header);
-    // the digest and size stay those of the raw bytes.
-    let recovered = super::repair::recover_missing_blank_line(raw);
-    let readable = recovered.as_deref().unwrap_or(raw);
-    let transcoded = super::repair::transcode_8bit_header(readable);
-    let input: &[u8] = transcoded.as_deref().unwrap_or(readable);
+    let input = readable(raw);
+    let input: &[u8] = &input;
     let message = MessageParser::default()
         .parse(input)
         .ok_or(ParseFailure::NoHeaders)?;
     if message.headers().is_empty() {
         return Err(ParseFailure::NoHeaders);
     }
+    // Each form of the bytes is hashed once: the raw bytes here, every decoded attachment once
+    // (for its row and for the fingerprint), the version-1 fingerprint only where it is needed.
     let content_sha256 = sha256_hex(raw);
     let header_id = message
         .message_id()
         .map(strip_brackets)
         .filter(|id| !id.is_empty());
-    let body_start = (message.root_part().offset_body as usize).min(input.len());
-    let fingerprint_v1 = fingerprint_v1(&message, header_id.as_deref(), &input[body_start..]);
-    let fingerprint = fingerprint_v2(&message, header_id.as_deref());
+    let part_digests: HashMap<usize, String> = message
+        .attachments
+        .iter()
+        .filter_map(|&id| {
+            let part = message.parts.get(id as usize)?;
+            match &part.body {
+                PartType::Binary(content) | PartType::InlineBinary(content) => {
+                    Some((id as usize, sha256_hex(content)))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    let fingerprint = fingerprint_v2(&message, header_id.as_deref(), &part_digests);
 
-    let (message_id, message_id_source) = match header_id {
-        Some(id) => (id, MessageIdSource::Header),
-        None => (
-            format!("{fingerprint_v1}@content-hash.mailintake.invalid"),
-            MessageIdSource::ContentHash,
-        ),
+    let (message_id, message_id_source, fingerprint_v1) = match header_id {
+        Some(id) => (id, MessageIdSource::Header, None),
+        // Mail without a Message-ID is known by its version-1 fingerprint, as it always was.
+        None => {
+            let v1 = fingerprint_v1_of(&message, None, input);
+            (
+                format!("{v1}@content-hash.mailintake.invalid"),
+                MessageIdSource::ContentHash,
+                Some(v1),
+            )
+        }
     };
 
     let text_body = join_parts(
@@ -263,12 +282,16 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
     let attachments = message
         .attachments
         .iter()
-        .filter_map(|id| message.parts.get(*id as usize))
-        .map(|part| {
+        .filter_map(|&id| Some((id as usize, message.parts.get(id as usize)?)))
+        .map(|(id, part)| {
             let content: Vec<u8> = match &part.body {
                 PartType::Message(nested) => nested.raw_message.to_vec(),
                 _ => part.contents().to_vec(),
             };
+            let sha256 = part_digests
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| sha256_hex(&content));
             let content_type = part
                 .content_type()
                 .map(|ct| match ct.subtype() {
@@ -286,13 +309,14 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
                 content_type,
                 content_id: part.content_id().map(strip_brackets),
                 inline,
-                sha256: sha256_hex(&content),
+                sha256,
                 content,
             }
         })
         .collect();
 
     // The header section as received (transcoded to UTF-8 where it was not), kept for audit.
+    let body_start = (message.root_part().offset_body as usize).min(input.len());
     let headers = String::from_utf8_lossy(&input[..body_start]).into_owned();
 
     let raw_field = |name: &str| {
@@ -371,11 +395,12 @@ impl ParsedMail {
         }
     }
 
-    /// The fingerprint under `version`, to compare with a row stored under it.
-    pub fn fingerprint_under(&self, version: FingerprintVersion) -> &str {
+    /// The fingerprint under `version`, to compare with a row stored under it; `None` for
+    /// version 1 where it was not computed (see [`ParsedMail::fingerprint_v1`]).
+    pub fn fingerprint_under(&self, version: FingerprintVersion) -> Option<&str> {
         match version {
-            FingerprintVersion::V1 => &self.fingerprint_v1,
-            FingerprintVersion::V2 => &self.fingerprint,
+            FingerprintVersion::V1 => self.fingerprint_v1.as_deref(),
+            FingerprintVersion::V2 => Some(&self.fingerprint),
         }
     }
 
@@ -618,12 +643,40 @@ fn hex(digest: impl AsRef<[u8]>) -> String {
         .collect()
 }
 
-/// [`FingerprintVersion::V1`]: kept as it was, to compare with rows stored under it.
-fn fingerprint_v1(
+/// Real-world mail made readable (a missing blank line, an undeclared 8-bit header) before it is
+/// parsed; the digest and size stay those of the raw bytes.
+fn readable(raw: &[u8]) -> Cow<'_, [u8]> {
+    let recovered = super::repair::recover_missing_blank_line(raw);
+    let readable = recovered.as_deref().unwrap_or(raw);
+    match super::repair::transcode_8bit_header(readable) {
+        Some(transcoded) => Cow::Owned(transcoded),
+        None => match recovered {
+            Some(recovered) => Cow::Owned(recovered),
+            None => Cow::Borrowed(raw),
+        },
+    }
+}
+
+/// The [`FingerprintVersion::V1`] fingerprint of `raw`, to compare with a row stored under that
+/// version; `None` where [`parse`] refuses the message.
+pub fn fingerprint_v1(raw: &[u8]) -> Option<String> {
+    let input = readable(raw);
+    let message = MessageParser::default().parse(&input[..])?;
+    let header_id = message
+        .message_id()
+        .map(strip_brackets)
+        .filter(|id| !id.is_empty());
+    Some(fingerprint_v1_of(&message, header_id.as_deref(), &input))
+}
+
+/// [`FingerprintVersion::V1`]: kept as it was, to compare with rows stored under it. `input` is
+/// what `message` was parsed from.
+fn fingerprint_v1_of(
     message: &mail_parser::Message<'_>,
     message_id: Option<&str>,
-    body: &[u8],
+    input: &[u8],
 ) -> String {
+    let body = &input[(message.root_part().offset_body as usize).min(input.len())..];
     let identifying = format!(
         "message-id:{}\nfrom:{}\nto:{}\ncc:{}\nsubject:{}\ndate:{}\n\n",
         message_id.unwrap_or(""),
@@ -641,9 +694,14 @@ fn fingerprint_v1(
 
 /// [`FingerprintVersion::V2`]: see there. Every item is written with its length, so no two
 /// different messages hash the same input.
-fn fingerprint_v2(message: &mail_parser::Message<'_>, message_id: Option<&str>) -> String {
+/// `part_digests`: the SHA-256 (hex) of binary parts by part index, where already computed.
+fn fingerprint_v2(
+    message: &mail_parser::Message<'_>,
+    message_id: Option<&str>,
+    part_digests: &HashMap<usize, String>,
+) -> String {
     let mut hasher = Sha256::new();
-    fingerprint_v2_into(&mut hasher, message, message_id);
+    fingerprint_v2_into(&mut hasher, message, message_id, part_digests);
     hex(hasher.finalize())
 }
 
@@ -651,6 +709,7 @@ fn fingerprint_v2_into(
     hasher: &mut Sha256,
     message: &mail_parser::Message<'_>,
     message_id: Option<&str>,
+    part_digests: &HashMap<usize, String>,
 ) {
     let mut item = |label: &str, value: &[u8]| {
         hasher.update(format!("{label}:{}:", value.len()).as_bytes());
@@ -682,7 +741,7 @@ fn fingerprint_v2_into(
     );
     // The leaves of the MIME tree in order; the multipart containers (and so their boundaries)
     // are left out, and every body is taken decoded.
-    for part in &message.parts {
+    for (index, part) in message.parts.iter().enumerate() {
         let name = part.attachment_name().map(collapse).unwrap_or_default();
         match &part.body {
             PartType::Multipart(_) => {}
@@ -695,7 +754,10 @@ fn fingerprint_v2_into(
                 item("name", name.as_bytes());
             }
             PartType::Binary(content) | PartType::InlineBinary(content) => {
-                item("part", sha256_hex(content).as_bytes());
+                match part_digests.get(&index) {
+                    Some(digest) => item("part", digest.as_bytes()),
+                    None => item("part", sha256_hex(content).as_bytes()),
+                }
                 item("name", name.as_bytes());
             }
             // An attached message may be re-rendered as well: it counts by its own fingerprint.
@@ -703,7 +765,7 @@ fn fingerprint_v2_into(
                 let nested_id = nested.message_id().map(strip_brackets);
                 item(
                     "message",
-                    fingerprint_v2(nested, nested_id.as_deref()).as_bytes(),
+                    fingerprint_v2(nested, nested_id.as_deref(), &HashMap::new()).as_bytes(),
                 );
                 item("name", name.as_bytes());
             }

@@ -64,11 +64,14 @@ pub(crate) fn batch_questions<'a>(
 ///
 /// A stored message with the same Message-ID whose fingerprint differs under its own (older)
 /// version is fingerprinted anew from its kept raw bytes, when `keep_raw = "all"` kept them:
-/// a server's re-rendering of it then still counts as the same message. Only a message that still
-/// differs asks for the released conflicts under that Message-ID (`<id>#2`, `#3`, …).
+/// a server's re-rendering of it then still counts as the same message. Without them, `raw` (the
+/// new message's bytes) is fingerprinted under the stored version, only then; when the two agree
+/// the stored one counts under the current version. Only a message that still differs asks for
+/// the released conflicts under that Message-ID (`<id>#2`, `#3`, …).
 pub(crate) async fn facts_for(
     tx: &mut Batch,
     mail: &ParsedMail,
+    raw: &[u8],
     mailbox: &str,
     ack: &Acknowledge,
     since_ms: i64,
@@ -98,12 +101,19 @@ pub(crate) async fn facts_for(
     if let Some(known) = same_message_id.as_mut()
         && !known.is_same_content(mail)
     {
-        if known.fingerprint_version != FingerprintVersion::CURRENT
-            && let Some(raw) = tx.kept_raw_message(known.message_row_id).await?
-            && let Ok(stored_mail) = ingest::parse(&raw)
-        {
-            known.fingerprint = stored_mail.fingerprint;
-            known.fingerprint_version = FingerprintVersion::CURRENT;
+        if known.fingerprint_version != FingerprintVersion::CURRENT {
+            if let Some(kept) = tx.kept_raw_message(known.message_row_id).await?
+                && let Ok(stored_mail) = ingest::parse(&kept)
+            {
+                known.fingerprint = stored_mail.fingerprint;
+                known.fingerprint_version = FingerprintVersion::CURRENT;
+            } else if known.fingerprint_version == FingerprintVersion::V1
+                && mail.fingerprint_v1.is_none()
+                && ingest::fingerprint_v1(raw).as_deref() == Some(known.fingerprint.as_str())
+            {
+                known.fingerprint = mail.fingerprint.clone();
+                known.fingerprint_version = FingerprintVersion::CURRENT;
+            }
         }
         if !known.is_same_content(mail) {
             let (released, free) = tx.conflict_releases(asked.message_id).await?;

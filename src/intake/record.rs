@@ -588,6 +588,7 @@ async fn record_message(
             let facts = facts_for(
                 tx,
                 mail,
+                raw,
                 &mailbox.name,
                 &mailbox.acknowledge,
                 message.since_ms,

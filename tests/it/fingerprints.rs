@@ -120,7 +120,7 @@ async fn a_version_1_row_with_kept_raw_bytes_knows_its_re_rendered_copy() {
         &mut kept,
     )
     .unwrap();
-    let v1 = mailintake::ingest::parse(&kept).unwrap().fingerprint_v1;
+    let v1 = mailintake::ingest::fingerprint_v1(&kept).unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE messages SET fingerprint = '{v1}', fingerprint_version = 1"
     )))
@@ -136,6 +136,44 @@ async fn a_version_1_row_with_kept_raw_bytes_knows_its_re_rendered_copy() {
         stdout.contains("0 ticket(s), 0 follow-up(s), 2 duplicate(s)")
             && stdout.contains("0 quarantined"),
         "{stdout}"
+    );
+}
+
+/// A version-1 row without kept raw bytes: the same message again is known by its version-1
+/// fingerprint, which the worker computes from the new copy's bytes only for this comparison
+/// (mail with a Message-ID is not hashed under version 1 otherwise); a re-rendered copy, which
+/// version 1 cannot see through, is a Message-ID conflict, set aside with its bytes.
+#[tokio::test]
+async fn a_version_1_row_without_raw_bytes_knows_the_same_message_but_not_a_re_rendered_copy() {
+    let case = Case::new(Backend::Postgres, "", "implicit").await;
+    let (raw, _) = unique_fixture("plain.eml");
+    deliver_lmtp(&case.mailbox, "alice@customer.test", &raw).await;
+    assert_ok(&case.run(&["once"]).await);
+    let v1 = mailintake::ingest::fingerprint_v1(&raw).unwrap();
+    let pool = case.db.pool().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE messages SET fingerprint = '{v1}', fingerprint_version = 1"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    deliver_lmtp(&case.mailbox, "alice@customer.test", &raw).await;
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(
+        stdout.contains("0 ticket(s), 0 follow-up(s), 1 duplicate(s)")
+            && stdout.contains("0 quarantined"),
+        "{stdout}"
+    );
+    append(&case, &re_rendered(&raw));
+    let stdout = assert_ok(&case.run(&["once"]).await);
+    assert!(stdout.contains("1 quarantined"), "{stdout}");
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM quarantine WHERE reason = 'message-id-conflict' AND raw IS NOT NULL")
+            .await,
+        1
     );
 }
 
