@@ -24,6 +24,7 @@ mod listing;
 mod network;
 mod oauth;
 mod ops;
+mod outgoing;
 mod reconcile;
 mod record;
 mod retention;
