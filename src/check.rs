@@ -274,6 +274,8 @@ async fn check_smtp(
         body_html: None,
         attempts: 1,
         blocked_reason: None,
+        raw: None,
+        envelope_to: Vec::new(),
     };
     let sent = match reply::smtp::compose(&row, &mailbox.address) {
         Ok(message) => session.send(&message, smtp.timeout).await,

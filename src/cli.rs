@@ -120,6 +120,10 @@ pub enum Command {
         #[arg(long)]
         message: bool,
     },
+    /// Hand a message to a mailbox's outbox (an agent's reply on a ticket, or mail to explicit
+    /// recipients): validated and composed now, sent by the mailbox's sender (`run`, or here
+    /// with --wait). Prints the outbox id and its state.
+    Send(Box<SendArgs>),
     /// Write the raw message of a stored article (by its id in the messages table; kept with
     /// keep_raw = "all") to a file, byte-exact.
     Raw {
@@ -137,6 +141,55 @@ pub enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+}
+
+/// `mailintake send`: the request from flags, or the JSON document with --request.
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// The mailbox (its `name`); may be left out when only one is configured.
+    #[arg(long)]
+    pub mailbox: Option<String>,
+    /// Answer this ticket (123 or TCK-000123): to its requester unless --to is given, threaded
+    /// and with the ticket's tag in the subject.
+    #[arg(long, conflicts_with = "request")]
+    pub ticket: Option<String>,
+    /// A recipient (repeatable): an address.
+    #[arg(long, value_name = "ADDRESS", conflicts_with = "request")]
+    pub to: Vec<String>,
+    #[arg(long, value_name = "ADDRESS", conflicts_with = "request")]
+    pub cc: Vec<String>,
+    /// Recipients in the envelope only.
+    #[arg(long, value_name = "ADDRESS", conflicts_with = "request")]
+    pub bcc: Vec<String>,
+    /// The mailbox's address by default, or one of its send_as addresses.
+    #[arg(long, value_name = "ADDRESS", conflicts_with = "request")]
+    pub from: Option<String>,
+    #[arg(long, conflicts_with = "request")]
+    pub subject: Option<String>,
+    #[arg(long, conflicts_with_all = ["request", "text_file"])]
+    pub text: Option<String>,
+    #[arg(long, value_name = "FILE", conflicts_with = "request")]
+    pub text_file: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", conflicts_with = "request")]
+    pub html_file: Option<PathBuf>,
+    /// Attach a file (repeatable); its type is guessed from the name.
+    #[arg(long, value_name = "FILE", conflicts_with = "request")]
+    pub attach: Vec<PathBuf>,
+    /// Automatic mail (Auto-Submitted: auto-generated) instead of a person's.
+    #[arg(long, conflicts_with = "request")]
+    pub notification: bool,
+    /// The idempotency key (default: a fresh random key, printed).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// The JSON request document (as in the outgoing table), from a file or - for stdin.
+    #[arg(long, value_name = "FILE|-")]
+    pub request: Option<String>,
+    /// Send it now and wait until it is sent, failed or bounced; exit non-zero unless sent.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    pub wait_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

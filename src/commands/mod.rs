@@ -7,10 +7,12 @@
 //!   quarantine, the outbox) and at the Junk folder.
 //! - `manage`: commands that change state (quarantine release and purge, reprocess, Junk
 //!   release, retention purge, outbox retry and cancel) and `migrate`.
+//! - `send`: `send`, a message handed to a mailbox's outbox (and, with `--wait`, sent).
 //! - `setup`: `check`, `login` and `consent-url`, the commands of setting a mailbox up.
 
 mod inspect;
 mod manage;
+mod send;
 mod service;
 mod setup;
 
@@ -90,6 +92,7 @@ pub async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCo
             older_than,
             dry_run,
         } => manage::purge(&store, older_than, dry_run).await?,
+        Command::Send(args) => send::send(&config, &store, *args).await?,
         Command::Reprocess { id, message } => {
             manage::reprocess(&config, &store, id, message).await?
         }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use super::problems::{Problems, Table, alternatives};
 use super::{
-    Acknowledge, AutomaticMail, DEFAULT_MAX_MESSAGE_BYTES, Disposal, FirstStart, ImapEndpoint,
-    Mailbox, Mode, SmtpEndpoint, Timeouts, TlsMode, file_problem, raw,
+    Acknowledge, AutomaticMail, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_SEND_BYTES, Disposal,
+    FirstStart, ImapEndpoint, Mailbox, Mode, Sending, SmtpEndpoint, Timeouts, TlsMode,
+    file_problem, raw,
 };
 use crate::time::parse_date;
 
@@ -334,6 +335,7 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
         base_dir,
         table,
     );
+    let sending = validate_sending(m.send_as, m.max_send_bytes, m.allow_recipients, table);
     let tls = m.imap.tls.unwrap_or(TlsMode::Implicit);
     Mailbox {
         name: m.name,
@@ -369,6 +371,64 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
         keep_raw_all: keep_raw == KeepRaw::All,
         smtp,
         acknowledge,
+        sending,
+    }
+}
+
+/// `send_as`, `max_send_bytes`, `allow_recipients`: the rules for mail the helpdesk hands over.
+fn validate_sending(
+    send_as: Option<Vec<String>>,
+    max_send_bytes: Option<u64>,
+    allow_recipients: Option<Vec<String>>,
+    table: &mut Table,
+) -> Sending {
+    let send_as: Vec<String> = send_as
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, address)| {
+            let address = address.trim().to_ascii_lowercase();
+            match address.parse::<lettre::Address>() {
+                Ok(_) => Some(address),
+                Err(e) => {
+                    table.report(
+                        &format!("send_as[{i}]"),
+                        format!("is not an email address ({e})"),
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
+    let max_bytes = max_send_bytes.unwrap_or(DEFAULT_MAX_SEND_BYTES);
+    if max_bytes < 1024 {
+        table.report(
+            "max_send_bytes",
+            "must be at least 1024 (bytes of the encoded message; Exchange Online: 36700160)",
+        );
+    }
+    let allow_recipients = allow_recipients.map(|patterns| {
+        patterns
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, pattern)| {
+                let pattern = pattern.trim().to_ascii_lowercase();
+                if pattern.contains('@') {
+                    Some(pattern)
+                } else {
+                    table.report(
+                        &format!("allow_recipients[{i}]"),
+                        "must be an address or a pattern with @, such as \"*@customer.test\"",
+                    );
+                    None
+                }
+            })
+            .collect()
+    });
+    Sending {
+        send_as,
+        max_bytes,
+        allow_recipients,
     }
 }
 

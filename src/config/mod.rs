@@ -250,7 +250,27 @@ pub struct Mailbox {
     /// Where acknowledgements are sent through; `None` when the mailbox sends nothing.
     pub smtp: Option<SmtpEndpoint>,
     pub acknowledge: Acknowledge,
+    /// Mail the helpdesk hands over (agent replies, notifications): which From addresses it may
+    /// use, how large it may be, and to whom it may go.
+    pub sending: Sending,
 }
+
+/// The rules for mail the helpdesk hands over (`mailintake send`, the `outgoing` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sending {
+    /// From addresses besides the mailbox's own (`send_as`, lower case): the identity needs
+    /// Exchange's SendAs (or Send on Behalf) right on each.
+    pub send_as: Vec<String>,
+    /// The largest encoded message accepted at submission (`max_send_bytes`; Exchange Online's
+    /// default limit, 35 MB).
+    pub max_bytes: u64,
+    /// `allow_recipients`: when set, every recipient must match one of these patterns
+    /// (`*@customer.test`, an address; lower case), for test systems. `None`: anyone.
+    pub allow_recipients: Option<Vec<String>>,
+}
+
+/// Exchange Online's default message size limit for sending (35 MB).
+pub const DEFAULT_MAX_SEND_BYTES: u64 = 35 * 1024 * 1024;
 
 /// The SMTP submission server of a mailbox (Exchange Online: smtp.office365.com:587, STARTTLS).
 #[derive(Debug, Clone)]

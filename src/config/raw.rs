@@ -110,6 +110,9 @@ pub struct Mailbox {
     pub keep_raw: Option<String>,
     pub smtp: Option<Smtp>,
     pub acknowledge: Option<Acknowledge>,
+    pub send_as: Option<Vec<String>>,
+    pub max_send_bytes: Option<u64>,
+    pub allow_recipients: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

@@ -1,5 +1,5 @@
 //! The supervisor: `mailintake run`'s tasks (one per watched folder, one outbox sender per
-//! mailbox that acknowledges) and `mailintake once` (one sweep per folder, then the outboxes).
+//! mailbox that sends mail) and `mailintake once` (one sweep per folder, then the outboxes).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -54,7 +54,8 @@ pub async fn run_once(
     results
 }
 
-/// Sends the due acknowledgements of every mailbox that sends them (after [`run_once`]).
+/// Takes the `outgoing` requests and sends the due outbox rows of every mailbox that sends mail
+/// (after [`run_once`]).
 pub async fn flush_outboxes(
     config: &Config,
     store: &Store,
@@ -62,11 +63,7 @@ pub async fn flush_outboxes(
 ) -> Vec<(String, Result<FlushReport, StoreError>)> {
     let metrics = Metrics::new(config);
     let mut results = Vec::new();
-    for mailbox in config
-        .mailboxes
-        .iter()
-        .filter(|m| reply::sends_acknowledgements(m))
-    {
+    for mailbox in config.mailboxes.iter().filter(|m| reply::sends_mail(m)) {
         let Some(smtp) = &mailbox.smtp else { continue };
         let ctx = SenderContext {
             mailbox,
@@ -90,7 +87,7 @@ fn task_name(mailbox: &Mailbox, folder: &str) -> String {
 }
 
 /// Starts the long-running worker's tasks in `tracker`: one per watched folder of every mailbox,
-/// and an outbox sender per mailbox that sends acknowledgements. They run until `cancel`, then
+/// and an outbox sender per mailbox that sends mail (SMTP, not shadow mode). They run until `cancel`, then
 /// stop at a safe point and log out; `tracker.wait()` returns when all have.
 pub fn spawn(
     config: Arc<Config>,
@@ -101,7 +98,7 @@ pub fn spawn(
     cancel: &CancellationToken,
 ) {
     for (index, mailbox) in config.mailboxes.iter().enumerate() {
-        let wake = reply::sends_acknowledgements(mailbox).then(|| Arc::new(Notify::new()));
+        let wake = reply::sends_mail(mailbox).then(|| Arc::new(Notify::new()));
         if let Some(wake) = &wake {
             let config = Arc::clone(&config);
             let store = store.clone();

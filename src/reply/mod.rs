@@ -6,6 +6,7 @@
 //! has its acknowledgement (or the recorded reason why it has none), and a crash never sends one
 //! for a ticket that does not exist.
 
+pub mod outgoing;
 pub mod refusal;
 pub mod sender;
 pub mod smtp;
@@ -21,6 +22,18 @@ use crate::store::{AckKind, OutboxDraft};
 /// it has SMTP, and it is not in shadow mode (which changes nothing and sends nothing).
 pub fn sends_acknowledgements(mailbox: &Mailbox) -> bool {
     mailbox.acknowledge.enabled && mailbox.smtp.is_some() && mailbox.mode == Mode::Normal
+}
+
+/// Whether `mailbox` sends mail at all (acknowledgements or the helpdesk's): it has SMTP and is
+/// not in shadow mode. Such a mailbox has a sender task.
+pub fn sends_mail(mailbox: &Mailbox) -> bool {
+    mailbox.smtp.is_some() && mailbox.mode == Mode::Normal
+}
+
+/// A subject that carries ticket `reference`'s tag, as every reply on a ticket does (an
+/// acknowledgement, an agent's answer): `[#TCK-000123] Re: <subject>`.
+pub fn tagged_subject(reference: &str, subject_text: &str) -> String {
+    format!("[#{reference}] Re: {subject_text}")
 }
 
 /// Facts from the store an acknowledgement decision needs.
@@ -270,7 +283,7 @@ pub fn plan_acknowledgement(
     let recipient = reply_address(mail);
     let to = recipient.as_ref().map(|r| r.address.clone());
     let subject_text = normalized_subject(&mail.subject);
-    let subject = format!("[#{reference}] Re: {subject_text}");
+    let subject = tagged_subject(reference, &subject_text);
     let requester_name = mail
         .from
         .as_ref()

@@ -1,4 +1,5 @@
-//! The sender: one task per mailbox with SMTP that takes due outbox rows, respects Exchange's
+//! The sender: one task per mailbox with SMTP that takes the helpdesk's `outgoing` rows into the
+//! outbox, then due outbox rows (agent replies first), respects Exchange's
 //! sending limits, sends, and records what the server said. A refused recipient fails its row;
 //! a refused From address holds that address's rows (retried every 10 minutes), never the
 //! rows of other addresses; anything else is retried with backoff.
@@ -8,11 +9,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::outgoing::{self, OutgoingRequest, SubmitError};
 use super::smtp::{self, SmtpError};
 use crate::config::{Identity, Mailbox, SmtpEndpoint};
 use crate::oauth::TokenCache;
 use crate::report::FlushReport;
-use crate::store::{OutboxRow, Store, StoreError};
+use crate::store::{OutboxRow, Store, StoreError, SubmittedVia};
 use crate::telemetry::Metrics;
 use crate::time::now_ms;
 
@@ -56,9 +58,74 @@ async fn limited_until(ctx: &SenderContext<'_>) -> Result<Option<i64>, StoreErro
     Ok(None)
 }
 
-/// Sends every due row of the mailbox (until a sending limit is reached).
+/// The `outgoing` rows taken per flush (the rest wait for the next one, seconds later).
+const OUTGOING_PER_FLUSH: i64 = 100;
+/// The sender looks for new `outgoing` rows at least this often.
+const OUTGOING_POLL_MS: i64 = 3_000;
+
+/// Takes the mailbox's `new` rows of the `outgoing` table (the database contract) through
+/// [`outgoing::submit`], and writes each one's outcome: `accepted` with its outbox row, or
+/// `refused` with what to fix. A database error leaves the row `new` for the next flush.
+pub async fn take_outgoing(ctx: &SenderContext<'_>) -> Result<u64, StoreError> {
+    let rows = ctx
+        .store
+        .new_outgoing(&ctx.mailbox.name, OUTGOING_PER_FLUSH)
+        .await?;
+    let mut taken = 0;
+    for row in rows {
+        let outcome = match serde_json::from_str::<OutgoingRequest>(&row.request) {
+            Err(e) => Err(format!("request: not a valid request document ({e})")),
+            Ok(mut request) => {
+                // The row's columns stand for what the document leaves out.
+                if request.mailbox.is_empty() {
+                    request.mailbox.clone_from(&row.mailbox);
+                }
+                if request.idempotency_key.is_empty() {
+                    request.idempotency_key.clone_from(&row.idempotency_key);
+                }
+                if request.mailbox != row.mailbox {
+                    Err(format!(
+                        "mailbox: the request names `{}`, the row `{}`",
+                        request.mailbox, row.mailbox
+                    ))
+                } else if request.idempotency_key != row.idempotency_key {
+                    Err("idempotency_key: the request's differs from the row's".to_string())
+                } else {
+                    match outgoing::submit(
+                        ctx.store,
+                        std::slice::from_ref(ctx.mailbox),
+                        &request,
+                        SubmittedVia::Database,
+                    )
+                    .await
+                    {
+                        Ok(submission) => Ok(submission.outbox_id),
+                        Err(SubmitError::Store(e)) => return Err(e),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            }
+        };
+        match &outcome {
+            Ok(outbox_id) => info!(outgoing_id = row.id, outbox_id, "outgoing request accepted"),
+            Err(error) => warn!(outgoing_id = row.id, %error, "outgoing request refused"),
+        }
+        ctx.store
+            .outgoing_taken(
+                row.id,
+                outcome.as_ref().map(|id| *id).map_err(String::as_str),
+            )
+            .await?;
+        taken += 1;
+    }
+    Ok(taken)
+}
+
+/// Sends every due row of the mailbox (until a sending limit is reached), after taking the
+/// `outgoing` table's new requests.
 pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
     let mut report = FlushReport::default();
+    take_outgoing(ctx).await?;
     let requeued = ctx
         .store
         .requeue_stale_sends(&ctx.mailbox.name, now_ms() - CLAIM_LEASE_MS)
@@ -84,7 +151,7 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
         };
         match send_one(ctx, &mut session, &row).await {
             Ok(response) => {
-                info!(outbox_id = row.id, to = row.to_address.as_deref().unwrap_or(""), %response, "acknowledgement sent");
+                info!(outbox_id = row.id, to = row.to_address.as_deref().unwrap_or(""), %response, "sent");
                 ctx.store.mark_sent(row.id, &response).await?;
                 report.n_sent += 1;
                 if row.blocked_reason.is_some() {
@@ -96,7 +163,7 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
                 }
             }
             Err(SmtpError::RowRefused(reason)) => {
-                warn!(outbox_id = row.id, %reason, "acknowledgement refused for good");
+                warn!(outbox_id = row.id, %reason, "refused for good");
                 ctx.store.mark_failed(row.id, &reason).await?;
                 report.n_failed += 1;
             }
@@ -105,17 +172,17 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
                 // operator sees why), and the rows of other addresses go on.
                 let retry_at = now_ms() + BLOCKED_RETRY_MS;
                 let waiting = ctx.store.block_sender(&row, &reason, retry_at).await?;
-                warn!(outbox_id = row.id, from = %row.from_address, waiting, retry_at_ms = retry_at, %reason, "the server refuses this From address; its acknowledgements wait");
+                warn!(outbox_id = row.id, from = %row.from_address, waiting, retry_at_ms = retry_at, %reason, "the server refuses this From address; its rows wait");
             }
             Err(error) if row.attempts >= MAX_ATTEMPTS => {
-                warn!(outbox_id = row.id, %error, "acknowledgement given up after {MAX_ATTEMPTS} attempts");
+                warn!(outbox_id = row.id, %error, "given up after {MAX_ATTEMPTS} attempts");
                 ctx.store.mark_failed(row.id, &error.to_string()).await?;
                 report.n_failed += 1;
             }
             Err(error) => {
                 let next = now_ms()
                     + retry_delay_ms(ctx.smtp.retry_delay.as_millis() as i64, row.attempts);
-                warn!(outbox_id = row.id, %error, retry_at_ms = next, "acknowledgement not sent; will retry");
+                warn!(outbox_id = row.id, %error, retry_at_ms = next, "not sent; will retry");
                 ctx.store
                     .reschedule(row.id, &error.to_string(), next)
                     .await?;
@@ -183,7 +250,7 @@ pub async fn sender_loop(
     wake: &tokio::sync::Notify,
     cancel: &CancellationToken,
 ) {
-    info!(host = %ctx.smtp.host, port = ctx.smtp.port, "sending acknowledgements");
+    info!(host = %ctx.smtp.host, port = ctx.smtp.port, "sending the outbox");
     while !cancel.is_cancelled() {
         let wait_ms = match flush(ctx).await {
             Ok(report) => {
@@ -196,7 +263,10 @@ pub async fn sender_loop(
                     (Some(limit), _) => Some(limit),
                     (None, due) => due,
                 };
-                until.map_or(30_000, |t| (t - now_ms()).clamp(200, 30_000))
+                // At least every few seconds: the helpdesk's `outgoing` rows announce nothing.
+                until.map_or(OUTGOING_POLL_MS, |t| {
+                    (t - now_ms()).clamp(200, OUTGOING_POLL_MS)
+                })
             }
             Err(e) => {
                 ctx.metrics.outbox_failed(&ctx.mailbox.name, &e);

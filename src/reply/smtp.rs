@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use lettre::Message;
+use lettre::address::Envelope;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox as Address, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -202,7 +203,7 @@ async fn open(
 impl Session {
     /// Submits `message` within `limit`; returns the server's reply (e.g. `250 2.0.0 Ok: queued
     /// as …`). After a refusal the session is reset and can send the next message.
-    pub async fn send(&mut self, message: &Message, limit: Duration) -> Result<String, SmtpError> {
+    pub async fn send(&mut self, message: &Composed, limit: Duration) -> Result<String, SmtpError> {
         match tokio::time::timeout(limit, self.submit(message)).await {
             Err(_) => {
                 self.connection.abort().await;
@@ -232,9 +233,9 @@ impl Session {
         }
     }
 
-    async fn submit(&mut self, message: &Message) -> Result<String, SmtpError> {
-        let envelope = message.envelope();
-        let bytes = message.formatted();
+    async fn submit(&mut self, message: &Composed) -> Result<String, SmtpError> {
+        let envelope = &message.envelope;
+        let bytes = &message.bytes;
         let info = self.connection.server_info();
         let mut parameters = Vec::new();
         let ascii = |a: &lettre::Address| AsRef::<str>::as_ref(a).is_ascii();
@@ -267,7 +268,7 @@ impl Session {
             .map_err(command(Command::Data))?;
         let response = self
             .connection
-            .message(&bytes)
+            .message(bytes)
             .await
             .map_err(command(Command::Data))?;
         Ok(format!(
@@ -278,9 +279,59 @@ impl Session {
     }
 }
 
-/// The RFC 5322 message of an outbox row, with the RFC 3834 headers that keep other systems from
-/// answering it and mailintake from answering their answers.
-pub fn compose(row: &OutboxRow, loop_address: &str) -> Result<Message, SmtpError> {
+/// A message ready for the wire: whom the server is told (MAIL FROM, RCPT TO) and the bytes.
+#[derive(Debug, Clone)]
+pub struct Composed {
+    pub envelope: Envelope,
+    pub bytes: Vec<u8>,
+}
+
+impl From<Message> for Composed {
+    fn from(message: Message) -> Composed {
+        Composed {
+            envelope: message.envelope().clone(),
+            bytes: message.formatted(),
+        }
+    }
+}
+
+/// The message of an outbox row: agent mail and notifications as composed at submission (the
+/// same bytes, so a resend has the same Message-ID), to every envelope recipient; an
+/// acknowledgement or notice from its columns ([`compose_acknowledgement`]).
+pub fn compose(row: &OutboxRow, loop_address: &str) -> Result<Composed, SmtpError> {
+    let Some(raw) = &row.raw else {
+        return compose_acknowledgement(row, loop_address).map(Composed::from);
+    };
+    let from = row.from_address.parse::<lettre::Address>().map_err(|e| {
+        SmtpError::SenderBlocked(format!(
+            "the From address `{}` is not valid: {e}",
+            row.from_address
+        ))
+    })?;
+    let recipients = if row.envelope_to.is_empty() {
+        row.to_address.iter().cloned().collect()
+    } else {
+        row.envelope_to.clone()
+    };
+    let to = recipients
+        .iter()
+        .map(|address| {
+            address.parse::<lettre::Address>().map_err(|e| {
+                SmtpError::RowRefused(format!("the recipient `{address}` is not valid: {e}"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let envelope = Envelope::new(Some(from), to)
+        .map_err(|e| SmtpError::RowRefused(format!("the row has no recipient: {e}")))?;
+    Ok(Composed {
+        envelope,
+        bytes: raw.clone(),
+    })
+}
+
+/// The RFC 5322 message of an acknowledgement or notice row, with the RFC 3834 headers that keep
+/// other systems from answering it and mailintake from answering their answers.
+pub fn compose_acknowledgement(row: &OutboxRow, loop_address: &str) -> Result<Message, SmtpError> {
     let parse = |what: &str, address: &str| {
         address.parse::<Address>().map_err(|e| {
             let text = format!("the {what} address `{address}` is not valid: {e}");

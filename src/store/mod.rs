@@ -8,7 +8,8 @@
 //!
 //! The files, by topic: `folders` (a folder's checkpoint and its intake ledger), `batch` (the
 //! transaction that records a batch of outcomes: every [`Batch`] method), `tickets` (reading
-//! tickets, raw mail and attachments), `outbox` (acknowledgements claimed and sent), `admin`
+//! tickets, raw mail and attachments), `outbox` (acknowledgements and agent mail claimed and sent), `outgoing`
+//! (the helpdesk's mail submitted idempotently, and the `outgoing` table of the database contract), `admin`
 //! (quarantine, purge, the backlog), `tokens` (sealed refresh tokens), `errors` (whose trouble a
 //! database failure is, the data's or the infrastructure's, and the operator's fix for it) and
 //! `sql` (helpers that build statement text).
@@ -24,11 +25,15 @@ use sqlx::{AnyPool, Connection, Executor};
 use crate::config::DatabaseConfig;
 
 pub use batch::{
-    Batch, BatchQuestions, FollowUpOn, ImapLocation, MessageFacts, Outcome, QuarantineEnvelope,
+    Batch, BatchQuestions, Direction, FollowUpOn, ImapLocation, MessageFacts, Outcome,
+    QuarantineEnvelope,
 };
 pub use errors::FailureKind;
 pub use folders::{FolderState, PendingDisposition, RecordedOutcome, StuckFailure, StuckMessage};
 pub use outbox::{AckKind, OutboxDraft, OutboxRow};
+pub use outgoing::{
+    OutboxState, OutgoingDraft, OutgoingKind, OutgoingRow, ReplyFacts, Submitted, SubmittedVia,
+};
 pub use tickets::{StoredAttachment, TicketSummary};
 
 pub mod admin;
@@ -36,6 +41,7 @@ mod batch;
 mod errors;
 mod folders;
 pub mod outbox;
+mod outgoing;
 mod sql;
 mod tickets;
 pub mod tokens;

@@ -71,10 +71,15 @@ pub struct OutboxRow {
     pub attempts: i64,
     /// Set while the row waits because the server refuses its From address.
     pub blocked_reason: Option<String>,
+    /// The message composed at submission (agent mail and notifications), sent as it is; `None`
+    /// for acknowledgements and notices, composed from the columns above.
+    pub raw: Option<Vec<u8>>,
+    /// The envelope recipients of `raw` (To, Cc, Bcc); empty: `to_address` alone.
+    pub envelope_to: Vec<String>,
 }
 
 const ROW_COLUMNS: &str = "id, mailbox, ticket_id, from_address, to_address, subject, message_id, in_reply_to, \
-                           thread_references, body_text, body_html, attempts, blocked_reason";
+                           thread_references, body_text, body_html, attempts, blocked_reason, raw, envelope_to";
 
 fn row(r: sqlx::any::AnyRow) -> OutboxRow {
     OutboxRow {
@@ -91,6 +96,11 @@ fn row(r: sqlx::any::AnyRow) -> OutboxRow {
         body_html: r.get(10),
         attempts: r.get(11),
         blocked_reason: r.get(12),
+        raw: r.get(13),
+        envelope_to: r
+            .get::<Option<String>, _>(14)
+            .map(|lines| lines.lines().map(str::to_string).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -109,7 +119,8 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Claims the oldest due row of `mailbox`, if any. A row of a blocked From address is due
+    /// Claims the oldest due row of `mailbox`, if any, agent mail (`reply`) before everything
+    /// else: a person waits for it, while acknowledgements and notices can wait a minute. A row of a blocked From address is due
     /// when its own retry time has come (it is the probe); a row not yet marked waits while its
     /// address has a blocked row whose retry time has not come.
     pub async fn claim_due(&self, mailbox: &str) -> Result<Option<OutboxRow>> {
@@ -120,7 +131,7 @@ impl Store {
              AND o.next_attempt_at <= $1 AND (o.blocked_reason IS NOT NULL OR NOT EXISTS \
              (SELECT 1 FROM outbox b WHERE b.mailbox = o.mailbox AND b.from_address = o.from_address \
              AND b.blocked_reason IS NOT NULL AND b.state = 'pending' AND b.next_attempt_at > $1)) \
-             ORDER BY o.id LIMIT 1) AND state = 'pending' RETURNING {ROW_COLUMNS}"
+             ORDER BY CASE WHEN o.kind = 'reply' THEN 0 ELSE 1 END, o.id LIMIT 1) AND state = 'pending' RETURNING {ROW_COLUMNS}"
         )))
         .bind(now)
         .bind(mailbox)

@@ -44,6 +44,10 @@ pub struct StoredAttachment {
     pub content_type: String,
     pub sha256: String,
     pub content: Vec<u8>,
+    /// The mailbox of the message it came with.
+    pub mailbox: String,
+    /// Its content was removed by `purge` (retention); the metadata is kept.
+    pub purged: bool,
 }
 
 impl Store {
@@ -103,8 +107,10 @@ impl Store {
     /// One attachment with its content.
     pub async fn attachment(&self, id: i64) -> Result<Option<StoredAttachment>> {
         let row = sqlx::query(
-            "SELECT a.filename, a.content_type, a.sha256, b.content FROM attachments a \
-             JOIN attachment_blobs b ON b.sha256 = a.sha256 WHERE a.id = $1",
+            "SELECT a.filename, a.content_type, a.sha256, b.content, m.mailbox, \
+             CAST(CASE WHEN a.content_purged_at IS NULL AND b.purged_at IS NULL THEN 0 ELSE 1 END AS BIGINT) \
+             FROM attachments a JOIN attachment_blobs b ON b.sha256 = a.sha256 \
+             JOIN messages m ON m.id = a.message_id WHERE a.id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -114,6 +120,8 @@ impl Store {
             content_type: r.get(1),
             sha256: r.get(2),
             content: r.get(3),
+            mailbox: r.get(4),
+            purged: r.get::<i64, _>(5) != 0,
         }))
     }
 }

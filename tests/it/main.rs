@@ -25,6 +25,7 @@ mod mx;
 mod network;
 mod oauth;
 mod ops;
+mod outgoing;
 mod reconcile;
 mod record;
 mod retention;

@@ -161,7 +161,7 @@ impl Batch {
     }
 
     /// Like [`Batch::ticket_of_message_ids`], and whether the ID that matched is one of our own
-    /// outbound messages (an outbox row: an acknowledgement, a notice): a reply naming one was
+    /// outbound messages (an outbox row: an acknowledgement, a notice, an agent's reply): a reply naming one was
     /// written to something we sent.
     pub async fn thread_of_message_ids(
         &mut self,
@@ -179,7 +179,8 @@ impl Batch {
             let list = placeholders(1, chunk.len());
             // Only placeholders are formatted into the statement; the IDs are bound.
             let sql = format!(
-                "SELECT message_id, ticket_id, 0 FROM messages WHERE message_id IN ({list}) \
+                "SELECT message_id, ticket_id, CASE WHEN direction = 'outbound' THEN 1 ELSE 0 END \
+                 FROM messages WHERE message_id IN ({list}) \
                  UNION ALL SELECT message_id, ticket_id, 1 FROM outbox WHERE message_id IN ({list}) \
                  AND ticket_id IS NOT NULL"
             );
@@ -187,12 +188,13 @@ impl Batch {
             for id in chunk {
                 query = query.bind(id);
             }
-            let found: HashMap<String, (i64, bool)> = query
-                .fetch_all(&mut *self.tx)
-                .await?
-                .into_iter()
-                .map(|r| (r.get(0), (r.get(1), r.get::<i64, _>(2) == 1)))
-                .collect();
+            // An agent's reply is in both tables: the outbox's answer (ours) wins.
+            let mut found: HashMap<String, (i64, bool)> = HashMap::new();
+            for r in query.fetch_all(&mut *self.tx).await? {
+                let ours = r.get::<i64, _>(2) == 1;
+                let entry = found.entry(r.get(0)).or_insert((r.get(1), ours));
+                entry.1 |= ours;
+            }
             if let Some((ticket_id, ours)) = chunk.iter().find_map(|id| found.get(id)) {
                 let ours = *ours;
                 return Ok(self.ticket(*ticket_id).await?.map(|ticket| (ticket, ours)));
@@ -403,11 +405,12 @@ impl Batch {
             if !prefetched.asked_references.contains(id) {
                 return None;
             }
-            if let Some(known) = prefetched.messages.get(id) {
-                return Some(Some((known.ticket_id, false)));
-            }
+            // Our own outbound messages (an agent's reply) are in both: the outbox says it is ours.
             if let Some(ticket_id) = prefetched.outbox.get(id) {
                 return Some(Some((*ticket_id, true)));
+            }
+            if let Some(known) = prefetched.messages.get(id) {
+                return Some(Some((known.ticket_id, false)));
             }
         }
         Some(None)

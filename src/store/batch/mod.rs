@@ -16,7 +16,7 @@ use crate::mail_source::{Disposition, Uid};
 use crate::time::now_ms;
 use facts::Prefetched;
 pub use facts::{BatchQuestions, MessageFacts};
-pub use record::{FollowUpOn, QuarantineEnvelope};
+pub use record::{Direction, FollowUpOn, QuarantineEnvelope};
 
 mod facts;
 mod outbox;
@@ -186,6 +186,11 @@ impl Batch {
     pub async fn rollback(self) -> Result<()> {
         self.tx.rollback().await?;
         Ok(())
+    }
+
+    /// The batch's connection, for the store's other files that write in its transaction.
+    pub(in crate::store) fn connection(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
     }
 
     /// Marks the batch as conflicted (see [`Batch`]) and returns the error to hand up.

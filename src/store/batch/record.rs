@@ -12,6 +12,16 @@ use crate::store::sql::{gzip, join_ids, parties_json};
 use crate::store::{Backend, Result};
 use crate::time::now_ms;
 
+crate::closed_set! {
+    /// Which way a message went (`messages.direction`).
+    pub enum Direction("message direction") {
+        /// Mail that came in through IMAP.
+        Inbound = "inbound",
+        /// Mail we sent on the ticket (an agent's reply, a notification).
+        Outbound = "outbound",
+    }
+}
+
 /// What is known of a quarantined message's envelope (from its headers, if they were read).
 #[derive(Debug, Clone, Default)]
 pub struct QuarantineEnvelope {
@@ -225,13 +235,43 @@ impl Batch {
         auto_kind: Option<&str>,
         keep_raw: Option<&[u8]>,
     ) -> Result<i64> {
+        self.insert_message_as(Direction::Inbound, ticket_id, at, mail, auto_kind, keep_raw)
+            .await
+    }
+
+    /// Records a message we send on `ticket_id` (an agent's reply or a notification), parsed
+    /// from the bytes that are sent, as `direction = 'outbound'` with its attachments, so that
+    /// the ticket's thread is complete in the database and an answer naming it finds the ticket.
+    /// `at.internal_date_ms` is when it was submitted. `Conflict` when its Message-ID is stored.
+    pub async fn outbound_message(
+        &mut self,
+        ticket_id: i64,
+        at: &ImapLocation<'_>,
+        mail: &ParsedMail,
+    ) -> Result<i64> {
+        let id = self
+            .insert_message_as(Direction::Outbound, ticket_id, at, mail, None, None)
+            .await?;
+        *self.touched_tickets.entry(ticket_id).or_insert(false) |= false;
+        Ok(id)
+    }
+
+    async fn insert_message_as(
+        &mut self,
+        direction: Direction,
+        ticket_id: i64,
+        at: &ImapLocation<'_>,
+        mail: &ParsedMail,
+        auto_kind: Option<&str>,
+        keep_raw: Option<&[u8]>,
+    ) -> Result<i64> {
         let now = now_ms();
         let inserted = sqlx::query(
             "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
              thread_references, subject, from_address, from_name, reply_to, from_addresses, to_addresses, cc_addresses, \
              sent_at, received_at, body_text, body_html, body_text_derived, auto_kind, headers, size_bytes, \
              content_sha256, fingerprint, fingerprint_version, created_at) \
-             VALUES ($1, 'inbound', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+             VALUES ($1, $26, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
              $20, $21, $22, $23, $24, $25) ON CONFLICT DO NOTHING RETURNING id",
         )
         .bind(ticket_id)
@@ -259,6 +299,7 @@ impl Batch {
         .bind(&mail.fingerprint)
         .bind(FingerprintVersion::CURRENT.number())
         .bind(now)
+        .bind(direction.as_str())
         .fetch_optional(&mut *self.tx)
         .await?;
         let Some(row) = inserted else {
