@@ -2,10 +2,12 @@
 """run.py -- the ingest benchmark (issue 7). Called by scripts/bench.sh, which installs the
 packages, brings up the mail stack and builds the release binary first.
 
-    run.py [--count 10000] [--seed 7] [--with-50k] [--runs 1] [--no-report] [--keep]
+    run.py [--count 10000] [--seed 7] [--with-50k] [--runs 3] [--no-report] [--keep] [--only TOOLS]
 
-One run, same data for every tool: the load generator fills one fresh mailbox per tool
-(bench-<tag>-<tool>@helpdesk.test, hard links of the same files), then, one after the other:
+--runs rounds (default 3), the same data in each: the load generator fills one fresh mailbox per
+tool (bench-<tag>-r<round>-<tool>@helpdesk.test, hard links of the same files), then each tool runs
+once, in an order rotated by one every round (interleaved), and the report gives each tool's median
+run (by wall time) with every round's wall time. The tools:
   the bare pipeline (examples/bare_pipeline.rs: 200-message UID FETCH batches, mail-parser, one
   multi-row insert per batch into SQLite with mailintake's durability, no dispositions: the floor
   mailintake is measured against), mailintake once (SQLite), mailintake once (PostgreSQL), mbsync
@@ -39,6 +41,9 @@ QUARANTINE_LIMIT = 12 * 1024 * 1024
 BENCH_CLIENT_ID = "5d2b8e41-7c3a-4f9e-b1d6-2e4f6a8c0b3d"
 BENCH_SECRET = "bench-secret-value"
 PG_URL_BASE = "postgres://postgres@127.0.0.1:5432"
+# Explicit, so every PostgreSQL row pays the same: mailintake's default stays `prefer` (TLS when
+# the server offers it, as the local one does). BENCH_PG_PARAMS overrides (e.g. sslmode=disable).
+PG_PARAMS = os.environ.get("BENCH_PG_PARAMS", "sslmode=prefer")
 TARGETS = {"sqlite_vs_mbsync": 1.6, "sqlite_vs_python": 5.5, "pg_vs_mbsync": 1.2, "rss_mib": 128,
            "sqlite_vs_bare": 0.8, "pg_vs_sqlite": 0.8}
 
@@ -362,6 +367,45 @@ def clean_mailboxes(addresses):
                    capture_output=True)
 
 
+NAMES = {"bare": "the bare pipeline, SQLite", "sqlite": "mailintake once, SQLite",
+         "postgres": "mailintake once, PostgreSQL", "mbsync": "mbsync", "python": "Python imaplib + email + sqlite3"}
+
+
+def run_tool(tool, work, address, k, pg_db, entra_port):
+    """One timed run of `tool` on `address` (round k), with its outcome checks' inputs."""
+    sub = os.path.join(work, f"r{k}")
+    os.makedirs(sub, exist_ok=True)
+    if tool == "bare":
+        return run_bare(sub, address)
+    if tool == "sqlite":
+        dbfile = os.path.join(sub, "sqlite", "mailintake.db")
+        r = run_mailintake(sub, "sqlite", address, f"sqlite://{dbfile}", entra_port)
+        r["outcomes"] = mailintake_outcomes_sqlite(dbfile)
+    elif tool == "postgres":
+        db = f"{pg_db}_{k}"
+        psql("postgres", f"CREATE DATABASE {db}")
+        r = run_mailintake(sub, "postgres", address, f"{PG_URL_BASE}/{db}?{PG_PARAMS}", entra_port)
+        r["outcomes"] = mailintake_outcomes_pg(db)
+    elif tool == "mbsync":
+        return run_mbsync(sub, address)
+    else:
+        return run_python(sub, address)
+    r["inbox_after"] = doveadm_status(address, "INBOX")
+    r["quarantine_folder"] = doveadm_status(address, "Quarantine")
+    return r
+
+
+def median_run(rs):
+    """The run with the median wall time, with every run's wall time beside it. The outcomes of
+    all runs must agree (the same data each round)."""
+    ordered = sorted(rs, key=lambda r: r["wall_s"])
+    med = dict(ordered[(len(ordered) - 1) // 2])
+    med["walls"] = [r["wall_s"] for r in rs]
+    outcomes = [r.get("outcomes") for r in rs]
+    med["outcomes_agree"] = all(o == outcomes[0] for o in outcomes)
+    return med
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=10000)
@@ -371,6 +415,7 @@ def main():
     ap.add_argument("--no-report", action="store_true", help="do not rewrite BENCHMARKS.md")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
     ap.add_argument("--only", default="bare,sqlite,postgres,mbsync,python")
+    ap.add_argument("--runs", type=int, default=3, help="rounds, each tool once per round; medians reported")
     args = ap.parse_args()
     only = set(args.only.split(","))
 
@@ -379,7 +424,8 @@ def main():
     work = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"mailintake-bench-{tag}")
     os.makedirs(work)
     tools = ["bare", "sqlite", "postgres", "mbsync", "python"]
-    addr = {t: f"bench-{tag}-{t}@helpdesk.test" for t in tools}
+    round_addr = {t: [f"bench-{tag}-r{k}-{t}@helpdesk.test" for k in range(args.runs)] for t in tools}
+    addr = {f"{t}-{k}": a for t in tools for k, a in enumerate(round_addr[t])}
     addr["big"] = f"bench-{tag}-big@helpdesk.test"
     pg_db = f"mailintake_bench_{tag}"
     entra = None
@@ -392,8 +438,9 @@ def main():
         if entra is not None and entra.poll() is None:
             entra.terminate()
             entra.wait(timeout=10)
-        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE IF EXISTS {pg_db}"],
-                       capture_output=True)
+        for k in range(args.runs):
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc",
+                            f"DROP DATABASE IF EXISTS {pg_db}_{k}"], capture_output=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -401,53 +448,33 @@ def main():
     try:
         entra, entra_port = start_fake_entra(work, list(addr.values()))
         log(f"work dir {work}; fake-entra for the bench mailboxes on 127.0.0.1:{entra_port}")
-        log(f"load generator: {args.count} messages into {len(tools)} mailboxes (load {loadavg()})")
-        gen = loadgen([addr[t] for t in tools], args.count, args.seed, os.path.join(work, "manifest.json"))
-        results["loadgen"] = gen
-        log(f"  {gen['count']} messages, {gen['bytes'] / 1e6:.0f} MB in {gen['seconds']['total']} s "
-            f"({gen['msgs_per_s']} msg/s)")
-        fetchable = gen["fetchable_bytes"]
-
-        if "bare" in only:
-            la = loadavg()
-            log(f"the bare pipeline, SQLite (load {la})")
-            r = run_bare(work, addr["bare"])
-            r["load_before"] = la
-            results["tools"]["bare"] = r
-        if "sqlite" in only:
-            log(f"mailintake once, SQLite (load {loadavg()})")
-            la = loadavg()
-            dbfile = os.path.join(work, "sqlite", "mailintake.db")
-            r = run_mailintake(work, "sqlite", addr["sqlite"], f"sqlite://{dbfile}", entra_port)
-            r["load_before"] = la
-            r["outcomes"] = mailintake_outcomes_sqlite(dbfile)
-            r["inbox_after"] = doveadm_status(addr["sqlite"], "INBOX")
-            r["quarantine_folder"] = doveadm_status(addr["sqlite"], "Quarantine")
-            results["tools"]["sqlite"] = r
-        if "postgres" in only:
-            la = loadavg()
-            log(f"mailintake once, PostgreSQL (load {la})")
-            psql("postgres", f"CREATE DATABASE {pg_db}")
-            r = run_mailintake(work, "postgres", addr["postgres"],
-                               f"{PG_URL_BASE}/{pg_db}{os.environ.get('BENCH_PG_PARAMS', '')}", entra_port)
-            r["load_before"] = la
-            r["outcomes"] = mailintake_outcomes_pg(pg_db)
-            r["inbox_after"] = doveadm_status(addr["postgres"], "INBOX")
-            r["quarantine_folder"] = doveadm_status(addr["postgres"], "Quarantine")
-            results["tools"]["postgres"] = r
-        if "mbsync" in only:
-            la = loadavg()
-            log(f"mbsync (load {la})")
-            r = run_mbsync(work, addr["mbsync"])
-            r["load_before"] = la
-            results["tools"]["mbsync"] = r
-        if "python" in only:
-            la = loadavg()
-            log(f"Python imaplib + email + sqlite3 (load {la})")
-            r = run_python(work, addr["python"])
-            r["load_before"] = la
-            results["tools"]["python"] = r
-        clean_mailboxes([addr[t] for t in tools])
+        runs = {t: [] for t in tools}
+        for k in range(args.runs):
+            # Interleaved: each round fills fresh mailboxes with the same data and runs every tool
+            # once, in an order rotated by one per round, so that no tool always runs first (cold
+            # caches) or last (after the others' load).
+            rnd = {t: round_addr[t][k] for t in tools}
+            log(f"round {k + 1}/{args.runs}: load generator, {args.count} messages into {len(tools)} mailboxes "
+                f"(load {loadavg()})")
+            gen = loadgen([rnd[t] for t in tools], args.count, args.seed,
+                          os.path.join(work, f"manifest-{k}.json"))
+            results["loadgen"] = gen
+            log(f"  {gen['count']} messages, {gen['bytes'] / 1e6:.0f} MB in {gen['seconds']['total']} s "
+                f"({gen['msgs_per_s']} msg/s)")
+            order = [t for t in tools if t in only]
+            order = order[k % len(order):] + order[:k % len(order)] if order else order
+            for t in order:
+                la = loadavg()
+                log(f"  {NAMES[t]} (load {la})")
+                r = run_tool(t, work, rnd[t], k, pg_db, entra_port)
+                r["load_before"] = la
+                runs[t].append(r)
+            clean_mailboxes([rnd[t] for t in tools])
+        for t, rs in runs.items():
+            if rs:
+                results["tools"][t] = median_run(rs)
+        results["fetchable_bytes"] = results["loadgen"]["fetchable_bytes"]
+        results["runs"] = args.runs
 
         if args.with_50k:
             log(f"RSS flatness: {args.big_count} messages (load {loadavg()})")
@@ -462,7 +489,6 @@ def main():
             results["tools"]["sqlite_big"] = r
             clean_mailboxes([addr["big"]])
 
-        results["fetchable_bytes"] = fetchable
         results["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         results["load_after"] = loadavg()
         with open(os.path.join(work, "results.json"), "w") as f:
@@ -518,8 +544,13 @@ def render(res):
         lines.append(f"| {names[k]} | {r['wall_s']:.1f} | {cnt / r['wall_s']:.0f} | {mb / r['wall_s']:.1f} | "
                      f"{r['cpu_s']:.1f} ({r['user_s']:.1f}+{r['sys_s']:.1f}) | {r.get('dovecot_cpu_s')} | {r['rss_kib'] / 1024:.0f} | "
                      f"{r['load_before']} | {r['rc']} |")
+    if res.get("runs", 1) > 1:
+        lines.append("")
+        lines.append(f"Medians of {res['runs']} interleaved rounds; wall s per round: "
+                     + "; ".join(f"{names[k]} {t[k]['walls']}" for k in ("bare", "sqlite", "postgres", "mbsync", "python")
+                                 if k in t and "walls" in t[k]) + ".")
     lines.append("")
-    lines.append("Throughput ratios (messages/s; target in brackets):")
+    lines.append("Throughput ratios (messages/s of the medians; target in brackets):")
     res["ok"] = True
 
     def ratio(a, b, target, label):
@@ -544,8 +575,10 @@ def render(res):
         rss = r["rss_kib"] / 1024
         ok = rss <= TARGETS["rss_mib"]
         res["ok"] &= ok
+        agree = r.get("outcomes_agree", True)
+        res["ok"] &= agree
         lines.append(f"- {names[k]}: peak RSS {rss:.0f} MiB (≤ {TARGETS['rss_mib']} MiB) — {'met' if ok else 'MISSED'}; "
-                     f"outcomes {r.get('outcomes')}")
+                     f"outcomes {r.get('outcomes')}" + ("" if agree else " — OUTCOMES DIFFER BETWEEN ROUNDS"))
         body = sum(s.get("body_bytes", 0) for s in r["sessions"])
         out = sum(s.get("out", 0) for s in r["sessions"])
         want = res["loadgen_big"]["fetchable_bytes"] if k == "sqlite_big" else res["fetchable_bytes"]
