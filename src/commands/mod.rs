@@ -42,6 +42,13 @@ pub async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCo
         Command::ConsentUrl { identity } => return setup::consent_url(&config, identity),
         _ => {}
     }
+    // One worker per SQLite database (several share the mailboxes on PostgreSQL): held until
+    // the command ends.
+    let _worker = match &command {
+        Command::Once => crate::store::lock_worker(config.database.url(), "once")?,
+        Command::Run => crate::store::lock_worker(config.database.url(), "run")?,
+        _ => None,
+    };
     // Opening the store creates or upgrades the schema, which is all `migrate` asks for.
     let store = Store::open_configured(&config.database)
         .await

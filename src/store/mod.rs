@@ -35,6 +35,7 @@ pub use outgoing::{
     OutboxState, OutgoingDraft, OutgoingKind, OutgoingRow, ReplyFacts, Submitted, SubmittedVia,
 };
 pub use tickets::{StoredAttachment, TicketSummary};
+pub use worker_lock::{WorkerLock, WorkerLockError, lock_worker};
 
 pub mod admin;
 mod batch;
@@ -45,6 +46,7 @@ mod outgoing;
 mod sql;
 mod tickets;
 pub mod tokens;
+mod worker_lock;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

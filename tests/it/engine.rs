@@ -303,9 +303,40 @@ async fn two_workers_at_once_duplicate_nothing(backend: Backend) {
     assert!(inbox.iter().all(|(_, seen)| *seen), "{inbox:?}");
 }
 
+/// One worker per SQLite database: a second `once` beside a running `run` is refused, naming
+/// the first, and changes nothing; the other commands work beside it; once the first has
+/// stopped, the next `once` runs.
+///
+/// Before: the second worker ran on the same file, racing the first for every UID (safe, but
+/// double the downloads and the server's connections); nothing said that a second one ran.
 #[tokio::test]
-async fn two_workers_at_once_duplicate_nothing_on_sqlite() {
-    two_workers_at_once_duplicate_nothing(Backend::Sqlite).await;
+async fn a_second_worker_on_one_sqlite_database_is_refused_naming_the_first() {
+    let case = Case::new(Backend::Sqlite, "poll_interval = \"1s\"", "implicit").await;
+    let running = case.spawn_run();
+    deliver_fixtures(&case, &["plain.eml"]).await;
+    assert!(
+        case.wait_for_count("SELECT COUNT(*) FROM tickets", 1, Duration::from_secs(20))
+            .await,
+        "the running worker took the mail in"
+    );
+    let second = case.run(&["once"]).await;
+    let stderr = text(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another mailintake worker is running on the SQLite database")
+            && stderr.contains("`run`")
+            && stderr.contains("pid "),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("access token obtained"),
+        "refused before it did anything: {stderr}"
+    );
+    // Reading beside the worker works.
+    assert_ok(&case.run(&["tickets"]).await);
+    let (status, log) = terminate(running, Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}: {log}");
+    assert_ok(&case.run(&["once"]).await);
 }
 
 #[tokio::test]
