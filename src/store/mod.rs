@@ -30,6 +30,7 @@ pub use batch::{
 };
 pub use errors::FailureKind;
 pub use folders::{FolderState, PendingDisposition, RecordedOutcome, StuckFailure, StuckMessage};
+pub use leases::{Lease, WorkerInfo, WorkerRow};
 pub use outbox::{AckKind, OutboxDraft, OutboxRow};
 pub use outgoing::{
     OutboxState, OutgoingDraft, OutgoingKind, OutgoingRow, ReplyFacts, Submitted, SubmittedVia,
@@ -41,6 +42,7 @@ pub mod admin;
 mod batch;
 mod errors;
 mod folders;
+mod leases;
 pub mod outbox;
 mod outgoing;
 mod sql;
@@ -71,6 +73,16 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("a row for this message already exists (written concurrently by another worker)")]
     Conflict,
+    /// A fenced batch found its folder's lease lost (taken over after it expired, or released):
+    /// nothing of it was committed, and the folder is another worker's now.
+    #[error(
+        "the lease of {mailbox}/{folder} (epoch {epoch}) is no longer this worker's; nothing of the batch was committed"
+    )]
+    LeaseLost {
+        mailbox: String,
+        folder: String,
+        epoch: i64,
+    },
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
     /// A column of a closed set holds a value this version does not know (a newer version or

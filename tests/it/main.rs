@@ -20,6 +20,7 @@ mod helpers;
 mod imapproxy;
 mod intake;
 mod junk;
+mod leases;
 mod listing;
 mod mx;
 mod network;

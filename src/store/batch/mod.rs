@@ -6,7 +6,8 @@
 //! - `facts`: what a decision asks of the store, read for the whole batch at its start;
 //! - `record`: the outcomes (new ticket, follow-up, duplicate, ignored, quarantine);
 //! - `outbox`: the acknowledgements written with their ticket, and the counts that limit them;
-//! - `releases`: quarantined messages let in again (an operator's release, a reprocessed row).
+//! - `releases`: quarantined messages let in again (an operator's release, a reprocessed row);
+//! - `fence`: a leased folder's batch commits only while its lease holds (`store/leases.rs`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -19,6 +20,7 @@ pub use facts::{BatchQuestions, MessageFacts};
 pub use record::{Direction, FollowUpOn, QuarantineEnvelope};
 
 mod facts;
+mod fence;
 mod outbox;
 mod record;
 mod releases;
@@ -66,6 +68,8 @@ pub struct Batch {
     checkpoints: Vec<(String, String, u32, Uid)>,
     /// A write met another worker's row: this batch must not be committed.
     conflicted: bool,
+    /// The lease of the folder this batch writes, renewed first at commit ([`Batch::fence`]).
+    fence: Option<crate::store::leases::Lease>,
 }
 
 /// What a batch wrote so far that later facts in it depend on.
@@ -149,6 +153,7 @@ impl Store {
             touched_tickets: HashMap::new(),
             checkpoints: Vec::new(),
             conflicted: false,
+            fence: None,
         })
     }
 }
@@ -158,6 +163,12 @@ impl Batch {
     /// then makes the batch durable. A batch that met a conflict (here: a UID another worker
     /// recorded meanwhile) is refused and rolled back: it has to be decided again.
     pub async fn commit(mut self) -> Result<()> {
+        // Fenced: nothing is written unless the folder's lease is still this worker's, and its
+        // row lock holds off a takeover until the commit is done.
+        if let Err(lost) = self.check_fence().await {
+            self.tx.rollback().await?;
+            return Err(lost);
+        }
         if !self.conflicted {
             self.write_ticket_updates().await?;
             self.write_outcomes().await?;

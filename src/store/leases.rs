@@ -1,0 +1,243 @@
+//! The fleet's coordination (issue 17): workers registered with a heartbeat, and leases — each
+//! (mailbox, folder) owned by at most one worker at a time. A lease has a holder, an epoch (one
+//! more with every acquisition: the fencing token) and an expiry by the database's clock, never
+//! the workers' (theirs may disagree). Taking a lease over is one conditional UPDATE: free,
+//! expired, or already ours.
+//!
+//! Fencing: a batch of a leased folder commits only while its lease holds. Its commit first runs
+//! the fence's renewal (`Batch::fence`) in the batch's own transaction — `holder`, `epoch` and an expiry
+//! still ahead must match, or nothing of the batch is committed (`StoreError::LeaseLost`) — and the
+//! row lock that UPDATE takes holds off any takeover until the commit is done. What a database
+//! cannot fence (IMAP dispositions) the worker guards by its own monotonic clock: see
+//! [`Lease::trusted_until`].
+
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+
+use super::{Backend, Result, Store};
+
+/// The database's clock in unix milliseconds, as an SQL expression: every expiry is by it. On
+/// PostgreSQL `clock_timestamp()`, not `now()` (the time the transaction began, which a batch
+/// that waited would see as earlier than it is).
+fn db_now(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+    }
+}
+
+/// One worker process, as it registers.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    /// Unique per process start.
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+}
+
+/// A registered worker, as the fleet sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRow {
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+    pub version: String,
+    pub started_at_ms: i64,
+    pub heartbeat_at_ms: i64,
+    pub stopped_at_ms: Option<i64>,
+}
+
+/// A lease this worker holds.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub mailbox: String,
+    pub folder: String,
+    pub holder: String,
+    /// The fencing token: the row's epoch when this worker acquired it.
+    pub epoch: i64,
+    /// How long each acquisition or renewal lasts.
+    pub ttl: Duration,
+    /// When this worker last acquired or renewed it, by its own monotonic clock (taken before
+    /// the statement was sent, so never later than the database's renewal).
+    pub renewed_at: Instant,
+}
+
+impl Lease {
+    /// Until when this worker may still act on the lease (IMAP commands, dispositions) by its own
+    /// monotonic clock: the TTL minus `margin` after its last renewal. Past it, another worker
+    /// may have taken the folder over, whatever the database said last.
+    pub fn trusted_until(&self, margin: Duration) -> Instant {
+        self.renewed_at + self.ttl.saturating_sub(margin)
+    }
+}
+
+impl Store {
+    /// Registers `worker` (or says again that it is alive: the heartbeat).
+    pub async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()> {
+        let now = db_now(self.backend);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO workers (id, host, pid, version, started_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, {now}, {now}) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = {now}, stopped_at = NULL"
+        )))
+        .bind(&worker.id)
+        .bind(&worker.host)
+        .bind(i64::from(worker.pid))
+        .bind(&worker.version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks `worker_id` stopped and releases every lease it holds; returns how many.
+    pub async fn stop_worker(&self, worker_id: &str) -> Result<u64> {
+        let now = db_now(self.backend);
+        let mut tx = self.pool.begin().await?;
+        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE leases SET holder = NULL, expires_at = {now} WHERE holder = $1"
+        )))
+        .bind(worker_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE workers SET stopped_at = {now} WHERE id = $1"
+        )))
+        .bind(worker_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    /// The workers that sent a heartbeat within `alive_within` and have not stopped, oldest
+    /// first.
+    pub async fn live_workers(&self, alive_within: Duration) -> Result<Vec<WorkerRow>> {
+        let now = db_now(self.backend);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, host, pid, version, started_at, heartbeat_at, stopped_at FROM workers \
+             WHERE stopped_at IS NULL AND heartbeat_at > {now} - $1 ORDER BY started_at, id"
+        )))
+        .bind(alive_within.as_millis() as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| WorkerRow {
+                id: r.get(0),
+                host: r.get(1),
+                pid: r.get(2),
+                version: r.get(3),
+                started_at_ms: r.get(4),
+                heartbeat_at_ms: r.get(5),
+                stopped_at_ms: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Takes the lease of (`mailbox`, `folder`) for `holder` for `ttl`: when it is free, expired
+    /// (by the database's clock), or `holder`'s already (then with a new epoch all the same: an
+    /// acquisition starts a new tenure). `None` when another worker holds it.
+    pub async fn acquire_lease(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        let now = db_now(self.backend);
+        sqlx::query(
+            "INSERT INTO leases (mailbox, folder) VALUES ($1, $2) \
+             ON CONFLICT (mailbox, folder) DO NOTHING",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .execute(&self.pool)
+        .await?;
+        let started = Instant::now();
+        let epoch: Option<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE leases SET holder = $3, epoch = epoch + 1, acquired_at = {now}, renewed_at = {now}, \
+             expires_at = {now} + $4 WHERE mailbox = $1 AND folder = $2 \
+             AND (holder IS NULL OR holder = $3 OR expires_at <= {now}) RETURNING epoch"
+        )))
+        .bind(mailbox)
+        .bind(folder)
+        .bind(holder)
+        .bind(ttl.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.get(0));
+        Ok(epoch.map(|epoch| Lease {
+            mailbox: mailbox.to_string(),
+            folder: folder.to_string(),
+            holder: holder.to_string(),
+            epoch,
+            ttl,
+            renewed_at: started,
+        }))
+    }
+
+    /// Renews `lease` for another TTL; false when it is lost (taken over, or expired: an expired
+    /// lease is not renewed, as another worker may have seen it free).
+    pub async fn renew_lease(&self, lease: &mut Lease) -> Result<bool> {
+        let started = Instant::now();
+        let renewed = sqlx::query(sqlx::AssertSqlSafe(renew_sql(self.backend)))
+            .bind(lease.ttl.as_millis() as i64)
+            .bind(&lease.mailbox)
+            .bind(&lease.folder)
+            .bind(&lease.holder)
+            .bind(lease.epoch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1;
+        if renewed {
+            lease.renewed_at = started;
+        }
+        Ok(renewed)
+    }
+
+    /// Gives `lease` up at once (a safe point: between batches, after logout), so that another
+    /// worker takes the folder without waiting for the expiry. A lease already lost is left alone.
+    pub async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let now = db_now(self.backend);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE leases SET holder = NULL, expires_at = {now} \
+             WHERE mailbox = $1 AND folder = $2 AND holder = $3 AND epoch = $4"
+        )))
+        .bind(&lease.mailbox)
+        .bind(&lease.folder)
+        .bind(&lease.holder)
+        .bind(lease.epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Who holds each lease now: (mailbox, folder, holder), free ones with `None`.
+    pub async fn lease_holders(&self) -> Result<Vec<(String, String, Option<String>)>> {
+        let now = db_now(self.backend);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT mailbox, folder, CASE WHEN expires_at > {now} THEN holder END FROM leases \
+             ORDER BY mailbox, folder"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+}
+
+/// The renewal: holder, epoch and an expiry still ahead must match. Binds: ttl ms, mailbox,
+/// folder, holder, epoch.
+pub(super) fn renew_sql(backend: Backend) -> String {
+    let now = db_now(backend);
+    format!(
+        "UPDATE leases SET renewed_at = {now}, expires_at = {now} + $1 \
+         WHERE mailbox = $2 AND folder = $3 AND holder = $4 AND epoch = $5 AND expires_at > {now}"
+    )
+}
