@@ -4,40 +4,15 @@
 
 use std::time::Duration;
 
+use crate::acks::{connect_first, customer_mail, inbox_messages};
 use crate::helpers::*;
 
-/// Mail already in the mailbox at the first connection is imported without acknowledgements.
-async fn connect_first(case: &Case) {
-    let stdout = assert_ok(&case.run(&["once"]).await);
-    assert!(stdout.contains("0 new message(s)"), "{stdout}");
-    next_second().await;
-}
-
-fn customer_mail(from: &str, to: &str, subject: &str, id: &str, extra_headers: &str) -> Vec<u8> {
-    format!(
-        "From: Alice Example <{from}>\r\nTo: {to}\r\nSubject: {subject}\r\n\
-         Date: Tue, 24 Nov 2026 17:00:00 +0000\r\nMessage-ID: <{id}>\r\n{extra_headers}\
-         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease help.\r\n"
-    )
-    .into_bytes()
-}
-
-/// The parsed messages in `mailbox`'s inbox.
+/// The parsed messages in `mailbox`'s inbox, with their text.
 async fn inbox(entra: &Entra, mailbox: &str) -> Vec<(mailintake::ingest::ParsedMail, String)> {
-    let mut conn = imap_session(entra, mailbox).await;
-    conn.select("INBOX").await.unwrap();
-    let listed = conn.list_above(0).await.unwrap();
-    let uids: Vec<_> = listed.iter().map(|m| m.uid).collect();
-    let bodies = conn.fetch_bodies(&uids, 1 << 20).await.unwrap();
-    conn.logout().await;
-    bodies
+    inbox_messages(entra, mailbox)
+        .await
         .into_iter()
-        .filter_map(|(_, body)| match body {
-            mailintake::imap::Body::Complete(raw) => {
-                Some((mailintake::ingest::parse(&raw).unwrap(), text(&raw)))
-            }
-            _ => None,
-        })
+        .map(|raw| (mailintake::ingest::parse(&raw).unwrap(), text(&raw)))
         .collect()
 }
 
