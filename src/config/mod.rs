@@ -14,6 +14,32 @@ mod identity;
 mod mailbox;
 mod problems;
 mod raw;
+/// A mailbox from `[[mailboxes]]` keys (`extra` appended to a minimal one with IMAP and SMTP),
+/// for the unit tests of the modules that take one.
+#[cfg(test)]
+pub(crate) fn mailbox_for_tests(extra: &str) -> Mailbox {
+    let text = format!(
+        r#"
+        [identities.app]
+        tenant = "t"
+        client_id = "c"
+        client_secret = "s"
+
+        [[mailboxes]]
+        name = "support"
+        address = "support@helpdesk.test"
+        identity = "app"
+        imap = {{ host = "imap.example.test" }}
+        smtp = {{ host = "smtp.example.test" }}
+        {extra}
+        "#
+    );
+    Config::from_toml_str(&text, std::path::Path::new("."))
+        .unwrap()
+        .mailboxes
+        .remove(0)
+}
+
 #[cfg(test)]
 mod tests;
 

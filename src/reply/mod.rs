@@ -477,26 +477,7 @@ mod tests {
     use crate::config::Config;
 
     fn mailbox(extra: &str) -> Mailbox {
-        let text = format!(
-            r#"
-            [identities.app]
-            tenant = "t"
-            client_id = "c"
-            client_secret = "s"
-
-            [[mailboxes]]
-            name = "support"
-            address = "support@helpdesk.test"
-            identity = "app"
-            imap = {{ host = "imap.example.test" }}
-            smtp = {{ host = "smtp.example.test" }}
-            {extra}
-            "#
-        );
-        let mut mailbox = Config::from_toml_str(&text, std::path::Path::new("."))
-            .unwrap()
-            .mailboxes
-            .remove(0);
+        let mut mailbox = crate::config::mailbox_for_tests(extra);
         // The receiving server's stamp has tests of its own below.
         mailbox.acknowledge.require_authentication = false;
         mailbox

@@ -2,29 +2,9 @@
 
 use super::request::{self, check, digest};
 use super::*;
-use crate::config::Config;
 
 fn mailbox(extra: &str) -> Mailbox {
-    let text = format!(
-        r#"
-        [identities.app]
-        tenant = "t"
-        client_id = "c"
-        client_secret = "s"
-
-        [[mailboxes]]
-        name = "support"
-        address = "support@helpdesk.test"
-        identity = "app"
-        imap = {{ host = "imap.example.test" }}
-        smtp = {{ host = "smtp.example.test" }}
-        {extra}
-        "#
-    );
-    Config::from_toml_str(&text, std::path::Path::new("."))
-        .unwrap()
-        .mailboxes
-        .remove(0)
+    crate::config::mailbox_for_tests(extra)
 }
 
 fn request(json: &str) -> OutgoingRequest {
