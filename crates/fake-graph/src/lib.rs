@@ -13,8 +13,9 @@
 //!   injected 429/503s.
 //! - [`GraphError`]: Graph's error JSON and the catalogue of codes.
 //! - `server`: the HTTP routes (`/v1.0/users/{id | userPrincipalName}/…`, `/v1.0/me/…`),
-//!   authentication with fake-entra's tokens, the request log; `control`: the `/_fake/…`
-//!   control API. [`FakeGraph`] is the handle that starts and stops it and drives it from tests.
+//!   authentication with fake-entra's tokens, the request log; `handlers`: one method per
+//!   operation; `control`: the `/_fake/…`
+//!   control API; `send`: what Exchange does to the MIME of `sendMail`. [`FakeGraph`] is the handle that starts and stops it and drives it from tests.
 //!
 //! Invariants: every answer to a Graph route is Graph's JSON (errors included), never a panic
 //! or axum's plain text; a token is accepted only if fake-entra's key signed it for the Graph
@@ -38,9 +39,11 @@
 
 mod control;
 mod error;
+mod handlers;
 mod ids;
 mod limits;
 mod representation;
+mod send;
 mod server;
 mod store;
 mod time;
