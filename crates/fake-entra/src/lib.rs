@@ -55,7 +55,7 @@ pub use aad_error::AadsError;
 pub use claims::{AccessTokenClaims, AccessTokenSpec};
 pub use config::{Client, Config, EXCHANGE_RESOURCE, User};
 pub use keys::SigningKey;
-pub use tokeninfo::{MailService, TokenInfo};
+pub use tokeninfo::{MailService, TokenInfo, TokenRejection, verify_access_token};
 
 use claims::{ClientAuthMethod, Mint};
 use grants::normalise_user_code;

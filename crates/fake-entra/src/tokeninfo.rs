@@ -91,6 +91,71 @@ pub struct TokenInfo {
     pub exp: i64,
 }
 
+/// Why an access token was refused by [`verify_access_token`]: the distinction a resource
+/// server reports (Microsoft Graph answers both with 401 `InvalidAuthenticationToken`, but with
+/// different messages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenRejection {
+    /// Not a JWT, not signed by this key, or not an access token's claims.
+    Invalid(String),
+    /// `exp` has passed (or `nbf` lies ahead).
+    Expired(String),
+    /// `aud` (the value carried) is not one of the accepted audiences.
+    WrongAudience(String),
+}
+
+impl std::fmt::Display for TokenRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenRejection::Invalid(why) | TokenRejection::Expired(why) => f.write_str(why),
+            TokenRejection::WrongAudience(aud) => {
+                write!(f, "the token's audience '{aud}' is not accepted here")
+            }
+        }
+    }
+}
+
+/// Checks what every resource server checks before looking at permissions: the RS256 signature
+/// with this key, `nbf`/`exp` at `now`, and `aud` against `audiences`. Returns the claims; the
+/// caller decides about `roles`/`scp` and mailboxes. Stateless, like the rest of validation.
+pub fn verify_access_token(
+    key: &SigningKey,
+    audiences: &[String],
+    token: &str,
+    now: SystemTime,
+) -> Result<AccessTokenClaims, TokenRejection> {
+    let claims = key.verify_jwt(token).map_err(TokenRejection::Invalid)?;
+    let claims: AccessTokenClaims = serde_json::from_value(claims).map_err(|e| {
+        TokenRejection::Invalid(format!(
+            "the token's claims are not those of an access token: {e}"
+        ))
+    })?;
+    let now_secs = unix_secs(now);
+    if claims.exp <= now_secs {
+        return Err(TokenRejection::Expired(format!(
+            "the token expired at {} (now {})",
+            entra_timestamp(
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(claims.exp.max(0) as u64)
+            ),
+            entra_timestamp(now)
+        )));
+    }
+    if claims.nbf > now_secs + NBF_LEEWAY_SECS {
+        return Err(TokenRejection::Expired(format!(
+            "the token is not valid before nbf={} (now {now_secs})",
+            claims.nbf
+        )));
+    }
+    let aud = claims.aud.trim_end_matches('/');
+    if !audiences
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(aud))
+    {
+        return Err(TokenRejection::WrongAudience(claims.aud.clone()));
+    }
+    Ok(claims)
+}
+
 /// Validates `token` for a login as `login` (the SASL user, i.e. the mailbox) to `service`.
 /// `audiences` are the accepted `aud` values. The error is a sentence for an operator.
 pub fn validate_mailbox_access(
@@ -101,36 +166,14 @@ pub fn validate_mailbox_access(
     service: MailService,
     now: SystemTime,
 ) -> Result<TokenInfo, String> {
-    let claims = key.verify_jwt(token)?;
-    let claims: AccessTokenClaims = serde_json::from_value(claims)
-        .map_err(|e| format!("the token's claims are not those of an access token: {e}"))?;
-    let now_secs = unix_secs(now);
-    if claims.exp <= now_secs {
-        return Err(format!(
-            "the token expired at {} (now {})",
-            entra_timestamp(
-                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(claims.exp.max(0) as u64)
+    let claims =
+        verify_access_token(key, audiences, token, now).map_err(|rejection| match rejection {
+            TokenRejection::WrongAudience(aud) => format!(
+                "the token's audience '{aud}' is not Exchange Online (expected {})",
+                audiences.join(" or ")
             ),
-            entra_timestamp(now)
-        ));
-    }
-    if claims.nbf > now_secs + NBF_LEEWAY_SECS {
-        return Err(format!(
-            "the token is not valid before nbf={} (now {now_secs})",
-            claims.nbf
-        ));
-    }
-    let aud = claims.aud.trim_end_matches('/');
-    if !audiences
-        .iter()
-        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(aud))
-    {
-        return Err(format!(
-            "the token's audience '{}' is not Exchange Online (expected {})",
-            claims.aud,
-            audiences.join(" or ")
-        ));
-    }
+            other => other.to_string(),
+        })?;
     let has_mailbox_access = |mailbox: &str| {
         claims
             .fake_mailbox_access

@@ -1,0 +1,87 @@
+//! `fake-graph`: runs the fake Microsoft Graph (Outlook mail) on loopback.
+//!
+//! ```text
+//! fake-graph --listen 127.0.0.1:14081 --key signing-key.pem --user support@helpdesk.test
+//! ```
+//!
+//! - `--key`: fake-entra's signing key (PEM); only tokens it signed for the Graph audience
+//!   are accepted.
+//! - `--user`: a mailbox (repeatable); more through `POST /_fake/users`.
+//! - `--listen`: a loopback address (anything else is refused); default 127.0.0.1:14081.
+//!
+//! One line per request on stdout (method, path, mailbox, status; never tokens). Runs until
+//! SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use fake_graph::{Config, FakeGraph, User};
+
+/// A fake of Microsoft Graph's mail API, on loopback.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (loopback only).
+    #[arg(long, default_value = "127.0.0.1:14081")]
+    listen: SocketAddr,
+    /// fake-entra's PEM signing key.
+    #[arg(long)]
+    key: PathBuf,
+    /// A mailbox (userPrincipalName); repeatable.
+    #[arg(long = "user")]
+    users: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fake-graph: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {}: fake-graph listens on loopback only (127.0.0.1 or ::1)",
+            args.listen
+        );
+    }
+    let key = fake_entra::SigningKey::from_pem_file(&args.key)?;
+    let mut config = Config {
+        log_requests: true,
+        ..Config::default()
+    };
+    for upn in &args.users {
+        config = config.with_user(User::new(upn));
+    }
+    let graph = FakeGraph::start(config, key, args.listen)
+        .await
+        .context("starting fake-graph")?;
+    println!(
+        "fake-graph listening on {} — Graph at {}, mailboxes: {}",
+        graph.base_url(),
+        graph.graph_url(),
+        args.users.join(", ")
+    );
+    wait_for_signal().await?;
+    println!("fake-graph: shutting down");
+    graph.shutdown().await;
+    Ok(())
+}
+
+/// Returns at SIGINT or SIGTERM.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! What Exchange does to the MIME of `sendMail` (https://learn.microsoft.com/graph/api/user-sendmail):
+//! headers it strips or adds, the Bcc only the sender's copy keeps, and the MIME built from the
+//! JSON variant's `message`. No IO.
+
+use serde_json::Value;
+
+use crate::{ids, time};
+
+pub(crate) fn header_end(mime: &[u8]) -> usize {
+    mime.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .or_else(|| mime.windows(2).position(|w| w == b"\n\n").map(|p| p + 1))
+        .unwrap_or(mime.len())
+}
+
+pub(crate) fn extract_header(mime: &[u8], name: &str) -> Option<String> {
+    let head = String::from_utf8_lossy(&mime[..header_end(mime)]).into_owned();
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    head.lines()
+        .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
+        .map(|l| l[prefix.len()..].trim().to_owned())
+}
+
+/// What Exchange does to MIME it sends: removes `strip` headers (and Bcc from the recipients'
+/// copies), adds Date and From when missing, and a Message-ID when `add_message_id`.
+pub(crate) fn prepare_outgoing(
+    mime: &[u8],
+    strip: &[String],
+    from: &str,
+    add_message_id: bool,
+    drop_bcc: bool,
+) -> Vec<u8> {
+    let end = header_end(mime);
+    let head = String::from_utf8_lossy(&mime[..end]).into_owned();
+    let mut kept: Vec<String> = Vec::new();
+    let mut skipping = false;
+    let mut has_date = false;
+    let mut has_from = false;
+    for line in head.split_inclusive('\n') {
+        let continuation = line.starts_with(' ') || line.starts_with('\t');
+        if !continuation {
+            let name = line.split(':').next().unwrap_or("").trim();
+            skipping = strip.iter().any(|s| s.eq_ignore_ascii_case(name))
+                || (drop_bcc && name.eq_ignore_ascii_case("Bcc"));
+            has_date |= name.eq_ignore_ascii_case("Date");
+            has_from |= name.eq_ignore_ascii_case("From");
+        }
+        if !skipping && !line.trim().is_empty() {
+            kept.push(line.trim_end_matches(['\r', '\n']).to_owned());
+        }
+    }
+    if add_message_id {
+        kept.insert(
+            0,
+            format!("Message-ID: <{}@fake-graph.prod.outlook.test>", ids::uuid()),
+        );
+    }
+    if !has_date {
+        kept.push(format!("Date: {}", rfc2822(time::now_secs())));
+    }
+    if !has_from {
+        kept.push(format!("From: {from}"));
+    }
+    let mut out = kept.join("\r\n").into_bytes();
+    out.extend_from_slice(b"\r\n\r\n");
+    let rest = &mime[end..];
+    let body = rest
+        .strip_prefix(b"\r\n")
+        .or_else(|| rest.strip_prefix(b"\n"))
+        .unwrap_or(rest);
+    out.extend_from_slice(body);
+    out
+}
+
+fn rfc2822(secs: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let iso = time::iso(secs);
+    let (y, m, d) = (&iso[0..4], &iso[5..7], &iso[8..10]);
+    let month = m.parse::<usize>().unwrap_or(1).clamp(1, 12);
+    let weekday = DAYS[secs.div_euclid(86_400).rem_euclid(7) as usize];
+    format!(
+        "{weekday}, {} {} {y} {} +0000",
+        d.trim_start_matches('0'),
+        MONTHS[month - 1],
+        &iso[11..19]
+    )
+}
+
+/// A MIME message from sendMail's JSON `message` (subject, body, recipients, custom
+/// `internetMessageHeaders`).
+pub(crate) fn mime_from_json(message: &Value, sender: &str) -> Vec<u8> {
+    let list = |name: &str| -> String {
+        message
+            .get(name)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.pointer("/emailAddress/address").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let mut lines = vec![format!("From: {sender}")];
+    for (header, field) in [
+        ("To", "toRecipients"),
+        ("Cc", "ccRecipients"),
+        ("Bcc", "bccRecipients"),
+    ] {
+        let value = list(field);
+        if !value.is_empty() {
+            lines.push(format!("{header}: {value}"));
+        }
+    }
+    let subject = message.get("subject").and_then(Value::as_str).unwrap_or("");
+    lines.push(format!("Subject: {subject}"));
+    for h in message
+        .get("internetMessageHeaders")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let (Some(n), Some(v)) = (
+            h.get("name").and_then(Value::as_str),
+            h.get("value").and_then(Value::as_str),
+        ) {
+            lines.push(format!("{n}: {v}"));
+        }
+    }
+    let html = message
+        .pointer("/body/contentType")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("html"));
+    lines.push("MIME-Version: 1.0".to_owned());
+    lines.push(format!(
+        "Content-Type: text/{}; charset=utf-8",
+        if html { "html" } else { "plain" }
+    ));
+    let content = message
+        .pointer("/body/content")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    format!("{}\r\n\r\n{content}\r\n", lines.join("\r\n")).into_bytes()
+}
