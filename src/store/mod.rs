@@ -32,7 +32,8 @@ pub use errors::FailureKind;
 pub use folders::{FolderState, PendingDisposition, RecordedOutcome, StuckFailure, StuckMessage};
 pub use outbox::{AckKind, OutboxDraft, OutboxRow};
 pub use outgoing::{
-    OutboxState, OutgoingDraft, OutgoingKind, OutgoingRow, ReplyFacts, Submitted, SubmittedVia,
+    DeliveryState, OutboxState, OutboxStatus, OutgoingDraft, OutgoingKind, OutgoingRow, ReplyFacts,
+    Submitted, SubmittedVia,
 };
 pub use tickets::{StoredAttachment, TicketSummary};
 
