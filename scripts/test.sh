@@ -11,7 +11,8 @@ log() { printf '\n==> %s\n' "$*"; }
 
 need_packages=()
 # chromium: the status-page test (tests/it/ops.rs) renders the page in headless Chromium.
-for pkg in pkg-config libssl-dev chromium; do
+# python3-venv: the HTTP API's contract test runs schemathesis from PyPI in a venv.
+for pkg in pkg-config libssl-dev chromium python3-venv; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_packages+=("$pkg")
 done
 if ((${#need_packages[@]})); then
@@ -43,6 +44,9 @@ if ! pg_ready; then
     fi
 fi
 pg_ready || { echo "PostgreSQL does not answer on 127.0.0.1:5432; the PostgreSQL tests need it" >&2; exit 1; }
+
+log "preparing schemathesis for the HTTP API's contract test (a venv made once, then reused)"
+scripts/schemathesis.sh --version
 
 log "running the tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -5,8 +5,9 @@
 //! - [`commands`]: one function per command verb, deciding every line a command prints and its
 //!   exit code; `main.rs` only parses the command line ([`cli`]), starts logging, loads the config
 //!   and hands over to [`commands::dispatch`].
-//! - [`http`]: the optional monitoring endpoint of `run` (`/healthz`, `/readyz`, `/metrics`, a
-//!   status page), reading [`telemetry::Metrics`] and the store.
+//! - [`http`]: the optional endpoint of `run`: monitoring (`/healthz`, `/readyz`, `/metrics`, a
+//!   status page), reading [`telemetry::Metrics`] and the store, and the HTTP API for outgoing
+//!   mail (`/v1/messages`), which changes state only through `reply::outgoing::submit`.
 //! - [`junk`], [`admin`], [`check`]: the Junk folder, admin actions that need IMAP (quarantine
 //!   release, reprocess), and `mailintake check` step by step.
 //! - [`intake`]: one task per watched folder that drives mail source → ingest → store, and

@@ -50,6 +50,8 @@ pub(super) async fn run(config: Config, store: &Store) -> anyhow::Result<ExitCod
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
     let stop_http = CancellationToken::new();
+    // Shared by the senders and the HTTP API, which wakes a sender after a submission.
+    let wakes = intake::sender_wakes(&config);
     let server = match &config.http {
         Some(http_config) => {
             let listener = http::bind(http_config).await?;
@@ -67,12 +69,21 @@ pub(super) async fn run(config: Config, store: &Store) -> anyhow::Result<ExitCod
                 Arc::clone(&config),
                 store.clone(),
                 Arc::clone(&metrics),
+                wakes.clone(),
                 stop_http.clone(),
             )))
         }
         None => None,
     };
-    intake::spawn(config, store.clone(), tokens, metrics, &tracker, &cancel);
+    intake::spawn(
+        config,
+        store.clone(),
+        tokens,
+        metrics,
+        &wakes,
+        &tracker,
+        &cancel,
+    );
     tracker.close();
     shutdown_signal().await;
     tracing::info!("shutdown requested; letting mailboxes reach a safe point");

@@ -92,6 +92,10 @@ pub struct HttpConfig {
     /// Required as `Authorization: Bearer …` on every route but `/healthz` when set; required to
     /// listen on anything but loopback, because the page shows senders and subjects.
     pub bearer_token: Option<SecretString>,
+    /// Required as `Authorization: Bearer …` by the HTTP API (`/v1/…`), on loopback too: the API
+    /// sends mail as the mailboxes. Without it the API answers 403. Separate from `bearer_token`,
+    /// so a monitoring scraper's token cannot send mail.
+    pub api_token: Option<SecretString>,
 }
 
 /// One key for refresh tokens at rest: 32 bytes for AES-256-GCM, given base64 or hex.
@@ -558,9 +562,8 @@ fn validate_database(
 }
 
 /// `[http]`: `listen` a socket address (default 127.0.0.1:9090); anything but loopback only with a
-/// `bearer_token` of at least 16 characters.
+/// `bearer_token`; each token (`bearer_token`, `api_token`) at least 16 characters.
 fn validate_http(raw: raw::Http, base_dir: &Path, problems: &mut Problems) -> Option<HttpConfig> {
-    use secrecy::ExposeSecret;
     let text = raw.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN);
     let listen: std::net::SocketAddr = match text.parse() {
         Ok(listen) => listen,
@@ -572,21 +575,8 @@ fn validate_http(raw: raw::Http, base_dir: &Path, problems: &mut Problems) -> Op
             return None;
         }
     };
-    let bearer_token = match raw.bearer_token.map(|s| s.resolve(base_dir)) {
-        None => None,
-        Some(Ok(token)) if token.expose_secret().trim().len() >= 16 => Some(token),
-        Some(Ok(_)) => {
-            problems.report(
-                "http.bearer_token",
-                "must be at least 16 characters (e.g. `openssl rand -hex 24`)",
-            );
-            return None;
-        }
-        Some(Err(message)) => {
-            problems.report("http.bearer_token", message);
-            return None;
-        }
-    };
+    let bearer_token = token(raw.bearer_token, "http.bearer_token", base_dir, problems)?;
+    let api_token = token(raw.api_token, "http.api_token", base_dir, problems)?;
     if !listen.ip().is_loopback() && bearer_token.is_none() {
         problems.report(
             "http.listen",
@@ -600,7 +590,34 @@ fn validate_http(raw: raw::Http, base_dir: &Path, problems: &mut Problems) -> Op
     Some(HttpConfig {
         listen,
         bearer_token,
+        api_token,
     })
+}
+
+/// A token of `[http]` (`key`): absent, or a secret of at least 16 characters. `None` when it is
+/// unusable (the problem reported), `Some(None)` when it is absent.
+fn token(
+    raw: Option<raw::Secret>,
+    key: &str,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<Option<SecretString>> {
+    use secrecy::ExposeSecret;
+    match raw.map(|s| s.resolve(base_dir)) {
+        None => Some(None),
+        Some(Ok(token)) if token.expose_secret().trim().len() >= 16 => Some(Some(token)),
+        Some(Ok(_)) => {
+            problems.report(
+                key,
+                "must be at least 16 characters (e.g. `openssl rand -hex 24`)",
+            );
+            None
+        }
+        Some(Err(message)) => {
+            problems.report(key, message);
+            None
+        }
+    }
 }
 
 /// Why a configured file cannot be used, if it cannot: it must exist (checked at start-up, so that a

@@ -30,6 +30,7 @@ pub struct File {
 pub struct Http {
     pub listen: Option<String>,
     pub bearer_token: Option<Secret>,
+    pub api_token: Option<Secret>,
 }
 
 #[derive(Deserialize)]

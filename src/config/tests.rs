@@ -180,6 +180,34 @@ fn http_is_off_by_default_and_loopback_unless_a_token_is_set() {
 }
 
 #[test]
+fn the_api_token_is_a_secret_of_its_own() {
+    let on = load(&format!("{MINIMAL}\n[http]\n")).unwrap().http.unwrap();
+    assert!(on.api_token.is_none());
+    let with_token = load(&format!(
+        "{MINIMAL}\n[http]\napi_token = \"0123456789abcdef0123\"\n"
+    ))
+    .unwrap()
+    .http
+    .unwrap();
+    assert_eq!(
+        with_token.api_token.unwrap().expose_secret(),
+        "0123456789abcdef0123"
+    );
+    assert!(
+        with_token.bearer_token.is_none(),
+        "not the monitoring token"
+    );
+    let short = load(&format!("{MINIMAL}\n[http]\napi_token = \"short\"\n")).unwrap_err();
+    assert_eq!(short[0].key, "http.api_token");
+    assert!(!short[0].message.contains("short"), "never echo the token");
+    let missing = load(&format!(
+        "{MINIMAL}\n[http]\napi_token = {{ env = \"MAILINTAKE_TEST_NO_SUCH_VARIABLE\" }}\n"
+    ))
+    .unwrap_err();
+    assert_eq!(missing[0].key, "http.api_token");
+}
+
+#[test]
 fn two_bad_closed_set_values_are_both_reported_with_their_keys() {
     let text = MINIMAL.replace(
         "name = \"support\"",

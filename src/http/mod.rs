@@ -9,10 +9,16 @@
 //! - `/`: a read-only HTML status page rendered on the server: mailboxes, identities, the newest
 //!   tickets and quarantined messages. Every value from mail or errors is HTML-escaped.
 //!
-//! With `bearer_token` set, every route but `/healthz` wants `Authorization: Bearer <token>`.
-//! It reads [`Metrics`] and the store; it changes nothing. This file holds the routes, the bearer
-//! check and the JSON; the status page's HTML is rendered by [`page`].
+//! - `/v1/messages` (POST) and `/v1/messages/{id}` (GET): the HTTP API for outgoing mail
+//!   ([`api`], `docs/openapi.yaml`), behind its own token, `api_token`.
+//!
+//! With `bearer_token` set, every monitoring route but `/healthz` wants `Authorization: Bearer
+//! <token>`. The monitoring routes read [`Metrics`] and the store and change nothing; the API
+//! changes state only through [`crate::reply::outgoing::submit`], the library function `mailintake
+//! send` calls. This file holds the routes, the bearer check and the monitoring JSON; the status
+//! page's HTML is rendered by [`page`].
 
+mod api;
 mod page;
 
 pub use page::escape;
@@ -26,7 +32,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -34,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{Config, HttpConfig};
+use crate::intake::SenderWakes;
 use crate::oauth;
 use crate::store::Store;
 use crate::telemetry::{MailboxState, Metrics, ScrapeFacts, Snapshot};
@@ -51,6 +58,12 @@ struct AppState {
     store: Store,
     metrics: Arc<Metrics>,
     bearer_token: Option<SecretString>,
+    /// The API's token (`http.api_token`); the API answers 403 without one.
+    api_token: Option<SecretString>,
+    /// Each sending mailbox's sender, woken after a message was submitted through the API.
+    wakes: SenderWakes,
+    /// The largest body `POST /v1/messages` reads ([`api::body_limit`]).
+    body_limit: usize,
 }
 
 /// Binds the configured address, so a taken port fails the start instead of a background task.
@@ -60,29 +73,38 @@ pub async fn bind(http: &HttpConfig) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {} (http.listen)", http.listen))
 }
 
-/// Serves until `shutdown` is cancelled.
+/// Serves until `shutdown` is cancelled. `wakes` are the senders of the same process
+/// ([`crate::intake::sender_wakes`]).
 pub async fn serve(
     listener: TcpListener,
     config: Arc<Config>,
     store: Store,
     metrics: Arc<Metrics>,
+    wakes: SenderWakes,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let bearer_token = config.http.as_ref().and_then(|h| h.bearer_token.clone());
+    let api_token = config.http.as_ref().and_then(|h| h.api_token.clone());
+    let body_limit = api::body_limit(&config);
     let state = Arc::new(AppState {
         config,
         store,
         metrics,
         bearer_token,
+        api_token,
+        wakes,
+        body_limit,
     });
     let app = Router::new()
         .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/v1/messages", post(api::post_message))
+        .route("/v1/messages/{id}", get(api::get_message))
         .with_state(state);
     if let Ok(address) = listener.local_addr() {
-        info!(%address, "monitoring endpoint listening (/healthz, /readyz, /metrics, /)");
+        info!(%address, "monitoring endpoint listening (/healthz, /readyz, /metrics, /, /v1/messages)");
     }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -91,9 +113,14 @@ pub async fn serve(
 
 /// True when no bearer token is configured or the request carries it (compared in constant time).
 fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(expected) = &state.bearer_token else {
-        return true;
-    };
+    match &state.bearer_token {
+        None => true,
+        Some(expected) => bearer_matches(expected, headers),
+    }
+}
+
+/// Whether the request's `Authorization: Bearer …` is `expected`, compared in constant time.
+fn bearer_matches(expected: &SecretString, headers: &HeaderMap) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-pub use run::{flush_outboxes, run_once, spawn};
+pub use run::{SenderWakes, flush_outboxes, run_once, sender_wakes, spawn};
 
 use crate::config::{Config, Identity, Mailbox};
 use crate::ingest::Policy;

@@ -1,6 +1,7 @@
 //! The supervisor: `mailintake run`'s tasks (one per watched folder, one outbox sender per
 //! mailbox that sends mail) and `mailintake once` (one sweep per folder, then the outboxes).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -86,19 +87,36 @@ fn task_name(mailbox: &Mailbox, folder: &str) -> String {
     }
 }
 
+/// Per mailbox that sends mail (by name), the wake-up of its outbox sender: whoever writes an
+/// outbox row (a folder task, the HTTP API) announces it, so it is sent without waiting for the
+/// sender's next tick.
+pub type SenderWakes = BTreeMap<String, Arc<Notify>>;
+
+/// A fresh wake-up for every mailbox of `config` that sends mail ([`reply::sends_mail`]).
+pub fn sender_wakes(config: &Config) -> SenderWakes {
+    config
+        .mailboxes
+        .iter()
+        .filter(|m| reply::sends_mail(m))
+        .map(|m| (m.name.clone(), Arc::new(Notify::new())))
+        .collect()
+}
+
 /// Starts the long-running worker's tasks in `tracker`: one per watched folder of every mailbox,
-/// and an outbox sender per mailbox that sends mail (SMTP, not shadow mode). They run until `cancel`, then
-/// stop at a safe point and log out; `tracker.wait()` returns when all have.
+/// and an outbox sender per mailbox that sends mail (SMTP, not shadow mode), woken through
+/// `wakes` ([`sender_wakes`] of the same config). They run until `cancel`, then stop at a safe
+/// point and log out; `tracker.wait()` returns when all have.
 pub fn spawn(
     config: Arc<Config>,
     store: Store,
     tokens: Arc<TokenCache>,
     metrics: Arc<Metrics>,
+    wakes: &SenderWakes,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) {
     for (index, mailbox) in config.mailboxes.iter().enumerate() {
-        let wake = reply::sends_mail(mailbox).then(|| Arc::new(Notify::new()));
+        let wake = wakes.get(&mailbox.name).cloned();
         if let Some(wake) = &wake {
             let config = Arc::clone(&config);
             let store = store.clone();

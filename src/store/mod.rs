@@ -33,7 +33,8 @@ pub use folders::{FolderState, PendingDisposition, RecordedOutcome, StuckFailure
 pub use leases::{Lease, WorkerInfo, WorkerRow};
 pub use outbox::{AckKind, OutboxDraft, OutboxRow};
 pub use outgoing::{
-    OutboxState, OutgoingDraft, OutgoingKind, OutgoingRow, ReplyFacts, Submitted, SubmittedVia,
+    DeliveryState, OutboxState, OutboxStatus, OutgoingDraft, OutgoingKind, OutgoingRow, ReplyFacts,
+    Submitted, SubmittedVia,
 };
 pub use tickets::{StoredAttachment, TicketSummary};
 pub use worker_lock::{WorkerLock, WorkerLockError, lock_worker};

@@ -33,6 +33,25 @@ crate::closed_set! {
     }
 }
 
+crate::closed_set! {
+    /// Where an outbox row is (`outbox.state`), as the helpdesk reads it back.
+    pub enum DeliveryState("outbox state") {
+        /// Waiting for its turn, a retry, or a From address the server refuses now.
+        Pending = "pending",
+        /// Claimed by a sender, being sent.
+        Sending = "sending",
+        /// The server accepted it (250).
+        Sent = "sent",
+        /// Sent, then a DSN reported it undelivered.
+        Bounced = "bounced",
+        /// Refused for good, or given up.
+        Failed = "failed",
+        Cancelled = "cancelled",
+        /// Not sent on purpose (acknowledgements: `reason`).
+        Suppressed = "suppressed",
+    }
+}
+
 /// A composed message to write to the outbox.
 #[derive(Debug, Clone)]
 pub struct OutgoingDraft<'a> {
@@ -100,7 +119,82 @@ pub struct OutboxState {
     pub blocked_reason: Option<String>,
 }
 
+/// Everything the helpdesk may read back about an outbox row (`GET /v1/messages/{id}`). Times
+/// are unix ms.
+#[derive(Debug, Clone)]
+pub struct OutboxStatus {
+    pub id: i64,
+    pub mailbox: String,
+    /// `outbox.kind`: the helpdesk's `reply`/`notification`, or one of mailintake's own.
+    pub kind: String,
+    pub state: DeliveryState,
+    pub submitted_via: String,
+    pub from: String,
+    pub recipient_count: i64,
+    pub subject: String,
+    /// Without angle brackets.
+    pub message_id: String,
+    pub ticket_id: Option<i64>,
+    /// `TCK-000123`.
+    pub ticket_reference: Option<String>,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub created_at: i64,
+    pub sent_at: Option<i64>,
+    pub smtp_response: Option<String>,
+    pub last_error: Option<String>,
+    pub blocked_reason: Option<String>,
+    pub blocked_at: Option<i64>,
+    pub bounced_at: Option<i64>,
+    pub bounce_reason: Option<String>,
+    /// Why a `suppressed` row was not sent.
+    pub reason: Option<String>,
+}
+
 impl Store {
+    /// Outbox row `id` as the helpdesk reads it back; `None` for no such row.
+    pub async fn outbox_status(&self, id: i64) -> Result<Option<OutboxStatus>> {
+        let Some(r) = sqlx::query(
+            "SELECT o.id, o.mailbox, o.kind, o.state, o.submitted_via, o.from_address, o.recipient_count, \
+             o.subject, o.message_id, o.ticket_id, t.reference, o.attempts, o.next_attempt_at, o.created_at, \
+             o.sent_at, o.smtp_response, o.last_error, o.blocked_reason, o.blocked_at, o.bounced_at, \
+             o.bounce_reason, o.reason FROM outbox o LEFT JOIN tickets t ON t.id = o.ticket_id WHERE o.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let ticket_id: Option<i64> = r.get(9);
+        Ok(Some(OutboxStatus {
+            id: r.get(0),
+            mailbox: r.get(1),
+            kind: r.get(2),
+            state: r.get::<String, _>(3).parse()?,
+            submitted_via: r.get(4),
+            from: r.get(5),
+            recipient_count: r.get(6),
+            subject: r.get(7),
+            message_id: r.get(8),
+            ticket_id,
+            ticket_reference: r
+                .get::<Option<String>, _>(10)
+                .or_else(|| ticket_id.map(crate::ingest::ticket_reference)),
+            attempts: r.get(11),
+            next_attempt_at: r.get(12),
+            created_at: r.get(13),
+            sent_at: r.get(14),
+            smtp_response: r.get(15),
+            last_error: r.get(16),
+            blocked_reason: r.get(17),
+            blocked_at: r.get(18),
+            bounced_at: r.get(19),
+            bounce_reason: r.get(20),
+            reason: r.get(21),
+        }))
+    }
+
     /// The row written under `key` for `mailbox`, if any.
     pub async fn submitted(&self, mailbox: &str, key: &str) -> Result<Option<Submitted>> {
         let row = sqlx::query(

@@ -5,6 +5,7 @@
 mod acks;
 mod addresses;
 mod admin;
+mod api;
 mod automatic;
 mod badrow;
 mod cli;

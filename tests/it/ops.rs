@@ -77,7 +77,7 @@ pub(crate) async fn get_until(
     }
 }
 
-async fn wait_until_listening(base: &str, running: &Running) {
+pub(crate) async fn wait_until_listening(base: &str, running: &Running) {
     let up = eventually(Duration::from_secs(30), || async {
         get(&format!("{base}/healthz"), None).await.0 == 200
     })

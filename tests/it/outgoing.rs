@@ -8,7 +8,10 @@ use crate::acks::{connect_first, customer_mail, inbox_messages};
 use crate::helpers::*;
 
 /// The parsed messages in `mailbox`'s inbox, with their text.
-async fn inbox(entra: &Entra, mailbox: &str) -> Vec<(mailintake::ingest::ParsedMail, String)> {
+pub(crate) async fn inbox(
+    entra: &Entra,
+    mailbox: &str,
+) -> Vec<(mailintake::ingest::ParsedMail, String)> {
     inbox_messages(entra, mailbox)
         .await
         .into_iter()
@@ -17,7 +20,7 @@ async fn inbox(entra: &Entra, mailbox: &str) -> Vec<(mailintake::ingest::ParsedM
 }
 
 /// Waits until `mailbox`'s inbox holds a message with `message_id`, and returns it.
-async fn arrived(
+pub(crate) async fn arrived(
     entra: &Entra,
     mailbox: &str,
     message_id: &str,
@@ -48,7 +51,7 @@ fn outbox_id(stdout: &str) -> i64 {
         .unwrap()
 }
 
-async fn query_text(db: &TestDb, sql: &str) -> String {
+pub(crate) async fn query_text(db: &TestDb, sql: &str) -> String {
     use sqlx::Row;
     let pool = db.pool().await;
     let value: Option<String> = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))

@@ -1,6 +1,6 @@
 //! The request the helpdesk hands over (`OutgoingRequest`: the JSON document of the `outgoing`
-//! table, `mailintake send --request` and, later, the HTTP API), its validation (pure: every
-//! problem names the field) and its canonical digest.
+//! table, `mailintake send --request` and the HTTP API's `POST /v1/messages`), its validation
+//! (pure: every problem names the field) and its canonical digest.
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
