@@ -28,6 +28,7 @@ pub use batch::{
     Batch, BatchQuestions, Direction, FollowUpOn, ImapLocation, MessageFacts, Outcome,
     QuarantineEnvelope,
 };
+pub use budget::{Budget, Claim, ServerFacts};
 pub use errors::FailureKind;
 pub use folders::{FolderState, PendingDisposition, RecordedOutcome, StuckFailure, StuckMessage};
 pub use outbox::{AckKind, OutboxDraft, OutboxRow};
@@ -38,6 +39,7 @@ pub use tickets::{StoredAttachment, TicketSummary};
 
 pub mod admin;
 mod batch;
+mod budget;
 mod errors;
 mod folders;
 pub mod outbox;

@@ -29,6 +29,7 @@ mod outgoing;
 mod reconcile;
 mod record;
 mod retention;
+mod sending;
 mod smtp;
 mod threading;
 mod tokens;

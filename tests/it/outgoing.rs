@@ -7,13 +7,19 @@ use std::time::Duration;
 use crate::helpers::*;
 
 /// Mail already in the mailbox at the first connection is imported without acknowledgements.
-async fn connect_first(case: &Case) {
+pub(crate) async fn connect_first(case: &Case) {
     let stdout = assert_ok(&case.run(&["once"]).await);
     assert!(stdout.contains("0 new message(s)"), "{stdout}");
     next_second().await;
 }
 
-fn customer_mail(from: &str, to: &str, subject: &str, id: &str, extra_headers: &str) -> Vec<u8> {
+pub(crate) fn customer_mail(
+    from: &str,
+    to: &str,
+    subject: &str,
+    id: &str,
+    extra_headers: &str,
+) -> Vec<u8> {
     format!(
         "From: Alice Example <{from}>\r\nTo: {to}\r\nSubject: {subject}\r\n\
          Date: Tue, 24 Nov 2026 17:00:00 +0000\r\nMessage-ID: <{id}>\r\n{extra_headers}\
@@ -23,7 +29,10 @@ fn customer_mail(from: &str, to: &str, subject: &str, id: &str, extra_headers: &
 }
 
 /// The parsed messages in `mailbox`'s inbox.
-async fn inbox(entra: &Entra, mailbox: &str) -> Vec<(mailintake::ingest::ParsedMail, String)> {
+pub(crate) async fn inbox(
+    entra: &Entra,
+    mailbox: &str,
+) -> Vec<(mailintake::ingest::ParsedMail, String)> {
     let mut conn = imap_session(entra, mailbox).await;
     conn.select("INBOX").await.unwrap();
     let listed = conn.list_above(0).await.unwrap();
@@ -42,7 +51,7 @@ async fn inbox(entra: &Entra, mailbox: &str) -> Vec<(mailintake::ingest::ParsedM
 }
 
 /// Waits until `mailbox`'s inbox holds a message with `message_id`, and returns it.
-async fn arrived(
+pub(crate) async fn arrived(
     entra: &Entra,
     mailbox: &str,
     message_id: &str,
@@ -63,7 +72,7 @@ async fn arrived(
 }
 
 /// The outbox id `send` printed.
-fn outbox_id(stdout: &str) -> i64 {
+pub(crate) fn outbox_id(stdout: &str) -> i64 {
     let line = stdout
         .lines()
         .find(|l| l.starts_with("outbox "))
@@ -73,7 +82,7 @@ fn outbox_id(stdout: &str) -> i64 {
         .unwrap()
 }
 
-async fn query_text(db: &TestDb, sql: &str) -> String {
+pub(crate) async fn query_text(db: &TestDb, sql: &str) -> String {
     use sqlx::Row;
     let pool = db.pool().await;
     let value: Option<String> = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
@@ -85,7 +94,7 @@ async fn query_text(db: &TestDb, sql: &str) -> String {
     value.unwrap_or_default()
 }
 
-async fn execute(db: &TestDb, sql: &str) {
+pub(crate) async fn execute(db: &TestDb, sql: &str) {
     let pool = db.pool().await;
     sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
         .execute(&pool)
