@@ -1,5 +1,5 @@
 -- mailintake schema v3, migration 0014 (PostgreSQL): one sending budget per mailbox, what the SMTP
--- server announced, and the copy in Sent Items. `sender_state` has one row per sending mailbox:
+-- server announced. `sender_state` has one row per sending mailbox:
 -- the sender locks it while it counts the budget and claims a row (FOR UPDATE on PostgreSQL; the
 -- write lock of BEGIN IMMEDIATE on SQLite), so two processes on one database count the same
 -- rows; it also keeps what the server's EHLO said (SIZE, DSN), which submission reads to refuse a
@@ -19,8 +19,5 @@ CREATE TABLE sender_state (
 -- Why a pending row waits for the mailbox's sending budget (30 messages a minute, 10,000
 -- recipients a day), with when it is due (next_attempt_at); cleared when it is claimed.
 ALTER TABLE outbox ADD COLUMN deferred_reason TEXT;
--- The copy in Sent Items (sent_copy = "append"): the folder it was appended to, and when.
-ALTER TABLE outbox ADD COLUMN sent_copy_folder TEXT;
-ALTER TABLE outbox ADD COLUMN sent_copy_at BIGINT;
 -- The budget counts sent_at over the last minute and day.
 CREATE INDEX outbox_sent ON outbox (mailbox, sent_at) WHERE sent_at IS NOT NULL;

@@ -53,9 +53,6 @@ pub struct OutboxEntry {
     pub bounce_reason: Option<String>,
     /// For a `pending` row the sending budget holds back: why, until `next_attempt_at_ms`.
     pub deferred_reason: Option<String>,
-    /// The copy in Sent Items (`sent_copy = "append"`): the folder, and when.
-    pub sent_copy_folder: Option<String>,
-    pub sent_copy_at_ms: Option<i64>,
 }
 
 /// One message of a ticket, for `mailintake ticket`.
@@ -182,8 +179,8 @@ impl Store {
         // Only the fixed condition above is formatted into the statement; values are bound.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT id, mailbox, ticket_id, to_address, subject, state, reason, attempts, next_attempt_at, \
-             last_error, smtp_response, bounced_at, bounce_reason, kind, deferred_reason, \
-             sent_copy_folder, sent_copy_at FROM outbox WHERE ($1 IS NULL OR state = $1){blocked} \
+             last_error, smtp_response, bounced_at, bounce_reason, kind, deferred_reason \
+             FROM outbox WHERE ($1 IS NULL OR state = $1){blocked} \
              ORDER BY id DESC LIMIT $2"
         )))
         .bind(state.map(str::to_string))
@@ -208,8 +205,6 @@ impl Store {
                 bounce_reason: r.get(12),
                 kind: r.get(13),
                 deferred_reason: r.get(14),
-                sent_copy_folder: r.get(15),
-                sent_copy_at_ms: r.get(16),
             })
             .collect())
     }

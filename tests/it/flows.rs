@@ -363,6 +363,15 @@ async fn login_with_binary(tenant: &Tenant, config: &ConfigFile, upn: &str) -> (
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Read stderr while the login runs: at RUST_LOG=trace it writes more than a pipe holds, and
+    // a full pipe would stop it before it prints the code.
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stderr_reader = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stderr_pipe, &mut bytes)
+            .await
+            .map(|_| bytes)
+    });
     let mut stdout = String::new();
     let code = loop {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
@@ -385,12 +394,12 @@ async fn login_with_binary(tenant: &Tenant, config: &ConfigFile, upn: &str) -> (
         stdout.push_str(&line);
         stdout.push('\n');
     }
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await
         .expect("login ends")
         .unwrap();
-    let stderr = text(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stderr = text(&stderr_reader.await.unwrap().unwrap());
+    assert!(status.success(), "{stdout}\n{stderr}");
     (stdout, stderr)
 }
 
