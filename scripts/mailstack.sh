@@ -27,7 +27,8 @@
 # Every address in every domain is a mailbox (Maildir under $MAILSTACK_DIR/mail/<domain>/<local>).
 # Logins: XOAUTH2/OAUTHBEARER with a fake-entra token, or PLAIN/LOGIN with $MAILSTACK_PLAIN_PASSWORD.
 # Mail submitted for a domain other than helpdesk.test, customer.test, example.com, example.org
-# lands in sink@customer.test; nothing is ever sent off the machine.
+# lands in sink@customer.test, except bounce.test, whose mail Postfix bounces (a real DSN back to
+# the sender); nothing is ever sent off the machine.
 #
 # The MX stamps what it checked the way a receiving server does (RFC 8601): OpenDKIM, in verify
 # mode, inserts `Authentication-Results: mx.mailstack.test; dkim=...` above every header the
@@ -468,6 +469,7 @@ start_postfix() {
   changed+=$(render "$TEMPLATES/virtual_alias.regexp" "$POSTFIX_ETC/virtual_alias.regexp")
   changed+=$(render "$TEMPLATES/sender_login.regexp" "$POSTFIX_ETC/sender_login.regexp")
   changed+=$(render "$TEMPLATES/recipient_access.regexp" "$POSTFIX_ETC/recipient_access.regexp")
+  changed+=$(render "$TEMPLATES/transport.regexp" "$POSTFIX_ETC/transport.regexp")
   if pid_alive "$POSTFIX_PID" master; then
     [[ -z $changed ]] && return 0
     log "Postfix configuration changed; restarting Postfix"

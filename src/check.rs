@@ -276,6 +276,8 @@ async fn check_smtp(
         blocked_reason: None,
         raw: None,
         envelope_to: Vec::new(),
+        kind: "notification".into(),
+        recipient_count: 1,
     };
     let sent = match reply::smtp::compose(&row, &mailbox.address) {
         Ok(message) => session.send(&message, smtp.timeout).await,

@@ -29,6 +29,9 @@ pub enum Point {
     /// expunged while the task holds here shows between the listing's `UID SEARCH` and its
     /// `UID FETCH`. Every listing of the process counts as a pass.
     Listing,
+    /// In the sender, right after the SMTP server accepted a message (its 250 to the end of
+    /// DATA) and before the outbox row is marked `sent` ([`hit`]).
+    SmtpAccepted,
 }
 
 impl Point {
@@ -40,6 +43,7 @@ impl Point {
             Point::SweepStart => "sweep-start",
             Point::PurgeChecked => "purge-checked",
             Point::Listing => "listing",
+            Point::SmtpAccepted => "smtp-accepted",
         }
     }
 }

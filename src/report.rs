@@ -116,8 +116,10 @@ pub struct FlushReport {
     pub n_sent: usize,
     pub n_retry: usize,
     pub n_failed: usize,
-    /// Stopped because the per-minute or per-day limit was reached; the rest waits.
+    /// The sending budget (per minute, per day) holds rows back until then; the rest waits.
     pub deferred_until_ms: Option<i64>,
+    /// For `deferred_until_ms`: how many rows wait for the budget, and why (read after the flush).
+    pub deferred: Option<Deferred>,
     /// From addresses the server refuses (read after the flush): their rows wait.
     pub blocked: Vec<BlockedSender>,
 }
@@ -127,6 +129,16 @@ impl FlushReport {
     pub fn n_blocked(&self) -> u64 {
         self.blocked.iter().map(|b| b.n_rows).sum()
     }
+}
+
+/// The rows of a mailbox the sending budget holds back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deferred {
+    pub n_rows: u64,
+    /// Which budget is used up (`sending budget: 30 of 30 messages in the last minute …`).
+    pub reason: String,
+    /// When the first of them is due.
+    pub until_ms: i64,
 }
 
 /// A From address whose acknowledgements wait because the server refused it for good (SendAs
@@ -164,7 +176,13 @@ impl std::fmt::Display for FlushReport {
                 addresses.join(", ")
             )?;
         }
-        if self.deferred_until_ms.is_some() {
+        if let Some(deferred) = &self.deferred {
+            write!(
+                f,
+                ", rest deferred by the sending limit ({} waiting; {})",
+                deferred.n_rows, deferred.reason
+            )?;
+        } else if self.deferred_until_ms.is_some() {
             write!(f, ", rest deferred by the sending limit")?;
         }
         Ok(())

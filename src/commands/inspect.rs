@@ -228,9 +228,10 @@ pub(super) async fn quarantine_show(store: &Store, id: i64) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-/// `mailintake outbox list [--state S] [--limit N] [--json]`: the newest acknowledgements, with
+/// `mailintake outbox list [--state S] [--limit N] [--json]`: the newest rows of every kind, with
 /// why each was suppressed or bounced, or what its last attempt said. A pending row whose From
-/// address the server refuses shows as `blocked`, with the refusal and the fix.
+/// address the server refuses shows as `blocked`, with the refusal and the fix; one the sending
+/// budget holds back as `deferred`, with the budget and when it is due.
 pub(super) async fn outbox_list(
     store: &Store,
     state: Option<crate::cli::OutboxFilter>,
@@ -261,12 +262,18 @@ pub(super) async fn outbox_list(
         println!("the outbox is empty");
     } else {
         println!(
-            "{:>6} {:<10} {:<11} {:>3} {:<30} SUBJECT / WHY",
-            "ID", "MAILBOX", "STATE", "TRY", "TO"
+            "{:>6} {:<10} {:<12} {:<11} {:>3} {:<30} SUBJECT / WHY",
+            "ID", "MAILBOX", "KIND", "STATE", "TRY", "TO"
         );
         for r in &rows {
             let blocked_reason = blocked.get(&r.id);
+            let deferred = (r.state == "pending")
+                .then_some(r.deferred_reason.as_ref())
+                .flatten()
+                .filter(|_| r.next_attempt_at_ms > crate::time::now_ms())
+                .map(|why| format!("{why}; due {}", crate::time::rfc3339(r.next_attempt_at_ms)));
             let why = blocked_reason
+                .or(deferred.as_ref())
                 .or(r.bounce_reason.as_ref())
                 .or(r.reason.as_ref())
                 .or(r.last_error.as_ref())
@@ -277,11 +284,14 @@ pub(super) async fn outbox_list(
                 .map(|f| format!(" (fix: {f})"))
                 .unwrap_or_default();
             println!(
-                "{:>6} {:<10} {:<11} {:>3} {:<30} {}{why}{fix}",
+                "{:>6} {:<10} {:<12} {:<11} {:>3} {:<30} {}{why}{fix}",
                 r.id,
                 r.mailbox,
+                kind_label(&r.kind),
                 if blocked_reason.is_some() {
                     "blocked"
+                } else if deferred.is_some() {
+                    "deferred"
                 } else {
                     r.state.as_str()
                 },
@@ -292,6 +302,16 @@ pub(super) async fn outbox_list(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The outbox kind in a listing's column: the long acknowledgement kinds shortened.
+fn kind_label(kind: &str) -> &str {
+    match kind {
+        "follow-up-acknowledgement" => "follow-up-ack",
+        "acknowledgement" => "ack",
+        "quarantine-notice" => "notice",
+        other => other,
+    }
 }
 
 /// `mailintake junk list [--mailbox NAME] [--limit N] [--json]`: the newest messages of the

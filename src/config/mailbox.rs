@@ -566,6 +566,12 @@ fn validate_smtp(raw: raw::Smtp, base_dir: &Path, table: &mut Table) -> SmtpEndp
             raw.retry_delay.as_deref(),
             Duration::from_secs(30),
         ),
+        claim_lease: duration(
+            table,
+            "smtp.claim_lease",
+            raw.claim_lease.as_deref(),
+            Duration::from_secs(600),
+        ),
     }
 }
 

@@ -315,6 +315,10 @@ pub struct SmtpEndpoint {
     pub max_recipients_per_day: u32,
     /// The first retry after a transient failure; it doubles up to an hour.
     pub retry_delay: Duration,
+    /// A row left `sending` this long (its sender died between the server's answer and the
+    /// row's update) is sent again, with the same Message-ID (`smtp.claim_lease`, 10 minutes;
+    /// longer than any send takes, or a slow send would be doubled by another process).
+    pub claim_lease: Duration,
 }
 
 /// The `acknowledge.authserv_id` that stands for Exchange Online's own stamp: the topmost

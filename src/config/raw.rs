@@ -127,6 +127,7 @@ pub struct Smtp {
     pub max_per_minute: Option<u32>,
     pub max_recipients_per_day: Option<u32>,
     pub retry_delay: Option<String>,
+    pub claim_lease: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -239,7 +239,8 @@ pub(super) fn render_page(
             m.ignored,
             escape(&oldest),
             escape(&count(|b| &b.quarantine_open, name)),
-            outbox_cell(&count(|b| &b.outbox_pending, name), &m.outbox_blocked, now),
+            outbox_cell(&count(|b| &b.outbox_pending, name), &m.outbox_blocked, now)
+                + &deferred_div(m.outbox_deferred.as_ref()),
             junk,
             escape(&token),
             escape(&credential),
@@ -340,6 +341,18 @@ pub(super) fn render_page(
          <a href=\"/readyz\">/readyz</a>.</p></body></html>\n",
     );
     page
+}
+
+/// Under the outbox backlog: the rows the sending budget holds back, why, and when they are due.
+fn deferred_div(deferred: Option<&crate::report::Deferred>) -> String {
+    deferred.map_or_else(String::new, |d| {
+        format!(
+            "<div class=\"blocked\">{} waiting for the {}; due {}</div>",
+            d.n_rows,
+            escape(&d.reason),
+            crate::time::rfc3339(d.until_ms)
+        )
+    })
 }
 
 /// The outbox backlog, and under it each From address the server refuses: how many rows wait,

@@ -558,6 +558,15 @@ fn signals(message: &mail_parser::Message<'_>, notes: &mut Vec<String>) -> Signa
         signals.original_message_id = original_message_id(message);
         if signals.report_type.as_deref() == Some("delivery-status") {
             signals.delivery_report = super::report::delivery_report(message);
+            // A DSN that returns nothing of the message (or headers without a Message-ID) is
+            // about the ENVID we gave, our Message-ID: one path from here on.
+            if signals.original_message_id.is_none() {
+                signals.original_message_id = signals
+                    .delivery_report
+                    .as_ref()
+                    .and_then(|r| r.original_envelope_id.as_deref())
+                    .map(strip_brackets);
+            }
         }
     }
     signals

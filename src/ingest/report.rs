@@ -34,6 +34,10 @@ pub struct RecipientStatus {
 pub struct DeliveryReport {
     /// `Reporting-MTA`, e.g. `dns; mx.customer.test`.
     pub reporting_mta: Option<String>,
+    /// `Original-Envelope-Id` (RFC 3464 §2.2.1): the ENVID the sender gave at MAIL FROM, xtext
+    /// decoded. mailintake sends its Message-ID there, so a DSN that returns nothing of the
+    /// message still names it.
+    pub original_envelope_id: Option<String>,
     /// The recipients whose `Action` is one RFC 3464 defines (others are left out).
     pub recipients: Vec<RecipientStatus>,
 }
@@ -95,6 +99,9 @@ pub(super) fn delivery_report(message: &mail_parser::Message<'_>) -> Option<Deli
         if let Some(mta) = field(group, "reporting-mta") {
             report.reporting_mta.get_or_insert(mta);
         }
+        if let Some(id) = field(group, "original-envelope-id") {
+            report.original_envelope_id.get_or_insert(xtext_decode(&id));
+        }
         let Some(action) = field(group, "action") else {
             continue;
         };
@@ -123,4 +130,27 @@ pub(super) fn delivery_report(message: &mail_parser::Message<'_>) -> Option<Deli
         });
     }
     Some(report)
+}
+
+/// RFC 3461's xtext decoded: `+XX` is the byte with hex value XX; anything else as it is.
+fn xtext_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'+', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

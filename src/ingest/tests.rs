@@ -676,6 +676,31 @@ fn a_bounce_of_our_own_message_marks_it_and_a_delay_notice_does_not() {
 }
 
 #[test]
+fn a_bounce_that_returns_nothing_of_our_message_is_matched_by_its_envelope_id() {
+    // RET=HDRS through a relay that drops the returned part, or a DSN without one: only the
+    // Original-Envelope-Id (the ENVID we sent, xtext-encoded) names our message.
+    let ours = "mailintake.tck-000009.18a.42.0@helpdesk.test";
+    let full = String::from_utf8(postfix_dsn(ours, "failed", "5.1.1")).unwrap();
+    let without_copy = full[..full.find("--B\r\nContent-Type: message/rfc822").unwrap()]
+        .replace(
+            "Reporting-MTA: dns; mx.customer.test\r\n",
+            "Reporting-MTA: dns; mx.customer.test\r\nOriginal-Envelope-Id: mailintake.tck-000009.18a.42.0@helpdesk+2Etest\r\n",
+        )
+        + "--B--\r\n";
+    let dsn = parse(without_copy.as_bytes()).unwrap();
+    assert_eq!(dsn.signals.original_message_id.as_deref(), Some(ours));
+    let bounce = outbox_bounce(&dsn, &policy()).expect("a bounce of our message");
+    assert_eq!(bounce.message_id, ours);
+    // Without the envelope id nothing names it.
+    let anonymous =
+        full[..full.find("--B\r\nContent-Type: message/rfc822").unwrap()].to_string() + "--B--\r\n";
+    assert_eq!(
+        outbox_bounce(&parse(anonymous.as_bytes()).unwrap(), &policy()),
+        None
+    );
+}
+
+#[test]
 fn only_what_mailintake_sent_is_a_loop_not_a_forward_between_our_mailboxes() {
     // A person forwards from one watched mailbox to another.
     let raw = String::from_utf8(fixture("plain.eml")).unwrap().replace(

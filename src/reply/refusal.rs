@@ -19,6 +19,9 @@ pub enum Refused {
     Recipient,
     /// The From address (or the mailbox behind it): its rows wait.
     Sender,
+    /// This message (x.3.4, too big for the server): the row fails, as for a recipient, since
+    /// sending the same bytes again cannot help.
+    Message,
 }
 
 /// The enhanced status code (RFC 3463, `class.subject.detail`) of a reply such as
@@ -54,8 +57,13 @@ pub fn enhanced_code(reply: &str) -> Option<(u16, u16, u16)> {
 ///   sending mailbox (Exchange's `5.2.252 SendAsDenied`, `5.2.2` submission quota).
 /// - x.7.x (policy: `5.7.60` SendAs, `5.7.708` tenant blocked) and every other class: the sender.
 /// - No enhanced code: at RCPT TO the recipient (RFC 5321's 550/553), else the sender.
+/// - x.3.4 (message too big), or Postfix's `message size exceeds` wherever it comes (MAIL FROM
+///   with `SIZE=`, or the end of DATA): the message.
 pub fn refused(command: Command, reply: &str) -> Refused {
     let lower = reply.to_ascii_lowercase();
+    if matches!(enhanced_code(reply), Some((_, 3, 4))) || lower.contains("message size exceeds") {
+        return Refused::Message;
+    }
     if lower.contains("sender address rejected") {
         return Refused::Sender;
     }
@@ -82,7 +90,7 @@ pub fn refused(command: Command, reply: &str) -> Refused {
 mod tests {
     use super::*;
     use Command::{Data, MailFrom, RcptTo};
-    use Refused::{Recipient, Sender};
+    use Refused::{Message, Recipient, Sender};
 
     /// Replies as Exchange Online and Postfix send them, with the command they answered and whom
     /// they concern.
@@ -155,10 +163,16 @@ mod tests {
                 "550 5.1.1 RESOLVER.ADR.ExRecipNotFound; not found",
                 Recipient,
             ),
+            // Too big: this message fails; the From address's other rows are not held.
             (
                 Data,
                 "552 5.3.4 Message size exceeds fixed maximum message size",
-                Sender,
+                Message,
+            ),
+            (
+                MailFrom,
+                "552 5.3.4 Message size exceeds fixed limit",
+                Message,
             ),
             // Postfix: sender restrictions apply at RCPT TO (smtpd_delay_reject = yes).
             (

@@ -12,14 +12,13 @@ use tracing::{info, warn};
 use super::outgoing::{self, OutgoingRequest, SubmitError};
 use super::smtp::{self, SmtpError};
 use crate::config::{Identity, Mailbox, SmtpEndpoint};
+use crate::failpoint::{self, Point};
 use crate::oauth::TokenCache;
 use crate::report::FlushReport;
-use crate::store::{OutboxRow, Store, StoreError, SubmittedVia};
+use crate::store::{Budget, Claim, OutboxRow, Store, StoreError, SubmittedVia};
 use crate::telemetry::Metrics;
 use crate::time::now_ms;
 
-/// A row claimed by a worker that died is given back after this long.
-const CLAIM_LEASE_MS: i64 = 10 * 60 * 1000;
 /// After this many attempts a transiently failing row is given up (recorded as failed).
 const MAX_ATTEMPTS: i64 = 12;
 /// The rows of a From address the server refuses are tried again after this long.
@@ -40,22 +39,6 @@ pub struct SenderContext<'a> {
 fn retry_delay_ms(first_ms: i64, attempts: i64) -> i64 {
     let exponent = attempts.clamp(1, 8) as u32 - 1;
     (first_ms << exponent).min(3_600_000)
-}
-
-/// When the mailbox may send again, if a limit is reached now.
-async fn limited_until(ctx: &SenderContext<'_>) -> Result<Option<i64>, StoreError> {
-    let now = now_ms();
-    let name = &ctx.mailbox.name;
-    for (window, max) in [
-        (60_000i64, ctx.smtp.max_per_minute),
-        (86_400_000i64, ctx.smtp.max_recipients_per_day),
-    ] {
-        if max > 0 && ctx.store.sent_since(name, now - window).await? >= max {
-            let oldest = ctx.store.oldest_sent_since(name, now - window).await?;
-            return Ok(Some(oldest.unwrap_or(now) + window));
-        }
-    }
-    Ok(None)
 }
 
 /// The `outgoing` rows taken per flush (the rest wait for the next one, seconds later).
@@ -121,36 +104,48 @@ pub async fn take_outgoing(ctx: &SenderContext<'_>) -> Result<u64, StoreError> {
     Ok(taken)
 }
 
-/// Sends every due row of the mailbox (until a sending limit is reached), after taking the
-/// `outgoing` table's new requests.
+/// Sends every due row of the mailbox (until the mailbox's sending budget is used up: the rest
+/// wait, `pending`, with the reason and the time it allows), after taking the `outgoing` table's
+/// new requests.
 pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
     let mut report = FlushReport::default();
     take_outgoing(ctx).await?;
     let requeued = ctx
         .store
-        .requeue_stale_sends(&ctx.mailbox.name, now_ms() - CLAIM_LEASE_MS)
+        .requeue_stale_sends(
+            &ctx.mailbox.name,
+            now_ms() - ctx.smtp.claim_lease.as_millis() as i64,
+        )
         .await?;
     if requeued > 0 {
         warn!(
             requeued,
-            "acknowledgements left in `sending` by a stopped worker are due again"
+            "rows left in `sending` by a stopped worker are due again (each may reach the server a second time, with the same Message-ID)"
         );
     }
+    let budget = Budget {
+        per_minute: ctx.smtp.max_per_minute,
+        recipients_per_day: ctx.smtp.max_recipients_per_day,
+    };
     let mut session = None;
     loop {
-        if let Some(until) = limited_until(ctx).await? {
-            info!(
-                until_ms = until,
-                "sending limit reached; deferring the rest"
-            );
-            report.deferred_until_ms = Some(until);
-            break;
-        }
-        let Some(row) = ctx.store.claim_due(&ctx.mailbox.name).await? else {
-            break;
+        let row = match ctx
+            .store
+            .claim_within_budget(&ctx.mailbox.name, budget)
+            .await?
+        {
+            Claim::Row(row) => row,
+            Claim::Nothing => break,
+            Claim::Deferred { until_ms, reason } => {
+                info!(until_ms, %reason, "sending budget used up; the rest wait");
+                report.deferred_until_ms = Some(until_ms);
+                break;
+            }
         };
         match send_one(ctx, &mut session, &row).await {
             Ok(response) => {
+                // The fault tests crash here: the server has the message, the row says `sending`.
+                failpoint::hit(Point::SmtpAccepted);
                 info!(outbox_id = row.id, to = row.to_address.as_deref().unwrap_or(""), %response, "sent");
                 ctx.store.mark_sent(row.id, &response).await?;
                 report.n_sent += 1;
@@ -196,6 +191,11 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
         session.quit().await;
     }
     report.blocked = ctx.store.hold_blocked(&ctx.mailbox.name).await?;
+    // Held back by this flush or an earlier one (of any process): the report says so.
+    report.deferred = ctx.store.deferred_rows(&ctx.mailbox.name).await?;
+    if let Some(deferred) = &report.deferred {
+        report.deferred_until_ms.get_or_insert(deferred.until_ms);
+    }
     ctx.metrics.flushed(&ctx.mailbox.name, &report);
     Ok(report)
 }
@@ -218,7 +218,17 @@ async fn send_one(
         if !session.as_ref().is_some_and(smtp::Session::is_usable) {
             *session = None;
             match smtp::connect(ctx.smtp, &ctx.mailbox.address, &token).await {
-                Ok(opened) => *session = Some(opened),
+                Ok(opened) => {
+                    // Submission refuses what this server would refuse (`outgoing::submit`).
+                    if let Err(e) = ctx
+                        .store
+                        .note_server_facts(&ctx.mailbox.name, opened.facts())
+                        .await
+                    {
+                        warn!(error = %e, "cannot keep what the SMTP server announced");
+                    }
+                    *session = Some(opened)
+                }
                 Err(SmtpError::Auth(reason)) if attempt == 0 => {
                     warn!(%reason, "SMTP refused the token; retrying once with a new one");
                     ctx.tokens.invalidate(&ctx.identity.name, &token).await;

@@ -9,14 +9,16 @@ use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox as Address, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
-use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{
+    ClientId, Extension, MailBodyParameter, MailParameter, RcptParameter,
+};
 use secrecy::ExposeSecret;
 
 use super::refusal::{Command, Refused, refused};
 use crate::config::{SmtpEndpoint, TlsMode};
 use crate::oauth::AccessToken;
-use crate::store::OutboxRow;
+use crate::store::{OutboxRow, ServerFacts};
 
 /// Why a message was not sent; the variants are what the sender does about it.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +119,7 @@ fn classify_command(command: Command, error: lettre::transport::smtp::Error) -> 
     };
     let text = format!("{verb} refused: {text}");
     match refused(command, &text) {
-        Refused::Recipient => SmtpError::RowRefused(with_hint(text)),
+        Refused::Recipient | Refused::Message => SmtpError::RowRefused(with_hint(text)),
         Refused::Sender => SmtpError::SenderBlocked(with_hint(text)),
     }
 }
@@ -127,6 +129,36 @@ fn classify_command(command: Command, error: lettre::transport::smtp::Error) -> 
 /// session drives MAIL FROM, RCPT TO and DATA itself.
 pub struct Session {
     connection: AsyncSmtpConnection,
+    /// What the server's EHLO announced (lettre keeps neither SIZE nor DSN): the sender keeps it
+    /// for submission, and every message is checked against it before MAIL FROM.
+    facts: ServerFacts,
+}
+
+/// SIZE and DSN from an EHLO reply's lines (`SIZE 52428800`, `DSN`; RFC 1870, RFC 3461).
+pub fn server_facts<'a>(lines: impl IntoIterator<Item = &'a str>) -> ServerFacts {
+    let mut facts = ServerFacts::default();
+    for line in lines {
+        let mut words = line.split_whitespace();
+        match words.next().map(str::to_ascii_uppercase).as_deref() {
+            Some("SIZE") => {
+                facts.size_limit = words.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0)
+            }
+            Some("DSN") => facts.dsn = true,
+            _ => {}
+        }
+    }
+    facts
+}
+
+/// RFC 3461's xtext, for ENVID: `+`, `=` and anything outside `!`..`~` as `+XX`.
+fn xtext(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'!'..=b'~' if b != b'+' && b != b'=' => (b as char).to_string(),
+            _ => format!("+{b:02X}"),
+        })
+        .collect()
 }
 
 /// Connects to `endpoint` and authenticates as `login` with `token`, within the endpoint's
@@ -192,12 +224,19 @@ async fn open(
             .await
             .map_err(classify_session)?;
     }
+    // lettre parses only the extensions it uses; a second EHLO (harmless, RFC 5321 §4.1.4) gives
+    // the lines with SIZE and DSN.
+    let ehlo = connection
+        .command(Ehlo::new(hello))
+        .await
+        .map_err(classify_session)?;
+    let facts = server_facts(ehlo.message());
     let credentials = Credentials::new(login.to_string(), token.secret.expose_secret().to_string());
     if let Err(e) = connection.auth(&[Mechanism::Xoauth2], &credentials).await {
         connection.abort().await;
         return Err(classify_session(e));
     }
-    Ok(Session { connection })
+    Ok(Session { connection, facts })
 }
 
 impl Session {
@@ -221,6 +260,11 @@ impl Session {
         }
     }
 
+    /// What the server announced in its EHLO.
+    pub fn facts(&self) -> ServerFacts {
+        self.facts
+    }
+
     /// False once the connection is lost or closed: open a new session.
     pub fn is_usable(&self) -> bool {
         !self.connection.has_broken()
@@ -236,8 +280,45 @@ impl Session {
     async fn submit(&mut self, message: &Composed) -> Result<String, SmtpError> {
         let envelope = &message.envelope;
         let bytes = &message.bytes;
+        // Never half-sent: a message the server announced it would refuse is not offered, and
+        // SIZE= lets it refuse at MAIL FROM, before any byte of the message.
+        if let Some(limit) = self.facts.size_limit
+            && bytes.len() as u64 > limit
+        {
+            return Err(SmtpError::RowRefused(format!(
+                "the message is {} bytes, more than the server accepts (its EHLO SIZE is {limit} bytes): send large files as links",
+                bytes.len()
+            )));
+        }
         let info = self.connection.server_info();
         let mut parameters = Vec::new();
+        if self.facts.size_limit.is_some() {
+            parameters.push(MailParameter::Size(bytes.len()));
+        }
+        let mut rcpt_parameters = Vec::new();
+        if self.facts.dsn {
+            // A DSN names our message by ENVID (its Message-ID) and returns only its headers.
+            parameters.push(MailParameter::Other {
+                keyword: "RET".into(),
+                value: Some("HDRS".into()),
+            });
+            // RFC 3461 §4.4 allows 100 characters.
+            if let Some(id) = message
+                .envelope_id
+                .as_deref()
+                .map(xtext)
+                .filter(|id| id.len() <= 100)
+            {
+                parameters.push(MailParameter::Other {
+                    keyword: "ENVID".into(),
+                    value: Some(id),
+                });
+            }
+            rcpt_parameters.push(RcptParameter::Other {
+                keyword: "NOTIFY".into(),
+                value: Some("FAILURE,DELAY".into()),
+            });
+        }
         let ascii = |a: &lettre::Address| AsRef::<str>::as_ref(a).is_ascii();
         let ascii_addresses = envelope.from().is_none_or(ascii) && envelope.to().iter().all(ascii);
         if !ascii_addresses {
@@ -258,7 +339,7 @@ impl Session {
             .map_err(command(Command::MailFrom))?;
         for to in envelope.to() {
             self.connection
-                .command(Rcpt::new(to.clone(), vec![]))
+                .command(Rcpt::new(to.clone(), rcpt_parameters.clone()))
                 .await
                 .map_err(command(Command::RcptTo))?;
         }
@@ -284,6 +365,8 @@ impl Session {
 pub struct Composed {
     pub envelope: Envelope,
     pub bytes: Vec<u8>,
+    /// Sent as ENVID where the server offers DSN: our Message-ID, without angle brackets.
+    pub envelope_id: Option<String>,
 }
 
 impl From<Message> for Composed {
@@ -291,6 +374,7 @@ impl From<Message> for Composed {
         Composed {
             envelope: message.envelope().clone(),
             bytes: message.formatted(),
+            envelope_id: None,
         }
     }
 }
@@ -300,7 +384,10 @@ impl From<Message> for Composed {
 /// acknowledgement or notice from its columns ([`compose_acknowledgement`]).
 pub fn compose(row: &OutboxRow, loop_address: &str) -> Result<Composed, SmtpError> {
     let Some(raw) = &row.raw else {
-        return compose_acknowledgement(row, loop_address).map(Composed::from);
+        return compose_acknowledgement(row, loop_address).map(|message| Composed {
+            envelope_id: Some(row.message_id.clone()),
+            ..Composed::from(message)
+        });
     };
     let from = row.from_address.parse::<lettre::Address>().map_err(|e| {
         SmtpError::SenderBlocked(format!(
@@ -326,6 +413,7 @@ pub fn compose(row: &OutboxRow, loop_address: &str) -> Result<Composed, SmtpErro
     Ok(Composed {
         envelope,
         bytes: raw.clone(),
+        envelope_id: Some(row.message_id.clone()),
     })
 }
 
@@ -415,5 +503,25 @@ mod tests {
                 .contains("quota")
         );
         assert!(hint("250 ok").is_none());
+    }
+
+    #[test]
+    fn ehlo_lines_give_size_and_dsn() {
+        let facts = server_facts(["localhost", "PIPELINING", "SIZE 5242880", "DSN", "8BITMIME"]);
+        assert_eq!(facts.size_limit, Some(5_242_880));
+        assert!(facts.dsn);
+        let none = server_facts(["mx.example", "SIZE", "STARTTLS"]);
+        assert_eq!(none.size_limit, None);
+        assert!(!none.dsn);
+        assert_eq!(server_facts(["SIZE 0"]).size_limit, None);
+    }
+
+    #[test]
+    fn envelope_ids_are_xtext() {
+        assert_eq!(
+            xtext("mailintake.1a@helpdesk.test"),
+            "mailintake.1a@helpdesk.test"
+        );
+        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
     }
 }

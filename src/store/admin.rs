@@ -36,6 +36,9 @@ pub struct QuarantineEntry {
 pub struct OutboxEntry {
     pub id: i64,
     pub mailbox: String,
+    /// `acknowledgement`, `follow-up-acknowledgement`, `quarantine-notice`, `reply`,
+    /// `notification`.
+    pub kind: String,
     pub ticket_id: Option<i64>,
     pub to_address: Option<String>,
     pub subject: String,
@@ -48,6 +51,8 @@ pub struct OutboxEntry {
     /// For a `bounced` row: when the delivery status notification was recorded, and what it said.
     pub bounced_at_ms: Option<i64>,
     pub bounce_reason: Option<String>,
+    /// For a `pending` row the sending budget holds back: why, until `next_attempt_at_ms`.
+    pub deferred_reason: Option<String>,
 }
 
 /// One message of a ticket, for `mailintake ticket`.
@@ -174,7 +179,8 @@ impl Store {
         // Only the fixed condition above is formatted into the statement; values are bound.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT id, mailbox, ticket_id, to_address, subject, state, reason, attempts, next_attempt_at, \
-             last_error, smtp_response, bounced_at, bounce_reason FROM outbox WHERE ($1 IS NULL OR state = $1){blocked} \
+             last_error, smtp_response, bounced_at, bounce_reason, kind, deferred_reason \
+             FROM outbox WHERE ($1 IS NULL OR state = $1){blocked} \
              ORDER BY id DESC LIMIT $2"
         )))
         .bind(state.map(str::to_string))
@@ -197,6 +203,8 @@ impl Store {
                 smtp_response: r.get(10),
                 bounced_at_ms: r.get(11),
                 bounce_reason: r.get(12),
+                kind: r.get(13),
+                deferred_reason: r.get(14),
             })
             .collect())
     }

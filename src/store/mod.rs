@@ -28,6 +28,7 @@ pub use batch::{
     Batch, BatchQuestions, Direction, FollowUpOn, ImapLocation, MessageFacts, Outcome,
     QuarantineEnvelope,
 };
+pub use budget::{Budget, Claim, ServerFacts};
 pub use errors::FailureKind;
 pub use folders::{FolderState, PendingDisposition, RecordedOutcome, StuckFailure, StuckMessage};
 pub use leases::{Lease, WorkerInfo, WorkerRow};
@@ -41,6 +42,7 @@ pub use worker_lock::{WorkerLock, WorkerLockError, lock_worker};
 
 pub mod admin;
 mod batch;
+mod budget;
 mod errors;
 mod folders;
 mod leases;

@@ -76,12 +76,17 @@ pub struct OutboxRow {
     pub raw: Option<Vec<u8>>,
     /// The envelope recipients of `raw` (To, Cc, Bcc); empty: `to_address` alone.
     pub envelope_to: Vec<String>,
+    /// `outbox.kind`: `reply` and `notification` are the helpdesk's mail.
+    pub kind: String,
+    /// How many envelope recipients the row has (what the daily budget counts).
+    pub recipient_count: i64,
 }
 
-const ROW_COLUMNS: &str = "id, mailbox, ticket_id, from_address, to_address, subject, message_id, in_reply_to, \
-                           thread_references, body_text, body_html, attempts, blocked_reason, raw, envelope_to";
+pub(super) const ROW_COLUMNS: &str = "id, mailbox, ticket_id, from_address, to_address, subject, message_id, in_reply_to, \
+                           thread_references, body_text, body_html, attempts, blocked_reason, raw, envelope_to, \
+                           kind, recipient_count";
 
-fn row(r: sqlx::any::AnyRow) -> OutboxRow {
+pub(super) fn row(r: sqlx::any::AnyRow) -> OutboxRow {
     OutboxRow {
         id: r.get(0),
         mailbox: r.get(1),
@@ -101,6 +106,8 @@ fn row(r: sqlx::any::AnyRow) -> OutboxRow {
             .get::<Option<String>, _>(14)
             .map(|lines| lines.lines().map(str::to_string).collect())
             .unwrap_or_default(),
+        kind: r.get(15),
+        recipient_count: r.get(16),
     }
 }
 
@@ -120,24 +127,19 @@ impl Store {
     }
 
     /// Claims the oldest due row of `mailbox`, if any, agent mail (`reply`) before everything
-    /// else: a person waits for it, while acknowledgements and notices can wait a minute. A row of a blocked From address is due
-    /// when its own retry time has come (it is the probe); a row not yet marked waits while its
-    /// address has a blocked row whose retry time has not come.
+    /// else, with no sending budget (the sender claims through
+    /// [`Store::claim_within_budget`]). A row of a blocked From address is due when its own retry
+    /// time has come (it is the probe); a row not yet marked waits while its address has a
+    /// blocked row whose retry time has not come.
     pub async fn claim_due(&self, mailbox: &str) -> Result<Option<OutboxRow>> {
-        let now = now_ms();
-        let claimed = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE outbox SET state = 'sending', claimed_at = $1, attempts = attempts + 1 \
-             WHERE id = (SELECT o.id FROM outbox o WHERE o.mailbox = $2 AND o.state = 'pending' \
-             AND o.next_attempt_at <= $1 AND (o.blocked_reason IS NOT NULL OR NOT EXISTS \
-             (SELECT 1 FROM outbox b WHERE b.mailbox = o.mailbox AND b.from_address = o.from_address \
-             AND b.blocked_reason IS NOT NULL AND b.state = 'pending' AND b.next_attempt_at > $1)) \
-             ORDER BY CASE WHEN o.kind = 'reply' THEN 0 ELSE 1 END, o.id LIMIT 1) AND state = 'pending' RETURNING {ROW_COLUMNS}"
-        )))
-        .bind(now)
-        .bind(mailbox)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(claimed.map(row))
+        let unlimited = super::Budget {
+            per_minute: 0,
+            recipients_per_day: 0,
+        };
+        Ok(match self.claim_within_budget(mailbox, unlimited).await? {
+            super::Claim::Row(row) => Some(*row),
+            super::Claim::Deferred { .. } | super::Claim::Nothing => None,
+        })
     }
 
     /// The server accepted the row. (A bounce recorded in between, when the notification came
@@ -315,29 +317,6 @@ impl Store {
                 _ => None,
             })
             .collect())
-    }
-
-    /// Messages `mailbox` sent since `since_ms` (bounced ones too: they were sent): the
-    /// per-minute and per-day limits, counted from the table so that they survive restarts.
-    pub async fn sent_since(&self, mailbox: &str, since_ms: i64) -> Result<u32> {
-        let r = sqlx::query(
-            "SELECT COUNT(*) FROM outbox WHERE mailbox = $1 AND state IN ('sent', 'bounced') AND sent_at >= $2",
-        )
-        .bind(mailbox)
-        .bind(since_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(r.get::<i64, _>(0) as u32)
-    }
-
-    /// The oldest `sent_at` of `mailbox` since `since_ms`: when a full rate window frees a slot.
-    pub async fn oldest_sent_since(&self, mailbox: &str, since_ms: i64) -> Result<Option<i64>> {
-        let r = sqlx::query("SELECT MIN(sent_at) FROM outbox WHERE mailbox = $1 AND state IN ('sent', 'bounced') AND sent_at >= $2")
-            .bind(mailbox)
-            .bind(since_ms)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(r.get(0))
     }
 
     /// When the next pending row of `mailbox` is due.

@@ -187,6 +187,8 @@ pub struct MailboxStats {
     pub outbox_error: Option<ErrorInfo>,
     /// From addresses the SMTP server refuses, as the last flush left them: their rows wait.
     pub outbox_blocked: Vec<BlockedSender>,
+    /// Rows the sending budget holds back, after the last flush (shown on the status page).
+    pub outbox_deferred: Option<crate::report::Deferred>,
     /// The last look at the mailbox's Junk folder (`junk::watch`), if any yet.
     pub junk: Option<JunkStatus>,
 }
@@ -327,6 +329,7 @@ impl Metrics {
                     sends_failed: 0,
                     outbox_error: None,
                     outbox_blocked: Vec::new(),
+                    outbox_deferred: None,
                     junk: None,
                 };
                 (m.name.clone(), stats)
@@ -501,6 +504,7 @@ impl Metrics {
             stats.sends_failed += report.n_failed as u64;
             stats.outbox_error = None;
             stats.outbox_blocked = report.blocked.clone();
+            stats.outbox_deferred = report.deferred.clone();
         }
     }
 

@@ -31,6 +31,7 @@ mod outgoing;
 mod reconcile;
 mod record;
 mod retention;
+mod sending;
 mod smtp;
 mod threading;
 mod tokens;

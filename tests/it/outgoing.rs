@@ -41,7 +41,7 @@ pub(crate) async fn arrived(
 }
 
 /// The outbox id `send` printed.
-fn outbox_id(stdout: &str) -> i64 {
+pub(crate) fn outbox_id(stdout: &str) -> i64 {
     let line = stdout
         .lines()
         .find(|l| l.starts_with("outbox "))
@@ -63,7 +63,7 @@ pub(crate) async fn query_text(db: &TestDb, sql: &str) -> String {
     value.unwrap_or_default()
 }
 
-async fn execute(db: &TestDb, sql: &str) {
+pub(crate) async fn execute(db: &TestDb, sql: &str) {
     let pool = db.pool().await;
     sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
         .execute(&pool)

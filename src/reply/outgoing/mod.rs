@@ -26,9 +26,13 @@ pub enum SubmitError {
     #[error("{field}: {problem}")]
     Invalid { field: String, problem: String },
     #[error(
-        "the message is {size} bytes encoded, more than the mailbox's max_send_bytes ({limit}): send large files as links"
+        "the message is {size} bytes encoded, more than {set_by} ({limit}): send large files as links"
     )]
-    TooLarge { size: u64, limit: u64 },
+    TooLarge {
+        size: u64,
+        limit: u64,
+        set_by: SizeLimit,
+    },
     #[error(
         "idempotency_key: already used for another request (outbox row {existing_id}); use a new key for a new message"
     )]
@@ -43,6 +47,24 @@ impl SubmitError {
     /// The request is at fault (as opposed to the database): retrying it unchanged cannot help.
     pub fn is_request_error(&self) -> bool {
         !matches!(self, SubmitError::Store(_))
+    }
+}
+
+/// Which limit a too-large message is over: the smaller of the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeLimit {
+    /// The mailbox's `max_send_bytes`.
+    Configured,
+    /// The SIZE the mailbox's SMTP server announced in its EHLO when the sender last connected.
+    Server,
+}
+
+impl std::fmt::Display for SizeLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SizeLimit::Configured => "the mailbox's max_send_bytes",
+            SizeLimit::Server => "the SMTP server accepts (its EHLO SIZE, in bytes)",
+        })
     }
 }
 
@@ -220,11 +242,21 @@ pub async fn submit(
         attachments: &attachments,
     };
     let raw = compose(&parts)?;
-    let limit = mailbox.sending.max_bytes;
+    // The smaller of the configured limit and the server's (learnt when the sender connected;
+    // until then the sender checks it before MAIL FROM).
+    let (limit, set_by) = match store
+        .server_facts(&mailbox.name)
+        .await?
+        .and_then(|facts| facts.size_limit)
+    {
+        Some(server) if server < mailbox.sending.max_bytes => (server, SizeLimit::Server),
+        _ => (mailbox.sending.max_bytes, SizeLimit::Configured),
+    };
     if raw.len() as u64 > limit {
         return Err(SubmitError::TooLarge {
             size: raw.len() as u64,
             limit,
+            set_by,
         });
     }
     let parsed = match &ticket {
