@@ -14,18 +14,9 @@ use crate::error::GraphError;
 use crate::limits::Slot;
 use crate::representation::{folder_json, message_json, parse_expand, parse_select};
 use crate::send;
-use crate::server::{Prefer, Query, json_response, set};
+use crate::server::{Here, json_response, set};
 use crate::store::{ChangeType, DeltaItem, DeltaOptions, Mailbox, ReceivedFilter, SyncState};
-use crate::{DeliverOptions, Shared, ValueFault, time};
-
-/// One authorised request against one mailbox.
-pub(crate) struct Here<'a> {
-    pub shared: &'a Arc<Shared>,
-    pub upn: &'a str,
-    pub link_user: &'a str,
-    pub prefer: &'a Prefer,
-    pub query: &'a Query,
-}
+use crate::{DeliverOptions, ValueFault, time};
 
 impl Here<'_> {
     fn with_mailbox<R>(
@@ -174,13 +165,7 @@ impl Here<'_> {
 
     fn select_expand(
         &self,
-    ) -> Result<
-        (
-            Option<Vec<String>>,
-            Vec<crate::representation::ExtendedProperty>,
-        ),
-        GraphError,
-    > {
+    ) -> Result<(Option<Vec<String>>, Vec<crate::store::ExtendedProperty>), GraphError> {
         let select = self.query.get("$select").map(parse_select).transpose()?;
         let expand = self
             .query

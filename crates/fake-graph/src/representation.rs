@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::error::GraphError;
-use crate::store::{Address, Folder, Mailbox, Message};
+use crate::store::{Address, ExtendedProperty, Folder, Mailbox, Message, PID_TAG_MESSAGE_SIZE};
 use crate::time;
 
 /// The properties of `microsoft.graph.message` this fake knows, in Graph's order. `$select`
@@ -42,50 +42,21 @@ pub(crate) const MESSAGE_PROPERTIES: &[&str] = &[
     "internetMessageHeaders",
 ];
 
-/// MAPI property tag `PidTagMessageSize`.
-pub(crate) const PID_TAG_MESSAGE_SIZE: u16 = 0x0E08;
-
-/// An extended property asked for by `$expand=singleValueExtendedProperties($filter=id eq
-/// '…')`: a MAPI tag with its type (`Long 0x0E08`), or an id this fake does not store (named
-/// properties, other tags), which expands to nothing as for an item without the property.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum ExtendedProperty {
-    Tag { type_name: String, tag: u16 },
-    Other(String),
-}
-
-impl ExtendedProperty {
-    /// Parses one property id (`Long 0x0E08`, `Integer 0x0e08`, `String {guid} Name X`, …).
-    pub(crate) fn parse(id: &str) -> ExtendedProperty {
-        let mut words = id.split_whitespace();
-        if let (Some(type_name), Some(tag), None) = (words.next(), words.next(), words.next())
-            && let Some(hex) = tag.strip_prefix("0x").or_else(|| tag.strip_prefix("0X"))
-            && let Ok(tag) = u16::from_str_radix(hex, 16)
+/// The value for `message`, as Graph returns it: the id with the tag in lower-case hex
+/// without leading zeros (`Long 0xe08`), the value as a string.
+fn property_value(property: &ExtendedProperty, message: &Message) -> Option<Value> {
+    match property {
+        ExtendedProperty::Tag { type_name, tag }
+            if *tag == PID_TAG_MESSAGE_SIZE
+                && (type_name.eq_ignore_ascii_case("Long")
+                    || type_name.eq_ignore_ascii_case("Integer")) =>
         {
-            return ExtendedProperty::Tag {
-                type_name: type_name.to_owned(),
-                tag,
-            };
+            Some(json!({
+                "id": format!("{} 0x{:x}", canonical_type(type_name), tag),
+                "value": message.store_size.to_string(),
+            }))
         }
-        ExtendedProperty::Other(id.to_owned())
-    }
-
-    /// The value for `message`, as Graph returns it: the id with the tag in lower-case hex
-    /// without leading zeros (`Long 0xe08`), the value as a string.
-    fn value_for(&self, message: &Message) -> Option<Value> {
-        match self {
-            ExtendedProperty::Tag { type_name, tag }
-                if *tag == PID_TAG_MESSAGE_SIZE
-                    && (type_name.eq_ignore_ascii_case("Long")
-                        || type_name.eq_ignore_ascii_case("Integer")) =>
-            {
-                Some(json!({
-                    "id": format!("{} 0x{:x}", canonical_type(type_name), tag),
-                    "value": message.store_size.to_string(),
-                }))
-            }
-            _ => None,
-        }
+        _ => None,
     }
 }
 
@@ -300,7 +271,7 @@ pub(crate) fn message_json(
         object.insert(name.clone(), property(mailbox, m, name, immutable));
     }
     if !expand.is_empty() {
-        let values: Vec<Value> = expand.iter().filter_map(|p| p.value_for(m)).collect();
+        let values: Vec<Value> = expand.iter().filter_map(|p| property_value(p, m)).collect();
         // Graph omits the collection when no requested property exists on the item.
         if !values.is_empty() {
             object.insert(

@@ -16,7 +16,6 @@ use fake_entra::{AccessTokenClaims, TokenRejection, verify_access_token};
 use serde_json::{Value, json};
 
 use crate::error::GraphError;
-use crate::handlers::Here;
 use crate::limits::{Caller, lock};
 use crate::store::Mailbox;
 use crate::{GRAPH_APP_ID, GRAPH_RESOURCE, RequestRecord, Shared, ids, time};
@@ -184,6 +183,15 @@ fn is(segment: &str, name: &str) -> bool {
         || segment
             .strip_prefix("microsoft.graph.")
             .is_some_and(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// One authorised request against one mailbox (its operations are in `handlers.rs`).
+pub(crate) struct Here<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub upn: &'a str,
+    pub link_user: &'a str,
+    pub prefer: &'a Prefer,
+    pub query: &'a Query,
 }
 
 /// The query string as pairs; `$`-prefixed names also match without the `$` (v1.0 allows it).

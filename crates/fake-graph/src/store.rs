@@ -198,7 +198,7 @@ pub(crate) enum ChangeType {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct DeltaOptions {
     pub select: Option<Vec<String>>,
-    pub expand: Vec<crate::representation::ExtendedProperty>,
+    pub expand: Vec<ExtendedProperty>,
     pub filter: Option<ReceivedFilter>,
     pub change_type: Option<ChangeType>,
     pub top: Option<usize>,
@@ -597,5 +597,34 @@ impl Store {
             Some(m) if !m.mailbox_enabled => Err(GraphError::mailbox_not_enabled()),
             Some(m) => Ok(m),
         }
+    }
+}
+
+/// MAPI property tag `PidTagMessageSize`.
+pub(crate) const PID_TAG_MESSAGE_SIZE: u16 = 0x0E08;
+
+/// An extended property asked for by `$expand=singleValueExtendedProperties($filter=id eq
+/// '…')`: a MAPI tag with its type (`Long 0x0E08`), or an id this fake does not store (named
+/// properties, other tags), which expands to nothing as for an item without the property.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ExtendedProperty {
+    Tag { type_name: String, tag: u16 },
+    Other(String),
+}
+
+impl ExtendedProperty {
+    /// Parses one property id (`Long 0x0E08`, `Integer 0x0e08`, `String {guid} Name X`, …).
+    pub(crate) fn parse(id: &str) -> ExtendedProperty {
+        let mut words = id.split_whitespace();
+        if let (Some(type_name), Some(tag), None) = (words.next(), words.next(), words.next())
+            && let Some(hex) = tag.strip_prefix("0x").or_else(|| tag.strip_prefix("0X"))
+            && let Ok(tag) = u16::from_str_radix(hex, 16)
+        {
+            return ExtendedProperty::Tag {
+                type_name: type_name.to_owned(),
+                tag,
+            };
+        }
+        ExtendedProperty::Other(id.to_owned())
     }
 }
