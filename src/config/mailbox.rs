@@ -337,6 +337,16 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
     );
     let sending = validate_sending(m.send_as, m.max_send_bytes, m.allow_recipients, table);
     let tls = m.imap.tls.unwrap_or(TlsMode::Implicit);
+    let logins_per_second = m
+        .imap
+        .logins_per_second
+        .unwrap_or(super::DEFAULT_LOGINS_PER_SECOND);
+    if logins_per_second == 0 {
+        table.report(
+            "imap.logins_per_second",
+            "must be at least 1 (default 10: logins to one server spread out when many folders start at once)",
+        );
+    }
     Mailbox {
         name: m.name,
         address: m.address,
@@ -350,6 +360,7 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
             tls,
             ca_file: imap_ca_file,
             timeouts,
+            logins_per_second,
         },
         folders,
         poll_interval,

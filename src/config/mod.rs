@@ -411,7 +411,13 @@ pub struct ImapEndpoint {
     /// An extra CA certificate (PEM) trusted for this server, besides the system roots.
     pub ca_file: Option<PathBuf>,
     pub timeouts: Timeouts,
+    /// At most this many logins a second to this server (`host`) from this process, over all
+    /// its mailboxes and folders: no login storm when many start at once (servers throttle it).
+    pub logins_per_second: u32,
 }
+
+/// The default of `imap.logins_per_second`: 1,000 folders are in IDLE within 100 s.
+pub const DEFAULT_LOGINS_PER_SECOND: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -157,6 +157,7 @@ pub struct Imap {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Option<String>,
     pub command_timeout: Option<String>,
+    pub logins_per_second: Option<u32>,
 }
 
 /// Where a secret comes from: `{ env = "NAME" }`, `{ file = "PATH" }`, or a plain string (meant

@@ -93,6 +93,8 @@ pub struct MailboxContext<'a> {
     pub outbox_wake: Option<Arc<Notify>>,
     /// Where sweeps, failures, logins and ingest latency are counted (read by `http`).
     pub metrics: &'a Metrics,
+    /// The process's login pacing, shared by every folder task.
+    pub logins: &'a session::LoginPacer,
 }
 
 /// The decision policy of `mailbox`: every configured mailbox address, and every address

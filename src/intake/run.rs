@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info_span};
 
 use super::folder::{mailbox_loop, run_cycle};
+use super::session::LoginPacer;
 use super::{CycleError, MailboxContext, policy};
 use crate::config::{Config, Mailbox};
 use crate::oauth::TokenCache;
@@ -35,6 +36,7 @@ pub async fn run_once(
     let never = CancellationToken::new();
     // `once` reports through its return value; the counts are not served anywhere.
     let metrics = Metrics::new(config);
+    let logins = LoginPacer::default();
     let mut results = Vec::new();
     for mailbox in &config.mailboxes {
         for folder in &mailbox.folders {
@@ -47,6 +49,7 @@ pub async fn run_once(
                 policy: policy(config, mailbox),
                 outbox_wake: None,
                 metrics: &metrics,
+                logins: &logins,
             };
             let result = run_cycle(&ctx, &never).await;
             results.push((task_name(mailbox, folder), result));
@@ -115,6 +118,8 @@ pub fn spawn(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) {
+    // One pacing for every folder task of the process (see `LoginPacer`).
+    let logins = Arc::new(LoginPacer::default());
     for (index, mailbox) in config.mailboxes.iter().enumerate() {
         let wake = wakes.get(&mailbox.name).cloned();
         if let Some(wake) = &wake {
@@ -152,6 +157,7 @@ pub fn spawn(
             let store = store.clone();
             let tokens = Arc::clone(&tokens);
             let metrics = Arc::clone(&metrics);
+            let logins = Arc::clone(&logins);
             let cancel = cancel.clone();
             let wake = wake.clone();
             let span = info_span!(
@@ -171,6 +177,7 @@ pub fn spawn(
                         policy: policy(&config, mailbox),
                         outbox_wake: wake,
                         metrics: &metrics,
+                        logins: &logins,
                     };
                     let folder = ctx.folder;
                     let restarted = |panic: &str| {

@@ -1,6 +1,8 @@
 //! Logging in: a mail-source session with the identity's cached token, and what the folder task
 //! knows about it.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -47,9 +49,42 @@ pub fn expiry_margin(command_timeout: Duration, token_lifetime: Duration) -> Dur
 /// implementation of the seam; a second transport makes this an enum over both.
 pub type Source = ImapSource;
 
-/// Logs in to the mailbox's server with a cached token; if the server refuses it, forgets it and
-/// tries once more with a fresh one (the token may have been revoked or have expired early).
+/// Spreads the process's logins to each server out over time, at most `imap.logins_per_second`
+/// a second (the mailbox's setting, per host): when hundreds of folders start at once (a worker
+/// starting, a server coming back) they log in one after the other instead of at once, which
+/// servers throttle (Exchange) or refuse (Dovecot's `mail_max_userip_connections`, a process
+/// limit). Each login takes the next free slot of its host and waits for it.
+#[derive(Debug, Default)]
+pub struct LoginPacer {
+    next_free: Mutex<HashMap<String, Instant>>,
+}
+
+impl LoginPacer {
+    /// Waits for the next login slot to `host`; `per_second` apart from the one before.
+    pub async fn wait(&self, host: &str, per_second: u32) {
+        let spacing = Duration::from_secs(1) / per_second.max(1);
+        let host = host.to_ascii_lowercase();
+        let slot = {
+            let mut next_free = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let slot = next_free
+                .get(&host)
+                .copied()
+                .filter(|at| *at > now)
+                .unwrap_or(now);
+            next_free.insert(host, slot + spacing);
+            slot
+        };
+        tokio::time::sleep_until(slot.into()).await;
+    }
+}
+
+/// Logs in to the mailbox's server with a cached token, in its turn ([`LoginPacer`]); if the
+/// server refuses it, forgets it and tries once more with a fresh one (the token may have been
+/// revoked or have expired early).
 pub async fn login(ctx: &MailboxContext<'_>) -> Result<Session<Source>, CycleError> {
+    let imap = &ctx.mailbox.imap;
+    ctx.logins.wait(&imap.host, imap.logins_per_second).await;
     let command_timeout = ctx.mailbox.imap.timeouts.command;
     // A token that outlasts the margin, so the new session can take batches.
     let lasting = 2 * command_timeout;

@@ -985,3 +985,71 @@ async fn a_move_the_server_refuses_is_recorded_and_shown_and_the_folder_goes_on(
         3
     );
 }
+
+/// Many folders starting at once log in one after the other, `imap.logins_per_second` apart, not
+/// all at once (a login storm servers throttle or refuse).
+///
+/// Before: every folder task logged in the moment it started: the four logins of this test came
+/// within a few tens of milliseconds of each other.
+#[tokio::test]
+async fn folders_starting_together_log_in_at_the_configured_pace() {
+    let case = Case::new(
+        Backend::Sqlite,
+        "folders = [\"INBOX\", \"Archive\", \"Drafts\", \"Junk Email\"]\npoll_interval = \"10m\"",
+        "implicit",
+    )
+    .await;
+    // `[mailboxes.imap]` is the config's last table: a key appended at the end goes into it.
+    let text = std::fs::read_to_string(&case.config.path).unwrap();
+    std::fs::write(
+        &case.config.path,
+        format!("{text}\nlogins_per_second = 2\n"),
+    )
+    .unwrap();
+    let running = case.spawn_run_with(&[("RUST_LOG", "mailintake=debug")]);
+    let started = case
+        .wait_for_count(
+            "SELECT COUNT(*) FROM mailbox_state",
+            4,
+            Duration::from_secs(30),
+        )
+        .await;
+    let (status, log) = terminate(running, Duration::from_secs(20)).await;
+    assert!(started, "not every folder swept: {log}");
+    assert!(status.success(), "{status}: {log}");
+    // The log lines' timestamps (RFC 3339, microseconds) of the four logins.
+    let mut at: Vec<chrono_like::Micros> = log
+        .lines()
+        .filter(|line| line.contains("logged in"))
+        .filter_map(chrono_like::micros_of_line)
+        .collect();
+    at.sort_unstable();
+    assert_eq!(at.len(), 4, "{log}");
+    let spread_ms = (at[3] - at[0]) / 1000;
+    // Slots 0, 0.5, 1.0 and 1.5 s; each line follows its login's round trip, which differs
+    // a little from one login to the next.
+    assert!(
+        spread_ms >= 1_200,
+        "four logins within {spread_ms} ms, at 2 a second: {log}"
+    );
+}
+
+/// Just enough of an RFC 3339 timestamp at the start of a log line to compare two of them.
+mod chrono_like {
+    pub type Micros = i64;
+
+    /// `2026-12-02T13:47:27.680818Z …` (after any ANSI colour codes) → microseconds of the day.
+    pub fn micros_of_line(line: &str) -> Option<Micros> {
+        let start = line.find('T')?;
+        let time = line.get(start + 1..start + 16)?;
+        let (hms, frac) = time.split_once('.')?;
+        let mut parts = hms.split(':').map(|p| p.parse::<i64>());
+        let (h, m, s) = (
+            parts.next()?.ok()?,
+            parts.next()?.ok()?,
+            parts.next()?.ok()?,
+        );
+        let micros: i64 = frac.get(..6)?.parse().ok()?;
+        Some(((h * 60 + m) * 60 + s) * 1_000_000 + micros)
+    }
+}

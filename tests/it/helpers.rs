@@ -646,6 +646,7 @@ pub async fn imap_session(entra: &Entra, mailbox: &str) -> mailintake::imap::Con
             connect: Duration::from_secs(10),
             command: Duration::from_secs(30),
         },
+        logins_per_second: 10,
     };
     mailintake::imap::connect(&endpoint, mailbox, &token)
         .await

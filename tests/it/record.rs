@@ -69,6 +69,7 @@ async fn one_batch_of_decisions_becomes_its_rows_in_one_transaction() {
     store.migrate().await.unwrap();
     let tokens = TokenCache::new();
     let metrics = Metrics::new(&config);
+    let logins = mailintake::intake::session::LoginPacer::default();
     let mailbox = &config.mailboxes[0];
     let ctx = MailboxContext {
         mailbox,
@@ -79,6 +80,7 @@ async fn one_batch_of_decisions_becomes_its_rows_in_one_transaction() {
         policy: mailintake::intake::policy(&config, mailbox),
         outbox_wake: None,
         metrics: &metrics,
+        logins: &logins,
     };
     let state = FolderState {
         uidvalidity: 7,
