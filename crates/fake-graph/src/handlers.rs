@@ -45,6 +45,36 @@ impl Here<'_> {
             .clamp(1, config.max_page_size.max(1))
     }
 
+    /// One page of a `$top`/`$skip` collection: its values, and an `@odata.nextLink` with the
+    /// same query and the next `$skip` while `more` remain.
+    fn page(
+        &self,
+        collection: &str,
+        tail: &str,
+        values: Vec<Value>,
+        more: bool,
+        skip: usize,
+        page_size: usize,
+    ) -> Response {
+        let mut body = json!({
+            "@odata.context": self.context(&format!("users('{}')/{collection}", self.upn)),
+            "value": values,
+        });
+        if more {
+            let mut params: Vec<(String, String)> = self
+                .query
+                .0
+                .iter()
+                .filter(|(k, _)| !k.trim_start_matches('$').eq_ignore_ascii_case("skip"))
+                .cloned()
+                .collect();
+            params.push(("$skip".to_owned(), (skip + page_size).to_string()));
+            let qs = serde_urlencoded::to_string(&params).unwrap_or_default();
+            body["@odata.nextLink"] = json!(format!("{}?{qs}", self.url(tail)));
+        }
+        json_response(StatusCode::OK, &body, &self.prefer.applied(Some(page_size)))
+    }
+
     fn top_skip(&self) -> Result<(Option<usize>, usize), GraphError> {
         let number = |name: &str| -> Result<Option<usize>, GraphError> {
             self.query
@@ -100,27 +130,7 @@ impl Here<'_> {
             Some(p) => format!("mailFolders('{p}')/childFolders"),
             None => "mailFolders".to_owned(),
         };
-        let mut body = json!({
-            "@odata.context": self.context(&format!("users('{}')/mailFolders", self.upn)),
-            "value": values,
-        });
-        if more {
-            let mut params: Vec<(String, String)> = self
-                .query
-                .0
-                .iter()
-                .filter(|(k, _)| !k.trim_start_matches('$').eq_ignore_ascii_case("skip"))
-                .cloned()
-                .collect();
-            params.push(("$skip".to_owned(), (skip + page_size).to_string()));
-            let qs = serde_urlencoded::to_string(&params).unwrap_or_default();
-            body["@odata.nextLink"] = json!(format!("{}?{qs}", self.url(&tail)));
-        }
-        Ok(json_response(
-            StatusCode::OK,
-            &body,
-            &self.prefer.applied(Some(page_size)),
-        ))
+        Ok(self.page("mailFolders", &tail, values, more, skip, page_size))
     }
 
     pub(crate) fn get_folder(&self, id: &str) -> Result<Response, GraphError> {
@@ -213,27 +223,7 @@ impl Here<'_> {
             Some(f) => format!("mailFolders('{f}')/messages"),
             None => "messages".to_owned(),
         };
-        let mut body = json!({
-            "@odata.context": self.context(&format!("users('{}')/messages", self.upn)),
-            "value": values,
-        });
-        if more {
-            let mut params: Vec<(String, String)> = self
-                .query
-                .0
-                .iter()
-                .filter(|(k, _)| !k.trim_start_matches('$').eq_ignore_ascii_case("skip"))
-                .cloned()
-                .collect();
-            params.push(("$skip".to_owned(), (skip + page_size).to_string()));
-            let qs = serde_urlencoded::to_string(&params).unwrap_or_default();
-            body["@odata.nextLink"] = json!(format!("{}?{qs}", self.url(&tail)));
-        }
-        Ok(json_response(
-            StatusCode::OK,
-            &body,
-            &self.prefer.applied(Some(page_size)),
-        ))
+        Ok(self.page("messages", &tail, values, more, skip, page_size))
     }
 
     fn delta_options(&self) -> Result<DeltaOptions, GraphError> {
