@@ -172,18 +172,7 @@ impl FakeEntra {
             shutdown: shutdown_rx.clone(),
         });
         let app = server::router(Arc::clone(&shared));
-        let mut stop = shutdown_rx;
-        let server = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|stopping| *stopping).await;
-            };
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                eprintln!("fake-entra: server error: {error}");
-            }
-        });
+        let server = serve("fake-entra", listener, app, shutdown_rx);
         Ok(FakeEntra {
             shared,
             local_addr,
@@ -466,4 +455,25 @@ fn set_device_flow_state(shared: &Shared, user_code: &str, state: DeviceFlowStat
         }
         None => false,
     }
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true (graceful: requests in flight finish);
+/// a server error is printed under `name`. Shared by the project's fake servers.
+pub fn serve(
+    name: &'static str,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let stopping = async move {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        };
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopping)
+            .await
+        {
+            eprintln!("{name}: server error: {error}");
+        }
+    })
 }

@@ -389,18 +389,7 @@ impl FakeGraph {
             base_url: format!("http://{local_addr}"),
         });
         let app = server::router(Arc::clone(&shared));
-        let mut stop = shutdown_rx;
-        let server = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|stopping| *stopping).await;
-            };
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                eprintln!("fake-graph: server error: {error}");
-            }
-        });
+        let server = fake_entra::serve("fake-graph", listener, app, shutdown_rx);
         Ok(FakeGraph {
             shared,
             local_addr,
