@@ -20,7 +20,7 @@ pub enum WorkerLockError {
     #[error(
         "another mailintake worker is running on the SQLite database {} ({holder}); one worker per SQLite \
          database: stop it first (the other commands work beside it), or move to PostgreSQL to run several \
-         workers (README: \"Running several workers\")",
+         workers (README, \"Deployment\": one worker per SQLite database)",
         database.display()
     )]
     Held { database: PathBuf, holder: String },
