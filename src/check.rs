@@ -4,16 +4,19 @@
 //! step ends that mailbox's check, because the next steps depend on it.
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use secrecy::ExposeSecret;
 
-use crate::config::{Config, Disposal, Grant, Identity, Mailbox};
+use crate::config::{Config, Disposal, Grant, Identity, Mailbox, SentCopy};
 use crate::imap;
+use crate::intake::{self, session::LoginPacer};
 use crate::oauth::{self, AccessToken, TokenCache};
 use crate::reply;
+use crate::reply::sender::{SentCopies, SentMessage};
 use crate::store::Store;
+use crate::telemetry::Metrics;
 
 /// What each Exchange Online permission allows, for explaining a token's roles or scopes.
 const PERMISSIONS: &[(&str, &str)] = &[
@@ -75,7 +78,7 @@ pub async fn online(
         let identity = config.identity(&mailbox.identity);
         let mut passed = check_mailbox(identity, mailbox, &tokens).await;
         if passed {
-            passed &= check_smtp(identity, mailbox, &tokens, send_test_mail).await;
+            passed &= check_smtp(config, identity, mailbox, &tokens, send_test_mail).await;
         }
         acknowledgement_notice(mailbox, store.as_ref()).await;
         all_passed &= passed;
@@ -191,6 +194,7 @@ async fn acknowledgement_notice(mailbox: &Mailbox, store: Option<&Store>) {
 
 /// The SMTP step: STARTTLS (or TLS), XOAUTH2 with the same token, and optionally a real message.
 async fn check_smtp(
+    config: &Config,
     identity: &Identity,
     mailbox: &Mailbox,
     tokens: &TokenCache,
@@ -280,20 +284,154 @@ async fn check_smtp(
         recipient_count: 1,
     };
     let sent = match reply::smtp::compose(&row, &mailbox.address) {
-        Ok(message) => session.send(&message, smtp.timeout).await,
+        Ok(message) => session
+            .send(&message, smtp.timeout)
+            .await
+            .map(|response| (response, message)),
         Err(e) => Err(e),
     };
     session.quit().await;
     match sent {
-        Ok(response) => {
+        Ok((response, message)) => {
             step(true, "testmail", &format!("sent to {to}: {response}"));
-            true
+            check_sent_copy(
+                config,
+                identity,
+                mailbox,
+                tokens,
+                &row.message_id,
+                message.bytes,
+            )
+            .await
         }
         Err(e) => {
             step(false, "testmail", &format!("to {to}: {e}"));
             false
         }
     }
+}
+
+/// How long `check` looks for the server's copy of its test mail in the Sent folder.
+const SERVER_COPY_WAIT: Duration = Duration::from_secs(10);
+
+/// The `sentcopy` step after a test mail: which folder got its copy. With `sent_copy =
+/// "append"` the copy is appended as the sender does it; with `"server"` the mailbox's `\Sent`
+/// folder is searched for the test mail's Message-ID for a few seconds, since a server may keep
+/// its copy elsewhere (Exchange: a delegated identity sending as a shared mailbox puts it in the
+/// signed-in account's Sent Items).
+async fn check_sent_copy(
+    config: &Config,
+    identity: &Identity,
+    mailbox: &Mailbox,
+    tokens: &TokenCache,
+    message_id: &str,
+    raw: Vec<u8>,
+) -> bool {
+    match &mailbox.sent_copy {
+        SentCopy::None => {
+            step(true, "sentcopy", "no copy is kept (sent_copy = \"none\")");
+            true
+        }
+        SentCopy::Append { .. } => {
+            let metrics = Metrics::new(config);
+            let logins = LoginPacer::default();
+            let Some(copies) = intake::sent_copies(mailbox, identity, tokens, &metrics, &logins)
+            else {
+                return true;
+            };
+            let messages = [SentMessage {
+                message_id: message_id.to_string(),
+                raw,
+            }];
+            match copies.keep(&messages).await {
+                Ok((folder, outcomes)) => match outcomes.into_iter().next() {
+                    Some(Ok(_)) => {
+                        step(
+                            true,
+                            "sentcopy",
+                            &format!("appended to `{folder}` (sent_copy = \"append\")"),
+                        );
+                        true
+                    }
+                    Some(Err(e)) => {
+                        step(
+                            false,
+                            "sentcopy",
+                            &format!("`{folder}` refused the copy: {e}"),
+                        );
+                        false
+                    }
+                    None => true,
+                },
+                Err(e) => {
+                    step(false, "sentcopy", &e);
+                    false
+                }
+            }
+        }
+        SentCopy::Server => {
+            match find_server_copy(identity, mailbox, tokens, message_id).await {
+                Ok((folder, true)) => {
+                    step(
+                        true,
+                        "sentcopy",
+                        &format!("the server kept the copy in `{folder}` (sent_copy = \"server\")"),
+                    );
+                }
+                Ok((folder, false)) => step(
+                    true,
+                    "sentcopy",
+                    &format!(
+                        "WARNING: no copy in this mailbox's `{folder}` after {}s (sent_copy = \"server\")\n  fix: Exchange Online keeps it in the Sent Items of the account that signed in: sending as a shared mailbox with a delegated identity, set `Set-Mailbox <shared> -MessageCopyForSentAsEnabled $true` (and -MessageCopyForSendOnBehalfEnabled) to keep one in the shared mailbox too; a server that keeps no copy of submitted mail needs sent_copy = \"append\"",
+                        SERVER_COPY_WAIT.as_secs()
+                    ),
+                ),
+                Err(e) => step(
+                    true,
+                    "sentcopy",
+                    &format!("WARNING: cannot look for the server's copy: {e}"),
+                ),
+            }
+            true
+        }
+    }
+}
+
+/// Looks in the mailbox's `\Sent` folder for `message_id` until [`SERVER_COPY_WAIT`] passes.
+async fn find_server_copy(
+    identity: &Identity,
+    mailbox: &Mailbox,
+    tokens: &TokenCache,
+    message_id: &str,
+) -> Result<(String, bool), String> {
+    let token = tokens.token(identity).await.map_err(|e| e.to_string())?;
+    let mut conn = imap::connect(&mailbox.imap, &mailbox.address, &token)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = async {
+        let folder = conn
+            .sent_folder()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the server marks no folder \\Sent (RFC 6154)".to_string())?;
+        let deadline = tokio::time::Instant::now() + SERVER_COPY_WAIT;
+        loop {
+            if conn
+                .has_message_id(&folder, message_id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return Ok((folder, true));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok((folder, false));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    .await;
+    conn.logout().await;
+    result
 }
 
 /// One line about a token: expiry, audience, and the roles or scopes it carries, with what a

@@ -32,6 +32,9 @@ pub enum Point {
     /// In the sender, right after the SMTP server accepted a message (its 250 to the end of
     /// DATA) and before the outbox row is marked `sent` ([`hit`]).
     SmtpAccepted,
+    /// In the sender, right after the Sent folder took a copy of a sent message (or had it
+    /// already) and before the outbox row records it ([`hit`]).
+    SentCopyKept,
 }
 
 impl Point {
@@ -44,6 +47,7 @@ impl Point {
             Point::PurgeChecked => "purge-checked",
             Point::Listing => "listing",
             Point::SmtpAccepted => "smtp-accepted",
+            Point::SentCopyKept => "sent-copy-kept",
         }
     }
 }

@@ -8,7 +8,8 @@
 //! [`MailSource::list_uids`], for the reconciliation), fetch bodies capped at a byte limit ([`MailSource::fetch_bodies`])
 //! or only the identifying header fields of oversized mail ([`MailSource::fetch_identifying_headers`]),
 //! dispose of committed messages ([`MailSource::dispose`]), and wait for a change
-//! ([`MailSource::wait_for_change`]).
+//! ([`MailSource::wait_for_change`]). Beside the sweep, the sender keeps copies of sent mail
+//! where the server does not ([`MailSource::sent_folder`], [`MailSource::keep_copy`]).
 
 use std::fmt;
 use std::future::Future;
@@ -145,6 +146,16 @@ impl std::str::FromStr for Disposition {
             },
         }
     }
+}
+
+/// What became of a copy of sent mail ([`MailSource::keep_copy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyKept {
+    /// Appended now.
+    Appended,
+    /// A message with its Message-ID was in the folder already: an earlier copy whose answer was
+    /// lost, or the server's own.
+    AlreadyThere,
 }
 
 /// What kind of trouble a mail-source operation ran into: the folder task's question is "log in
@@ -285,6 +296,21 @@ pub trait MailSource: Send + Sized {
         max_wait: Duration,
         shutdown: &CancellationToken,
     ) -> impl Future<Output = Result<(Self, IdleOutcome), SourceError>> + Send;
+
+    /// The folder that keeps copies of the mailbox's sent mail: the one the server marks as such
+    /// (IMAP: SPECIAL-USE `\Sent`, RFC 6154); `None` when it marks none.
+    fn sent_folder(&mut self) -> impl Future<Output = Result<Option<String>, SourceError>> + Send;
+
+    /// Keeps `raw`, a message this mailbox sent, in `folder` (read) unless a message with
+    /// `message_id` (without angle brackets) is there already, so that a copy is kept once even
+    /// when an earlier answer was lost. It may leave another folder open than before: a folder
+    /// task opens its folder again.
+    fn keep_copy(
+        &mut self,
+        folder: &str,
+        message_id: &str,
+        raw: &[u8],
+    ) -> impl Future<Output = Result<CopyKept, SourceError>> + Send;
 
     /// Ends the session politely; errors are irrelevant at this point.
     fn logout(self) -> impl Future<Output = ()> + Send;

@@ -122,6 +122,10 @@ pub struct FlushReport {
     pub deferred: Option<Deferred>,
     /// From addresses the server refuses (read after the flush): their rows wait.
     pub blocked: Vec<BlockedSender>,
+    /// Copies of sent mail kept in the Sent folder by this flush (`sent_copy = "append"`).
+    pub n_copied: usize,
+    /// Why copies of sent mail could not be kept in this flush; they wait and are tried again.
+    pub copy_error: Option<String>,
 }
 
 impl FlushReport {
@@ -184,6 +188,12 @@ impl std::fmt::Display for FlushReport {
             )?;
         } else if self.deferred_until_ms.is_some() {
             write!(f, ", rest deferred by the sending limit")?;
+        }
+        if self.n_copied > 0 {
+            write!(f, ", {} copied to the Sent folder", self.n_copied)?;
+        }
+        if let Some(error) = &self.copy_error {
+            write!(f, ", copies to the Sent folder wait ({error})")?;
         }
         Ok(())
     }

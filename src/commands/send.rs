@@ -11,10 +11,11 @@ use base64::Engine;
 use super::token_cache;
 use crate::cli::SendArgs;
 use crate::config::Config;
+use crate::intake::{self, session::LoginPacer};
 use crate::reply::outgoing::{
     self, AttachmentSpec, OutgoingRequest, Recipient, RequestKind, SubmitError, TicketRef,
 };
-use crate::reply::sender::{self, SenderContext};
+use crate::reply::sender::{self, SenderContext, SentCopies};
 use crate::store::{Store, SubmittedVia};
 use crate::telemetry::Metrics;
 
@@ -90,13 +91,17 @@ async fn wait(
     let smtp = mailbox.smtp.as_ref().context("checked by submit")?;
     let tokens = token_cache(config, store);
     let metrics = Metrics::new(config);
+    let identity = config.identity(&mailbox.identity);
+    let logins = LoginPacer::default();
+    let copies = intake::sent_copies(mailbox, identity, &tokens, &metrics, &logins);
     let ctx = SenderContext {
         mailbox,
         smtp,
-        identity: config.identity(&mailbox.identity),
+        identity,
         store,
         tokens: &tokens,
         metrics: &metrics,
+        sent_copies: copies.as_ref().map(|c| c as &dyn SentCopies),
     };
     let deadline = tokio::time::Instant::now() + limit;
     loop {

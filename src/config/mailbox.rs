@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::problems::{Problems, Table, alternatives};
 use super::{
     Acknowledge, AutomaticMail, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_SEND_BYTES, Disposal,
-    FirstStart, ImapEndpoint, Mailbox, Mode, Sending, SmtpEndpoint, Timeouts, TlsMode,
+    FirstStart, ImapEndpoint, Mailbox, Mode, Sending, SentCopy, SmtpEndpoint, Timeouts, TlsMode,
     file_problem, raw,
 };
 use crate::time::parse_date;
@@ -336,6 +336,8 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
         table,
     );
     let sending = validate_sending(m.send_as, m.max_send_bytes, m.allow_recipients, table);
+    let sent_copy =
+        validate_sent_copy(m.sent_copy.as_deref(), m.sent_folder, smtp.is_some(), table);
     let tls = m.imap.tls.unwrap_or(TlsMode::Implicit);
     let logins_per_second = m
         .imap
@@ -383,6 +385,54 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
         smtp,
         acknowledge,
         sending,
+        sent_copy,
+    }
+}
+
+/// `sent_copy` (`"server"`, `"append"`, `"none"`) and `sent_folder`, which only `"append"` uses.
+fn validate_sent_copy(
+    sent_copy: Option<&str>,
+    sent_folder: Option<String>,
+    has_smtp: bool,
+    table: &mut Table,
+) -> SentCopy {
+    const CHOICES: [&str; 3] = ["server", "append", "none"];
+    let choice = match sent_copy {
+        None => "server",
+        Some(text) if CHOICES.contains(&text) => text,
+        Some(_) => {
+            table.report(
+                "sent_copy",
+                format!(
+                    "must be {} (who keeps a copy of sent mail in the Sent folder: the submission server, as Exchange Online does; mailintake by IMAP APPEND; nobody)",
+                    alternatives(&CHOICES)
+                ),
+            );
+            "server"
+        }
+    };
+    if let Some(folder) = &sent_folder {
+        if folder.trim().is_empty() {
+            table.report(
+                "sent_folder",
+                "must name a folder (or leave it out: the folder the server marks \\Sent)",
+            );
+        } else if choice != "append" {
+            table.report("sent_folder", "is used only with sent_copy = \"append\"");
+        }
+    }
+    if choice == "append" && !has_smtp {
+        table.report(
+            "sent_copy",
+            "\"append\" needs a [mailboxes.smtp] table: a mailbox without one sends nothing",
+        );
+    }
+    match choice {
+        "append" => SentCopy::Append {
+            folder: sent_folder.filter(|f| !f.trim().is_empty()),
+        },
+        "none" => SentCopy::None,
+        _ => SentCopy::Server,
     }
 }
 
@@ -815,6 +865,64 @@ mod tests {
         assert_eq!(problems[0].key, "mailboxes[0].acknowledge.template");
         assert!(problems[0].message.contains("{customer}"), "{problems:?}");
         assert!(check_template(DEFAULT_ACK_TEMPLATE).is_ok());
+    }
+
+    #[test]
+    fn sent_copy_defaults_to_the_server_and_append_takes_an_optional_folder() {
+        assert_eq!(
+            load(MINIMAL).unwrap().mailboxes[0].sent_copy,
+            SentCopy::Server
+        );
+        let with = |keys: &str| {
+            MINIMAL.replace(
+                "name = \"support\"",
+                &format!("name = \"support\"\n{keys}\nsmtp = {{ host = \"smtp.office365.com\" }}"),
+            )
+        };
+        assert_eq!(
+            load(&with("sent_copy = \"append\"")).unwrap().mailboxes[0].sent_copy,
+            SentCopy::Append { folder: None }
+        );
+        assert_eq!(
+            load(&with(
+                "sent_copy = \"append\"\nsent_folder = \"Gesendete Elemente\""
+            ))
+            .unwrap()
+            .mailboxes[0]
+                .sent_copy,
+            SentCopy::Append {
+                folder: Some("Gesendete Elemente".into())
+            }
+        );
+        assert_eq!(
+            load(&with("sent_copy = \"none\"")).unwrap().mailboxes[0].sent_copy,
+            SentCopy::None
+        );
+        let problems = load(&with("sent_copy = \"imap\"")).unwrap_err();
+        assert_eq!(problems[0].key, "mailboxes[0].sent_copy");
+        assert!(
+            problems[0]
+                .message
+                .starts_with("must be \"server\", \"append\" or \"none\""),
+            "{problems:?}"
+        );
+        let problems = load(&with("sent_folder = \"Sent\"")).unwrap_err();
+        assert_eq!(problems[0].key, "mailboxes[0].sent_folder");
+        assert!(
+            problems[0].message.contains("only with sent_copy"),
+            "{problems:?}"
+        );
+        // Without SMTP nothing is sent, so nothing can be copied.
+        let text = MINIMAL.replace(
+            "name = \"support\"",
+            "name = \"support\"\nsent_copy = \"append\"",
+        );
+        let problems = load(&text).unwrap_err();
+        assert_eq!(problems[0].key, "mailboxes[0].sent_copy");
+        assert!(
+            problems[0].message.contains("[mailboxes.smtp]"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -283,6 +283,24 @@ pub struct Mailbox {
     /// Mail the helpdesk hands over (agent replies, notifications): which From addresses it may
     /// use, how large it may be, and to whom it may go.
     pub sending: Sending,
+    /// Who keeps a copy of what the mailbox sends in its Sent folder (`sent_copy`,
+    /// `sent_folder`).
+    pub sent_copy: SentCopy,
+}
+
+/// The `sent_copy` key: where a copy of each message the mailbox sends is kept. Exchange
+/// Online's SMTP submission keeps one in Sent Items itself; other servers (Postfix with
+/// Dovecot, most hosted IMAP) keep none, and mailintake appends it over IMAP.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SentCopy {
+    /// The submission server keeps it (`"server"`, the default: Exchange Online).
+    #[default]
+    Server,
+    /// Appended by IMAP after the server accepted the message, once (`"append"`): to
+    /// `sent_folder` when set, else the folder the server marks `\Sent` (RFC 6154).
+    Append { folder: Option<String> },
+    /// No copy (`"none"`).
+    None,
 }
 
 /// The rules for mail the helpdesk hands over (`mailintake send`, the `outgoing` table).

@@ -114,6 +114,8 @@ pub struct Mailbox {
     pub send_as: Option<Vec<String>>,
     pub max_send_bytes: Option<u64>,
     pub allow_recipients: Option<Vec<String>>,
+    pub sent_copy: Option<String>,
+    pub sent_folder: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -393,6 +393,12 @@ fn status_json(s: &OutboxStatus) -> Value {
         "bounced_at": time(s.bounced_at),
         "bounce_reason": s.bounce_reason,
         "reason": s.reason,
+        "sent_copy": s.sent_copy.as_ref().map(|copy| json!({
+            "state": copy.state.as_str(),
+            "folder": copy.folder,
+            "at": time(copy.at),
+            "error": copy.error,
+        })),
     })
 }
 

@@ -125,11 +125,21 @@ impl Connection {
         set: &str,
         keep: impl Fn(u32) -> bool,
     ) -> Result<Vec<u32>, ImapError> {
+        self.search(&format!("UID {set}"), keep).await
+    }
+
+    /// `UID SEARCH <criteria>`: the UIDs found that `keep` accepts, ascending, read up to the
+    /// tagged completion as [`Connection::search_uids`] says.
+    pub(super) async fn search(
+        &mut self,
+        criteria: &str,
+        keep: impl Fn(u32) -> bool,
+    ) -> Result<Vec<u32>, ImapError> {
         use async_imap::imap_proto::{MailboxDatum, Response, Status};
         let searched = within(self.command_timeout, "UID SEARCH", async {
             let tag = self
                 .session
-                .run_command(format!("UID SEARCH UID {set}"))
+                .run_command(format!("UID SEARCH {criteria}"))
                 .await
                 .map_err(protocol("UID SEARCH"))?;
             let mut found = Vec::new();

@@ -7,7 +7,7 @@ use super::connection::{protocol, server_text, within};
 use super::{Connection, ImapError, SelectedFolder, Uid, encode_folder_name, uid_set};
 
 /// An IMAP quoted string (RFC 3501 §4.3) of an already UTF-7-encoded folder name.
-fn quoted(folder: &str) -> String {
+pub(super) fn quoted(folder: &str) -> String {
     let encoded = encode_folder_name(folder);
     let mut out = String::with_capacity(encoded.len() + 2);
     out.push('"');

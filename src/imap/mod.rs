@@ -12,18 +12,20 @@
 //!
 //! By concern: `connection` (TLS, greeting, XOAUTH2 login, command deadlines, logout), `fetch`
 //! (listing and capped body downloads), `folders` (SELECT/EXAMINE, LIST, STATUS, CREATE and the
-//! dispositions), `idle` (IDLE), `utf7` (folder names); each adds its own `impl Connection`.
+//! dispositions), `idle` (IDLE), `sent` (copies of sent mail: the `\Sent` folder, APPEND once),
+//! `utf7` (folder names); each adds its own `impl Connection`.
 
 mod connection;
 mod fetch;
 mod folders;
 mod idle;
+mod sent;
 mod source;
 mod utf7;
 
 pub use connection::{Connection, ImapError, connect};
 pub use source::ImapSource;
-pub use utf7::encode_folder_name;
+pub use utf7::{decode_folder_name, encode_folder_name};
 
 pub use crate::mail_source::{Body, IdleOutcome, MessageSummary, SelectedFolder, Uid};
 

@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Connection, ImapError};
 use crate::mail_source::{
-    Body, Disposition, IdleOutcome, MailSource, MessageSummary, SelectedFolder, SourceError,
-    SourceErrorKind, Uid,
+    Body, CopyKept, Disposition, IdleOutcome, MailSource, MessageSummary, SelectedFolder,
+    SourceError, SourceErrorKind, Uid,
 };
 
 /// A logged-in IMAP session used by intake.
@@ -122,6 +122,19 @@ impl MailSource for ImapSource {
             },
             outcome,
         ))
+    }
+
+    async fn sent_folder(&mut self) -> Result<Option<String>, SourceError> {
+        Ok(self.conn.sent_folder().await?)
+    }
+
+    async fn keep_copy(
+        &mut self,
+        folder: &str,
+        message_id: &str,
+        raw: &[u8],
+    ) -> Result<CopyKept, SourceError> {
+        Ok(self.conn.keep_copy(folder, message_id, raw).await?)
     }
 
     async fn logout(self) {

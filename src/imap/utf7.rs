@@ -38,9 +38,64 @@ pub fn encode_folder_name(name: &str) -> String {
     out
 }
 
+/// Decodes a folder name as the server sends it (LIST). A name that is not valid modified UTF-7
+/// is returned as sent: it still names the folder when encoded again, since it has no `&`
+/// sequence this function could misread.
+pub fn decode_folder_name(wire: &str) -> String {
+    let mut out = String::with_capacity(wire.len());
+    let mut rest = wire;
+    while let Some(start) = rest.find('&') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('-') else {
+            return wire.to_string();
+        };
+        let encoded = &after[..end];
+        if encoded.is_empty() {
+            out.push('&');
+        } else {
+            let Ok(bytes) = STANDARD_NO_PAD.decode(encoded.replace(',', "/")) else {
+                return wire.to_string();
+            };
+            if bytes.len() % 2 != 0 {
+                return wire.to_string();
+            }
+            let units: Vec<u16> = bytes
+                .chunks_exact(2)
+                .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+                .collect();
+            match String::from_utf16(&units) {
+                Ok(text) => out.push_str(&text),
+                Err(_) => return wire.to_string(),
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::encode_folder_name;
+    use super::{decode_folder_name, encode_folder_name};
+
+    #[test]
+    fn decoding_reverses_encoding() {
+        for name in [
+            "INBOX",
+            "Tom & Jerry",
+            "Gesendete Elemente",
+            "K\u{e4}sitelty",
+            "~peter/mail/\u{53F0}\u{5317}/\u{65E5}\u{672C}\u{8A9E}",
+            "\u{41e}\u{442}\u{43f}\u{440}\u{430}\u{432}\u{43b}\u{435}\u{43d}\u{43d}\u{44b}\u{435}",
+        ] {
+            assert_eq!(decode_folder_name(&encode_folder_name(name)), name);
+        }
+        assert_eq!(decode_folder_name("&AMQ-rger"), "\u{c4}rger");
+        // Not modified UTF-7: kept as sent.
+        assert_eq!(decode_folder_name("a&b"), "a&b");
+        assert_eq!(decode_folder_name("a&%%%-b"), "a&%%%-b");
+    }
 
     #[test]
     fn ascii_is_unchanged_and_ampersand_is_escaped() {

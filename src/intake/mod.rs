@@ -30,6 +30,7 @@ pub mod folder;
 mod reconcile;
 pub mod record;
 pub mod run;
+mod sent_copy;
 pub mod session;
 mod stuck;
 pub mod sweep;
@@ -38,7 +39,8 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-pub use run::{SenderWakes, flush_outboxes, run_once, sender_wakes, spawn};
+pub use run::{SenderWakes, flush_outboxes, run_once, sender_wakes, sent_copies, spawn};
+pub use sent_copy::SourceSentCopies;
 
 use crate::config::{Config, Identity, Mailbox};
 use crate::ingest::Policy;

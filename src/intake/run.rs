@@ -16,12 +16,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info_span};
 
 use super::folder::{mailbox_loop, run_cycle};
-use super::session::LoginPacer;
+use super::sent_copy::SourceSentCopies;
+use super::session::{Login, LoginPacer};
 use super::{CycleError, MailboxContext, policy};
-use crate::config::{Config, Mailbox};
+use crate::config::{Config, Identity, Mailbox, SentCopy};
 use crate::oauth::TokenCache;
 use crate::reply;
-use crate::reply::sender::{self, SenderContext};
+use crate::reply::sender::{self, SenderContext, SentCopies};
 use crate::report::{CycleReport, Failure, FailureSource, FlushReport};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
@@ -66,20 +67,44 @@ pub async fn flush_outboxes(
     tokens: &TokenCache,
 ) -> Vec<(String, Result<FlushReport, StoreError>)> {
     let metrics = Metrics::new(config);
+    let logins = LoginPacer::default();
     let mut results = Vec::new();
     for mailbox in config.mailboxes.iter().filter(|m| reply::sends_mail(m)) {
         let Some(smtp) = &mailbox.smtp else { continue };
+        let identity = config.identity(&mailbox.identity);
+        let copies = sent_copies(mailbox, identity, tokens, &metrics, &logins);
         let ctx = SenderContext {
             mailbox,
             smtp,
-            identity: config.identity(&mailbox.identity),
+            identity,
             store,
             tokens,
             metrics: &metrics,
+            sent_copies: copies.as_ref().map(|c| c as &dyn SentCopies),
         };
         results.push((mailbox.name.clone(), sender::flush(&ctx).await));
     }
     results
+}
+
+/// The sender's copies to the Sent folder, where the mailbox's `sent_copy = "append"`
+/// ([`SenderContext::sent_copies`]).
+pub fn sent_copies<'a>(
+    mailbox: &'a Mailbox,
+    identity: &'a Identity,
+    tokens: &'a TokenCache,
+    metrics: &'a Metrics,
+    logins: &'a LoginPacer,
+) -> Option<SourceSentCopies<'a>> {
+    matches!(mailbox.sent_copy, SentCopy::Append { .. }).then_some(SourceSentCopies {
+        login: Login {
+            mailbox,
+            identity,
+            tokens,
+            metrics,
+            logins,
+        },
+    })
 }
 
 fn task_name(mailbox: &Mailbox, folder: &str) -> String {
@@ -127,6 +152,7 @@ pub fn spawn(
             let store = store.clone();
             let tokens = Arc::clone(&tokens);
             let metrics = Arc::clone(&metrics);
+            let logins = Arc::clone(&logins);
             let cancel = cancel.clone();
             let wake = Arc::clone(wake);
             let span = info_span!("outbox", mailbox = %mailbox.name);
@@ -134,13 +160,16 @@ pub fn spawn(
                 async move {
                     let mailbox = &config.mailboxes[index];
                     let Some(smtp) = &mailbox.smtp else { return };
+                    let identity = config.identity(&mailbox.identity);
+                    let copies = sent_copies(mailbox, identity, &tokens, &metrics, &logins);
                     let ctx = SenderContext {
                         mailbox,
                         smtp,
-                        identity: config.identity(&mailbox.identity),
+                        identity,
                         store: &store,
                         tokens: &tokens,
                         metrics: &metrics,
+                        sent_copies: copies.as_ref().map(|c| c as &dyn SentCopies),
                     };
                     let restarted =
                         |panic: &str| report_panic(&metrics, mailbox, "", &mailbox.identity, panic);

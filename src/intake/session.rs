@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::{CycleError, MailboxContext};
+use crate::config::{Identity, Mailbox};
 use crate::imap::{self, ImapSource};
 use crate::mail_source::{MailSource, SourceError};
-use crate::oauth::AccessToken;
+use crate::oauth::{AccessToken, TokenCache};
+use crate::telemetry::Metrics;
 
 /// A logged-in session and what the folder task knows about it.
 pub struct Session<S: MailSource> {
@@ -83,6 +85,28 @@ impl LoginPacer {
 /// server refuses it, forgets it and tries once more with a fresh one (the token may have been
 /// revoked or have expired early).
 pub async fn login(ctx: &MailboxContext<'_>) -> Result<Session<Source>, CycleError> {
+    login_to(&Login {
+        mailbox: ctx.mailbox,
+        identity: ctx.identity,
+        tokens: ctx.tokens,
+        metrics: ctx.metrics,
+        logins: ctx.logins,
+    })
+    .await
+}
+
+/// What a login needs: the folder tasks' [`MailboxContext`] has it, and so does the sender's
+/// copy to the Sent folder (`intake::sent_copy`).
+pub struct Login<'a> {
+    pub mailbox: &'a Mailbox,
+    pub identity: &'a Identity,
+    pub tokens: &'a TokenCache,
+    pub metrics: &'a Metrics,
+    pub logins: &'a LoginPacer,
+}
+
+/// [`login`] with only what a login needs.
+pub async fn login_to(ctx: &Login<'_>) -> Result<Session<Source>, CycleError> {
     let imap = &ctx.mailbox.imap;
     ctx.logins.wait(&imap.host, imap.logins_per_second).await;
     let command_timeout = ctx.mailbox.imap.timeouts.command;

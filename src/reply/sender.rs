@@ -4,6 +4,8 @@
 //! a refused From address holds that address's rows (retried every 10 minutes), never the
 //! rows of other addresses; anything else is retried with backoff.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,11 +13,12 @@ use tracing::{info, warn};
 
 use super::outgoing::{self, OutgoingRequest, SubmitError};
 use super::smtp::{self, SmtpError};
-use crate::config::{Identity, Mailbox, SmtpEndpoint};
+use crate::config::{Identity, Mailbox, SentCopy, SmtpEndpoint};
 use crate::failpoint::{self, Point};
+use crate::mail_source::CopyKept;
 use crate::oauth::TokenCache;
 use crate::report::FlushReport;
-use crate::store::{Budget, Claim, OutboxRow, Store, StoreError, SubmittedVia};
+use crate::store::{Budget, Claim, OutboxRow, SentCopyState, Store, StoreError, SubmittedVia};
 use crate::telemetry::Metrics;
 use crate::time::now_ms;
 
@@ -33,7 +36,40 @@ pub struct SenderContext<'a> {
     pub tokens: &'a TokenCache,
     /// Where sends are counted by result (read by `http`).
     pub metrics: &'a Metrics,
+    /// Keeps copies in the Sent folder where the mailbox's `sent_copy = "append"`; `None`
+    /// otherwise.
+    pub sent_copies: Option<&'a dyn SentCopies>,
 }
+
+/// A message to keep in the mailbox's Sent folder: our Message-ID (without angle brackets) and
+/// the bytes as sent, with a `Bcc` field naming the hidden recipients, as a mail client's copy
+/// has.
+#[derive(Debug, Clone)]
+pub struct SentMessage {
+    pub message_id: String,
+    pub raw: Vec<u8>,
+}
+
+/// What a [`SentCopies::keep`] call did: the folder, and each message's outcome in order (the
+/// text of a refusal that concerns that message alone).
+pub type KeptCopies = (String, Vec<Result<CopyKept, String>>);
+
+/// Keeps copies of sent mail in the mailbox's Sent folder over its mail source (`sent_copy =
+/// "append"`). `intake` builds it, since `reply` knows no mail-source protocol.
+pub trait SentCopies: Send + Sync {
+    /// Opens one session, finds the folder (`sent_folder`, else the server's `\Sent`), and keeps
+    /// each message there once. An error (no session, no such folder, the session lost) concerns
+    /// them all: they wait.
+    fn keep<'a>(
+        &'a self,
+        messages: &'a [SentMessage],
+    ) -> Pin<Box<dyn Future<Output = Result<KeptCopies, String>> + Send + 'a>>;
+}
+
+/// A copy that could not be kept is tried again after this long.
+const SENT_COPY_RETRY_MS: i64 = 5 * 60 * 1000;
+/// Copies kept per flush (the rest come with the next one).
+const SENT_COPIES_PER_FLUSH: i64 = 50;
 
 /// Retry delay after `attempts` transient failures: `first` doubling, at most an hour.
 fn retry_delay_ms(first_ms: i64, attempts: i64) -> i64 {
@@ -147,7 +183,9 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
                 // The fault tests crash here: the server has the message, the row says `sending`.
                 failpoint::hit(Point::SmtpAccepted);
                 info!(outbox_id = row.id, to = row.to_address.as_deref().unwrap_or(""), %response, "sent");
-                ctx.store.mark_sent(row.id, &response).await?;
+                ctx.store
+                    .mark_sent(row.id, &response, copy_state(ctx.mailbox))
+                    .await?;
                 report.n_sent += 1;
                 if row.blocked_reason.is_some() {
                     let due = ctx
@@ -190,6 +228,9 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
     if let Some(session) = session {
         session.quit().await;
     }
+    if let Some(copies) = ctx.sent_copies {
+        keep_sent_copies(ctx, copies, &mut report).await?;
+    }
     report.blocked = ctx.store.hold_blocked(&ctx.mailbox.name).await?;
     // Held back by this flush or an earlier one (of any process): the report says so.
     report.deferred = ctx.store.deferred_rows(&ctx.mailbox.name).await?;
@@ -198,6 +239,112 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
     }
     ctx.metrics.flushed(&ctx.mailbox.name, &report);
     Ok(report)
+}
+
+/// What becomes of the copy of a row the server just accepted, by the mailbox's `sent_copy`.
+fn copy_state(mailbox: &Mailbox) -> SentCopyState {
+    match mailbox.sent_copy {
+        SentCopy::Server => SentCopyState::Server,
+        SentCopy::Append { .. } => SentCopyState::Pending,
+        SentCopy::None => SentCopyState::None,
+    }
+}
+
+/// Keeps the due copies of sent mail in the Sent folder (after the flush's sends, on one mail
+/// source session), and records each outcome; what fails waits [`SENT_COPY_RETRY_MS`].
+async fn keep_sent_copies(
+    ctx: &SenderContext<'_>,
+    copies: &dyn SentCopies,
+    report: &mut FlushReport,
+) -> Result<(), StoreError> {
+    let rows = ctx
+        .store
+        .sent_copies_due(&ctx.mailbox.name, SENT_COPIES_PER_FLUSH)
+        .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let retry_at = now_ms() + SENT_COPY_RETRY_MS;
+    let mut messages = Vec::with_capacity(rows.len());
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match smtp::compose(row, &ctx.mailbox.address) {
+            Ok(composed) => {
+                messages.push(SentMessage {
+                    message_id: row.message_id.clone(),
+                    raw: with_bcc(row, composed.bytes),
+                });
+                ids.push(row.id);
+            }
+            Err(e) => {
+                let error = format!("the sent message cannot be composed again: {e}");
+                ctx.store.sent_copy_failed(row.id, &error, retry_at).await?;
+            }
+        }
+    }
+    match copies.keep(&messages).await {
+        Err(error) => {
+            warn!(copies = ids.len(), %error, "cannot keep copies in the Sent folder; they wait");
+            for id in &ids {
+                ctx.store.sent_copy_failed(*id, &error, retry_at).await?;
+            }
+            report.copy_error = Some(error);
+        }
+        Ok((folder, outcomes)) => {
+            for (id, outcome) in ids.iter().zip(outcomes) {
+                match outcome {
+                    Ok(kept) => {
+                        let state = match kept {
+                            CopyKept::Appended => SentCopyState::Appended,
+                            CopyKept::AlreadyThere => SentCopyState::Present,
+                        };
+                        // The fault tests crash here: the copy is in the folder, the row
+                        // still says `pending`.
+                        failpoint::hit(Point::SentCopyKept);
+                        ctx.store.sent_copy_kept(*id, state, &folder).await?;
+                        report.n_copied += 1;
+                    }
+                    Err(error) => {
+                        warn!(outbox_id = id, %folder, %error, "the Sent folder refused the copy; it waits");
+                        ctx.store.sent_copy_failed(*id, &error, retry_at).await?;
+                        report.copy_error = Some(error);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `raw` with a `Bcc` field first naming the envelope recipients that no To or Cc field names
+/// (lettre leaves Bcc out of what is sent, as it must), so the copy shows whom it went to.
+fn with_bcc(row: &OutboxRow, raw: Vec<u8>) -> Vec<u8> {
+    if row.envelope_to.is_empty() {
+        return raw;
+    }
+    let Some(headers) = mail_parser::MessageParser::default().parse_headers(&raw) else {
+        return raw;
+    };
+    let shown: std::collections::HashSet<String> = [headers.to(), headers.cc()]
+        .into_iter()
+        .flatten()
+        .flat_map(|list| list.iter())
+        .filter_map(|a| a.address())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let hidden: Vec<&str> = row
+        .envelope_to
+        .iter()
+        .filter(|a| !shown.contains(&a.to_ascii_lowercase()))
+        .map(String::as_str)
+        .collect();
+    if hidden.is_empty() {
+        return raw;
+    }
+    // One address per line (folded), so no line grows past RFC 5322's 998 characters.
+    let mut out = format!("Bcc: {}\r\n", hidden.join(",\r\n ")).into_bytes();
+    out.extend_from_slice(&raw);
+    out
 }
 
 /// Sends one row, opening the SMTP session (with a token from the identity's cache) on first

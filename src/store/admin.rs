@@ -53,6 +53,11 @@ pub struct OutboxEntry {
     pub bounce_reason: Option<String>,
     /// For a `pending` row the sending budget holds back: why, until `next_attempt_at_ms`.
     pub deferred_reason: Option<String>,
+    /// Once sent: its copy in the Sent folder (`server`, `none`, `pending`, `appended`,
+    /// `present`), the folder that got it, and why the last append failed.
+    pub sent_copy: Option<String>,
+    pub sent_copy_folder: Option<String>,
+    pub sent_copy_error: Option<String>,
 }
 
 /// One message of a ticket, for `mailintake ticket`.
@@ -179,8 +184,8 @@ impl Store {
         // Only the fixed condition above is formatted into the statement; values are bound.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT id, mailbox, ticket_id, to_address, subject, state, reason, attempts, next_attempt_at, \
-             last_error, smtp_response, bounced_at, bounce_reason, kind, deferred_reason \
-             FROM outbox WHERE ($1 IS NULL OR state = $1){blocked} \
+             last_error, smtp_response, bounced_at, bounce_reason, kind, deferred_reason, \
+             sent_copy, sent_copy_folder, sent_copy_error FROM outbox WHERE ($1 IS NULL OR state = $1){blocked} \
              ORDER BY id DESC LIMIT $2"
         )))
         .bind(state.map(str::to_string))
@@ -205,6 +210,9 @@ impl Store {
                 bounce_reason: r.get(12),
                 kind: r.get(13),
                 deferred_reason: r.get(14),
+                sent_copy: r.get(15),
+                sent_copy_folder: r.get(16),
+                sent_copy_error: r.get(17),
             })
             .collect())
     }

@@ -37,6 +37,7 @@ pub use outgoing::{
     DeliveryState, OutboxState, OutboxStatus, OutgoingDraft, OutgoingKind, OutgoingRow, ReplyFacts,
     Submitted, SubmittedVia,
 };
+pub use sent_copy::{SentCopyState, SentCopyStatus};
 pub use tickets::{StoredAttachment, TicketSummary};
 pub use worker_lock::{WorkerLock, WorkerLockError, lock_worker};
 
@@ -48,6 +49,7 @@ mod folders;
 mod leases;
 pub mod outbox;
 mod outgoing;
+mod sent_copy;
 mod sql;
 mod tickets;
 pub mod tokens;

@@ -11,7 +11,7 @@
 
 use sqlx::Row;
 
-use super::{Result, Store};
+use super::{Result, SentCopyState, Store};
 use crate::report::BlockedSender;
 use crate::time::now_ms;
 
@@ -144,13 +144,19 @@ impl Store {
 
     /// The server accepted the row. (A bounce recorded in between, when the notification came
     /// back before this, stays.)
-    pub async fn mark_sent(&self, id: i64, smtp_response: &str) -> Result<()> {
+    /// The server accepted row `id` with `smtp_response`; `copy` says what becomes of its copy
+    /// in the Sent folder ([`SentCopyState::Pending`]: due now).
+    pub async fn mark_sent(&self, id: i64, smtp_response: &str, copy: SentCopyState) -> Result<()> {
+        let now = now_ms();
         sqlx::query(
             "UPDATE outbox SET state = CASE WHEN state = 'bounced' THEN state ELSE 'sent' END, \
-             sent_at = $1, smtp_response = $2, last_error = NULL, blocked_reason = NULL WHERE id = $3",
+             sent_at = $1, smtp_response = $2, last_error = NULL, blocked_reason = NULL, \
+             sent_copy = $3, sent_copy_due_at = $4 WHERE id = $5",
         )
-        .bind(now_ms())
+        .bind(now)
         .bind(smtp_response)
+        .bind(copy.as_str())
+        .bind((copy == SentCopyState::Pending).then_some(now))
         .bind(id)
         .execute(&self.pool)
         .await?;

@@ -5,7 +5,7 @@
 
 use sqlx::Row;
 
-use super::{ImapLocation, Result, Store, StoreError};
+use super::{ImapLocation, Result, SentCopyStatus, Store, StoreError};
 use crate::ingest::ParsedMail;
 use crate::time::now_ms;
 
@@ -149,6 +149,8 @@ pub struct OutboxStatus {
     pub bounce_reason: Option<String>,
     /// Why a `suppressed` row was not sent.
     pub reason: Option<String>,
+    /// Its copy in the Sent folder, once it is sent.
+    pub sent_copy: Option<SentCopyStatus>,
 }
 
 impl Store {
@@ -158,7 +160,8 @@ impl Store {
             "SELECT o.id, o.mailbox, o.kind, o.state, o.submitted_via, o.from_address, o.recipient_count, \
              o.subject, o.message_id, o.ticket_id, t.reference, o.attempts, o.next_attempt_at, o.created_at, \
              o.sent_at, o.smtp_response, o.last_error, o.blocked_reason, o.blocked_at, o.bounced_at, \
-             o.bounce_reason, o.reason FROM outbox o LEFT JOIN tickets t ON t.id = o.ticket_id WHERE o.id = $1",
+             o.bounce_reason, o.reason, o.sent_copy, o.sent_copy_folder, o.sent_copy_at, o.sent_copy_error \
+             FROM outbox o LEFT JOIN tickets t ON t.id = o.ticket_id WHERE o.id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -192,6 +195,7 @@ impl Store {
             bounced_at: r.get(19),
             bounce_reason: r.get(20),
             reason: r.get(21),
+            sent_copy: SentCopyStatus::from_columns(r.get(22), r.get(23), r.get(24), r.get(25))?,
         }))
     }
 

@@ -796,7 +796,10 @@ async fn a_blocked_from_address_is_freed_by_one_accepted_message(backend: Backen
     insert(refused).await;
     let next = store.claim_due("support").await.unwrap().unwrap();
     assert_eq!(next.from_address, accepted);
-    store.mark_sent(next.id, "250 ok").await.unwrap();
+    store
+        .mark_sent(next.id, "250 ok", mailintake::store::SentCopyState::Server)
+        .await
+        .unwrap();
     assert!(store.claim_due("support").await.unwrap().is_none());
     let blocked = store.hold_blocked("support").await.unwrap();
     assert_eq!(blocked.len(), 1);
@@ -821,13 +824,19 @@ async fn a_blocked_from_address_is_freed_by_one_accepted_message(backend: Backen
     let again = store.claim_due("support").await.unwrap().unwrap();
     assert_eq!(again.id, probe.id);
     assert!(again.blocked_reason.is_some());
-    store.mark_sent(again.id, "250 ok").await.unwrap();
+    store
+        .mark_sent(again.id, "250 ok", mailintake::store::SentCopyState::Server)
+        .await
+        .unwrap();
     assert_eq!(store.unblock_sender("support", refused).await.unwrap(), 2);
     for _ in 0..2 {
         let row = store.claim_due("support").await.unwrap().unwrap();
         assert_eq!(row.from_address, refused);
         assert!(row.blocked_reason.is_none());
-        store.mark_sent(row.id, "250 ok").await.unwrap();
+        store
+            .mark_sent(row.id, "250 ok", mailintake::store::SentCopyState::Server)
+            .await
+            .unwrap();
     }
     assert!(store.hold_blocked("support").await.unwrap().is_empty());
     assert_eq!(

@@ -32,6 +32,7 @@ mod reconcile;
 mod record;
 mod retention;
 mod sending;
+mod sent_copy;
 mod smtp;
 mod threading;
 mod tokens;
