@@ -549,3 +549,103 @@ async fn a_stored_attachment_is_sent_by_id_only_from_its_own_mailbox_and_only_wh
         "{stderr}"
     );
 }
+
+/// Two mailboxes on one database. Postfix refuses one of `support`'s From addresses (a
+/// `send_as` address its login does not own: `reject_sender_login_mismatch`, as Exchange's
+/// `5.7.60` SendAs refusal): that agent mail stays `pending` with the refusal and the fix; the
+/// same flush sends `support`'s mail from its own address, and `sales`'s mail goes out with no
+/// row of it touched by the block.
+///
+/// Before: the blocking was tested for acknowledgements of one mailbox only.
+async fn a_refused_send_as_blocks_only_that_address(backend: Backend) {
+    let support = unique_mailbox();
+    let sales = unique_mailbox();
+    let customer = format!("{}@customer.test", unique("gus"));
+    let refused = format!("{}@helpdesk.test", unique("team"));
+    let entra = Entra::start(&[&support, &sales, &customer]).await;
+    let keys = format!("send_as = [\"{refused}\"]\n{}", smtp_keys());
+    let case = Case::build(backend, &keys, "implicit", support.clone(), entra).await;
+    let stack = Stack::get();
+    let mut config = std::fs::read_to_string(&case.config.path).unwrap();
+    config.push_str(&format!(
+        "\n[[mailboxes]]\nname = \"sales\"\naddress = \"{sales}\"\nidentity = \"test\"\n{}\n\
+         [mailboxes.imap]\nhost = \"localhost\"\nport = {}\nca_file = \"{}\"\n",
+        smtp_keys(),
+        stack.port("MAILSTACK_IMAPS_PORT"),
+        stack.ca_file()
+    ));
+    std::fs::write(&case.config.path, config).unwrap();
+    let send = |mailbox: &'static str, from: Option<String>, subject: &'static str| {
+        let customer = customer.clone();
+        let case = &case;
+        async move {
+            let mut args = vec![
+                "send".to_string(),
+                "--mailbox".into(),
+                mailbox.into(),
+                "--to".into(),
+                customer,
+                "--subject".into(),
+                subject.into(),
+                "--text".into(),
+                "Hello.".into(),
+            ];
+            if let Some(from) = from {
+                args.extend(["--from".to_string(), from]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            outbox_id(&assert_ok(&case.run(&args).await))
+        }
+    };
+    let blocked = send("support", Some(refused.clone()), "From the team").await;
+    let own = send("support", None, "From support").await;
+    let other = send("sales", None, "From sales").await;
+    assert_ok(&case.run(&["once"]).await);
+
+    let state = |id: i64| {
+        let case = &case;
+        async move {
+            query_text(
+                &case.db,
+                &format!(
+                    "SELECT state || ' ' || COALESCE(blocked_reason, '-') FROM outbox WHERE id = {id}"
+                ),
+            )
+            .await
+        }
+    };
+    let refused_state = state(blocked).await;
+    assert!(
+        refused_state.starts_with("pending ") && refused_state.contains("Sender address rejected"),
+        "{refused_state}"
+    );
+    assert!(
+        refused_state.contains("Add-RecipientPermission"),
+        "the fix is named: {refused_state}"
+    );
+    assert_eq!(state(own).await, "sent -");
+    assert_eq!(state(other).await, "sent -");
+    assert_eq!(
+        case.db
+            .count(
+                "SELECT COUNT(*) FROM outbox WHERE mailbox = 'sales' AND (blocked_reason IS NOT NULL \
+                 OR blocked_at IS NOT NULL)"
+            )
+            .await,
+        0
+    );
+    let listed = assert_ok(&case.run(&["outbox", "list", "--state", "blocked"]).await);
+    assert!(listed.contains("From the team"), "{listed}");
+    assert!(!listed.contains("From sales"), "{listed}");
+    assert!(!listed.contains("From support"), "{listed}");
+}
+
+#[tokio::test]
+async fn a_refused_send_as_address_blocks_only_its_rows_across_mailboxes_on_sqlite() {
+    a_refused_send_as_blocks_only_that_address(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_refused_send_as_address_blocks_only_its_rows_across_mailboxes_on_postgres() {
+    a_refused_send_as_blocks_only_that_address(Backend::Postgres).await;
+}
