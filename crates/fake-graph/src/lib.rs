@@ -38,6 +38,7 @@
 //! ```
 
 mod control;
+mod dovecot;
 mod error;
 mod handlers;
 mod ids;
@@ -48,6 +49,8 @@ mod server;
 mod store;
 mod time;
 
+#[cfg(test)]
+mod dovecot_tests;
 #[cfg(test)]
 mod http_tests;
 
@@ -62,6 +65,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use dovecot::DovecotConfig;
 pub use error::GraphError;
 pub use store::STORE_SIZE_OVERHEAD;
 
@@ -182,12 +186,19 @@ pub struct Config {
     /// Headers Exchange removes from MIME it sends (compared case-insensitively); by default
     /// `Auto-Submitted`, which Exchange strips even from MIME sends (see README).
     pub strip_headers_on_send: Vec<String>,
+    /// Also remove `X-` headers Exchange has no mapping for (all but X-Priority,
+    /// X-MSMail-Priority, X-Auto-Response-Suppress, X-Message-Flag, X-MS-Has-Attach,
+    /// X-MS-TNEF-Correlator, X-Mailer and `X-MS-…`); true by default (see README).
+    pub strip_unknown_x_headers: bool,
     /// Page size of delta and lists without `Prefer: odata.maxpagesize` / `$top` (10).
     pub default_page_size: usize,
     /// The largest page served (1000); larger preferences are capped.
     pub max_page_size: usize,
     /// One stdout line per request (method, path, mailbox, status; never tokens).
     pub log_requests: bool,
+    /// Serve the users' real mailboxes in the mail stack's Dovecot (over IMAP) instead of the
+    /// in-memory store, and send through its Postfix (see README, "Dovecot backend").
+    pub dovecot: Option<DovecotConfig>,
 }
 
 impl Default for Config {
@@ -196,9 +207,11 @@ impl Default for Config {
             users: Vec::new(),
             limits: Limits::default(),
             strip_headers_on_send: vec!["Auto-Submitted".to_owned()],
+            strip_unknown_x_headers: true,
             default_page_size: 10,
             max_page_size: 1000,
             log_requests: false,
+            dovecot: None,
         }
     }
 }
@@ -324,6 +337,8 @@ pub(crate) struct Shared {
     pub stall_release: watch::Sender<u64>,
     pub shutdown: watch::Receiver<bool>,
     pub base_url: String,
+    /// The Dovecot backend, when configured.
+    pub dovecot: Option<dovecot::Dovecot>,
 }
 
 impl Shared {
@@ -377,8 +392,14 @@ impl FakeGraph {
             }
             store.mailboxes.push(Mailbox::new(user));
         }
+        let dovecot = config
+            .dovecot
+            .clone()
+            .map(dovecot::Dovecot::new)
+            .transpose()?;
         let shared = Arc::new(Shared {
             key,
+            dovecot,
             limiter: Arc::new(Limiter::new(config.limits.clone())),
             config,
             store: Mutex::new(store),
@@ -437,6 +458,11 @@ impl FakeGraph {
         mime: Vec<u8>,
         options: DeliverOptions,
     ) -> anyhow::Result<MessageIds> {
+        if self.shared.dovecot.is_some() {
+            bail!(
+                "fake-graph serves Dovecot's mailboxes: deliver mail to Dovecot (LMTP, the stack's port 14024), not into the fake"
+            );
+        }
         let mut store = self.shared.store();
         let mailbox = store
             .mailbox_mut(user)

@@ -540,20 +540,80 @@ async fn handle(
         prefer: &prefer,
         query: &query,
     };
+    let Some(dovecot) = shared.dovecot.as_ref() else {
+        let response = match op {
+            Op::ListFolders { parent } => here.list_folders(parent.as_deref()),
+            Op::GetFolder(id) => here.get_folder(&id),
+            Op::CreateFolder { parent } => here.create_folder(parent.as_deref(), body),
+            Op::ListMessages { folder } => here.list_messages(folder.as_deref()),
+            Op::Delta { folder } => here.delta(&folder),
+            Op::GetMessage(id) => here.get_message(&id),
+            Op::PatchMessage(id) => here.patch_message(&id, body),
+            Op::DeleteMessage(id) => here.delete_message(&id),
+            Op::PermanentDelete(id) => here.permanent_delete(&id),
+            Op::Move(id) => here.move_message(&id, body),
+            Op::SendMail => here
+                .prepare_send(headers, body)
+                .and_then(|outgoing| here.send_in_memory(outgoing)),
+            Op::MessageValue(id) => return here.value(&id, None, slot).await,
+        };
+        drop(slot);
+        return response;
+    };
+    // The Dovecot backend: the mailbox's session for the whole request; the model brought up
+    // to date first, changes made in Dovecot before the model (see dovecot.rs).
+    let mut conn = dovecot.lock(&upn).await;
+    crate::dovecot::sync(shared, &mut conn).await?;
     let response = match op {
         Op::ListFolders { parent } => here.list_folders(parent.as_deref()),
         Op::GetFolder(id) => here.get_folder(&id),
-        Op::CreateFolder { parent } => here.create_folder(parent.as_deref(), body),
+        Op::CreateFolder { parent } => {
+            let (parent_id, name, hidden) = here.folder_request(parent.as_deref(), body)?;
+            let path = crate::dovecot::create_folder(shared, &mut conn, &parent_id, &name).await?;
+            here.create_folder_with_path(&parent_id, &name, hidden, path)
+        }
         Op::ListMessages { folder } => here.list_messages(folder.as_deref()),
         Op::Delta { folder } => here.delta(&folder),
         Op::GetMessage(id) => here.get_message(&id),
-        Op::PatchMessage(id) => here.patch_message(&id, body),
-        Op::DeleteMessage(id) => here.delete_message(&id),
-        Op::PermanentDelete(id) => here.permanent_delete(&id),
-        Op::Move(id) => here.move_message(&id, body),
-        Op::SendMail => here.send_mail(headers, body),
-        Op::MessageValue(id) => return here.value(&id, slot).await,
+        Op::PatchMessage(id) => {
+            let response = here.patch_message(&id, body)?;
+            if let Some(seen) = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("isRead").and_then(Value::as_bool))
+            {
+                crate::dovecot::set_seen(shared, &mut conn, &id, seen).await?;
+            }
+            Ok(response)
+        }
+        Op::DeleteMessage(id) => {
+            let target = here.delete_target(&id)?;
+            let fixup = crate::dovecot::move_to(shared, &mut conn, &id, &target).await?;
+            let response = here.delete_message(&id);
+            fixup.apply(shared, &upn);
+            response
+        }
+        Op::PermanentDelete(id) => {
+            crate::dovecot::permanent_delete(shared, &mut conn, &id).await?;
+            here.permanent_delete(&id)
+        }
+        Op::Move(id) => {
+            let destination = crate::handlers::destination_of(body)?;
+            let fixup = crate::dovecot::move_to(shared, &mut conn, &id, &destination).await?;
+            let response = here.move_message(&id, body);
+            fixup.apply(shared, &upn);
+            response
+        }
+        Op::SendMail => {
+            let outgoing = here.prepare_send(headers, body)?;
+            here.send_through_dovecot(&mut conn, outgoing).await
+        }
+        Op::MessageValue(id) => {
+            let mime = crate::dovecot::value(shared, &mut conn, &id).await?;
+            drop(conn);
+            return here.value(&id, Some(mime), slot).await;
+        }
     };
+    drop(conn);
     drop(slot);
     response
 }

@@ -44,6 +44,16 @@ pub(crate) struct Folder {
     /// Empty for the root and for folders outside it.
     pub parent_id: String,
     pub is_hidden: bool,
+    /// The IMAP folder behind it (Dovecot backend); None for the in-memory backend and for
+    /// folders IMAP has no counterpart of (Outbox, Recoverable Items).
+    pub imap_path: Option<String>,
+}
+
+/// Where a message lives in Dovecot (the folder is the model folder's `imap_path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ImapLoc {
+    pub uid_validity: u32,
+    pub uid: u32,
 }
 
 /// An address as Graph shows it (`emailAddress: {name, address}`).
@@ -146,6 +156,9 @@ pub(crate) struct Message {
     pub importance: String,
     pub flag_status: String,
     pub value_fault: Option<ValueFault>,
+    /// Its IMAP message (Dovecot backend). With it, `mime` holds the header block only and
+    /// `$value` fetches `BODY.PEEK[]`; without it, `mime` is the whole message.
+    pub imap: Option<ImapLoc>,
 }
 
 impl Message {
@@ -262,6 +275,7 @@ impl Mailbox {
             display_name: "Top of Information Store".to_owned(),
             parent_id: String::new(),
             is_hidden: false,
+            imap_path: None,
         }];
         for (name, display) in WELL_KNOWN_FOLDERS {
             folders.push(Folder {
@@ -270,6 +284,7 @@ impl Mailbox {
                 display_name: (*display).to_owned(),
                 parent_id: root_id.clone(),
                 is_hidden: false,
+                imap_path: None,
             });
         }
         folders.push(Folder {
@@ -278,6 +293,7 @@ impl Mailbox {
             display_name: "Deletions".to_owned(),
             parent_id: String::new(),
             is_hidden: true,
+            imap_path: None,
         });
         Mailbox {
             id: user.id.clone().unwrap_or_else(ids::uuid),
@@ -368,6 +384,7 @@ impl Mailbox {
             display_name: display_name.to_owned(),
             parent_id: parent_id.to_owned(),
             is_hidden,
+            imap_path: None,
         };
         self.folders.push(folder.clone());
         Ok(folder)
@@ -425,6 +442,7 @@ impl Mailbox {
             importance: "normal".to_owned(),
             flag_status: "notFlagged".to_owned(),
             value_fault: None,
+            imap: None,
         };
         let ids = MessageIds {
             immutable_id: message.immutable_id.clone(),
