@@ -439,3 +439,155 @@ async fn dovecot_send_mail_goes_through_postfix_stripped_and_lands_in_sent_items
     assert_eq!(sent.body["value"][0]["isRead"], true);
     assert_eq!(imap_messages(&sender, "Sent Items").await.len(), 1);
 }
+
+/// A directory of its own for one test's state files.
+fn state_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique_user(tag).replace('@', "-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Issue 18: the fake's ids and sync state survive its restart. A restarted fake (same state
+/// dir, new port) on the same Dovecot mailbox resolves the immutable ids from before, also of a
+/// message it moved (its UID changed), keeps folder ids, and the deltaLink from before the
+/// restart returns exactly what Dovecot received meanwhile.
+#[tokio::test]
+async fn dovecot_ids_and_delta_state_survive_a_restart() {
+    let user = unique_user("restart");
+    let dir = state_dir("state");
+    lmtp(&user, &mime(&user, "before 1")).await;
+    lmtp(&user, &mime(&user, "before 2")).await;
+    let config = || Config {
+        users: vec![User::new(&user)],
+        dovecot: Some(dovecot_config()),
+        state_dir: Some(dir.clone()),
+        ..Config::default()
+    };
+    let prefer = [IMMUTABLE];
+    let w = start_with(config()).await;
+    let (pages, delta_link) =
+        delta_round(&w, &delta_url(&user, "inbox", "?$select=subject"), &prefer).await;
+    let ids: Vec<String> = pages
+        .iter()
+        .flatten()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let archive = w
+        .get(&format!("/users/{user}/mailFolders/archive"), &[])
+        .await;
+    let archive_id = archive.body["id"].as_str().unwrap().to_owned();
+    let moved = w
+        .post(
+            &format!("/users/{user}/messages/{}/move", ids[0]),
+            &prefer,
+            json!({"destinationId": "archive"}),
+        )
+        .await;
+    assert_eq!(moved.status, 201, "{:?}", moved.body);
+    // The move is in the inbox's next round; take it, so the round after the restart is clean.
+    let (pages, delta_link) = delta_round(&w, &delta_link, &prefer).await;
+    assert_eq!(pages.iter().flatten().count(), 1);
+    let old_base = w.graph.graph_url();
+    w.graph.shutdown().await;
+
+    lmtp(&user, &mime(&user, "during the restart")).await;
+    let w = start_with(config()).await;
+    let delta_link = delta_link.replace(&old_base, &w.graph.graph_url());
+    let (pages, _) = delta_round(&w, &delta_link, &prefer).await;
+    let subjects: Vec<&str> = pages
+        .iter()
+        .flatten()
+        .map(|v| v["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["during the restart"], "{pages:?}");
+    for id in &ids {
+        let a = w
+            .get(
+                &format!("/users/{user}/messages/{id}?$select=subject,parentFolderId"),
+                &prefer,
+            )
+            .await;
+        assert_eq!(a.status, 200, "{id}: {:?}", a.body);
+    }
+    let a = w
+        .get(
+            &format!("/users/{user}/messages/{}?$select=parentFolderId", ids[0]),
+            &prefer,
+        )
+        .await;
+    assert_eq!(a.body["parentFolderId"], archive_id.as_str());
+    let value = w
+        .http
+        .get(w.url(&format!("/users/{user}/messages/{}/$value", ids[0])))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(value.status().as_u16(), 200);
+    assert!(String::from_utf8_lossy(&value.bytes().await.unwrap()).contains("Subject: before 1"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The in-memory backend with a state dir keeps its messages, ids and sync states too.
+#[tokio::test]
+async fn in_memory_state_survives_a_restart() {
+    let user = "keeper@helpdesk.test";
+    let dir = state_dir("memory");
+    let config = || Config {
+        users: vec![User::new(user)],
+        state_dir: Some(dir.clone()),
+        ..Config::default()
+    };
+    let w = start_with(config()).await;
+    let ids = w
+        .graph
+        .deliver(
+            user,
+            "inbox",
+            mime(user, "kept"),
+            crate::DeliverOptions::default(),
+        )
+        .unwrap();
+    let (_, delta_link) = delta_round(&w, &delta_url(user, "inbox", ""), &[IMMUTABLE]).await;
+    let old_base = w.graph.graph_url();
+    w.graph.shutdown().await;
+
+    let w = start_with(config()).await;
+    let a = w
+        .get(
+            &format!(
+                "/users/{user}/messages/{}?$select=subject",
+                ids.immutable_id
+            ),
+            &[IMMUTABLE],
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["subject"].as_str()),
+        (200, Some("kept")),
+        "{:?}",
+        a.body
+    );
+    w.graph
+        .deliver(
+            user,
+            "inbox",
+            mime(user, "new"),
+            crate::DeliverOptions::default(),
+        )
+        .unwrap();
+    let (pages, _) = delta_round(
+        &w,
+        &delta_link.replace(&old_base, &w.graph.graph_url()),
+        &[IMMUTABLE],
+    )
+    .await;
+    let subjects: Vec<&str> = pages
+        .iter()
+        .flatten()
+        .map(|v| v["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["new"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -199,6 +199,10 @@ pub struct Config {
     /// Serve the users' real mailboxes in the mail stack's Dovecot (over IMAP) instead of the
     /// in-memory store, and send through its Postfix (see README, "Dovecot backend").
     pub dovecot: Option<DovecotConfig>,
+    /// Keep each mailbox's ids, change sequence and delta sync states in a JSON file under this
+    /// directory, so they survive a restart of the fake (both backends; the in-memory one
+    /// keeps its messages there too).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -212,6 +216,7 @@ impl Default for Config {
             max_page_size: 1000,
             log_requests: false,
             dovecot: None,
+            state_dir: None,
         }
     }
 }
@@ -390,7 +395,9 @@ impl FakeGraph {
             if store.mailbox(&user.upn).is_some() {
                 bail!("user {} is configured twice", user.upn);
             }
-            store.mailboxes.push(Mailbox::new(user));
+            store
+                .mailboxes
+                .push(Mailbox::load_or_new(config.state_dir.as_deref(), user)?);
         }
         let dovecot = config
             .dovecot
@@ -440,7 +447,13 @@ impl FakeGraph {
         if store.mailbox(&user.upn).is_some() {
             return false;
         }
-        store.mailboxes.push(Mailbox::new(&user));
+        match Mailbox::load_or_new(self.shared.config.state_dir.as_deref(), &user) {
+            Ok(mailbox) => store.mailboxes.push(mailbox),
+            Err(e) => {
+                eprintln!("fake-graph: {e:#}; {} starts empty", user.upn);
+                store.mailboxes.push(Mailbox::new(&user));
+            }
+        }
         true
     }
 
@@ -468,7 +481,10 @@ impl FakeGraph {
             .mailbox_mut(user)
             .with_context(|| format!("no user {user}"))?;
         let folder_id = folder_by_any_name(mailbox, folder)?;
-        Ok(mailbox.deliver(&folder_id, mime, &options))
+        let ids = mailbox.deliver(&folder_id, mime, &options);
+        drop(store);
+        self.persist(false);
+        Ok(ids)
     }
 
     /// Creates a folder under the root (as `POST /mailFolders` would); returns its id.
@@ -516,7 +532,27 @@ impl FakeGraph {
         if let Some(m) = mailbox.messages.get_mut(&key) {
             change(m);
         }
+        drop(store);
+        self.persist(true);
         Ok(())
+    }
+
+    /// Writes the mailboxes to the state dir, if one is configured (`force`: even those whose
+    /// change sequence did not move).
+    fn persist(&self, force: bool) {
+        let Some(dir) = &self.shared.config.state_dir else {
+            return;
+        };
+        let mut store = self.shared.store();
+        for mailbox in &mut store.mailboxes {
+            if let Err(e) = mailbox.save(dir, force) {
+                eprintln!(
+                    "fake-graph: cannot write the state of {} to {}: {e}",
+                    mailbox.upn,
+                    dir.display()
+                );
+            }
+        }
     }
 
     /// Lets every stalled `$value` download continue.
@@ -533,7 +569,10 @@ impl FakeGraph {
             .mailbox_mut(user)
             .with_context(|| format!("no user {user}"))?;
         let folder_id = folder.map(|f| folder_by_any_name(mailbox, f)).transpose()?;
-        Ok(mailbox.expire_tokens(folder_id.as_deref()))
+        let n = mailbox.expire_tokens(folder_id.as_deref());
+        drop(store);
+        self.persist(true);
+        Ok(n)
     }
 
     /// Answers the next `times` Graph requests (to `mailbox`, or any) with `fault`.

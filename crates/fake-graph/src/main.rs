@@ -8,6 +8,7 @@
 //!   are accepted.
 //! - `--user`: a mailbox (repeatable); more through `POST /_fake/users`.
 //! - `--listen`: a loopback address (anything else is refused); default 127.0.0.1:14081.
+//! - `--state-dir DIR`: ids and sync states survive a restart (one JSON file per mailbox).
 //! - `--imap 127.0.0.1:14993 --imap-ca ca.pem [--submission-port 14587]`: serve the users'
 //!   real mailboxes in the mail stack's Dovecot instead of the in-memory store; every user
 //!   logs in with the password in `$MAILSTACK_PLAIN_PASSWORD` (or `--imap-password`).
@@ -44,6 +45,10 @@ struct Args {
     /// The users' IMAP/SMTP password (default: $MAILSTACK_PLAIN_PASSWORD).
     #[arg(long, requires = "imap")]
     imap_password: Option<String>,
+    /// Keep ids, change sequences and delta sync states (and the in-memory store's messages)
+    /// in one JSON file per mailbox here, so they survive a restart.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Postfix's submission port (STARTTLS, AUTH PLAIN) on the same host, for sendMail.
     #[arg(long, default_value_t = 14587)]
     submission_port: u16,
@@ -70,6 +75,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let key = fake_entra::SigningKey::from_pem_file(&args.key)?;
     let mut config = Config {
         log_requests: true,
+        state_dir: args.state_dir.clone(),
         ..Config::default()
     };
     for upn in &args.users {

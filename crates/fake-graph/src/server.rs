@@ -137,6 +137,9 @@ async fn graph(
             error_response(&error, &ctx.request_id, &ctx.client_request_id)
         }
     };
+    if let Some(dir) = &shared.config.state_dir {
+        shared.store().save_changed(dir);
+    }
     set(&mut response, "request-id", &ctx.request_id);
     set(&mut response, "client-request-id", &ctx.client_request_id);
     record.status = response.status().as_u16();
