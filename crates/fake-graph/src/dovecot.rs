@@ -56,6 +56,12 @@ pub struct DovecotConfig {
     pub password: String,
     /// SMTP submission port (STARTTLS, then AUTH PLAIN), e.g. 14587.
     pub submission_port: u16,
+    /// The largest message the submission port takes (the stack's: 4 MiB, announced as EHLO
+    /// SIZE 4194304).
+    pub submission_size_limit: u64,
+    /// Where larger messages go instead: the stack's MX port (14025: no AUTH, local domains
+    /// only, 50 MB; it adds an Authentication-Results header), as Exchange takes up to 35 MB.
+    pub mx_port: Option<u16>,
     /// `PidTagMessageSize` = RFC822.SIZE + this (as the in-memory store's default).
     pub store_size_overhead: u64,
 }
@@ -70,6 +76,8 @@ impl DovecotConfig {
             ca_file: ca_file.into(),
             password: password.to_owned(),
             submission_port: 14587,
+            submission_size_limit: 4 * 1024 * 1024,
+            mx_port: Some(14025),
             store_size_overhead: STORE_SIZE_OVERHEAD,
         }
     }
@@ -837,7 +845,8 @@ pub(crate) async fn create_folder(
     Ok(path)
 }
 
-/// Hands outgoing MIME to Postfix (submission with STARTTLS and AUTH PLAIN as the sender).
+/// Hands outgoing MIME to Postfix: submission with STARTTLS and AUTH PLAIN as the sender, or,
+/// above the submission's size limit, the MX port (STARTTLS if offered, no AUTH).
 pub(crate) async fn submit(
     config: &DovecotConfig,
     login: &str,
@@ -855,13 +864,19 @@ pub(crate) async fn submit(
         .add_root_certificate(ca)
         .build()
         .map_err(|e| smtp(&e))?;
-    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.as_str())
-        .port(config.submission_port)
-        .tls(Tls::Required(tls))
-        .credentials(Credentials::new(login.to_owned(), config.password.clone()))
-        .authentication(vec![Mechanism::Plain])
-        .timeout(Some(COMMAND_TIMEOUT))
-        .build();
+    let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.as_str())
+        .timeout(Some(COMMAND_TIMEOUT));
+    let transport = match config.mx_port {
+        Some(mx) if mime.len() as u64 > config.submission_size_limit => {
+            builder.port(mx).tls(Tls::Opportunistic(tls)).build()
+        }
+        _ => builder
+            .port(config.submission_port)
+            .tls(Tls::Required(tls))
+            .credentials(Credentials::new(login.to_owned(), config.password.clone()))
+            .authentication(vec![Mechanism::Plain])
+            .build(),
+    };
     let from = from.parse().map_err(|e| smtp(&e))?;
     let to = recipients
         .iter()

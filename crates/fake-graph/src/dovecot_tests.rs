@@ -41,6 +41,7 @@ fn dovecot_config() -> DovecotConfig {
     let mut config = DovecotConfig::new(&env["MAILSTACK_CA"], &env["MAILSTACK_PLAIN_PASSWORD"]);
     config.imaps_port = env["MAILSTACK_IMAPS_PORT"].parse().unwrap();
     config.submission_port = env["MAILSTACK_SUBMISSION_PORT"].parse().unwrap();
+    config.mx_port = Some(env["MAILSTACK_MX_PORT"].parse().unwrap());
     config
 }
 
@@ -590,4 +591,113 @@ async fn in_memory_state_survives_a_restart() {
         .collect();
     assert_eq!(subjects, ["new"]);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Microsoft's large-attachment walk-through (https://learn.microsoft.com/graph/outlook-large-attachments)
+/// on a MIME draft (https://learn.microsoft.com/graph/api/user-post-messages, MIME example):
+/// POST …/messages (201, isDraft), createUploadSession (201, `nextExpectedRanges: ["0-"]`), PUT
+/// `bytes 0-2097151/…` without Authorization (200, `["2097152"]`), an out-of-order PUT (416),
+/// the last PUT (201 with `Location` …/attachments('…')), then POST …/send (202,
+/// https://learn.microsoft.com/graph/api/message-send): the mail with its attachment arrives in
+/// the recipient's real mailbox through Postfix, stripped as sendMail is, and the draft is gone.
+#[tokio::test]
+async fn dovecot_draft_with_upload_session_is_sent_through_postfix() {
+    let sender = unique_user("draft");
+    let recipient = unique_user("att");
+    let w = start_on_dovecot(&[&sender]).await;
+    let mime = format!(
+        "From: {sender}\r\nTo: {recipient}\r\nSubject: big reply\r\nAuto-Submitted: auto-replied\r\nX-Loop-Guard: 1\r\nMessage-ID: <big.{}@helpdesk.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee the attachment.\r\n",
+        std::process::id()
+    );
+    let draft = answer(
+        w.http
+            .post(w.url(&format!("/users/{sender}/messages")))
+            .bearer_auth(&w.token)
+            .header("Content-Type", "text/plain")
+            .body(base64::engine::general_purpose::STANDARD.encode(mime.as_bytes()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(draft.status, 201, "{:?}", draft.body);
+    assert_eq!(draft.body["isDraft"], true);
+    let draft_id = draft.body["id"].as_str().unwrap().to_owned();
+
+    let content: Vec<u8> = (0..3_483_322u32).map(|i| (i % 251) as u8).collect();
+    let session = w
+        .post(
+            &format!("/users/{sender}/messages/{draft_id}/attachments/createUploadSession"),
+            &[],
+            json!({"AttachmentItem": {"attachmentType": "file", "name": "flower", "size": content.len()}}),
+        )
+        .await;
+    assert_eq!(session.status, 201, "{:?}", session.body);
+    assert_eq!(session.body["nextExpectedRanges"], json!(["0-"]));
+    assert!(session.body["expirationDateTime"].is_string());
+    let upload_url = session.body["uploadUrl"].as_str().unwrap().to_owned();
+    let total = content.len();
+    let put = |start: usize, end: usize| {
+        w.http
+            .put(&upload_url)
+            .header("Content-Range", format!("bytes {start}-{end}/{total}"))
+            .body(content[start..=end].to_vec())
+            .send()
+    };
+    let first = answer(put(0, 2_097_151).await.unwrap()).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(first.body["nextExpectedRanges"], json!(["2097152"]));
+    let skipped = answer(put(2_097_153, total - 1).await.unwrap()).await;
+    assert_eq!(skipped.status, 416, "{:?}", skipped.body);
+    let last = put(2_097_152, total - 1).await.unwrap();
+    assert_eq!(last.status().as_u16(), 201);
+    let location = last.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.contains("/attachments('"), "{location}");
+    let draft_now = w
+        .get(
+            &format!("/users/{sender}/messages/{draft_id}?$select=hasAttachments"),
+            &[],
+        )
+        .await;
+    assert_eq!(draft_now.body["hasAttachments"], true);
+
+    let sent = w
+        .post(
+            &format!("/users/{sender}/messages/{draft_id}/send"),
+            &[],
+            json!({}),
+        )
+        .await;
+    assert_eq!(sent.status, 202, "{:?}", sent.body);
+    let gone = w
+        .get(&format!("/users/{sender}/messages/{draft_id}"), &[])
+        .await;
+    assert_eq!(gone.status, 404);
+
+    let mut arrived = Vec::new();
+    for _ in 0..100 {
+        arrived = imap_messages(&recipient, "INBOX").await;
+        if !arrived.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        arrived.len(),
+        1,
+        "the mail did not arrive in {recipient}'s INBOX"
+    );
+    let message = mail_parser::MessageParser::default()
+        .parse(&arrived[0].2)
+        .unwrap();
+    assert_eq!(message.subject(), Some("big reply"));
+    assert!(message.header("Auto-Submitted").is_none());
+    assert!(message.header("X-Loop-Guard").is_none());
+    let attachment = message.attachment(0).expect("the attachment");
+    {
+        use mail_parser::MimeHeaders as _;
+        assert_eq!(attachment.attachment_name(), Some("flower"));
+    }
+    assert_eq!(attachment.contents(), content.as_slice());
+    assert_eq!(imap_messages(&sender, "Sent Items").await.len(), 1);
 }

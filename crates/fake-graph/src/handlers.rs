@@ -32,7 +32,7 @@ impl Here<'_> {
         format!("{}/v1.0/{}/{}", self.shared.base_url, self.link_user, tail)
     }
 
-    fn context(&self, what: &str) -> String {
+    pub(crate) fn context(&self, what: &str) -> String {
         format!("{}/v1.0/$metadata#{}", self.shared.base_url, what)
     }
 
@@ -469,6 +469,15 @@ impl Here<'_> {
         Ok(json_response(status, &value, &self.prefer.applied(None)))
     }
 
+    /// A message by its model key, with this status.
+    pub(crate) fn message_by_key(
+        &self,
+        status: StatusCode,
+        key: u64,
+    ) -> Result<Response, GraphError> {
+        self.message_response(status, "", Some(key))
+    }
+
     pub(crate) fn get_message(&self, id: &str) -> Result<Response, GraphError> {
         self.message_response(StatusCode::OK, id, None)
     }
@@ -644,6 +653,15 @@ impl Here<'_> {
                 "Use application/json for a JSON message or text/plain for MIME content.",
             ));
         };
+        self.outgoing(mime, save_to_sent_items)
+    }
+
+    /// What Exchange sends and keeps for `mime` from this mailbox.
+    pub(crate) fn outgoing(
+        &self,
+        mime: Vec<u8>,
+        save_to_sent_items: bool,
+    ) -> Result<Outgoing, GraphError> {
         let config = &self.shared.config;
         let mut store = self.shared.store();
         let sender = store.mailbox_for_request(self.upn)?;

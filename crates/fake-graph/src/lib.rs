@@ -39,6 +39,7 @@
 
 mod control;
 mod dovecot;
+mod drafts;
 mod error;
 mod handlers;
 mod ids;
@@ -344,6 +345,8 @@ pub(crate) struct Shared {
     pub base_url: String,
     /// The Dovecot backend, when configured.
     pub dovecot: Option<dovecot::Dovecot>,
+    /// Open attachment upload sessions, by the token in their uploadUrl.
+    pub uploads: Mutex<HashMap<String, drafts::Upload>>,
 }
 
 impl Shared {
@@ -407,6 +410,7 @@ impl FakeGraph {
         let shared = Arc::new(Shared {
             key,
             dovecot,
+            uploads: Mutex::default(),
             limiter: Arc::new(Limiter::new(config.limits.clone())),
             config,
             store: Mutex::new(store),

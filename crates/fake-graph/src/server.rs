@@ -28,6 +28,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/_fake/health", get(|| async { "ok" }))
         .merge(crate::control::routes())
+        .route(
+            "/_uploads/{token}",
+            axum::routing::put(crate::drafts::put_fragment),
+        )
         .fallback(graph)
         .with_state(shared)
 }
@@ -300,6 +304,9 @@ enum Op {
     Move(String),
     PermanentDelete(String),
     SendMail,
+    CreateDraft { folder: Option<String> },
+    CreateUploadSession(String),
+    SendDraft(String),
 }
 
 impl Op {
@@ -315,8 +322,10 @@ impl Op {
             | Op::PatchMessage(_)
             | Op::DeleteMessage(_)
             | Op::Move(_)
-            | Op::PermanentDelete(_) => Need::Write,
-            Op::SendMail => Need::Send,
+            | Op::PermanentDelete(_)
+            | Op::CreateDraft { .. }
+            | Op::CreateUploadSession(_) => Need::Write,
+            Op::SendMail | Op::SendDraft(_) => Need::Send,
         }
     }
 }
@@ -344,6 +353,16 @@ fn parse_op(segs: &[String], method: &Method) -> Result<Op, GraphError> {
             }
             [id, action] if is(action, "permanentDelete") && method == Method::POST => {
                 Ok(Op::PermanentDelete((*id).to_owned()))
+            }
+            [id, action] if is(action, "send") && method == Method::POST => {
+                Ok(Op::SendDraft((*id).to_owned()))
+            }
+            [id, attachments, action]
+                if is(attachments, "attachments")
+                    && is(action, "createUploadSession")
+                    && method == Method::POST =>
+            {
+                Ok(Op::CreateUploadSession((*id).to_owned()))
             }
             [_, other, ..] => Err(GraphError::unknown_segment(other)),
             [] => Err(GraphError::unknown_segment("messages")),
@@ -374,6 +393,9 @@ fn parse_op(segs: &[String], method: &Method) -> Result<Op, GraphError> {
             Method::GET => Ok(Op::ListMessages {
                 folder: Some((*id).to_owned()),
             }),
+            Method::POST => Ok(Op::CreateDraft {
+                folder: Some((*id).to_owned()),
+            }),
             _ => wrong(),
         },
         [first, id, msgs, delta]
@@ -391,6 +413,7 @@ fn parse_op(segs: &[String], method: &Method) -> Result<Op, GraphError> {
         }
         [first] if is(first, "messages") => match *method {
             Method::GET => Ok(Op::ListMessages { folder: None }),
+            Method::POST => Ok(Op::CreateDraft { folder: None }),
             _ => wrong(),
         },
         [first, rest @ ..] if is(first, "messages") => message_op(rest),
@@ -558,6 +581,13 @@ async fn handle(
             Op::SendMail => here
                 .prepare_send(headers, body)
                 .and_then(|outgoing| here.send_in_memory(outgoing)),
+            Op::CreateDraft { folder } => here.create_draft(folder.as_deref(), headers, body),
+            Op::CreateUploadSession(id) => here.create_upload_session(&id, body),
+            Op::SendDraft(id) => here.draft_outgoing(&id).and_then(|(key, outgoing)| {
+                let response = here.send_in_memory(outgoing)?;
+                here.drop_draft(key)?;
+                Ok(response)
+            }),
             Op::MessageValue(id) => return here.value(&id, None, slot).await,
         };
         drop(slot);
@@ -609,6 +639,15 @@ async fn handle(
         Op::SendMail => {
             let outgoing = here.prepare_send(headers, body)?;
             here.send_through_dovecot(&mut conn, outgoing).await
+        }
+        // Drafts stay in the model until sent (no IMAP APPEND to Drafts; see README).
+        Op::CreateDraft { folder } => here.create_draft(folder.as_deref(), headers, body),
+        Op::CreateUploadSession(id) => here.create_upload_session(&id, body),
+        Op::SendDraft(id) => {
+            let (key, outgoing) = here.draft_outgoing(&id)?;
+            let response = here.send_through_dovecot(&mut conn, outgoing).await?;
+            here.drop_draft(key)?;
+            Ok(response)
         }
         Op::MessageValue(id) => {
             let mime = crate::dovecot::value(shared, &mut conn, &id).await?;

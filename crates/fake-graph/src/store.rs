@@ -51,6 +51,16 @@ pub(crate) struct Folder {
     pub imap_path: Option<String>,
 }
 
+/// A file attachment uploaded to a draft.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Attachment {
+    pub id: String,
+    pub name: String,
+    pub content_type: String,
+    #[serde(with = "base64_bytes")]
+    pub content: Arc<Vec<u8>>,
+}
+
 /// Where a message lives in Dovecot (the folder is the model folder's `imap_path`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ImapLoc {
@@ -161,6 +171,12 @@ pub(crate) struct Message {
     /// Not kept across a restart (a test sets it on the running fake).
     #[serde(skip)]
     pub value_fault: Option<ValueFault>,
+    /// A draft (created by POST …/messages), sendable by POST …/send.
+    #[serde(default)]
+    pub is_draft: bool,
+    /// File attachments added to a draft through upload sessions.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
     /// Its IMAP message (Dovecot backend). With it, `mime` holds the header block only and
     /// `$value` fetches `BODY.PEEK[]`; without it, `mime` is the whole message.
     pub imap: Option<ImapLoc>,
@@ -451,6 +467,8 @@ impl Mailbox {
             importance: "normal".to_owned(),
             flag_status: "notFlagged".to_owned(),
             value_fault: None,
+            is_draft: false,
+            attachments: Vec::new(),
             imap: None,
         };
         let ids = MessageIds {
