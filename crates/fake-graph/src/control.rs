@@ -75,6 +75,12 @@ async fn deliver(
     Query(query): Query<DeliverQuery>,
     body: Bytes,
 ) -> Response {
+    if shared.dovecot.is_some() {
+        return fail(
+            StatusCode::CONFLICT,
+            "fake-graph serves Dovecot's mailboxes: deliver mail to Dovecot (LMTP), not into the fake",
+        );
+    }
     let received = match query
         .received_date_time
         .as_deref()

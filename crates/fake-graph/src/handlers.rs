@@ -32,7 +32,7 @@ impl Here<'_> {
         format!("{}/v1.0/{}/{}", self.shared.base_url, self.link_user, tail)
     }
 
-    fn context(&self, what: &str) -> String {
+    pub(crate) fn context(&self, what: &str) -> String {
         format!("{}/v1.0/$metadata#{}", self.shared.base_url, what)
     }
 
@@ -144,27 +144,64 @@ impl Here<'_> {
         Ok(json_response(StatusCode::OK, &body, &[]))
     }
 
-    pub(crate) fn create_folder(
+    /// The parent folder's id, the name and `isHidden` of a folder-creation request.
+    pub(crate) fn folder_request(
         &self,
         parent: Option<&str>,
         body: &Bytes,
-    ) -> Result<Response, GraphError> {
+    ) -> Result<(String, String, bool), GraphError> {
         let request: Value = serde_json::from_slice(body)
             .map_err(|_| GraphError::bad_request("The request body is not valid JSON."))?;
         let name = request
             .get("displayName")
             .and_then(Value::as_str)
-            .ok_or_else(|| GraphError::bad_request("The property 'displayName' is required."))?;
+            .ok_or_else(|| GraphError::bad_request("The property 'displayName' is required."))?
+            .to_owned();
         let hidden = request
             .get("isHidden")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let value = self.with_mailbox(|mailbox| {
+        let parent_id = self.with_mailbox(|mailbox| {
             let parent_id = match parent {
                 Some(p) => mailbox.folder(p)?.id.clone(),
                 None => mailbox.root_id(),
             };
-            let folder = mailbox.create_folder(&parent_id, name, hidden)?;
+            // Checked before the backend creates anything.
+            if mailbox
+                .folders
+                .iter()
+                .any(|f| f.parent_id == parent_id && f.display_name.eq_ignore_ascii_case(&name))
+            {
+                return Err(GraphError::folder_exists());
+            }
+            Ok(parent_id)
+        })?;
+        Ok((parent_id, name, hidden))
+    }
+
+    pub(crate) fn create_folder(
+        &self,
+        parent: Option<&str>,
+        body: &Bytes,
+    ) -> Result<Response, GraphError> {
+        let (parent_id, name, hidden) = self.folder_request(parent, body)?;
+        self.create_folder_with_path(&parent_id, &name, hidden, None)
+    }
+
+    /// Creates the model folder (with the IMAP folder behind it, if any) and answers 201.
+    pub(crate) fn create_folder_with_path(
+        &self,
+        parent_id: &str,
+        name: &str,
+        hidden: bool,
+        imap_path: Option<String>,
+    ) -> Result<Response, GraphError> {
+        let value = self.with_mailbox(|mailbox| {
+            let mut folder = mailbox.create_folder(parent_id, name, hidden)?;
+            if let Some(f) = mailbox.folders.iter_mut().find(|f| f.id == folder.id) {
+                f.imap_path = imap_path;
+                folder = f.clone();
+            }
             Ok(folder_json(mailbox, &folder))
         })?;
         let mut body = value;
@@ -432,6 +469,15 @@ impl Here<'_> {
         Ok(json_response(status, &value, &self.prefer.applied(None)))
     }
 
+    /// A message by its model key, with this status.
+    pub(crate) fn message_by_key(
+        &self,
+        status: StatusCode,
+        key: u64,
+    ) -> Result<Response, GraphError> {
+        self.message_response(status, "", Some(key))
+    }
+
     pub(crate) fn get_message(&self, id: &str) -> Result<Response, GraphError> {
         self.message_response(StatusCode::OK, id, None)
     }
@@ -514,7 +560,8 @@ impl Here<'_> {
         self.message_response(StatusCode::OK, id, Some(key))
     }
 
-    pub(crate) fn delete_message(&self, id: &str) -> Result<Response, GraphError> {
+    /// Where DELETE puts a message: Deleted Items, or from there the hidden Recoverable Items.
+    pub(crate) fn delete_target(&self, id: &str) -> Result<String, GraphError> {
         self.with_mailbox(|mailbox| {
             let key = mailbox.message_key(id)?;
             let deleted_items = mailbox.folder("deleteditems")?.id.clone();
@@ -523,14 +570,21 @@ impl Here<'_> {
                 .get(&key)
                 .map(|m| m.folder_id.clone())
                 .unwrap_or_default();
-            let target = if current == deleted_items {
-                mailbox
+            if current == deleted_items {
+                Ok(mailbox
                     .folder(crate::store::RECOVERABLE_DELETIONS)?
                     .id
-                    .clone()
+                    .clone())
             } else {
-                deleted_items
-            };
+                Ok(deleted_items)
+            }
+        })
+    }
+
+    pub(crate) fn delete_message(&self, id: &str) -> Result<Response, GraphError> {
+        let target = self.delete_target(id)?;
+        self.with_mailbox(|mailbox| {
+            let key = mailbox.message_key(id)?;
             mailbox.move_message(key, &target);
             Ok(())
         })?;
@@ -547,26 +601,22 @@ impl Here<'_> {
     }
 
     pub(crate) fn move_message(&self, id: &str, body: &Bytes) -> Result<Response, GraphError> {
-        let request: Value = serde_json::from_slice(body)
-            .map_err(|_| GraphError::bad_request("The request body is not valid JSON."))?;
-        let destination = request
-            .get("destinationId")
-            .and_then(Value::as_str)
-            .ok_or_else(|| GraphError::bad_request("The parameter 'destinationId' is required."))?;
+        let destination = destination_of(body)?;
         let key = self.with_mailbox(|mailbox| {
             let key = mailbox.message_key(id)?;
-            let destination = mailbox.folder(destination)?.id.clone();
+            let destination = mailbox.folder(&destination)?.id.clone();
             mailbox.move_message(key, &destination);
             Ok(key)
         })?;
         self.message_response(StatusCode::CREATED, id, Some(key))
     }
 
-    pub(crate) fn send_mail(
+    /// Checks a sendMail request and prepares what Exchange would send and keep.
+    pub(crate) fn prepare_send(
         &self,
         headers: &HeaderMap,
         body: &Bytes,
-    ) -> Result<Response, GraphError> {
+    ) -> Result<Outgoing, GraphError> {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -603,9 +653,22 @@ impl Here<'_> {
                 "Use application/json for a JSON message or text/plain for MIME content.",
             ));
         };
+        self.outgoing(mime, save_to_sent_items)
+    }
+
+    /// What Exchange sends and keeps for `mime` from this mailbox.
+    pub(crate) fn outgoing(
+        &self,
+        mime: Vec<u8>,
+        save_to_sent_items: bool,
+    ) -> Result<Outgoing, GraphError> {
         let config = &self.shared.config;
         let mut store = self.shared.store();
         let sender = store.mailbox_for_request(self.upn)?;
+        let strip = send::Strip {
+            headers: &config.strip_headers_on_send,
+            unknown_x_headers: config.strip_unknown_x_headers,
+        };
         let sender_addresses = [sender.upn.clone(), sender.mail.clone()];
         let parsed = crate::store::Parsed::of(&mime);
         if let Some(from) = &parsed.from
@@ -633,18 +696,12 @@ impl Here<'_> {
         let from_header = format!("{} <{}>", sender.display_name, sender.mail);
         let sent = send::prepare_outgoing(
             &mime,
-            &config.strip_headers_on_send,
+            &strip,
             &from_header,
             parsed.internet_message_id.is_none(),
             false,
         );
-        let delivered = send::prepare_outgoing(
-            &mime,
-            &config.strip_headers_on_send,
-            &from_header,
-            false,
-            true,
-        );
+        let delivered = send::prepare_outgoing(&mime, &strip, &from_header, false, true);
         // The Message-ID Exchange assigned (if the MIME had none) is the same on every copy.
         let delivered = match send::extract_header(&sent, "Message-ID") {
             Some(id) if parsed.internet_message_id.is_none() => {
@@ -654,34 +711,89 @@ impl Here<'_> {
             }
             _ => delivered,
         };
-        if save_to_sent_items {
+        let mut seen = Vec::new();
+        let recipients = recipients
+            .into_iter()
+            .filter(|a| {
+                let lower = a.to_ascii_lowercase();
+                let first = !seen.contains(&lower);
+                seen.push(lower);
+                first
+            })
+            .collect();
+        Ok(Outgoing {
+            login: sender.upn.clone(),
+            from: sender.mail.clone(),
+            recipients,
+            sent,
+            delivered,
+            save_to_sent_items,
+        })
+    }
+
+    /// sendMail on the in-memory store: the copies go to the users of the fake.
+    pub(crate) fn send_in_memory(&self, outgoing: Outgoing) -> Result<Response, GraphError> {
+        let mut store = self.shared.store();
+        let sender = store.mailbox_for_request(self.upn)?;
+        if outgoing.save_to_sent_items {
             let sent_items = sender.folder("sentitems")?.id.clone();
             sender.deliver(
                 &sent_items,
-                sent,
+                outgoing.sent,
                 &DeliverOptions {
                     is_read: true,
                     ..DeliverOptions::default()
                 },
             );
         }
-        let mut seen = Vec::new();
-        for address in recipients {
-            let lower = address.to_ascii_lowercase();
-            if seen.contains(&lower) {
-                continue;
-            }
-            seen.push(lower);
+        for address in outgoing.recipients {
             if let Some(mailbox) = store.mailbox_mut(&address).filter(|m| m.mailbox_enabled) {
                 let inbox = mailbox.folder("inbox")?.id.clone();
-                mailbox.deliver(&inbox, delivered.clone(), &DeliverOptions::default());
+                mailbox.deliver(
+                    &inbox,
+                    outgoing.delivered.clone(),
+                    &DeliverOptions::default(),
+                );
             }
         }
         Ok(StatusCode::ACCEPTED.into_response())
     }
 
-    pub(crate) async fn value(&self, id: &str, slot: Slot) -> Result<Response, GraphError> {
-        let (mime, fault) = self.with_mailbox(|mailbox| {
+    /// sendMail on the Dovecot backend: the recipients' copy to Postfix, the sender's into
+    /// Sent Items by APPEND (then into the model by a sync).
+    pub(crate) async fn send_through_dovecot(
+        &self,
+        conn: &mut crate::dovecot::Conn,
+        outgoing: Outgoing,
+    ) -> Result<Response, GraphError> {
+        let dovecot = self.shared.dovecot.as_ref().expect("Dovecot backend");
+        crate::dovecot::submit(
+            &dovecot.config,
+            &outgoing.login,
+            &outgoing.from,
+            &outgoing.recipients,
+            &outgoing.delivered,
+        )
+        .await?;
+        if outgoing.save_to_sent_items {
+            let path =
+                self.with_mailbox(|mailbox| Ok(mailbox.folder("sentitems")?.imap_path.clone()))?;
+            if let Some(path) = path {
+                crate::dovecot::append(self.shared, conn, &path, &outgoing.sent, true).await?;
+                crate::dovecot::sync(self.shared, conn).await?;
+            }
+        }
+        Ok(StatusCode::ACCEPTED.into_response())
+    }
+
+    /// `$value`: the model's MIME, or `mime` (the Dovecot backend's `BODY.PEEK[]`).
+    pub(crate) async fn value(
+        &self,
+        id: &str,
+        mime: Option<Arc<Vec<u8>>>,
+        slot: Slot,
+    ) -> Result<Response, GraphError> {
+        let (model_mime, fault) = self.with_mailbox(|mailbox| {
             let key = mailbox.message_key(id)?;
             let m = mailbox
                 .messages
@@ -689,6 +801,7 @@ impl Here<'_> {
                 .ok_or_else(GraphError::item_not_found)?;
             Ok((m.mime.clone(), m.value_fault.clone()))
         })?;
+        let mime = mime.unwrap_or(model_mime);
         let content = |body: Body| {
             let mut response = (StatusCode::OK, body).into_response();
             set(&mut response, header::CONTENT_TYPE.as_str(), "text/plain");
@@ -774,6 +887,31 @@ impl Here<'_> {
             }
         }
     }
+}
+
+/// What a sendMail request sends, prepared as Exchange would.
+pub(crate) struct Outgoing {
+    /// The sender's login (userPrincipalName) and address.
+    pub login: String,
+    pub from: String,
+    /// To, Cc and Bcc addresses, each once.
+    pub recipients: Vec<String>,
+    /// The sender's copy (keeps Bcc).
+    pub sent: Vec<u8>,
+    /// The recipients' copy (no Bcc).
+    pub delivered: Vec<u8>,
+    pub save_to_sent_items: bool,
+}
+
+/// `destinationId` of a move request.
+pub(crate) fn destination_of(body: &Bytes) -> Result<String, GraphError> {
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|_| GraphError::bad_request("The request body is not valid JSON."))?;
+    request
+        .get("destinationId")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| GraphError::bad_request("The parameter 'destinationId' is required."))
 }
 
 /// `displayName eq 'X'` (the filter the folder lookup needs).

@@ -14,30 +14,42 @@ use crate::{
     STORE_SIZE_OVERHEAD, ThrottleFault, User, ValueFault,
 };
 
-const APP: &str = "6a1e6f0b-3c2d-4e5f-8a9b-0c1d2e3f4a5b";
+pub(crate) const APP: &str = "6a1e6f0b-3c2d-4e5f-8a9b-0c1d2e3f4a5b";
 const APP_SECRET: &str = "graph-app-secret";
 const SUPPORT: &str = "support@helpdesk.test";
 const SALES: &str = "sales@helpdesk.test";
 const IMMUTABLE: &str = "IdType=\"ImmutableId\"";
 
-fn key() -> SigningKey {
+pub(crate) fn key() -> SigningKey {
     static KEY: OnceLock<SigningKey> = OnceLock::new();
     KEY.get_or_init(|| SigningKey::generate().expect("generate key"))
         .clone()
 }
 
-struct World {
-    entra: FakeEntra,
-    graph: FakeGraph,
-    http: reqwest::Client,
-    token: String,
+pub(crate) struct World {
+    pub entra: FakeEntra,
+    pub graph: FakeGraph,
+    pub http: reqwest::Client,
+    pub token: String,
 }
 
 async fn start() -> World {
     start_with(Config::default()).await
 }
 
-async fn start_with(config: Config) -> World {
+pub(crate) async fn start_with(config: Config) -> World {
+    let users = if config.users.is_empty() {
+        vec![
+            User::new(SUPPORT),
+            User::new(SALES),
+            User {
+                mailbox_enabled: false,
+                ..User::new("nolicence@helpdesk.test")
+            },
+        ]
+    } else {
+        config.users.clone()
+    };
     let mut entra_config = fake_entra::Config::example().with_client(
         Client::confidential(APP, "graph-app", APP_SECRET)
             .with_app_roles(&["Mail.ReadWrite", "Mail.Send"]),
@@ -46,17 +58,7 @@ async fn start_with(config: Config) -> World {
     let entra = FakeEntra::start(entra_config, key(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let config = Config {
-        users: vec![
-            User::new(SUPPORT),
-            User::new(SALES),
-            User {
-                mailbox_enabled: false,
-                ..User::new("nolicence@helpdesk.test")
-            },
-        ],
-        ..config
-    };
+    let config = Config { users, ..config };
     let graph = FakeGraph::start(config, key(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -73,24 +75,24 @@ async fn start_with(config: Config) -> World {
     }
 }
 
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
+pub(crate) struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("")
     }
 }
 
 impl World {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         if path.starts_with("http") {
             path.to_owned()
         } else {
@@ -98,7 +100,7 @@ impl World {
         }
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -118,11 +120,11 @@ impl World {
         answer(request.send().await.unwrap()).await
     }
 
-    async fn get(&self, path: &str, prefer: &[&str]) -> Answer {
+    pub(crate) async fn get(&self, path: &str, prefer: &[&str]) -> Answer {
         self.call(reqwest::Method::GET, path, prefer, None).await
     }
 
-    async fn post(&self, path: &str, prefer: &[&str], body: Value) -> Answer {
+    pub(crate) async fn post(&self, path: &str, prefer: &[&str], body: Value) -> Answer {
         self.call(reqwest::Method::POST, path, prefer, Some(body))
             .await
     }
@@ -134,7 +136,7 @@ impl World {
     }
 }
 
-async fn answer(response: reqwest::Response) -> Answer {
+pub(crate) async fn answer(response: reqwest::Response) -> Answer {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let text = response.text().await.unwrap();
@@ -158,12 +160,16 @@ fn mime(subject: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn delta_url(user: &str, folder: &str, query: &str) -> String {
+pub(crate) fn delta_url(user: &str, folder: &str, query: &str) -> String {
     format!("/users/{user}/mailFolders/{folder}/messages/delta{query}")
 }
 
 /// Follows a delta round to its deltaLink; returns the pages' values and the deltaLink.
-async fn delta_round(world: &World, first: &str, prefer: &[&str]) -> (Vec<Vec<Value>>, String) {
+pub(crate) async fn delta_round(
+    world: &World,
+    first: &str,
+    prefer: &[&str],
+) -> (Vec<Vec<Value>>, String) {
     let mut pages = Vec::new();
     let mut url = first.to_owned();
     loop {
@@ -1148,7 +1154,7 @@ async fn request_and_upload_limits_per_app_and_mailbox() {
 async fn send_mail_mime_delivers_to_users_and_saves_to_sent_items() {
     let w = start().await;
     let mime = format!(
-        "From: {SALES}\r\nTo: {SUPPORT}\r\nBcc: hidden@elsewhere.test\r\nSubject: Re: ticket 42\r\nAuto-Submitted: auto-replied\r\nX-Custom: kept\r\nMessage-ID: <ack-42@helpdesk.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nThanks.\r\n"
+        "From: {SALES}\r\nTo: {SUPPORT}\r\nBcc: hidden@elsewhere.test\r\nSubject: Re: ticket 42\r\nAuto-Submitted: auto-replied\r\nX-Custom: dropped\r\nX-Priority: 1\r\nX-MS-Exchange-Test: kept\r\nMessage-ID: <ack-42@helpdesk.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nThanks.\r\n"
     );
     let body = base64::engine::general_purpose::STANDARD.encode(mime.as_bytes());
     let response = w
@@ -1170,7 +1176,13 @@ async fn send_mail_mime_delivers_to_users_and_saves_to_sent_items() {
     );
     assert!(!delivered.contains("hidden@elsewhere.test"), "{delivered}");
     assert!(delivered.contains("Message-ID: <ack-42@helpdesk.test>"));
-    assert!(delivered.contains("X-Custom: kept"));
+    // Unknown X- headers go; those Exchange maps to properties, and its own, stay.
+    assert!(!delivered.contains("X-Custom"), "{delivered}");
+    assert!(delivered.contains("X-Priority: 1"), "{delivered}");
+    assert!(
+        delivered.contains("X-MS-Exchange-Test: kept"),
+        "{delivered}"
+    );
     assert!(delivered.ends_with("\r\n\r\nThanks.\r\n"), "{delivered:?}");
     let sent = w.graph.messages(SALES, "sentitems").unwrap();
     assert_eq!(sent.len(), 1);

@@ -38,6 +38,8 @@
 //! ```
 
 mod control;
+mod dovecot;
+mod drafts;
 mod error;
 mod handlers;
 mod ids;
@@ -48,6 +50,8 @@ mod server;
 mod store;
 mod time;
 
+#[cfg(test)]
+mod dovecot_tests;
 #[cfg(test)]
 mod http_tests;
 
@@ -62,6 +66,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use dovecot::DovecotConfig;
 pub use error::GraphError;
 pub use store::STORE_SIZE_OVERHEAD;
 
@@ -182,12 +187,23 @@ pub struct Config {
     /// Headers Exchange removes from MIME it sends (compared case-insensitively); by default
     /// `Auto-Submitted`, which Exchange strips even from MIME sends (see README).
     pub strip_headers_on_send: Vec<String>,
+    /// Also remove `X-` headers Exchange has no mapping for (all but X-Priority,
+    /// X-MSMail-Priority, X-Auto-Response-Suppress, X-Message-Flag, X-MS-Has-Attach,
+    /// X-MS-TNEF-Correlator, X-Mailer and `X-MS-…`); true by default (see README).
+    pub strip_unknown_x_headers: bool,
     /// Page size of delta and lists without `Prefer: odata.maxpagesize` / `$top` (10).
     pub default_page_size: usize,
     /// The largest page served (1000); larger preferences are capped.
     pub max_page_size: usize,
     /// One stdout line per request (method, path, mailbox, status; never tokens).
     pub log_requests: bool,
+    /// Serve the users' real mailboxes in the mail stack's Dovecot (over IMAP) instead of the
+    /// in-memory store, and send through its Postfix (see README, "Dovecot backend").
+    pub dovecot: Option<DovecotConfig>,
+    /// Keep each mailbox's ids, change sequence and delta sync states in a JSON file under this
+    /// directory, so they survive a restart of the fake (both backends; the in-memory one
+    /// keeps its messages there too).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -196,9 +212,12 @@ impl Default for Config {
             users: Vec::new(),
             limits: Limits::default(),
             strip_headers_on_send: vec!["Auto-Submitted".to_owned()],
+            strip_unknown_x_headers: true,
             default_page_size: 10,
             max_page_size: 1000,
             log_requests: false,
+            dovecot: None,
+            state_dir: None,
         }
     }
 }
@@ -324,6 +343,10 @@ pub(crate) struct Shared {
     pub stall_release: watch::Sender<u64>,
     pub shutdown: watch::Receiver<bool>,
     pub base_url: String,
+    /// The Dovecot backend, when configured.
+    pub dovecot: Option<dovecot::Dovecot>,
+    /// Open attachment upload sessions, by the token in their uploadUrl.
+    pub uploads: Mutex<HashMap<String, drafts::Upload>>,
 }
 
 impl Shared {
@@ -375,10 +398,19 @@ impl FakeGraph {
             if store.mailbox(&user.upn).is_some() {
                 bail!("user {} is configured twice", user.upn);
             }
-            store.mailboxes.push(Mailbox::new(user));
+            store
+                .mailboxes
+                .push(Mailbox::load_or_new(config.state_dir.as_deref(), user)?);
         }
+        let dovecot = config
+            .dovecot
+            .clone()
+            .map(dovecot::Dovecot::new)
+            .transpose()?;
         let shared = Arc::new(Shared {
             key,
+            dovecot,
+            uploads: Mutex::default(),
             limiter: Arc::new(Limiter::new(config.limits.clone())),
             config,
             store: Mutex::new(store),
@@ -419,7 +451,13 @@ impl FakeGraph {
         if store.mailbox(&user.upn).is_some() {
             return false;
         }
-        store.mailboxes.push(Mailbox::new(&user));
+        match Mailbox::load_or_new(self.shared.config.state_dir.as_deref(), &user) {
+            Ok(mailbox) => store.mailboxes.push(mailbox),
+            Err(e) => {
+                eprintln!("fake-graph: {e:#}; {} starts empty", user.upn);
+                store.mailboxes.push(Mailbox::new(&user));
+            }
+        }
         true
     }
 
@@ -437,12 +475,20 @@ impl FakeGraph {
         mime: Vec<u8>,
         options: DeliverOptions,
     ) -> anyhow::Result<MessageIds> {
+        if self.shared.dovecot.is_some() {
+            bail!(
+                "fake-graph serves Dovecot's mailboxes: deliver mail to Dovecot (LMTP, the stack's port 14024), not into the fake"
+            );
+        }
         let mut store = self.shared.store();
         let mailbox = store
             .mailbox_mut(user)
             .with_context(|| format!("no user {user}"))?;
         let folder_id = folder_by_any_name(mailbox, folder)?;
-        Ok(mailbox.deliver(&folder_id, mime, &options))
+        let ids = mailbox.deliver(&folder_id, mime, &options);
+        drop(store);
+        self.persist(false);
+        Ok(ids)
     }
 
     /// Creates a folder under the root (as `POST /mailFolders` would); returns its id.
@@ -490,7 +536,27 @@ impl FakeGraph {
         if let Some(m) = mailbox.messages.get_mut(&key) {
             change(m);
         }
+        drop(store);
+        self.persist(true);
         Ok(())
+    }
+
+    /// Writes the mailboxes to the state dir, if one is configured (`force`: even those whose
+    /// change sequence did not move).
+    fn persist(&self, force: bool) {
+        let Some(dir) = &self.shared.config.state_dir else {
+            return;
+        };
+        let mut store = self.shared.store();
+        for mailbox in &mut store.mailboxes {
+            if let Err(e) = mailbox.save(dir, force) {
+                eprintln!(
+                    "fake-graph: cannot write the state of {} to {}: {e}",
+                    mailbox.upn,
+                    dir.display()
+                );
+            }
+        }
     }
 
     /// Lets every stalled `$value` download continue.
@@ -507,7 +573,10 @@ impl FakeGraph {
             .mailbox_mut(user)
             .with_context(|| format!("no user {user}"))?;
         let folder_id = folder.map(|f| folder_by_any_name(mailbox, f)).transpose()?;
-        Ok(mailbox.expire_tokens(folder_id.as_deref()))
+        let n = mailbox.expire_tokens(folder_id.as_deref());
+        drop(store);
+        self.persist(true);
+        Ok(n)
     }
 
     /// Answers the next `times` Graph requests (to `mailbox`, or any) with `fault`.

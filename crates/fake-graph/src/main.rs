@@ -8,6 +8,10 @@
 //!   are accepted.
 //! - `--user`: a mailbox (repeatable); more through `POST /_fake/users`.
 //! - `--listen`: a loopback address (anything else is refused); default 127.0.0.1:14081.
+//! - `--state-dir DIR`: ids and sync states survive a restart (one JSON file per mailbox).
+//! - `--imap 127.0.0.1:14993 --imap-ca ca.pem [--submission-port 14587]`: serve the users'
+//!   real mailboxes in the mail stack's Dovecot instead of the in-memory store; every user
+//!   logs in with the password in `$MAILSTACK_PLAIN_PASSWORD` (or `--imap-password`).
 //!
 //! One line per request on stdout (method, path, mailbox, status; never tokens). Runs until
 //! SIGTERM or SIGINT.
@@ -17,7 +21,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use fake_graph::{Config, FakeGraph, User};
+use fake_graph::{Config, DovecotConfig, FakeGraph, User};
 
 /// A fake of Microsoft Graph's mail API, on loopback.
 #[derive(Parser, Debug)]
@@ -32,6 +36,22 @@ struct Args {
     /// A mailbox (userPrincipalName); repeatable.
     #[arg(long = "user")]
     users: Vec<String>,
+    /// Dovecot's IMAPS address (loopback): serve real mailboxes instead of the in-memory store.
+    #[arg(long)]
+    imap: Option<SocketAddr>,
+    /// The PEM CA of Dovecot's (and Postfix's) certificate.
+    #[arg(long, requires = "imap")]
+    imap_ca: Option<PathBuf>,
+    /// The users' IMAP/SMTP password (default: $MAILSTACK_PLAIN_PASSWORD).
+    #[arg(long, requires = "imap")]
+    imap_password: Option<String>,
+    /// Keep ids, change sequences and delta sync states (and the in-memory store's messages)
+    /// in one JSON file per mailbox here, so they survive a restart.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Postfix's submission port (STARTTLS, AUTH PLAIN) on the same host, for sendMail.
+    #[arg(long, default_value_t = 14587)]
+    submission_port: u16,
 }
 
 #[tokio::main]
@@ -55,10 +75,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let key = fake_entra::SigningKey::from_pem_file(&args.key)?;
     let mut config = Config {
         log_requests: true,
+        state_dir: args.state_dir.clone(),
         ..Config::default()
     };
     for upn in &args.users {
         config = config.with_user(User::new(upn));
+    }
+    if let Some(imap) = args.imap {
+        if !imap.ip().is_loopback() {
+            anyhow::bail!("--imap {imap}: fake-graph talks to a loopback Dovecot only");
+        }
+        let ca = args
+            .imap_ca
+            .context("--imap needs --imap-ca (the mail stack's tls/ca.pem)")?;
+        let password = match args.imap_password {
+            Some(p) => p,
+            None => std::env::var("MAILSTACK_PLAIN_PASSWORD").context(
+                "--imap needs the users' password: --imap-password or $MAILSTACK_PLAIN_PASSWORD (scripts/mailstack.sh env)",
+            )?,
+        };
+        let mut dovecot = DovecotConfig::new(ca, &password);
+        dovecot.host = imap.ip().to_string();
+        dovecot.imaps_port = imap.port();
+        dovecot.submission_port = args.submission_port;
+        config.dovecot = Some(dovecot);
     }
     let graph = FakeGraph::start(config, key, args.listen)
         .await

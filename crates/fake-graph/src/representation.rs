@@ -187,7 +187,7 @@ fn property(mailbox: &Mailbox, m: &Message, name: &str, immutable: bool) -> Valu
         "isDeliveryReceiptRequested" => json!(false),
         "isReadReceiptRequested" => json!(false),
         "isRead" => json!(m.is_read),
-        "isDraft" => json!(false),
+        "isDraft" => json!(m.is_draft),
         "webLink" => json!(format!(
             "https://outlook.office365.com/owa/?ItemID={}&exvsurl=1&viewmodel=ReadMessageItem",
             m.id(immutable)

@@ -22,11 +22,47 @@ pub(crate) fn extract_header(mime: &[u8], name: &str) -> Option<String> {
         .map(|l| l[prefix.len()..].trim().to_owned())
 }
 
-/// What Exchange does to MIME it sends: removes `strip` headers (and Bcc from the recipients'
-/// copies), adds Date and From when missing, and a Message-ID when `add_message_id`.
+/// `X-` headers Exchange itself maps to message properties and writes back into the MIME it
+/// sends ([MS-OXCMAIL] 2.1.3.2, "Mapping Internet headers": X-Priority, X-MSMail-Priority,
+/// X-Auto-Response-Suppress, X-Message-Flag, X-MS-Has-Attach, X-MS-TNEF-Correlator, X-Mailer
+/// as PidTagClient…), plus Exchange's own `X-MS-` stamps. Other `X-` headers are "unknown".
+pub(crate) const KNOWN_X_HEADERS: &[&str] = &[
+    "X-Priority",
+    "X-MSMail-Priority",
+    "X-Auto-Response-Suppress",
+    "X-Message-Flag",
+    "X-MS-Has-Attach",
+    "X-MS-TNEF-Correlator",
+    "X-Mailer",
+];
+
+/// Which headers Exchange removes from MIME it sends.
+pub(crate) struct Strip<'a> {
+    /// By name (compared case-insensitively).
+    pub headers: &'a [String],
+    /// Every `X-` header not in [`KNOWN_X_HEADERS`] and not `X-MS-…`.
+    pub unknown_x_headers: bool,
+}
+
+impl Strip<'_> {
+    fn removes(&self, name: &str) -> bool {
+        if self.headers.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+            return true;
+        }
+        let lower = name.to_ascii_lowercase();
+        self.unknown_x_headers
+            && lower.starts_with("x-")
+            && !lower.starts_with("x-ms-")
+            && !KNOWN_X_HEADERS.iter().any(|k| k.eq_ignore_ascii_case(name))
+    }
+}
+
+/// What Exchange does to MIME it sends: removes the `strip` headers (and Bcc from the
+/// recipients' copies), adds Date and From when missing, and a Message-ID when
+/// `add_message_id`.
 pub(crate) fn prepare_outgoing(
     mime: &[u8],
-    strip: &[String],
+    strip: &Strip<'_>,
     from: &str,
     add_message_id: bool,
     drop_bcc: bool,
@@ -41,8 +77,7 @@ pub(crate) fn prepare_outgoing(
         let continuation = line.starts_with(' ') || line.starts_with('\t');
         if !continuation {
             let name = line.split(':').next().unwrap_or("").trim();
-            skipping = strip.iter().any(|s| s.eq_ignore_ascii_case(name))
-                || (drop_bcc && name.eq_ignore_ascii_case("Bcc"));
+            skipping = strip.removes(name) || (drop_bcc && name.eq_ignore_ascii_case("Bcc"));
             has_date |= name.eq_ignore_ascii_case("Date");
             has_from |= name.eq_ignore_ascii_case("From");
         }

@@ -28,6 +28,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/_fake/health", get(|| async { "ok" }))
         .merge(crate::control::routes())
+        .route(
+            "/_uploads/{token}",
+            axum::routing::put(crate::drafts::put_fragment),
+        )
         .fallback(graph)
         .with_state(shared)
 }
@@ -137,6 +141,9 @@ async fn graph(
             error_response(&error, &ctx.request_id, &ctx.client_request_id)
         }
     };
+    if let Some(dir) = &shared.config.state_dir {
+        shared.store().save_changed(dir);
+    }
     set(&mut response, "request-id", &ctx.request_id);
     set(&mut response, "client-request-id", &ctx.client_request_id);
     record.status = response.status().as_u16();
@@ -297,6 +304,9 @@ enum Op {
     Move(String),
     PermanentDelete(String),
     SendMail,
+    CreateDraft { folder: Option<String> },
+    CreateUploadSession(String),
+    SendDraft(String),
 }
 
 impl Op {
@@ -312,8 +322,10 @@ impl Op {
             | Op::PatchMessage(_)
             | Op::DeleteMessage(_)
             | Op::Move(_)
-            | Op::PermanentDelete(_) => Need::Write,
-            Op::SendMail => Need::Send,
+            | Op::PermanentDelete(_)
+            | Op::CreateDraft { .. }
+            | Op::CreateUploadSession(_) => Need::Write,
+            Op::SendMail | Op::SendDraft(_) => Need::Send,
         }
     }
 }
@@ -341,6 +353,16 @@ fn parse_op(segs: &[String], method: &Method) -> Result<Op, GraphError> {
             }
             [id, action] if is(action, "permanentDelete") && method == Method::POST => {
                 Ok(Op::PermanentDelete((*id).to_owned()))
+            }
+            [id, action] if is(action, "send") && method == Method::POST => {
+                Ok(Op::SendDraft((*id).to_owned()))
+            }
+            [id, attachments, action]
+                if is(attachments, "attachments")
+                    && is(action, "createUploadSession")
+                    && method == Method::POST =>
+            {
+                Ok(Op::CreateUploadSession((*id).to_owned()))
             }
             [_, other, ..] => Err(GraphError::unknown_segment(other)),
             [] => Err(GraphError::unknown_segment("messages")),
@@ -371,6 +393,9 @@ fn parse_op(segs: &[String], method: &Method) -> Result<Op, GraphError> {
             Method::GET => Ok(Op::ListMessages {
                 folder: Some((*id).to_owned()),
             }),
+            Method::POST => Ok(Op::CreateDraft {
+                folder: Some((*id).to_owned()),
+            }),
             _ => wrong(),
         },
         [first, id, msgs, delta]
@@ -388,6 +413,7 @@ fn parse_op(segs: &[String], method: &Method) -> Result<Op, GraphError> {
         }
         [first] if is(first, "messages") => match *method {
             Method::GET => Ok(Op::ListMessages { folder: None }),
+            Method::POST => Ok(Op::CreateDraft { folder: None }),
             _ => wrong(),
         },
         [first, rest @ ..] if is(first, "messages") => message_op(rest),
@@ -540,20 +566,96 @@ async fn handle(
         prefer: &prefer,
         query: &query,
     };
+    let Some(dovecot) = shared.dovecot.as_ref() else {
+        let response = match op {
+            Op::ListFolders { parent } => here.list_folders(parent.as_deref()),
+            Op::GetFolder(id) => here.get_folder(&id),
+            Op::CreateFolder { parent } => here.create_folder(parent.as_deref(), body),
+            Op::ListMessages { folder } => here.list_messages(folder.as_deref()),
+            Op::Delta { folder } => here.delta(&folder),
+            Op::GetMessage(id) => here.get_message(&id),
+            Op::PatchMessage(id) => here.patch_message(&id, body),
+            Op::DeleteMessage(id) => here.delete_message(&id),
+            Op::PermanentDelete(id) => here.permanent_delete(&id),
+            Op::Move(id) => here.move_message(&id, body),
+            Op::SendMail => here
+                .prepare_send(headers, body)
+                .and_then(|outgoing| here.send_in_memory(outgoing)),
+            Op::CreateDraft { folder } => here.create_draft(folder.as_deref(), headers, body),
+            Op::CreateUploadSession(id) => here.create_upload_session(&id, body),
+            Op::SendDraft(id) => here.draft_outgoing(&id).and_then(|(key, outgoing)| {
+                let response = here.send_in_memory(outgoing)?;
+                here.drop_draft(key)?;
+                Ok(response)
+            }),
+            Op::MessageValue(id) => return here.value(&id, None, slot).await,
+        };
+        drop(slot);
+        return response;
+    };
+    // The Dovecot backend: the mailbox's session for the whole request; the model brought up
+    // to date first, changes made in Dovecot before the model (see dovecot.rs).
+    let mut conn = dovecot.lock(&upn).await;
+    crate::dovecot::sync(shared, &mut conn).await?;
     let response = match op {
         Op::ListFolders { parent } => here.list_folders(parent.as_deref()),
         Op::GetFolder(id) => here.get_folder(&id),
-        Op::CreateFolder { parent } => here.create_folder(parent.as_deref(), body),
+        Op::CreateFolder { parent } => {
+            let (parent_id, name, hidden) = here.folder_request(parent.as_deref(), body)?;
+            let path = crate::dovecot::create_folder(shared, &mut conn, &parent_id, &name).await?;
+            here.create_folder_with_path(&parent_id, &name, hidden, path)
+        }
         Op::ListMessages { folder } => here.list_messages(folder.as_deref()),
         Op::Delta { folder } => here.delta(&folder),
         Op::GetMessage(id) => here.get_message(&id),
-        Op::PatchMessage(id) => here.patch_message(&id, body),
-        Op::DeleteMessage(id) => here.delete_message(&id),
-        Op::PermanentDelete(id) => here.permanent_delete(&id),
-        Op::Move(id) => here.move_message(&id, body),
-        Op::SendMail => here.send_mail(headers, body),
-        Op::MessageValue(id) => return here.value(&id, slot).await,
+        Op::PatchMessage(id) => {
+            let response = here.patch_message(&id, body)?;
+            if let Some(seen) = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("isRead").and_then(Value::as_bool))
+            {
+                crate::dovecot::set_seen(shared, &mut conn, &id, seen).await?;
+            }
+            Ok(response)
+        }
+        Op::DeleteMessage(id) => {
+            let target = here.delete_target(&id)?;
+            let fixup = crate::dovecot::move_to(shared, &mut conn, &id, &target).await?;
+            let response = here.delete_message(&id);
+            fixup.apply(shared, &upn);
+            response
+        }
+        Op::PermanentDelete(id) => {
+            crate::dovecot::permanent_delete(shared, &mut conn, &id).await?;
+            here.permanent_delete(&id)
+        }
+        Op::Move(id) => {
+            let destination = crate::handlers::destination_of(body)?;
+            let fixup = crate::dovecot::move_to(shared, &mut conn, &id, &destination).await?;
+            let response = here.move_message(&id, body);
+            fixup.apply(shared, &upn);
+            response
+        }
+        Op::SendMail => {
+            let outgoing = here.prepare_send(headers, body)?;
+            here.send_through_dovecot(&mut conn, outgoing).await
+        }
+        // Drafts stay in the model until sent (no IMAP APPEND to Drafts; see README).
+        Op::CreateDraft { folder } => here.create_draft(folder.as_deref(), headers, body),
+        Op::CreateUploadSession(id) => here.create_upload_session(&id, body),
+        Op::SendDraft(id) => {
+            let (key, outgoing) = here.draft_outgoing(&id)?;
+            let response = here.send_through_dovecot(&mut conn, outgoing).await?;
+            here.drop_draft(key)?;
+            Ok(response)
+        }
+        Op::MessageValue(id) => {
+            let mime = crate::dovecot::value(shared, &mut conn, &id).await?;
+            drop(conn);
+            return here.value(&id, Some(mime), slot).await;
+        }
     };
+    drop(conn);
     drop(slot);
     response
 }

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::GraphError;
 use crate::ids;
 use crate::time;
@@ -36,7 +38,7 @@ pub(crate) const ROOT: &str = "msgfolderroot";
 pub(crate) const RECOVERABLE_DELETIONS: &str = "recoverableitemsdeletions";
 
 /// A folder.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub(crate) struct Folder {
     pub id: String,
     pub well_known: Option<&'static str>,
@@ -44,17 +46,37 @@ pub(crate) struct Folder {
     /// Empty for the root and for folders outside it.
     pub parent_id: String,
     pub is_hidden: bool,
+    /// The IMAP folder behind it (Dovecot backend); None for the in-memory backend and for
+    /// folders IMAP has no counterpart of (Outbox, Recoverable Items).
+    pub imap_path: Option<String>,
+}
+
+/// A file attachment uploaded to a draft.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Attachment {
+    pub id: String,
+    pub name: String,
+    pub content_type: String,
+    #[serde(with = "base64_bytes")]
+    pub content: Arc<Vec<u8>>,
+}
+
+/// Where a message lives in Dovecot (the folder is the model folder's `imap_path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ImapLoc {
+    pub uid_validity: u32,
+    pub uid: u32,
 }
 
 /// An address as Graph shows it (`emailAddress: {name, address}`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Address {
     pub name: String,
     pub address: String,
 }
 
 /// What the representation needs from the MIME, parsed once at delivery.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Parsed {
     pub subject: String,
     pub from: Option<Address>,
@@ -120,7 +142,7 @@ impl Parsed {
 }
 
 /// A message in a folder.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Message {
     /// Internal key, never shown.
     pub key: u64,
@@ -128,6 +150,7 @@ pub(crate) struct Message {
     /// The default (REST) id: minted again on every move.
     pub rest_id: String,
     pub folder_id: String,
+    #[serde(with = "base64_bytes")]
     pub mime: Arc<Vec<u8>>,
     /// `PidTagMessageSize` (0x0E08).
     pub store_size: u64,
@@ -145,7 +168,18 @@ pub(crate) struct Message {
     pub categories: Vec<String>,
     pub importance: String,
     pub flag_status: String,
+    /// Not kept across a restart (a test sets it on the running fake).
+    #[serde(skip)]
     pub value_fault: Option<ValueFault>,
+    /// A draft (created by POST …/messages), sendable by POST …/send.
+    #[serde(default)]
+    pub is_draft: bool,
+    /// File attachments added to a draft through upload sessions.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    /// Its IMAP message (Dovecot backend). With it, `mime` holds the header block only and
+    /// `$value` fetches `BODY.PEEK[]`; without it, `mime` is the whole message.
+    pub imap: Option<ImapLoc>,
 }
 
 impl Message {
@@ -160,7 +194,7 @@ impl Message {
 }
 
 /// A message that left a folder (moved or deleted), for `@removed` in later delta rounds.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Tombstone {
     pub seq: u64,
     pub folder_id: String,
@@ -170,7 +204,7 @@ pub(crate) struct Tombstone {
 }
 
 /// `$filter=receivedDateTime ge|gt {value}` — the only filter message delta supports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ReceivedFilter {
     pub inclusive: bool,
     pub at: i64,
@@ -187,7 +221,7 @@ impl ReceivedFilter {
 }
 
 /// The custom `changeType` query option of message delta.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum ChangeType {
     Created,
     Updated,
@@ -195,7 +229,7 @@ pub(crate) enum ChangeType {
 }
 
 /// The query options a delta round was started with; state tokens carry them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct DeltaOptions {
     pub select: Option<Vec<String>>,
     pub expand: Vec<ExtendedProperty>,
@@ -206,7 +240,7 @@ pub(crate) struct DeltaOptions {
 
 /// The state behind one `$skiptoken` or `$deltatoken`. Immutable once issued, so replaying a
 /// link gives the same page again.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct SyncState {
     pub folder_id: String,
     /// Changes after this sequence number …
@@ -236,7 +270,7 @@ pub(crate) enum DeltaItem {
 }
 
 /// A user and their mailbox.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Mailbox {
     pub id: String,
     pub upn: String,
@@ -251,6 +285,9 @@ pub(crate) struct Mailbox {
     next_key: u64,
     pub sync_states: HashMap<String, SyncState>,
     generations: u64,
+    /// (seq, generations) when last written to the state dir.
+    #[serde(skip)]
+    pub saved: Option<(u64, u64)>,
 }
 
 impl Mailbox {
@@ -262,6 +299,7 @@ impl Mailbox {
             display_name: "Top of Information Store".to_owned(),
             parent_id: String::new(),
             is_hidden: false,
+            imap_path: None,
         }];
         for (name, display) in WELL_KNOWN_FOLDERS {
             folders.push(Folder {
@@ -270,6 +308,7 @@ impl Mailbox {
                 display_name: (*display).to_owned(),
                 parent_id: root_id.clone(),
                 is_hidden: false,
+                imap_path: None,
             });
         }
         folders.push(Folder {
@@ -278,6 +317,7 @@ impl Mailbox {
             display_name: "Deletions".to_owned(),
             parent_id: String::new(),
             is_hidden: true,
+            imap_path: None,
         });
         Mailbox {
             id: user.id.clone().unwrap_or_else(ids::uuid),
@@ -295,6 +335,7 @@ impl Mailbox {
             next_key: 1,
             sync_states: HashMap::new(),
             generations: 0,
+            saved: None,
         }
     }
 
@@ -368,6 +409,7 @@ impl Mailbox {
             display_name: display_name.to_owned(),
             parent_id: parent_id.to_owned(),
             is_hidden,
+            imap_path: None,
         };
         self.folders.push(folder.clone());
         Ok(folder)
@@ -425,6 +467,9 @@ impl Mailbox {
             importance: "normal".to_owned(),
             flag_status: "notFlagged".to_owned(),
             value_fault: None,
+            is_draft: false,
+            attachments: Vec::new(),
+            imap: None,
         };
         let ids = MessageIds {
             immutable_id: message.immutable_id.clone(),
@@ -606,7 +651,7 @@ pub(crate) const PID_TAG_MESSAGE_SIZE: u16 = 0x0E08;
 /// An extended property asked for by `$expand=singleValueExtendedProperties($filter=id eq
 /// '…')`: a MAPI tag with its type (`Long 0x0E08`), or an id this fake does not store (named
 /// properties, other tags), which expands to nothing as for an item without the property.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum ExtendedProperty {
     Tag { type_name: String, tag: u16 },
     Other(String),
@@ -626,5 +671,141 @@ impl ExtendedProperty {
             };
         }
         ExtendedProperty::Other(id.to_owned())
+    }
+}
+
+/// A folder as the state file has it (the well-known name as text).
+#[derive(Deserialize)]
+struct FolderFile {
+    id: String,
+    well_known: Option<String>,
+    display_name: String,
+    parent_id: String,
+    is_hidden: bool,
+    imap_path: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Folder {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Folder, D::Error> {
+        FolderFile::deserialize(d).map(Folder::from)
+    }
+}
+
+impl From<FolderFile> for Folder {
+    fn from(f: FolderFile) -> Folder {
+        // A name not in the built-in list (a state file from another version) is a plain folder.
+        let well_known = f.well_known.and_then(|name| {
+            WELL_KNOWN_FOLDERS
+                .iter()
+                .map(|(n, _)| *n)
+                .chain([ROOT, RECOVERABLE_DELETIONS, "inbox"])
+                .find(|n| *n == name)
+        });
+        Folder {
+            id: f.id,
+            well_known,
+            display_name: f.display_name,
+            parent_id: f.parent_id,
+            is_hidden: f.is_hidden,
+            imap_path: f.imap_path,
+        }
+    }
+}
+
+/// MIME bytes as base64 text in the state file.
+mod base64_bytes {
+    use std::sync::Arc;
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Arc<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes.as_slice()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Vec<u8>>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map(Arc::new)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Mailbox {
+    /// The state file of this mailbox under `dir`.
+    pub(crate) fn state_file(dir: &std::path::Path, upn: &str) -> std::path::PathBuf {
+        let name: String = upn
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '@' | '-' | '_' | '+') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        dir.join(format!("{name}.json"))
+    }
+
+    /// The mailbox as saved in `dir` by an earlier run, or a new one.
+    pub(crate) fn load_or_new(
+        dir: Option<&std::path::Path>,
+        user: &crate::User,
+    ) -> anyhow::Result<Mailbox> {
+        use anyhow::Context as _;
+        let Some(dir) = dir else {
+            return Ok(Mailbox::new(user));
+        };
+        let path = Mailbox::state_file(dir, &user.upn);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let mut mailbox: Mailbox = serde_json::from_slice(&bytes).with_context(|| {
+                    format!(
+                        "{} is not a fake-graph state file (delete it to start afresh)",
+                        path.display()
+                    )
+                })?;
+                mailbox.saved = Some((mailbox.seq, mailbox.generations));
+                Ok(mailbox)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Mailbox::new(user)),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes the mailbox to `dir` (through a temporary file and a rename) if it changed since
+    /// the last write, or always with `force`.
+    pub(crate) fn save(&mut self, dir: &std::path::Path, force: bool) -> std::io::Result<()> {
+        let now = (self.seq, self.generations);
+        if !force && self.saved == Some(now) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir)?;
+        let path = Mailbox::state_file(dir, &self.upn);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)?;
+        self.saved = Some(now);
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Writes every changed mailbox to the state dir (errors to stderr: a test then sees the
+    /// state missing after a restart, with the reason printed).
+    pub(crate) fn save_changed(&mut self, dir: &std::path::Path) {
+        for mailbox in &mut self.mailboxes {
+            if let Err(e) = mailbox.save(dir, false) {
+                eprintln!(
+                    "fake-graph: cannot write the state of {} to {}: {e}",
+                    mailbox.upn,
+                    dir.display()
+                );
+            }
+        }
     }
 }
