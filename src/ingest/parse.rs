@@ -133,7 +133,8 @@ pub struct Attachment {
     pub content_type: String,
     pub content_id: Option<String>,
     pub inline: bool,
-    pub content: Vec<u8>,
+    /// Shared, not copied, by the rows that store it (`store::batch`).
+    pub content: std::sync::Arc<[u8]>,
     pub sha256: String,
 }
 
@@ -310,7 +311,7 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
                 content_id: part.content_id().map(strip_brackets),
                 inline,
                 sha256,
-                content,
+                content: content.into(),
             }
         })
         .collect();

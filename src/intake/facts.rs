@@ -54,6 +54,7 @@ pub(crate) fn batch_questions<'a>(
         batch.senders.extend(asked.sender);
         batch.referenced_ids.extend(asked.thread_ids);
         batch.referenced_ids.extend(asked.reported);
+        batch.attachments += mail.attachments.len();
     }
     batch
 }

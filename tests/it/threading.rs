@@ -256,7 +256,7 @@ async fn attachments_round_trip_byte_exact() {
         .run(&["attachment", "2", "--out", out_path.to_str().unwrap()])
         .await;
     assert_ok(&out);
-    assert_eq!(std::fs::read(&out_path).unwrap(), expected);
+    assert_eq!(std::fs::read(&out_path).unwrap(), &expected[..]);
     // An existing file is never overwritten.
     let out = case
         .run(&["attachment", "2", "--out", out_path.to_str().unwrap()])

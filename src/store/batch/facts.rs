@@ -33,6 +33,8 @@ pub struct BatchQuestions<'a> {
     pub referenced_ids: Vec<&'a str>,
     /// The start of the window of the per-sender limit.
     pub since_ms: i64,
+    /// How many attachments the messages have (the batch allocates ids for its rows).
+    pub attachments: usize,
 }
 
 /// The answers to a batch's [`BatchQuestions`], as stored when the batch began.
@@ -69,6 +71,7 @@ impl Batch {
         if let Some(answer) = self.prefetched_facts(mailbox, message_id, sender_key, since_ms) {
             return Ok(answer);
         }
+        self.flush_pending().await?;
         let row = sqlx::query(
             "SELECT m.ticket_id, m.fingerprint, m.id, m.fingerprint_version, \
              (SELECT COUNT(*) FROM tickets WHERE sender_key = $2 AND created_at >= $3), \
@@ -110,6 +113,7 @@ impl Batch {
         if let Some(known) = self.written.messages.get(message_id) {
             return Ok(Some(known.clone()));
         }
+        self.flush_pending().await?;
         let row = sqlx::query(
             "SELECT ticket_id, fingerprint, id, fingerprint_version FROM messages WHERE message_id = $1",
         )
@@ -139,6 +143,7 @@ impl Batch {
 
     /// The raw message kept for stored row `message_row_id` (`keep_raw = "all"`), decompressed.
     pub async fn kept_raw_message(&mut self, message_row_id: i64) -> Result<Option<Vec<u8>>> {
+        self.flush_pending().await?;
         let row = sqlx::query("SELECT content FROM raw_messages WHERE message_row_id = $1")
             .bind(message_row_id)
             .fetch_optional(&mut *self.tx)
@@ -175,6 +180,7 @@ impl Batch {
                 None => Ok(None),
             };
         }
+        self.flush_pending().await?;
         for chunk in ids.chunks(IDS_PER_STATEMENT) {
             let list = placeholders(1, chunk.len());
             // Only placeholders are formatted into the statement; the IDs are bound.
@@ -219,6 +225,10 @@ impl Batch {
     /// one row per address: the requester, everyone in the From, Reply-To, To or Cc of one of its
     /// messages (the lists as stored JSON, kind 2), and the recipients of our outbox messages.
     async fn ticket(&mut self, ticket_id: i64) -> Result<Option<KnownTicket>> {
+        // Its messages written by this batch must be in the answer.
+        if self.pending.has_ticket(ticket_id) {
+            self.flush_pending().await?;
+        }
         let rows = sqlx::query(
             "SELECT 0, status, requester_address FROM tickets WHERE id = $1 \
              UNION ALL SELECT 1, NULL, from_address FROM messages WHERE ticket_id = $1 AND from_address IS NOT NULL \
@@ -276,6 +286,8 @@ impl Batch {
     /// [`Batch::ticket_of_message_ids`] then answer from it (adding what the batch wrote since)
     /// instead of one statement per message; anything not asked here is still queried.
     pub async fn prefetch(&mut self, questions: &BatchQuestions<'_>) -> Result<()> {
+        self.ids
+            .expect(questions.message_ids.len(), questions.attachments);
         let mut prefetched = Prefetched {
             mailbox: questions.mailbox.to_string(),
             since_ms: questions.since_ms,

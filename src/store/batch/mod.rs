@@ -5,6 +5,8 @@
 //!   what is deferred to its commit (the `imap_messages` rows, ticket updates, checkpoints);
 //! - `facts`: what a decision asks of the store, read for the whole batch at its start;
 //! - `record`: the outcomes (new ticket, follow-up, duplicate, ignored, quarantine);
+//! - `pending`: the message, raw and attachment rows written a few statements per batch, with
+//!   ids the batch allocates;
 //! - `outbox`: the acknowledgements written with their ticket, and the counts that limit them;
 //! - `releases`: quarantined messages let in again (an operator's release, a reprocessed row);
 //! - `fence`: a leased folder's batch commits only while its lease holds (`store/leases.rs`).
@@ -22,6 +24,7 @@ pub use record::{Direction, FollowUpOn, QuarantineEnvelope};
 mod facts;
 mod fence;
 mod outbox;
+mod pending;
 mod record;
 mod releases;
 
@@ -70,6 +73,11 @@ pub struct Batch {
     conflicted: bool,
     /// The lease of the folder this batch writes, renewed first at commit ([`Batch::fence`]).
     fence: Option<crate::store::leases::Lease>,
+    /// Ids allocated for the rows the batch writes itself (`pending.rs`).
+    ids: pending::Ids,
+    /// Message, raw and attachment rows not written yet: a few multi-row statements, before any
+    /// read that could see them and at commit.
+    pending: pending::Pending,
 }
 
 /// What a batch wrote so far that later facts in it depend on.
@@ -154,6 +162,8 @@ impl Store {
             checkpoints: Vec::new(),
             conflicted: false,
             fence: None,
+            ids: pending::Ids::default(),
+            pending: pending::Pending::default(),
         })
     }
 }
@@ -168,6 +178,13 @@ impl Batch {
         if let Err(lost) = self.check_fence().await {
             self.tx.rollback().await?;
             return Err(lost);
+        }
+        if !self.conflicted {
+            match self.flush_pending().await {
+                // Marked conflicted: rolled back below.
+                Ok(()) | Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e),
+            }
         }
         if !self.conflicted {
             self.write_ticket_updates().await?;

@@ -1,15 +1,17 @@
 //! The outcomes a batch records: a new ticket, a follow-up, a duplicate, ignored mail, a
-//! quarantined message; each inserts its rows now and notes its `imap_messages` row for the commit.
+//! quarantined message; each inserts its ticket or quarantine row now, notes its message rows
+//! for the batch's multi-row statements (`pending.rs`) and its `imap_messages` row for the commit.
 
 use sqlx::Row;
 
+use super::pending::{AttachmentRow, IdTable, MessageRow};
 use super::{Batch, ImapLocation, Outcome, OutcomeFields};
 use crate::ingest::{
-    Attachment, FingerprintVersion, KnownMessage, ParsedMail, QuarantineReason, ticket_reference,
+    FingerprintVersion, KnownMessage, ParsedMail, QuarantineReason, ticket_reference,
 };
 use crate::mail_source::Disposition;
-use crate::store::sql::{gzip, join_ids, parties_json};
-use crate::store::{Backend, Result};
+use crate::store::Result;
+use crate::store::sql::{join_ids, parties_json};
 use crate::time::now_ms;
 
 crate::closed_set! {
@@ -223,10 +225,9 @@ impl Batch {
         Ok(quarantine_id)
     }
 
-    /// Inserts an inbound message row (and its attachments) on `ticket_id`. `Conflict` when the
-    /// Message-ID is stored already. (`ON CONFLICT` names no target: on PostgreSQL the Message-ID
-    /// is unique through a hash exclusion constraint, migration 0006, which only an untargeted
-    /// `ON CONFLICT DO NOTHING` takes as its arbiter; the only other key is the generated id.)
+    /// Notes an inbound message row (and its attachments) on `ticket_id`, written with the
+    /// batch's next multi-row statements (`pending.rs`). `Conflict` when the Message-ID is stored
+    /// already (by another worker meanwhile: found when the rows are written).
     async fn insert_message(
         &mut self,
         ticket_id: i64,
@@ -265,47 +266,12 @@ impl Batch {
         auto_kind: Option<&str>,
         keep_raw: Option<&[u8]>,
     ) -> Result<i64> {
-        let now = now_ms();
-        let inserted = sqlx::query(
-            "INSERT INTO messages (ticket_id, direction, mailbox, message_id, message_id_source, in_reply_to, \
-             thread_references, subject, from_address, from_name, reply_to, from_addresses, to_addresses, cc_addresses, \
-             sent_at, received_at, body_text, body_html, body_text_derived, auto_kind, headers, size_bytes, \
-             content_sha256, fingerprint, fingerprint_version, created_at) \
-             VALUES ($1, $26, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22, $23, $24, $25) ON CONFLICT DO NOTHING RETURNING id",
-        )
-        .bind(ticket_id)
-        .bind(at.mailbox)
-        .bind(&mail.message_id)
-        .bind(mail.message_id_source.as_str())
-        .bind(mail.in_reply_to.first().cloned())
-        .bind(join_ids(&mail.references))
-        .bind(&mail.subject)
-        .bind(mail.from.as_ref().map(|p| p.address.clone()))
-        .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
-        .bind(mail.reply_to.as_ref().map(|p| p.address.clone()))
-        .bind(parties_json(&mail.from_addresses))
-        .bind(parties_json(&mail.to))
-        .bind(parties_json(&mail.cc))
-        .bind(mail.date_ms)
-        .bind(at.internal_date_ms)
-        .bind(mail.text_body.as_deref())
-        .bind(mail.html_body.as_deref())
-        .bind(mail.text_body_derived.as_deref())
-        .bind(auto_kind.map(str::to_string))
-        .bind(&mail.headers)
-        .bind(mail.size as i64)
-        .bind(&mail.content_sha256)
-        .bind(&mail.fingerprint)
-        .bind(FingerprintVersion::CURRENT.number())
-        .bind(now)
-        .bind(direction.as_str())
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        let Some(row) = inserted else {
+        if self.written.messages.contains_key(&mail.message_id) {
+            // Written by this batch already: the database would refuse it as another worker's.
             return Err(self.conflict());
-        };
-        let message_row_id: i64 = row.get(0);
+        }
+        let now = now_ms();
+        let message_row_id = self.next_id(IdTable::Messages).await?;
         self.written.messages.insert(
             mail.message_id.clone(),
             KnownMessage {
@@ -315,73 +281,55 @@ impl Batch {
                 fingerprint_version: FingerprintVersion::CURRENT,
             },
         );
+        self.pend_message(MessageRow {
+            id: message_row_id,
+            ticket_id,
+            direction: direction.as_str(),
+            mailbox: at.mailbox.to_string(),
+            message_id: mail.message_id.clone(),
+            message_id_source: mail.message_id_source.as_str(),
+            in_reply_to: mail.in_reply_to.first().cloned(),
+            thread_references: join_ids(&mail.references),
+            subject: mail.subject.clone(),
+            from_address: mail.from.as_ref().map(|p| p.address.clone()),
+            from_name: mail.from.as_ref().and_then(|p| p.name.clone()),
+            reply_to: mail.reply_to.as_ref().map(|p| p.address.clone()),
+            from_addresses: parties_json(&mail.from_addresses),
+            to_addresses: parties_json(&mail.to),
+            cc_addresses: parties_json(&mail.cc),
+            sent_at: mail.date_ms,
+            received_at: at.internal_date_ms,
+            body_text: mail.text_body.clone(),
+            body_html: mail.html_body.clone(),
+            body_text_derived: mail.text_body_derived.clone(),
+            auto_kind: auto_kind.map(str::to_string),
+            headers: mail.headers.clone(),
+            size_bytes: mail.size as i64,
+            content_sha256: mail.content_sha256.clone(),
+            fingerprint: mail.fingerprint.clone(),
+            fingerprint_version: FingerprintVersion::CURRENT.number(),
+            created_at: now,
+        })
+        .await?;
         if let Some(raw) = keep_raw {
-            sqlx::query(
-                "INSERT INTO raw_messages (message_row_id, compression, size_bytes, content) VALUES ($1, 'gzip', $2, $3)",
-            )
-            .bind(message_row_id)
-            .bind(raw.len() as i64)
-            .bind(gzip(raw))
-            .execute(&mut *self.tx)
-            .await?;
+            self.pend_raw(message_row_id, raw).await?;
         }
         for attachment in &mail.attachments {
-            self.insert_attachment(message_row_id, attachment, now)
-                .await?;
+            let id = self.next_id(IdTable::Attachments).await?;
+            self.pend_attachment(AttachmentRow {
+                id,
+                message_row_id,
+                filename: attachment.filename.clone(),
+                content_type: attachment.content_type.clone(),
+                content_id: attachment.content_id.clone(),
+                inline: attachment.inline,
+                content: attachment.content.clone(),
+                sha256: attachment.sha256.clone(),
+                created_at: now,
+            })
+            .await?;
         }
         Ok(message_row_id)
-    }
-
-    /// Stores an attachment's content once per SHA-256 (a purged blob gets it back: the trigger
-    /// of migration 0003) and its row, in two statements. The row is inserted only from a blob
-    /// that still has its content, and on PostgreSQL under `FOR SHARE` on that blob: `purge`
-    /// locks a blob `FOR UPDATE` before it checks that no newer attachment shares it, so either
-    /// it waits for this transaction (and then sees the new row) or this statement waits for
-    /// its commit and finds the blob purged; then the content is stored again and the row
-    /// written on the next pass. (On SQLite the batch holds the write lock: purge cannot run
-    /// in between.)
-    async fn insert_attachment(
-        &mut self,
-        message_row_id: i64,
-        attachment: &Attachment,
-        now: i64,
-    ) -> Result<()> {
-        let lock = match self.backend {
-            Backend::Postgres => " FOR SHARE",
-            Backend::Sqlite => "",
-        };
-        for _ in 0..PURGE_RACE_ATTEMPTS {
-            sqlx::query(
-                "INSERT INTO attachment_blobs (sha256, size_bytes, content) VALUES ($1, $2, $3) \
-                 ON CONFLICT (sha256) DO NOTHING",
-            )
-            .bind(&attachment.sha256)
-            .bind(attachment.content.len() as i64)
-            .bind(attachment.content.as_slice())
-            .execute(&mut *self.tx)
-            .await?;
-            // Only placeholders and the lock clause are formatted into the statement.
-            let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO attachments (message_id, filename, content_type, content_id, disposition, size_bytes, \
-                 sha256, created_at) SELECT $1, $2, $3, $4, $5, $6, sha256, $8 FROM attachment_blobs \
-                 WHERE sha256 = $7 AND purged_at IS NULL{lock}"
-            )))
-            .bind(message_row_id)
-            .bind(attachment.filename.as_deref())
-            .bind(&attachment.content_type)
-            .bind(attachment.content_id.as_deref())
-            .bind(if attachment.inline { "inline" } else { "attachment" })
-            .bind(attachment.content.len() as i64)
-            .bind(&attachment.sha256)
-            .bind(now)
-            .execute(&mut *self.tx)
-            .await?;
-            if inserted.rows_affected() == 1 {
-                return Ok(());
-            }
-        }
-        // Purged again and again by concurrent runs: decide the batch again later.
-        Err(self.conflict())
     }
 }
 
@@ -395,6 +343,3 @@ fn join_details<const N: usize>(parts: [Option<String>; N]) -> Option<String> {
     let parts: Vec<String> = parts.into_iter().flatten().collect();
     (!parts.is_empty()).then(|| parts.join("; "))
 }
-
-/// How often an attachment is written again after `purge` emptied its blob meanwhile.
-const PURGE_RACE_ATTEMPTS: usize = 3;
