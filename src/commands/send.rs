@@ -97,6 +97,7 @@ async fn wait(
         store,
         tokens: &tokens,
         metrics: &metrics,
+        tenure: None,
     };
     let deadline = tokio::time::Instant::now() + limit;
     loop {

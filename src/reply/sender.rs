@@ -13,6 +13,7 @@ use super::outgoing::{self, OutgoingRequest, SubmitError};
 use super::smtp::{self, SmtpError};
 use crate::config::{Identity, Mailbox, SmtpEndpoint};
 use crate::failpoint::{self, Point};
+use crate::fleet::Tenure;
 use crate::oauth::TokenCache;
 use crate::report::FlushReport;
 use crate::store::{Budget, Claim, OutboxRow, Store, StoreError, SubmittedVia};
@@ -33,6 +34,9 @@ pub struct SenderContext<'a> {
     pub tokens: &'a TokenCache,
     /// Where sends are counted by result (read by `http`).
     pub metrics: &'a Metrics,
+    /// The mailbox's outbox lease in a fleet (`run`): one sender per mailbox over every worker.
+    /// No row is claimed once it is not certain; `None` outside `run`.
+    pub tenure: Option<&'a Tenure>,
 }
 
 /// Retry delay after `attempts` transient failures: `first` doubling, at most an hour.
@@ -129,6 +133,11 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
     };
     let mut session = None;
     loop {
+        // In a fleet, sending stops with the lease (lost, not certain, or given to another worker).
+        if ctx.tenure.is_some_and(|tenure| !tenure.may_go_on()) {
+            info!("the outbox's lease ends; the rest wait for its next holder");
+            break;
+        }
         let row = match ctx
             .store
             .claim_within_budget(&ctx.mailbox.name, budget)
