@@ -62,6 +62,9 @@ pub enum Command {
     },
     /// Create or upgrade the database schema and exit.
     Migrate,
+    /// List the fleet's live workers (id, host, pid, version, last heartbeat) and who holds which
+    /// mailbox's lease.
+    Workers,
     /// List recent tickets.
     Tickets {
         /// How many tickets to list.

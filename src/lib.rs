@@ -16,6 +16,8 @@
 //! - [`imap`]: the IMAP implementation of that seam (TLS, `AUTHENTICATE XOAUTH2`, size-first
 //!   listing, capped body fetches, folder moves); the only module that knows async-imap.
 //! - [`reply`]: acknowledgements, planned (pure) and sent from the outbox over SMTP.
+//! - [`fleet`]: the workers on one database sharing the mailboxes by leases (heartbeat, fair
+//!   share, renewal, the monotonic guard), for the tasks of `intake` and `reply`.
 //! - [`oauth`]: OAuth2 access tokens from Microsoft Entra ID (or any token endpoint), cached per
 //!   identity and shared by every mailbox and protocol that uses that identity.
 //! - [`store`]: every SQL statement, for SQLite (embedded default) and PostgreSQL, with migrations.
@@ -33,6 +35,7 @@ pub mod closed_set;
 pub mod commands;
 pub mod config;
 pub mod failpoint;
+pub mod fleet;
 pub mod http;
 pub mod imap;
 pub mod ingest;

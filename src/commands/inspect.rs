@@ -15,6 +15,28 @@ use crate::report::JunkListing;
 use crate::store::Store;
 use crate::time::rfc3339;
 
+/// `mailintake workers`: the live workers of the fleet (heartbeat within one lease TTL), then
+/// each lease with its holder (or `free`).
+pub(super) async fn workers(config: &Config, store: &Store) -> anyhow::Result<ExitCode> {
+    let now = crate::time::now_ms();
+    for worker in store.live_workers(config.fleet.lease_ttl).await? {
+        println!(
+            "worker {}  host {}  pid {}  version {}  started {}  heartbeat {} ms ago",
+            worker.id,
+            worker.host,
+            worker.pid,
+            worker.version,
+            rfc3339(worker.started_at_ms),
+            (now - worker.heartbeat_at_ms).max(0),
+        );
+    }
+    for (mailbox, folder, holder) in store.lease_holders().await? {
+        let unit = crate::fleet::Unit::folder(&mailbox, &folder);
+        println!("lease {unit}  {}", holder.as_deref().unwrap_or("free"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `mailintake tickets [--since DATE|DURATION] [--limit N] [--json]`: the newest tickets.
 pub(super) async fn tickets(
     store: &Store,

@@ -57,6 +57,7 @@ pub async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCo
         Command::Check { .. } | Command::ConsentUrl { .. } => unreachable!("handled above"),
         Command::Login { identity } => setup::login(&config, &store, &identity).await?,
         Command::Migrate => manage::migrate(&config),
+        Command::Workers => inspect::workers(&config, &store).await?,
         Command::Once => service::once(&config, &store).await,
         Command::Run => service::run(config, &store).await?,
         Command::Tickets { limit, since, json } => {

@@ -102,6 +102,7 @@ async fn wait(
         tokens: &tokens,
         metrics: &metrics,
         sent_copies: copies.as_ref().map(|c| c as &dyn SentCopies),
+        tenure: None,
     };
     let deadline = tokio::time::Instant::now() + limit;
     loop {

@@ -4,11 +4,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{success_if, token_cache};
 use crate::config::Config;
+use crate::fleet::{self, Fleet};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::{http, intake, junk};
@@ -43,6 +46,23 @@ pub(super) async fn once(config: &Config, store: &Store) -> ExitCode {
 /// Junk check) until SIGTERM or SIGINT; then every task stops at a safe point and logs out.
 pub(super) async fn run(config: Config, store: &Store) -> anyhow::Result<ExitCode> {
     let tokens = Arc::new(token_cache(&config, store));
+    // The worker registers in the fleet first: every task works only under its lease.
+    let fleet = Arc::new(Fleet::new(
+        store.clone(),
+        config.fleet,
+        fleet::this_worker(),
+        intake::fleet_units(&config).len(),
+    ));
+    fleet
+        .register()
+        .await
+        .context("registering the worker in the database (table workers)")?;
+    let stop_fleet = CancellationToken::new();
+    let coordinator = tokio::spawn({
+        let fleet = Arc::clone(&fleet);
+        let stop_fleet = stop_fleet.clone();
+        async move { fleet.coordinate(&stop_fleet).await }
+    });
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new(&config));
     // Every task of the worker (folders, outbox senders, the Junk check) stops at a safe
@@ -83,6 +103,7 @@ pub(super) async fn run(config: Config, store: &Store) -> anyhow::Result<ExitCod
         &wakes,
         &tracker,
         &cancel,
+        &fleet,
     );
     tracker.close();
     shutdown_signal().await;
@@ -90,6 +111,12 @@ pub(super) async fn run(config: Config, store: &Store) -> anyhow::Result<ExitCod
     cancel.cancel();
     tracker.wait().await;
     tracing::info!("all mailboxes stopped");
+    // Every lease goes at once, so that the other workers take the mailboxes over within seconds.
+    stop_fleet.cancel();
+    if let Err(e) = coordinator.await {
+        tracing::error!(error = %e, "the fleet's coordinator panicked");
+    }
+    fleet.deregister().await;
     stop_http.cancel();
     if let Some(server) = server {
         match tokio::time::timeout(Duration::from_secs(5), server).await {

@@ -80,6 +80,29 @@ pub struct Config {
     pub token_keys: Vec<TokenKey>,
     /// The monitoring endpoint (`[http]`); off when the table is absent.
     pub http: Option<HttpConfig>,
+    /// How the workers of a fleet share the mailboxes (`[fleet]`; defaults without the table).
+    pub fleet: FleetConfig,
+}
+
+/// `[fleet]`: the leases by which every (mailbox, folder) and every mailbox's outbox sender is
+/// one worker's at a time (`fleet.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// How long an acquisition or renewal lasts; renewed every third of it. A killed worker's
+    /// mailboxes are taken over after it (plus one `acquire_interval` and a login).
+    pub lease_ttl: Duration,
+    /// How often a worker looks for leases to take (free, released, or expired) and says it is
+    /// alive (the heartbeat).
+    pub acquire_interval: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> FleetConfig {
+        FleetConfig {
+            lease_ttl: Duration::from_secs(30),
+            acquire_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 /// The default address of the monitoring endpoint: loopback only.
@@ -515,12 +538,63 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Problems) -> Config 
     let mailboxes =
         mailbox::validate_mailboxes(raw.mailboxes, &declared_identities, base_dir, problems);
     let http = raw.http.and_then(|h| validate_http(h, base_dir, problems));
+    let fleet = validate_fleet(raw.fleet, problems);
     Config {
         database,
         identities,
         mailboxes,
         token_keys,
         http,
+        fleet,
+    }
+}
+
+/// `[fleet]`: `lease_ttl` at least 3 s (a renewal every third of it must fit), `acquire_interval`
+/// at least 100 ms and below the TTL.
+fn validate_fleet(raw: Option<raw::Fleet>, problems: &mut Problems) -> FleetConfig {
+    let defaults = FleetConfig::default();
+    let Some(raw) = raw else { return defaults };
+    let mut duration = |key: &str, text: Option<&str>, least: Duration, default: Duration| {
+        let Some(text) = text else { return default };
+        match humantime::parse_duration(text) {
+            Ok(value) if value >= least => value,
+            Ok(_) => {
+                problems.report(
+                    key,
+                    format!("must be at least {}", humantime::format_duration(least)),
+                );
+                default
+            }
+            Err(e) => {
+                problems.report(
+                    key,
+                    format!("`{text}` is not a duration ({e}); write e.g. \"30s\""),
+                );
+                default
+            }
+        }
+    };
+    let lease_ttl = duration(
+        "fleet.lease_ttl",
+        raw.lease_ttl.as_deref(),
+        Duration::from_secs(3),
+        defaults.lease_ttl,
+    );
+    let acquire_interval = duration(
+        "fleet.acquire_interval",
+        raw.acquire_interval.as_deref(),
+        Duration::from_millis(100),
+        defaults.acquire_interval,
+    );
+    if acquire_interval >= lease_ttl {
+        problems.report(
+            "fleet.acquire_interval",
+            "must be shorter than fleet.lease_ttl (the heartbeat goes with it, and a worker counts as alive for one lease_ttl)",
+        );
+    }
+    FleetConfig {
+        lease_ttl,
+        acquire_interval,
     }
 }
 

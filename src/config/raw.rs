@@ -23,6 +23,14 @@ pub struct File {
     pub mailboxes: Vec<Mailbox>,
     pub token_store: Option<TokenStore>,
     pub http: Option<Http>,
+    pub fleet: Option<Fleet>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    pub lease_ttl: Option<String>,
+    pub acquire_interval: Option<String>,
 }
 
 #[derive(Deserialize)]

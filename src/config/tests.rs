@@ -415,3 +415,24 @@ fn unknown_placeholders_and_mixed_resources_are_refused_naming_the_key() {
     assert_eq!(problems[0].key, "identities.app.scope", "{problems:?}");
     assert!(problems[0].message.contains("AADSTS28000"), "{problems:?}");
 }
+
+#[test]
+fn the_fleet_has_defaults_and_its_durations_are_checked() {
+    assert_eq!(load(MINIMAL).unwrap().fleet, FleetConfig::default());
+    let set = load(&format!(
+        "{MINIMAL}\n[fleet]\nlease_ttl = \"5s\"\nacquire_interval = \"1s\"\n"
+    ))
+    .unwrap()
+    .fleet;
+    assert_eq!(set.lease_ttl, Duration::from_secs(5));
+    assert_eq!(set.acquire_interval, Duration::from_secs(1));
+    let short = load(&format!("{MINIMAL}\n[fleet]\nlease_ttl = \"1s\"\n")).unwrap_err();
+    assert_eq!(short[0].key, "fleet.lease_ttl");
+    let slow = load(&format!(
+        "{MINIMAL}\n[fleet]\nlease_ttl = \"5s\"\nacquire_interval = \"5s\"\n"
+    ))
+    .unwrap_err();
+    assert_eq!(slow[0].key, "fleet.acquire_interval");
+    let bad = load(&format!("{MINIMAL}\n[fleet]\nlease_ttl = \"soon\"\n")).unwrap_err();
+    assert!(bad[0].message.contains("not a duration"), "{bad:?}");
+}

@@ -27,8 +27,12 @@ enum Wake {
     /// The session's token is due for renewal (Exchange ends sessions whose token expires): log
     /// out, log in with a fresh token, then sweep.
     TokenRenewal,
-    /// Shutdown was requested: log out and stop.
+    /// Shutdown was requested, or in a fleet the folder is to go to another worker: log out
+    /// and stop.
     Shutdown,
+    /// The folder's lease ended (another worker's now, or no longer certain): no further IMAP
+    /// command but the logout; the task stops and waits for the lease again.
+    LeaseLost,
 }
 
 /// One sweep on a new session, then logout: what `mailintake once` does per folder. A sweep that
@@ -70,7 +74,7 @@ pub async fn mailbox_loop(ctx: &MailboxContext<'_>, cancel: &CancellationToken) 
             wake = Wake::Shutdown;
         }
         match wake {
-            Wake::Shutdown => break,
+            Wake::Shutdown | Wake::LeaseLost => break,
             Wake::TokenRenewal => {
                 info!("access token due for renewal; reconnecting with a fresh one");
                 if let Some(session) = task.session.take() {
@@ -112,6 +116,10 @@ impl FolderTask<'_, '_> {
     /// Logs in if there is no session, sweeps, and waits for the next reason to sweep.
     async fn sweep_and_wait(&mut self) -> Wake {
         let ctx = self.ctx;
+        if let Err(e) = ctx.check_lease() {
+            info!(error = %e, "not logging in");
+            return Wake::LeaseLost;
+        }
         let mut session = match self.session.take() {
             Some(session) => session,
             None => match login(ctx).await {
@@ -143,6 +151,14 @@ impl FolderTask<'_, '_> {
                     self.session = Some(session);
                     return Wake::TokenRenewal;
                 }
+            }
+            Err(e) if e.is_lease_end() => {
+                if let (CycleError::Store(_), Some(tenure)) = (&e, ctx.tenure) {
+                    tenure.lost();
+                }
+                warn!(error = %e, "stopping this folder's work: nothing more is disposed of, the session is logged out");
+                self.session = Some(session);
+                return Wake::LeaseLost;
             }
             Err(e) => {
                 if !was_fresh && !e.needs_admin() && !matches!(e, CycleError::Store(_)) {

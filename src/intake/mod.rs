@@ -39,10 +39,13 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-pub use run::{SenderWakes, flush_outboxes, run_once, sender_wakes, sent_copies, spawn};
+pub use run::{
+    SenderWakes, fleet_units, flush_outboxes, run_once, sender_wakes, sent_copies, spawn,
+};
 pub use sent_copy::SourceSentCopies;
 
 use crate::config::{Config, Identity, Mailbox};
+use crate::fleet::{LeaseEnded, Tenure};
 use crate::ingest::Policy;
 use crate::mail_source::SourceError;
 use crate::oauth::{TokenCache, TokenError};
@@ -59,6 +62,10 @@ pub enum CycleError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The folder's lease is lost or no longer certain: the task stops its work on the server,
+    /// logs out and waits for the lease again.
+    #[error(transparent)]
+    Lease(#[from] LeaseEnded),
 }
 
 impl CycleError {
@@ -67,8 +74,17 @@ impl CycleError {
         match self {
             CycleError::Token(e) => e.needs_admin(),
             CycleError::Source(e) => e.is_auth_failure(),
-            CycleError::Store(_) => false,
+            CycleError::Store(_) | CycleError::Lease(_) => false,
         }
+    }
+
+    /// The folder's lease ended (a fenced commit refused, or the monotonic guard): not a
+    /// failure to count, the end of this worker's tenure.
+    pub fn is_lease_end(&self) -> bool {
+        matches!(
+            self,
+            CycleError::Lease(_) | CycleError::Store(StoreError::LeaseLost { .. })
+        )
     }
 
     /// Where the failure came from, for the metrics.
@@ -76,7 +92,7 @@ impl CycleError {
         match self {
             CycleError::Token(_) => FailureSource::Token,
             CycleError::Source(_) => FailureSource::MailServer,
-            CycleError::Store(_) => FailureSource::Store,
+            CycleError::Store(_) | CycleError::Lease(_) => FailureSource::Store,
         }
     }
 }
@@ -97,6 +113,20 @@ pub struct MailboxContext<'a> {
     pub metrics: &'a Metrics,
     /// The process's login pacing, shared by every folder task.
     pub logins: &'a session::LoginPacer,
+    /// The folder's lease in a fleet (`run`); `None` for `once`, which takes no leases. Every
+    /// batch commits fenced by it, and no IMAP command batch starts once it is not certain.
+    pub tenure: Option<&'a Tenure>,
+}
+
+impl MailboxContext<'_> {
+    /// Before each IMAP command batch and each disposition: whether this worker may still act
+    /// on the folder ([`Tenure::check`]).
+    pub fn check_lease(&self) -> Result<(), CycleError> {
+        match self.tenure {
+            Some(tenure) => Ok(tenure.check()?),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The decision policy of `mailbox`: every configured mailbox address, and every address

@@ -318,6 +318,10 @@ async fn record_together(
         let mut report = CycleReport::default();
         let mut recorded = Vec::with_capacity(work.len());
         let mut tx = ctx.store.begin().await?;
+        // In a fleet the batch commits only under the folder's lease (and its epoch).
+        if let Some(tenure) = ctx.tenure {
+            tx.fence(&tenure.lease());
+        }
         // The window of the per-sender limit, the same for the whole batch.
         let since_ms = now_ms() - SENDER_WINDOW_MS;
         let parsed = work.iter().filter_map(|(_, item)| match item {
@@ -467,6 +471,9 @@ async fn set_aside_unstorable(
             error: error.to_string(),
         };
         let mut tx = ctx.store.begin().await?;
+        if let Some(tenure) = ctx.tenure {
+            tx.fence(&tenure.lease());
+        }
         let written = match tx
             .quarantine(&at, &envelope, &reason, raw, &disposition)
             .await

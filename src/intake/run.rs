@@ -20,6 +20,7 @@ use super::sent_copy::SourceSentCopies;
 use super::session::{Login, LoginPacer};
 use super::{CycleError, MailboxContext, policy};
 use crate::config::{Config, Identity, Mailbox, SentCopy};
+use crate::fleet::{Fleet, Unit};
 use crate::oauth::TokenCache;
 use crate::reply;
 use crate::reply::sender::{self, SenderContext, SentCopies};
@@ -51,6 +52,7 @@ pub async fn run_once(
                 outbox_wake: None,
                 metrics: &metrics,
                 logins: &logins,
+                tenure: None,
             };
             let result = run_cycle(&ctx, &never).await;
             results.push((task_name(mailbox, folder), result));
@@ -81,6 +83,7 @@ pub async fn flush_outboxes(
             tokens,
             metrics: &metrics,
             sent_copies: copies.as_ref().map(|c| c as &dyn SentCopies),
+            tenure: None,
         };
         results.push((mailbox.name.clone(), sender::flush(&ctx).await));
     }
@@ -130,10 +133,19 @@ pub fn sender_wakes(config: &Config) -> SenderWakes {
         .collect()
 }
 
+/// The fleet's units of `config`: every watched folder, and the outbox of every mailbox that
+/// sends mail.
+pub fn fleet_units(config: &Config) -> Vec<Unit> {
+    crate::fleet::units(config, reply::sends_mail)
+}
+
 /// Starts the long-running worker's tasks in `tracker`: one per watched folder of every mailbox,
 /// and an outbox sender per mailbox that sends mail (SMTP, not shadow mode), woken through
-/// `wakes` ([`sender_wakes`] of the same config). They run until `cancel`, then stop at a safe
-/// point and log out; `tracker.wait()` returns when all have.
+/// `wakes` ([`sender_wakes`] of the same config). Each works only while this worker holds its
+/// lease in `fleet` (its coordinator runs beside them), and otherwise waits for it. They run
+/// until `cancel`, then stop at a safe point, log out and release their leases;
+/// `tracker.wait()` returns when all have.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     config: Arc<Config>,
     store: Store,
@@ -142,6 +154,7 @@ pub fn spawn(
     wakes: &SenderWakes,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
+    fleet: &Arc<Fleet>,
 ) {
     // One pacing for every folder task of the process (see `LoginPacer`).
     let logins = Arc::new(LoginPacer::default());
@@ -155,6 +168,7 @@ pub fn spawn(
             let logins = Arc::clone(&logins);
             let cancel = cancel.clone();
             let wake = Arc::clone(wake);
+            let fleet = Arc::clone(fleet);
             let span = info_span!("outbox", mailbox = %mailbox.name);
             tracker.spawn(
                 async move {
@@ -162,21 +176,30 @@ pub fn spawn(
                     let Some(smtp) = &mailbox.smtp else { return };
                     let identity = config.identity(&mailbox.identity);
                     let copies = sent_copies(mailbox, identity, &tokens, &metrics, &logins);
-                    let ctx = SenderContext {
-                        mailbox,
-                        smtp,
-                        identity,
-                        store: &store,
-                        tokens: &tokens,
-                        metrics: &metrics,
-                        sent_copies: copies.as_ref().map(|c| c as &dyn SentCopies),
-                    };
-                    let restarted =
-                        |panic: &str| report_panic(&metrics, mailbox, "", &mailbox.identity, panic);
-                    supervise(&cancel, restarted, || {
-                        sender::sender_loop(&ctx, &wake, &cancel)
-                    })
-                    .await;
+                    let (config, store, tokens, metrics, wake, copies) =
+                        (&config, &store, &tokens, &metrics, &wake, &copies);
+                    // One sender per mailbox over the fleet: the budget holds exactly.
+                    let unit = Unit::outbox(&mailbox.name);
+                    fleet
+                        .hold(&unit, &cancel, |tenure| async move {
+                            let ctx = SenderContext {
+                                mailbox,
+                                smtp,
+                                identity: config.identity(&mailbox.identity),
+                                store,
+                                tokens,
+                                metrics,
+                                sent_copies: copies.as_ref().map(|c| c as &dyn SentCopies),
+                                tenure: Some(&tenure),
+                            };
+                            let restarted = |panic: &str| {
+                                report_panic(metrics, mailbox, "", &mailbox.identity, panic)
+                            };
+                            let stop = tenure.stop();
+                            supervise(stop, restarted, || sender::sender_loop(&ctx, wake, stop))
+                                .await;
+                        })
+                        .await;
                 }
                 .instrument(span),
             );
@@ -189,6 +212,7 @@ pub fn spawn(
             let logins = Arc::clone(&logins);
             let cancel = cancel.clone();
             let wake = wake.clone();
+            let fleet = Arc::clone(fleet);
             let span = info_span!(
                 "mailbox",
                 mailbox = %mailbox.name,
@@ -197,22 +221,31 @@ pub fn spawn(
             tracker.spawn(
                 async move {
                     let mailbox = &config.mailboxes[index];
-                    let ctx = MailboxContext {
-                        mailbox,
-                        folder: &mailbox.folders[folder_index],
-                        identity: config.identity(&mailbox.identity),
-                        store: &store,
-                        tokens: &tokens,
-                        policy: policy(&config, mailbox),
-                        outbox_wake: wake,
-                        metrics: &metrics,
-                        logins: &logins,
-                    };
-                    let folder = ctx.folder;
-                    let restarted = |panic: &str| {
-                        report_panic(&metrics, mailbox, folder, &mailbox.identity, panic)
-                    };
-                    supervise(&cancel, restarted, || mailbox_loop(&ctx, &cancel)).await;
+                    let folder = &mailbox.folders[folder_index];
+                    let (config, store, tokens, metrics, logins, wake) =
+                        (&config, &store, &tokens, &metrics, &logins, &wake);
+                    let unit = Unit::folder(&mailbox.name, folder);
+                    fleet
+                        .hold(&unit, &cancel, |tenure| async move {
+                            let ctx = MailboxContext {
+                                mailbox,
+                                folder,
+                                identity: config.identity(&mailbox.identity),
+                                store,
+                                tokens,
+                                policy: policy(config, mailbox),
+                                outbox_wake: wake.clone(),
+                                metrics,
+                                logins,
+                                tenure: Some(&tenure),
+                            };
+                            let restarted = |panic: &str| {
+                                report_panic(metrics, mailbox, folder, &mailbox.identity, panic)
+                            };
+                            let stop = tenure.stop();
+                            supervise(stop, restarted, || mailbox_loop(&ctx, stop)).await;
+                        })
+                        .await;
                 }
                 .instrument(span),
             );

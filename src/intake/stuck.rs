@@ -163,6 +163,9 @@ pub async fn record_unreadable(
     };
     let disposition = quarantine_disposition(ctx.mailbox);
     let mut tx = ctx.store.begin().await?;
+    if let Some(tenure) = ctx.tenure {
+        tx.fence(&tenure.lease());
+    }
     let quarantine_id = tx
         .quarantine(&at, &envelope, &reason, None, &disposition)
         .await?;

@@ -52,6 +52,9 @@ pub async fn sweep<S: MailSource>(
     let mailbox = ctx.mailbox;
     let mut report = CycleReport::default();
     let read_only = mailbox.mode == Mode::Shadow;
+    // In a fleet, no IMAP command batch starts unless the folder's lease is certainly this
+    // worker's (here, before each batch's download and before each disposition).
+    ctx.check_lease()?;
     let selected = session.source.open(ctx.folder, read_only).await?;
     let state = checkpoint(ctx, session, selected.uidvalidity, selected.uid_next).await?;
 
@@ -71,6 +74,7 @@ pub async fn sweep<S: MailSource>(
         report.n_completed += items.len();
     }
 
+    ctx.check_lease()?;
     let listed = session.source.list_above(state.last_uid).await?;
     report.n_listed = listed.len();
     let oldest_listed_ms = listed.iter().filter_map(|m| m.internal_date_ms).min();
@@ -167,6 +171,7 @@ pub async fn sweep<S: MailSource>(
     }
     // Now and then the mail below the checkpoint is compared with the ledger: what the server
     // shows late is taken in, before the messages that wait (which may break the session).
+    ctx.check_lease()?;
     if !shutdown.is_cancelled()
         && let Some(mut reconciliation) = reconcile::gaps_if_due(ctx, session, &state).await?
     {
@@ -544,6 +549,7 @@ async fn prepare_batch<'a, S: MailSource>(
     state: &FolderState,
     batch: &'a [MessageSummary],
 ) -> Result<Prepared<'a>, CycleError> {
+    ctx.check_lease()?;
     let mailbox = ctx.mailbox;
     let first = batch[0].uid;
     let last = batch[batch.len() - 1].uid;
@@ -720,6 +726,9 @@ async fn dispose_all<S: MailSource>(
     let mut done = Vec::with_capacity(items.len());
     let mut any_refused = false;
     for (disposition, uids) in groups {
+        // Past the lease's certainty the dispositions stay pending: the next holder completes
+        // them (they are idempotent).
+        ctx.check_lease()?;
         match session.source.dispose(&uids, disposition).await {
             Ok(()) => done.extend(uids),
             Err(e) if e.kind() == SourceErrorKind::Refused => {

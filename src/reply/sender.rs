@@ -15,6 +15,7 @@ use super::outgoing::{self, OutgoingRequest, SubmitError};
 use super::smtp::{self, SmtpError};
 use crate::config::{Identity, Mailbox, SentCopy, SmtpEndpoint};
 use crate::failpoint::{self, Point};
+use crate::fleet::Tenure;
 use crate::mail_source::CopyKept;
 use crate::oauth::TokenCache;
 use crate::report::FlushReport;
@@ -39,6 +40,9 @@ pub struct SenderContext<'a> {
     /// Keeps copies in the Sent folder where the mailbox's `sent_copy = "append"`; `None`
     /// otherwise.
     pub sent_copies: Option<&'a dyn SentCopies>,
+    /// The mailbox's outbox lease in a fleet (`run`): one sender per mailbox over every worker.
+    /// No row is claimed once it is not certain; `None` outside `run`.
+    pub tenure: Option<&'a Tenure>,
 }
 
 /// A message to keep in the mailbox's Sent folder: our Message-ID (without angle brackets) and
@@ -165,6 +169,11 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
     };
     let mut session = None;
     loop {
+        // In a fleet, sending stops with the lease (lost, not certain, or given to another worker).
+        if ctx.tenure.is_some_and(|tenure| !tenure.may_go_on()) {
+            info!("the outbox's lease ends; the rest wait for its next holder");
+            break;
+        }
         let row = match ctx
             .store
             .claim_within_budget(&ctx.mailbox.name, budget)

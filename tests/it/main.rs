@@ -15,6 +15,7 @@ mod drills_db;
 mod engine;
 mod faultproxy;
 mod fingerprints;
+mod fleet;
 mod flows;
 mod guides;
 mod helpers;

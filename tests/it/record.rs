@@ -81,6 +81,7 @@ async fn one_batch_of_decisions_becomes_its_rows_in_one_transaction() {
         outbox_wake: None,
         metrics: &metrics,
         logins: &logins,
+        tenure: None,
     };
     let state = FolderState {
         uidvalidity: 7,

@@ -1,0 +1,316 @@
+//! A fleet on PostgreSQL (issue 17, items 1 and 2): several `mailintake run` on one database share
+//! the mailboxes by leases — each mailbox held by one worker, spread evenly, every message taken in
+//! exactly once — and a worker killed with SIGKILL or stopped with SIGTERM has its mailboxes taken
+//! over by the others (after the lease's TTL, or at once).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+
+use crate::helpers::*;
+
+/// The test's lease TTL and acquisition interval (`[fleet]`).
+const TTL: Duration = Duration::from_secs(5);
+const ACQUIRE: Duration = Duration::from_secs(1);
+
+struct Fleet {
+    db: TestDb,
+    entra: Entra,
+    mailboxes: Vec<String>,
+    config: ConfigFile,
+}
+
+impl Fleet {
+    async fn new(n_mailboxes: usize) -> Fleet {
+        let db = TestDb::new(Backend::Postgres).await;
+        let mailboxes: Vec<String> = (0..n_mailboxes).map(|_| unique_mailbox()).collect();
+        let names: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
+        let entra = Entra::start(&names).await;
+        let stack = Stack::get();
+        let mut text = format!(
+            r#"
+[database]
+url = "{db}"
+
+[fleet]
+lease_ttl = "{ttl}s"
+acquire_interval = "{acquire}s"
+
+[identities.test]
+flow = "client_credentials"
+tenant = "{tenant}"
+client_id = "{client_id}"
+client_secret = {{ env = "IT_CLIENT_SECRET" }}
+authority = "{authority}"
+"#,
+            db = db.url,
+            ttl = TTL.as_secs(),
+            acquire = ACQUIRE.as_secs(),
+            tenant = TENANT_ID,
+            client_id = entra.client_id,
+            authority = entra.fake.authority(),
+        );
+        for (i, address) in mailboxes.iter().enumerate() {
+            text.push_str(&format!(
+                r#"
+[[mailboxes]]
+name = "box{i}"
+address = "{address}"
+identity = "test"
+poll_interval = "1s"
+
+[mailboxes.imap]
+host = "localhost"
+port = {port}
+tls = "implicit"
+ca_file = "{ca}"
+"#,
+                port = stack.port("MAILSTACK_IMAPS_PORT"),
+                ca = stack.ca_file(),
+            ));
+        }
+        let config = ConfigFile::write(&text);
+        Fleet {
+            db,
+            entra,
+            mailboxes,
+            config,
+        }
+    }
+
+    /// Starts worker `name` (`mailintake run`, its log in a file of its own).
+    fn start(&self, name: &str) -> Running {
+        let log: PathBuf = self.config.path.with_file_name(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = tokio::process::Command::new(binary())
+            .arg("--config")
+            .arg(&self.config.path)
+            .arg("run")
+            .env("IT_CLIENT_SECRET", &self.entra.secret)
+            .env("RUST_LOG", "mailintake=debug")
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("mailintake run starts");
+        Running { child, log }
+    }
+
+    /// Who holds each mailbox now (by the database's clock), by mailbox name.
+    async fn holders(&self) -> BTreeMap<String, String> {
+        let pool = self.db.pool().await;
+        let rows = sqlx::query(
+            "SELECT mailbox, holder FROM leases WHERE holder IS NOT NULL \
+             AND expires_at > CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        pool.close().await;
+        rows.into_iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+            .collect()
+    }
+
+    /// The worker id of the process `pid` (from the workers table).
+    async fn worker_id(&self, pid: u32) -> Option<String> {
+        let pool = self.db.pool().await;
+        let id = sqlx::query("SELECT id FROM workers WHERE pid = $1 AND stopped_at IS NULL")
+            .bind(i64::from(pid))
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<String, _>(0));
+        pool.close().await;
+        id
+    }
+
+    async fn deliver_one_each(&self, wave: &str) {
+        for mailbox in &self.mailboxes {
+            // A sender of its own per message: the per-sender limit of new tickets stays out of it.
+            let from = format!("{}@customer.test", unique("c"));
+            deliver_lmtp(mailbox, &from, &mail(mailbox, &from, wave)).await;
+        }
+    }
+
+    async fn n_tickets(&self) -> i64 {
+        self.db.count_or_zero("SELECT COUNT(*) FROM tickets").await
+    }
+
+    /// Waits until `n` tickets exist, at most `limit`.
+    async fn wait_for_tickets(&self, n: i64, limit: Duration) -> bool {
+        eventually(limit, || async { self.n_tickets().await >= n }).await
+    }
+}
+
+fn mail(to: &str, from: &str, wave: &str) -> Vec<u8> {
+    let id = format!("{}@customer.test", unique("fleet"));
+    format!(
+        "From: Customer <{from}>\r\nTo: {to}\r\nSubject: {wave} for {to}\r\n\
+         Date: Tue, 24 Nov 2026 17:00:00 +0000\r\nMessage-ID: <{id}>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nPlease help ({wave}).\r\n"
+    )
+    .into_bytes()
+}
+
+/// How many mailboxes each worker holds.
+fn shares(holders: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
+    let mut shares = BTreeMap::new();
+    for holder in holders.values() {
+        *shares.entry(holder.clone()).or_default() += 1;
+    }
+    shares
+}
+
+/// Three workers, six mailboxes, mail delivered while they run: every mailbox is held by one
+/// worker, two each; every message becomes exactly one ticket. Then one worker is killed
+/// (SIGKILL): its mailboxes are taken over within TTL + one acquisition interval + a login, and
+/// the mail delivered meanwhile comes in; then one is stopped (SIGTERM): its mailboxes move within
+/// 5 s. Before the worker took leases, every worker held nothing (no lease rows) and took in every
+/// mailbox itself.
+#[tokio::test]
+async fn a_fleet_shares_the_mailboxes_and_takes_them_over() {
+    let fleet = Fleet::new(6).await;
+    let first = fleet.start("w1");
+    // The first worker takes everything; the others join and get their share from it.
+    fleet.deliver_one_each("wave 1").await;
+    assert!(
+        fleet.wait_for_tickets(6, Duration::from_secs(60)).await,
+        "one worker takes in all six mailboxes: {}",
+        first.log()
+    );
+    let second = fleet.start("w2");
+    let third = fleet.start("w3");
+    let balanced = eventually(Duration::from_secs(30), || async {
+        let holders = fleet.holders().await;
+        holders.len() == 6 && shares(&holders).values().all(|&n| n == 2)
+    })
+    .await;
+    let holders = fleet.holders().await;
+    assert!(
+        balanced,
+        "six mailboxes spread two by two over three workers: {holders:?}\n{}\n{}",
+        second.log(),
+        third.log()
+    );
+    // Every worker is registered and visible with its host and version.
+    let out = mailintake(
+        &fleet.config.path,
+        &["workers"],
+        &[("IT_CLIENT_SECRET", &fleet.entra.secret)],
+    )
+    .await;
+    let listing = assert_ok(&out);
+    assert_eq!(
+        listing.lines().filter(|l| l.starts_with("worker ")).count(),
+        3,
+        "{listing}"
+    );
+    assert!(listing.contains(env!("CARGO_PKG_VERSION")), "{listing}");
+    assert_eq!(
+        listing.lines().filter(|l| l.starts_with("lease ")).count(),
+        6,
+        "{listing}"
+    );
+
+    fleet.deliver_one_each("wave 2").await;
+    assert!(fleet.wait_for_tickets(12, Duration::from_secs(30)).await);
+
+    // SIGKILL: nothing is released; the leases expire after the TTL and are taken over.
+    let mut killed = first;
+    let killed_pid = killed.child.id().unwrap();
+    let killed_id = fleet.worker_id(killed_pid).await.expect("registered");
+    let orphaned: Vec<String> = fleet
+        .holders()
+        .await
+        .into_iter()
+        .filter(|(_, h)| *h == killed_id)
+        .map(|(m, _)| m)
+        .collect();
+    assert_eq!(orphaned.len(), 2);
+    killed.child.start_kill().unwrap();
+    killed.child.wait().await.unwrap();
+    let killed_at = Instant::now();
+    fleet.deliver_one_each("wave 3").await;
+    let taken_over = eventually(Duration::from_secs(30), || async {
+        let holders = fleet.holders().await;
+        orphaned
+            .iter()
+            .all(|m| holders.get(m).is_some_and(|h| *h != killed_id))
+    })
+    .await;
+    let takeover = killed_at.elapsed();
+    assert!(taken_over, "the killed worker's mailboxes are taken over");
+    assert!(
+        fleet.wait_for_tickets(18, Duration::from_secs(30)).await,
+        "the mail delivered after the kill comes in: {}",
+        second.log()
+    );
+    let takeover_and_mail = killed_at.elapsed();
+    eprintln!(
+        "takeover after SIGKILL: leases {} ms, all mail in {} ms",
+        takeover.as_millis(),
+        takeover_and_mail.as_millis()
+    );
+    // TTL + one acquisition interval + a login, with a second to spare for a loaded machine.
+    assert!(
+        takeover <= TTL + ACQUIRE + Duration::from_secs(2),
+        "taken over in {takeover:?}"
+    );
+    let holders = fleet.holders().await;
+    assert_eq!(holders.len(), 6);
+    assert!(
+        shares(&holders).values().all(|&n| n == 3),
+        "three each now: {holders:?}"
+    );
+
+    // SIGTERM: the leases are released at once and the last worker takes everything.
+    let term_pid = third.child.id().unwrap();
+    let term_id = fleet.worker_id(term_pid).await.expect("registered");
+    let stopped_at = Instant::now();
+    let (status, log) = terminate(third, Duration::from_secs(30)).await;
+    assert!(status.success(), "{log}");
+    let handed_over = eventually(Duration::from_secs(15), || async {
+        let holders = fleet.holders().await;
+        holders.len() == 6 && holders.values().all(|h| *h != term_id)
+    })
+    .await;
+    let handover = stopped_at.elapsed();
+    eprintln!("handover after SIGTERM: {} ms", handover.as_millis());
+    assert!(
+        handed_over && handover <= Duration::from_secs(5),
+        "handed over in {handover:?}"
+    );
+    fleet.deliver_one_each("wave 4").await;
+    if !fleet.wait_for_tickets(24, Duration::from_secs(30)).await {
+        panic!(
+            "wave 4: {} tickets; {:?}\n{}",
+            fleet.n_tickets().await,
+            fleet.holders().await,
+            second.log()
+        );
+    }
+
+    // Every message exactly once.
+    assert_eq!(fleet.n_tickets().await, 24);
+    assert_eq!(
+        fleet.db.count("SELECT COUNT(*) FROM imap_messages").await,
+        24
+    );
+    assert_eq!(
+        fleet
+            .db
+            .count("SELECT COUNT(DISTINCT message_id) FROM messages")
+            .await,
+        24
+    );
+    let (status, log) = terminate(second, Duration::from_secs(30)).await;
+    assert!(status.success(), "{log}");
+    assert!(
+        fleet.holders().await.is_empty(),
+        "every lease released at SIGTERM"
+    );
+}
