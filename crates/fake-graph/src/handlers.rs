@@ -601,7 +601,7 @@ impl Here<'_> {
     }
 
     pub(crate) fn move_message(&self, id: &str, body: &Bytes) -> Result<Response, GraphError> {
-        let destination = destination_of(body)?;
+        let destination = crate::representation::destination_of(body)?;
         let key = self.with_mailbox(|mailbox| {
             let key = mailbox.message_key(id)?;
             let destination = mailbox.folder(&destination)?.id.clone();
@@ -901,17 +901,6 @@ pub(crate) struct Outgoing {
     /// The recipients' copy (no Bcc).
     pub delivered: Vec<u8>,
     pub save_to_sent_items: bool,
-}
-
-/// `destinationId` of a move request.
-pub(crate) fn destination_of(body: &Bytes) -> Result<String, GraphError> {
-    let request: Value = serde_json::from_slice(body)
-        .map_err(|_| GraphError::bad_request("The request body is not valid JSON."))?;
-    request
-        .get("destinationId")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| GraphError::bad_request("The parameter 'destinationId' is required."))
 }
 
 /// `displayName eq 'X'` (the filter the folder lookup needs).

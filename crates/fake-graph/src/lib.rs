@@ -420,7 +420,7 @@ impl FakeGraph {
             shutdown: shutdown_rx.clone(),
             base_url: format!("http://{local_addr}"),
         });
-        let app = server::router(Arc::clone(&shared));
+        let app = router(Arc::clone(&shared));
         let server = fake_entra::serve("fake-graph", listener, app, shutdown_rx);
         Ok(FakeGraph {
             shared,
@@ -702,4 +702,17 @@ pub(crate) fn folder_by_any_name(mailbox: &Mailbox, folder: &str) -> anyhow::Res
         .find(|f| f.display_name.eq_ignore_ascii_case(folder))
         .map(|f| f.id.clone())
         .with_context(|| format!("no folder {folder} for {}", mailbox.upn))
+}
+
+/// All routes: the control API, then Graph for everything else.
+fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new()
+        .route("/_fake/health", axum::routing::get(|| async { "ok" }))
+        .merge(crate::control::routes())
+        .route(
+            "/_uploads/{token}",
+            axum::routing::put(crate::drafts::put_fragment),
+        )
+        .fallback(server::graph)
+        .with_state(shared)
 }

@@ -303,3 +303,14 @@ pub(crate) fn folder_json(mailbox: &Mailbox, folder: &Folder) -> Value {
         "isHidden": folder.is_hidden,
     })
 }
+
+/// `destinationId` of a move request.
+pub(crate) fn destination_of(body: &axum::body::Bytes) -> Result<String, GraphError> {
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|_| GraphError::bad_request("The request body is not valid JSON."))?;
+    request
+        .get("destinationId")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| GraphError::bad_request("The parameter 'destinationId' is required."))
+}

@@ -6,12 +6,10 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use fake_entra::{AccessTokenClaims, TokenRejection, verify_access_token};
 use serde_json::{Value, json};
 
@@ -22,19 +20,6 @@ use crate::{GRAPH_APP_ID, GRAPH_RESOURCE, RequestRecord, Shared, ids, time};
 
 /// Graph's JSON content type.
 const JSON_CONTENT_TYPE: &str = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
-
-/// All routes: the control API, then Graph for everything else.
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/_fake/health", get(|| async { "ok" }))
-        .merge(crate::control::routes())
-        .route(
-            "/_uploads/{token}",
-            axum::routing::put(crate::drafts::put_fragment),
-        )
-        .fallback(graph)
-        .with_state(shared)
-}
 
 /// Per-request facts the response needs.
 struct Ctx {
@@ -105,7 +90,7 @@ pub(crate) fn json_response(
 }
 
 /// The Graph fallback handler.
-async fn graph(
+pub(crate) async fn graph(
     State(shared): State<Arc<Shared>>,
     method: Method,
     uri: Uri,
@@ -630,7 +615,7 @@ async fn handle(
             here.permanent_delete(&id)
         }
         Op::Move(id) => {
-            let destination = crate::handlers::destination_of(body)?;
+            let destination = crate::representation::destination_of(body)?;
             let fixup = crate::dovecot::move_to(shared, &mut conn, &id, &destination).await?;
             let response = here.move_message(&id, body);
             fixup.apply(shared, &upn);
