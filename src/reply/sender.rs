@@ -237,7 +237,10 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
     if let Some(session) = session {
         session.quit().await;
     }
-    if let Some(copies) = ctx.sent_copies {
+    // Not once the lease ended: its next holder keeps them (each copy is kept once anyway).
+    if let Some(copies) = ctx.sent_copies
+        && ctx.tenure.is_none_or(|tenure| tenure.may_go_on())
+    {
         keep_sent_copies(ctx, copies, &mut report).await?;
     }
     report.blocked = ctx.store.hold_blocked(&ctx.mailbox.name).await?;
