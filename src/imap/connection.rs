@@ -120,6 +120,9 @@ pub struct Connection {
     pub(super) login: String,
     pub(super) capabilities: HashSet<String>,
     pub(super) command_timeout: Duration,
+    /// The folder the last SELECT or EXAMINE opened; `None` before, and after one that failed
+    /// (RFC 3501 §6.3.1: a failed SELECT leaves no folder selected).
+    pub(super) selected: Option<String>,
 }
 
 /// Opens a TLS connection to `endpoint`, reads the greeting, and logs in as `login` with the bearer
@@ -251,6 +254,7 @@ pub async fn connect(
         login: login.to_string(),
         capabilities,
         command_timeout: endpoint.timeouts.command,
+        selected: None,
     })
 }
 

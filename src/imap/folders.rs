@@ -6,12 +6,16 @@ use futures::TryStreamExt;
 use super::connection::{protocol, server_text, within};
 use super::{Connection, ImapError, SelectedFolder, Uid, encode_folder_name, uid_set};
 
-/// An IMAP quoted string (RFC 3501 §4.3) of an already UTF-7-encoded folder name.
-pub(super) fn quoted(folder: &str) -> String {
-    let encoded = encode_folder_name(folder);
-    let mut out = String::with_capacity(encoded.len() + 2);
+/// A folder name as an IMAP quoted string: modified UTF-7, then [`quoted_string`].
+fn quoted(folder: &str) -> String {
+    quoted_string(&encode_folder_name(folder))
+}
+
+/// An IMAP quoted string (RFC 3501 §4.3) of ASCII text: `"` and `\` escaped.
+pub(super) fn quoted_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
-    for c in encoded.chars() {
+    for c in text.chars() {
         if c == '"' || c == '\\' {
             out.push('\\');
         }
@@ -38,6 +42,7 @@ impl Connection {
         read_only: bool,
     ) -> Result<SelectedFolder, ImapError> {
         let encoded = encode_folder_name(folder);
+        self.selected = None;
         let mailbox = within(self.command_timeout, "SELECT", async {
             if read_only {
                 self.session
@@ -68,6 +73,7 @@ impl Connection {
             operation: "SELECT",
             detail: format!("the server sent no UIDVALIDITY for folder {folder}"),
         })?;
+        self.selected = Some(folder.to_string());
         Ok(SelectedFolder {
             uidvalidity,
             uid_next: mailbox.uid_next,
@@ -192,5 +198,11 @@ mod tests {
     fn folder_names_are_quoted_and_escaped() {
         assert_eq!(quoted("Processed"), "\"Processed\"");
         assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        // Message-IDs for `UID SEARCH HEADER Message-ID` (`sent.rs`), a quoted local part too.
+        assert_eq!(
+            quoted_string("<mailintake.1.2@helpdesk.test>"),
+            "\"<mailintake.1.2@helpdesk.test>\""
+        );
+        assert_eq!(quoted_string("<\"a\\b\"@x>"), "\"<\\\"a\\\\b\\\"@x>\"");
     }
 }

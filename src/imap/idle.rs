@@ -22,6 +22,7 @@ impl Connection {
             login,
             capabilities,
             command_timeout,
+            selected,
         } = self;
         let mut handle = session.idle();
         within(command_timeout, "IDLE", async {
@@ -55,6 +56,7 @@ impl Connection {
                 login,
                 capabilities,
                 command_timeout,
+                selected,
             },
             outcome,
         ))

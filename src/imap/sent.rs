@@ -8,6 +8,7 @@ use async_imap::imap_proto::NameAttribute;
 use futures::TryStreamExt;
 
 use super::connection::{protocol, within};
+use super::folders::quoted_string;
 use super::{Connection, ImapError, decode_folder_name, encode_folder_name};
 use crate::mail_source::CopyKept;
 
@@ -36,22 +37,26 @@ impl Connection {
     }
 
     /// Whether `folder` holds a message whose Message-ID is `message_id` (without angle
-    /// brackets). Leaves `folder` selected read-only.
+    /// brackets). Opens `folder` read-only unless it is the folder open already (a SEARCH sees
+    /// what arrived since, the server's state at the command), so a run of copies costs one
+    /// EXAMINE.
     pub async fn has_message_id(
         &mut self,
         folder: &str,
         message_id: &str,
     ) -> Result<bool, ImapError> {
-        self.examine(folder).await?;
+        if self.selected.as_deref() != Some(folder) {
+            self.examine(folder).await?;
+        }
         let criteria = format!(
             "HEADER Message-ID {}",
-            search_string(&format!("<{message_id}>"))
+            quoted_string(&format!("<{message_id}>"))
         );
         Ok(!self.search(&criteria, |_| true).await?.is_empty())
     }
 
     /// Keeps `raw` in `folder`, flagged `\Seen`, unless a message whose Message-ID is
-    /// `message_id` (without angle brackets) is there already. Leaves `folder` selected read-only.
+    /// `message_id` (without angle brackets) is there already. Leaves `folder` selected.
     pub async fn keep_copy(
         &mut self,
         folder: &str,
@@ -82,34 +87,5 @@ impl Connection {
         .await?;
         while self.session.unsolicited_responses.try_recv().is_ok() {}
         Ok(CopyKept::Appended)
-    }
-}
-
-/// An IMAP quoted string (RFC 3501 §4.3) of an ASCII search key; a Message-ID with a quote or
-/// backslash (a quoted local part) is escaped.
-fn search_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::search_string;
-
-    #[test]
-    fn message_ids_are_quoted_for_search() {
-        assert_eq!(
-            search_string("<mailintake.1.2@helpdesk.test>"),
-            "\"<mailintake.1.2@helpdesk.test>\""
-        );
-        assert_eq!(search_string("<\"a\\b\"@x>"), "\"<\\\"a\\\\b\\\"@x>\"");
     }
 }
