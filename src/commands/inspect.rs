@@ -294,12 +294,13 @@ pub(super) async fn outbox_list(
                 .flatten()
                 .filter(|_| r.next_attempt_at_ms > crate::time::now_ms())
                 .map(|why| format!("{why}; due {}", crate::time::rfc3339(r.next_attempt_at_ms)));
-            let copy_waits = (r.sent_copy.as_deref() == Some("pending")).then(|| {
-                format!(
-                    "sent; its copy to the Sent folder waits: {}",
-                    r.sent_copy_error.as_deref().unwrap_or("not tried yet")
-                )
-            });
+            let copy_waits =
+                (r.sent_copy == Some(crate::store::SentCopyState::Pending)).then(|| {
+                    format!(
+                        "sent; its copy to the Sent folder waits: {}",
+                        r.sent_copy_error.as_deref().unwrap_or("not tried yet")
+                    )
+                });
             let why = blocked_reason
                 .or(deferred.as_ref())
                 .or(r.bounce_reason.as_ref())

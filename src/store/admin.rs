@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::sql::placeholders;
-use super::{Backend, Result, Store};
+use super::{Backend, Result, SentCopyState, Store};
 use crate::ingest::QuarantineCode;
 use crate::time::now_ms;
 
@@ -53,9 +53,9 @@ pub struct OutboxEntry {
     pub bounce_reason: Option<String>,
     /// For a `pending` row the sending budget holds back: why, until `next_attempt_at_ms`.
     pub deferred_reason: Option<String>,
-    /// Once sent: its copy in the Sent folder (`server`, `none`, `pending`, `appended`,
-    /// `present`), the folder that got it, and why the last append failed.
-    pub sent_copy: Option<String>,
+    /// Once sent: its copy in the Sent folder, the folder that got it, and why the last append
+    /// failed.
+    pub sent_copy: Option<SentCopyState>,
     pub sent_copy_folder: Option<String>,
     pub sent_copy_error: Option<String>,
 }
@@ -192,29 +192,33 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| OutboxEntry {
-                id: r.get(0),
-                mailbox: r.get(1),
-                ticket_id: r.get(2),
-                to_address: r.get(3),
-                subject: r.get(4),
-                state: r.get(5),
-                reason: r.get(6),
-                attempts: r.get(7),
-                next_attempt_at_ms: r.get(8),
-                last_error: r.get(9),
-                smtp_response: r.get(10),
-                bounced_at_ms: r.get(11),
-                bounce_reason: r.get(12),
-                kind: r.get(13),
-                deferred_reason: r.get(14),
-                sent_copy: r.get(15),
-                sent_copy_folder: r.get(16),
-                sent_copy_error: r.get(17),
+        rows.into_iter()
+            .map(|r| {
+                Ok(OutboxEntry {
+                    id: r.get(0),
+                    mailbox: r.get(1),
+                    ticket_id: r.get(2),
+                    to_address: r.get(3),
+                    subject: r.get(4),
+                    state: r.get(5),
+                    reason: r.get(6),
+                    attempts: r.get(7),
+                    next_attempt_at_ms: r.get(8),
+                    last_error: r.get(9),
+                    smtp_response: r.get(10),
+                    bounced_at_ms: r.get(11),
+                    bounce_reason: r.get(12),
+                    kind: r.get(13),
+                    deferred_reason: r.get(14),
+                    sent_copy: r
+                        .get::<Option<String>, _>(15)
+                        .map(|text| text.parse())
+                        .transpose()?,
+                    sent_copy_folder: r.get(16),
+                    sent_copy_error: r.get(17),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Makes a failed, cancelled or waiting row due now. False when the row is sent, sending,
