@@ -176,8 +176,8 @@ pub fn spawn(
                     let Some(smtp) = &mailbox.smtp else { return };
                     let identity = config.identity(&mailbox.identity);
                     let copies = sent_copies(mailbox, identity, &tokens, &metrics, &logins);
-                    let (config, store, tokens, metrics, wake, copies) =
-                        (&config, &store, &tokens, &metrics, &wake, &copies);
+                    let (store, tokens, metrics, wake, copies) =
+                        (&store, &tokens, &metrics, &wake, &copies);
                     // One sender per mailbox over the fleet: the budget holds exactly.
                     let unit = Unit::outbox(&mailbox.name);
                     fleet
@@ -185,7 +185,7 @@ pub fn spawn(
                             let ctx = SenderContext {
                                 mailbox,
                                 smtp,
-                                identity: config.identity(&mailbox.identity),
+                                identity,
                                 store,
                                 tokens,
                                 metrics,

@@ -32,16 +32,33 @@ pub(crate) fn customer_mail(
 
 /// The raw messages in `mailbox`'s inbox.
 pub(crate) async fn inbox_messages(entra: &Entra, mailbox: &str) -> Vec<Vec<u8>> {
+    folder_messages(entra, mailbox, "INBOX")
+        .await
+        .into_iter()
+        .map(|(raw, _)| raw)
+        .collect()
+}
+
+/// Every message of `mailbox`'s `folder` (opened read-only): its raw bytes and whether it is
+/// `\Seen`.
+pub(crate) async fn folder_messages(
+    entra: &Entra,
+    mailbox: &str,
+    folder: &str,
+) -> Vec<(Vec<u8>, bool)> {
     let mut conn = imap_session(entra, mailbox).await;
-    conn.select("INBOX").await.unwrap();
+    conn.examine(folder).await.unwrap();
     let listed = conn.list_above(0).await.unwrap();
     let uids: Vec<_> = listed.iter().map(|m| m.uid).collect();
     let bodies = conn.fetch_bodies(&uids, 1 << 20).await.unwrap();
     conn.logout().await;
     bodies
         .into_iter()
-        .filter_map(|(_, body)| match body {
-            mailintake::imap::Body::Complete(raw) => Some(raw),
+        .filter_map(|(uid, body)| match body {
+            mailintake::imap::Body::Complete(raw) => {
+                let seen = listed.iter().any(|m| m.uid == uid && m.seen);
+                Some((raw, seen))
+            }
             mailintake::imap::Body::TooLarge | mailintake::imap::Body::Refused(_) => None,
         })
         .collect()

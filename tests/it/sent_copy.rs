@@ -3,28 +3,13 @@
 //! `\Sent` folder ("Sent Items" on the stack), once, also across a crash between the APPEND and
 //! the row's record; `check --send-test-mail` says which folder got the copy.
 
-use crate::acks::{connect_first, customer_mail};
+use crate::acks::{connect_first, customer_mail, folder_messages};
 use crate::helpers::*;
 use crate::outgoing::{outbox_id, query_text};
 
 /// Every message of `mailbox`'s "Sent Items": its raw bytes and whether it is `\Seen`.
 async fn sent_items(entra: &Entra, mailbox: &str) -> Vec<(Vec<u8>, bool)> {
-    let mut conn = imap_session(entra, mailbox).await;
-    conn.examine("Sent Items").await.unwrap();
-    let listed = conn.list_above(0).await.unwrap();
-    let uids: Vec<_> = listed.iter().map(|m| m.uid).collect();
-    let bodies = conn.fetch_bodies(&uids, 1 << 20).await.unwrap();
-    conn.logout().await;
-    bodies
-        .into_iter()
-        .filter_map(|(uid, body)| match body {
-            mailintake::imap::Body::Complete(raw) => {
-                let seen = listed.iter().any(|m| m.uid == uid && m.seen);
-                Some((raw, seen))
-            }
-            mailintake::imap::Body::TooLarge | mailintake::imap::Body::Refused(_) => None,
-        })
-        .collect()
+    folder_messages(entra, mailbox, "Sent Items").await
 }
 
 /// How many messages of `mailbox`'s "Sent Items" carry `message_id`.
