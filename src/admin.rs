@@ -21,8 +21,14 @@ pub(crate) async fn connect(
     config: &Config,
     mailbox: &Mailbox,
 ) -> anyhow::Result<Connection> {
+    let Some(imap) = mailbox.imap() else {
+        bail!(
+            "mailbox `{}` is read through Microsoft Graph (transport = \"graph\"); this command works over IMAP only so far",
+            mailbox.name
+        );
+    };
     let token = tokens.token(config.identity(&mailbox.identity)).await?;
-    imap::connect(&mailbox.imap, &mailbox.address, &token)
+    imap::connect(imap, &mailbox.address, &token)
         .await
         .with_context(|| format!("logging in to {}", mailbox.address))
 }

@@ -9,7 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use secrecy::ExposeSecret;
 
-use crate::config::{Config, Disposal, Grant, Identity, Mailbox, SentCopy};
+use crate::config::{
+    Config, Disposal, Grant, GraphEndpoint, Identity, Mailbox, SentCopy, Transport,
+};
+use crate::graph::{GraphLogin, GraphMailbox};
 use crate::imap;
 use crate::intake::{self, session::LoginPacer};
 use crate::oauth::{self, AccessToken, TokenCache};
@@ -97,6 +100,10 @@ fn step(ok: bool, name: &str, text: &str) {
 }
 
 async fn check_mailbox(identity: &Identity, mailbox: &Mailbox, tokens: &TokenCache) -> bool {
+    let imap = match &mailbox.transport {
+        Transport::Imap(imap) => imap,
+        Transport::Graph(graph) => return check_graph(identity, mailbox, graph, tokens).await,
+    };
     let token = match tokens.token(identity).await {
         Ok(token) => token,
         Err(e) => {
@@ -110,22 +117,9 @@ async fn check_mailbox(identity: &Identity, mailbox: &Mailbox, tokens: &TokenCac
     if !token_ok {
         return false;
     }
-    if let Some(warning) = oauth::expiry_warning(identity) {
-        // Still works today, so the step passes; the warning says what to renew.
-        step(true, "expiry", &format!("WARNING: {warning}"));
-    } else if let Some((what, at)) = oauth::credential_expiry(identity) {
-        let days = at
-            .duration_since(SystemTime::now())
-            .map(|d| d.as_secs() / 86_400)
-            .unwrap_or(0);
-        step(
-            true,
-            "expiry",
-            &format!("the {what} is valid for {days} more day(s)"),
-        );
-    }
+    expiry_step(identity);
 
-    let mut conn = match imap::connect(&mailbox.imap, &mailbox.address, &token).await {
+    let mut conn = match imap::connect(imap, &mailbox.address, &token).await {
         Ok(conn) => conn,
         Err(e) => {
             step(
@@ -133,7 +127,7 @@ async fn check_mailbox(identity: &Identity, mailbox: &Mailbox, tokens: &TokenCac
                 "imap",
                 &format!(
                     "{}:{} ({:?} TLS) as {}: {e}",
-                    mailbox.imap.host, mailbox.imap.port, mailbox.imap.tls, mailbox.address
+                    imap.host, imap.port, imap.tls, mailbox.address
                 ),
             );
             return false;
@@ -144,7 +138,7 @@ async fn check_mailbox(identity: &Identity, mailbox: &Mailbox, tokens: &TokenCac
         "imap",
         &format!(
             "{}:{} ({:?} TLS), XOAUTH2 accepted for {}",
-            mailbox.imap.host, mailbox.imap.port, mailbox.imap.tls, mailbox.address
+            imap.host, imap.port, imap.tls, mailbox.address
         ),
     );
 
@@ -404,8 +398,11 @@ async fn find_server_copy(
     tokens: &TokenCache,
     message_id: &str,
 ) -> Result<(String, bool), String> {
+    let Some(imap) = mailbox.imap() else {
+        return Err("the mailbox is read through Graph, which keeps its own copies".into());
+    };
     let token = tokens.token(identity).await.map_err(|e| e.to_string())?;
-    let mut conn = imap::connect(&mailbox.imap, &mailbox.address, &token)
+    let mut conn = imap::connect(imap, &mailbox.address, &token)
         .await
         .map_err(|e| e.to_string())?;
     let result = async {
@@ -436,6 +433,138 @@ async fn find_server_copy(
 
 /// One line about a token: expiry, audience, and the roles or scopes it carries, with what a
 /// missing IMAP permission means. False when the token cannot open the mailbox over IMAP.
+/// The credential's expiry: a warning within [`oauth::EXPIRY_WARNING`], else how long it lasts.
+fn expiry_step(identity: &Identity) {
+    if let Some(warning) = oauth::expiry_warning(identity) {
+        // Still works today, so the step passes; the warning says what to renew.
+        step(true, "expiry", &format!("WARNING: {warning}"));
+    } else if let Some((what, at)) = oauth::credential_expiry(identity) {
+        let days = at
+            .duration_since(SystemTime::now())
+            .map(|d| d.as_secs() / 86_400)
+            .unwrap_or(0);
+        step(
+            true,
+            "expiry",
+            &format!("the {what} is valid for {days} more day(s)"),
+        );
+    }
+}
+
+/// A mailbox read through Graph: a token for Graph, the mailbox read with it (which proves the
+/// access whatever the token's claims say: with RBAC for Applications a token carries no Mail
+/// role), then the folders.
+async fn check_graph(
+    identity: &Identity,
+    mailbox: &Mailbox,
+    graph: &GraphEndpoint,
+    tokens: &TokenCache,
+) -> bool {
+    let token = match tokens.token_for_scope(identity, &graph.scope).await {
+        Ok(token) => token,
+        Err(e) => {
+            step(false, "token", &e.to_string());
+            return false;
+        }
+    };
+    step(true, "token", &describe_graph_token(identity, &token));
+    expiry_step(identity);
+    let shared = crate::graph::Shared::default();
+    let login = GraphLogin {
+        shared: &shared,
+        endpoint: graph,
+        address: &mailbox.address,
+        client_id: &identity.client_id,
+    };
+    let mut api = match GraphMailbox::connect(&login, token.secret.clone()).await {
+        Ok(api) => api,
+        Err(e) => {
+            step(
+                false,
+                "graph",
+                &format!("{} as {}: {e}", graph.url, mailbox.address),
+            );
+            return false;
+        }
+    };
+    step(
+        true,
+        "graph",
+        &format!(
+            "{}: the Inbox of {} is readable",
+            graph.url, mailbox.address
+        ),
+    );
+    let mut folders: Vec<(&str, bool)> =
+        mailbox.folders.iter().map(|f| (f.as_str(), true)).collect();
+    folders.push((mailbox.quarantine_folder.as_str(), false));
+    if let Disposal::Move { folder } = &mailbox.dispose {
+        folders.push((folder.as_str(), false));
+    }
+    let mut passed = true;
+    for (folder, required) in folders {
+        match api.find_folder(folder).await {
+            Ok(Some(_)) => step(true, "folder", &format!("`{folder}` exists")),
+            Ok(None) if required => {
+                passed = false;
+                step(
+                    false,
+                    "folder",
+                    &format!(
+                        "`{folder}` (a watched folder) is not in the mailbox: check `folders` (Inbox is \"INBOX\"; a subfolder is \"Parent/Child\")"
+                    ),
+                );
+            }
+            Ok(None) => step(
+                true,
+                "folder",
+                &format!(
+                    "`{folder}` is missing; the worker creates it when it first moves mail there"
+                ),
+            ),
+            Err(e) => {
+                passed = false;
+                step(false, "folder", &format!("`{folder}`: {e}"));
+            }
+        }
+    }
+    passed
+}
+
+/// A Graph token's audience and roles. No Mail role is not a failure: an app scoped with RBAC
+/// for Applications gets its access from Exchange, not from the token.
+fn describe_graph_token(identity: &Identity, token: &AccessToken) -> String {
+    let minutes = token.expires_in.as_secs() / 60;
+    let Some(claims) = jwt_claims(token.secret.expose_secret()) else {
+        return format!(
+            "acquired ({} flow), expires in {minutes} min; the token is opaque",
+            identity.grant.flow_name()
+        );
+    };
+    let audience = claims["aud"].as_str().unwrap_or("?");
+    let roles: Vec<&str> = claims["roles"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let mut text = format!(
+        "acquired ({} flow), expires in {minutes} min, audience {audience}, roles {}",
+        identity.grant.flow_name(),
+        if roles.is_empty() {
+            "none".to_string()
+        } else {
+            roles.join(" ")
+        }
+    );
+    if !roles
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case("Mail.ReadWrite"))
+    {
+        text.push_str("
+no Mail.ReadWrite role in the token: normal when the app is scoped to mailboxes with RBAC for Applications; the next step proves the access by reading the mailbox");
+    }
+    text
+}
+
 fn describe_token(identity: &Identity, token: &AccessToken) -> (bool, String) {
     let minutes = token.expires_in.as_secs() / 60;
     let Some(claims) = jwt_claims(token.secret.expose_secret()) else {

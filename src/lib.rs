@@ -15,6 +15,8 @@
 //!   through the [`mail_source`] seam.
 //! - [`imap`]: the IMAP implementation of that seam (TLS, `AUTHENTICATE XOAUTH2`, size-first
 //!   listing, capped body fetches, folder moves); the only module that knows async-imap.
+//! - [`graph`]: the Microsoft Graph implementation of the seam (message delta, the store size
+//!   before `$value`, throttling), numbering each folder's messages through [`store`].
 //! - [`reply`]: acknowledgements, planned (pure) and sent from the outbox over SMTP.
 //! - [`fleet`]: the workers on one database sharing the mailboxes by leases (heartbeat, fair
 //!   share, renewal, the monotonic guard), for the tasks of `intake` and `reply`.
@@ -36,6 +38,7 @@ pub mod commands;
 pub mod config;
 pub mod failpoint;
 pub mod fleet;
+pub mod graph;
 pub mod http;
 pub mod imap;
 pub mod ingest;

@@ -52,6 +52,27 @@ pub(super) fn exchange_resource_for(authority_host: Option<&str>) -> &'static st
     }
 }
 
+/// Microsoft Graph's worldwide service root (the resource of its tokens, too).
+pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
+
+/// Microsoft Graph in the cloud of an Entra authority host: the US Government clouds' Graph
+/// (GCC High; DoD tenants use `https://dod-graph.microsoft.us`, which shares the authority, so they
+/// set `graph.url` and `graph.scope`), or `None` in China (21Vianet), whose Graph offers no
+/// message delta. Any other host (another identity provider, a test's) gets the worldwide one.
+pub(super) fn graph_resource_for(authority_host: Option<&str>) -> Option<&'static str> {
+    match authority_host.map(|h| h.to_ascii_lowercase()).as_deref() {
+        Some("login.microsoftonline.us") => Some("https://graph.microsoft.us"),
+        Some("login.partner.microsoftonline.cn" | "login.chinacloudapi.cn") => None,
+        _ => Some(GRAPH_RESOURCE),
+    }
+}
+
+/// Whether `host` is Graph operated by 21Vianet (no message delta there).
+pub(super) fn is_china_graph_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "microsoftgraph.chinacloudapi.cn" || host.ends_with(".chinacloudapi.cn")
+}
+
 /// The scope asked for when `scope` is not configured. Delegated flows ask for IMAP and SMTP as
 /// the user plus `offline_access` (a refresh token); app-only access asks for the permissions
 /// granted to the app (`/.default`).

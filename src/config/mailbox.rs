@@ -1,7 +1,7 @@
 //! `[[mailboxes]]`: the watched mailboxes, their IMAP and SMTP servers, what happens to a message
 //! once it is committed, and the acknowledgements sent to customers.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::problems::{Problems, Table, alternatives};
 use super::{
     Acknowledge, AutomaticMail, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_SEND_BYTES, Disposal,
-    FirstStart, ImapEndpoint, Mailbox, Mode, Sending, SentCopy, SmtpEndpoint, Timeouts, TlsMode,
-    file_problem, raw,
+    FirstStart, Identity, ImapEndpoint, Mailbox, Mode, Sending, SentCopy, SmtpEndpoint, Timeouts,
+    TlsMode, Transport, file_problem, graph, raw,
 };
 use crate::time::parse_date;
 
@@ -201,6 +201,7 @@ impl FromStr for KeepRaw {
 pub(super) fn validate_mailboxes(
     raw: Vec<raw::Mailbox>,
     declared_identities: &[String],
+    identities: &BTreeMap<String, Identity>,
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Vec<Mailbox> {
@@ -216,7 +217,8 @@ pub(super) fn validate_mailboxes(
         .map(|(index, m)| {
             let mut table = problems.within(format!("mailboxes[{index}]"));
             check_references(&m, &mut names, declared_identities, &mut table);
-            validate_mailbox(m, base_dir, &mut table)
+            let identity = identities.get(&m.identity);
+            validate_mailbox(m, identity, base_dir, &mut table)
         })
         .collect()
 }
@@ -258,8 +260,13 @@ fn check_references(
     }
 }
 
-fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mailbox {
-    let imap_ca_file = existing_file(base_dir, m.imap.ca_file, "imap.ca_file", table);
+fn validate_mailbox(
+    m: raw::Mailbox,
+    identity: Option<&Identity>,
+    base_dir: &Path,
+    table: &mut Table,
+) -> Mailbox {
+    let transport = validate_transport(&m, identity, base_dir, table);
     let dispose_mode = table.choice("dispose", m.dispose.as_deref(), DisposeMode::Seen);
     let mode = table.choice("mode", m.mode.as_deref(), Mode::Normal);
     let first_start = table.choice("first_start", m.first_start.as_deref(), FirstStart::All);
@@ -301,20 +308,6 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
     if max_message_bytes < 1024 {
         table.report("max_message_bytes", "must be at least 1024");
     }
-    let timeouts = Timeouts {
-        connect: duration(
-            table,
-            "imap.connect_timeout",
-            m.imap.connect_timeout.as_deref(),
-            Duration::from_secs(15),
-        ),
-        command: duration(
-            table,
-            "imap.command_timeout",
-            m.imap.command_timeout.as_deref(),
-            Duration::from_secs(120),
-        ),
-    };
     let unreadable_after = duration(
         table,
         "unreadable_after",
@@ -331,39 +324,27 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
     let acknowledge = validate_acknowledge(
         m.acknowledge.unwrap_or_default(),
         smtp.is_some(),
-        is_exchange_online_host(&m.imap.host),
+        match &transport {
+            Transport::Imap(imap) => is_exchange_online_host(&imap.host),
+            Transport::Graph(_) => true,
+        },
         base_dir,
         table,
     );
     let sending = validate_sending(m.send_as, m.max_send_bytes, m.allow_recipients, table);
     let sent_copy =
         validate_sent_copy(m.sent_copy.as_deref(), m.sent_folder, smtp.is_some(), table);
-    let tls = m.imap.tls.unwrap_or(TlsMode::Implicit);
-    let logins_per_second = m
-        .imap
-        .logins_per_second
-        .unwrap_or(super::DEFAULT_LOGINS_PER_SECOND);
-    if logins_per_second == 0 {
+    if matches!(transport, Transport::Graph(_)) && matches!(sent_copy, SentCopy::Append { .. }) {
         table.report(
-            "imap.logins_per_second",
-            "must be at least 1 (default 10: logins to one server spread out when many folders start at once)",
+            "sent_copy",
+            "\"append\" copies sent mail into the Sent folder over IMAP, which a mailbox read through Graph does not use: Exchange keeps the copy itself (\"server\", the default)",
         );
     }
     Mailbox {
         name: m.name,
         address: m.address,
         identity: m.identity,
-        imap: ImapEndpoint {
-            host: m.imap.host,
-            port: m.imap.port.unwrap_or(match tls {
-                TlsMode::Implicit => 993,
-                TlsMode::Starttls => 143,
-            }),
-            tls,
-            ca_file: imap_ca_file,
-            timeouts,
-            logins_per_second,
-        },
+        transport,
         folders,
         poll_interval,
         reconcile_interval,
@@ -386,6 +367,95 @@ fn validate_mailbox(m: raw::Mailbox, base_dir: &Path, table: &mut Table) -> Mail
         acknowledge,
         sending,
         sent_copy,
+    }
+}
+
+/// `transport` with its table: `[mailboxes.imap]` for `"imap"` (the default),
+/// `[mailboxes.graph]` (optional) for `"graph"`.
+fn validate_transport(
+    m: &raw::Mailbox,
+    identity: Option<&Identity>,
+    base_dir: &Path,
+    table: &mut Table,
+) -> Transport {
+    match m.transport.as_deref() {
+        None | Some("imap") => {
+            if m.graph.is_some() {
+                table.report(
+                    "graph",
+                    "is only read with transport = \"graph\"; remove it, or set transport = \"graph\"",
+                );
+            }
+            match &m.imap {
+                Some(imap) => Transport::Imap(validate_imap(imap, base_dir, table)),
+                None => {
+                    table.report(
+                        "imap",
+                        "missing: give [mailboxes.imap] with at least host (Exchange Online: host = \"outlook.office365.com\"), or read the mailbox through Microsoft Graph with transport = \"graph\"",
+                    );
+                    Transport::Imap(validate_imap(&raw::Imap::default(), base_dir, table))
+                }
+            }
+        }
+        Some("graph") => {
+            if m.imap.is_some() {
+                table.report(
+                    "imap",
+                    "is not used with transport = \"graph\" (mail is read through Microsoft Graph); remove it",
+                );
+            }
+            let raw = m.graph.as_ref().cloned().unwrap_or_default();
+            Transport::Graph(graph::validate_graph(raw, identity, base_dir, table))
+        }
+        Some(other) => {
+            table.report(
+                "transport",
+                format!(
+                    "`{other}` is not a transport: must be \"imap\" (IMAP with XOAUTH2) or \"graph\" (Microsoft Graph, where IMAP is switched off)"
+                ),
+            );
+            Transport::Imap(validate_imap(&raw::Imap::default(), base_dir, table))
+        }
+    }
+}
+
+/// `[mailboxes.imap]`.
+fn validate_imap(imap: &raw::Imap, base_dir: &Path, table: &mut Table) -> ImapEndpoint {
+    let ca_file = existing_file(base_dir, imap.ca_file.clone(), "imap.ca_file", table);
+    let timeouts = Timeouts {
+        connect: duration(
+            table,
+            "imap.connect_timeout",
+            imap.connect_timeout.as_deref(),
+            Duration::from_secs(15),
+        ),
+        command: duration(
+            table,
+            "imap.command_timeout",
+            imap.command_timeout.as_deref(),
+            Duration::from_secs(120),
+        ),
+    };
+    let tls = imap.tls.unwrap_or(TlsMode::Implicit);
+    let logins_per_second = imap
+        .logins_per_second
+        .unwrap_or(super::DEFAULT_LOGINS_PER_SECOND);
+    if logins_per_second == 0 {
+        table.report(
+            "imap.logins_per_second",
+            "must be at least 1 (default 10: logins to one server spread out when many folders start at once)",
+        );
+    }
+    ImapEndpoint {
+        host: imap.host.clone(),
+        port: imap.port.unwrap_or(match tls {
+            TlsMode::Implicit => 993,
+            TlsMode::Starttls => 143,
+        }),
+        tls,
+        ca_file,
+        timeouts,
+        logins_per_second,
     }
 }
 

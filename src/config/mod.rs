@@ -10,6 +10,7 @@
 //! that a bad value is reported with its key while validation goes on to find the others.
 
 mod entra;
+mod graph;
 mod identity;
 mod mailbox;
 mod problems;
@@ -55,8 +56,8 @@ use serde::Deserialize;
 use url::Url;
 
 pub use entra::{
-    AdminConsent, DEFAULT_AUTHORITY_HOST, EXCHANGE_RESOURCE, NATIVE_CLIENT_REDIRECT_URI,
-    admin_consent,
+    AdminConsent, DEFAULT_AUTHORITY_HOST, EXCHANGE_RESOURCE, GRAPH_RESOURCE,
+    NATIVE_CLIENT_REDIRECT_URI, admin_consent,
 };
 pub use identity::Flow;
 pub use mailbox::{DEFAULT_ACK_DENY, DEFAULT_ACK_TEMPLATE, TEMPLATE_PLACEHOLDERS, check_template};
@@ -259,7 +260,8 @@ pub struct Mailbox {
     pub address: String,
     /// The name of the identity whose tokens log in to this mailbox.
     pub identity: String,
-    pub imap: ImapEndpoint,
+    /// How its mail is read: IMAP, or Microsoft Graph where IMAP is switched off.
+    pub transport: Transport,
     /// The folders watched for new mail; each has its own task and IMAP connection.
     pub folders: Vec<String>,
     /// How often the folder is swept for new mail. With IDLE it is the longest time between two
@@ -444,6 +446,61 @@ pub enum Disposal {
     Delete,
 }
 
+/// How a mailbox's mail is read (`transport`).
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// IMAP with `AUTHENTICATE XOAUTH2` (`[mailboxes.imap]`).
+    Imap(ImapEndpoint),
+    /// Microsoft Graph's mail API with an app-only token (`[mailboxes.graph]`).
+    Graph(GraphEndpoint),
+}
+
+impl Transport {
+    /// The `transport` value that selects it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transport::Imap(_) => "imap",
+            Transport::Graph(_) => "graph",
+        }
+    }
+}
+
+impl Mailbox {
+    /// The IMAP server, for a mailbox read over IMAP.
+    pub fn imap(&self) -> Option<&ImapEndpoint> {
+        match &self.transport {
+            Transport::Imap(imap) => Some(imap),
+            Transport::Graph(_) => None,
+        }
+    }
+
+    /// The longest one command to the mail server (an IMAP command, a Graph request) may take.
+    pub fn command_timeout(&self) -> Duration {
+        match &self.transport {
+            Transport::Imap(imap) => imap.timeouts.command,
+            Transport::Graph(graph) => graph.timeout,
+        }
+    }
+}
+
+/// Microsoft Graph for one mailbox: where requests go and the token they carry.
+#[derive(Debug, Clone)]
+pub struct GraphEndpoint {
+    /// The Graph service root without `/v1.0`: `https://graph.microsoft.com` worldwide, the
+    /// national cloud's host (`https://graph.microsoft.us`, `https://dod-graph.microsoft.us`).
+    pub url: Url,
+    /// The token's scope: `{Graph resource}/.default` (the app's application permissions,
+    /// `Mail.ReadWrite`, and `Mail.Send` to send).
+    pub scope: String,
+    /// At most this many requests at once for one app (Outlook's concurrency limit is 4 per
+    /// app, across mailboxes in the current text of Graph's throttling page).
+    pub max_concurrent_requests: u32,
+    /// The longest one request may take, its body included.
+    pub timeout: Duration,
+    /// An extra CA certificate (PEM) trusted for the Graph host, besides the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ImapEndpoint {
     pub host: String,
@@ -535,8 +592,13 @@ fn validate(raw: raw::File, base_dir: &Path, problems: &mut Problems) -> Config 
         .collect();
     let token_keys =
         identity::validate_token_keys(raw.token_store, &identities, base_dir, problems);
-    let mailboxes =
-        mailbox::validate_mailboxes(raw.mailboxes, &declared_identities, base_dir, problems);
+    let mailboxes = mailbox::validate_mailboxes(
+        raw.mailboxes,
+        &declared_identities,
+        &identities,
+        base_dir,
+        problems,
+    );
     let http = raw.http.and_then(|h| validate_http(h, base_dir, problems));
     let fleet = validate_fleet(raw.fleet, problems);
     Config {

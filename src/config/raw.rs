@@ -95,7 +95,10 @@ pub struct Mailbox {
     pub name: String,
     pub address: String,
     pub identity: String,
-    pub imap: Imap,
+    /// `"imap"` (the default) or `"graph"`.
+    pub transport: Option<String>,
+    pub imap: Option<Imap>,
+    pub graph: Option<Graph>,
     pub folder: Option<String>,
     pub folders: Option<Vec<String>>,
     pub max_connections: Option<usize>,
@@ -158,7 +161,7 @@ pub struct Acknowledge {
     pub authserv_id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Imap {
     pub host: String,
@@ -168,6 +171,16 @@ pub struct Imap {
     pub connect_timeout: Option<String>,
     pub command_timeout: Option<String>,
     pub logins_per_second: Option<u32>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Graph {
+    pub url: Option<String>,
+    pub scope: Option<String>,
+    pub max_concurrent_requests: Option<u32>,
+    pub timeout: Option<String>,
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Where a secret comes from: `{ env = "NAME" }`, `{ file = "PATH" }`, or a plain string (meant

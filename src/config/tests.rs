@@ -40,8 +40,8 @@ fn minimal_config_gets_entra_defaults() {
     );
     assert_eq!(identity.scope, "https://outlook.office365.com/.default");
     let mailbox = &config.mailboxes[0];
-    assert_eq!(mailbox.imap.port, 993);
-    assert_eq!(mailbox.imap.tls, TlsMode::Implicit);
+    assert_eq!(mailbox.imap().unwrap().port, 993);
+    assert_eq!(mailbox.imap().unwrap().tls, TlsMode::Implicit);
     assert_eq!(mailbox.folders, ["INBOX"]);
     assert_eq!(mailbox.dispose, Disposal::MarkSeen);
     assert_eq!(mailbox.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
@@ -435,4 +435,95 @@ fn the_fleet_has_defaults_and_its_durations_are_checked() {
     assert_eq!(slow[0].key, "fleet.acquire_interval");
     let bad = load(&format!("{MINIMAL}\n[fleet]\nlease_ttl = \"soon\"\n")).unwrap_err();
     assert!(bad[0].message.contains("not a duration"), "{bad:?}");
+}
+
+/// [`MINIMAL`] read through Graph, with `extra` keys on the mailbox.
+fn graph_mailbox(extra: &str) -> String {
+    MINIMAL.replace(
+        "imap = { host = \"outlook.office365.com\" }",
+        &format!("transport = \"graph\"\n{extra}"),
+    )
+}
+
+#[test]
+fn a_graph_mailbox_needs_no_imap_table_and_gets_graphs_defaults() {
+    let config = load(&graph_mailbox("")).unwrap();
+    let Transport::Graph(graph) = &config.mailboxes[0].transport else {
+        panic!("a Graph mailbox");
+    };
+    assert_eq!(graph.url.as_str(), "https://graph.microsoft.com/");
+    assert_eq!(graph.scope, "https://graph.microsoft.com/.default");
+    assert_eq!(graph.max_concurrent_requests, 4);
+    assert!(config.mailboxes[0].imap().is_none());
+    // The US Government cloud's authority gives its Graph.
+    let gcc = graph_mailbox("").replace(
+        "tenant = \"contoso.onmicrosoft.com\"",
+        "tenant = \"contoso.onmicrosoft.us\"\nauthority = \"https://login.microsoftonline.us/{tenant}\"",
+    );
+    let config = load(&gcc).unwrap();
+    let Transport::Graph(graph) = &config.mailboxes[0].transport else {
+        panic!("a Graph mailbox");
+    };
+    assert_eq!(graph.scope, "https://graph.microsoft.us/.default");
+}
+
+#[test]
+fn graph_is_refused_where_it_cannot_work() {
+    let problem = |text: &str| {
+        let problems = load(text).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        (problems[0].key.clone(), problems[0].message.clone())
+    };
+    // 21Vianet: no message delta.
+    let china = graph_mailbox("").replace(
+        "tenant = \"contoso.onmicrosoft.com\"",
+        "tenant = \"contoso.partner.onmschina.cn\"\nauthority = \"https://login.partner.microsoftonline.cn/{tenant}\"",
+    );
+    let (key, message) = problem(&china);
+    assert!(
+        key.ends_with("transport") && message.contains("21Vianet"),
+        "{key}: {message}"
+    );
+    // A delegated identity.
+    let delegated = graph_mailbox("").replace(
+        "client_secret = \"s3cr3t-value\"",
+        "flow = \"password\"\nusername = \"agent@contoso.com\"\npassword = \"pw\"",
+    );
+    let (key, message) = problem(&delegated);
+    assert!(
+        key.ends_with("transport") && message.contains("app-only"),
+        "{key}: {message}"
+    );
+    // Plain HTTP off loopback.
+    let (key, message) = problem(&graph_mailbox(
+        "graph = { url = \"http://graph.example.net\" }",
+    ));
+    assert!(
+        key.ends_with("graph.url") && message.contains("https"),
+        "{key}: {message}"
+    );
+    // IMAP's keys beside Graph, and Sent-folder copies over IMAP.
+    let (key, _) = problem(&graph_mailbox(
+        "imap = { host = \"outlook.office365.com\" }",
+    ));
+    assert!(key.ends_with("imap"), "{key}");
+    let (key, message) = problem(&graph_mailbox(
+        "smtp = { host = \"smtp.office365.com\" }\nsent_copy = \"append\"",
+    ));
+    assert!(
+        key.ends_with("sent_copy") && message.contains("Graph"),
+        "{key}: {message}"
+    );
+    // An unknown transport, and an IMAP mailbox without its table.
+    let (key, _) = problem(&MINIMAL.replace(
+        "imap = { host = \"outlook.office365.com\" }",
+        "transport = \"ews\"",
+    ));
+    assert!(key.ends_with("transport"), "{key}");
+    let (key, message) =
+        problem(&MINIMAL.replace("imap = { host = \"outlook.office365.com\" }", ""));
+    assert!(
+        key.ends_with("imap") && message.contains("transport = \"graph\""),
+        "{key}: {message}"
+    );
 }

@@ -7,10 +7,16 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
+use tokio_util::sync::CancellationToken;
+
 use super::{CycleError, MailboxContext};
-use crate::config::{Identity, Mailbox};
+use crate::config::{GraphEndpoint, Identity, Mailbox, Transport};
+use crate::graph::{self, GraphLogin, GraphSource};
 use crate::imap::{self, ImapSource};
-use crate::mail_source::{MailSource, SourceError};
+use crate::mail_source::{
+    Body, CopyKept, Disposition, IdleOutcome, MailSource, MessageSummary, SelectedFolder,
+    SourceError, SourceErrorKind, Uid,
+};
 use crate::oauth::{AccessToken, TokenCache};
 use crate::telemetry::Metrics;
 
@@ -47,9 +53,127 @@ pub fn expiry_margin(command_timeout: Duration, token_lifetime: Duration) -> Dur
     (2 * command_timeout).min(token_lifetime / 2)
 }
 
-/// The mail source the folder tasks use. This module is the one place that picks an
-/// implementation of the seam; a second transport makes this an enum over both.
-pub type Source = ImapSource;
+/// The mail source the folder tasks use: the mailbox's transport. This module is the one place
+/// that picks an implementation of the seam.
+pub enum Source {
+    Imap(ImapSource),
+    Graph(GraphSource),
+}
+
+/// Each operation goes to the implementation.
+impl MailSource for Source {
+    async fn open(&mut self, folder: &str, read_only: bool) -> Result<SelectedFolder, SourceError> {
+        match self {
+            Source::Imap(s) => s.open(folder, read_only).await,
+            Source::Graph(s) => s.open(folder, read_only).await,
+        }
+    }
+
+    async fn list_above(&mut self, last: Uid) -> Result<Vec<MessageSummary>, SourceError> {
+        match self {
+            Source::Imap(s) => s.list_above(last).await,
+            Source::Graph(s) => s.list_above(last).await,
+        }
+    }
+
+    async fn search_range(
+        &mut self,
+        first: Uid,
+        last: Uid,
+        unseen_only: bool,
+    ) -> Result<Vec<Uid>, SourceError> {
+        match self {
+            Source::Imap(s) => s.search_range(first, last, unseen_only).await,
+            Source::Graph(s) => s.search_range(first, last, unseen_only).await,
+        }
+    }
+
+    async fn list_uids(&mut self, uids: &[Uid]) -> Result<Vec<MessageSummary>, SourceError> {
+        match self {
+            Source::Imap(s) => s.list_uids(uids).await,
+            Source::Graph(s) => s.list_uids(uids).await,
+        }
+    }
+
+    async fn fetch_bodies(
+        &mut self,
+        uids: &[Uid],
+        cap: u64,
+    ) -> Result<Vec<(Uid, Body)>, SourceError> {
+        match self {
+            Source::Imap(s) => s.fetch_bodies(uids, cap).await,
+            Source::Graph(s) => s.fetch_bodies(uids, cap).await,
+        }
+    }
+
+    async fn fetch_identifying_headers(&mut self, uid: Uid) -> Result<Vec<u8>, SourceError> {
+        match self {
+            Source::Imap(s) => s.fetch_identifying_headers(uid).await,
+            Source::Graph(s) => s.fetch_identifying_headers(uid).await,
+        }
+    }
+
+    async fn dispose(
+        &mut self,
+        uids: &[Uid],
+        disposition: &Disposition,
+    ) -> Result<(), SourceError> {
+        match self {
+            Source::Imap(s) => s.dispose(uids, disposition).await,
+            Source::Graph(s) => s.dispose(uids, disposition).await,
+        }
+    }
+
+    fn can_wait_for_change(&self) -> bool {
+        match self {
+            Source::Imap(s) => s.can_wait_for_change(),
+            Source::Graph(s) => s.can_wait_for_change(),
+        }
+    }
+
+    async fn wait_for_change(
+        self,
+        max_wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<(Self, IdleOutcome), SourceError> {
+        match self {
+            Source::Imap(s) => {
+                let (s, outcome) = s.wait_for_change(max_wait, shutdown).await?;
+                Ok((Source::Imap(s), outcome))
+            }
+            Source::Graph(s) => {
+                let (s, outcome) = s.wait_for_change(max_wait, shutdown).await?;
+                Ok((Source::Graph(s), outcome))
+            }
+        }
+    }
+
+    async fn sent_folder(&mut self) -> Result<Option<String>, SourceError> {
+        match self {
+            Source::Imap(s) => s.sent_folder().await,
+            Source::Graph(s) => s.sent_folder().await,
+        }
+    }
+
+    async fn keep_copy(
+        &mut self,
+        folder: &str,
+        message_id: &str,
+        raw: &[u8],
+    ) -> Result<CopyKept, SourceError> {
+        match self {
+            Source::Imap(s) => s.keep_copy(folder, message_id, raw).await,
+            Source::Graph(s) => s.keep_copy(folder, message_id, raw).await,
+        }
+    }
+
+    async fn logout(self) {
+        match self {
+            Source::Imap(s) => s.logout().await,
+            Source::Graph(s) => s.logout().await,
+        }
+    }
+}
 
 /// Spreads the process's logins to each server out over time, at most `imap.logins_per_second`
 /// a second (the mailbox's setting, per host): when hundreds of folders start at once (a worker
@@ -59,6 +183,9 @@ pub type Source = ImapSource;
 #[derive(Debug, Default)]
 pub struct LoginPacer {
     next_free: Mutex<HashMap<String, Instant>>,
+    /// What the process's Graph sessions share: HTTP connections, and per app the bound on
+    /// requests at once (Outlook counts it per app, across mailboxes).
+    pub graph: graph::Shared,
 }
 
 impl LoginPacer {
@@ -85,6 +212,9 @@ impl LoginPacer {
 /// server refuses it, forgets it and tries once more with a fresh one (the token may have been
 /// revoked or have expired early).
 pub async fn login(ctx: &MailboxContext<'_>) -> Result<Session<Source>, CycleError> {
+    if let Transport::Graph(graph) = &ctx.mailbox.transport {
+        return login_graph(ctx, graph).await;
+    }
     login_to(&Login {
         mailbox: ctx.mailbox,
         identity: ctx.identity,
@@ -93,6 +223,43 @@ pub async fn login(ctx: &MailboxContext<'_>) -> Result<Session<Source>, CycleErr
         logins: ctx.logins,
     })
     .await
+}
+
+/// A Graph session: a Graph token (its own scope, cached beside the identity's others), proven
+/// by reading the mailbox; a refused token is renewed once, as for IMAP.
+async fn login_graph(
+    ctx: &MailboxContext<'_>,
+    graph: &GraphEndpoint,
+) -> Result<Session<Source>, CycleError> {
+    let command_timeout = graph.timeout;
+    let lasting = 2 * command_timeout;
+    let login = GraphLogin {
+        shared: &ctx.logins.graph,
+        endpoint: graph,
+        address: &ctx.mailbox.address,
+        client_id: &ctx.identity.client_id,
+    };
+    let mut renewed = false;
+    loop {
+        let token = ctx
+            .tokens
+            .token_for_scope_lasting(ctx.identity, &graph.scope, lasting)
+            .await?;
+        ctx.metrics
+            .token_received(&ctx.identity.name, token.renew_at, token.expires_in);
+        match GraphSource::connect(&login, token.secret.clone(), &ctx.mailbox.name, ctx.store).await
+        {
+            Ok(source) => {
+                return Ok(Session::new(Source::Graph(source), &token, command_timeout));
+            }
+            Err(e) if !renewed && e.refusal().is_some_and(|r| r.status == 401) => {
+                warn!("Graph refused the token; retrying once with a new one");
+                ctx.tokens.invalidate(&ctx.identity.name, &token).await;
+                renewed = true;
+            }
+            Err(e) => return Err(SourceError::from(e).into()),
+        }
+    }
 }
 
 /// What a login needs: the folder tasks' [`MailboxContext`] has it, and so does the sender's
@@ -107,15 +274,20 @@ pub struct Login<'a> {
 
 /// [`login`] with only what a login needs.
 pub async fn login_to(ctx: &Login<'_>) -> Result<Session<Source>, CycleError> {
-    let imap = &ctx.mailbox.imap;
+    let Some(imap) = ctx.mailbox.imap() else {
+        return Err(CycleError::Source(SourceError::new(
+            SourceErrorKind::Refused,
+            NotImap(ctx.mailbox.name.clone()),
+        )));
+    };
     ctx.logins.wait(&imap.host, imap.logins_per_second).await;
-    let command_timeout = ctx.mailbox.imap.timeouts.command;
+    let command_timeout = imap.timeouts.command;
     // A token that outlasts the margin, so the new session can take batches.
     let lasting = 2 * command_timeout;
     let token = ctx.tokens.token_lasting(ctx.identity, lasting).await?;
     ctx.metrics
         .token_received(&ctx.identity.name, token.renew_at, token.expires_in);
-    let conn = match imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token).await {
+    let conn = match imap::connect(imap, &ctx.mailbox.address, &token).await {
         Ok(conn) => conn,
         Err(e) if e.is_auth_failure() => {
             warn!("login refused; retrying once with a new token");
@@ -123,12 +295,26 @@ pub async fn login_to(ctx: &Login<'_>) -> Result<Session<Source>, CycleError> {
             let token = ctx.tokens.token_lasting(ctx.identity, lasting).await?;
             ctx.metrics
                 .token_received(&ctx.identity.name, token.renew_at, token.expires_in);
-            let conn = imap::connect(&ctx.mailbox.imap, &ctx.mailbox.address, &token)
+            let conn = imap::connect(imap, &ctx.mailbox.address, &token)
                 .await
                 .map_err(SourceError::from)?;
-            return Ok(Session::new(ImapSource::new(conn), &token, command_timeout));
+            return Ok(Session::new(
+                Source::Imap(ImapSource::new(conn)),
+                &token,
+                command_timeout,
+            ));
         }
         Err(e) => return Err(SourceError::from(e).into()),
     };
-    Ok(Session::new(ImapSource::new(conn), &token, command_timeout))
+    Ok(Session::new(
+        Source::Imap(ImapSource::new(conn)),
+        &token,
+        command_timeout,
+    ))
 }
+
+/// An IMAP login asked of a mailbox read through Graph (only IMAP keeps copies in Sent Items
+/// by `sent_copy = "append"`, which validation refuses for Graph).
+#[derive(Debug, thiserror::Error)]
+#[error("mailbox `{0}` is read through Microsoft Graph, not IMAP")]
+struct NotImap(String);

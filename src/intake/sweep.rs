@@ -102,7 +102,7 @@ pub async fn sweep<S: MailSource>(
     let mut n_batches = 0usize;
     let fresh = session.fresh;
     session.fresh = false;
-    let command_timeout = mailbox.imap.timeouts.command;
+    let command_timeout = mailbox.command_timeout();
     let expiring = |session: &Session<S>, n_batches: usize, ahead: Duration| {
         (!fresh || n_batches > 0) && Instant::now() + ahead >= session.last_batch_by
     };

@@ -339,6 +339,16 @@ impl TokenCache {
             .await
     }
 
+    /// [`TokenCache::token_lasting`] for another scope than the identity's (Graph's).
+    pub async fn token_for_scope_lasting(
+        &self,
+        identity: &Identity,
+        scope: &str,
+        at_least: Duration,
+    ) -> Result<AccessToken, TokenError> {
+        self.token_with_margin(identity, scope, at_least).await
+    }
+
     /// A valid token for `identity` and `scope`. Concurrent callers for the same pair share one
     /// request.
     pub async fn token_for_scope(

@@ -31,6 +31,7 @@ pub use batch::{
 pub use budget::{Budget, Claim, ServerFacts};
 pub use errors::FailureKind;
 pub use folders::{FolderState, PendingDisposition, RecordedOutcome, StuckFailure, StuckMessage};
+pub use graph::{DeltaRound, GraphFolder, GraphItem, ItemChange};
 pub use leases::{Lease, WorkerInfo, WorkerRow};
 pub use outbox::{AckKind, OutboxDraft, OutboxRow};
 pub use outgoing::{
@@ -46,6 +47,7 @@ mod batch;
 mod budget;
 mod errors;
 mod folders;
+mod graph;
 mod leases;
 pub mod outbox;
 mod outgoing;

@@ -17,6 +17,7 @@ mod faultproxy;
 mod fingerprints;
 mod fleet;
 mod flows;
+mod graph;
 mod guides;
 mod helpers;
 mod imapproxy;

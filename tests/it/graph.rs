@@ -1,0 +1,341 @@
+//! Mailboxes read through Microsoft Graph (`transport = "graph"`): the real binary against the
+//! in-process fake Graph (crates/fake-graph), which serves the mail stack's real Dovecot
+//! mailboxes, so mail delivered by LMTP is what Graph lists; tokens from a fake Entra whose
+//! resource is Graph.
+
+use std::time::Duration;
+
+use fake_entra::{Client, FakeEntra};
+use fake_graph::{Config as GraphConfig, DovecotConfig, FakeGraph, ThrottleFault, User};
+
+use crate::helpers::{
+    Backend, ConfigFile, Entra, Stack, TENANT_ID, TestDb, deliver_lmtp, folder_contents,
+    mailintake, unique, unique_mailbox,
+};
+
+/// A Graph mailbox's world: its address, a fake Entra issuing Graph tokens, the fake Graph in
+/// front of Dovecot, a database and a config.
+struct GraphCase {
+    mailbox: String,
+    entra: Entra,
+    /// A fake Entra issuing IMAP tokens, to look into Dovecot as the test.
+    imap_entra: Entra,
+    graph: FakeGraph,
+    db: TestDb,
+    config: ConfigFile,
+}
+
+impl GraphCase {
+    async fn new(backend: Backend, extra_mailbox_keys: &str) -> GraphCase {
+        let mailbox = unique_mailbox();
+        let entra = graph_entra(&mailbox).await;
+        let stack = Stack::get();
+        let mut dovecot =
+            DovecotConfig::new(stack.ca_file(), stack.var("MAILSTACK_PLAIN_PASSWORD"));
+        dovecot.imaps_port = stack.port("MAILSTACK_IMAPS_PORT");
+        dovecot.submission_port = stack.port("MAILSTACK_SUBMISSION_PORT");
+        dovecot.mx_port = Some(stack.port("MAILSTACK_MX_PORT"));
+        let mut config = GraphConfig::default().with_user(User::new(&mailbox));
+        config.dovecot = Some(dovecot);
+        let graph = FakeGraph::start(config, stack.signing_key(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("fake Graph starts");
+        let db = TestDb::new(backend).await;
+        let config = ConfigFile::write(&format!(
+            r#"
+[database]
+url = "{db}"
+
+[identities.app]
+flow = "client_credentials"
+tenant = "{tenant}"
+client_id = "{client_id}"
+client_secret = {{ env = "IT_CLIENT_SECRET" }}
+authority = "{authority}"
+
+[[mailboxes]]
+name = "support"
+address = "{mailbox}"
+identity = "app"
+transport = "graph"
+poll_interval = "1s"
+{extra_mailbox_keys}
+
+[mailboxes.graph]
+url = "{graph_url}"
+"#,
+            db = db.url,
+            tenant = TENANT_ID,
+            client_id = entra.client_id,
+            authority = entra.fake.authority(),
+            graph_url = graph.base_url(),
+        ));
+        GraphCase {
+            imap_entra: Entra::start(&[&mailbox]).await,
+            mailbox,
+            entra,
+            graph,
+            db,
+            config,
+        }
+    }
+
+    async fn run(&self, args: &[&str]) -> std::process::Output {
+        mailintake(
+            &self.config.path,
+            args,
+            &[("IT_CLIENT_SECRET", &self.entra.secret)],
+        )
+        .await
+    }
+
+    async fn once(&self) {
+        let out = self.run(&["once"]).await;
+        assert!(
+            out.status.success(),
+            "once failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `$value` downloads the fake served, over all runs so far.
+    fn value_requests(&self) -> usize {
+        self.graph
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/$value") && r.status == 200)
+            .count()
+    }
+}
+
+/// A fake Entra whose tokens are for Microsoft Graph, with Mail.ReadWrite and Mail.Send granted
+/// to a confidential client as application permissions.
+async fn graph_entra(mailbox: &str) -> Entra {
+    let hex = mailintake::ingest::sha256_hex(unique("graph-client").as_bytes());
+    let client_id = format!(
+        "{}-{}-4{}-8{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    );
+    let secret = unique("secret-");
+    let mut config = fake_entra::Config::new(TENANT_ID, &["helpdesk.test"]).with_client(
+        Client::confidential(&client_id, "mailintake graph tests", &secret)
+            .with_app_roles(&["Mail.ReadWrite", "Mail.Send"])
+            .with_mailboxes(&[mailbox]),
+    );
+    config.resource = "https://graph.microsoft.com".into();
+    let fake = FakeEntra::start(
+        config,
+        Stack::get().signing_key(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .expect("fake Entra starts");
+    Entra {
+        fake,
+        client_id,
+        secret,
+    }
+}
+
+fn mail(n: usize, from: &str, body_bytes: usize) -> Vec<u8> {
+    let body = "All work and no play makes a ticket.\r\n".repeat(body_bytes / 38 + 1);
+    format!(
+        "From: Customer {n} <{from}>\r\nTo: support@helpdesk.test\r\nSubject: Graph request {n}\r\n\
+         Message-ID: <graph-{n}-{}@customer.test>\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n{body}",
+        unique("m")
+    )
+    .into_bytes()
+}
+
+async fn graph_mail_becomes_tickets_once_and_oversized_mail_is_never_downloaded(backend: Backend) {
+    let case = GraphCase::new(
+        backend,
+        "max_message_bytes = 20000\ndispose = \"move\"\nprocessed_folder = \"Processed\"\nquarantine_folder = \"Quarantine\"",
+    )
+    .await;
+    for n in 0..3 {
+        deliver_lmtp(
+            &case.mailbox,
+            "ann@customer.test",
+            &mail(n, "ann@customer.test", 2_000),
+        )
+        .await;
+    }
+    // Well above max_message_bytes: quarantined by its listed size alone.
+    deliver_lmtp(
+        &case.mailbox,
+        "bob@customer.test",
+        &mail(9, "bob@customer.test", 80_000),
+    )
+    .await;
+
+    case.once().await;
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM tickets WHERE subject LIKE 'Graph request %'")
+            .await,
+        3
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM quarantine WHERE reason = 'too-large'")
+            .await,
+        1,
+        "the oversized message is quarantined"
+    );
+    assert_eq!(
+        case.value_requests(),
+        3,
+        "only the three small messages are downloaded: the large one is decided by PidTagMessageSize"
+    );
+    let inbox = folder_contents(&case.imap_entra, &case.mailbox, "INBOX").await;
+    assert!(inbox.is_empty(), "every message is moved out: {inbox:?}");
+    assert_eq!(
+        folder_contents(&case.imap_entra, &case.mailbox, "Processed")
+            .await
+            .len(),
+        3
+    );
+    assert_eq!(
+        folder_contents(&case.imap_entra, &case.mailbox, "Quarantine")
+            .await
+            .len(),
+        1
+    );
+
+    // Nothing twice: a second run finds nothing new, and new mail comes in alone.
+    case.once().await;
+    deliver_lmtp(
+        &case.mailbox,
+        "ann@customer.test",
+        &mail(4, "ann@customer.test", 1_000),
+    )
+    .await;
+    case.once().await;
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 4);
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM imap_messages").await, 5);
+    assert_eq!(case.value_requests(), 4);
+}
+
+#[tokio::test]
+async fn graph_mail_becomes_tickets_once_and_oversized_mail_is_never_downloaded_sqlite() {
+    graph_mail_becomes_tickets_once_and_oversized_mail_is_never_downloaded(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn graph_mail_becomes_tickets_once_and_oversized_mail_is_never_downloaded_postgres() {
+    graph_mail_becomes_tickets_once_and_oversized_mail_is_never_downloaded(Backend::Postgres).await;
+}
+
+/// Graph forgets delta links (410 SyncStateNotFound): the folder is synchronised afresh, and the
+/// messages recorded before keep their numbers, so none becomes a ticket twice.
+async fn a_forgotten_delta_link_resyncs_without_duplicates(backend: Backend) {
+    // Read mail stays in the Inbox, so the fresh round names it again.
+    let case = GraphCase::new(backend, "dispose = \"seen\"").await;
+    for n in 0..2 {
+        deliver_lmtp(
+            &case.mailbox,
+            "ann@customer.test",
+            &mail(n, "ann@customer.test", 500),
+        )
+        .await;
+    }
+    case.once().await;
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 2);
+    let inbox = folder_contents(&case.imap_entra, &case.mailbox, "INBOX").await;
+    assert!(
+        inbox.len() == 2 && inbox.iter().all(|(_, seen)| *seen),
+        "both are marked read: {inbox:?}"
+    );
+
+    let expired = case
+        .graph
+        .expire_delta_tokens(&case.mailbox, None)
+        .expect("expire");
+    assert!(expired > 0, "the fake had delta links to expire");
+    deliver_lmtp(
+        &case.mailbox,
+        "carl@customer.test",
+        &mail(7, "carl@customer.test", 500),
+    )
+    .await;
+    case.once().await;
+
+    assert!(
+        case.graph.requests().iter().any(|r| r.status == 410),
+        "the old delta link was answered 410"
+    );
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 3);
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM imap_messages WHERE outcome = 'duplicate'")
+            .await,
+        0,
+        "the messages seen before are recognised by their ids, not taken in again"
+    );
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM imap_messages").await, 3);
+}
+
+#[tokio::test]
+async fn a_forgotten_delta_link_resyncs_without_duplicates_sqlite() {
+    a_forgotten_delta_link_resyncs_without_duplicates(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_forgotten_delta_link_resyncs_without_duplicates_postgres() {
+    a_forgotten_delta_link_resyncs_without_duplicates(Backend::Postgres).await;
+}
+
+/// 429 with Retry-After (Outlook's ApplicationThrottled) is waited out as told; the run goes on.
+#[tokio::test]
+async fn throttling_is_waited_out_as_retry_after_says() {
+    let case = GraphCase::new(Backend::Sqlite, "").await;
+    deliver_lmtp(
+        &case.mailbox,
+        "ann@customer.test",
+        &mail(1, "ann@customer.test", 500),
+    )
+    .await;
+    case.graph.inject(
+        ThrottleFault::TooManyRequests {
+            retry_after: Duration::from_secs(2),
+        },
+        2,
+        Some(&case.mailbox),
+    );
+    let started = std::time::Instant::now();
+    case.once().await;
+    let took = started.elapsed();
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 1);
+    let throttled: Vec<_> = case
+        .graph
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 429)
+        .collect();
+    assert_eq!(throttled.len(), 2, "both injected 429s were met");
+    assert!(
+        took >= Duration::from_secs(4),
+        "each 429 was waited out for its Retry-After of 2 s (took {took:?})"
+    );
+}
+
+/// An app the mailbox does not let in (RBAC for Applications scoped elsewhere, an Application
+/// Access Policy): the run fails naming Graph's code and the PowerShell fix.
+#[tokio::test]
+async fn an_app_scoped_away_from_the_mailbox_is_told_the_fix() {
+    let case = GraphCase::new(Backend::Sqlite, "").await;
+    case.graph
+        .restrict_app(&case.entra.client_id, &["someone-else@helpdesk.test"]);
+    let out = case.run(&["once"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "once fails: {stderr}");
+    assert!(stderr.contains("ErrorAccessDenied"), "{stderr}");
+    assert!(stderr.contains("New-ManagementRoleAssignment"), "{stderr}");
+    assert!(stderr.contains(&case.entra.client_id), "{stderr}");
+}
