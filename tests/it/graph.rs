@@ -339,3 +339,75 @@ async fn an_app_scoped_away_from_the_mailbox_is_told_the_fix() {
     assert!(stderr.contains("New-ManagementRoleAssignment"), "{stderr}");
     assert!(stderr.contains(&case.entra.client_id), "{stderr}");
 }
+
+/// `check` on a Graph mailbox: the Graph token, the mailbox read with it, the folders.
+#[tokio::test]
+async fn check_proves_graph_access_by_reading_the_mailbox() {
+    let case = GraphCase::new(
+        Backend::Sqlite,
+        "dispose = \"move\"\nprocessed_folder = \"Processed\"",
+    )
+    .await;
+    let out = case.run(&["check", "support"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "check passes: {stdout}");
+    assert!(
+        stdout.contains("audience https://graph.microsoft.com")
+            && stdout.contains("Mail.ReadWrite"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the Inbox of") && stdout.contains("is readable"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("`INBOX` exists"), "{stdout}");
+    assert!(
+        stdout.contains("`Processed` is missing; the worker creates it"),
+        "{stdout}"
+    );
+
+    // An app the mailbox does not let in fails at the Graph step, with the fix.
+    case.graph
+        .restrict_app(&case.entra.client_id, &["someone-else@helpdesk.test"]);
+    let out = case.run(&["check", "support"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("FAIL graph") && stdout.contains("ErrorAccessDenied"),
+        "{stdout}"
+    );
+}
+
+/// `run` polls a Graph folder: mail delivered while it runs becomes a ticket within a few polls,
+/// and SIGTERM ends it cleanly.
+#[tokio::test]
+async fn run_polls_a_graph_folder() {
+    let case = GraphCase::new(Backend::Postgres, "").await;
+    let log = case.config.path.with_file_name("run.log");
+    let child = tokio::process::Command::new(crate::helpers::binary())
+        .arg("--config")
+        .arg(&case.config.path)
+        .arg("run")
+        .env("IT_CLIENT_SECRET", &case.entra.secret)
+        .env("RUST_LOG", "mailintake=debug")
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("run starts");
+    let running = crate::helpers::Running { child, log };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    deliver_lmtp(
+        &case.mailbox,
+        "ann@customer.test",
+        &mail(1, "ann@customer.test", 500),
+    )
+    .await;
+    let arrived = crate::helpers::eventually(Duration::from_secs(20), || async {
+        case.db.count_or_zero("SELECT COUNT(*) FROM tickets").await == 1
+    })
+    .await;
+    let (status, log) = crate::helpers::terminate(running, Duration::from_secs(20)).await;
+    assert!(arrived, "the ticket was written while run polled: {log}");
+    assert!(status.success(), "{log}");
+}
