@@ -10,7 +10,7 @@ use base64::Engine;
 use secrecy::ExposeSecret;
 
 use crate::config::{
-    Config, Disposal, Grant, GraphEndpoint, Identity, Mailbox, SentCopy, Transport,
+    Config, Disposal, Grant, GraphEndpoint, Identity, Mailbox, SendVia, SentCopy, Transport,
 };
 use crate::graph::{GraphLogin, GraphMailbox};
 use crate::imap;
@@ -194,21 +194,27 @@ async fn check_smtp(
     tokens: &TokenCache,
     send_test_mail: Option<&str>,
 ) -> bool {
-    let Some(smtp) = &mailbox.smtp else {
+    let Some(outlet) = &mailbox.outlet else {
         step(
             true,
             "smtp",
-            "no [mailboxes.smtp] table: this mailbox sends no acknowledgements",
+            "no [mailboxes.smtp] table and no send = \"graph\": this mailbox sends no mail",
         );
         if send_test_mail.is_some() {
             step(
                 false,
                 "testmail",
-                "cannot send: the mailbox has no [mailboxes.smtp] table",
+                "cannot send: the mailbox has no [mailboxes.smtp] table and no send = \"graph\"",
             );
             return false;
         }
         return true;
+    };
+    let smtp = match &outlet.via {
+        SendVia::Smtp(server) => server,
+        SendVia::Graph(graph) => {
+            return check_graph_send(identity, mailbox, graph, tokens, send_test_mail).await;
+        }
     };
     let where_ = format!("{}:{} ({:?} TLS)", smtp.host, smtp.port, smtp.tls);
     let token = match tokens.token(identity).await {
@@ -219,34 +225,66 @@ async fn check_smtp(
         }
     };
     // Connecting includes STARTTLS (or implicit TLS) and AUTH XOAUTH2.
-    let mut session = match reply::smtp::connect(smtp, &mailbox.address, &token).await {
-        Ok(session) => {
-            step(
-                true,
-                "smtp",
-                &format!("{where_}, XOAUTH2 accepted for {}", mailbox.address),
-            );
-            session
-        }
-        Err(e) => {
-            step(
-                false,
-                "smtp",
-                &format!("{where_} as {}: {e}", mailbox.address),
-            );
-            return false;
-        }
-    };
+    let mut session =
+        match reply::smtp::connect(smtp, outlet.timeout, &mailbox.address, &token).await {
+            Ok(session) => {
+                step(
+                    true,
+                    "smtp",
+                    &format!("{where_}, XOAUTH2 accepted for {}", mailbox.address),
+                );
+                session
+            }
+            Err(e) => {
+                step(
+                    false,
+                    "smtp",
+                    &format!("{where_} as {}: {e}", mailbox.address),
+                );
+                return false;
+            }
+        };
     let Some(to) = send_test_mail else {
         session.quit().await;
         return true;
     };
+    let row = test_row(mailbox, to);
+    let sent = match reply::smtp::compose(&row, &mailbox.address) {
+        Ok(message) => session
+            .send(&message, outlet.timeout)
+            .await
+            .map(|response| (response, message)),
+        Err(e) => Err(e),
+    };
+    session.quit().await;
+    match sent {
+        Ok((response, message)) => {
+            step(true, "testmail", &format!("sent to {to}: {response}"));
+            check_sent_copy(
+                config,
+                identity,
+                mailbox,
+                tokens,
+                &row.message_id,
+                message.bytes,
+            )
+            .await
+        }
+        Err(e) => {
+            step(false, "testmail", &format!("to {to}: {e}"));
+            false
+        }
+    }
+}
+
+/// The message `check --send-test-mail` sends to `to`.
+fn test_row(mailbox: &Mailbox, to: &str) -> crate::store::OutboxRow {
     let from = mailbox
         .acknowledge
         .from
         .clone()
         .unwrap_or_else(|| mailbox.address.clone());
-    let row = crate::store::OutboxRow {
+    crate::store::OutboxRow {
         id: 0,
         mailbox: mailbox.name.clone(),
         ticket_id: None,
@@ -276,31 +314,100 @@ async fn check_smtp(
         envelope_to: Vec::new(),
         kind: "notification".into(),
         recipient_count: 1,
-    };
-    let sent = match reply::smtp::compose(&row, &mailbox.address) {
-        Ok(message) => session
-            .send(&message, smtp.timeout)
-            .await
-            .map(|response| (response, message)),
-        Err(e) => Err(e),
-    };
-    session.quit().await;
-    match sent {
-        Ok((response, message)) => {
-            step(true, "testmail", &format!("sent to {to}: {response}"));
-            check_sent_copy(
-                config,
-                identity,
-                mailbox,
-                tokens,
-                &row.message_id,
-                message.bytes,
-            )
-            .await
+    }
+}
+
+/// The sending step of a mailbox that sends through Graph: a token for Graph, and with
+/// `--send-test-mail` a real message by `sendMail`, then its copy in Sent Items.
+async fn check_graph_send(
+    identity: &Identity,
+    mailbox: &Mailbox,
+    graph: &GraphEndpoint,
+    tokens: &TokenCache,
+    send_test_mail: Option<&str>,
+) -> bool {
+    let token = match tokens.token_for_scope(identity, &graph.scope).await {
+        Ok(token) => token,
+        Err(e) => {
+            step(false, "send", &format!("Graph sendMail: no token: {e}"));
+            return false;
         }
+    };
+    let roles: Vec<String> = jwt_claims(token.secret.expose_secret())
+        .and_then(|c| c["roles"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r.as_str().map(str::to_string))
+        .collect();
+    let mut text = format!("Graph sendMail at {} as {}", graph.url, mailbox.address);
+    if !roles.iter().any(|r| r.eq_ignore_ascii_case("Mail.Send")) {
+        text.push_str("\nno Mail.Send role in the token: normal with RBAC for Applications; --send-test-mail proves the access");
+    }
+    step(true, "send", &text);
+    let Some(to) = send_test_mail else {
+        return true;
+    };
+    let row = test_row(mailbox, to);
+    let message = match reply::smtp::compose(&row, &mailbox.address) {
+        Ok(message) => message,
         Err(e) => {
             step(false, "testmail", &format!("to {to}: {e}"));
-            false
+            return false;
+        }
+    };
+    let shared = crate::graph::Shared::default();
+    let login = GraphLogin {
+        shared: &shared,
+        endpoint: graph,
+        address: &mailbox.address,
+        client_id: &identity.client_id,
+    };
+    let api = match GraphMailbox::new(&login, token.secret.clone()) {
+        Ok(api) => api,
+        Err(e) => {
+            step(false, "testmail", &e.to_string());
+            return false;
+        }
+    };
+    if let Err(e) = api.send_mime(&message.bytes).await {
+        step(false, "testmail", &format!("to {to}: {e}"));
+        return false;
+    }
+    step(
+        true,
+        "testmail",
+        &format!("sent to {to}: 202 Accepted (Graph sendMail)"),
+    );
+    let ours = format!("<{}>", row.message_id);
+    let deadline = std::time::Instant::now() + SERVER_COPY_WAIT;
+    loop {
+        match api.sent_copy_of(&ours).await {
+            Ok(Some(_)) => {
+                step(true, "sentcopy", &format!("Sent Items has {ours}"));
+                return true;
+            }
+            Ok(None) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(None) => {
+                step(
+                    true,
+                    "sentcopy",
+                    &format!(
+                        "WARNING: no copy with {ours} in Sent Items after {SERVER_COPY_WAIT:?}"
+                    ),
+                );
+                return true;
+            }
+            // Reading needs Mail.Read as well; sending worked.
+            Err(e) => {
+                step(
+                    true,
+                    "sentcopy",
+                    &format!("WARNING: cannot look in Sent Items: {e}"),
+                );
+                return true;
+            }
         }
     }
 }

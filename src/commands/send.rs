@@ -88,7 +88,7 @@ async fn wait(
         .iter()
         .find(|m| m.name == mailbox_name)
         .context("the mailbox was checked by submit")?;
-    let smtp = mailbox.smtp.as_ref().context("checked by submit")?;
+    let outlet = mailbox.outlet.as_ref().context("checked by submit")?;
     let tokens = token_cache(config, store);
     let metrics = Metrics::new(config);
     let identity = config.identity(&mailbox.identity);
@@ -96,13 +96,14 @@ async fn wait(
     let copies = intake::sent_copies(mailbox, identity, &tokens, &metrics, &logins);
     let ctx = SenderContext {
         mailbox,
-        smtp,
+        outlet,
         identity,
         store,
         tokens: &tokens,
         metrics: &metrics,
         sent_copies: copies.as_ref().map(|c| c as &dyn SentCopies),
         tenure: None,
+        graph: &logins.graph,
     };
     let deadline = tokio::time::Instant::now() + limit;
     loop {

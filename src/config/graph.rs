@@ -11,6 +11,11 @@ use url::Url;
 use super::problems::Table;
 use super::{GraphEndpoint, Identity, entra, file_problem, raw};
 
+/// The largest message sent through Graph (`send = "graph"`, `max_send_bytes` capped to it):
+/// Graph takes at most 4 MB in one request, and `sendMail`'s base64 makes a message 4/3 larger.
+/// Larger messages need a draft and upload sessions, which come later.
+pub const SENDMAIL_MAX_BYTES: u64 = 3_000_000;
+
 /// Outlook's concurrency limit: 4 requests at once per app (Graph's throttling page).
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 4;
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::problems::{Problems, Table, alternatives};
 use super::{
     Acknowledge, AutomaticMail, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_SEND_BYTES, Disposal,
-    FirstStart, Identity, ImapEndpoint, Mailbox, Mode, Sending, SentCopy, SmtpEndpoint, Timeouts,
-    TlsMode, Transport, file_problem, graph, raw,
+    FirstStart, GraphEndpoint, Identity, ImapEndpoint, Mailbox, Mode, Outlet, SendVia, Sending,
+    SentCopy, SmtpServer, Timeouts, TlsMode, Transport, file_problem, graph, raw,
 };
 use crate::time::parse_date;
 
@@ -266,7 +266,12 @@ fn validate_mailbox(
     base_dir: &Path,
     table: &mut Table,
 ) -> Mailbox {
-    let transport = validate_transport(&m, identity, base_dir, table);
+    let uses_graph = m.transport.as_deref() == Some("graph") || m.send.as_deref() == Some("graph");
+    let graph = uses_graph.then(|| {
+        let raw = m.graph.clone().unwrap_or_default();
+        graph::validate_graph(raw, identity, base_dir, table)
+    });
+    let transport = validate_transport(&m, graph.clone(), base_dir, table);
     let dispose_mode = table.choice("dispose", m.dispose.as_deref(), DisposeMode::Seen);
     let mode = table.choice("mode", m.mode.as_deref(), Mode::Normal);
     let first_start = table.choice("first_start", m.first_start.as_deref(), FirstStart::All);
@@ -320,10 +325,17 @@ fn validate_mailbox(
         m.automatic.as_deref(),
         AutomaticMail::default(),
     );
-    let smtp = m.smtp.map(|raw| validate_smtp(raw, base_dir, table));
+    let outlet = validate_outlet(
+        m.send.as_deref(),
+        m.smtp,
+        m.graph.as_ref(),
+        graph,
+        base_dir,
+        table,
+    );
     let acknowledge = validate_acknowledge(
         m.acknowledge.unwrap_or_default(),
-        smtp.is_some(),
+        outlet.is_some(),
         match &transport {
             Transport::Imap(imap) => is_exchange_online_host(&imap.host),
             Transport::Graph(_) => true,
@@ -331,13 +343,41 @@ fn validate_mailbox(
         base_dir,
         table,
     );
-    let sending = validate_sending(m.send_as, m.max_send_bytes, m.allow_recipients, table);
-    let sent_copy =
-        validate_sent_copy(m.sent_copy.as_deref(), m.sent_folder, smtp.is_some(), table);
+    let graph_sends = outlet.as_ref().is_some_and(|o| o.smtp().is_none());
+    if graph_sends
+        && m.max_send_bytes
+            .is_some_and(|n| n > graph::SENDMAIL_MAX_BYTES)
+    {
+        table.report(
+            "max_send_bytes",
+            format!(
+                "must be at most {} with send = \"graph\" (sendMail takes 4 MB per request, base64 included; larger messages need upload sessions, not yet supported)",
+                graph::SENDMAIL_MAX_BYTES
+            ),
+        );
+    }
+    let max_send_bytes = match m.max_send_bytes {
+        None if graph_sends => Some(graph::SENDMAIL_MAX_BYTES),
+        given => given,
+    };
+    let sending = validate_sending(m.send_as, max_send_bytes, m.allow_recipients, table);
+    let sent_copy = validate_sent_copy(
+        m.sent_copy.as_deref(),
+        m.sent_folder,
+        outlet.is_some(),
+        table,
+    );
     if matches!(transport, Transport::Graph(_)) && matches!(sent_copy, SentCopy::Append { .. }) {
         table.report(
             "sent_copy",
             "\"append\" copies sent mail into the Sent folder over IMAP, which a mailbox read through Graph does not use: Exchange keeps the copy itself (\"server\", the default)",
+        );
+    } else if outlet.as_ref().is_some_and(|o| o.smtp().is_none())
+        && matches!(sent_copy, SentCopy::Append { .. })
+    {
+        table.report(
+            "sent_copy",
+            "\"append\" is for SMTP servers that keep no copy; Graph's sendMail keeps one in Sent Items itself (\"server\", the default)",
         );
     }
     Mailbox {
@@ -363,7 +403,7 @@ fn validate_mailbox(
         reopen_closed: m.reopen_closed.unwrap_or(true),
         automatic,
         keep_raw_all: keep_raw == KeepRaw::All,
-        smtp,
+        outlet,
         acknowledge,
         sending,
         sent_copy,
@@ -374,16 +414,16 @@ fn validate_mailbox(
 /// `[mailboxes.graph]` (optional) for `"graph"`.
 fn validate_transport(
     m: &raw::Mailbox,
-    identity: Option<&Identity>,
+    graph: Option<GraphEndpoint>,
     base_dir: &Path,
     table: &mut Table,
 ) -> Transport {
     match m.transport.as_deref() {
         None | Some("imap") => {
-            if m.graph.is_some() {
+            if m.graph.is_some() && graph.is_none() {
                 table.report(
                     "graph",
-                    "is only read with transport = \"graph\"; remove it, or set transport = \"graph\"",
+                    "is only read with transport = \"graph\" or send = \"graph\"; remove it, or set one of them",
                 );
             }
             match &m.imap {
@@ -404,8 +444,7 @@ fn validate_transport(
                     "is not used with transport = \"graph\" (mail is read through Microsoft Graph); remove it",
                 );
             }
-            let raw = m.graph.as_ref().cloned().unwrap_or_default();
-            Transport::Graph(graph::validate_graph(raw, identity, base_dir, table))
+            Transport::Graph(graph.expect("validated for transport = \"graph\""))
         }
         Some(other) => {
             table.report(
@@ -672,17 +711,71 @@ fn validate_disposal(
 }
 
 /// `[mailboxes.smtp]`: STARTTLS on 587 unless told otherwise; Exchange Online's sending limits.
-fn validate_smtp(raw: raw::Smtp, base_dir: &Path, table: &mut Table) -> SmtpEndpoint {
+/// How the mailbox sends: `send` (`"smtp"`, the default when `[mailboxes.smtp]` is there, or
+/// `"graph"`), with Exchange Online's limits (30 messages a minute, 10,000 recipients a day).
+fn validate_outlet(
+    send: Option<&str>,
+    smtp: Option<raw::Smtp>,
+    raw_graph: Option<&raw::Graph>,
+    graph: Option<GraphEndpoint>,
+    base_dir: &Path,
+    table: &mut Table,
+) -> Option<Outlet> {
+    match send {
+        None | Some("smtp") => match smtp {
+            Some(raw) => Some(validate_smtp(raw, base_dir, table)),
+            None if send.is_some() => {
+                table.report(
+                    "smtp",
+                    "missing: send = \"smtp\" needs [mailboxes.smtp] with at least host (Exchange Online: host = \"smtp.office365.com\")",
+                );
+                None
+            }
+            None => None,
+        },
+        Some("graph") => {
+            if smtp.is_some() {
+                table.report(
+                    "smtp",
+                    "is not used with send = \"graph\" (mail is sent through Graph's sendMail); remove it",
+                );
+            }
+            let graph = graph.expect("validated for send = \"graph\"");
+            let limits = raw_graph.cloned().unwrap_or_default();
+            Some(Outlet {
+                timeout: graph.timeout,
+                max_per_minute: limits.max_per_minute.unwrap_or(30),
+                max_recipients_per_day: limits.max_recipients_per_day.unwrap_or(10_000),
+                retry_delay: Duration::from_secs(30),
+                claim_lease: Duration::from_secs(600),
+                via: SendVia::Graph(graph),
+            })
+        }
+        Some(other) => {
+            table.report(
+                "send",
+                format!(
+                    "`{other}` is not a way to send: must be \"smtp\" (SMTP AUTH, [mailboxes.smtp]) or \"graph\" (Graph's sendMail, where SMTP AUTH is switched off)"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn validate_smtp(raw: raw::Smtp, base_dir: &Path, table: &mut Table) -> Outlet {
     let tls = raw.tls.unwrap_or(TlsMode::Starttls);
     let ca_file = existing_file(base_dir, raw.ca_file, "smtp.ca_file", table);
-    SmtpEndpoint {
-        host: raw.host,
-        port: raw.port.unwrap_or(match tls {
-            TlsMode::Starttls => 587,
-            TlsMode::Implicit => 465,
+    Outlet {
+        via: SendVia::Smtp(SmtpServer {
+            host: raw.host,
+            port: raw.port.unwrap_or(match tls {
+                TlsMode::Starttls => 587,
+                TlsMode::Implicit => 465,
+            }),
+            tls,
+            ca_file,
         }),
-        tls,
-        ca_file,
         timeout: duration(
             table,
             "smtp.timeout",

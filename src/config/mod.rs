@@ -59,6 +59,7 @@ pub use entra::{
     AdminConsent, DEFAULT_AUTHORITY_HOST, EXCHANGE_RESOURCE, GRAPH_RESOURCE,
     NATIVE_CLIENT_REDIRECT_URI, admin_consent,
 };
+pub use graph::SENDMAIL_MAX_BYTES;
 pub use identity::Flow;
 pub use mailbox::{DEFAULT_ACK_DENY, DEFAULT_ACK_TEMPLATE, TEMPLATE_PLACEHOLDERS, check_template};
 pub use problems::{ConfigError, ConfigProblem};
@@ -302,8 +303,9 @@ pub struct Mailbox {
     pub automatic: AutomaticMail,
     /// Keep every ingested message's raw bytes (compressed), not only those of failures.
     pub keep_raw_all: bool,
-    /// Where acknowledgements are sent through; `None` when the mailbox sends nothing.
-    pub smtp: Option<SmtpEndpoint>,
+    /// How its mail (acknowledgements, the helpdesk's replies) is sent: `[mailboxes.smtp]`, or
+    /// Graph with `send = "graph"`; `None` when the mailbox sends nothing.
+    pub outlet: Option<Outlet>,
     pub acknowledge: Acknowledge,
     /// Mail the helpdesk hands over (agent replies, notifications): which From addresses it may
     /// use, how large it may be, and to whom it may go.
@@ -345,13 +347,11 @@ pub struct Sending {
 /// Exchange Online's default message size limit for sending (35 MB).
 pub const DEFAULT_MAX_SEND_BYTES: u64 = 35 * 1024 * 1024;
 
-/// The SMTP submission server of a mailbox (Exchange Online: smtp.office365.com:587, STARTTLS).
+/// How a mailbox sends, within Exchange's limits.
 #[derive(Debug, Clone)]
-pub struct SmtpEndpoint {
-    pub host: String,
-    pub port: u16,
-    pub tls: TlsMode,
-    pub ca_file: Option<PathBuf>,
+pub struct Outlet {
+    pub via: SendVia,
+    /// The longest one message's submission may take.
     pub timeout: Duration,
     /// Exchange Online allows 30 messages a minute and 10,000 recipients a day per mailbox.
     pub max_per_minute: u32,
@@ -362,6 +362,42 @@ pub struct SmtpEndpoint {
     /// row's update) is sent again, with the same Message-ID (`smtp.claim_lease`, 10 minutes;
     /// longer than any send takes, or a slow send would be doubled by another process).
     pub claim_lease: Duration,
+}
+
+/// What a mailbox's mail is submitted to.
+#[derive(Debug, Clone)]
+pub enum SendVia {
+    /// SMTP submission with XOAUTH2 (`[mailboxes.smtp]`).
+    Smtp(SmtpServer),
+    /// Graph's `sendMail` with the MIME message (`send = "graph"`, `[mailboxes.graph]`).
+    Graph(GraphEndpoint),
+}
+
+impl Outlet {
+    /// The SMTP server, when the mailbox sends by SMTP.
+    pub fn smtp(&self) -> Option<&SmtpServer> {
+        match &self.via {
+            SendVia::Smtp(server) => Some(server),
+            SendVia::Graph(_) => None,
+        }
+    }
+
+    /// Where mail goes, for texts: `smtp.office365.com:587` or Graph's URL.
+    pub fn describe(&self) -> String {
+        match &self.via {
+            SendVia::Smtp(server) => format!("{}:{}", server.host, server.port),
+            SendVia::Graph(graph) => format!("Graph sendMail at {}", graph.url),
+        }
+    }
+}
+
+/// The SMTP submission server of a mailbox (Exchange Online: smtp.office365.com:587, STARTTLS).
+#[derive(Debug, Clone)]
+pub struct SmtpServer {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The `acknowledge.authserv_id` that stands for Exchange Online's own stamp: the topmost

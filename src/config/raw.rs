@@ -97,6 +97,8 @@ pub struct Mailbox {
     pub identity: String,
     /// `"imap"` (the default) or `"graph"`.
     pub transport: Option<String>,
+    /// `"smtp"` (the default with `[mailboxes.smtp]`) or `"graph"`.
+    pub send: Option<String>,
     pub imap: Option<Imap>,
     pub graph: Option<Graph>,
     pub folder: Option<String>,
@@ -181,6 +183,9 @@ pub struct Graph {
     pub max_concurrent_requests: Option<u32>,
     pub timeout: Option<String>,
     pub ca_file: Option<PathBuf>,
+    /// Sending through Graph (`send = "graph"`): Exchange's limits per mailbox.
+    pub max_per_minute: Option<u32>,
+    pub max_recipients_per_day: Option<u32>,
 }
 
 /// Where a secret comes from: `{ env = "NAME" }`, `{ file = "PATH" }`, or a plain string (meant

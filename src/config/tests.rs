@@ -527,3 +527,34 @@ fn graph_is_refused_where_it_cannot_work() {
         "{key}: {message}"
     );
 }
+
+#[test]
+fn sending_through_graph_needs_no_smtp_table_and_caps_the_message_size() {
+    let config = load(&graph_mailbox("send = \"graph\"")).unwrap();
+    let mailbox = &config.mailboxes[0];
+    let outlet = mailbox.outlet.as_ref().expect("it sends");
+    assert!(matches!(outlet.via, SendVia::Graph(_)));
+    assert_eq!(
+        (outlet.max_per_minute, outlet.max_recipients_per_day),
+        (30, 10_000)
+    );
+    assert_eq!(mailbox.sending.max_bytes, SENDMAIL_MAX_BYTES);
+    // Reading by IMAP and sending by Graph.
+    let mixed = MINIMAL.replace(
+        "imap = { host = \"outlook.office365.com\" }",
+        "imap = { host = \"outlook.office365.com\" }\nsend = \"graph\"",
+    );
+    let config = load(&mixed).unwrap();
+    assert!(config.mailboxes[0].imap().is_some());
+    assert!(matches!(
+        config.mailboxes[0].outlet.as_ref().unwrap().via,
+        SendVia::Graph(_)
+    ));
+    let problems = load(&graph_mailbox(
+        "send = \"graph\"\nmax_send_bytes = 20000000",
+    ))
+    .unwrap_err();
+    assert!(problems[0].key.ends_with("max_send_bytes"), "{problems:?}");
+    let problems = load(&graph_mailbox("send = \"pigeon\"")).unwrap_err();
+    assert!(problems[0].key.ends_with("send"), "{problems:?}");
+}

@@ -94,6 +94,13 @@ pub struct GraphClient {
     client_id: String,
 }
 
+/// What a request carries.
+pub enum Payload {
+    Json(serde_json::Value),
+    /// `Content-Type: text/plain`: a MIME message in base64, as `sendMail` takes it.
+    Base64Mime(String),
+}
+
 /// A capped download.
 pub enum Capped {
     Complete(Vec<u8>),
@@ -150,7 +157,7 @@ impl GraphClient {
         what: &str,
         method: Method,
         url: &str,
-        body: Option<serde_json::Value>,
+        body: Option<Payload>,
     ) -> Result<(), GraphError> {
         let response = self.request(what, method, url, body, None).await?;
         // Read the (small) answer so the connection can be reused.
@@ -167,7 +174,7 @@ impl GraphClient {
         body: serde_json::Value,
     ) -> Result<T, GraphError> {
         let response = self
-            .request(what, Method::POST, url, Some(body), None)
+            .request(what, Method::POST, url, Some(Payload::Json(body)), None)
             .await?;
         let bytes = response.bytes().await.map_err(|e| transport(what, &e))?;
         serde_json::from_slice(&bytes).map_err(|e| GraphError::Unreadable {
@@ -207,7 +214,7 @@ impl GraphClient {
         what: &str,
         method: Method,
         url: &str,
-        body: Option<serde_json::Value>,
+        body: Option<Payload>,
         page_size: Option<u32>,
     ) -> Result<reqwest::Response, GraphError> {
         let _permit = self
@@ -224,7 +231,7 @@ impl GraphClient {
         what: &str,
         method: Method,
         url: &str,
-        body: Option<serde_json::Value>,
+        body: Option<Payload>,
         page_size: Option<u32>,
     ) -> Result<reqwest::Response, GraphError> {
         let attempt = || async {
@@ -234,8 +241,14 @@ impl GraphClient {
                 .bearer_auth(self.token.expose_secret())
                 .timeout(self.timeout)
                 .header("Prefer", prefer(page_size));
-            if let Some(body) = &body {
-                request = request.json(body);
+            match &body {
+                Some(Payload::Json(json)) => request = request.json(json),
+                Some(Payload::Base64Mime(text)) => {
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                        .body(text.clone());
+                }
+                None => {}
             }
             let response = request.send().await.map_err(|e| transport(what, &e))?;
             if response.status().is_success() {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::client::{Capped, GraphClient, Shared, encode_segment};
+use super::client::{Capped, GraphClient, Payload, Shared, encode_segment};
 use super::error::GraphError;
 use crate::config::GraphEndpoint;
 use crate::mail_source::{
@@ -90,33 +90,74 @@ impl GraphMailbox {
         login: &GraphLogin<'_>,
         token: SecretString,
     ) -> Result<GraphMailbox, GraphError> {
-        let client = GraphClient::new(
-            login.shared,
-            login.endpoint,
-            login.address,
-            login.client_id,
-            token,
-        )?;
-        let inbox: FolderJson = client
+        let mut api = GraphMailbox::new(login, token)?;
+        let inbox: FolderJson = api
+            .client
             .get_json(
                 "reading the Inbox folder",
-                &client.url("/mailFolders/inbox?$select=id,displayName"),
+                &api.client.url("/mailFolders/inbox?$select=id,displayName"),
                 None,
             )
             .await?;
-        let mut folder_ids = HashMap::new();
-        folder_ids.insert("inbox".to_string(), inbox.id);
+        api.folder_ids.insert("inbox".to_string(), inbox.id);
+        Ok(api)
+    }
+
+    /// Requests with `token`, without a first one: for sending, which may be all the app is
+    /// granted (`Mail.Send` without `Mail.Read`).
+    pub fn new(login: &GraphLogin<'_>, token: SecretString) -> Result<GraphMailbox, GraphError> {
         Ok(GraphMailbox {
-            client,
+            client: GraphClient::new(
+                login.shared,
+                login.endpoint,
+                login.address,
+                login.client_id,
+                token,
+            )?,
             address: login.address.to_string(),
             max_concurrent: login.endpoint.max_concurrent_requests.max(1) as usize,
-            folder_ids,
+            folder_ids: HashMap::new(),
         })
     }
 
     /// The id of folder `name`, or `None` when the mailbox has none by that name.
     pub async fn find_folder(&mut self, name: &str) -> Result<Option<String>, GraphError> {
         self.folder_id(name, false).await
+    }
+
+    /// Sends `raw`, a whole MIME message, by `sendMail` (`Content-Type: text/plain`, base64).
+    /// Its recipients are its To, Cc and Bcc fields; Exchange keeps a copy in Sent Items. Graph
+    /// answers 202 once it took the message: delivery follows.
+    pub async fn send_mime(&self, raw: &[u8]) -> Result<(), GraphError> {
+        use base64::Engine;
+        let body = base64::engine::general_purpose::STANDARD.encode(raw);
+        self.client
+            .change(
+                "sending a message (sendMail)",
+                Method::POST,
+                &self.client.url("/sendMail"),
+                Some(Payload::Base64Mime(body)),
+            )
+            .await
+    }
+
+    /// The `internetMessageId` of the message in Sent Items whose id is `message_id` (with angle
+    /// brackets), if Exchange has put it there: the read-back after a send.
+    pub async fn sent_copy_of(&self, message_id: &str) -> Result<Option<String>, GraphError> {
+        let filter = format!("internetMessageId eq '{}'", message_id.replace('\'', "''"));
+        let url = self.client.url(&format!(
+            "/mailFolders/sentitems/messages?$select=internetMessageId&$top=1&$filter={}",
+            encode_query(&filter)
+        ));
+        let page: SentPage = self
+            .client
+            .get_json("looking up the copy in Sent Items", &url, None)
+            .await?;
+        Ok(page
+            .value
+            .into_iter()
+            .next()
+            .and_then(|m| m.internet_message_id))
     }
 
     /// The id of folder `name` (a path like `Archive/2026`, `/`-separated; `INBOX` and the
@@ -433,12 +474,14 @@ impl GraphSource {
             Action::MarkRead => (
                 Method::PATCH,
                 format!("/messages/{id}"),
-                Some(serde_json::json!({ "isRead": true })),
+                Some(Payload::Json(serde_json::json!({ "isRead": true }))),
             ),
             Action::MoveTo(target) => (
                 Method::POST,
                 format!("/messages/{id}/move"),
-                Some(serde_json::json!({ "destinationId": target })),
+                Some(Payload::Json(
+                    serde_json::json!({ "destinationId": target }),
+                )),
             ),
             // A message DELETE moves it to Deleted Items, where it is recoverable as in Outlook.
             Action::Delete => (Method::DELETE, format!("/messages/{id}"), None),
@@ -719,6 +762,17 @@ struct FolderPage {
     value: Vec<FolderJson>,
     #[serde(rename = "@odata.nextLink")]
     next_link: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SentPage {
+    value: Vec<SentMessage>,
+}
+
+#[derive(Deserialize)]
+struct SentMessage {
+    #[serde(rename = "internetMessageId")]
+    internet_message_id: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -72,18 +72,21 @@ pub async fn flush_outboxes(
     let logins = LoginPacer::default();
     let mut results = Vec::new();
     for mailbox in config.mailboxes.iter().filter(|m| reply::sends_mail(m)) {
-        let Some(smtp) = &mailbox.smtp else { continue };
+        let Some(outlet) = &mailbox.outlet else {
+            continue;
+        };
         let identity = config.identity(&mailbox.identity);
         let copies = sent_copies(mailbox, identity, tokens, &metrics, &logins);
         let ctx = SenderContext {
             mailbox,
-            smtp,
+            outlet,
             identity,
             store,
             tokens,
             metrics: &metrics,
             sent_copies: copies.as_ref().map(|c| c as &dyn SentCopies),
             tenure: None,
+            graph: &logins.graph,
         };
         results.push((mailbox.name.clone(), sender::flush(&ctx).await));
     }
@@ -173,24 +176,27 @@ pub fn spawn(
             tracker.spawn(
                 async move {
                     let mailbox = &config.mailboxes[index];
-                    let Some(smtp) = &mailbox.smtp else { return };
+                    let Some(outlet) = &mailbox.outlet else {
+                        return;
+                    };
                     let identity = config.identity(&mailbox.identity);
                     let copies = sent_copies(mailbox, identity, &tokens, &metrics, &logins);
-                    let (store, tokens, metrics, wake, copies) =
-                        (&store, &tokens, &metrics, &wake, &copies);
+                    let (store, tokens, metrics, wake, copies, graph) =
+                        (&store, &tokens, &metrics, &wake, &copies, &logins.graph);
                     // One sender per mailbox over the fleet: the budget holds exactly.
                     let unit = Unit::outbox(&mailbox.name);
                     fleet
                         .hold(&unit, &cancel, |tenure| async move {
                             let ctx = SenderContext {
                                 mailbox,
-                                smtp,
+                                outlet,
                                 identity,
                                 store,
                                 tokens,
                                 metrics,
                                 sent_copies: copies.as_ref().map(|c| c as &dyn SentCopies),
                                 tenure: Some(&tenure),
+                                graph,
                             };
                             let restarted = |panic: &str| {
                                 report_panic(metrics, mailbox, "", &mailbox.identity, panic)

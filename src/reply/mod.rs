@@ -6,6 +6,7 @@
 //! has its acknowledgement (or the recorded reason why it has none), and a crash never sends one
 //! for a ticket that does not exist.
 
+pub mod graph;
 pub mod outgoing;
 pub mod refusal;
 pub mod sender;
@@ -21,13 +22,13 @@ use crate::store::{AckKind, OutboxDraft};
 /// Whether `mailbox` sends acknowledgements (and quarantine notices) at all: they are enabled,
 /// it has SMTP, and it is not in shadow mode (which changes nothing and sends nothing).
 pub fn sends_acknowledgements(mailbox: &Mailbox) -> bool {
-    mailbox.acknowledge.enabled && mailbox.smtp.is_some() && mailbox.mode == Mode::Normal
+    mailbox.acknowledge.enabled && mailbox.outlet.is_some() && mailbox.mode == Mode::Normal
 }
 
 /// Whether `mailbox` sends mail at all (acknowledgements or the helpdesk's): it has SMTP and is
 /// not in shadow mode. Such a mailbox has a sender task.
 pub fn sends_mail(mailbox: &Mailbox) -> bool {
-    mailbox.smtp.is_some() && mailbox.mode == Mode::Normal
+    mailbox.outlet.is_some() && mailbox.mode == Mode::Normal
 }
 
 /// A subject that carries ticket `reference`'s tag, as every reply on a ticket does (an

@@ -13,9 +13,10 @@ use tracing::{info, warn};
 
 use super::outgoing::{self, OutgoingRequest, SubmitError};
 use super::smtp::{self, SmtpError};
-use crate::config::{Identity, Mailbox, SentCopy, SmtpEndpoint};
+use crate::config::{Identity, Mailbox, Outlet, SendVia, SentCopy, SmtpServer};
 use crate::failpoint::{self, Point};
 use crate::fleet::Tenure;
+use crate::graph::GraphMailbox;
 use crate::mail_source::CopyKept;
 use crate::oauth::TokenCache;
 use crate::report::FlushReport;
@@ -31,7 +32,8 @@ const BLOCKED_RETRY_MS: i64 = 10 * 60 * 1000;
 /// Everything the sender of one mailbox needs, borrowed.
 pub struct SenderContext<'a> {
     pub mailbox: &'a Mailbox,
-    pub smtp: &'a SmtpEndpoint,
+    /// How the mailbox sends (`mailbox.outlet`).
+    pub outlet: &'a Outlet,
     pub identity: &'a Identity,
     pub store: &'a Store,
     pub tokens: &'a TokenCache,
@@ -43,6 +45,16 @@ pub struct SenderContext<'a> {
     /// The mailbox's outbox lease in a fleet (`run`): one sender per mailbox over every worker.
     /// No row is claimed once it is not certain; `None` outside `run`.
     pub tenure: Option<&'a Tenure>,
+    /// What the process's Graph requests share (the app's concurrency bound), for `send =
+    /// "graph"`.
+    pub graph: &'a crate::graph::Shared,
+}
+
+/// What a flush has open: an SMTP session, or a Graph mailbox's requests.
+#[derive(Default)]
+struct Connections {
+    smtp: Option<smtp::Session>,
+    graph: Option<GraphMailbox>,
 }
 
 /// A message to keep in the mailbox's Sent folder: our Message-ID (without angle brackets) and
@@ -154,7 +166,7 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
         .store
         .requeue_stale_sends(
             &ctx.mailbox.name,
-            now_ms() - ctx.smtp.claim_lease.as_millis() as i64,
+            now_ms() - ctx.outlet.claim_lease.as_millis() as i64,
         )
         .await?;
     if requeued > 0 {
@@ -164,10 +176,10 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
         );
     }
     let budget = Budget {
-        per_minute: ctx.smtp.max_per_minute,
-        recipients_per_day: ctx.smtp.max_recipients_per_day,
+        per_minute: ctx.outlet.max_per_minute,
+        recipients_per_day: ctx.outlet.max_recipients_per_day,
     };
-    let mut session = None;
+    let mut connections = Connections::default();
     loop {
         // In a fleet, sending stops with the lease (lost, not certain, or given to another worker).
         if ctx.tenure.is_some_and(|tenure| !tenure.may_go_on()) {
@@ -187,7 +199,7 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
                 break;
             }
         };
-        match send_one(ctx, &mut session, &row).await {
+        match send_one(ctx, &mut connections, &row).await {
             Ok(response) => {
                 // The fault tests crash here: the server has the message, the row says `sending`.
                 failpoint::hit(Point::SmtpAccepted);
@@ -223,7 +235,7 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
             }
             Err(error) => {
                 let next = now_ms()
-                    + retry_delay_ms(ctx.smtp.retry_delay.as_millis() as i64, row.attempts);
+                    + retry_delay_ms(ctx.outlet.retry_delay.as_millis() as i64, row.attempts);
                 warn!(outbox_id = row.id, %error, retry_at_ms = next, "not sent; will retry");
                 ctx.store
                     .reschedule(row.id, &error.to_string(), next)
@@ -234,7 +246,7 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
             }
         }
     }
-    if let Some(session) = session {
+    if let Some(session) = connections.smtp {
         session.quit().await;
     }
     // Not once the lease ended: its next holder keeps them (each copy is kept once anyway).
@@ -359,15 +371,34 @@ fn with_bcc(row: &OutboxRow, raw: Vec<u8>) -> Vec<u8> {
     out
 }
 
-/// Sends one row, opening the SMTP session (with a token from the identity's cache) on first
-/// use or after it broke, and fetching a new token once if the server refuses the current one.
+/// Sends one row the mailbox's way.
 async fn send_one(
     ctx: &SenderContext<'_>,
-    session: &mut Option<smtp::Session>,
+    connections: &mut Connections,
     row: &OutboxRow,
 ) -> Result<String, SmtpError> {
     let message = smtp::compose(row, &ctx.mailbox.address)?;
-    let limit = ctx.smtp.timeout + Duration::from_secs(5);
+    match &ctx.outlet.via {
+        SendVia::Smtp(server) => send_smtp(ctx, server, &mut connections.smtp, &message).await,
+        SendVia::Graph(graph) => {
+            // Graph takes the recipients from the message: the hidden ones are named in Bcc,
+            // which Exchange leaves out of what it delivers.
+            let raw = with_bcc(row, message.bytes.clone());
+            super::graph::send(ctx, graph, &mut connections.graph, &message, &raw).await
+        }
+    }
+}
+
+/// Sends one message by SMTP, opening the session (with a token from the identity's cache) on
+/// first use or after it broke, and fetching a new token once if the server refuses the current
+/// one.
+async fn send_smtp(
+    ctx: &SenderContext<'_>,
+    server: &SmtpServer,
+    session: &mut Option<smtp::Session>,
+    message: &smtp::Composed,
+) -> Result<String, SmtpError> {
+    let limit = ctx.outlet.timeout + Duration::from_secs(5);
     for attempt in 0..2 {
         let token = ctx
             .tokens
@@ -376,7 +407,7 @@ async fn send_one(
             .map_err(|e| SmtpError::Transient(e.to_string()))?;
         if !session.as_ref().is_some_and(smtp::Session::is_usable) {
             *session = None;
-            match smtp::connect(ctx.smtp, &ctx.mailbox.address, &token).await {
+            match smtp::connect(server, ctx.outlet.timeout, &ctx.mailbox.address, &token).await {
                 Ok(opened) => {
                     // Submission refuses what this server would refuse (`outgoing::submit`).
                     if let Err(e) = ctx
@@ -399,7 +430,7 @@ async fn send_one(
             }
         }
         let opened = session.as_mut().expect("opened above");
-        match opened.send(&message, limit).await {
+        match opened.send(message, limit).await {
             Err(SmtpError::Auth(reason)) if attempt == 0 => {
                 warn!(%reason, "SMTP refused the token; retrying once with a new one");
                 ctx.tokens.invalidate(&ctx.identity.name, &token).await;
@@ -419,7 +450,7 @@ pub async fn sender_loop(
     wake: &tokio::sync::Notify,
     cancel: &CancellationToken,
 ) {
-    info!(host = %ctx.smtp.host, port = ctx.smtp.port, "sending the outbox");
+    info!(to = %ctx.outlet.describe(), "sending the outbox");
     while !cancel.is_cancelled() {
         let wait_ms = match flush(ctx).await {
             Ok(report) => {

@@ -16,7 +16,7 @@ use lettre::transport::smtp::extension::{
 use secrecy::ExposeSecret;
 
 use super::refusal::{Command, Refused, refused};
-use crate::config::{SmtpEndpoint, TlsMode};
+use crate::config::{SmtpServer, TlsMode};
 use crate::oauth::AccessToken;
 use crate::store::{OutboxRow, ServerFacts};
 
@@ -161,15 +161,15 @@ fn xtext(value: &str) -> String {
         .collect()
 }
 
-/// Connects to `endpoint` and authenticates as `login` with `token`, within the endpoint's
-/// timeout.
+/// Connects to `endpoint` and authenticates as `login` with `token`, each step within
+/// `timeout`.
 pub async fn connect(
-    endpoint: &SmtpEndpoint,
+    endpoint: &SmtpServer,
+    timeout: Duration,
     login: &str,
     token: &AccessToken,
 ) -> Result<Session, SmtpError> {
-    let timeout = endpoint.timeout;
-    match tokio::time::timeout(timeout * 2, open(endpoint, login, token)).await {
+    match tokio::time::timeout(timeout * 2, open(endpoint, timeout, login, token)).await {
         Ok(result) => result,
         Err(_) => Err(SmtpError::Transient(format!(
             "the SMTP server {}:{} did not complete the login within {:?}",
@@ -181,7 +181,8 @@ pub async fn connect(
 }
 
 async fn open(
-    endpoint: &SmtpEndpoint,
+    endpoint: &SmtpServer,
+    timeout: Duration,
     login: &str,
     token: &AccessToken,
 ) -> Result<Session, SmtpError> {
@@ -211,7 +212,7 @@ async fn open(
     };
     let mut connection = AsyncSmtpConnection::connect_tokio1(
         (endpoint.host.as_str(), endpoint.port),
-        Some(endpoint.timeout),
+        Some(timeout),
         &hello,
         implicit,
         None,

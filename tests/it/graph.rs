@@ -411,3 +411,95 @@ async fn run_polls_a_graph_folder() {
     assert!(arrived, "the ticket was written while run polled: {log}");
     assert!(status.success(), "{log}");
 }
+
+/// Acknowledgements through Graph's sendMail (where SMTP AUTH is off). Exchange strips
+/// `Auto-Submitted` and unknown `X-` headers from what it sends (the fake does too), so when our
+/// own acknowledgement comes back into the mailbox it is known by our Message-ID alone: ignored
+/// as a loop, never acknowledged.
+async fn acknowledgements_go_through_sendmail_and_never_loop(backend: Backend) {
+    let case = GraphCase::new(
+        backend,
+        "send = \"graph\"\nacknowledge = { authserv_id = \"mx.mailstack.test\" }",
+    )
+    .await;
+    let customer = format!("{}@customer.test", unique("alice"));
+    // Mail there at the first start gets no acknowledgement: the customer writes after it.
+    case.once().await;
+    crate::helpers::next_second().await;
+    let first = format!("{}@customer.test", unique("q"));
+    deliver_lmtp(
+        &case.mailbox,
+        &customer,
+        &crate::acks::customer_mail(&customer, &case.mailbox, "Printer on fire", &first, ""),
+    )
+    .await;
+    case.once().await;
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND smtp_response LIKE '202 Accepted (Graph sendMail); Sent Items has <mailintake.%'")
+            .await,
+        1,
+        "sent by sendMail, and its copy found in Sent Items by our Message-ID: {}",
+        crate::outgoing::query_text(
+            &case.db,
+            "SELECT state || ' ' || COALESCE(smtp_response, '') || ' ' || COALESCE(last_error, '') FROM outbox"
+        )
+        .await
+    );
+    assert!(
+        case.graph
+            .requests()
+            .iter()
+            .any(|r| r.method == "POST" && r.path.ends_with("/sendMail") && r.status == 202),
+        "sent through Graph"
+    );
+
+    let arrived = crate::helpers::eventually(Duration::from_secs(20), || async {
+        !crate::acks::inbox_messages(&case.imap_entra, &customer)
+            .await
+            .is_empty()
+    })
+    .await;
+    assert!(arrived, "the acknowledgement reaches the customer");
+    let ack = crate::acks::inbox_messages(&case.imap_entra, &customer)
+        .await
+        .remove(0);
+    let parsed = mailintake::ingest::parse(&ack).unwrap();
+    assert_eq!(parsed.subject, "[#TCK-000001] Re: Printer on fire");
+    assert_eq!(parsed.in_reply_to, std::slice::from_ref(&first));
+    assert!(
+        parsed.message_id.starts_with("mailintake."),
+        "{}",
+        parsed.message_id
+    );
+    let text = String::from_utf8_lossy(&ack);
+    assert!(
+        !text.contains("Auto-Submitted") && !text.contains("X-Loop"),
+        "stripped on the way, as Exchange does: {text}"
+    );
+
+    // The acknowledgement comes back (a forward, a misconfigured autoresponder): a loop.
+    deliver_lmtp(&case.mailbox, &customer, &ack).await;
+    case.once().await;
+    assert_eq!(
+        case.db.count("SELECT COUNT(*) FROM outbox").await,
+        1,
+        "no acknowledgement of our own acknowledgement"
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM imap_messages WHERE outcome = 'ignored' AND detail LIKE 'loop:%'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn acknowledgements_go_through_sendmail_and_never_loop_sqlite() {
+    acknowledgements_go_through_sendmail_and_never_loop(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn acknowledgements_go_through_sendmail_and_never_loop_postgres() {
+    acknowledgements_go_through_sendmail_and_never_loop(Backend::Postgres).await;
+}

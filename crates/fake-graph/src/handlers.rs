@@ -226,12 +226,21 @@ impl Here<'_> {
     pub(crate) fn list_messages(&self, folder: Option<&str>) -> Result<Response, GraphError> {
         let (top, skip) = self.top_skip()?;
         let (select, expand) = self.select_expand()?;
-        if self.query.get("$filter").is_some()
-            || self.query.get("$orderby").is_some()
-            || self.query.get("$search").is_some()
-        {
+        // `internetMessageId eq '<…>'` is the one `$filter` implemented (a client finding its
+        // sent message); `$orderby` and `$search` are not.
+        let id_filter = self
+            .query
+            .get("$filter")
+            .map(|f| parse_eq_filter(f, "internetMessageId"))
+            .transpose()
+            .map_err(|_| {
+                GraphError::bad_request(
+                    "$filter on message lists is implemented by this fake only as internetMessageId eq '<id>'; use delta.",
+                )
+            })?;
+        if self.query.get("$orderby").is_some() || self.query.get("$search").is_some() {
             return Err(GraphError::bad_request(
-                "$filter, $orderby and $search on message lists are not implemented by this fake; use delta.",
+                "$orderby and $search on message lists are not implemented by this fake; use delta.",
             ));
         }
         let page_size = self.page_size(top);
@@ -244,6 +253,11 @@ impl Here<'_> {
                 .messages
                 .values()
                 .filter(|m| folder_id.as_ref().is_none_or(|f| *f == m.folder_id))
+                .filter(|m| {
+                    id_filter.as_ref().is_none_or(|id| {
+                        m.parsed.internet_message_id.as_deref() == Some(id.as_str())
+                    })
+                })
                 .collect();
             // Graph lists messages newest first by default.
             messages.sort_by_key(|m| std::cmp::Reverse((m.received, m.key)));
@@ -905,8 +919,13 @@ pub(crate) struct Outgoing {
 
 /// `displayName eq 'X'` (the filter the folder lookup needs).
 fn parse_display_name_filter(filter: &str) -> Result<String, GraphError> {
+    parse_eq_filter(filter, "displayName")
+}
+
+/// `{property} eq 'X'`, the value with OData's doubled quotes undone.
+fn parse_eq_filter(filter: &str, property: &str) -> Result<String, GraphError> {
     let f = filter.trim();
-    let rest = crate::representation::strip_prefix_ignore_case(f, "displayName")
+    let rest = crate::representation::strip_prefix_ignore_case(f, property)
         .map(str::trim_start)
         .and_then(|r| crate::representation::strip_prefix_ignore_case(r, "eq"))
         .map(str::trim)

@@ -1321,3 +1321,29 @@ async fn control_api_over_http() {
         .unwrap();
     assert_eq!(counted["count"], 4);
 }
+
+#[tokio::test]
+async fn message_lists_filter_by_internet_message_id_and_refuse_other_filters() {
+    let w = start().await;
+    w.deliver(SUPPORT, "first");
+    w.deliver(SUPPORT, "second");
+    let found = w
+        .get(
+            &format!(
+                "/users/{SUPPORT}/mailFolders/inbox/messages?$select=internetMessageId&$filter=internetMessageId eq '<second@contoso.com>'"
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(found.status, 200, "{:?}", found.body);
+    let values = found.body["value"].as_array().unwrap();
+    assert_eq!(values.len(), 1);
+    assert_eq!(values[0]["internetMessageId"], "<second@contoso.com>");
+    let other = w
+        .get(
+            &format!("/users/{SUPPORT}/messages?$filter=subject eq 'first'"),
+            &[],
+        )
+        .await;
+    assert_eq!(other.status, 400);
+}

@@ -94,11 +94,11 @@ pub async fn submit(
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;
-    if mailbox.smtp.is_none() || mailbox.mode != Mode::Normal {
+    if mailbox.outlet.is_none() || mailbox.mode != Mode::Normal {
         return Err(SubmitError::Invalid {
             field: "mailbox".into(),
             problem: format!(
-                "`{}` sends no mail (it needs a [mailboxes.smtp] table and mode = \"normal\")",
+                "`{}` sends no mail (it needs a [mailboxes.smtp] table or send = \"graph\", and mode = \"normal\")",
                 mailbox.name
             ),
         });

@@ -1,0 +1,156 @@
+//! Sending through Graph (`send = "graph"`): the composed MIME message by `sendMail`, where SMTP
+//! AUTH is switched off. Exchange strips `Auto-Submitted` from what it sends and may drop custom
+//! `X-` headers, so loop safety rests on our Message-ID (and In-Reply-To/References), which
+//! Exchange keeps; after each send the copy in Sent Items is looked up by it, and the row's
+//! answer says whether it was found.
+
+use tracing::{debug, warn};
+
+use super::sender::SenderContext;
+use super::smtp::{Composed, SmtpError};
+use crate::config::GraphEndpoint;
+use crate::graph::{GraphError, GraphLogin, GraphMailbox};
+
+/// Sends `message` (with its Bcc field: Graph takes the recipients from the MIME) by
+/// `sendMail`, opening the mailbox's requests on first use; a refused token is renewed once.
+pub(super) async fn send(
+    ctx: &SenderContext<'_>,
+    graph: &GraphEndpoint,
+    open: &mut Option<GraphMailbox>,
+    message: &Composed,
+    raw: &[u8],
+) -> Result<String, SmtpError> {
+    for attempt in 0..2 {
+        let token = ctx
+            .tokens
+            .token_for_scope(ctx.identity, &graph.scope)
+            .await
+            .map_err(|e| SmtpError::Transient(e.to_string()))?;
+        if open.is_none() {
+            let login = GraphLogin {
+                shared: ctx.graph,
+                endpoint: graph,
+                address: &ctx.mailbox.address,
+                client_id: &ctx.identity.client_id,
+            };
+            *open = Some(GraphMailbox::new(&login, token.secret.clone()).map_err(send_error)?);
+        }
+        let api = open.as_ref().expect("opened above");
+        match api.send_mime(raw).await {
+            Ok(()) => return Ok(read_back(api, message).await),
+            Err(e) if attempt == 0 && is_token_refused(&e) => {
+                warn!(error = %e, "Graph refused the token; retrying once with a new one");
+                ctx.tokens.invalidate(&ctx.identity.name, &token).await;
+                *open = None;
+            }
+            Err(e) => return Err(send_error(e)),
+        }
+    }
+    Err(SmtpError::Transient(
+        "Graph refused a fresh token too; `mailintake check` shows why".into(),
+    ))
+}
+
+/// The row's answer: Graph's acceptance, and whether Sent Items has the copy under our
+/// Message-ID (a check; reading needs Mail.Read as well, so a refusal is only logged).
+async fn read_back(api: &GraphMailbox, message: &Composed) -> String {
+    let accepted = "202 Accepted (Graph sendMail)".to_string();
+    let Some(id) = &message.envelope_id else {
+        return accepted;
+    };
+    let ours = format!("<{id}>");
+    match api.sent_copy_of(&ours).await {
+        Ok(Some(found)) if found == ours => format!("{accepted}; Sent Items has {ours}"),
+        Ok(Some(other)) => {
+            warn!(
+                ours,
+                other, "Exchange gave the sent copy another Message-ID"
+            );
+            format!("{accepted}; Sent Items has it as {other}")
+        }
+        Ok(None) => {
+            debug!(ours, "no copy in Sent Items yet");
+            accepted
+        }
+        Err(e) => {
+            debug!(error = %e, "cannot look in Sent Items");
+            accepted
+        }
+    }
+}
+
+fn is_token_refused(error: &GraphError) -> bool {
+    error.refusal().is_some_and(|r| r.status == 401)
+}
+
+/// Whom a refusal concerns: the row (its content or recipients), the From address (Send As), or
+/// nobody in particular (throttling, outages, permissions an administrator grants: retried).
+fn send_error(error: GraphError) -> SmtpError {
+    let text = error.to_string();
+    let Some(refusal) = error.refusal() else {
+        return SmtpError::Transient(text);
+    };
+    match (refusal.status, refusal.code.as_str()) {
+        (_, "ErrorSendAsDenied") => SmtpError::SenderBlocked(text),
+        (
+            _,
+            "ErrorInvalidRecipients"
+            | "ErrorMimeContentInvalid"
+            | "ErrorMimeContentInvalidBase64String"
+            | "ErrorMimeContentConversionFailed"
+            | "ErrorMessageSizeExceeded",
+        )
+        | (400 | 413 | 415, _) => SmtpError::RowRefused(text),
+        (401, _) => SmtpError::Auth(text),
+        _ => SmtpError::Transient(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Refusal;
+
+    fn refused(status: u16, code: &str) -> GraphError {
+        GraphError::Refused(Box::new(Refusal {
+            what: "sending a message (sendMail)".into(),
+            status,
+            code: code.into(),
+            message: "m".into(),
+            request_id: None,
+            date: None,
+            retry_after: None,
+            mailbox: "support@contoso.com".into(),
+            client_id: "app".into(),
+        }))
+    }
+
+    #[test]
+    fn refusals_concern_the_row_the_from_address_or_nobody() {
+        assert!(matches!(
+            send_error(refused(403, "ErrorSendAsDenied")),
+            SmtpError::SenderBlocked(_)
+        ));
+        assert!(matches!(
+            send_error(refused(400, "ErrorMimeContentInvalidBase64String")),
+            SmtpError::RowRefused(_)
+        ));
+        assert!(matches!(
+            send_error(refused(401, "InvalidAuthenticationToken")),
+            SmtpError::Auth(_)
+        ));
+        for (status, code) in [
+            (429, "ApplicationThrottled"),
+            (503, "serviceNotAvailable"),
+            (403, "ErrorAccessDenied"),
+        ] {
+            assert!(matches!(
+                send_error(refused(status, code)),
+                SmtpError::Transient(_)
+            ));
+        }
+        // A missing Mail.Send says how to grant it.
+        let text = send_error(refused(403, "ErrorAccessDenied")).to_string();
+        assert!(text.contains("Mail.Send"), "{text}");
+    }
+}
