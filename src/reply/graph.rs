@@ -6,15 +6,24 @@
 
 use tracing::{debug, warn};
 
-use super::sender::SenderContext;
 use super::smtp::{Composed, SmtpError};
-use crate::config::GraphEndpoint;
-use crate::graph::{GraphError, GraphLogin, GraphMailbox};
+use crate::config::{GraphEndpoint, Identity};
+use crate::graph::{GraphError, GraphLogin, GraphMailbox, Shared};
+use crate::oauth::TokenCache;
+
+/// Who sends through Graph: the mailbox's address, its identity's tokens, and what the process's
+/// Graph requests share.
+pub(super) struct Sender<'a> {
+    pub address: &'a str,
+    pub identity: &'a Identity,
+    pub tokens: &'a TokenCache,
+    pub shared: &'a Shared,
+}
 
 /// Sends `message` (with its Bcc field: Graph takes the recipients from the MIME) by
 /// `sendMail`, opening the mailbox's requests on first use; a refused token is renewed once.
 pub(super) async fn send(
-    ctx: &SenderContext<'_>,
+    ctx: &Sender<'_>,
     graph: &GraphEndpoint,
     open: &mut Option<GraphMailbox>,
     message: &Composed,
@@ -28,9 +37,9 @@ pub(super) async fn send(
             .map_err(|e| SmtpError::Transient(e.to_string()))?;
         if open.is_none() {
             let login = GraphLogin {
-                shared: ctx.graph,
+                shared: ctx.shared,
                 endpoint: graph,
-                address: &ctx.mailbox.address,
+                address: ctx.address,
                 client_id: &ctx.identity.client_id,
             };
             *open = Some(GraphMailbox::new(&login, token.secret.clone()).map_err(send_error)?);

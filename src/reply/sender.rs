@@ -384,7 +384,13 @@ async fn send_one(
             // Graph takes the recipients from the message: the hidden ones are named in Bcc,
             // which Exchange leaves out of what it delivers.
             let raw = with_bcc(row, message.bytes.clone());
-            super::graph::send(ctx, graph, &mut connections.graph, &message, &raw).await
+            let sender = super::graph::Sender {
+                address: &ctx.mailbox.address,
+                identity: ctx.identity,
+                tokens: ctx.tokens,
+                shared: ctx.graph,
+            };
+            super::graph::send(&sender, graph, &mut connections.graph, &message, &raw).await
         }
     }
 }
