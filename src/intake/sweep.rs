@@ -15,6 +15,7 @@ use super::session::Session;
 use super::stuck::{self, CONNECTION_LOSSES};
 use super::{CycleError, MailboxContext};
 use crate::config::{FirstStart, Mode};
+use crate::failpoint::{self, Point};
 use crate::ingest;
 use crate::mail_source::{Body, Disposition, MailSource, MessageSummary, SourceErrorKind, Uid};
 use crate::report::CycleReport;
@@ -726,8 +727,11 @@ async fn dispose_all<S: MailSource>(
     let mut done = Vec::with_capacity(items.len());
     let mut any_refused = false;
     for (disposition, uids) in groups {
+        failpoint::hit(Point::BeforeDisposition);
         // Past the lease's certainty the dispositions stay pending: the next holder completes
-        // them (they are idempotent).
+        // them (they are idempotent). Nothing but this check comes between it and the command,
+        // so a worker paused before it (failpoint `before-disposition`) disposes of nothing
+        // once it goes on after a takeover.
         ctx.check_lease()?;
         match session.source.dispose(&uids, disposition).await {
             Ok(()) => done.extend(uids),
