@@ -146,10 +146,13 @@ fn abort(point: Point) -> ! {
 #[cfg(debug_assertions)]
 fn stop(point: Point) {
     eprintln!("mailintake: failpoint {} reached; stopping", point.name());
-    // SAFETY: kill(2) on this process's own pid has no memory-safety preconditions; SIGSTOP
-    // stops every thread at once, and the call returns after the SIGCONT.
+    // Sent to this thread, not the process: a SIGSTOP sent with kill(2) to the process is taken
+    // by its main thread, and this thread would run on for a moment (into its next command or
+    // commit) before the group stop reaches it. A signal of its own stops it before raise(3)
+    // returns; every other thread stops with it, and the call returns after the SIGCONT.
+    // SAFETY: raise(3) has no memory-safety preconditions.
     unsafe {
-        libc::kill(libc::getpid(), libc::SIGSTOP);
+        libc::raise(libc::SIGSTOP);
     }
     eprintln!("mailintake: failpoint {} continued", point.name());
 }
