@@ -25,9 +25,16 @@ struct Fleet {
 
 impl Fleet {
     async fn new(n_mailboxes: usize) -> Fleet {
+        Fleet::build(n_mailboxes, "", &[]).await
+    }
+
+    /// A fleet of `n_mailboxes` with `extra_mailbox_keys` in each mailbox's table; the fake Entra
+    /// also lets the test into `others` (e.g. a customer's mailbox, to read what was sent).
+    async fn build(n_mailboxes: usize, extra_mailbox_keys: &str, others: &[&str]) -> Fleet {
         let db = TestDb::new(Backend::Postgres).await;
         let mailboxes: Vec<String> = (0..n_mailboxes).map(|_| unique_mailbox()).collect();
-        let names: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
+        let mut names: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
+        names.extend_from_slice(others);
         let entra = Entra::start(&names).await;
         let stack = Stack::get();
         let mut text = format!(
@@ -61,6 +68,7 @@ name = "box{i}"
 address = "{address}"
 identity = "test"
 poll_interval = "1s"
+{extra_mailbox_keys}
 
 [mailboxes.imap]
 host = "localhost"
@@ -103,6 +111,23 @@ ca_file = "{ca}"
             .spawn()
             .expect("mailintake run starts");
         Running { child, log }
+    }
+
+    /// Who holds each unit now (by the database's clock), by (mailbox, folder); the outbox
+    /// sender's folder is the empty string.
+    async fn unit_holders(&self) -> BTreeMap<(String, String), String> {
+        let pool = self.db.pool().await;
+        let rows = sqlx::query(
+            "SELECT mailbox, folder, holder FROM leases WHERE holder IS NOT NULL \
+             AND expires_at > CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        pool.close().await;
+        rows.into_iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get::<String, _>(2)))
+            .collect()
     }
 
     /// Who holds each mailbox now (by the database's clock), by mailbox name.
@@ -504,4 +529,114 @@ async fn a_worker_frozen_just_before_a_disposition_disposes_nothing_after_the_ta
         "worker 1 committed the batch: {log}"
     );
     assert!(log.contains("no longer certainly this worker's"), "{log}");
+}
+
+/// A mailbox's folder and its outbox sender are two units with leases of their own, so they may
+/// sit on different workers: with two workers and one acknowledging mailbox, each holds one; the
+/// ticket is taken in by the folder's holder, and its acknowledgement (an outbox row, nobody
+/// woken on the other worker) is sent once by the sender's holder. `once` before them takes no
+/// leases and registers no worker.
+#[tokio::test]
+async fn a_folder_and_its_outbox_sender_may_sit_on_different_workers() {
+    let customer = unique_mailbox();
+    let fleet = Fleet::build(1, &smtp_keys(), &[&customer]).await;
+    let mailbox = fleet.mailboxes[0].clone();
+    let secret = [("IT_CLIENT_SECRET", fleet.entra.secret.as_str())];
+
+    let once = assert_ok(&mailintake(&fleet.config.path, &["once"], &secret).await);
+    assert!(once.contains("0 new message(s)"), "{once}");
+    assert_eq!(fleet.db.count("SELECT COUNT(*) FROM leases").await, 0);
+    assert_eq!(fleet.db.count("SELECT COUNT(*) FROM workers").await, 0);
+
+    // The first worker takes both units; the second joins and gets one of them.
+    let first = fleet.start("w1");
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            fleet.unit_holders().await.len() == 2
+        })
+        .await,
+        "{}",
+        first.log()
+    );
+    let second = fleet.start("w2");
+    let split = eventually(Duration::from_secs(30), || async {
+        let holders = fleet.unit_holders().await;
+        holders.len() == 2
+            && holders
+                .values()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == 2
+    })
+    .await;
+    let holders = fleet.unit_holders().await;
+    assert!(
+        split,
+        "one unit each: {holders:?}\n{}\n{}",
+        first.log(),
+        second.log()
+    );
+    let folder_holder = &holders[&("box0".to_string(), "INBOX".to_string())];
+    let first_id = fleet
+        .worker_id(first.child.id().unwrap())
+        .await
+        .expect("registered");
+    let (folder_worker, sender_worker) = if *folder_holder == first_id {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+
+    next_second().await;
+    let id = format!("{}@customer.test", unique("split"));
+    deliver_lmtp(
+        &mailbox,
+        &customer,
+        &crate::acks::customer_mail(&customer, &mailbox, "Split units", &id, ""),
+    )
+    .await;
+    let sent = eventually(Duration::from_secs(30), || async {
+        fleet
+            .db
+            .count_or_zero("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")
+            .await
+            == 1
+    })
+    .await;
+    assert!(
+        sent,
+        "the acknowledgement is sent: {}\n{}",
+        folder_worker.log(),
+        sender_worker.log()
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !crate::acks::inbox_messages(&fleet.entra, &customer)
+                .await
+                .is_empty()
+        })
+        .await
+    );
+    assert_eq!(
+        crate::acks::inbox_messages(&fleet.entra, &customer)
+            .await
+            .len(),
+        1,
+        "one acknowledgement"
+    );
+    // Each did its own part: the ticket on the folder's worker, the send on the sender's.
+    assert!(folder_worker.log().contains("new ticket"));
+    assert!(!sender_worker.log().contains("new ticket"));
+    assert!(sender_worker.log().contains("outbox flushed"));
+    assert!(!folder_worker.log().contains("outbox flushed"));
+    assert_eq!(
+        fleet.unit_holders().await,
+        holders,
+        "nothing moved meanwhile"
+    );
+
+    for worker in [first, second] {
+        let (status, log) = terminate(worker, Duration::from_secs(30)).await;
+        assert!(status.success(), "{log}");
+    }
 }
