@@ -275,7 +275,7 @@ pub async fn reprocess_quarantined(
     tx.commit().await?;
     // Nothing is to be done in IMAP: the original stays in the quarantine folder.
     store
-        .mark_disposed(at.mailbox, at.folder, 0, &[at.uid])
+        .mark_disposed(at.mailbox, at.folder, 0, &[at.uid], None)
         .await?;
     Ok(format!(
         "quarantined message {id} {what}; it stays in folder `{}` in IMAP (no acknowledgement is sent for reprocessed mail)",

@@ -6,7 +6,12 @@
 //! - `hold=<ms>`: the task waits that many milliseconds at the point (an async sleep; the rest of
 //!   the process runs on), after printing `mailintake: failpoint <name> reached; holding <ms> ms`
 //!   to stderr. A test waits for that line and then acts (e.g. sends SIGTERM) while the task is
-//!   known to be there. Only points passed with [`reached`] can hold.
+//!   known to be there. Only points passed with [`reached`] can hold;
+//! - `stop`: the whole process stops itself with SIGSTOP, after printing `mailintake: failpoint
+//!   <name> reached; stopping` to stderr, as a pause would freeze it (a GC, a stalled VM, an
+//!   operator's SIGSTOP): every thread, every timer and the lease renewals stop until a SIGCONT,
+//!   and then it goes on right there, its monotonic clock having run on meanwhile. Unlike a
+//!   SIGSTOP sent from outside when a `hold` line shows, it stops exactly at the point.
 //!
 //! Release builds compile every point to nothing.
 
@@ -32,6 +37,12 @@ pub enum Point {
     /// In the sender, right after the SMTP server accepted a message (its 250 to the end of
     /// DATA) and before the outbox row is marked `sent` ([`hit`]).
     SmtpAccepted,
+    /// In the batch record, the batch's rows written in its transaction and its commit (whose
+    /// lease fence comes first) next ([`hit`]).
+    BeforeCommit,
+    /// In the sweep, committed outcomes about to be disposed of: just before the lease check
+    /// that precedes each disposition command ([`hit`]).
+    BeforeDisposition,
     /// In the sender, right after the Sent folder took a copy of a sent message (or had it
     /// already) and before the outbox row records it ([`hit`]).
     SentCopyKept,
@@ -48,6 +59,8 @@ impl Point {
             Point::Listing => "listing",
             Point::SmtpAccepted => "smtp-accepted",
             Point::SentCopyKept => "sent-copy-kept",
+            Point::BeforeCommit => "before-commit",
+            Point::BeforeDisposition => "before-disposition",
         }
     }
 }
@@ -60,6 +73,8 @@ enum Action {
     Hold(std::time::Duration),
     /// The task passing the point panics (as a bug would).
     Panic,
+    /// The process stops itself (SIGSTOP) until a SIGCONT.
+    Stop,
 }
 
 /// The point `MAILINTAKE_FAILPOINT` names, the pass it acts on, and how.
@@ -84,9 +99,14 @@ fn parse(spec: &str) -> Result<Armed, String> {
     let action = match parts.next() {
         None | Some("abort") => Action::Abort,
         Some("panic") => Action::Panic,
+        Some("stop") => Action::Stop,
         Some(action) => match action.strip_prefix("hold=").map(str::parse) {
             Some(Ok(ms)) => Action::Hold(std::time::Duration::from_millis(ms)),
-            _ => return Err(format!("`{action}` is not `abort`, `panic` or `hold=<ms>`")),
+            _ => {
+                return Err(format!(
+                    "`{action}` is not `abort`, `panic`, `stop` or `hold=<ms>`"
+                ));
+            }
         },
     };
     Ok(Armed { name, pass, action })
@@ -123,13 +143,28 @@ fn abort(point: Point) -> ! {
     std::process::abort();
 }
 
-/// Passes a point in synchronous code: `abort` or `panic` can act here.
+#[cfg(debug_assertions)]
+fn stop(point: Point) {
+    eprintln!("mailintake: failpoint {} reached; stopping", point.name());
+    // Sent to this thread, not the process: a SIGSTOP sent with kill(2) to the process is taken
+    // by its main thread, and this thread would run on for a moment (into its next command or
+    // commit) before the group stop reaches it. A signal of its own stops it before raise(3)
+    // returns; every other thread stops with it, and the call returns after the SIGCONT.
+    // SAFETY: raise(3) has no memory-safety preconditions.
+    unsafe {
+        libc::raise(libc::SIGSTOP);
+    }
+    eprintln!("mailintake: failpoint {} continued", point.name());
+}
+
+/// Passes a point in synchronous code: `abort`, `panic` or `stop` can act here.
 #[cfg(debug_assertions)]
 pub fn hit(point: Point) {
     match due(point) {
         None => {}
         Some(Action::Abort) => abort(point),
         Some(Action::Panic) => panic!("failpoint {} reached; panicking", point.name()),
+        Some(Action::Stop) => stop(point),
         Some(Action::Hold(_)) => {
             // Sleeping here would block a runtime thread; a test asking for it is mistaken.
             eprintln!(
@@ -141,13 +176,14 @@ pub fn hit(point: Point) {
     }
 }
 
-/// Passes a point in async code: `abort`, `panic` or `hold`.
+/// Passes a point in async code: `abort`, `panic`, `stop` or `hold`.
 #[cfg(debug_assertions)]
 pub async fn reached(point: Point) {
     match due(point) {
         None => {}
         Some(Action::Abort) => abort(point),
         Some(Action::Panic) => panic!("failpoint {} reached; panicking", point.name()),
+        Some(Action::Stop) => stop(point),
         Some(Action::Hold(duration)) => {
             eprintln!(
                 "mailintake: failpoint {} reached; holding {} ms",
@@ -199,6 +235,10 @@ mod tests {
                 1,
                 Action::Hold(Duration::from_millis(3000))
             ))
+        );
+        assert_eq!(
+            parse("before-commit:1:stop"),
+            Ok(armed("before-commit", 1, Action::Stop))
         );
         assert!(parse("junk-listing:x").unwrap_err().contains("pass number"));
         assert!(

@@ -50,7 +50,7 @@ use crate::ingest::Policy;
 use crate::mail_source::SourceError;
 use crate::oauth::{TokenCache, TokenError};
 use crate::report::FailureSource;
-use crate::store::{Store, StoreError};
+use crate::store::{Lease, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// Why a sweep stopped. `Token` errors that need an admin stop the mailbox until fixed.
@@ -126,6 +126,11 @@ impl MailboxContext<'_> {
             Some(tenure) => Ok(tenure.check()?),
             None => Ok(()),
         }
+    }
+
+    /// The lease to fence the folder task's writes with (`None` without leases: `once`).
+    pub fn fence(&self) -> Option<Lease> {
+        self.tenure.map(Tenure::lease)
     }
 }
 

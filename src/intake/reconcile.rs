@@ -94,7 +94,12 @@ pub(super) async fn done(
     reconciliation: &Reconciliation,
 ) -> Result<(), CycleError> {
     ctx.store
-        .mark_reconciled(&ctx.mailbox.name, ctx.folder, reconciliation.started_ms)
+        .mark_reconciled(
+            &ctx.mailbox.name,
+            ctx.folder,
+            reconciliation.started_ms,
+            ctx.fence().as_ref(),
+        )
         .await?;
     Ok(())
 }

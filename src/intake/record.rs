@@ -364,6 +364,7 @@ async fn record_together(
             tx.rollback().await?;
             Err(StoreError::Conflict)
         } else {
+            failpoint::hit(Point::BeforeCommit);
             tx.commit().await
         };
         match committed {

@@ -54,6 +54,7 @@ pub async fn note(
             uid,
             failure,
             error,
+            ctx.fence().as_ref(),
         )
         .await?;
     warn!(
@@ -124,7 +125,13 @@ pub async fn still_waiting<S: MailSource>(
                     "a message that waited is gone from the folder; forgotten"
                 );
                 ctx.store
-                    .clear_stuck(&ctx.mailbox.name, ctx.folder, stuck.uidvalidity, stuck.uid)
+                    .clear_stuck(
+                        &ctx.mailbox.name,
+                        ctx.folder,
+                        stuck.uidvalidity,
+                        stuck.uid,
+                        ctx.fence().as_ref(),
+                    )
                     .await?;
             }
         }
@@ -180,6 +187,7 @@ pub async fn record_unreadable(
             ctx.folder,
             state.uidvalidity,
             message.uid,
+            ctx.fence().as_ref(),
         )
         .await?;
     if committed.is_some() {

@@ -15,6 +15,7 @@ use super::session::Session;
 use super::stuck::{self, CONNECTION_LOSSES};
 use super::{CycleError, MailboxContext};
 use crate::config::{FirstStart, Mode};
+use crate::failpoint::{self, Point};
 use crate::ingest;
 use crate::mail_source::{Body, Disposition, MailSource, MessageSummary, SourceErrorKind, Uid};
 use crate::report::CycleReport;
@@ -209,13 +210,19 @@ pub async fn sweep<S: MailSource>(
     // those): the checkpoint moves past mail recorded above a message that waited.
     if let Some(highest) = listed.last() {
         ctx.store
-            .advance_checkpoint(&mailbox.name, ctx.folder, state.uidvalidity, highest.uid)
+            .advance_checkpoint(
+                &mailbox.name,
+                ctx.folder,
+                state.uidvalidity,
+                highest.uid,
+                ctx.fence().as_ref(),
+            )
             .await?;
     }
     // Past them: each message of the batch that lost its connection was taken alone.
     if alone.is_some() {
         ctx.store
-            .set_alone_range(&mailbox.name, ctx.folder, None)
+            .set_alone_range(&mailbox.name, ctx.folder, None, ctx.fence().as_ref())
             .await?;
     }
     if refusals {
@@ -306,7 +313,12 @@ async fn prepare<'a, S: MailSource>(
                     "the connection failed while a batch was fetched; its messages are taken one at a time next"
                 );
                 ctx.store
-                    .set_alone_range(&ctx.mailbox.name, ctx.folder, Some((first.uid, last.uid)))
+                    .set_alone_range(
+                        &ctx.mailbox.name,
+                        ctx.folder,
+                        Some((first.uid, last.uid)),
+                        ctx.fence().as_ref(),
+                    )
                     .await
             }
             [] => Ok(()),
@@ -361,6 +373,7 @@ async fn try_waiting<S: MailSource>(
             ctx.folder,
             state.uidvalidity,
             message.uid,
+            ctx.fence().as_ref(),
         )
         .await?;
     if came_through {
@@ -480,7 +493,7 @@ async fn checkpoint<S: MailSource>(
         },
     };
     ctx.store
-        .set_folder_state(&mailbox.name, ctx.folder, state)
+        .set_folder_state(&mailbox.name, ctx.folder, state, ctx.fence().as_ref())
         .await?;
     Ok(state)
 }
@@ -726,8 +739,11 @@ async fn dispose_all<S: MailSource>(
     let mut done = Vec::with_capacity(items.len());
     let mut any_refused = false;
     for (disposition, uids) in groups {
+        failpoint::hit(Point::BeforeDisposition);
         // Past the lease's certainty the dispositions stay pending: the next holder completes
-        // them (they are idempotent).
+        // them (they are idempotent). Nothing but this check comes between it and the command,
+        // so a worker paused before it (failpoint `before-disposition`) disposes of nothing
+        // once it goes on after a takeover.
         ctx.check_lease()?;
         match session.source.dispose(&uids, disposition).await {
             Ok(()) => done.extend(uids),
@@ -745,6 +761,7 @@ async fn dispose_all<S: MailSource>(
                         uidvalidity,
                         &uids,
                         &crate::telemetry::first_line_and_hint(&e.to_string()).0,
+                        ctx.fence().as_ref(),
                     )
                     .await?;
                 any_refused = true;
@@ -753,7 +770,13 @@ async fn dispose_all<S: MailSource>(
         }
     }
     ctx.store
-        .mark_disposed(mailbox, ctx.folder, uidvalidity, &done)
+        .mark_disposed(
+            mailbox,
+            ctx.folder,
+            uidvalidity,
+            &done,
+            ctx.fence().as_ref(),
+        )
         .await?;
     Ok(any_refused)
 }

@@ -1,13 +1,15 @@
 //! A folder's checkpoint (`mailbox_state`: UIDVALIDITY, the last committed UID, the first-start
 //! mark, the UIDs to take one at a time), its waiting messages (`stuck_messages`) and its intake
 //! ledger (`imap_messages`): what was recorded for which UID, and which IMAP dispositions are
-//! still due.
+//! still due. Every write a folder task makes here takes its lease as `fence` and is fenced by it
+//! as a batch is ([`Store::begin_fenced`]); `None` where no lease is held (`once`, admin
+//! commands).
 
 use std::collections::HashSet;
 
 use sqlx::Row;
 
-use super::{Outcome, Result, Store};
+use super::{FencedWrite, Lease, Outcome, Result, Store};
 use crate::mail_source::Uid;
 use crate::report::RefusedDispositions;
 use crate::time::now_ms;
@@ -144,6 +146,7 @@ impl Store {
 
     /// Counts one more failure of message `uid` that is its own (a new one starts its clock) and
     /// returns the record as it is now.
+    #[allow(clippy::too_many_arguments)]
     pub async fn note_stuck(
         &self,
         mailbox: &str,
@@ -152,7 +155,9 @@ impl Store {
         uid: Uid,
         failure: StuckFailure,
         error: &str,
+        fence: Option<&Lease>,
     ) -> Result<StuckMessage> {
+        let mut tx = self.begin_fenced(fence, FencedWrite::StuckMessage).await?;
         let lost = i64::from(failure == StuckFailure::ConnectionLost);
         let row = sqlx::query(
             "INSERT INTO stuck_messages (mailbox, folder, uidvalidity, uid, failures, connection_losses, \
@@ -171,8 +176,9 @@ impl Store {
         .bind(lost)
         .bind(now_ms())
         .bind(error)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(stuck_from_row(&row))
     }
 
@@ -183,7 +189,9 @@ impl Store {
         folder: &str,
         uidvalidity: u32,
         uid: Uid,
+        fence: Option<&Lease>,
     ) -> Result<()> {
+        let mut tx = self.begin_fenced(fence, FencedWrite::StuckMessage).await?;
         sqlx::query(
             "DELETE FROM stuck_messages WHERE mailbox = $1 AND folder = $2 AND uidvalidity = $3 AND uid = $4",
         )
@@ -191,8 +199,9 @@ impl Store {
         .bind(folder)
         .bind(i64::from(uidvalidity))
         .bind(i64::from(uid))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -221,7 +230,9 @@ impl Store {
         mailbox: &str,
         folder: &str,
         range: Option<(Uid, Uid)>,
+        fence: Option<&Lease>,
     ) -> Result<()> {
+        let mut tx = self.begin_fenced(fence, FencedWrite::AloneRange).await?;
         sqlx::query(
             "UPDATE mailbox_state SET alone_from = $1, alone_to = $2 WHERE mailbox = $3 AND folder = $4",
         )
@@ -229,8 +240,9 @@ impl Store {
         .bind(range.map(|(_, to)| i64::from(to)))
         .bind(mailbox)
         .bind(folder)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -243,15 +255,18 @@ impl Store {
         folder: &str,
         uidvalidity: u32,
         uid: Uid,
+        fence: Option<&Lease>,
     ) -> Result<()> {
+        let mut tx = self.begin_fenced(fence, FencedWrite::Checkpoint).await?;
         sqlx::query(MOVE_CHECKPOINT)
             .bind(i64::from(uid))
             .bind(now_ms())
             .bind(mailbox)
             .bind(folder)
             .bind(i64::from(uidvalidity))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -261,7 +276,9 @@ impl Store {
         mailbox: &str,
         folder: &str,
         state: FolderState,
+        fence: Option<&Lease>,
     ) -> Result<()> {
+        let mut tx = self.begin_fenced(fence, FencedWrite::FolderState).await?;
         sqlx::query(
             "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, ingest_after, ack_after, \
              first_uid_next, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -277,8 +294,9 @@ impl Store {
         .bind(state.ack_after_ms)
         .bind(state.first_uid_next.map(i64::from))
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -353,7 +371,14 @@ impl Store {
         folder: &str,
         uidvalidity: u32,
         uids: &[Uid],
+        fence: Option<&Lease>,
     ) -> Result<()> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self
+            .begin_fenced(fence, FencedWrite::DispositionsDone)
+            .await?;
         let now = now_ms();
         for chunk in uids.chunks(UIDS_PER_STATEMENT) {
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -366,9 +391,10 @@ impl Store {
             .bind(mailbox)
             .bind(folder)
             .bind(i64::from(uidvalidity))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -410,15 +436,23 @@ impl Store {
     }
 
     /// Records that the folder was reconciled below its checkpoint at `at_ms`.
-    pub async fn mark_reconciled(&self, mailbox: &str, folder: &str, at_ms: i64) -> Result<()> {
+    pub async fn mark_reconciled(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        at_ms: i64,
+        fence: Option<&Lease>,
+    ) -> Result<()> {
+        let mut tx = self.begin_fenced(fence, FencedWrite::Reconciled).await?;
         sqlx::query(
             "UPDATE mailbox_state SET reconciled_at = $1 WHERE mailbox = $2 AND folder = $3",
         )
         .bind(at_ms)
         .bind(mailbox)
         .bind(folder)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -432,7 +466,11 @@ impl Store {
         uidvalidity: u32,
         uids: &[Uid],
         reply: &str,
+        fence: Option<&Lease>,
     ) -> Result<()> {
+        let mut tx = self
+            .begin_fenced(fence, FencedWrite::DispositionsRefused)
+            .await?;
         let now = now_ms();
         for chunk in uids.chunks(UIDS_PER_STATEMENT) {
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -447,9 +485,10 @@ impl Store {
             .bind(mailbox)
             .bind(folder)
             .bind(i64::from(uidvalidity))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 

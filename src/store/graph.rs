@@ -147,9 +147,15 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        let next: i64 = sqlx::query(
-            "SELECT next_uid FROM graph_folders WHERE mailbox = $1 AND folder = $2 AND validity = $3",
-        )
+        // The folder's row locked (PostgreSQL; SQLite's write lock is held already): two rounds
+        // of one folder never hand out the same numbers.
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        };
+        let next: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT next_uid FROM graph_folders WHERE mailbox = $1 AND folder = $2 AND validity = $3{lock}"
+        )))
         .bind(mailbox)
         .bind(folder)
         .bind(i64::from(validity))

@@ -7,15 +7,18 @@
 //! Fencing: a batch of a leased folder commits only while its lease holds. Its commit first runs
 //! the fence's renewal (`Batch::fence`) in the batch's own transaction — `holder`, `epoch` and an expiry
 //! still ahead must match, or nothing of the batch is committed (`StoreError::LeaseLost`) — and the
-//! row lock that UPDATE takes holds off any takeover until the commit is done. What a database
-//! cannot fence (IMAP dispositions) the worker guards by its own monotonic clock: see
-//! [`Lease::trusted_until`].
+//! row lock that UPDATE takes holds off any takeover until the commit is done. A folder task's
+//! other writes (its checkpoint and UIDVALIDITY, the dispositions done or refused, its waiting
+//! messages, the UIDs to take alone, the reconciliation's time) are fenced the same way, each in
+//! a transaction of its own ([`Store::begin_fenced`]), so that a worker that lost its folder
+//! changes nothing of it. What a database cannot fence (IMAP dispositions) the worker guards by
+//! its own monotonic clock: see [`Lease::trusted_until`].
 
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
-use super::{Backend, Result, Store};
+use super::{Backend, Result, Store, StoreError};
 
 /// The database's clock in unix milliseconds, as an SQL expression: every expiry is by it. On
 /// PostgreSQL `clock_timestamp()`, not `now()` (the time the transaction began, which a batch
@@ -73,7 +76,97 @@ impl Lease {
     }
 }
 
+/// What a fenced write of a folder task was, for [`StoreError::LeaseLost`] to name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FencedWrite {
+    /// A batch of outcomes (`Batch::fence`), or a quarantine transaction of the folder task.
+    Batch,
+    /// The folder's UIDVALIDITY, checkpoint and first-start mark, at a sweep's start.
+    FolderState,
+    /// The checkpoint moved past the listing at a sweep's end.
+    Checkpoint,
+    /// The UIDs of a batch that lost its connection, to take one at a time (or their end).
+    AloneRange,
+    /// A waiting message's failure counted, or its record dropped.
+    StuckMessage,
+    /// Dispositions recorded as done.
+    DispositionsDone,
+    /// Dispositions recorded as refused by the server.
+    DispositionsRefused,
+    /// The time of the folder's last reconciliation.
+    Reconciled,
+}
+
+impl std::fmt::Display for FencedWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FencedWrite::Batch => "the batch",
+            FencedWrite::FolderState => "the folder's UIDVALIDITY and checkpoint",
+            FencedWrite::Checkpoint => "the checkpoint's advance",
+            FencedWrite::AloneRange => "the UIDs to take one at a time",
+            FencedWrite::StuckMessage => "the waiting message's record",
+            FencedWrite::DispositionsDone => "the dispositions done",
+            FencedWrite::DispositionsRefused => "the refused dispositions",
+            FencedWrite::Reconciled => "the reconciliation's time",
+        })
+    }
+}
+
+/// The fence, in the caller's transaction `conn`: `lease` renewed (holder, epoch and an expiry
+/// still ahead must match), or [`StoreError::LeaseLost`] naming `write`. The renewal's row lock
+/// holds off a takeover until the transaction ends.
+pub(super) async fn check_fence(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    lease: &Lease,
+    write: FencedWrite,
+) -> Result<()> {
+    let renewed = sqlx::query(sqlx::AssertSqlSafe(renew_sql(backend)))
+        .bind(lease.ttl.as_millis() as i64)
+        .bind(&lease.mailbox)
+        .bind(&lease.folder)
+        .bind(&lease.holder)
+        .bind(lease.epoch)
+        .execute(conn)
+        .await?
+        .rows_affected()
+        == 1;
+    if renewed {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost {
+            mailbox: lease.mailbox.clone(),
+            folder: lease.folder.clone(),
+            epoch: lease.epoch,
+            write,
+        })
+    }
+}
+
 impl Store {
+    /// A transaction for one write of a folder task outside a batch (`write`), fenced by `lease`
+    /// as a batch is: the lease is renewed in it first, and nothing is written
+    /// ([`StoreError::LeaseLost`]) when it is not this worker's any more. With `None` (`once`,
+    /// the admin commands, which take no leases) it is an ordinary transaction. On SQLite it
+    /// takes the write lock from the start, as a batch does.
+    pub(super) async fn begin_fenced(
+        &self,
+        lease: Option<&Lease>,
+        write: FencedWrite,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        if let Some(lease) = lease
+            && let Err(lost) = check_fence(&mut tx, self.backend, lease, write).await
+        {
+            tx.rollback().await?;
+            return Err(lost);
+        }
+        Ok(tx)
+    }
+
     /// Registers `worker` (or says again that it is alive: the heartbeat).
     pub async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()> {
         let now = db_now(self.backend);

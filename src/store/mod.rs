@@ -32,7 +32,7 @@ pub use budget::{Budget, Claim, ServerFacts};
 pub use errors::FailureKind;
 pub use folders::{FolderState, PendingDisposition, RecordedOutcome, StuckFailure, StuckMessage};
 pub use graph::{DeltaRound, GraphFolder, GraphItem, ItemChange};
-pub use leases::{Lease, WorkerInfo, WorkerRow};
+pub use leases::{FencedWrite, Lease, WorkerInfo, WorkerRow};
 pub use outbox::{AckKind, OutboxDraft, OutboxRow};
 pub use outgoing::{
     DeliveryState, OutboxState, OutboxStatus, OutgoingDraft, OutgoingKind, OutgoingRow, ReplyFacts,
@@ -80,15 +80,17 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("a row for this message already exists (written concurrently by another worker)")]
     Conflict,
-    /// A fenced batch found its folder's lease lost (taken over after it expired, or released):
-    /// nothing of it was committed, and the folder is another worker's now.
+    /// A fenced write (a batch, or another write of a folder task: `write`) found its folder's
+    /// lease lost (taken over after it expired, or released): nothing of it was committed, and
+    /// the folder is another worker's now.
     #[error(
-        "the lease of {mailbox}/{folder} (epoch {epoch}) is no longer this worker's; nothing of the batch was committed"
+        "the lease of {mailbox}/{folder} (epoch {epoch}) is no longer this worker's; nothing of {write} was committed"
     )]
     LeaseLost {
         mailbox: String,
         folder: String,
         epoch: i64,
+        write: FencedWrite,
     },
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),

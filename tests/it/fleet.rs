@@ -1,7 +1,8 @@
 //! A fleet on PostgreSQL (issue 17, items 1 and 2): several `mailintake run` on one database share
 //! the mailboxes by leases — each mailbox held by one worker, spread evenly, every message taken in
 //! exactly once — and a worker killed with SIGKILL or stopped with SIGTERM has its mailboxes taken
-//! over by the others (after the lease's TTL, or at once).
+//! over by the others (after the lease's TTL, or at once). A worker frozen by SIGSTOP just before a
+//! commit or a disposition, and woken after the takeover, commits and disposes of nothing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,9 +25,16 @@ struct Fleet {
 
 impl Fleet {
     async fn new(n_mailboxes: usize) -> Fleet {
+        Fleet::build(n_mailboxes, "", &[]).await
+    }
+
+    /// A fleet of `n_mailboxes` with `extra_mailbox_keys` in each mailbox's table; the fake Entra
+    /// also lets the test into `others` (e.g. a customer's mailbox, to read what was sent).
+    async fn build(n_mailboxes: usize, extra_mailbox_keys: &str, others: &[&str]) -> Fleet {
         let db = TestDb::new(Backend::Postgres).await;
         let mailboxes: Vec<String> = (0..n_mailboxes).map(|_| unique_mailbox()).collect();
-        let names: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
+        let mut names: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
+        names.extend_from_slice(others);
         let entra = Entra::start(&names).await;
         let stack = Stack::get();
         let mut text = format!(
@@ -60,6 +68,7 @@ name = "box{i}"
 address = "{address}"
 identity = "test"
 poll_interval = "1s"
+{extra_mailbox_keys}
 
 [mailboxes.imap]
 host = "localhost"
@@ -82,6 +91,11 @@ ca_file = "{ca}"
 
     /// Starts worker `name` (`mailintake run`, its log in a file of its own).
     fn start(&self, name: &str) -> Running {
+        self.start_with(name, &[])
+    }
+
+    /// Like [`Fleet::start`], with extra environment variables.
+    fn start_with(&self, name: &str, env: &[(&str, &str)]) -> Running {
         let log: PathBuf = self.config.path.with_file_name(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = tokio::process::Command::new(binary())
@@ -90,12 +104,30 @@ ca_file = "{ca}"
             .arg("run")
             .env("IT_CLIENT_SECRET", &self.entra.secret)
             .env("RUST_LOG", "mailintake=debug")
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .stdout(std::process::Stdio::null())
             .stderr(file)
             .spawn()
             .expect("mailintake run starts");
         Running { child, log }
+    }
+
+    /// Who holds each unit now (by the database's clock), by (mailbox, folder); the outbox
+    /// sender's folder is the empty string.
+    async fn unit_holders(&self) -> BTreeMap<(String, String), String> {
+        let pool = self.db.pool().await;
+        let rows = sqlx::query(
+            "SELECT mailbox, folder, holder FROM leases WHERE holder IS NOT NULL \
+             AND expires_at > CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        pool.close().await;
+        rows.into_iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get::<String, _>(2)))
+            .collect()
     }
 
     /// Who holds each mailbox now (by the database's clock), by mailbox name.
@@ -313,4 +345,298 @@ async fn a_fleet_shares_the_mailboxes_and_takes_them_over() {
         fleet.holders().await.is_empty(),
         "every lease released at SIGTERM"
     );
+}
+
+/// Every row a folder task writes (the intake ledger, tickets and their messages, the checkpoint,
+/// waiting messages, quarantine, outbox), each as PostgreSQL's text of the whole row: equal
+/// before and after only if nothing of it changed.
+async fn ledger(db: &TestDb) -> Vec<String> {
+    let pool = db.pool().await;
+    let mut rows = Vec::new();
+    for table in [
+        "imap_messages",
+        "tickets",
+        "messages",
+        "raw_messages",
+        "mailbox_state",
+        "stuck_messages",
+        "quarantine",
+        "outbox",
+    ] {
+        let text: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(t AS TEXT) FROM {table} t ORDER BY 1"
+        )))
+        .fetch_all(&pool)
+        .await
+        .expect("the ledger reads")
+        .into_iter()
+        .map(|r| format!("{table}: {}", r.get::<String, _>(0)))
+        .collect();
+        rows.extend(text);
+    }
+    pool.close().await;
+    rows
+}
+
+/// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, after_name) = stat.rsplit_once(')')?;
+            after_name
+                .split_whitespace()
+                .next()
+                .map(|state| state == "T")
+        })
+        .unwrap_or(false)
+}
+
+/// How many sweeps a worker's log says it finished.
+fn sweeps_done(worker: &Running) -> usize {
+    worker.log().matches("sweep done").count()
+}
+
+/// The drill of issue 17: worker 1 stops itself (SIGSTOP) at the failpoint `point` on its first
+/// pass; worker 2 takes the folder over once the lease expired and takes the message in (ticket,
+/// `\Seen`); an agent then marks the message unread again. Worker 1, woken with SIGCONT, must
+/// change nothing: the rows are as worker 2 left them and the message stays unread (a worker that
+/// went on would mark it `\Seen` again, or commit its batch). Returns worker 1's log.
+async fn a_frozen_worker_changes_nothing_after_the_takeover(point: &str) -> String {
+    let fleet = Fleet::new(1).await;
+    let mailbox = fleet.mailboxes[0].clone();
+    let from = format!("{}@customer.test", unique("c"));
+    deliver_lmtp(&mailbox, &from, &mail(&mailbox, &from, "frozen")).await;
+
+    let armed = format!("{point}:1:stop");
+    let first = fleet.start_with("w1", &[("MAILINTAKE_FAILPOINT", &armed)]);
+    let pid = first.child.id().expect("running");
+    let frozen = eventually(Duration::from_secs(60), || async {
+        first
+            .log()
+            .contains(&format!("failpoint {point} reached; stopping"))
+            && is_stopped(pid)
+    })
+    .await;
+    assert!(frozen, "worker 1 stops at {point}: {}", first.log());
+    let first_id = fleet.worker_id(pid).await.expect("worker 1 registered");
+    let frozen_at = Instant::now();
+
+    // Worker 2 takes the folder over after the TTL, and takes the message in (or completes the
+    // disposition worker 1 left pending).
+    let second = fleet.start("w2");
+    let taken_in = eventually(Duration::from_secs(60), || async {
+        fleet
+            .db
+            .count_or_zero("SELECT COUNT(*) FROM imap_messages WHERE disposed_at IS NOT NULL")
+            .await
+            == 1
+            && folder_contents(&fleet.entra, &mailbox, "INBOX")
+                .await
+                .iter()
+                .all(|&(_, seen)| seen)
+    })
+    .await;
+    assert!(
+        taken_in,
+        "worker 2 takes the message in: {}\n{}",
+        second.log(),
+        first.log()
+    );
+    let holders = fleet.holders().await;
+    assert!(
+        holders.get("box0").is_some_and(|h| *h != first_id),
+        "worker 2 holds the folder: {holders:?}"
+    );
+    assert!(
+        frozen_at.elapsed() >= TTL - Duration::from_secs(1),
+        "taken over only after the lease expired"
+    );
+    // Worker 2 at rest: one whole sweep after the one that took the message in.
+    let n_sweeps = sweeps_done(&second);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            sweeps_done(&second) > n_sweeps
+        })
+        .await,
+        "{}",
+        second.log()
+    );
+    // An agent marks it unread: worker 1 disposing of it now would show.
+    doveadm(&[
+        "flags", "remove", "-u", &mailbox, "\\Seen", "mailbox", "INBOX", "all",
+    ]);
+    let unread = folder_contents(&fleet.entra, &mailbox, "INBOX").await;
+    assert_eq!(unread.len(), 1);
+    assert!(!unread[0].1, "marked unread: {unread:?}");
+    let before = ledger(&fleet.db).await;
+
+    // SIGCONT: worker 1 goes on where it stopped, finds its lease gone, and stops its work.
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGCONT) }, 0);
+    let gave_up = eventually(Duration::from_secs(30), || async {
+        let log = first.log();
+        log.contains(&format!("failpoint {point} continued"))
+            && log.contains("lease lost; waiting to acquire it again")
+    })
+    .await;
+    assert!(gave_up, "worker 1 gives the folder up: {}", first.log());
+    assert_eq!(
+        folder_contents(&fleet.entra, &mailbox, "INBOX").await,
+        unread,
+        "worker 1 disposed of nothing: {}",
+        first.log()
+    );
+    assert_eq!(
+        ledger(&fleet.db).await,
+        before,
+        "worker 1 wrote nothing after it went on: {}",
+        first.log()
+    );
+    assert_eq!(fleet.n_tickets().await, 1);
+    assert_eq!(
+        fleet.holders().await.get("box0"),
+        holders.get("box0"),
+        "worker 2 still holds the folder"
+    );
+
+    let (status, log) = terminate(second, Duration::from_secs(30)).await;
+    assert!(status.success(), "{log}");
+    let (status, log) = terminate(first, Duration::from_secs(30)).await;
+    assert!(status.success(), "{log}");
+    log
+}
+
+/// Frozen with its batch written in its transaction, just before the commit: the commit's fence
+/// finds the lease another worker's and commits nothing — refused as a lost lease, not by the
+/// unique keys after worker 2's rows (which would have it decide the batch again).
+#[tokio::test]
+async fn a_worker_frozen_just_before_a_commit_commits_nothing_after_the_takeover() {
+    let log = a_frozen_worker_changes_nothing_after_the_takeover("before-commit").await;
+    assert!(log.contains("nothing of the batch was committed"), "{log}");
+    assert!(!log.contains("deciding the batch again"), "{log}");
+    assert!(!log.contains("new ticket"), "{log}");
+}
+
+/// Frozen with its batch committed, just before its disposition: woken after the takeover, its
+/// own clock says the lease's trust ran out, and it sends no disposition command (worker 2 did
+/// the disposition it left pending).
+#[tokio::test]
+async fn a_worker_frozen_just_before_a_disposition_disposes_nothing_after_the_takeover() {
+    let log = a_frozen_worker_changes_nothing_after_the_takeover("before-disposition").await;
+    assert!(
+        log.contains("new ticket"),
+        "worker 1 committed the batch: {log}"
+    );
+    assert!(log.contains("no longer certainly this worker's"), "{log}");
+}
+
+/// A mailbox's folder and its outbox sender are two units with leases of their own, so they may
+/// sit on different workers: with two workers and one acknowledging mailbox, each holds one; the
+/// ticket is taken in by the folder's holder, and its acknowledgement (an outbox row, nobody
+/// woken on the other worker) is sent once by the sender's holder. `once` before them takes no
+/// leases and registers no worker.
+#[tokio::test]
+async fn a_folder_and_its_outbox_sender_may_sit_on_different_workers() {
+    let customer = unique_mailbox();
+    let fleet = Fleet::build(1, &smtp_keys(), &[&customer]).await;
+    let mailbox = fleet.mailboxes[0].clone();
+    let secret = [("IT_CLIENT_SECRET", fleet.entra.secret.as_str())];
+
+    let once = assert_ok(&mailintake(&fleet.config.path, &["once"], &secret).await);
+    assert!(once.contains("0 new message(s)"), "{once}");
+    assert_eq!(fleet.db.count("SELECT COUNT(*) FROM leases").await, 0);
+    assert_eq!(fleet.db.count("SELECT COUNT(*) FROM workers").await, 0);
+
+    // The first worker takes both units; the second joins and gets one of them.
+    let first = fleet.start("w1");
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            fleet.unit_holders().await.len() == 2
+        })
+        .await,
+        "{}",
+        first.log()
+    );
+    let second = fleet.start("w2");
+    let split = eventually(Duration::from_secs(30), || async {
+        let holders = fleet.unit_holders().await;
+        holders.len() == 2
+            && holders
+                .values()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == 2
+    })
+    .await;
+    let holders = fleet.unit_holders().await;
+    assert!(
+        split,
+        "one unit each: {holders:?}\n{}\n{}",
+        first.log(),
+        second.log()
+    );
+    let folder_holder = &holders[&("box0".to_string(), "INBOX".to_string())];
+    let first_id = fleet
+        .worker_id(first.child.id().unwrap())
+        .await
+        .expect("registered");
+    let (folder_worker, sender_worker) = if *folder_holder == first_id {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+
+    next_second().await;
+    let id = format!("{}@customer.test", unique("split"));
+    deliver_lmtp(
+        &mailbox,
+        &customer,
+        &crate::acks::customer_mail(&customer, &mailbox, "Split units", &id, ""),
+    )
+    .await;
+    let sent = eventually(Duration::from_secs(30), || async {
+        fleet
+            .db
+            .count_or_zero("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")
+            .await
+            == 1
+    })
+    .await;
+    assert!(
+        sent,
+        "the acknowledgement is sent: {}\n{}",
+        folder_worker.log(),
+        sender_worker.log()
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !crate::acks::inbox_messages(&fleet.entra, &customer)
+                .await
+                .is_empty()
+        })
+        .await
+    );
+    assert_eq!(
+        crate::acks::inbox_messages(&fleet.entra, &customer)
+            .await
+            .len(),
+        1,
+        "one acknowledgement"
+    );
+    // Each did its own part: the ticket on the folder's worker, the send on the sender's.
+    assert!(folder_worker.log().contains("new ticket"));
+    assert!(!sender_worker.log().contains("new ticket"));
+    assert!(sender_worker.log().contains("outbox flushed"));
+    assert!(!folder_worker.log().contains("outbox flushed"));
+    assert_eq!(
+        fleet.unit_holders().await,
+        holders,
+        "nothing moved meanwhile"
+    );
+
+    for worker in [first, second] {
+        let (status, log) = terminate(worker, Duration::from_secs(30)).await;
+        assert!(status.success(), "{log}");
+    }
 }

@@ -1,11 +1,15 @@
 //! The fleet's leases on the real databases (issue 17, item 1): one holder per folder at a time,
 //! a takeover only after the expiry by the database's clock and always with a new epoch, a lease
-//! lost once expired, and a fenced batch that commits nothing once its lease is another worker's.
+//! lost once expired, and a fenced batch — or any other write of a folder task: its checkpoint,
+//! its dispositions done or refused, its waiting messages — that commits nothing once its lease
+//! is another worker's.
 
 use std::time::Duration;
 
 use mailintake::mail_source::{Disposition, Uid};
-use mailintake::store::{ImapLocation, Store, StoreError, WorkerInfo};
+use mailintake::store::{
+    FencedWrite, FolderState, ImapLocation, Lease, Store, StoreError, StuckFailure, WorkerInfo,
+};
 
 use crate::helpers::*;
 
@@ -187,4 +191,221 @@ async fn a_fenced_batch_commits_nothing_once_its_lease_is_taken_over_on_sqlite()
 #[tokio::test]
 async fn a_fenced_batch_commits_nothing_once_its_lease_is_taken_over_on_postgres() {
     a_fenced_batch(Backend::Postgres).await;
+}
+
+/// Whether `result` is the refusal of a fenced write `write` under `lease`.
+fn lost<T: std::fmt::Debug>(result: Result<T, StoreError>, lease: &Lease, write: FencedWrite) {
+    match result {
+        Err(StoreError::LeaseLost {
+            epoch, write: w, ..
+        }) => {
+            assert_eq!(epoch, lease.epoch);
+            assert_eq!(w, write);
+        }
+        other => panic!("{write} written despite the lost lease: {other:?}"),
+    }
+}
+
+/// A worker whose lease was taken over (paused past its TTL) writes nothing of the folder
+/// outside batches either: not its checkpoint, not a disposition done or refused, not a waiting
+/// message, not the UIDs to take alone, not the reconciliation's time. The new holder writes
+/// them all.
+async fn fenced_folder_writes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::open(&db.url).await.unwrap();
+    let (raw, _) = unique_fixture("plain.eml");
+    let mail = mailintake::ingest::parse(&raw).unwrap();
+    let (mailbox, folder) = ("support", "INBOX");
+    let state = FolderState {
+        uidvalidity: 7,
+        last_uid: Uid(0),
+        ingest_after_ms: None,
+        ack_after_ms: None,
+        first_uid_next: Some(Uid(1)),
+    };
+    let a = store
+        .acquire_lease(mailbox, folder, "a", TTL)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .set_folder_state(mailbox, folder, state, Some(&a))
+        .await
+        .unwrap();
+    // a commits message 1 (its disposition pending), then is paused past its TTL; b takes over.
+    let mut tx = store.begin().await.unwrap();
+    tx.fence(&a);
+    let at = ImapLocation {
+        mailbox,
+        folder,
+        uidvalidity: 7,
+        uid: Uid(1),
+        size: raw.len() as u64,
+        internal_date_ms: None,
+    };
+    tx.new_ticket(&at, &mail, None, None, None, None, &Disposition::Seen)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::sleep(TTL + Duration::from_millis(200)).await;
+    let b = store
+        .acquire_lease(mailbox, folder, "b", TTL)
+        .await
+        .unwrap()
+        .expect("expired: b takes it over");
+
+    // Every write of a is refused, and none of it shows.
+    let uids = [Uid(1)];
+    lost(
+        store
+            .mark_disposed(mailbox, folder, 7, &uids, Some(&a))
+            .await,
+        &a,
+        FencedWrite::DispositionsDone,
+    );
+    lost(
+        store
+            .note_refused_disposition(mailbox, folder, 7, &uids, "NO [OVERQUOTA]", Some(&a))
+            .await,
+        &a,
+        FencedWrite::DispositionsRefused,
+    );
+    lost(
+        store
+            .advance_checkpoint(mailbox, folder, 7, Uid(5), Some(&a))
+            .await,
+        &a,
+        FencedWrite::Checkpoint,
+    );
+    let resynced = FolderState {
+        uidvalidity: 8,
+        ..state
+    };
+    lost(
+        store
+            .set_folder_state(mailbox, folder, resynced, Some(&a))
+            .await,
+        &a,
+        FencedWrite::FolderState,
+    );
+    lost(
+        store
+            .set_alone_range(mailbox, folder, Some((Uid(2), Uid(4))), Some(&a))
+            .await,
+        &a,
+        FencedWrite::AloneRange,
+    );
+    lost(
+        store
+            .note_stuck(
+                mailbox,
+                folder,
+                7,
+                Uid(2),
+                StuckFailure::Refused,
+                "NO",
+                Some(&a),
+            )
+            .await,
+        &a,
+        FencedWrite::StuckMessage,
+    );
+    lost(
+        store.mark_reconciled(mailbox, folder, 1, Some(&a)).await,
+        &a,
+        FencedWrite::Reconciled,
+    );
+    let pending = store
+        .pending_dispositions(mailbox, folder, 7)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1, "still pending: {pending:?}");
+    assert!(!pending[0].refused);
+    assert_eq!(
+        store.folder_state(mailbox, folder).await.unwrap(),
+        Some(FolderState {
+            last_uid: Uid(1),
+            ..state
+        }),
+        "the checkpoint where a's batch left it"
+    );
+    assert_eq!(store.alone_range(mailbox, folder).await.unwrap(), None);
+    assert!(
+        store
+            .stuck_messages(mailbox, folder)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.reconciled_at(mailbox, folder).await.unwrap(), None);
+    // The error says what was not written, and whose the folder is now.
+    let refused = store
+        .mark_disposed(mailbox, folder, 7, &uids, Some(&a))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("support/INBOX")
+            && refused.contains("no longer this worker's")
+            && refused.contains("the dispositions done"),
+        "{refused}"
+    );
+
+    // b, holding it, writes them.
+    store
+        .mark_disposed(mailbox, folder, 7, &uids, Some(&b))
+        .await
+        .unwrap();
+    store
+        .advance_checkpoint(mailbox, folder, 7, Uid(5), Some(&b))
+        .await
+        .unwrap();
+    store
+        .note_stuck(
+            mailbox,
+            folder,
+            7,
+            Uid(6),
+            StuckFailure::Refused,
+            "NO",
+            Some(&b),
+        )
+        .await
+        .unwrap();
+    store
+        .clear_stuck(mailbox, folder, 7, Uid(6), Some(&b))
+        .await
+        .unwrap();
+    store
+        .mark_reconciled(mailbox, folder, 1, Some(&b))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .pending_dispositions(mailbox, folder, 7)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .folder_state(mailbox, folder)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_uid,
+        Uid(5)
+    );
+    assert_eq!(store.reconciled_at(mailbox, folder).await.unwrap(), Some(1));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_folder_task_whose_lease_was_taken_writes_nothing_outside_batches_either_on_sqlite() {
+    fenced_folder_writes(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_folder_task_whose_lease_was_taken_writes_nothing_outside_batches_either_on_postgres() {
+    fenced_folder_writes(Backend::Postgres).await;
 }

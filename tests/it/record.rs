@@ -91,7 +91,7 @@ async fn one_batch_of_decisions_becomes_its_rows_in_one_transaction() {
         first_uid_next: Some(Uid(1)),
     };
     store
-        .set_folder_state(&mailbox.name, "INBOX", state)
+        .set_folder_state(&mailbox.name, "INBOX", state, None)
         .await
         .unwrap();
 

@@ -2,8 +2,8 @@
 //! the batch's own transaction before anything else, and commits nothing when the lease is lost.
 
 use super::Batch;
-use crate::store::leases::{Lease, renew_sql};
-use crate::store::{Result, StoreError};
+use crate::store::Result;
+use crate::store::leases::{FencedWrite, Lease, check_fence};
 
 impl Batch {
     /// Fences the batch by `lease`: its commit renews the lease in the batch's own transaction
@@ -19,24 +19,6 @@ impl Batch {
             return Ok(());
         };
         let backend = self.backend;
-        let renewed = sqlx::query(sqlx::AssertSqlSafe(renew_sql(backend)))
-            .bind(lease.ttl.as_millis() as i64)
-            .bind(&lease.mailbox)
-            .bind(&lease.folder)
-            .bind(&lease.holder)
-            .bind(lease.epoch)
-            .execute(self.connection())
-            .await?
-            .rows_affected()
-            == 1;
-        if renewed {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost {
-                mailbox: lease.mailbox,
-                folder: lease.folder,
-                epoch: lease.epoch,
-            })
-        }
+        check_fence(self.connection(), backend, &lease, FencedWrite::Batch).await
     }
 }
