@@ -16,6 +16,8 @@
 //! - [`imap`]: the IMAP implementation of that seam (TLS, `AUTHENTICATE XOAUTH2`, size-first
 //!   listing, capped body fetches, folder moves); the only module that knows async-imap.
 //! - [`reply`]: acknowledgements, planned (pure) and sent from the outbox over SMTP.
+//! - [`registry`]: mailboxes and identities kept in the database, added and changed at run
+//!   time, validated by the config file's code and merged with the file's for every worker.
 //! - [`fleet`]: the workers on one database sharing the mailboxes by leases (heartbeat, fair
 //!   share, renewal, the monotonic guard), for the tasks of `intake` and `reply`.
 //! - [`oauth`]: OAuth2 access tokens from Microsoft Entra ID (or any token endpoint), cached per
@@ -43,6 +45,7 @@ pub mod intake;
 pub mod junk;
 pub mod mail_source;
 pub mod oauth;
+pub mod registry;
 pub mod reply;
 pub mod report;
 pub mod store;

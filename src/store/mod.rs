@@ -49,6 +49,7 @@ mod folders;
 mod leases;
 pub mod outbox;
 mod outgoing;
+pub mod registry;
 mod sent_copy;
 mod sql;
 mod tickets;
