@@ -31,6 +31,7 @@ mod ops;
 mod outgoing;
 mod reconcile;
 mod record;
+mod registry;
 mod retention;
 mod sending;
 mod sent_copy;
