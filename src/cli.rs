@@ -65,6 +65,18 @@ pub enum Command {
     /// List the fleet's live workers (id, host, pid, version, last heartbeat) and who holds which
     /// mailbox's lease.
     Workers,
+    /// The mailbox registry: mailboxes kept in the database, followed by every running worker
+    /// within seconds, without a restart.
+    Mailbox {
+        #[command(subcommand)]
+        action: MailboxAction,
+    },
+    /// The registry's identities (token sources), named by its mailboxes; a secret given as
+    /// text is stored encrypted with the [token_store] key.
+    Identity {
+        #[command(subcommand)]
+        action: IdentityAction,
+    },
     /// List recent tickets.
     Tickets {
         /// How many tickets to list.
@@ -193,6 +205,86 @@ pub struct SendArgs {
     /// How long --wait waits.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
     pub wait_timeout: std::time::Duration,
+}
+
+/// A registry table's keys, as written in the config file: `--toml 'KEY = VALUE …'` and/or
+/// `--file PATH` (`-`: stdin; keeps a secret out of the command line).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TableArgs {
+    /// The table's keys in TOML, e.g. 'address = "help@acme.test"' (repeatable: joined by
+    /// newlines).
+    #[arg(long, value_name = "TOML")]
+    pub toml: Vec<String>,
+    /// The table's keys from a TOML file, or - for stdin (read before --toml).
+    #[arg(long, value_name = "FILE|-")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MailboxAction {
+    /// Add a mailbox: the keys of its [[mailboxes]] table (config/example.toml documents them),
+    /// validated as the file's are.
+    Add {
+        /// The mailbox's name (its `name` key).
+        name: String,
+        #[command(flatten)]
+        table: TableArgs,
+    },
+    /// Change a mailbox: the keys given replace its own (a sub-table such as imap is merged key
+    /// by key); --unset removes keys.
+    Set {
+        name: String,
+        #[command(flatten)]
+        table: TableArgs,
+        /// A key to remove, e.g. dispose or imap.ca_file (repeatable).
+        #[arg(long, value_name = "KEY")]
+        unset: Vec<String>,
+    },
+    /// Stop working on a mailbox (its row, tickets and messages stay).
+    Disable { name: String },
+    /// Work on a disabled mailbox again.
+    Enable { name: String },
+    /// Remove a mailbox from the registry (its tickets and messages stay).
+    Remove { name: String },
+    /// The registry's mailboxes, and whether the fleet follows the registry or the file.
+    List {
+        /// Print JSON lines (with each mailbox's settings) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the config file's [[mailboxes]] into the registry: new ones are added, changed
+    /// ones made equal to the file's; the registry's others stay.
+    Sync,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityAction {
+    /// Add an identity: the keys of its [identities.NAME] table, validated as the file's are. A
+    /// secret given as text is stored encrypted; { env = "…" } and { file = "…" } stay
+    /// references that every worker resolves.
+    Add {
+        /// The identity's name (as in [identities.NAME]).
+        name: String,
+        #[command(flatten)]
+        table: TableArgs,
+    },
+    /// Change an identity: the keys given replace its own; --unset removes keys.
+    Set {
+        name: String,
+        #[command(flatten)]
+        table: TableArgs,
+        /// A key to remove (repeatable).
+        #[arg(long, value_name = "KEY")]
+        unset: Vec<String>,
+    },
+    /// Remove an identity (refused while a registry mailbox names it).
+    Remove { name: String },
+    /// The registry's identities (never a secret).
+    List {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -165,8 +165,9 @@ pub struct Fleet {
     store: Store,
     worker: WorkerInfo,
     config: FleetConfig,
-    /// How many units this worker's configuration names (the same on every worker of a fleet).
-    n_units: usize,
+    /// How many units this worker's configuration names (the same on every worker of a fleet);
+    /// it changes with the registry's mailboxes ([`Fleet::set_units`]).
+    n_units: AtomicUsize,
     /// How many units this worker should hold at most, from the last coordination.
     fair_share: AtomicUsize,
     held: Mutex<Vec<Arc<Tenure>>>,
@@ -217,7 +218,7 @@ impl Fleet {
             store,
             worker,
             config,
-            n_units,
+            n_units: AtomicUsize::new(n_units),
             fair_share: AtomicUsize::new(n_units),
             held: Mutex::new(Vec::new()),
             waiting: Mutex::new(BTreeMap::new()),
@@ -276,7 +277,7 @@ impl Fleet {
         // A worker whose heartbeat is older than one TTL is gone: its leases have expired too.
         let live = self.store.live_workers(self.config.lease_ttl).await?;
         let n_live = live.len().max(1);
-        let fair = self.n_units.div_ceil(n_live);
+        let fair = self.n_units.load(Ordering::SeqCst).div_ceil(n_live);
         self.fair_share.store(fair, Ordering::SeqCst);
 
         // Too many: the newest give way, at their next safe point.
@@ -485,6 +486,13 @@ impl Fleet {
                 }
             }
         }
+    }
+
+    /// How many units the configuration names now (mailboxes added or removed at run time), for
+    /// the fair share of the next coordination.
+    pub fn set_units(&self, n_units: usize) {
+        self.n_units.store(n_units, Ordering::SeqCst);
+        self.wake.notify_one();
     }
 
     /// How many units this worker should hold at most, by the last coordination.

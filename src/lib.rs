@@ -18,6 +18,8 @@
 //! - [`graph`]: the Microsoft Graph implementation of the seam (message delta, the store size
 //!   before `$value`, throttling), numbering each folder's messages through [`store`].
 //! - [`reply`]: acknowledgements, planned (pure) and sent from the outbox over SMTP.
+//! - [`registry`]: mailboxes and identities kept in the database, added and changed at run
+//!   time, validated by the config file's code and merged with the file's for every worker.
 //! - [`fleet`]: the workers on one database sharing the mailboxes by leases (heartbeat, fair
 //!   share, renewal, the monotonic guard), for the tasks of `intake` and `reply`.
 //! - [`oauth`]: OAuth2 access tokens from Microsoft Entra ID (or any token endpoint), cached per
@@ -46,6 +48,7 @@ pub mod intake;
 pub mod junk;
 pub mod mail_source;
 pub mod oauth;
+pub mod registry;
 pub mod reply;
 pub mod report;
 pub mod store;

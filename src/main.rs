@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::dispatch(cli.command, config)) {
+    match runtime.block_on(commands::dispatch(cli.command, config, &cli.config)) {
         Ok(code) => code,
         Err(e) => {
             // Whatever a library put into the message, no credential of a URL leaves the process.

@@ -9,9 +9,12 @@
 //!   release, retention purge, outbox retry and cancel) and `migrate`.
 //! - `send`: `send`, a message handed to a mailbox's outbox (and, with `--wait`, sent).
 //! - `setup`: `check`, `login` and `consent-url`, the commands of setting a mailbox up.
+//! - `registry`: `mailbox …` and `identity …`, the registry's rows; and the configuration every
+//!   other command works with: the file's with the registry's mailboxes and identities.
 
 mod inspect;
 mod manage;
+mod registry;
 mod send;
 mod service;
 mod setup;
@@ -28,7 +31,13 @@ use crate::store::Store;
 /// Runs `command` to its end: `Ok` with the exit code it asks for (0 success, 1 a mailbox or
 /// the database failed, 2 a usage or configuration mistake), `Err` for a failure the caller
 /// prints and ends with exit code 1.
-pub async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+/// `config_path` is the file `config` was loaded from: `run` reads it again on SIGHUP, and the
+/// registry's commands read its tables.
+pub async fn dispatch(
+    command: Command,
+    config: Config,
+    config_path: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
     // These two work from the configuration alone: they must answer without a database.
     match &command {
         Command::Check {
@@ -53,13 +62,26 @@ pub async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCo
     let store = Store::open_configured(&config.database)
         .await
         .context("opening the database")?;
+    // Every command but these works on the file's mailboxes and identities with the registry's.
+    let config = match &command {
+        Command::Run | Command::Mailbox { .. } | Command::Identity { .. } | Command::Migrate => {
+            config
+        }
+        _ => registry::effective_config(config, config_path, &store).await?,
+    };
     let code = match command {
         Command::Check { .. } | Command::ConsentUrl { .. } => unreachable!("handled above"),
+        Command::Mailbox { action } => {
+            registry::mailbox(&config, config_path, &store, action).await?
+        }
+        Command::Identity { action } => {
+            registry::identity(&config, config_path, &store, action).await?
+        }
         Command::Login { identity } => setup::login(&config, &store, &identity).await?,
         Command::Migrate => manage::migrate(&config),
         Command::Workers => inspect::workers(&config, &store).await?,
         Command::Once => service::once(&config, &store).await,
-        Command::Run => service::run(config, &store).await?,
+        Command::Run => service::run(config, config_path, &store).await?,
         Command::Tickets { limit, since, json } => {
             inspect::tickets(&store, limit, since, json).await?
         }

@@ -1,17 +1,20 @@
 //! The worker as a service: `run` until SIGTERM or SIGINT, or `once` over every mailbox.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{success_if, token_cache};
-use crate::config::Config;
+use crate::config::{Config, file_tables};
 use crate::fleet::{self, Fleet};
+use crate::registry::{self, Registry};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::{http, intake, junk};
@@ -43,8 +46,21 @@ pub(super) async fn once(config: &Config, store: &Store) -> ExitCode {
 }
 
 /// `mailintake run`: the worker's tasks (and, with `[http]`, the monitoring endpoint and the
-/// Junk check) until SIGTERM or SIGINT; then every task stops at a safe point and logs out.
-pub(super) async fn run(config: Config, store: &Store) -> anyhow::Result<ExitCode> {
+/// Junk check) until SIGTERM or SIGINT; then every task stops at a safe point and logs out. The
+/// mailboxes are the file's and the registry's, followed at run time (`intake::follow`); SIGHUP
+/// reads `config_path` again.
+pub(super) async fn run(
+    file_config: Config,
+    config_path: &Path,
+    store: &Store,
+) -> anyhow::Result<ExitCode> {
+    let tables = file_tables(config_path)?;
+    let registry = Registry::load(store)
+        .await
+        .context("reading the mailbox registry (tables registry_mailboxes, registry_identities)")?;
+    let base_dir = config_path.parent().unwrap_or(Path::new("."));
+    let effective = registry::effective(&file_config, &tables, &registry, base_dir);
+    let config = effective.config.clone();
     let tokens = Arc::new(token_cache(&config, store));
     // The worker registers in the fleet first: every task works only under its lease.
     let fleet = Arc::new(Fleet::new(
@@ -63,6 +79,7 @@ pub(super) async fn run(config: Config, store: &Store) -> anyhow::Result<ExitCod
         let stop_fleet = stop_fleet.clone();
         async move { fleet.coordinate(&stop_fleet).await }
     });
+    // The start-up mailboxes: the status page, the HTTP API and the Junk check know these.
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new(&config));
     // Every task of the worker (folders, outbox senders, the Junk check) stops at a safe
@@ -95,18 +112,21 @@ pub(super) async fn run(config: Config, store: &Store) -> anyhow::Result<ExitCod
         }
         None => None,
     };
-    intake::spawn(
-        config,
-        store.clone(),
-        tokens,
-        metrics,
-        &wakes,
-        &tracker,
-        &cancel,
-        &fleet,
-    );
+    let shared = intake::Shared::new(store.clone(), tokens, metrics, Arc::clone(&fleet));
+    let reload = Arc::new(Notify::new());
+    tracker.spawn(intake::follow(
+        intake::MailboxSet::new(shared, wakes, cancel.clone()),
+        intake::FileSource {
+            path: config_path.to_path_buf(),
+            config: file_config,
+            tables,
+        },
+        (registry, effective),
+        Arc::clone(&reload),
+        cancel.clone(),
+    ));
     tracker.close();
-    shutdown_signal().await;
+    shutdown_signal(&reload).await;
     tracing::info!("shutdown requested; letting mailboxes reach a safe point");
     cancel.cancel();
     tracker.wait().await;
@@ -129,8 +149,8 @@ pub(super) async fn run(config: Config, store: &Store) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT; each SIGHUP before it notifies `reload`.
+async fn shutdown_signal(reload: &Notify) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -140,8 +160,20 @@ async fn shutdown_signal() {
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    if hangup.is_none() {
+        tracing::warn!("cannot listen for SIGHUP; the config file is read only at start-up");
+    }
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => reload.notify_one(),
+        }
     }
 }

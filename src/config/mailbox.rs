@@ -205,17 +205,28 @@ pub(super) fn validate_mailboxes(
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Vec<Mailbox> {
-    if raw.is_empty() {
-        problems.report(
-            "mailboxes",
-            "no mailbox is configured; add at least one [[mailboxes]] table",
-        );
-    }
+    // No mailbox in the file is fine: the registry may hold them all (`mailintake mailbox add`).
+    let named = raw
+        .into_iter()
+        .enumerate()
+        .map(|(index, m)| (format!("mailboxes[{index}]"), m))
+        .collect();
+    validate_mailboxes_as(named, declared_identities, identities, base_dir, problems)
+}
+
+/// Like [`validate_mailboxes`], each table's problems named by the name given with it
+/// (`mailboxes[acme]` for a registry row).
+pub(super) fn validate_mailboxes_as(
+    raw: Vec<(String, raw::Mailbox)>,
+    declared_identities: &[String],
+    identities: &BTreeMap<String, Identity>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Vec<Mailbox> {
     let mut names = HashSet::new();
     raw.into_iter()
-        .enumerate()
-        .map(|(index, m)| {
-            let mut table = problems.within(format!("mailboxes[{index}]"));
+        .map(|(table_name, m)| {
+            let mut table = problems.within(table_name);
             check_references(&m, &mut names, declared_identities, &mut table);
             let identity = identities.get(&m.identity);
             validate_mailbox(m, identity, base_dir, &mut table)

@@ -15,6 +15,7 @@ mod identity;
 mod mailbox;
 mod problems;
 mod raw;
+mod registry;
 /// A mailbox from `[[mailboxes]]` keys (`extra` appended to a minimal one with IMAP and SMTP),
 /// for the unit tests of the modules that take one.
 #[cfg(test)]
@@ -63,6 +64,10 @@ pub use graph::SENDMAIL_MAX_BYTES;
 pub use identity::Flow;
 pub use mailbox::{DEFAULT_ACK_DENY, DEFAULT_ACK_TEMPLATE, TEMPLATE_PLACEHOLDERS, check_template};
 pub use problems::{ConfigError, ConfigProblem};
+pub use registry::{
+    FileTables, SECRET_KEYS, Table, file_tables, identity_from_table, mailbox_from_table,
+    merge_tables, remove_key, table_from_toml,
+};
 
 use problems::{Problems, figment_problems};
 
@@ -577,15 +582,7 @@ impl Config {
                 path: path.to_path_buf(),
             });
         }
-        // Nested keys are separated by a double underscore, e.g.
-        // MAILINTAKE_DATABASE__URL or MAILINTAKE_IDENTITIES__DEMO__CLIENT_SECRET. Every setting
-        // lives in a section, so variables without a double underscore (MAILINTAKE_CONFIG, or a
-        // secret named MAILINTAKE_SUPPORT_SECRET and referenced with { env = ... }) are not
-        // overrides and are left alone.
-        let env = Env::prefixed("MAILINTAKE_")
-            .split("__")
-            .filter(|key| key.as_str().contains('.'));
-        let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
+        let figment = file_figment(path);
         let base_dir = path.parent().unwrap_or(Path::new("."));
         Self::from_figment(figment, base_dir).map_err(|problems| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -610,6 +607,19 @@ impl Config {
         // Validation guarantees that every mailbox names a declared identity.
         &self.identities[name]
     }
+}
+
+/// The file at `path` with the `MAILINTAKE_…` environment overrides over it.
+fn file_figment(path: &Path) -> Figment {
+    // Nested keys are separated by a double underscore, e.g.
+    // MAILINTAKE_DATABASE__URL or MAILINTAKE_IDENTITIES__DEMO__CLIENT_SECRET. Every setting
+    // lives in a section, so variables without a double underscore (MAILINTAKE_CONFIG, or a
+    // secret named MAILINTAKE_SUPPORT_SECRET and referenced with { env = ... }) are not
+    // overrides and are left alone.
+    let env = Env::prefixed("MAILINTAKE_")
+        .split("__")
+        .filter(|key| key.as_str().contains('.'));
+    Figment::new().merge(Toml::file_exact(path)).merge(env)
 }
 
 /// Validates the whole file, recording every problem; the result is used only when there are none.

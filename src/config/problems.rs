@@ -126,7 +126,10 @@ pub(super) fn figment_problems(error: figment::Error) -> Vec<ConfigProblem> {
             };
             let message = match &e.kind {
                 Kind::UnknownField(field, expected) => {
-                    let key_path = if e.path.is_empty() {
+                    // Some providers (figment's `Serialized`) put the field in the path already.
+                    let key_path = if e.path.last() == Some(field) {
+                        e.path.join(".")
+                    } else if e.path.is_empty() {
                         field.to_string()
                     } else {
                         format!("{}.{}", e.path.join("."), field)

@@ -27,6 +27,7 @@
 mod acknowledge;
 pub mod facts;
 pub mod folder;
+pub mod mailboxes;
 mod reconcile;
 pub mod record;
 pub mod run;
@@ -39,8 +40,10 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+pub use mailboxes::{FileSource, MailboxSet, REGISTRY_POLL, follow};
 pub use run::{
-    SenderWakes, fleet_units, flush_outboxes, run_once, sender_wakes, sent_copies, spawn,
+    SenderWakes, Shared, fleet_units, flush_outboxes, run_once, sender_wakes, sent_copies, spawn,
+    spawn_mailbox,
 };
 pub use sent_copy::SourceSentCopies;
 

@@ -142,120 +142,160 @@ pub fn fleet_units(config: &Config) -> Vec<Unit> {
     crate::fleet::units(config, reply::sends_mail)
 }
 
+/// What every task of `run` shares: the database, the token cache, the metrics, the fleet and
+/// the login pacing of the process.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Store,
+    pub tokens: Arc<TokenCache>,
+    pub metrics: Arc<Metrics>,
+    pub fleet: Arc<Fleet>,
+    /// One pacing for every folder task of the process (see `LoginPacer`).
+    pub logins: Arc<LoginPacer>,
+}
+
+impl Shared {
+    pub fn new(
+        store: Store,
+        tokens: Arc<TokenCache>,
+        metrics: Arc<Metrics>,
+        fleet: Arc<Fleet>,
+    ) -> Shared {
+        Shared {
+            store,
+            tokens,
+            metrics,
+            fleet,
+            logins: Arc::new(LoginPacer::default()),
+        }
+    }
+}
+
 /// Starts the long-running worker's tasks in `tracker`: one per watched folder of every mailbox,
 /// and an outbox sender per mailbox that sends mail (SMTP, not shadow mode), woken through
 /// `wakes` ([`sender_wakes`] of the same config). Each works only while this worker holds its
-/// lease in `fleet` (its coordinator runs beside them), and otherwise waits for it. They run
-/// until `cancel`, then stop at a safe point, log out and release their leases;
+/// lease in `shared.fleet` (its coordinator runs beside them), and otherwise waits for it. They
+/// run until `cancel`, then stop at a safe point, log out and release their leases;
 /// `tracker.wait()` returns when all have.
-#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     config: Arc<Config>,
-    store: Store,
-    tokens: Arc<TokenCache>,
-    metrics: Arc<Metrics>,
+    shared: &Shared,
     wakes: &SenderWakes,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
-    fleet: &Arc<Fleet>,
 ) {
-    // One pacing for every folder task of the process (see `LoginPacer`).
-    let logins = Arc::new(LoginPacer::default());
     for (index, mailbox) in config.mailboxes.iter().enumerate() {
         let wake = wakes.get(&mailbox.name).cloned();
-        if let Some(wake) = &wake {
-            let config = Arc::clone(&config);
-            let store = store.clone();
-            let tokens = Arc::clone(&tokens);
-            let metrics = Arc::clone(&metrics);
-            let logins = Arc::clone(&logins);
-            let cancel = cancel.clone();
-            let wake = Arc::clone(wake);
-            let fleet = Arc::clone(fleet);
-            let span = info_span!("outbox", mailbox = %mailbox.name);
-            tracker.spawn(
-                async move {
-                    let mailbox = &config.mailboxes[index];
-                    let Some(outlet) = &mailbox.outlet else {
-                        return;
-                    };
-                    let identity = config.identity(&mailbox.identity);
-                    let copies = sent_copies(mailbox, identity, &tokens, &metrics, &logins);
-                    let (store, tokens, metrics, wake, copies, graph) =
-                        (&store, &tokens, &metrics, &wake, &copies, &logins.graph);
-                    // One sender per mailbox over the fleet: the budget holds exactly.
-                    let unit = Unit::outbox(&mailbox.name);
-                    fleet
-                        .hold(&unit, &cancel, |tenure| async move {
-                            let ctx = SenderContext {
-                                mailbox,
-                                outlet,
-                                identity,
-                                store,
-                                tokens,
-                                metrics,
-                                sent_copies: copies.as_ref().map(|c| c as &dyn SentCopies),
-                                tenure: Some(&tenure),
-                                graph,
-                            };
-                            let restarted = |panic: &str| {
-                                report_panic(metrics, mailbox, "", &mailbox.identity, panic)
-                            };
-                            let stop = tenure.stop();
-                            supervise(stop, restarted, || sender::sender_loop(&ctx, wake, stop))
-                                .await;
-                        })
-                        .await;
-                }
-                .instrument(span),
-            );
-        }
-        for folder_index in 0..mailbox.folders.len() {
-            let config = Arc::clone(&config);
-            let store = store.clone();
-            let tokens = Arc::clone(&tokens);
-            let metrics = Arc::clone(&metrics);
-            let logins = Arc::clone(&logins);
-            let cancel = cancel.clone();
-            let wake = wake.clone();
-            let fleet = Arc::clone(fleet);
-            let span = info_span!(
-                "mailbox",
-                mailbox = %mailbox.name,
-                folder = %mailbox.folders[folder_index]
-            );
-            tracker.spawn(
-                async move {
-                    let mailbox = &config.mailboxes[index];
-                    let folder = &mailbox.folders[folder_index];
-                    let (config, store, tokens, metrics, logins, wake) =
-                        (&config, &store, &tokens, &metrics, &logins, &wake);
-                    let unit = Unit::folder(&mailbox.name, folder);
-                    fleet
-                        .hold(&unit, &cancel, |tenure| async move {
-                            let ctx = MailboxContext {
-                                mailbox,
-                                folder,
-                                identity: config.identity(&mailbox.identity),
-                                store,
-                                tokens,
-                                policy: policy(config, mailbox),
-                                outbox_wake: wake.clone(),
-                                metrics,
-                                logins,
-                                tenure: Some(&tenure),
-                            };
-                            let restarted = |panic: &str| {
-                                report_panic(metrics, mailbox, folder, &mailbox.identity, panic)
-                            };
-                            let stop = tenure.stop();
-                            supervise(stop, restarted, || mailbox_loop(&ctx, stop)).await;
-                        })
-                        .await;
-                }
-                .instrument(span),
-            );
-        }
+        spawn_mailbox(&config, index, shared, wake, tracker, cancel);
+    }
+}
+
+/// Starts the tasks of `config.mailboxes[index]` in `tracker` (see [`spawn`]): one per watched
+/// folder, and its outbox sender when `wake` is given. They stop at `cancel`.
+pub fn spawn_mailbox(
+    config: &Arc<Config>,
+    index: usize,
+    shared: &Shared,
+    wake: Option<Arc<Notify>>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let mailbox = &config.mailboxes[index];
+    if let Some(wake) = &wake {
+        let config = Arc::clone(config);
+        let Shared {
+            store,
+            tokens,
+            metrics,
+            fleet,
+            logins,
+        } = shared.clone();
+        let cancel = cancel.clone();
+        let wake = Arc::clone(wake);
+        let span = info_span!("outbox", mailbox = %mailbox.name);
+        tracker.spawn(
+            async move {
+                let mailbox = &config.mailboxes[index];
+                let Some(outlet) = &mailbox.outlet else {
+                    return;
+                };
+                let identity = config.identity(&mailbox.identity);
+                let copies = sent_copies(mailbox, identity, &tokens, &metrics, &logins);
+                let (store, tokens, metrics, wake, copies, graph) =
+                    (&store, &tokens, &metrics, &wake, &copies, &logins.graph);
+                // One sender per mailbox over the fleet: the budget holds exactly.
+                let unit = Unit::outbox(&mailbox.name);
+                fleet
+                    .hold(&unit, &cancel, |tenure| async move {
+                        let ctx = SenderContext {
+                            mailbox,
+                            outlet,
+                            identity,
+                            store,
+                            tokens,
+                            metrics,
+                            sent_copies: copies.as_ref().map(|c| c as &dyn SentCopies),
+                            tenure: Some(&tenure),
+                            graph,
+                        };
+                        let restarted = |panic: &str| {
+                            report_panic(metrics, mailbox, "", &mailbox.identity, panic)
+                        };
+                        let stop = tenure.stop();
+                        supervise(stop, restarted, || sender::sender_loop(&ctx, wake, stop)).await;
+                    })
+                    .await;
+            }
+            .instrument(span),
+        );
+    }
+    for folder_index in 0..mailbox.folders.len() {
+        let config = Arc::clone(config);
+        let Shared {
+            store,
+            tokens,
+            metrics,
+            fleet,
+            logins,
+        } = shared.clone();
+        let cancel = cancel.clone();
+        let wake = wake.clone();
+        let span = info_span!(
+            "mailbox",
+            mailbox = %mailbox.name,
+            folder = %mailbox.folders[folder_index]
+        );
+        tracker.spawn(
+            async move {
+                let mailbox = &config.mailboxes[index];
+                let folder = &mailbox.folders[folder_index];
+                let (config, store, tokens, metrics, logins, wake) =
+                    (&config, &store, &tokens, &metrics, &logins, &wake);
+                let unit = Unit::folder(&mailbox.name, folder);
+                fleet
+                    .hold(&unit, &cancel, |tenure| async move {
+                        let ctx = MailboxContext {
+                            mailbox,
+                            folder,
+                            identity: config.identity(&mailbox.identity),
+                            store,
+                            tokens,
+                            policy: policy(config, mailbox),
+                            outbox_wake: wake.clone(),
+                            metrics,
+                            logins,
+                            tenure: Some(&tenure),
+                        };
+                        let restarted = |panic: &str| {
+                            report_panic(metrics, mailbox, folder, &mailbox.identity, panic)
+                        };
+                        let stop = tenure.stop();
+                        supervise(stop, restarted, || mailbox_loop(&ctx, stop)).await;
+                    })
+                    .await;
+            }
+            .instrument(span),
+        );
     }
 }
 

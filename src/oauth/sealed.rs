@@ -8,6 +8,7 @@ use openssl::symm::{Cipher, decrypt_aead, encrypt_aead};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::TokenKey;
+use crate::store::registry::SealedSecrets;
 use crate::store::tokens::SealedToken;
 use crate::time::now_ms;
 
@@ -139,6 +140,79 @@ impl TokenKeys {
     }
 }
 
+impl TokenKeys {
+    /// Encrypts the secrets of the registry's identity `identity` (a JSON object of the keys
+    /// given as text) with the first key, the row's name bound as associated data.
+    pub fn seal_identity_secrets(
+        &self,
+        identity: &str,
+        secrets: &SecretString,
+    ) -> Result<SealedSecrets, String> {
+        let (key_id, key) = self.keys.first().ok_or(
+            "no [token_store] key is configured to encrypt the secret: add [token_store] keys to the config file (the same on every worker), or give the secret as { env = \"NAME\" } or { file = \"PATH\" }",
+        )?;
+        let mut nonce = vec![0u8; NONCE_LEN];
+        openssl::rand::rand_bytes(&mut nonce).map_err(|e| format!("no random nonce: {e}"))?;
+        let mut tag = [0u8; TAG_LEN];
+        let mut ciphertext = encrypt_aead(
+            Cipher::aes_256_gcm(),
+            key,
+            Some(&nonce),
+            &registry_associated_data(identity),
+            secrets.expose_secret().as_bytes(),
+            &mut tag,
+        )
+        .map_err(|e| format!("cannot encrypt the secret: {e}"))?;
+        ciphertext.extend_from_slice(&tag);
+        Ok(SealedSecrets {
+            ciphertext,
+            nonce,
+            key_id: key_id.clone(),
+        })
+    }
+
+    /// Decrypts the secrets of the registry's identity `identity` with the key they name.
+    pub fn open_identity_secrets(
+        &self,
+        identity: &str,
+        sealed: &SealedSecrets,
+    ) -> Result<SecretString, String> {
+        let Some((_, key)) = self.keys.iter().find(|(id, _)| *id == sealed.key_id) else {
+            return Err(format!(
+                "its secrets were encrypted with [token_store] key `{}`, which this worker does not have: give every worker the same [token_store] keys",
+                sealed.key_id
+            ));
+        };
+        if sealed.ciphertext.len() < TAG_LEN {
+            return Err("its stored secrets are truncated".into());
+        }
+        let (ciphertext, tag) = sealed
+            .ciphertext
+            .split_at(sealed.ciphertext.len() - TAG_LEN);
+        let plain = decrypt_aead(
+            Cipher::aes_256_gcm(),
+            key,
+            Some(&sealed.nonce),
+            &registry_associated_data(identity),
+            ciphertext,
+            tag,
+        )
+        .map_err(|_| {
+            format!(
+                "its secrets do not decrypt with [token_store] key `{}` (a different key under the same id?): fix the key, or give the secret again with `mailintake identity set {identity}`",
+                sealed.key_id
+            )
+        })?;
+        String::from_utf8(plain)
+            .map(SecretString::from)
+            .map_err(|_| "its stored secrets are not text".into())
+    }
+}
+
+fn registry_associated_data(identity: &str) -> Vec<u8> {
+    format!("mailintake/registry_identities\0{identity}\0secrets").into_bytes()
+}
+
 fn associated_data(identity: &str, scope: &str) -> Vec<u8> {
     format!("mailintake/oauth_tokens\0{identity}\0{scope}\0refresh_token").into_bytes()
 }
@@ -177,6 +251,30 @@ mod tests {
         let again = keys.seal("contoso", "scope", &token, None).unwrap();
         assert_ne!(again.nonce, sealed.nonce);
         assert_ne!(again.ciphertext, sealed.ciphertext);
+    }
+
+    #[test]
+    fn registry_secrets_open_only_for_their_identity() {
+        let keys = TokenKeys::new(&[key("k1", 1)]);
+        let secrets = SecretString::from(r#"{"client_secret":"s3cr3t-value"}"#);
+        let sealed = keys.seal_identity_secrets("acme", &secrets).unwrap();
+        assert!(!sealed.ciphertext.windows(6).any(|w| w == b"s3cr3t"));
+        assert_eq!(
+            keys.open_identity_secrets("acme", &sealed)
+                .unwrap()
+                .expose_secret(),
+            secrets.expose_secret()
+        );
+        assert!(keys.open_identity_secrets("other", &sealed).is_err());
+        let err = TokenKeys::new(&[key("k2", 2)])
+            .open_identity_secrets("acme", &sealed)
+            .unwrap_err();
+        assert!(err.contains("`k1`"), "{err}");
+        assert!(
+            TokenKeys::new(&[])
+                .seal_identity_secrets("acme", &secrets)
+                .is_err()
+        );
     }
 
     #[test]

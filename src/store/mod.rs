@@ -51,6 +51,7 @@ mod graph;
 mod leases;
 pub mod outbox;
 mod outgoing;
+pub mod registry;
 mod sent_copy;
 mod sql;
 mod tickets;

@@ -275,6 +275,67 @@ pub struct Snapshot {
     pub identities: BTreeMap<String, IdentityStats>,
 }
 
+/// A folder's state before its first sweep.
+fn starting_folder() -> FolderStatus {
+    FolderStatus {
+        state: MailboxState::Starting,
+        last_success_ms: None,
+        last_error: None,
+        logins: 0,
+        oldest_unprocessed_ms: None,
+        refused: Vec::new(),
+    }
+}
+
+/// A mailbox's counts at zero.
+fn mailbox_stats(m: &crate::config::Mailbox) -> MailboxStats {
+    let folders = m
+        .folders
+        .iter()
+        .map(|f| (f.clone(), starting_folder()))
+        .collect();
+    MailboxStats {
+        identity: m.identity.clone(),
+        folders,
+        listed: 0,
+        tickets: 0,
+        follow_ups: 0,
+        duplicates: 0,
+        quarantined: 0,
+        ignored: 0,
+        bytes_fetched: 0,
+        acks_queued: 0,
+        reconciled: 0,
+        errors_token: 0,
+        errors_imap: 0,
+        errors_store: 0,
+        errors_panic: 0,
+        ingest_latency: Histogram::new(LATENCY_BUCKETS),
+        sweep_duration: Histogram::new(SWEEP_BUCKETS),
+        sends_sent: 0,
+        sends_retry: 0,
+        sends_failed: 0,
+        outbox_error: None,
+        outbox_blocked: Vec::new(),
+        outbox_deferred: None,
+        junk: None,
+    }
+}
+
+/// An identity's counts at zero.
+fn identity_stats() -> IdentityStats {
+    IdentityStats {
+        state: IdentityState::Unknown,
+        last_error: None,
+        tokens_obtained: 0,
+        failures_retry: 0,
+        failures_needs_admin: 0,
+        token_expires_at_ms: None,
+        token_obtained_at_ms: None,
+        last_renew_at: None,
+    }
+}
+
 /// The process's metrics and state. One per process, shared as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -285,81 +346,50 @@ impl Metrics {
     /// Every configured mailbox, folder and identity starts at zero, so each series exists from
     /// the first scrape.
     pub fn new(config: &Config) -> Metrics {
-        let mailboxes = config
-            .mailboxes
-            .iter()
-            .map(|m| {
-                let folders = m
-                    .folders
-                    .iter()
-                    .map(|f| {
-                        (
-                            f.clone(),
-                            FolderStatus {
-                                state: MailboxState::Starting,
-                                last_success_ms: None,
-                                last_error: None,
-                                logins: 0,
-                                oldest_unprocessed_ms: None,
-                                refused: Vec::new(),
-                            },
-                        )
-                    })
-                    .collect();
-                let stats = MailboxStats {
-                    identity: m.identity.clone(),
-                    folders,
-                    listed: 0,
-                    tickets: 0,
-                    follow_ups: 0,
-                    duplicates: 0,
-                    quarantined: 0,
-                    ignored: 0,
-                    bytes_fetched: 0,
-                    acks_queued: 0,
-                    reconciled: 0,
-                    errors_token: 0,
-                    errors_imap: 0,
-                    errors_store: 0,
-                    errors_panic: 0,
-                    ingest_latency: Histogram::new(LATENCY_BUCKETS),
-                    sweep_duration: Histogram::new(SWEEP_BUCKETS),
-                    sends_sent: 0,
-                    sends_retry: 0,
-                    sends_failed: 0,
-                    outbox_error: None,
-                    outbox_blocked: Vec::new(),
-                    outbox_deferred: None,
-                    junk: None,
-                };
-                (m.name.clone(), stats)
-            })
-            .collect();
-        let identities = config
-            .identities
-            .keys()
-            .map(|name| {
-                (
-                    name.clone(),
-                    IdentityStats {
-                        state: IdentityState::Unknown,
-                        last_error: None,
-                        tokens_obtained: 0,
-                        failures_retry: 0,
-                        failures_needs_admin: 0,
-                        token_expires_at_ms: None,
-                        token_obtained_at_ms: None,
-                        last_renew_at: None,
-                    },
-                )
-            })
-            .collect();
-        Metrics {
+        let metrics = Metrics {
             inner: Mutex::new(Snapshot {
                 started_at_ms: now_ms(),
-                mailboxes,
-                identities,
+                mailboxes: BTreeMap::new(),
+                identities: BTreeMap::new(),
             }),
+        };
+        metrics.track(config);
+        metrics
+    }
+
+    /// Follows a changed configuration (the registry's mailboxes at run time): a new mailbox,
+    /// folder or identity starts at zero, one that is gone is no longer shown; the others keep
+    /// their counts.
+    pub fn track(&self, config: &Config) {
+        let mut inner = self.lock();
+        inner
+            .mailboxes
+            .retain(|name, _| config.mailboxes.iter().any(|m| &m.name == name));
+        for m in &config.mailboxes {
+            match inner.mailboxes.get_mut(&m.name) {
+                Some(stats) => {
+                    stats.identity = m.identity.clone();
+                    stats.folders.retain(|folder, _| m.folders.contains(folder));
+                    for folder in &m.folders {
+                        stats
+                            .folders
+                            .entry(folder.clone())
+                            .or_insert_with(starting_folder);
+                    }
+                }
+                None => {
+                    inner.mailboxes.insert(m.name.clone(), mailbox_stats(m));
+                }
+            }
+        }
+        inner
+            .identities
+            .retain(|name, _| config.identities.contains_key(name));
+        for name in config.identities.keys() {
+            inner
+                .identities
+                .entry(name.clone())
+                .or_insert_with(identity_stats);
         }
     }
 

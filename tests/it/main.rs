@@ -32,6 +32,7 @@ mod ops;
 mod outgoing;
 mod reconcile;
 mod record;
+mod registry;
 mod retention;
 mod sending;
 mod sent_copy;
