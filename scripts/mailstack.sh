@@ -111,7 +111,7 @@ set_paths() {
   ENTRA_LOG=$ENTRA_DIR/fake-entra.log
   ENTRA_KEY=$ENTRA_DIR/signing-key.pem
   ENTRA_CONF=$ENTRA_DIR/fake-entra.toml
-  ENTRA_BIN=$REPO_ROOT/target/debug/fake-entra
+  ENTRA_BIN=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/fake-entra
   OPENDKIM_DIR=$DIR/opendkim
   OPENDKIM_CONF=$OPENDKIM_DIR/opendkim.conf
   OPENDKIM_PID=$OPENDKIM_DIR/run/opendkim.pid
