@@ -4,7 +4,8 @@
 
 use anyhow::{Context, bail};
 
-use crate::config::{Config, Mailbox};
+use crate::config::{Config, GraphEndpoint, Mailbox, Transport};
+use crate::graph::{GraphLogin, GraphMailbox};
 use crate::imap::{self, Connection};
 use crate::ingest::{self, Decision, Facts, QuarantineCode};
 use crate::intake::facts::{SENDER_WINDOW_MS, facts_for};
@@ -88,6 +89,9 @@ pub async fn release(
         );
     }
     let key = entry.message_id.clone().unwrap_or_default();
+    if let Transport::Graph(graph) = &mailbox.transport {
+        return release_on_graph(config, store, tokens, mailbox, graph, &entry, max_bytes).await;
+    }
     let mut conn = connect(tokens, config, mailbox)
         .await
         .context("logging in to move the message back")?;
@@ -140,6 +144,70 @@ pub async fn release(
         "released quarantined message {id} back to `{}` of {}; the next sweep ingests it",
         entry.folder, mailbox.address
     ))
+}
+
+/// [`release`] of a mailbox read through Graph: the message keeps its immutable id in the
+/// quarantine folder, so it is found by the number it had in its folder (`graph_items`), or else
+/// by its Message-ID there, and moved back; delta then reports it in its folder as a new arrival.
+async fn release_on_graph(
+    config: &Config,
+    store: &Store,
+    tokens: &TokenCache,
+    mailbox: &Mailbox,
+    graph: &GraphEndpoint,
+    entry: &crate::store::admin::QuarantineEntry,
+    max_bytes: Option<u64>,
+) -> anyhow::Result<String> {
+    let identity = config.identity(&mailbox.identity);
+    let token = tokens.token_for_scope(identity, &graph.scope).await?;
+    let shared = crate::graph::Shared::default();
+    let login = GraphLogin {
+        shared: &shared,
+        endpoint: graph,
+        address: &mailbox.address,
+        client_id: &identity.client_id,
+    };
+    let mut api = GraphMailbox::connect(&login, token.secret.clone())
+        .await
+        .with_context(|| format!("reading {} through Graph", mailbox.address))?;
+    let numbered = store
+        .graph_item_id(
+            &mailbox.name,
+            &entry.folder,
+            entry.uidvalidity as u32,
+            Uid(entry.uid as u32),
+        )
+        .await?;
+    let item = match (numbered, entry.message_id.as_deref()) {
+        (Some(item), _) => Some(item),
+        (None, Some(id)) => {
+            api.find_by_message_id(&mailbox.quarantine_folder, &format!("<{id}>"))
+                .await?
+        }
+        (None, None) => None,
+    };
+    let gone = || {
+        anyhow::anyhow!(
+            "message {} is no longer in the mailbox {} (deleted by someone?)",
+            entry.id,
+            mailbox.address
+        )
+    };
+    let Some(item) = item else {
+        return Err(gone());
+    };
+    // Record the release first: if the move then fails, the release simply waits unused.
+    store
+        .mark_released(entry.id, max_bytes.map(|b| b as i64))
+        .await?;
+    match api.move_message(&item, &entry.folder).await {
+        Ok(()) => Ok(format!(
+            "released quarantined message {} back to `{}` of {}; the next sweep ingests it",
+            entry.id, entry.folder, mailbox.address
+        )),
+        Err(e) if e.refusal().is_some_and(|r| r.is_not_found()) => Err(gone()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Re-parses the raw bytes of quarantined message `id` with the current code and records what

@@ -125,6 +125,52 @@ impl GraphMailbox {
         self.folder_id(name, false).await
     }
 
+    /// Moves message `item_id` (an immutable id) to folder `name`, made when missing. A message
+    /// that is gone answers an error with [`crate::graph::Refusal::is_not_found`].
+    pub async fn move_message(&mut self, item_id: &str, name: &str) -> Result<(), GraphError> {
+        let Some(target) = self.folder_id(name, true).await? else {
+            return Err(GraphError::Unreadable {
+                what: format!("making the folder {name}"),
+                error: "Graph made no such folder".into(),
+            });
+        };
+        self.client
+            .change(
+                &format!("moving a message to {name}"),
+                Method::POST,
+                &self
+                    .client
+                    .url(&format!("/messages/{}/move", encode_segment(item_id))),
+                Some(Payload::Json(
+                    serde_json::json!({ "destinationId": target }),
+                )),
+            )
+            .await
+    }
+
+    /// The immutable id of the message in folder `name` whose `internetMessageId` is
+    /// `message_id` (with angle brackets), if there is one.
+    pub async fn find_by_message_id(
+        &mut self,
+        name: &str,
+        message_id: &str,
+    ) -> Result<Option<String>, GraphError> {
+        let Some(folder) = self.folder_id(name, false).await? else {
+            return Ok(None);
+        };
+        let filter = format!("internetMessageId eq '{}'", message_id.replace('\'', "''"));
+        let url = self.client.url(&format!(
+            "/mailFolders/{}/messages?$select=id&$top=1&$filter={}",
+            encode_segment(&folder),
+            encode_query(&filter)
+        ));
+        let page: IdPage = self
+            .client
+            .get_json(&format!("looking for {message_id} in {name}"), &url, None)
+            .await?;
+        Ok(page.value.into_iter().next().map(|m| m.id))
+    }
+
     /// Sends `raw`, a whole MIME message, by `sendMail` (`Content-Type: text/plain`, base64).
     /// Its recipients are its To, Cc and Bcc fields; Exchange keeps a copy in Sent Items. Graph
     /// answers 202 once it took the message: delivery follows.
@@ -662,13 +708,22 @@ impl MailSource for GraphSource {
         let items = self.items(uids).await?;
         let this = &*self;
         let action = &action;
-        let results: Vec<Result<(), GraphError>> = futures::stream::iter(items)
-            .map(|item| async move { this.dispose_one(&item, action).await })
+        let results: Vec<(Uid, Result<(), GraphError>)> = futures::stream::iter(items)
+            .map(|item| async move { (item.uid, this.dispose_one(&item, action).await) })
             .buffered(self.api.max_concurrent)
             .collect()
             .await;
-        for result in results {
+        let mut moved = Vec::new();
+        for (uid, result) in results {
             result?;
+            moved.push(uid);
+        }
+        if !matches!(action, Action::MarkRead) {
+            let open = self.open_folder()?;
+            self.store
+                .graph_mark_gone(&self.mailbox, &open.name, open.validity, &moved)
+                .await
+                .map_err(store_error)?;
         }
         Ok(())
     }
@@ -762,6 +817,16 @@ struct FolderPage {
     value: Vec<FolderJson>,
     #[serde(rename = "@odata.nextLink")]
     next_link: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IdPage {
+    value: Vec<IdOnly>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: String,
 }
 
 #[derive(Deserialize)]

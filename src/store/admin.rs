@@ -29,6 +29,10 @@ pub struct QuarantineEntry {
     pub resolved_ticket_id: Option<i64>,
     /// `mailintake purge` removed its raw bytes.
     pub raw_purged_at_ms: Option<i64>,
+    /// Where it was in its folder: the UIDVALIDITY and UID (for a Graph mailbox the folder's
+    /// validity and the message's number, which `graph_items` maps to its immutable id).
+    pub uidvalidity: i64,
+    pub uid: i64,
 }
 
 /// An outbox row as `mailintake outbox list` prints it.
@@ -94,7 +98,7 @@ pub struct AckEntry {
 
 const QUARANTINE_COLUMNS: &str = "id, mailbox, folder, message_id, size_bytes, from_address, subject, reason, detail, \
      CAST(CASE WHEN raw IS NULL THEN 0 ELSE 1 END AS BIGINT), created_at, released_at, release_max_bytes, \
-     resolved_at, resolved_ticket_id, raw_purged_at";
+     resolved_at, resolved_ticket_id, raw_purged_at, uidvalidity, uid";
 
 fn quarantine_entry(r: sqlx::any::AnyRow) -> Result<QuarantineEntry> {
     Ok(QuarantineEntry {
@@ -114,6 +118,8 @@ fn quarantine_entry(r: sqlx::any::AnyRow) -> Result<QuarantineEntry> {
         resolved_at_ms: r.get(13),
         resolved_ticket_id: r.get(14),
         raw_purged_at_ms: r.get(15),
+        uidvalidity: r.get(16),
+        uid: r.get(17),
     })
 }
 

@@ -393,6 +393,58 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Marks the messages numbered `uids` gone from the folder: mailintake moved or deleted them.
+    /// Delta may never report a departure (a message moved back before the next round is no
+    /// change to it), so a message that comes back after our move is a new arrival all the same.
+    pub async fn graph_mark_gone(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        validity: u32,
+        uids: &[Uid],
+    ) -> Result<()> {
+        for chunk in uids.chunks(IDS_PER_STATEMENT) {
+            let list: Vec<String> = chunk.iter().map(Uid::to_string).collect();
+            // Numbers are integers: formatting them into the statement is safe.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE graph_items SET gone_at = $1 WHERE mailbox = $2 AND folder = $3 \
+                 AND validity = $4 AND gone_at IS NULL AND uid IN ({})",
+                list.join(", ")
+            )))
+            .bind(now_ms())
+            .bind(mailbox)
+            .bind(folder)
+            .bind(i64::from(validity))
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The immutable id of the message numbered `uid` in the folder, there or gone (a message
+    /// moved to the quarantine folder keeps its immutable id).
+    pub async fn graph_item_id(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        validity: u32,
+        uid: Uid,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT item_id FROM graph_items WHERE mailbox = $1 AND folder = $2 \
+             AND validity = $3 AND uid = $4",
+        )
+        .bind(mailbox)
+        .bind(folder)
+        .bind(i64::from(validity))
+        .bind(i64::from(uid))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}
+
 fn item_from_row(r: &sqlx::any::AnyRow) -> GraphItem {
     GraphItem {
         uid: Uid(r.get::<i64, _>(0) as u32),

@@ -503,3 +503,82 @@ async fn acknowledgements_go_through_sendmail_and_never_loop_sqlite() {
 async fn acknowledgements_go_through_sendmail_and_never_loop_postgres() {
     acknowledgements_go_through_sendmail_and_never_loop(Backend::Postgres).await;
 }
+
+/// `quarantine release` on a Graph mailbox: the oversized message is moved back by its immutable
+/// id and comes in once with the higher limit.
+async fn a_quarantined_graph_message_is_released_once(backend: Backend) {
+    let case = GraphCase::new(
+        backend,
+        "max_message_bytes = 20000\ndispose = \"move\"\nprocessed_folder = \"Processed\"\nquarantine_folder = \"Quarantine\"",
+    )
+    .await;
+    deliver_lmtp(
+        &case.mailbox,
+        "bob@customer.test",
+        &mail(9, "bob@customer.test", 60_000),
+    )
+    .await;
+    case.once().await;
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM quarantine WHERE reason = 'too-large'")
+            .await,
+        1
+    );
+    assert_eq!(case.value_requests(), 0, "not downloaded");
+
+    let out = case
+        .run(&["quarantine", "release", "1", "--max-bytes", "200000"])
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        folder_contents(&case.imap_entra, &case.mailbox, "Quarantine")
+            .await
+            .is_empty(),
+        "moved out of the quarantine folder"
+    );
+    let out = case.run(&["once"]).await;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM tickets WHERE subject = 'Graph request 9'")
+            .await,
+        1,
+        "the released message is a ticket: {log}"
+    );
+    assert_eq!(
+        case.value_requests(),
+        1,
+        "downloaded once, with the release's limit"
+    );
+    assert_eq!(
+        folder_contents(&case.imap_entra, &case.mailbox, "Processed")
+            .await
+            .len(),
+        1
+    );
+    // Released once: a second release is refused.
+    let again = case
+        .run(&["quarantine", "release", "1", "--max-bytes", "200000"])
+        .await;
+    assert!(!again.status.success());
+}
+
+#[tokio::test]
+async fn a_quarantined_graph_message_is_released_once_sqlite() {
+    a_quarantined_graph_message_is_released_once(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_quarantined_graph_message_is_released_once_postgres() {
+    a_quarantined_graph_message_is_released_once(Backend::Postgres).await;
+}
