@@ -381,10 +381,11 @@ pub enum JunkAction {
         #[arg(long)]
         json: bool,
     },
-    /// Move the message with this UID (from `junk list`) to the mailbox's inbox (its first
-    /// watched folder), where the worker ingests it as ordinary mail.
+    /// Move the message with this ID (from `junk list`: a UID, or on a Graph mailbox its Graph
+    /// id) to the mailbox's inbox (its first watched folder), where the worker ingests it as
+    /// ordinary mail.
     Release {
-        uid: u32,
+        id: String,
         /// The mailbox (its `name`); may be left out when only one is configured.
         #[arg(long)]
         mailbox: Option<String>,

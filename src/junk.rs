@@ -7,17 +7,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::admin;
-use crate::config::{Config, Mailbox, Mode};
+use crate::config::{Config, GraphEndpoint, Mailbox, Mode, Transport};
 use crate::failpoint::{self, Point};
+use crate::graph::{GraphLogin, GraphMailbox};
 use crate::imap::{Connection, Uid};
 use crate::ingest;
 use crate::oauth::TokenCache;
-use crate::report::{JunkItem, JunkListing, JunkStatus};
+use crate::report::{JunkId, JunkItem, JunkListing, JunkStatus};
 use crate::telemetry::Metrics;
 use crate::time::now_ms;
 
@@ -58,6 +59,10 @@ pub async fn list(
     mailbox: &Mailbox,
     limit: usize,
 ) -> anyhow::Result<JunkListing> {
+    if let Transport::Graph(graph) = &mailbox.transport {
+        let mut api = graph_mailbox(config, tokens, mailbox, graph).await?;
+        return list_on_graph(&mut api, &mailbox.junk_folder, limit).await;
+    }
     let mut conn = admin::connect(tokens, config, mailbox).await?;
     // The fault tests hold the listing here, with the session open, to stop `run` at this point.
     failpoint::reached(Point::JunkListing).await;
@@ -83,7 +88,7 @@ async fn list_on(conn: &mut Connection, folder: &str, limit: usize) -> anyhow::R
             let header = conn.fetch_identifying_headers(summary.uid).await?;
             let parsed = ingest::parse(&header).ok();
             newest.push(JunkItem {
-                uid: summary.uid,
+                id: JunkId::Uid(summary.uid),
                 date_ms: parsed.as_ref().and_then(|m| m.date_ms),
                 received_ms: summary.internal_date_ms,
                 from: parsed
@@ -101,13 +106,14 @@ async fn list_on(conn: &mut Connection, folder: &str, limit: usize) -> anyhow::R
     })
 }
 
-/// Moves the message with `uid` from the mailbox's Junk folder to its inbox (the first watched
-/// folder; UID MOVE, or COPY + expunge of that UID), where the next sweep ingests it.
+/// Moves the message `id` (a UID, or on a Graph mailbox its Graph id, as `junk list` shows)
+/// from the mailbox's Junk folder to its inbox (the first watched folder; UID MOVE, or COPY +
+/// expunge of that UID; Graph's move), where the next sweep ingests it.
 pub async fn release(
     config: &Config,
     tokens: &TokenCache,
     mailbox: &Mailbox,
-    uid: Uid,
+    id: &str,
 ) -> anyhow::Result<String> {
     if mailbox.mode == Mode::Shadow {
         bail!(
@@ -117,6 +123,29 @@ pub async fn release(
     }
     let junk = &mailbox.junk_folder;
     let inbox = &mailbox.folders[0];
+    if let Transport::Graph(graph) = &mailbox.transport {
+        let mut api = graph_mailbox(config, tokens, mailbox, graph).await?;
+        if !api.is_in(id, junk).await? {
+            bail!(
+                "there is no message {id} in `{junk}` of {} (moved or deleted meanwhile?); `mailintake junk list` shows the ids",
+                mailbox.address
+            );
+        }
+        return match api.move_message(id, inbox).await {
+            Ok(()) => Ok(format!(
+                "moved {id} from `{junk}` to `{inbox}` of {}; the next sweep ingests it",
+                mailbox.address
+            )),
+            Err(e) if e.refusal().is_some_and(|r| r.is_not_found()) => bail!(
+                "there is no message {id} in {} (moved or deleted meanwhile?); `mailintake junk list` shows the ids",
+                mailbox.address
+            ),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let Ok(uid) = id.trim().parse::<u32>().map(Uid) else {
+        bail!("`{id}` is not a UID; `mailintake junk list` shows the UIDs of the Junk folder");
+    };
     let mut conn = admin::connect(tokens, config, mailbox).await?;
     let result = async {
         if !conn.folder_exists(junk).await? {
@@ -146,6 +175,61 @@ pub async fn release(
     .await;
     conn.logout().await;
     result
+}
+
+/// A Graph session of `mailbox` for the Junk commands.
+async fn graph_mailbox(
+    config: &Config,
+    tokens: &TokenCache,
+    mailbox: &Mailbox,
+    graph: &GraphEndpoint,
+) -> anyhow::Result<GraphMailbox> {
+    let identity = config.identity(&mailbox.identity);
+    let token = tokens.token_for_scope(identity, &graph.scope).await?;
+    let shared = crate::graph::Shared::default();
+    let login = GraphLogin {
+        shared: &shared,
+        endpoint: graph,
+        address: &mailbox.address,
+        client_id: &identity.client_id,
+    };
+    GraphMailbox::connect(&login, token.secret.clone())
+        .await
+        .with_context(|| format!("reading {} through Graph", mailbox.address))
+}
+
+/// The Junk folder through Graph: its count and newest messages from their properties (no body).
+async fn list_on_graph(
+    api: &mut GraphMailbox,
+    folder: &str,
+    limit: usize,
+) -> anyhow::Result<JunkListing> {
+    let Some((total, newest)) = api.newest_in(folder, limit).await? else {
+        return Ok(JunkListing::Missing {
+            folder: folder.to_string(),
+        });
+    };
+    let newest = newest
+        .into_iter()
+        .map(|m| {
+            let parsed = ingest::parse(&m.header).ok();
+            JunkItem {
+                id: JunkId::GraphId(m.item_id),
+                date_ms: parsed.as_ref().and_then(|p| p.date_ms),
+                received_ms: m.received_ms,
+                from: parsed
+                    .as_ref()
+                    .and_then(|p| p.from.as_ref().map(|a| a.address.clone())),
+                subject: parsed.map(|p| p.subject),
+                size_bytes: m.size,
+            }
+        })
+        .collect();
+    Ok(JunkListing::Listed {
+        folder: folder.to_string(),
+        total,
+        newest,
+    })
 }
 
 /// Counts every mailbox's Junk folder (with its newest few messages) now and then every

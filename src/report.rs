@@ -199,10 +199,29 @@ impl std::fmt::Display for FlushReport {
     }
 }
 
+/// How `junk release` names a Junk message: its IMAP UID, or on a Graph mailbox its immutable
+/// id. Serialised as `"uid": 7` or `"graph_id": "…"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JunkId {
+    Uid(Uid),
+    GraphId(String),
+}
+
+impl std::fmt::Display for JunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JunkId::Uid(uid) => uid.fmt(f),
+            JunkId::GraphId(id) => f.write_str(id),
+        }
+    }
+}
+
 /// One message in a Junk folder, from its header fields and listing.
 #[derive(Debug, Clone, Serialize)]
 pub struct JunkItem {
-    pub uid: Uid,
+    #[serde(flatten)]
+    pub id: JunkId,
     /// The Date header (unix ms), when it has a readable one.
     pub date_ms: Option<i64>,
     /// When the server received it (INTERNALDATE, unix ms).

@@ -392,7 +392,7 @@ pub(super) async fn junk_list(
                 );
                 println!(
                     "{:>6} {:<20} {:<30} {:>10}  SUBJECT",
-                    "UID", "DATE", "FROM", "BYTES"
+                    "ID", "DATE", "FROM", "BYTES"
                 );
                 for item in &newest {
                     let date = item
@@ -402,14 +402,14 @@ pub(super) async fn junk_list(
                         .unwrap_or_else(|| "-".into());
                     println!(
                         "{:>6} {:<20} {:<30} {:>10}  {}",
-                        item.uid,
+                        item.id,
                         date,
                         item.from.as_deref().unwrap_or("-"),
                         item.size_bytes,
                         item.subject.as_deref().unwrap_or("-")
                     );
                 }
-                println!("`mailintake junk release UID` moves a real message to the inbox.");
+                println!("`mailintake junk release ID` moves a real message to the inbox.");
             }
         }
     }

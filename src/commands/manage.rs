@@ -8,7 +8,6 @@ use anyhow::bail;
 
 use super::token_cache;
 use crate::config::Config;
-use crate::mail_source::Uid;
 use crate::store::Store;
 use crate::time::{now_ms, rfc3339};
 use crate::{admin, junk};
@@ -82,20 +81,17 @@ pub(super) async fn reprocess(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `mailintake junk release UID [--mailbox NAME]`: moves one message from Junk to the inbox,
+/// `mailintake junk release ID [--mailbox NAME]`: moves one message from Junk to the inbox,
 /// where the worker ingests it.
 pub(super) async fn junk_release(
     config: &Config,
     store: &Store,
     mailbox: Option<&str>,
-    uid: u32,
+    id: &str,
 ) -> anyhow::Result<ExitCode> {
     let tokens = token_cache(config, store);
     let mailbox = junk::pick_mailbox(config, mailbox)?;
-    println!(
-        "{}",
-        junk::release(config, &tokens, mailbox, Uid(uid)).await?
-    );
+    println!("{}", junk::release(config, &tokens, mailbox, id).await?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -114,8 +114,8 @@ pub async fn dispatch(
                 limit,
                 json,
             } => inspect::junk_list(&config, &store, mailbox.as_deref(), limit, json).await?,
-            JunkAction::Release { uid, mailbox } => {
-                manage::junk_release(&config, &store, mailbox.as_deref(), uid).await?
+            JunkAction::Release { id, mailbox } => {
+                manage::junk_release(&config, &store, mailbox.as_deref(), &id).await?
             }
         },
         Command::Purge {

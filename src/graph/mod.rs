@@ -11,4 +11,4 @@ mod source;
 
 pub use client::Shared;
 pub use error::{GraphError, Refusal};
-pub use source::{GraphLogin, GraphMailbox, GraphSource};
+pub use source::{GraphLogin, GraphMailbox, GraphSource, ListedMessage};

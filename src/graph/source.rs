@@ -171,6 +171,78 @@ impl GraphMailbox {
         Ok(page.value.into_iter().next().map(|m| m.id))
     }
 
+    /// Whether message `item_id` is in folder `name` (false when it is gone or elsewhere).
+    pub async fn is_in(&mut self, item_id: &str, name: &str) -> Result<bool, GraphError> {
+        let Some(folder) = self.folder_id(name, false).await? else {
+            return Ok(false);
+        };
+        let url = self.client.url(&format!(
+            "/messages/{}?$select=parentFolderId",
+            encode_segment(item_id)
+        ));
+        match self
+            .client
+            .get_json::<ParentJson>("finding a message's folder", &url, None)
+            .await
+        {
+            Ok(found) => Ok(found.parent_folder_id.as_deref() == Some(folder.as_str())),
+            Err(GraphError::Refused(r)) if r.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Folder `name`'s message count and its newest `limit` messages from their properties (no
+    /// body); `None` when the mailbox has no such folder.
+    pub async fn newest_in(
+        &mut self,
+        name: &str,
+        limit: usize,
+    ) -> Result<Option<(u32, Vec<ListedMessage>)>, GraphError> {
+        let Some(folder) = self.folder_id(name, false).await? else {
+            return Ok(None);
+        };
+        let id = encode_segment(&folder);
+        let counted: CountJson = self
+            .client
+            .get_json(
+                &format!("counting {name}"),
+                &self
+                    .client
+                    .url(&format!("/mailFolders/{id}?$select=totalItemCount")),
+                None,
+            )
+            .await?;
+        let mut newest = Vec::new();
+        if limit > 0 && counted.total_item_count > 0 {
+            let url = self.client.url(&format!(
+                "/mailFolders/{id}/messages?$top={limit}&$select=internetMessageHeaders,internetMessageId,subject,from,sentDateTime,receivedDateTime&$expand={}",
+                encode_query(&format!(
+                    "singleValueExtendedProperties($filter=id eq '{SIZE_PROPERTY}')"
+                ))
+            ));
+            let page: ListPage = self
+                .client
+                .get_json(&format!("listing {name}"), &url, None)
+                .await?;
+            newest = page
+                .value
+                .into_iter()
+                .take(limit)
+                .map(|m| ListedMessage {
+                    header: m.headers.render(),
+                    received_ms: m
+                        .item
+                        .received_date_time
+                        .as_deref()
+                        .and_then(crate::time::parse_date),
+                    size: m.item.size().unwrap_or(0),
+                    item_id: m.item.id,
+                })
+                .collect();
+        }
+        Ok(Some((counted.total_item_count, newest)))
+    }
+
     /// Sends `raw`, a whole MIME message, by `sendMail` (`Content-Type: text/plain`, base64).
     /// Its recipients are its To, Cc and Bcc fields; Exchange keeps a copy in Sent Items. Graph
     /// answers 202 once it took the message: delivery follows.
@@ -792,6 +864,8 @@ fn well_known(name: &str) -> Option<&'static str> {
         "deleted items" => "deleteditems",
         "junk email" => "junkemail",
         "drafts" => "drafts",
+        // mailintake's default junk_folder; Exchange's Junk Email.
+        "junk" => "junkemail",
         "archive" => "archive",
         "outbox" => "outbox",
         _ => return None,
@@ -817,6 +891,41 @@ struct FolderPage {
     value: Vec<FolderJson>,
     #[serde(rename = "@odata.nextLink")]
     next_link: Option<String>,
+}
+
+/// A message of a folder listing, from its properties.
+pub struct ListedMessage {
+    pub item_id: String,
+    /// Its header fields as [`MailSource::fetch_identifying_headers`] gives them.
+    pub header: Vec<u8>,
+    pub received_ms: Option<i64>,
+    /// PidTagMessageSize; 0 when Graph gives none.
+    pub size: u64,
+}
+
+#[derive(Deserialize)]
+struct ParentJson {
+    #[serde(rename = "parentFolderId")]
+    parent_folder_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CountJson {
+    #[serde(rename = "totalItemCount", default)]
+    total_item_count: u32,
+}
+
+#[derive(Deserialize)]
+struct ListPage {
+    value: Vec<ListedJson>,
+}
+
+#[derive(Deserialize)]
+struct ListedJson {
+    #[serde(flatten)]
+    item: DeltaItem,
+    #[serde(flatten)]
+    headers: HeaderJson,
 }
 
 #[derive(Deserialize)]
@@ -982,6 +1091,7 @@ mod tests {
     fn well_known_names_are_exchanges_english_ones() {
         assert_eq!(well_known("INBOX"), Some("inbox"));
         assert_eq!(well_known("Junk Email"), Some("junkemail"));
+        assert_eq!(well_known("Junk"), Some("junkemail"));
         assert_eq!(well_known("Quarantine"), None);
     }
 

@@ -84,7 +84,7 @@ fn junk_section(page: &mut String, snapshot: &Snapshot, now: i64) {
                 page,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(name),
-                item.uid,
+                escape(&item.id.to_string()),
                 escape(item.from.as_deref().unwrap_or("-")),
                 escape(item.subject.as_deref().unwrap_or("-")),
                 item.size_bytes,

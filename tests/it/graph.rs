@@ -582,3 +582,47 @@ async fn a_quarantined_graph_message_is_released_once_sqlite() {
 async fn a_quarantined_graph_message_is_released_once_postgres() {
     a_quarantined_graph_message_is_released_once(Backend::Postgres).await;
 }
+
+/// `junk list` and `junk release` on a Graph mailbox: the Junk Email folder from message
+/// properties only, a message released by its Graph id, and ingested as ordinary mail.
+#[tokio::test]
+async fn junk_is_listed_and_released_through_graph() {
+    let case = GraphCase::new(Backend::Sqlite, "junk_folder = \"Junk Email\"").await;
+    let (real, _) = crate::helpers::unique_fixture("plain.eml");
+    crate::helpers::doveadm_with_input(&["save", "-u", &case.mailbox, "-m", "Junk Email"], &real);
+
+    let out = case.run(&["junk", "list", "--json"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let items: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(items.len(), 1, "{stdout}");
+    assert_eq!(items[0]["from"], "alice@customer.test", "{stdout}");
+    let id = items[0]["graph_id"]
+        .as_str()
+        .expect("a Graph id")
+        .to_string();
+    assert_eq!(case.value_requests(), 0, "no body read to list");
+
+    let out = case.run(&["junk", "release", &id]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    case.once().await;
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 1);
+    let out = case.run(&["junk", "release", &id]).await;
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no message"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
