@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::{Method, StatusCode};
@@ -21,13 +21,58 @@ const THROTTLE_ATTEMPTS: usize = 6;
 /// The longest `Retry-After` honoured as told; a longer one waits this long and tries again.
 const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(120);
 
+/// Outlook's request limit: 10,000 requests in 10 minutes per app and mailbox.
+const REQUESTS_PER_WINDOW: usize = 10_000;
+const REQUEST_WINDOW: Duration = Duration::from_secs(600);
+
 /// What the process's Graph sessions share: one HTTP client (and its connections) per Graph
-/// host and CA, and per app the bound on requests at once, which Outlook counts per app across
-/// mailboxes.
+/// host and CA, per app the bound on requests at once, which Outlook counts per app across
+/// mailboxes, and per app and mailbox the requests of the last 10 minutes.
 #[derive(Debug, Default)]
 pub struct Shared {
     clients: Mutex<HashMap<String, reqwest::Client>>,
     permits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    windows: Mutex<HashMap<(String, String), SharedWindow>>,
+}
+
+/// One window, shared by the sessions of one app on one mailbox.
+type SharedWindow = Arc<Mutex<RequestWindow>>;
+
+/// The times of the requests of one app to one mailbox in the last window: a request waits
+/// until the oldest leaves it once the window is full, so Outlook's limit is kept rather than
+/// met with 429s.
+#[derive(Debug)]
+struct RequestWindow {
+    limit: usize,
+    length: Duration,
+    sent: std::collections::VecDeque<Instant>,
+}
+
+impl RequestWindow {
+    fn new(limit: usize, length: Duration) -> RequestWindow {
+        RequestWindow {
+            limit: limit.max(1),
+            length,
+            sent: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Takes a place for a request at `now`, or says how long to wait for one.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        while self
+            .sent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= self.length)
+        {
+            self.sent.pop_front();
+        }
+        if self.sent.len() < self.limit {
+            self.sent.push_back(now);
+            return Ok(());
+        }
+        let oldest = *self.sent.front().expect("a full window has requests");
+        Err(self.length - now.duration_since(oldest))
+    }
 }
 
 impl Shared {
@@ -72,6 +117,20 @@ impl Shared {
         Ok(client)
     }
 
+    /// The request window of `client_id` on `mailbox`.
+    fn window(&self, client_id: &str, mailbox: &str) -> SharedWindow {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows
+            .entry((client_id.to_ascii_lowercase(), mailbox.to_ascii_lowercase()))
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(RequestWindow::new(
+                    REQUESTS_PER_WINDOW,
+                    REQUEST_WINDOW,
+                )))
+            })
+            .clone()
+    }
+
     /// The app's permits; the first caller's bound sets their number.
     fn permits(&self, client_id: &str, bound: u32) -> Arc<Semaphore> {
         let mut permits = self.permits.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,6 +149,7 @@ pub struct GraphClient {
     token: SecretString,
     timeout: Duration,
     permits: Arc<Semaphore>,
+    window: SharedWindow,
     mailbox: String,
     client_id: String,
 }
@@ -123,6 +183,7 @@ impl GraphClient {
             token,
             timeout: endpoint.timeout,
             permits: shared.permits(client_id, endpoint.max_concurrent_requests),
+            window: shared.window(client_id, address),
             mailbox: address.to_string(),
             client_id: client_id.to_string(),
         })
@@ -235,6 +296,7 @@ impl GraphClient {
         page_size: Option<u32>,
     ) -> Result<reqwest::Response, GraphError> {
         let attempt = || async {
+            self.wait_for_window().await;
             let mut request = self
                 .http
                 .request(method.clone(), url)
@@ -276,6 +338,27 @@ impl GraphClient {
                 );
             })
             .await
+    }
+
+    /// Waits until the app's window on this mailbox has room for one more request.
+    async fn wait_for_window(&self) {
+        loop {
+            let taken = self
+                .window
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(Instant::now());
+            match taken {
+                Ok(()) => return,
+                Err(wait) => {
+                    warn!(
+                        wait_ms = wait.as_millis() as u64,
+                        "10,000 Graph requests to this mailbox in 10 minutes (Outlook's limit); waiting"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
     }
 
     /// Reads an error answer.
@@ -382,6 +465,22 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn a_full_window_waits_for_its_oldest_request_to_leave() {
+        let start = Instant::now();
+        let mut window = RequestWindow::new(3, Duration::from_secs(10));
+        for s in 0..3 {
+            assert_eq!(window.take(start + Duration::from_secs(s)), Ok(()));
+        }
+        assert_eq!(
+            window.take(start + Duration::from_secs(4)),
+            Err(Duration::from_secs(6))
+        );
+        // The first request leaves the window at 10 s.
+        assert_eq!(window.take(start + Duration::from_secs(10)), Ok(()));
+        assert!(window.take(start + Duration::from_secs(10)).is_err());
     }
 
     #[test]
