@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use fake_entra::{Client, FakeEntra};
 use fake_graph::{Config as GraphConfig, DovecotConfig, FakeGraph, ThrottleFault, User};
 
 use crate::helpers::{
@@ -111,34 +110,13 @@ url = "{graph_url}"
 /// A fake Entra whose tokens are for Microsoft Graph, with Mail.ReadWrite and Mail.Send granted
 /// to a confidential client as application permissions.
 async fn graph_entra(mailbox: &str) -> Entra {
-    let hex = mailintake::ingest::sha256_hex(unique("graph-client").as_bytes());
-    let client_id = format!(
-        "{}-{}-4{}-8{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[13..16],
-        &hex[17..20],
-        &hex[20..32]
-    );
-    let secret = unique("secret-");
-    let mut config = fake_entra::Config::new(TENANT_ID, &["helpdesk.test"]).with_client(
-        Client::confidential(&client_id, "mailintake graph tests", &secret)
-            .with_app_roles(&["Mail.ReadWrite", "Mail.Send"])
-            .with_mailboxes(&[mailbox]),
-    );
-    config.resource = "https://graph.microsoft.com".into();
-    let fake = FakeEntra::start(
-        config,
-        Stack::get().signing_key(),
-        "127.0.0.1:0".parse().unwrap(),
+    Entra::start_for(
+        Some("https://graph.microsoft.com"),
+        &[mailbox],
+        Duration::from_secs(3599),
+        &["Mail.ReadWrite", "Mail.Send"],
     )
     .await
-    .expect("fake Entra starts");
-    Entra {
-        fake,
-        client_id,
-        secret,
-    }
 }
 
 fn mail(n: usize, from: &str, body_bytes: usize) -> Vec<u8> {

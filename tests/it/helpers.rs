@@ -201,6 +201,17 @@ impl Entra {
 
     /// Like [`Entra::start`], with tokens that live `lifetime` and carry only `roles`.
     pub async fn start_with(mailboxes: &[&str], lifetime: Duration, roles: &[&str]) -> Entra {
+        Entra::start_for(None, mailboxes, lifetime, roles).await
+    }
+
+    /// A fake Entra whose tokens are for `resource` (Microsoft Graph, say; Exchange Online's
+    /// when `None`), with `roles` granted to its confidential client.
+    pub async fn start_for(
+        resource: Option<&str>,
+        mailboxes: &[&str],
+        lifetime: Duration,
+        roles: &[&str],
+    ) -> Entra {
         // A GUID-shaped Application (client) ID, unique to this test.
         let hex = mailintake::ingest::sha256_hex(unique("client").as_bytes());
         let client_id = format!(
@@ -218,6 +229,9 @@ impl Entra {
                 .with_mailboxes(mailboxes),
         );
         config.token_lifetime = lifetime;
+        if let Some(resource) = resource {
+            config.resource = resource.to_string();
+        }
         let fake = FakeEntra::start(
             config,
             Stack::get().signing_key(),
