@@ -26,6 +26,15 @@ struct GraphCase {
 
 impl GraphCase {
     async fn new(backend: Backend, extra_mailbox_keys: &str) -> GraphCase {
+        GraphCase::with_graph_keys(backend, extra_mailbox_keys, "").await
+    }
+
+    /// Like [`GraphCase::new`], with `graph_keys` in `[mailboxes.graph]`.
+    async fn with_graph_keys(
+        backend: Backend,
+        extra_mailbox_keys: &str,
+        graph_keys: &str,
+    ) -> GraphCase {
         let mailbox = unique_mailbox();
         let entra = graph_entra(&mailbox).await;
         let stack = Stack::get();
@@ -62,6 +71,7 @@ poll_interval = "1s"
 
 [mailboxes.graph]
 url = "{graph_url}"
+{graph_keys}
 "#,
             db = db.url,
             tenant = TENANT_ID,
@@ -602,5 +612,186 @@ async fn junk_is_listed_and_released_through_graph() {
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no message"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl GraphCase {
+    async fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut all = vec![("IT_CLIENT_SECRET", self.entra.secret.as_str())];
+        all.extend_from_slice(env);
+        mailintake(&self.config.path, args, &all).await
+    }
+}
+
+/// A crash between the commit and the dispositions (the `after-commit` failpoint aborts the
+/// process): the next run completes the dispositions and writes nothing twice.
+#[tokio::test]
+async fn a_crash_between_commit_and_disposition_is_completed_on_graph() {
+    let case = GraphCase::new(
+        Backend::Postgres,
+        "dispose = \"move\"\nprocessed_folder = \"Processed\"",
+    )
+    .await;
+    for n in 0..3 {
+        deliver_lmtp(
+            &case.mailbox,
+            "ann@customer.test",
+            &mail(n, "ann@customer.test", 800),
+        )
+        .await;
+    }
+    let out = case
+        .run_with(&["once"], &[("MAILINTAKE_FAILPOINT", "after-commit")])
+        .await;
+    assert!(!out.status.success(), "the failpoint stops the process");
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 3);
+    assert_eq!(
+        folder_contents(&case.imap_entra, &case.mailbox, "INBOX")
+            .await
+            .len(),
+        3,
+        "nothing moved yet"
+    );
+    let out = case.run(&["once"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("3 earlier disposition(s) completed"),
+        "{stdout}"
+    );
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 3);
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM messages").await, 3);
+    assert!(
+        folder_contents(&case.imap_entra, &case.mailbox, "INBOX")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        folder_contents(&case.imap_entra, &case.mailbox, "Processed")
+            .await
+            .len(),
+        3
+    );
+}
+
+/// The same message delivered twice is a duplicate; a reply naming it is a follow-up on its
+/// ticket; shadow mode changes nothing in the mailbox.
+#[tokio::test]
+async fn duplicates_threading_and_shadow_mode_on_graph() {
+    let case = GraphCase::new(Backend::Sqlite, "mode = \"shadow\"").await;
+    let first = mail(1, "ann@customer.test", 600);
+    deliver_lmtp(&case.mailbox, "ann@customer.test", &first).await;
+    deliver_lmtp(&case.mailbox, "ann@customer.test", &first).await;
+    let parsed = mailintake::ingest::parse(&first).unwrap();
+    let reply = format!(
+        "From: Customer 1 <ann@customer.test>\r\nTo: support@helpdesk.test\r\nSubject: Re: Graph request 1\r\n\
+         Message-ID: <{}@customer.test>\r\nIn-Reply-To: <{}>\r\nReferences: <{}>\r\n\
+         Date: Mon, 30 Nov 2026 11:00:00 +0000\r\nContent-Type: text/plain\r\n\r\nStill broken.\r\n",
+        unique("reply"),
+        parsed.message_id,
+        parsed.message_id
+    );
+    deliver_lmtp(&case.mailbox, "ann@customer.test", reply.as_bytes()).await;
+    case.once().await;
+    for outcome in ["ticket", "duplicate", "follow-up"] {
+        let sql = format!("SELECT COUNT(*) FROM imap_messages WHERE outcome = '{outcome}'");
+        assert_eq!(case.db.count(&sql).await, 1, "{outcome}");
+    }
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 1);
+    // Shadow mode: nothing marked read, nothing moved, no change request sent to Graph.
+    let inbox = folder_contents(&case.imap_entra, &case.mailbox, "INBOX").await;
+    assert!(
+        inbox.len() == 3 && inbox.iter().all(|(_, seen)| !seen),
+        "{inbox:?}"
+    );
+    assert!(
+        case.graph.requests().iter().all(|r| r.method == "GET"),
+        "shadow mode only reads"
+    );
+}
+
+/// A Graph mailbox beside an IMAP mailbox in one `run`, both taking mail; the app's requests at
+/// once stay within max_concurrent_requests (the fake counts them for real).
+#[tokio::test]
+async fn a_graph_mailbox_runs_beside_an_imap_one_within_the_concurrency_bound() {
+    let case = GraphCase::with_graph_keys(
+        Backend::Sqlite,
+        "fetch_batch_messages = 20",
+        "max_concurrent_requests = 2",
+    )
+    .await;
+    let text = std::fs::read_to_string(&case.config.path).unwrap();
+    // A second mailbox over IMAP, with the stack's IMAP Entra client.
+    let imap_box = unique_mailbox();
+    let imap_entra = Entra::start(&[&imap_box]).await;
+    let stack = Stack::get();
+    let text = format!(
+        r#"{text}
+[identities.imap]
+flow = "client_credentials"
+tenant = "{tenant}"
+client_id = "{client_id}"
+client_secret = {{ env = "IT_IMAP_SECRET" }}
+authority = "{authority}"
+
+[[mailboxes]]
+name = "imapbox"
+address = "{imap_box}"
+identity = "imap"
+poll_interval = "1s"
+
+[mailboxes.imap]
+host = "localhost"
+port = {port}
+tls = "implicit"
+ca_file = "{ca}"
+"#,
+        tenant = TENANT_ID,
+        client_id = imap_entra.client_id,
+        authority = imap_entra.fake.authority(),
+        port = stack.port("MAILSTACK_IMAPS_PORT"),
+        ca = stack.ca_file(),
+    );
+    std::fs::write(&case.config.path, text).unwrap();
+    for n in 0..12 {
+        deliver_lmtp(
+            &case.mailbox,
+            "ann@customer.test",
+            &mail(n, "ann@customer.test", 4_000),
+        )
+        .await;
+    }
+    for n in 20..23 {
+        deliver_lmtp(
+            &imap_box,
+            "bob@customer.test",
+            &mail(n, "bob@customer.test", 500),
+        )
+        .await;
+    }
+    let out = case
+        .run_with(&["once"], &[("IT_IMAP_SECRET", &imap_entra.secret)])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM tickets WHERE mailbox = 'support'")
+            .await,
+        12
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM tickets WHERE mailbox = 'imapbox'")
+            .await,
+        3
+    );
+    let peak = case.graph.peak_concurrency(&case.entra.client_id, "");
+    assert_eq!(
+        peak, 2,
+        "the downloads run side by side, at most 2 at once, as configured"
     );
 }
