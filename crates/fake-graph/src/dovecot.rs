@@ -127,6 +127,10 @@ pub(crate) struct Dovecot {
     pub config: DovecotConfig,
     tls: async_native_tls::TlsConnector,
     sessions: std::sync::Mutex<HashMap<String, Arc<AsyncMutex<Option<Session>>>>>,
+    /// Each folder's STATUS (UIDVALIDITY, UIDNEXT, MESSAGES, HIGHESTMODSEQ) at its last sync,
+    /// by (user, folder): a folder whose STATUS is the same has not changed (CONDSTORE, RFC 7162:
+    /// every flag change raises HIGHESTMODSEQ), so its `UID FETCH 1:*` is skipped.
+    marks: std::sync::Mutex<HashMap<(String, String), [u64; 4]>>,
 }
 
 /// A mailbox's IMAP session, held for one Graph request.
@@ -147,6 +151,7 @@ impl Dovecot {
             config,
             tls,
             sessions: std::sync::Mutex::default(),
+            marks: std::sync::Mutex::default(),
         })
     }
 
@@ -274,7 +279,39 @@ impl Conn {
         .await?;
         Ok((validity, exists))
     }
+
+    /// The folder's UIDVALIDITY, UIDNEXT, MESSAGES and HIGHESTMODSEQ (STATUS, RFC 3501 and
+    /// 7162).
+    async fn status(&mut self, dovecot: &Dovecot, path: &str) -> Result<[u64; 4], BackendError> {
+        use async_imap::imap_proto::StatusAttribute;
+        let mut mark = [0u64; 4];
+        self.command(
+            dovecot,
+            &format!(
+                "STATUS {} (UIDVALIDITY UIDNEXT MESSAGES HIGHESTMODSEQ)",
+                quote(path)
+            ),
+            |r| {
+                if let Imap::MailboxData(MailboxDatum::Status { status, .. }) = r {
+                    for s in status {
+                        match s {
+                            StatusAttribute::UidValidity(v) => mark[0] = u64::from(*v),
+                            StatusAttribute::UidNext(v) => mark[1] = u64::from(*v),
+                            StatusAttribute::Messages(v) => mark[2] = u64::from(*v),
+                            StatusAttribute::HighestModSeq(v) => mark[3] = *v,
+                            _ => {}
+                        }
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok(mark)
+    }
 }
+
+/// A folder's key and STATUS after its sync, kept in [`Dovecot::marks`].
+type FolderMark = ((String, String), [u64; 4]);
 
 /// An IMAP string (quoted; the fake's folder names are ASCII).
 fn quote(s: &str) -> String {
@@ -430,8 +467,15 @@ pub(crate) async fn sync(shared: &Shared, conn: &mut Conn) -> Result<(), GraphEr
         let mailbox = store.mailbox_for_request(&upn)?;
         ensure_folders(mailbox, &paths)
     };
+    // STATUS of the folder this session has selected answers from the session's view, which
+    // NOOP brings up to date (RFC 3501 6.3.10: STATUS is not meant for the selected folder).
+    conn.command(dovecot, "NOOP", |_| {}).await?;
     for (folder_id, path) in folders {
-        sync_folder(shared, dovecot, conn, &upn, &folder_id, &path).await?;
+        if let Some((key, mark)) =
+            sync_folder(shared, dovecot, conn, &upn, &folder_id, &path).await?
+        {
+            crate::limits::lock(&dovecot.marks).insert(key, mark);
+        }
     }
     Ok(())
 }
@@ -443,7 +487,12 @@ async fn sync_folder(
     upn: &str,
     folder_id: &str,
     path: &str,
-) -> Result<(), GraphError> {
+) -> Result<Option<FolderMark>, GraphError> {
+    let key = (upn.to_ascii_lowercase(), path.to_owned());
+    let mark = conn.status(dovecot, path).await?;
+    if crate::limits::lock(&dovecot.marks).get(&key) == Some(&mark) {
+        return Ok(None);
+    }
     let (validity, exists) = conn.open(dovecot, path, false).await?;
     let present = if exists > 0 {
         fetch(dovecot, conn, "1:*", "(UID FLAGS RFC822.SIZE INTERNALDATE)").await?
@@ -500,7 +549,7 @@ async fn sync_folder(
         new
     };
     if new.is_empty() {
-        return Ok(());
+        return Ok(Some((key, mark)));
     }
     let set: Vec<String> = new.iter().map(|p| p.uid.to_string()).collect();
     let bodies = fetch(dovecot, conn, &set.join(","), "(UID BODY.PEEK[])").await?;
@@ -534,7 +583,7 @@ async fn sync_folder(
             });
         }
     }
-    Ok(())
+    Ok(Some((key, mark)))
 }
 
 /// Where a message is: its model key, folder path and IMAP location.
