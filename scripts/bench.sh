@@ -3,7 +3,7 @@
 # vs mbsync vs a plain Python ingester on the same generated helpdesk inbox, figures printed and
 # written into BENCHMARKS.md.
 #
-#   scripts/bench.sh [--count N] [--seed S] [--with-50k] [--no-report] [--keep] [--only bare,sqlite,postgres,mbsync,python]
+#   scripts/bench.sh [--count N] [--seed S] [--with-50k] [--no-report] [--keep] [--only bare,sqlite,postgres,graph,mbsync,python]
 #   scripts/bench.sh --latency [--count 200] [--rate 5] [--no-report] [--keep]
 #
 # --latency runs the latency benchmark instead (scripts/bench/latency.py): `mailintake run` with
@@ -49,6 +49,7 @@ fi
 
 log "building mailintake and the bare pipeline (release)"
 cargo build --release --quiet --bin mailintake --example bare_pipeline
+cargo build --release --quiet -p fake-graph --bin fake-graph
 
 log "benchmark (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 if ((latency)); then

@@ -209,8 +209,36 @@ ca_file = "{ENV['MAILSTACK_CA']}"
     return path
 
 
-def run_mailintake(work, name, address, db_url, entra_port):
-    cfg = mailintake_config(work, name, address, db_url, entra_port)
+def graph_config(work, name, address, db_url, entra_port, graph_port):
+    """The same mailbox read through Graph: fake-graph in front of the same Dovecot."""
+    path = os.path.join(work, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(f"""[database]
+url = "{db_url}"
+
+[identities.bench]
+flow = "client_credentials"
+tenant = "{ENV['MAILSTACK_TENANT_ID']}"
+client_id = "{BENCH_CLIENT_ID}"
+client_secret = {{ env = "BENCH_CLIENT_SECRET" }}
+authority = "http://127.0.0.1:{entra_port}/{{tenant}}"
+
+[[mailboxes]]
+name = "{name}"
+address = "{address}"
+identity = "bench"
+dispose = "seen"
+max_message_bytes = {QUARANTINE_LIMIT}
+transport = "graph"
+
+[mailboxes.graph]
+url = "http://127.0.0.1:{graph_port}"
+""")
+    return path
+
+
+def run_mailintake(work, name, address, db_url, entra_port, cfg=None):
+    cfg = cfg or mailintake_config(work, name, address, db_url, entra_port)
     env = dict(os.environ, BENCH_CLIENT_SECRET=BENCH_SECRET)
     # The product's default logging (info: one line per ticket) unless BENCH_RUST_LOG says otherwise
     # (e.g. BENCH_RUST_LOG=warn,mailintake=debug,sqlx::query=debug for a timing breakdown).
@@ -354,6 +382,48 @@ mailboxes = {json.dumps(addresses)}
     return proc, port
 
 
+def start_fake_graph(work, addresses):
+    """fake-graph over the stack's Dovecot, with a fake-entra of its own whose tokens are Graph's."""
+    entra_port = free_port()
+    conf = os.path.join(work, "fake-entra-graph.toml")
+    with open(conf, "w") as f:
+        f.write(f"""tenant_id = "{ENV['MAILSTACK_TENANT_ID']}"
+tenant_domains = ["helpdesk.test"]
+resource = "https://graph.microsoft.com"
+
+[[clients]]
+client_id = "{BENCH_CLIENT_ID}"
+display_name = "mailintake-bench"
+secret = "{BENCH_SECRET}"
+app_roles = ["Mail.ReadWrite"]
+mailboxes = {json.dumps(addresses)}
+""")
+    procs = []
+    logf = open(os.path.join(work, "fake-entra-graph.log"), "w")
+    procs.append(subprocess.Popen([os.path.join(REPO, "target", "debug", "fake-entra"), "--listen",
+                                   f"127.0.0.1:{entra_port}", "--key", ENV["MAILSTACK_ENTRA_KEY"],
+                                   "--config", conf], stdout=logf, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL))
+    wait_port(entra_port)
+    graph_port = free_port()
+    users = [a for addr in addresses for a in ("--user", addr)]
+    logg = open(os.path.join(work, "fake-graph.log"), "w")
+    env = dict(os.environ, MAILSTACK_PLAIN_PASSWORD=ENV["MAILSTACK_PLAIN_PASSWORD"])
+    procs.append(subprocess.Popen([os.path.join(REPO, "target", "release", "fake-graph"), "--listen",
+                                   f"127.0.0.1:{graph_port}", "--key", ENV["MAILSTACK_ENTRA_KEY"], *users,
+                                   "--imap", f"127.0.0.1:{ENV['MAILSTACK_IMAPS_PORT']}",
+                                   "--imap-ca", ENV["MAILSTACK_CA"]], stdout=logg, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, env=env))
+    wait_port(graph_port)
+    return procs, entra_port, graph_port
+
+
+def count_value_requests(work, address):
+    """The `$value` downloads of `address` fake-graph answered 200, from its request log."""
+    with open(os.path.join(work, "fake-graph.log")) as f:
+        return sum(1 for line in f if "/$value" in line and address in line and " 200" in line)
+
+
 def loadgen(addresses, count, seed, manifest):
     out = sh(sys.executable, os.path.join(HERE, "loadgen.py"), "--count", str(count), "--seed", str(seed),
              "--quarantine-limit", str(QUARANTINE_LIMIT), "--manifest", manifest,
@@ -368,10 +438,11 @@ def clean_mailboxes(addresses):
 
 
 NAMES = {"bare": "the bare pipeline, SQLite", "sqlite": "mailintake once, SQLite",
-         "postgres": "mailintake once, PostgreSQL", "mbsync": "mbsync", "python": "Python imaplib + email + sqlite3"}
+         "postgres": "mailintake once, PostgreSQL", "mbsync": "mbsync", "python": "Python imaplib + email + sqlite3",
+         "graph": "mailintake once, Graph (fake-graph over the same Dovecot), SQLite"}
 
 
-def run_tool(tool, work, address, k, pg_db, entra_port):
+def run_tool(tool, work, address, k, pg_db, entra_port, graph=None):
     """One timed run of `tool` on `address` (round k), with its outcome checks' inputs."""
     sub = os.path.join(work, f"r{k}")
     os.makedirs(sub, exist_ok=True)
@@ -386,6 +457,13 @@ def run_tool(tool, work, address, k, pg_db, entra_port):
         psql("postgres", f"CREATE DATABASE {db}")
         r = run_mailintake(sub, "postgres", address, f"{PG_URL_BASE}/{db}?{PG_PARAMS}", entra_port)
         r["outcomes"] = mailintake_outcomes_pg(db)
+    elif tool == "graph":
+        _, graph_entra_port, graph_port = graph
+        dbfile = os.path.join(sub, "graph", "mailintake.db")
+        cfg = graph_config(sub, "graph", address, f"sqlite://{dbfile}", graph_entra_port, graph_port)
+        r = run_mailintake(sub, "graph", address, f"sqlite://{dbfile}", entra_port, cfg=cfg)
+        r["outcomes"] = mailintake_outcomes_sqlite(dbfile)
+        r["value_requests"] = count_value_requests(work, address)
     elif tool == "mbsync":
         return run_mbsync(sub, address)
     else:
@@ -414,7 +492,7 @@ def main():
     ap.add_argument("--big-count", type=int, default=50000)
     ap.add_argument("--no-report", action="store_true", help="do not rewrite BENCHMARKS.md")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
-    ap.add_argument("--only", default="bare,sqlite,postgres,mbsync,python")
+    ap.add_argument("--only", default="bare,sqlite,postgres,graph,mbsync,python")
     ap.add_argument("--runs", type=int, default=3, help="rounds, each tool once per round; medians reported")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -423,21 +501,23 @@ def main():
     tag = f"{os.getpid()}"
     work = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"mailintake-bench-{tag}")
     os.makedirs(work)
-    tools = ["bare", "sqlite", "postgres", "mbsync", "python"]
+    tools = ["bare", "sqlite", "postgres", "graph", "mbsync", "python"]
     round_addr = {t: [f"bench-{tag}-r{k}-{t}@helpdesk.test" for k in range(args.runs)] for t in tools}
     addr = {f"{t}-{k}": a for t in tools for k, a in enumerate(round_addr[t])}
     addr["big"] = f"bench-{tag}-big@helpdesk.test"
     pg_db = f"mailintake_bench_{tag}"
     entra = None
+    graph = None
     results = {"started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
                "count": args.count, "seed": args.seed, "quarantine_limit": QUARANTINE_LIMIT, "tools": {},
                "binary": os.environ.get("BENCH_MAILINTAKE")}
 
     def cleanup(*_):
         clean_mailboxes(list(addr.values()))
-        if entra is not None and entra.poll() is None:
-            entra.terminate()
-            entra.wait(timeout=10)
+        for proc in [entra, *(graph[0] if graph else [])]:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
         for k in range(args.runs):
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc",
                             f"DROP DATABASE IF EXISTS {pg_db}_{k}"], capture_output=True)
@@ -447,6 +527,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         entra, entra_port = start_fake_entra(work, list(addr.values()))
+        if "graph" in only:
+            graph = start_fake_graph(work, round_addr["graph"])
         log(f"work dir {work}; fake-entra for the bench mailboxes on 127.0.0.1:{entra_port}")
         runs = {t: [] for t in tools}
         for k in range(args.runs):
@@ -466,7 +548,7 @@ def main():
             for t in order:
                 la = loadavg()
                 log(f"  {NAMES[t]} (load {la})")
-                r = run_tool(t, work, rnd[t], k, pg_db, entra_port)
+                r = run_tool(t, work, rnd[t], k, pg_db, entra_port, graph)
                 r["load_before"] = la
                 runs[t].append(r)
             clean_mailboxes([rnd[t] for t in tools])
@@ -534,8 +616,9 @@ def render(res):
     lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     names = {"bare": "bare pipeline (reference), SQLite", "sqlite": "mailintake once, SQLite", "postgres": "mailintake once, PostgreSQL",
              "mbsync": "mbsync (download only, FSync no)", "python": "Python imaplib + email + sqlite3",
+             "graph": "mailintake once, Graph (fake-graph over the same Dovecot), SQLite",
              "sqlite_big": f"mailintake once, SQLite, {res.get('loadgen_big', {}).get('count', '')} messages"}
-    for k in ("bare", "sqlite", "postgres", "mbsync", "python", "sqlite_big"):
+    for k in ("bare", "sqlite", "postgres", "graph", "mbsync", "python", "sqlite_big"):
         if k not in t:
             continue
         r = t[k]
@@ -547,7 +630,7 @@ def render(res):
     if res.get("runs", 1) > 1:
         lines.append("")
         lines.append(f"Medians of {res['runs']} interleaved rounds; wall s per round: "
-                     + "; ".join(f"{names[k]} {t[k]['walls']}" for k in ("bare", "sqlite", "postgres", "mbsync", "python")
+                     + "; ".join(f"{names[k]} {t[k]['walls']}" for k in ("bare", "sqlite", "postgres", "graph", "mbsync", "python")
                                  if k in t and "walls" in t[k]) + ".")
     lines.append("")
     lines.append("Throughput ratios (messages/s of the medians; target in brackets):")
@@ -566,9 +649,12 @@ def render(res):
     ratio("sqlite", "python", TARGETS["sqlite_vs_python"], "mailintake SQLite / Python")
     ratio("postgres", "mbsync", TARGETS["pg_vs_mbsync"], "mailintake PostgreSQL / mbsync")
     ratio("postgres", "python", 0, "mailintake PostgreSQL / Python")
+    # No target: the Graph row measures fake-graph (one Graph request per message, each an IMAP
+    # round trip to Dovecot) as much as mailintake.
+    ratio("graph", "sqlite", 0, "mailintake over Graph / over IMAP, SQLite")
     lines.append("")
     lines.append("Checks:")
-    for k in ("sqlite", "postgres", "sqlite_big"):
+    for k in ("sqlite", "postgres", "graph", "sqlite_big"):
         if k not in t:
             continue
         r = t[k]
@@ -579,6 +665,15 @@ def render(res):
         res["ok"] &= agree
         lines.append(f"- {names[k]}: peak RSS {rss:.0f} MiB (≤ {TARGETS['rss_mib']} MiB) — {'met' if ok else 'MISSED'}; "
                      f"outcomes {r.get('outcomes')}" + ("" if agree else " — OUTCOMES DIFFER BETWEEN ROUNDS"))
+        if k == "graph":
+            # Dovecot's sessions here are fake-graph's (it reads every new message once to build
+            # its model): what mailintake downloaded is the count of $value requests.
+            same = r.get("outcomes") == t.get("sqlite", {}).get("outcomes", r.get("outcomes"))
+            res["ok"] &= same
+            lines.append(f"  outcomes {'the same as' if same else 'DIFFERENT FROM'} the IMAP row's; "
+                         f"$value downloads {r.get('value_requests')} "
+                         f"(messages to fetch {res['loadgen']['fetchable_count']})")
+            continue
         body = sum(s.get("body_bytes", 0) for s in r["sessions"])
         out = sum(s.get("out", 0) for s in r["sessions"])
         want = res["loadgen_big"]["fetchable_bytes"] if k == "sqlite_big" else res["fetchable_bytes"]
