@@ -46,6 +46,9 @@ pub enum Point {
     /// In the sender, right after the Sent folder took a copy of a sent message (or had it
     /// already) and before the outbox row records it ([`hit`]).
     SentCopyKept,
+    /// In a Graph send through a draft, the draft made and its attachments added, just before
+    /// its `send` ([`hit`]).
+    DraftFilled,
 }
 
 impl Point {
@@ -61,6 +64,7 @@ impl Point {
             Point::SentCopyKept => "sent-copy-kept",
             Point::BeforeCommit => "before-commit",
             Point::BeforeDisposition => "before-disposition",
+            Point::DraftFilled => "draft-filled",
         }
     }
 }

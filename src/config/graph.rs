@@ -11,10 +11,14 @@ use url::Url;
 use super::problems::Table;
 use super::{GraphEndpoint, Identity, entra, file_problem, raw};
 
-/// The largest message sent through Graph (`send = "graph"`, `max_send_bytes` capped to it):
-/// Graph takes at most 4 MB in one request, and `sendMail`'s base64 makes a message 4/3 larger.
-/// Larger messages need a draft and upload sessions, which come later.
+/// The largest message sent by one `sendMail` (`send = "graph"`): Graph takes at most 4 MB in
+/// one request, and `sendMail`'s base64 makes a message 4/3 larger. A larger one goes as a
+/// draft with its large attachments added separately (`graph/send.rs`).
 pub const SENDMAIL_MAX_BYTES: u64 = 3_000_000;
+
+/// The largest `max_send_bytes` with `send = "graph"`: Exchange Online's largest message size
+/// (150 MB, an administrator's setting; 35 MB by default).
+pub const GRAPH_MAX_SEND_BYTES: u64 = 150 * 1024 * 1024;
 
 /// Outlook's concurrency limit: 4 requests at once per app (Graph's throttling page).
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 4;

@@ -357,20 +357,17 @@ fn validate_mailbox(
     let graph_sends = outlet.as_ref().is_some_and(|o| o.smtp().is_none());
     if graph_sends
         && m.max_send_bytes
-            .is_some_and(|n| n > graph::SENDMAIL_MAX_BYTES)
+            .is_some_and(|n| n > graph::GRAPH_MAX_SEND_BYTES)
     {
         table.report(
             "max_send_bytes",
             format!(
-                "must be at most {} with send = \"graph\" (sendMail takes 4 MB per request, base64 included; larger messages need upload sessions, not yet supported)",
-                graph::SENDMAIL_MAX_BYTES
+                "must be at most {} with send = \"graph\" (Exchange Online's largest message size, 150 MB)",
+                graph::GRAPH_MAX_SEND_BYTES
             ),
         );
     }
-    let max_send_bytes = match m.max_send_bytes {
-        None if graph_sends => Some(graph::SENDMAIL_MAX_BYTES),
-        given => given,
-    };
+    let max_send_bytes = m.max_send_bytes;
     let sending = validate_sending(m.send_as, max_send_bytes, m.allow_recipients, table);
     let sent_copy = validate_sent_copy(
         m.sent_copy.as_deref(),

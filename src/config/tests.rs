@@ -529,7 +529,7 @@ fn graph_is_refused_where_it_cannot_work() {
 }
 
 #[test]
-fn sending_through_graph_needs_no_smtp_table_and_caps_the_message_size() {
+fn sending_through_graph_needs_no_smtp_table_and_caps_the_message_size_at_exchanges_largest() {
     let config = load(&graph_mailbox("send = \"graph\"")).unwrap();
     let mailbox = &config.mailboxes[0];
     let outlet = mailbox.outlet.as_ref().expect("it sends");
@@ -538,7 +538,26 @@ fn sending_through_graph_needs_no_smtp_table_and_caps_the_message_size() {
         (outlet.max_per_minute, outlet.max_recipients_per_day),
         (30, 10_000)
     );
-    assert_eq!(mailbox.sending.max_bytes, SENDMAIL_MAX_BYTES);
+    assert_eq!(mailbox.sending.max_bytes, DEFAULT_MAX_SEND_BYTES);
+    let problems_of_max = |n: u64| {
+        load(&graph_mailbox(&format!(
+            "send = \"graph\"\nmax_send_bytes = {n}"
+        )))
+        .unwrap_err()
+    };
+    let problems = problems_of_max(157_286_401);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("must be at most 157286400")),
+        "{problems:?}"
+    );
+    assert!(
+        load(&graph_mailbox(
+            "send = \"graph\"\nmax_send_bytes = 157286400"
+        ))
+        .is_ok()
+    );
     // Reading by IMAP and sending by Graph.
     let mixed = MINIMAL.replace(
         "imap = { host = \"outlook.office365.com\" }",
@@ -550,11 +569,11 @@ fn sending_through_graph_needs_no_smtp_table_and_caps_the_message_size() {
         config.mailboxes[0].outlet.as_ref().unwrap().via,
         SendVia::Graph(_)
     ));
-    let problems = load(&graph_mailbox(
-        "send = \"graph\"\nmax_send_bytes = 20000000",
-    ))
-    .unwrap_err();
-    assert!(problems[0].key.ends_with("max_send_bytes"), "{problems:?}");
+    assert!(
+        problems_of_max(157_286_401)
+            .iter()
+            .any(|p| p.key.ends_with("max_send_bytes"))
+    );
     let problems = load(&graph_mailbox("send = \"pigeon\"")).unwrap_err();
     assert!(problems[0].key.ends_with("send"), "{problems:?}");
 }

@@ -22,55 +22,71 @@ const THROTTLE_ATTEMPTS: usize = 6;
 const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(120);
 
 /// Outlook's request limit: 10,000 requests in 10 minutes per app and mailbox.
-const REQUESTS_PER_WINDOW: usize = 10_000;
+const REQUESTS_PER_WINDOW: u64 = 10_000;
 const REQUEST_WINDOW: Duration = Duration::from_secs(600);
+/// Outlook's upload limit: 150 MB of request bodies (PATCH, POST, PUT) in 5 minutes per mailbox.
+const UPLOAD_BYTES_PER_WINDOW: u64 = 150 * 1024 * 1024;
+const UPLOAD_WINDOW: Duration = Duration::from_secs(300);
 
 /// What the process's Graph sessions share: one HTTP client (and its connections) per Graph
 /// host and CA, per app the bound on requests at once, which Outlook counts per app across
-/// mailboxes, and per app and mailbox the requests of the last 10 minutes.
+/// mailboxes, per app and mailbox the requests of the last 10 minutes, and per mailbox the bytes
+/// uploaded in the last 5.
 #[derive(Debug, Default)]
 pub struct Shared {
     clients: Mutex<HashMap<String, reqwest::Client>>,
     permits: Mutex<HashMap<String, Arc<Semaphore>>>,
     windows: Mutex<HashMap<(String, String), SharedWindow>>,
+    uploads: Mutex<HashMap<String, SharedWindow>>,
 }
 
-/// One window, shared by the sessions of one app on one mailbox.
-type SharedWindow = Arc<Mutex<RequestWindow>>;
+/// One window, shared by the sessions of one app on one mailbox (requests) or of one mailbox
+/// (upload bytes).
+type SharedWindow = Arc<Mutex<Window>>;
 
-/// The times of the requests of one app to one mailbox in the last window: a request waits
-/// until the oldest leaves it once the window is full, so Outlook's limit is kept rather than
-/// met with 429s.
+/// What was spent in the last `length` (requests, or bytes uploaded): a request waits until
+/// enough leaves the window, so Outlook's limit is kept rather than met with 429s.
 #[derive(Debug)]
-struct RequestWindow {
-    limit: usize,
+struct Window {
+    limit: u64,
     length: Duration,
-    sent: std::collections::VecDeque<Instant>,
+    spent: std::collections::VecDeque<(Instant, u64)>,
+    total: u64,
 }
 
-impl RequestWindow {
-    fn new(limit: usize, length: Duration) -> RequestWindow {
-        RequestWindow {
+impl Window {
+    fn new(limit: u64, length: Duration) -> Window {
+        Window {
             limit: limit.max(1),
             length,
-            sent: std::collections::VecDeque::new(),
+            spent: std::collections::VecDeque::new(),
+            total: 0,
         }
     }
 
-    /// Takes a place for a request at `now`, or says how long to wait for one.
-    fn take(&mut self, now: Instant) -> Result<(), Duration> {
-        while self
-            .sent
-            .front()
-            .is_some_and(|at| now.duration_since(*at) >= self.length)
+    /// Spends `amount` at `now`, or says how long to wait until it fits. An amount larger
+    /// than the whole limit fits an empty window (it could never fit otherwise).
+    fn take(&mut self, now: Instant, amount: u64) -> Result<(), Duration> {
+        while let Some((at, n)) = self.spent.front().copied()
+            && now.duration_since(at) >= self.length
         {
-            self.sent.pop_front();
+            self.spent.pop_front();
+            self.total -= n;
         }
-        if self.sent.len() < self.limit {
-            self.sent.push_back(now);
+        if self.total + amount <= self.limit || self.spent.is_empty() {
+            self.spent.push_back((now, amount));
+            self.total += amount;
             return Ok(());
         }
-        let oldest = *self.sent.front().expect("a full window has requests");
+        // The oldest entries leave first: wait until enough of them have.
+        let mut freed = 0;
+        for (at, n) in &self.spent {
+            freed += n;
+            if self.total - freed + amount <= self.limit {
+                return Err(self.length - now.duration_since(*at));
+            }
+        }
+        let oldest = self.spent.back().map_or(now, |(at, _)| *at);
         Err(self.length - now.duration_since(oldest))
     }
 }
@@ -123,9 +139,20 @@ impl Shared {
         windows
             .entry((client_id.to_ascii_lowercase(), mailbox.to_ascii_lowercase()))
             .or_insert_with(|| {
-                Arc::new(Mutex::new(RequestWindow::new(
-                    REQUESTS_PER_WINDOW,
-                    REQUEST_WINDOW,
+                Arc::new(Mutex::new(Window::new(REQUESTS_PER_WINDOW, REQUEST_WINDOW)))
+            })
+            .clone()
+    }
+
+    /// The upload window of `mailbox`.
+    fn uploads(&self, mailbox: &str) -> SharedWindow {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        uploads
+            .entry(mailbox.to_ascii_lowercase())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Window::new(
+                    UPLOAD_BYTES_PER_WINDOW,
+                    UPLOAD_WINDOW,
                 )))
             })
             .clone()
@@ -150,6 +177,7 @@ pub struct GraphClient {
     timeout: Duration,
     permits: Arc<Semaphore>,
     window: SharedWindow,
+    uploads: SharedWindow,
     mailbox: String,
     client_id: String,
 }
@@ -159,6 +187,26 @@ pub enum Payload {
     Json(serde_json::Value),
     /// `Content-Type: text/plain`: a MIME message in base64, as `sendMail` takes it.
     Base64Mime(String),
+    /// A byte range of an upload session's file, `PUT` to its pre-authenticated URL without an
+    /// `Authorization` header (as the large-attachments page says).
+    Fragment {
+        content: Vec<u8>,
+        start: u64,
+        total: u64,
+    },
+}
+
+impl Payload {
+    /// The body's bytes, its content type, and whether the token goes with it.
+    fn wire(&self) -> (Vec<u8>, &'static str, bool) {
+        match self {
+            Payload::Json(json) => (json.to_string().into_bytes(), "application/json", true),
+            Payload::Base64Mime(text) => (text.clone().into_bytes(), "text/plain", true),
+            Payload::Fragment { content, .. } => {
+                (content.clone(), "application/octet-stream", false)
+            }
+        }
+    }
 }
 
 /// A capped download.
@@ -184,6 +232,7 @@ impl GraphClient {
             timeout: endpoint.timeout,
             permits: shared.permits(client_id, endpoint.max_concurrent_requests),
             window: shared.window(client_id, address),
+            uploads: shared.uploads(address),
             mailbox: address.to_string(),
             client_id: client_id.to_string(),
         })
@@ -234,14 +283,41 @@ impl GraphClient {
         url: &str,
         body: serde_json::Value,
     ) -> Result<T, GraphError> {
-        let response = self
-            .request(what, Method::POST, url, Some(Payload::Json(body)), None)
-            .await?;
+        self.send_json(what, Method::POST, url, Payload::Json(body))
+            .await
+    }
+
+    /// A request with `body` whose answer is JSON (a draft made from MIME, an upload session,
+    /// an upload fragment's progress).
+    pub async fn send_json<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        method: Method,
+        url: &str,
+        body: Payload,
+    ) -> Result<T, GraphError> {
+        let response = self.request(what, method, url, Some(body), None).await?;
         let bytes = response.bytes().await.map_err(|e| transport(what, &e))?;
         serde_json::from_slice(&bytes).map_err(|e| GraphError::Unreadable {
             what: what.to_string(),
             error: e.to_string(),
         })
+    }
+
+    /// A `PUT` of an upload session's range ([`Payload::Fragment`]) to its URL: `None` once the
+    /// upload is complete (201), else the session's progress JSON (200).
+    pub async fn put_fragment(
+        &self,
+        what: &str,
+        url: &str,
+        fragment: Payload,
+    ) -> Result<Option<Vec<u8>>, GraphError> {
+        let response = self
+            .request(what, Method::PUT, url, Some(fragment), None)
+            .await?;
+        let complete = response.status() == StatusCode::CREATED;
+        let bytes = response.bytes().await.map_err(|e| transport(what, &e))?;
+        Ok((!complete).then(|| bytes.to_vec()))
     }
 
     /// A GET of at most `cap` bytes: the body is read as it comes and the transfer given up at
@@ -295,22 +371,46 @@ impl GraphClient {
         body: Option<Payload>,
         page_size: Option<u32>,
     ) -> Result<reqwest::Response, GraphError> {
+        let wire = body.as_ref().map(Payload::wire);
+        let range = match &body {
+            Some(Payload::Fragment {
+                content,
+                start,
+                total,
+            }) => Some(format!(
+                "bytes {start}-{}/{total}",
+                start + content.len() as u64 - 1
+            )),
+            _ => None,
+        };
         let attempt = || async {
-            self.wait_for_window().await;
+            self.wait_for_window(wire.as_ref().map_or(0, |(bytes, _, _)| bytes.len() as u64))
+                .await;
             let mut request = self
                 .http
                 .request(method.clone(), url)
-                .bearer_auth(self.token.expose_secret())
                 .timeout(self.timeout)
                 .header("Prefer", prefer(page_size));
-            match &body {
-                Some(Payload::Json(json)) => request = request.json(json),
-                Some(Payload::Base64Mime(text)) => {
+            match &wire {
+                Some((bytes, content_type, with_token)) => {
+                    if *with_token {
+                        request = request.bearer_auth(self.token.expose_secret());
+                    }
+                    if let Some(range) = &range {
+                        request = request.header(reqwest::header::CONTENT_RANGE, range);
+                    }
                     request = request
-                        .header(reqwest::header::CONTENT_TYPE, "text/plain")
-                        .body(text.clone());
+                        .header(reqwest::header::CONTENT_TYPE, *content_type)
+                        .body(bytes.clone());
                 }
-                None => {}
+                None => {
+                    request = request.bearer_auth(self.token.expose_secret());
+                    if method != Method::GET && method != Method::DELETE {
+                        // A POST without a body (a draft's `send`) says so: Graph answers 411
+                        // Length Required to one without Content-Length.
+                        request = request.body(Vec::new());
+                    }
+                }
             }
             let response = request.send().await.map_err(|e| transport(what, &e))?;
             if response.status().is_success() {
@@ -340,20 +440,41 @@ impl GraphClient {
             .await
     }
 
-    /// Waits until the app's window on this mailbox has room for one more request.
-    async fn wait_for_window(&self) {
+    /// Waits until the app's window on this mailbox has room for one more request, and the
+    /// mailbox's upload window for `upload` more bytes.
+    async fn wait_for_window(&self, upload: u64) {
         loop {
             let taken = self
                 .window
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .take(Instant::now());
+                .take(Instant::now(), 1);
+            match taken {
+                Ok(()) => break,
+                Err(wait) => {
+                    warn!(
+                        wait_ms = wait.as_millis() as u64,
+                        "10,000 Graph requests to this mailbox in 10 minutes (Outlook's limit); waiting"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        if upload == 0 {
+            return;
+        }
+        loop {
+            let taken = self
+                .uploads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(Instant::now(), upload);
             match taken {
                 Ok(()) => return,
                 Err(wait) => {
                     warn!(
                         wait_ms = wait.as_millis() as u64,
-                        "10,000 Graph requests to this mailbox in 10 minutes (Outlook's limit); waiting"
+                        "150 MB uploaded to this mailbox in 5 minutes (Outlook's limit); waiting"
                     );
                     tokio::time::sleep(wait).await;
                 }
@@ -470,17 +591,35 @@ mod tests {
     #[test]
     fn a_full_window_waits_for_its_oldest_request_to_leave() {
         let start = Instant::now();
-        let mut window = RequestWindow::new(3, Duration::from_secs(10));
+        let mut window = Window::new(3, Duration::from_secs(10));
         for s in 0..3 {
-            assert_eq!(window.take(start + Duration::from_secs(s)), Ok(()));
+            assert_eq!(window.take(start + Duration::from_secs(s), 1), Ok(()));
         }
         assert_eq!(
-            window.take(start + Duration::from_secs(4)),
+            window.take(start + Duration::from_secs(4), 1),
             Err(Duration::from_secs(6))
         );
         // The first request leaves the window at 10 s.
-        assert_eq!(window.take(start + Duration::from_secs(10)), Ok(()));
-        assert!(window.take(start + Duration::from_secs(10)).is_err());
+        assert_eq!(window.take(start + Duration::from_secs(10), 1), Ok(()));
+        assert!(window.take(start + Duration::from_secs(10), 1).is_err());
+    }
+
+    #[test]
+    fn uploads_wait_until_enough_bytes_have_left_the_window() {
+        let start = Instant::now();
+        let mut window = Window::new(100, Duration::from_secs(300));
+        assert_eq!(window.take(start, 40), Ok(()));
+        assert_eq!(window.take(start + Duration::from_secs(10), 40), Ok(()));
+        // 50 more fit only once both earlier uploads have left (80 + 50 > 100, 40 + 50 ≤ 100).
+        assert_eq!(
+            window.take(start + Duration::from_secs(20), 50),
+            Err(Duration::from_secs(280))
+        );
+        assert_eq!(window.take(start + Duration::from_secs(300), 50), Ok(()));
+        // More than the whole limit is taken alone, in an empty window.
+        let mut empty = Window::new(100, Duration::from_secs(300));
+        assert_eq!(empty.take(start, 500), Ok(()));
+        assert!(empty.take(start + Duration::from_secs(1), 1).is_err());
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //! the operator) rather than an SDK that brings a second TLS stack or hides the error codes.
 //! `client.rs` makes the requests (token, immutable ids, the app's concurrency bound, throttling
 //! waits, capped downloads), `error.rs` reads Graph's refusals into errors with their fix,
-//! `source.rs` is `GraphSource`, the seam's implementation.
+//! `source.rs` is `GraphSource`, the seam's implementation, `send.rs` sends a message larger than
+//! one request through a draft and its attachments.
 
 mod client;
 mod error;
+mod send;
 mod source;
 
 pub use client::Shared;
 pub use error::{GraphError, Refusal};
+pub use send::{FileAttachment, MAX_ATTACHMENT, UPLOAD_SESSION_FROM};
 pub use source::{GraphLogin, GraphMailbox, GraphSource, ListedMessage};

@@ -120,6 +120,11 @@ impl GraphMailbox {
         })
     }
 
+    /// The mailbox's requests (for `send.rs`).
+    pub(super) fn client(&self) -> &GraphClient {
+        &self.client
+    }
+
     /// The id of folder `name`, or `None` when the mailbox has none by that name.
     pub async fn find_folder(&mut self, name: &str) -> Result<Option<String>, GraphError> {
         self.folder_id(name, false).await
@@ -873,7 +878,7 @@ fn well_known(name: &str) -> Option<&'static str> {
 }
 
 /// A query parameter's value, percent-encoded.
-fn encode_query(value: &str) -> String {
+pub(super) fn encode_query(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes())
         .collect::<String>()
         .replace('+', "%20")

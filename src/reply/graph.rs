@@ -1,14 +1,16 @@
 //! Sending through Graph (`send = "graph"`): the composed MIME message by `sendMail`, where SMTP
-//! AUTH is switched off. Exchange strips `Auto-Submitted` from what it sends and may drop custom
+//! AUTH is switched off; a message larger than one request takes goes as a draft whose large
+//! attachments are added separately (`detach.rs`, `graph/send.rs`). Exchange strips `Auto-Submitted` from what it sends and may drop custom
 //! `X-` headers, so loop safety rests on our Message-ID (and In-Reply-To/References), which
 //! Exchange keeps; after each send the copy in Sent Items is looked up by it, and the row's
 //! answer says whether it was found.
 
 use tracing::{debug, warn};
 
+use super::detach::detach;
 use super::smtp::{Composed, SmtpError};
-use crate::config::{GraphEndpoint, Identity};
-use crate::graph::{GraphError, GraphLogin, GraphMailbox, Shared};
+use crate::config::{GraphEndpoint, Identity, SENDMAIL_MAX_BYTES};
+use crate::graph::{FileAttachment, GraphError, GraphLogin, GraphMailbox, MAX_ATTACHMENT, Shared};
 use crate::oauth::TokenCache;
 
 /// Who sends through Graph: the mailbox's address, its identity's tokens, and what the process's
@@ -21,7 +23,7 @@ pub(super) struct Sender<'a> {
 }
 
 /// Sends `message` (with its Bcc field: Graph takes the recipients from the MIME) by
-/// `sendMail`, opening the mailbox's requests on first use; a refused token is renewed once.
+/// `sendMail`, or through a draft when it is larger than one request takes, opening the mailbox's requests on first use; a refused token is renewed once.
 pub(super) async fn send(
     ctx: &Sender<'_>,
     graph: &GraphEndpoint,
@@ -45,8 +47,34 @@ pub(super) async fn send(
             *open = Some(GraphMailbox::new(&login, token.secret.clone()).map_err(send_error)?);
         }
         let api = open.as_ref().expect("opened above");
-        match api.send_mime(raw).await {
-            Ok(()) => return Ok(read_back(api, message).await),
+        let sent = if raw.len() as u64 <= SENDMAIL_MAX_BYTES {
+            api.send_mime(raw).await.map(|()| "sendMail")
+        } else {
+            let detached = detach(raw, SENDMAIL_MAX_BYTES as usize, MAX_ATTACHMENT)
+                .map_err(|e| {
+                    SmtpError::RowRefused(format!(
+                        "cannot send {} bytes through Graph: {e}; send it over SMTP (send = \"smtp\") or make it smaller",
+                        raw.len()
+                    ))
+                })?;
+            let files: Vec<FileAttachment<'_>> = detached
+                .files
+                .iter()
+                .map(|f| FileAttachment {
+                    name: &f.name,
+                    content_type: &f.content_type,
+                    content_id: f.content_id.as_deref(),
+                    inline: f.inline,
+                    content: &f.content,
+                })
+                .collect();
+            let ours = message.envelope_id.as_ref().map(|id| format!("<{id}>"));
+            api.send_with_attachments(&detached.skeleton, ours.as_deref(), &files)
+                .await
+                .map(|()| "a draft with its attachments added")
+        };
+        match sent {
+            Ok(how) => return Ok(read_back(api, message, how).await),
             Err(e) if attempt == 0 && is_token_refused(&e) => {
                 warn!(error = %e, "Graph refused the token; retrying once with a new one");
                 ctx.tokens.invalidate(&ctx.identity.name, &token).await;
@@ -62,8 +90,8 @@ pub(super) async fn send(
 
 /// The row's answer: Graph's acceptance, and whether Sent Items has the copy under our
 /// Message-ID (a check; reading needs Mail.Read as well, so a refusal is only logged).
-async fn read_back(api: &GraphMailbox, message: &Composed) -> String {
-    let accepted = "202 Accepted (Graph sendMail)".to_string();
+async fn read_back(api: &GraphMailbox, message: &Composed, how: &str) -> String {
+    let accepted = format!("202 Accepted (Graph {how})");
     let Some(id) = &message.envelope_id else {
         return accepted;
     };

@@ -6,6 +6,7 @@
 //! has its acknowledgement (or the recorded reason why it has none), and a crash never sends one
 //! for a ticket that does not exist.
 
+pub mod detach;
 pub mod graph;
 pub mod outgoing;
 pub mod refusal;

@@ -50,7 +50,7 @@ pub(crate) async fn folder_messages(
     conn.examine(folder).await.unwrap();
     let listed = conn.list_above(0).await.unwrap();
     let uids: Vec<_> = listed.iter().map(|m| m.uid).collect();
-    let bodies = conn.fetch_bodies(&uids, 1 << 20).await.unwrap();
+    let bodies = conn.fetch_bodies(&uids, 64 << 20).await.unwrap();
     conn.logout().await;
     bodies
         .into_iter()

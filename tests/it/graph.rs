@@ -795,3 +795,134 @@ ca_file = "{ca}"
         "the downloads run side by side, at most 2 at once, as configured"
     );
 }
+
+/// Agent mail larger than one Graph request (~4 MB with base64) goes as a draft: the message
+/// without its large attachments (a 1.5 MB photo still in it), a 2 MB file added by `POST
+/// …/attachments`, a 5 MB one by an upload session in two ranges, then the draft's `send`. A worker killed with the draft made
+/// and filled (before its `send`) leaves a draft behind; the next attempt deletes it and sends
+/// its own, so the customer gets the message once, its attachments byte for byte, and Drafts
+/// is left empty.
+///
+/// Before: `max_send_bytes` was capped at 3,000,000 with `send = "graph"`, and such mail was
+/// refused at submission as too large.
+#[tokio::test]
+async fn large_agent_mail_goes_as_a_draft_with_its_attachments_and_a_crash_leaves_no_draft() {
+    use base64::Engine as _;
+    let case = GraphCase::new(Backend::Sqlite, "send = \"graph\"").await;
+    case.once().await;
+    let customer = format!("{}@customer.test", unique("bob"));
+    let big: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let medium: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    let small: Vec<u8> = (0..1_500_000u32).map(|i| (i % 241) as u8).collect();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let request = format!(
+        r#"{{"idempotency_key": "big-1", "to": [{{"address": "{customer}"}}], "subject": "Your logs", "text": "Both files attached.",
+            "attachments": [
+              {{"filename": "trace.bin", "content_type": "application/octet-stream", "content_base64": "{}"}},
+              {{"filename": "report.pdf", "content_type": "application/pdf", "content_base64": "{}"}},
+              {{"filename": "photo.jpg", "content_type": "image/jpeg", "content_base64": "{}"}}]}}"#,
+        b64(&big),
+        b64(&medium),
+        b64(&small)
+    );
+    let file = case.config.path.with_file_name("request.json");
+    std::fs::write(&file, request).unwrap();
+    let file = file.to_str().unwrap().to_string();
+
+    // Killed with the draft filled, before its send.
+    let crashed = mailintake(
+        &case.config.path,
+        &["send", "--request", &file, "--wait"],
+        &[
+            ("IT_CLIENT_SECRET", &case.entra.secret),
+            ("MAILINTAKE_FAILPOINT", "draft-filled"),
+        ],
+    )
+    .await;
+    assert!(!crashed.status.success(), "the failpoint aborts");
+    let drafts = case.graph.messages(&case.mailbox, "drafts").unwrap();
+    assert_eq!(drafts.len(), 1, "the cut-off attempt left its draft");
+    let sessions = |status: u16| {
+        case.graph
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/createUploadSession") && r.status == status)
+            .count()
+    };
+    assert_eq!(sessions(201), 1, "the 5 MB file by an upload session");
+    let posted = case
+        .graph
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/attachments") && r.status == 201)
+        .count();
+    assert_eq!(posted, 1, "the 2 MB file by one POST");
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'sending'")
+            .await,
+        1
+    );
+
+    // The claim runs out (smtp.claim_lease): the row is sent again, with the same Message-ID.
+    crate::outgoing::execute(&case.db, "UPDATE outbox SET claimed_at = 0").await;
+    case.once().await;
+    assert_eq!(
+        crate::outgoing::query_text(
+            &case.db,
+            "SELECT state || ' ' || COALESCE(smtp_response, '') || ' ' || COALESCE(last_error, '') FROM outbox"
+        )
+        .await
+        .split(' ')
+        .next(),
+        Some("sent")
+    );
+    assert!(
+        case.graph
+            .messages(&case.mailbox, "drafts")
+            .unwrap()
+            .is_empty(),
+        "the left draft deleted, the sent one gone from Drafts"
+    );
+    let message_id = crate::outgoing::query_text(&case.db, "SELECT message_id FROM outbox").await;
+    let (mail, text) = crate::outgoing::arrived(&case.imap_entra, &customer, &message_id).await;
+    let mut got: Vec<(String, String)> = mail
+        .attachments
+        .iter()
+        .map(|a| (a.filename.clone().unwrap_or_default(), a.sha256.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (
+                "photo.jpg".to_string(),
+                mailintake::ingest::sha256_hex(&small)
+            ),
+            (
+                "report.pdf".to_string(),
+                mailintake::ingest::sha256_hex(&medium)
+            ),
+            (
+                "trace.bin".to_string(),
+                mailintake::ingest::sha256_hex(&big)
+            ),
+        ]
+    );
+    assert!(text.contains("Both files attached."));
+    // Once: the customer's inbox has it a single time, and Sent Items has our Message-ID.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let copies = crate::outgoing::inbox(&case.imap_entra, &customer)
+        .await
+        .into_iter()
+        .filter(|(m, _)| m.message_id == message_id)
+        .count();
+    assert_eq!(copies, 1);
+    assert!(
+        crate::outgoing::query_text(&case.db, "SELECT smtp_response FROM outbox")
+            .await
+            .contains(&format!("Sent Items has <{message_id}>")),
+    );
+}

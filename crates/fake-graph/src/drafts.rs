@@ -30,6 +30,8 @@ use crate::{DeliverOptions, Shared, ids, time};
 const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// The largest attachment an upload session takes (150 MB, the page's upper bound).
 const MAX_ATTACHMENT: u64 = 150 * 1024 * 1024;
+/// The smallest (3 MB, read as 3 × 2^20 bytes): smaller files go by `POST …/attachments`.
+const MIN_UPLOAD_SESSION: u64 = 3 * 1024 * 1024;
 
 /// One upload session.
 #[derive(Debug)]
@@ -131,9 +133,12 @@ impl Here<'_> {
             .get("size")
             .and_then(Value::as_u64)
             .ok_or_else(|| GraphError::bad_request("AttachmentItem.size is required."))?;
-        if size == 0 || size > MAX_ATTACHMENT {
+        if size < MIN_UPLOAD_SESSION {
+            return Err(GraphError::attachment_below_minimum());
+        }
+        if size > MAX_ATTACHMENT {
             return Err(GraphError::bad_request(format!(
-                "AttachmentItem.size must be between 1 and {MAX_ATTACHMENT} bytes."
+                "AttachmentItem.size must be at most {MAX_ATTACHMENT} bytes."
             )));
         }
         let content_type = item
@@ -162,6 +167,74 @@ impl Here<'_> {
             "uploadUrl": format!("{}/_uploads/{token}", self.shared.base_url),
             "expirationDateTime": iso_of(expires),
             "nextExpectedRanges": ["0-"],
+        });
+        Ok(json_response(StatusCode::CREATED, &body, &[]))
+    }
+
+    /// `POST …/messages/{id}/attachments` with a `fileAttachment` (`name`, `contentType`,
+    /// `contentBytes` in base64; https://learn.microsoft.com/graph/api/message-post-attachments):
+    /// 201 with the attachment as the page shows it (`contentBytes` echoed).
+    pub(crate) fn add_attachment(&self, id: &str, body: &Bytes) -> Result<Response, GraphError> {
+        let request: Value = serde_json::from_slice(body)
+            .map_err(|_| GraphError::bad_request("The request body is not valid JSON."))?;
+        match request.get("@odata.type").and_then(Value::as_str) {
+            Some(t) if t.eq_ignore_ascii_case("#microsoft.graph.fileAttachment") => {}
+            _ => {
+                return Err(GraphError::bad_request(
+                    "This fake adds file attachments only: @odata.type must be #microsoft.graph.fileAttachment.",
+                ));
+            }
+        }
+        let name = request
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| GraphError::bad_request("The property 'name' is required."))?
+            .to_owned();
+        let encoded = request
+            .get("contentBytes")
+            .and_then(Value::as_str)
+            .ok_or_else(|| GraphError::bad_request("The property 'contentBytes' is required."))?;
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| {
+                GraphError::bad_request("The property 'contentBytes' is not a base64 string.")
+            })?;
+        let content_type = request
+            .get("contentType")
+            .and_then(Value::as_str)
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let (key, _) = self.with_draft(id)?;
+        let attachment_id = format!("AAMkAG{}=", ids::state_token());
+        let size = content.len();
+        {
+            let mut store = self.shared.store();
+            let mailbox = store.mailbox_for_request(self.upn)?;
+            let m = mailbox
+                .messages
+                .get_mut(&key)
+                .ok_or_else(GraphError::item_not_found)?;
+            m.attachments.push(Attachment {
+                id: attachment_id.clone(),
+                name: name.clone(),
+                content_type: content_type.clone(),
+                content: Arc::new(content),
+            });
+            m.parsed.has_attachments = true;
+            mailbox.touch(key);
+        }
+        let body = json!({
+            "@odata.context": self.context("microsoft.graph.fileAttachment"),
+            "@odata.type": "#microsoft.graph.fileAttachment",
+            "id": attachment_id,
+            "lastModifiedDateTime": iso_of(SystemTime::now()),
+            "name": name,
+            "contentType": content_type,
+            "size": size,
+            "isInline": request.get("isInline").and_then(Value::as_bool).unwrap_or(false),
+            "contentId": request.get("contentId").cloned().unwrap_or(Value::Null),
+            "contentLocation": null,
+            "contentBytes": encoded,
         });
         Ok(json_response(StatusCode::CREATED, &body, &[]))
     }
@@ -323,6 +396,9 @@ pub(crate) async fn put_fragment(
             "ErrorItemNotFound",
             "The upload session does not exist or has expired.",
         ));
+    }
+    if body.len() > crate::server::MAX_REQUEST_BYTES {
+        return fail(GraphError::request_too_large());
     }
     let Some((start, end, total)) = content_range(&headers) else {
         return fail(GraphError::bad_request(

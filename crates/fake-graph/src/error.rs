@@ -179,6 +179,25 @@ impl GraphError {
         )
     }
 
+    /// 400: a request body above Graph's 4 MB (as quoted from Graph's answer in
+    /// microsoftgraph/microsoft-graph-docs-contrib#682).
+    pub(crate) fn request_too_large() -> GraphError {
+        GraphError::new(
+            400,
+            "BadRequest",
+            "The maximum request length supported is 4MB.",
+        )
+    }
+
+    /// 400: an upload session for a file under 3 MB (the large-attachments page's Errors).
+    pub(crate) fn attachment_below_minimum() -> GraphError {
+        GraphError::new(
+            400,
+            "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize",
+            "Attachment size should not be less than the minimum size of 3 MB for an upload session; POST small attachments to the attachments collection.",
+        )
+    }
+
     /// 400: `sendMail` with a body that is not base64.
     pub(crate) fn mime_not_base64() -> GraphError {
         GraphError::new(

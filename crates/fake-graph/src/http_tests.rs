@@ -1347,3 +1347,102 @@ async fn message_lists_filter_by_internet_message_id_and_refuse_other_filters() 
         .await;
     assert_eq!(other.status, 400);
 }
+
+/// https://learn.microsoft.com/graph/api/message-post-attachments (a `fileAttachment` with
+/// `contentBytes`: 201 with the attachment) on a MIME draft, and the documented limits around
+/// it: an upload session for a file under 3 MB is refused with
+/// `ErrorAttachmentSizeShouldNotBeLessThanMinimumSize` (the large-attachments page's Errors), a
+/// request body above 4 MB with "The maximum request length supported is 4MB."; the sent draft
+/// carries the attachment.
+#[tokio::test]
+async fn small_attachments_are_posted_and_the_request_limits_hold() {
+    let w = start().await;
+    let mime = format!(
+        "From: {SALES}\r\nTo: {SUPPORT}\r\nSubject: with a file\r\nMessage-ID: <file-1@helpdesk.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nAttached.\r\n"
+    );
+    let draft = answer(
+        w.http
+            .post(w.url(&format!("/users/{SALES}/messages")))
+            .bearer_auth(&w.token)
+            .header("Content-Type", "text/plain")
+            .body(base64::engine::general_purpose::STANDARD.encode(mime.as_bytes()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(draft.status, 201, "{:?}", draft.body);
+    let id = draft.body["id"].as_str().unwrap().to_owned();
+    let content = b"GIF87a small smile".to_vec();
+    let added = w
+        .post(
+            &format!("/users/{SALES}/messages/{id}/attachments"),
+            &[],
+            json!({
+                "@odata.type": "#microsoft.graph.fileAttachment",
+                "name": "smile",
+                "contentType": "image/gif",
+                "contentBytes": base64::engine::general_purpose::STANDARD.encode(&content),
+            }),
+        )
+        .await;
+    assert_eq!(added.status, 201, "{:?}", added.body);
+    assert_eq!(added.body["@odata.type"], "#microsoft.graph.fileAttachment");
+    assert_eq!(added.body["name"], "smile");
+    assert_eq!(added.body["size"], content.len());
+    assert!(added.body["id"].is_string());
+
+    let small = w
+        .post(
+            &format!("/users/{SALES}/messages/{id}/attachments/createUploadSession"),
+            &[],
+            json!({"AttachmentItem": {"attachmentType": "file", "name": "small", "size": 1_000_000}}),
+        )
+        .await;
+    assert_eq!(
+        (small.status, small.code()),
+        (400, "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize")
+    );
+    let huge = answer(
+        w.http
+            .post(w.url(&format!("/users/{SALES}/sendMail")))
+            .bearer_auth(&w.token)
+            .header("Content-Type", "text/plain")
+            .body("QUFB".repeat(1024 * 1024 + 1))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((huge.status, huge.code()), (400, "BadRequest"));
+    assert!(
+        huge.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum request length"),
+        "{:?}",
+        huge.body
+    );
+
+    let sent = w
+        .post(
+            &format!("/users/{SALES}/messages/{id}/send"),
+            &[],
+            json!({}),
+        )
+        .await;
+    assert_eq!(sent.status, 202, "{:?}", sent.body);
+    let inbox = w.graph.messages(SUPPORT, "inbox").unwrap();
+    assert_eq!(inbox.len(), 1);
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&inbox[0].mime)
+        .unwrap();
+    assert_eq!(parsed.message_id(), Some("file-1@helpdesk.test"));
+    let attachment = mail_parser::MimeHeaders::attachment_name(
+        parsed.attachments().next().expect("the attachment"),
+    )
+    .map(str::to_owned);
+    assert_eq!(attachment.as_deref(), Some("smile"));
+    let attachment = parsed.attachments().next().unwrap();
+    assert_eq!(attachment.contents(), content.as_slice());
+}

@@ -714,5 +714,8 @@ fn router(shared: Arc<Shared>) -> axum::Router {
             axum::routing::put(crate::drafts::put_fragment),
         )
         .fallback(server::graph)
+        // Bodies above Graph's 4 MB are refused with Graph's error (server.rs), not axum's
+        // 2 MB default; this only bounds what the fake reads.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(shared)
 }

@@ -89,6 +89,9 @@ pub(crate) fn json_response(
     response
 }
 
+/// Graph's request size limit: 4 MB (read as 4 × 2^20 bytes) of request body.
+pub(crate) const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
 /// The Graph fallback handler.
 pub(crate) async fn graph(
     State(shared): State<Arc<Shared>>,
@@ -291,6 +294,7 @@ enum Op {
     SendMail,
     CreateDraft { folder: Option<String> },
     CreateUploadSession(String),
+    AddAttachment(String),
     SendDraft(String),
 }
 
@@ -309,7 +313,8 @@ impl Op {
             | Op::Move(_)
             | Op::PermanentDelete(_)
             | Op::CreateDraft { .. }
-            | Op::CreateUploadSession(_) => Need::Write,
+            | Op::CreateUploadSession(_)
+            | Op::AddAttachment(_) => Need::Write,
             Op::SendMail | Op::SendDraft(_) => Need::Send,
         }
     }
@@ -341,6 +346,9 @@ fn parse_op(segs: &[String], method: &Method) -> Result<Op, GraphError> {
             }
             [id, action] if is(action, "send") && method == Method::POST => {
                 Ok(Op::SendDraft((*id).to_owned()))
+            }
+            [id, attachments] if is(attachments, "attachments") && method == Method::POST => {
+                Ok(Op::AddAttachment((*id).to_owned()))
             }
             [id, attachments, action]
                 if is(attachments, "attachments")
@@ -479,6 +487,9 @@ async fn handle(
     body: &Bytes,
     record: &mut RequestRecord,
 ) -> Result<Response, GraphError> {
+    if body.len() > MAX_REQUEST_BYTES {
+        return Err(GraphError::request_too_large());
+    }
     let segs = segments(uri.path());
     match segs.first().map(String::as_str) {
         Some(v) if v.eq_ignore_ascii_case("v1.0") || v.eq_ignore_ascii_case("beta") => {}
@@ -568,6 +579,7 @@ async fn handle(
                 .and_then(|outgoing| here.send_in_memory(outgoing)),
             Op::CreateDraft { folder } => here.create_draft(folder.as_deref(), headers, body),
             Op::CreateUploadSession(id) => here.create_upload_session(&id, body),
+            Op::AddAttachment(id) => here.add_attachment(&id, body),
             Op::SendDraft(id) => here.draft_outgoing(&id).and_then(|(key, outgoing)| {
                 let response = here.send_in_memory(outgoing)?;
                 here.drop_draft(key)?;
@@ -628,6 +640,7 @@ async fn handle(
         // Drafts stay in the model until sent (no IMAP APPEND to Drafts; see README).
         Op::CreateDraft { folder } => here.create_draft(folder.as_deref(), headers, body),
         Op::CreateUploadSession(id) => here.create_upload_session(&id, body),
+        Op::AddAttachment(id) => here.add_attachment(&id, body),
         Op::SendDraft(id) => {
             let (key, outgoing) = here.draft_outgoing(&id)?;
             let response = here.send_through_dovecot(&mut conn, outgoing).await?;
