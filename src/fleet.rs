@@ -6,8 +6,10 @@
 //! every `acquire_interval`, works out the worker's fair share — ceil(units / live workers) —
 //! and acquires free or expired leases for the units that wait, up to that share; when the
 //! worker holds more than its share (a worker joined), it asks the surplus to stop at a safe
-//! point and release. A unit's task ([`Fleet::hold`]) waits for its lease, works under it while a
-//! renewal every third of the TTL keeps it, and releases it when the work stops.
+//! point and release. It also renews every lease the worker holds, every third of the TTL, in
+//! one statement per few hundred leases ([`Store::renew_leases`]). A unit's task
+//! ([`Fleet::hold`]) waits for its lease, works under it while the renewals keep it, and
+//! releases it when the work stops.
 //!
 //! The database fences what it stores (a batch commits only under its lease: `Batch::fence`);
 //! what it cannot fence (IMAP commands, SMTP sends) the task guards by [`Tenure::check`], by this
@@ -258,8 +260,12 @@ impl Fleet {
     }
 
     /// The heartbeat and the acquisitions, every `acquire_interval` (sooner when a unit starts
-    /// waiting), until `cancel`.
+    /// waiting), and the renewals of what this worker holds, until `cancel`.
     pub async fn coordinate(&self, cancel: &CancellationToken) {
+        tokio::join!(self.acquire_loop(cancel), self.renew_held(cancel));
+    }
+
+    async fn acquire_loop(&self, cancel: &CancellationToken) {
         loop {
             if let Err(e) = self.coordinate_once().await {
                 warn!(error = %e, "fleet coordination failed; retrying");
@@ -431,7 +437,7 @@ impl Fleet {
                     work(Arc::clone(&tenure)).await;
                     done.cancel();
                 },
-                self.renew(&tenure, &done)
+                self.guard(&tenure, &done)
             );
             self.held
                 .lock()
@@ -453,36 +459,72 @@ impl Fleet {
         }
     }
 
-    /// Renews `tenure`'s lease every third of its TTL until `done`; ends the tenure when the
-    /// database refuses the renewal, or when no renewal succeeded in time by this process's clock.
-    async fn renew(&self, tenure: &Tenure, done: &CancellationToken) {
-        let ttl = self.config.lease_ttl;
-        let mut next = tenure.lease().renewed_at + ttl / 3;
+    /// Until `done`: ends the tenure once no renewal came in time by this process's clock
+    /// ([`Tenure::check`] stops its work on the server), however the renewals fare
+    /// ([`Fleet::renew_held`] renews every lease of the worker at once).
+    async fn guard(&self, tenure: &Tenure, done: &CancellationToken) {
         loop {
             let trusted_until = tenure.lease().trusted_until(tenure.margin);
             tokio::select! {
                 _ = done.cancelled() => return,
-                _ = tokio::time::sleep_until(next.min(trusted_until).into()) => {}
+                _ = tenure.stop.cancelled(), if tenure.ending() == Ending::Lost => return,
+                _ = tokio::time::sleep_until(trusted_until.into()) => {}
             }
             if tenure.check().is_err() {
                 warn!(unit = %tenure.unit, "the lease was not renewed in time; stopping its work on the server");
                 return;
             }
-            let mut lease = tenure.lease();
-            match self.store.renew_lease(&mut lease).await {
-                Ok(true) => {
-                    next = lease.renewed_at + ttl / 3;
-                    let mut held = tenure.lease.lock().unwrap_or_else(|e| e.into_inner());
-                    held.renewed_at = lease.renewed_at;
-                }
-                Ok(false) => {
-                    warn!(unit = %tenure.unit, epoch = lease.epoch, "the lease is another worker's now; stopping its work on the server");
-                    tenure.lost();
-                    return;
+        }
+    }
+
+    /// Renews every lease this worker holds, every third of the TTL, in one statement per few
+    /// hundred leases; a lease the database did not renew is lost. A failed renewal is tried
+    /// again soon (the monotonic guard ends the tenures whose trust runs out meanwhile).
+    async fn renew_held(&self, cancel: &CancellationToken) {
+        let ttl = self.config.lease_ttl;
+        let retry = Duration::from_millis(500).min(ttl / 10);
+        let mut next = Instant::now() + ttl / 3;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(next.into()) => {}
+            }
+            let due: Vec<Arc<Tenure>> = self
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|t| t.ending() != Ending::Lost)
+                .cloned()
+                .collect();
+            if due.is_empty() {
+                next = Instant::now() + ttl / 3;
+                continue;
+            }
+            let keys: Vec<(String, String, i64)> = due
+                .iter()
+                .map(|t| {
+                    let lease = t.lease();
+                    (lease.mailbox, lease.folder, lease.epoch)
+                })
+                .collect();
+            match self.store.renew_leases(&self.worker.id, ttl, &keys).await {
+                Ok((at, renewed)) => {
+                    for (tenure, key) in due.iter().zip(&keys) {
+                        if renewed.contains(key) {
+                            let mut held = tenure.lease.lock().unwrap_or_else(|e| e.into_inner());
+                            held.renewed_at = at;
+                        } else {
+                            warn!(unit = %tenure.unit, epoch = key.2, "the lease is another worker's now; stopping its work on the server");
+                            tenure.lost();
+                        }
+                    }
+                    debug!(leases = keys.len(), "leases renewed");
+                    next = at + ttl / 3;
                 }
                 Err(e) => {
-                    warn!(unit = %tenure.unit, error = %e, "could not renew the lease; trying again");
-                    next = Instant::now() + Duration::from_millis(500).min(ttl / 10);
+                    warn!(leases = keys.len(), error = %e, "could not renew the leases; trying again");
+                    next = Instant::now() + retry;
                 }
             }
         }

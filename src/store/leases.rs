@@ -272,24 +272,49 @@ impl Store {
         }))
     }
 
-    /// Renews `lease` for another TTL; false when it is lost (taken over, or expired: an expired
-    /// lease is not renewed, as another worker may have seen it free).
-    pub async fn renew_lease(&self, lease: &mut Lease) -> Result<bool> {
+    /// Renews `leases` (all `holder`'s, all with `ttl`) for another TTL, in one statement per
+    /// [`RENEWALS_PER_STATEMENT`]: a worker's renewals are one round trip, not one per folder
+    /// (1,000 folders with a 30 s TTL would be 100 statements a second). Returns when the
+    /// statements were sent (by this process's clock, so never later than the database's
+    /// renewal) and the (mailbox, folder, epoch) renewed; a lease not among them is lost (taken
+    /// over, or expired: an expired lease is not renewed, as another worker may have seen it
+    /// free).
+    pub async fn renew_leases(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        leases: &[(String, String, i64)],
+    ) -> Result<(Instant, std::collections::HashSet<(String, String, i64)>)> {
         let started = Instant::now();
-        let renewed = sqlx::query(sqlx::AssertSqlSafe(renew_sql(self.backend)))
-            .bind(lease.ttl.as_millis() as i64)
-            .bind(&lease.mailbox)
-            .bind(&lease.folder)
-            .bind(&lease.holder)
-            .bind(lease.epoch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            == 1;
-        if renewed {
-            lease.renewed_at = started;
+        let now = db_now(self.backend);
+        let mut renewed = std::collections::HashSet::new();
+        for chunk in leases.chunks(RENEWALS_PER_STATEMENT) {
+            let which: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let at = 3 + i * 3;
+                    format!(
+                        "(mailbox = ${at} AND folder = ${} AND epoch = ${})",
+                        at + 1,
+                        at + 2
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "UPDATE leases SET renewed_at = {now}, expires_at = {now} + $1 \
+                 WHERE holder = $2 AND expires_at > {now} AND ({}) RETURNING mailbox, folder, epoch",
+                which.join(" OR ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(ttl.as_millis() as i64)
+                .bind(holder);
+            for (mailbox, folder, epoch) in chunk {
+                query = query.bind(mailbox).bind(folder).bind(*epoch);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                renewed.insert((row.get(0), row.get(1), row.get(2)));
+            }
         }
-        Ok(renewed)
+        Ok((started, renewed))
     }
 
     /// Gives `lease` up at once (a safe point: between batches, after logout), so that another
@@ -324,6 +349,10 @@ impl Store {
             .collect())
     }
 }
+
+/// Leases renewed by one statement (3 binds each: within SQLite's 32,766 and PostgreSQL's
+/// 65,535 bind parameters, and a statement small enough to plan quickly).
+pub const RENEWALS_PER_STATEMENT: usize = 250;
 
 /// The renewal: holder, epoch and an expiry still ahead must match. Binds: ttl ms, mailbox,
 /// folder, holder, epoch.

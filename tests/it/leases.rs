@@ -22,6 +22,19 @@ fn worker(id: &str) -> WorkerInfo {
     }
 }
 
+/// Renews `lease` alone; whether the database did.
+async fn renew(store: &Store, lease: &mut Lease) -> bool {
+    let key = (lease.mailbox.clone(), lease.folder.clone(), lease.epoch);
+    let (at, renewed) = store
+        .renew_leases(&lease.holder, lease.ttl, std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    if renewed.contains(&key) {
+        lease.renewed_at = at;
+    }
+    renewed.contains(&key)
+}
+
 /// Long enough that a statement delayed by a loaded machine never sees a renewed lease expire.
 const TTL: Duration = Duration::from_secs(2);
 
@@ -54,7 +67,7 @@ async fn one_holder_at_a_time(backend: Backend) {
     );
     // Renewed in time, it stays a's past the first TTL.
     tokio::time::sleep(TTL / 2).await;
-    assert!(store.renew_lease(&mut a).await.unwrap());
+    assert!(renew(&store, &mut a).await);
     tokio::time::sleep(TTL / 2 + Duration::from_millis(100)).await;
     assert!(
         store
@@ -73,7 +86,7 @@ async fn one_holder_at_a_time(backend: Backend) {
         .unwrap()
         .expect("expired: b takes it over");
     assert_eq!(b.epoch, a.epoch + 1);
-    assert!(!store.renew_lease(&mut a).await.unwrap(), "a lost it");
+    assert!(!renew(&store, &mut a).await, "a lost it");
     // A release by the old holder changes nothing; b's own release frees it for a at once.
     store.release_lease(&a).await.unwrap();
     assert!(
@@ -109,6 +122,61 @@ async fn one_holder_at_a_time(backend: Backend) {
         ]
     );
     store.close().await;
+}
+
+/// A worker's leases are renewed together, a few hundred per statement: 260 of them in two
+/// statements, every one renewed, except the one another worker took over (its epoch is no
+/// longer a's) and the one whose epoch a does not hold.
+async fn renewed_together(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::open(&db.url).await.unwrap();
+    for w in ["a", "b"] {
+        store.heartbeat(&worker(w)).await.unwrap();
+    }
+    let ttl = Duration::from_secs(30);
+    let mut keys = Vec::new();
+    for n in 0..260 {
+        let lease = store
+            .acquire_lease(&format!("box{n:03}"), "INBOX", "a", ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        keys.push((lease.mailbox, lease.folder, lease.epoch));
+    }
+    // box000 is taken over (released by a, acquired by b); box001 is named with a wrong epoch.
+    store.stop_worker("a").await.unwrap();
+    for key in keys.iter_mut().skip(1) {
+        let again = store
+            .acquire_lease(&key.0, "INBOX", "a", ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        key.2 = again.epoch;
+    }
+    assert!(
+        store
+            .acquire_lease("box000", "INBOX", "b", ttl)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    keys[1].2 -= 1;
+    let (_, renewed) = store.renew_leases("a", ttl, &keys).await.unwrap();
+    assert_eq!(renewed.len(), 258);
+    assert!(!renewed.contains(&keys[0]), "b's now");
+    assert!(!renewed.contains(&keys[1]), "not the epoch a holds");
+    assert!(keys[2..].iter().all(|k| renewed.contains(k)));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_workers_leases_are_renewed_together_on_sqlite() {
+    renewed_together(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_workers_leases_are_renewed_together_on_postgres() {
+    renewed_together(Backend::Postgres).await;
 }
 
 #[tokio::test]
