@@ -163,6 +163,7 @@ impl TokenCache {
                     *slot.lock().await = Some(Cached {
                         token: granted.token,
                         expires_at: granted.expires_at,
+                        settings: super::Settings::of(identity),
                     });
                     info!(identity = %identity.name, "device code login completed; refresh token stored");
                     return Ok(DeviceLogin {

@@ -26,9 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
-use tracing::warn;
+use tracing::{info, warn};
 
-use crate::config::{Identity, TokenKey};
+use crate::config::{DelegatedLogin, Grant, Identity, TokenKey};
 use crate::store::Store;
 pub use device::{DeviceLogin, DevicePrompt};
 pub use entra::{ErrorBody, Remedy};
@@ -259,11 +259,82 @@ impl Default for RetryPolicy {
     }
 }
 
-/// A token in a slot, with its real expiry (the `AccessToken` only says when to renew).
+/// A token in a slot, with its real expiry (the `AccessToken` only says when to renew) and the
+/// identity's settings it was fetched with.
 #[derive(Clone)]
 struct Cached {
     token: AccessToken,
     expires_at: Instant,
+    settings: Settings,
+}
+
+/// A digest of what an identity asks for tokens with: its endpoint, client, grant and
+/// credentials. A token cached under other settings is not used: `mailintake identity set`
+/// (or a changed file) takes effect with the next token, not when the old one expires — a
+/// new client or tenant gets its own token, and a wrong new secret shows at once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Settings([u8; 32]);
+
+impl Settings {
+    fn of(identity: &Identity) -> Settings {
+        use secrecy::ExposeSecret;
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        let mut part = |bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_le_bytes());
+            hash.update(bytes);
+        };
+        part(identity.client_id.as_bytes());
+        part(identity.token_url.as_str().as_bytes());
+        part(
+            identity
+                .ca_file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        let secret = |s: &Option<SecretString>| {
+            s.as_ref()
+                .map(|s| s.expose_secret().to_string())
+                .unwrap_or_default()
+        };
+        match &identity.grant {
+            Grant::ClientSecret { client_secret } => {
+                part(b"client_secret");
+                part(client_secret.expose_secret().as_bytes());
+            }
+            Grant::Certificate {
+                certificate_file,
+                private_key_file,
+            } => {
+                part(b"certificate");
+                part(certificate_file.display().to_string().as_bytes());
+                part(private_key_file.display().to_string().as_bytes());
+            }
+            Grant::Password {
+                username,
+                password,
+                client_secret,
+            } => {
+                part(b"password");
+                part(username.as_bytes());
+                part(password.expose_secret().as_bytes());
+                part(secret(client_secret).as_bytes());
+            }
+            Grant::RefreshToken {
+                login,
+                client_secret,
+            } => {
+                part(b"refresh_token");
+                if let DelegatedLogin::Seed(seed) = login {
+                    part(seed.expose_secret().as_bytes());
+                }
+                part(secret(client_secret).as_bytes());
+            }
+        }
+        Settings(hash.finalize().into())
+    }
 }
 
 /// One slot per (identity, scope); its async mutex is the single-flight lock.
@@ -369,6 +440,11 @@ impl TokenCache {
         let slot = self.slot(&identity.name, scope);
         let mut cached = slot.lock().await;
         let now = Instant::now();
+        let settings = Settings::of(identity);
+        if cached.as_ref().is_some_and(|c| c.settings != settings) {
+            info!(identity = %identity.name, "the identity's settings changed; getting a token with the new ones");
+            *cached = None;
+        }
         if let Some(current) = cached.as_ref()
             && now < current.token.renew_at
             && current.expires_at > now + at_least.min(current.token.expires_in / 2)
@@ -430,8 +506,18 @@ impl TokenCache {
     }
 
     fn http_client(&self, identity: &Identity) -> Result<reqwest::Client, TokenError> {
+        // By name and CA file: a CA changed at run time gets its own client.
+        let key = format!(
+            "{}|{}",
+            identity.name,
+            identity
+                .ca_file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
         let mut clients = self.clients.lock().expect("token cache lock poisoned");
-        if let Some(client) = clients.get(&identity.name) {
+        if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
         let setup = |detail: String| TokenError::Setup {
@@ -455,7 +541,7 @@ impl TokenCache {
         let client = builder
             .build()
             .map_err(|e| setup(format!("cannot build an HTTP client: {e}")))?;
-        clients.insert(identity.name.clone(), client.clone());
+        clients.insert(key, client.clone());
         Ok(client)
     }
 }

@@ -234,6 +234,7 @@ impl TokenCache {
         Ok(Cached {
             token: granted.token,
             expires_at: granted.expires_at,
+            settings: super::Settings::of(identity),
         })
     }
 

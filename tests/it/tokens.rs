@@ -229,3 +229,68 @@ async fn the_guides_values_work_as_pasted() {
         assert!(stdout.contains("ok   imap"), "{guide}: {stdout}");
     }
 }
+
+/// A cached token belongs to the identity's settings it was fetched with: after `identity set`
+/// (or an edited file) changes the secret, the next token is fetched with the new one — a wrong
+/// new secret is Entra's AADSTS7000215 at once, not when the old token expires an hour later —
+/// and with unchanged settings the cached token is used.
+///
+/// Before: the cache was keyed by the identity's name alone, so a changed secret or client went
+/// unnoticed until the token's renewal.
+#[tokio::test]
+async fn a_changed_identity_gets_a_token_with_its_new_settings() {
+    let mailbox = unique_mailbox();
+    let entra = Entra::start(&[&mailbox]).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = ConfigFile::write(
+        &ConfigSpec {
+            db: &db,
+            entra: &entra,
+            secret_env: "UNUSED",
+            mailbox: &mailbox,
+            extra_mailbox_keys: "",
+            tls: "implicit",
+        }
+        .render(),
+    );
+    let secret_file = config.path.with_file_name("secret");
+    let text = std::fs::read_to_string(&config.path).unwrap().replace(
+        "client_secret = { env = \"UNUSED\" }",
+        &format!("client_secret = {{ file = \"{}\" }}", secret_file.display()),
+    );
+    std::fs::write(&config.path, text).unwrap();
+    let identity_with = |secret: &str| {
+        std::fs::write(&secret_file, secret).unwrap();
+        let loaded = mailintake::config::Config::load(&config.path).unwrap();
+        let name = loaded.mailboxes[0].identity.clone();
+        loaded.identity(&name).clone()
+    };
+    let requests = || entra.fake.requests().len();
+    let tokens = mailintake::oauth::TokenCache::new();
+
+    let first = tokens.token(&identity_with(&entra.secret)).await.unwrap();
+    let again = tokens.token(&identity_with(&entra.secret)).await.unwrap();
+    assert_eq!(requests(), 1, "the same settings: the cached token");
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(&first.secret),
+        secrecy::ExposeSecret::expose_secret(&again.secret)
+    );
+
+    let refused = tokens.token(&identity_with("a-wrong-new-secret")).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.aadsts_code() == Some(7_000_215)),
+        "a new secret is used at once: {:?}",
+        refused.map(|_| ())
+    );
+    assert_eq!(requests(), 2);
+
+    tokens.token(&identity_with(&entra.secret)).await.unwrap();
+    tokens.token(&identity_with(&entra.secret)).await.unwrap();
+    assert_eq!(
+        requests(),
+        3,
+        "back to the right secret: one new token, then cached"
+    );
+}
