@@ -16,6 +16,7 @@ use crate::config::{Config, GraphEndpoint, Mailbox, Mode, Transport};
 use crate::failpoint::{self, Point};
 use crate::graph::{GraphLogin, GraphMailbox};
 use crate::imap::{Connection, Uid};
+use crate::intake::session::LoginPacer;
 use crate::ingest;
 use crate::oauth::TokenCache;
 use crate::report::{JunkId, JunkItem, JunkListing, JunkStatus};
@@ -235,19 +236,30 @@ async fn list_on_graph(
 /// Counts every mailbox's Junk folder (with its newest few messages) now and then every
 /// [`CHECK_INTERVAL`] into `metrics`, until `cancel`.
 ///
-/// `cancel` is honoured before each mailbox and while the task sleeps, never in the middle of a
+/// Each IMAP login waits for its turn in `logins`, the folder tasks' pacing.
+///
+/// `cancel` is honoured before each mailbox, while it waits for its turn and while the task
+/// sleeps, never in the middle of a
 /// [`list`]: a listing is bounded by the IMAP timeouts and logs out at its end, whereas dropping it
 /// would close its session without LOGOUT. So a shutdown waits for the listing under way.
 pub async fn watch(
     config: Arc<Config>,
     tokens: Arc<TokenCache>,
     metrics: Arc<Metrics>,
+    logins: Arc<LoginPacer>,
     cancel: CancellationToken,
 ) {
     loop {
         for mailbox in &config.mailboxes {
             if cancel.is_cancelled() {
                 return;
+            }
+            // Its IMAP logins take their turn with the folder tasks' (no login storm at start).
+            if let Some(imap) = mailbox.imap() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = logins.wait(&imap.host, imap.logins_per_second) => {}
+                }
             }
             let result = list(&config, &tokens, mailbox, NEWEST_ON_PAGE).await;
             let result = result.map_err(|e| {

@@ -89,6 +89,12 @@ pub(super) async fn run(
     let stop_http = CancellationToken::new();
     // Shared by the senders and the HTTP API, which wakes a sender after a submission.
     let wakes = intake::sender_wakes(&config);
+    let shared = intake::Shared::new(
+        store.clone(),
+        Arc::clone(&tokens),
+        Arc::clone(&metrics),
+        Arc::clone(&fleet),
+    );
     let server = match &config.http {
         Some(http_config) => {
             let listener = http::bind(http_config).await?;
@@ -99,6 +105,7 @@ pub(super) async fn run(
                 Arc::clone(&config),
                 Arc::clone(&tokens),
                 Arc::clone(&metrics),
+                Arc::clone(&shared.logins),
                 cancel.clone(),
             ));
             Some(tokio::spawn(http::serve(
@@ -112,7 +119,6 @@ pub(super) async fn run(
         }
         None => None,
     };
-    let shared = intake::Shared::new(store.clone(), tokens, metrics, Arc::clone(&fleet));
     let reload = Arc::new(Notify::new());
     tracker.spawn(intake::follow(
         intake::MailboxSet::new(shared, wakes, cancel.clone()),
