@@ -46,6 +46,9 @@ pub enum Point {
     /// In the sender, right after the Sent folder took a copy of a sent message (or had it
     /// already) and before the outbox row records it ([`hit`]).
     SentCopyKept,
+    /// In a Graph delta round, a page with a next link received and the next page not yet asked
+    /// for ([`reached`]): a test makes Graph forget the round's state here (a 410 mid-round).
+    DeltaPage,
     /// In a Graph send through a draft, the draft made and its attachments added, just before
     /// its `send` ([`hit`]).
     DraftFilled,
@@ -65,6 +68,7 @@ impl Point {
             Point::BeforeCommit => "before-commit",
             Point::BeforeDisposition => "before-disposition",
             Point::DraftFilled => "draft-filled",
+            Point::DeltaPage => "delta-page",
         }
     }
 }

@@ -25,6 +25,9 @@ use crate::store::{DeltaRound, GraphItem, ItemChange, Store, StoreError};
 
 /// The extended property of the message's size in the store (`PidTagMessageSize`).
 const SIZE_PROPERTY: &str = "Long 0x0E08";
+/// How often in a row a round whose sync state Graph lost (410) starts again afresh before the
+/// sweep fails (and is tried again later).
+const FRESH_ROUNDS_IN_A_ROW: u32 = 3;
 /// Items per delta page asked for (`Prefer: odata.maxpagesize`).
 const DELTA_PAGE_SIZE: u32 = 200;
 
@@ -404,10 +407,16 @@ impl GraphSource {
         let open = self.open_folder()?;
         let (name, folder_id, validity) = (open.name.clone(), open.id.clone(), open.validity);
         let mut start = open.delta_link.clone();
+        let mut fresh_rounds = 0;
         let round = loop {
             match self.delta_round(&name, &folder_id, start.as_deref()).await {
                 Ok(round) => break round,
-                Err(GraphError::Refused(r)) if r.is_sync_state_lost() && start.is_some() => {
+                // Lost on the stored link, or while paging (a fresh round too): nothing of the
+                // round was written yet, so it starts again afresh — a few times in a row at most.
+                Err(GraphError::Refused(r))
+                    if r.is_sync_state_lost() && fresh_rounds < FRESH_ROUNDS_IN_A_ROW =>
+                {
+                    fresh_rounds += 1;
                     warn!(
                         folder = name,
                         "Graph no longer knows the folder's delta link ({} {}); synchronising it afresh: messages already recorded are recognised by their ids",
@@ -490,7 +499,10 @@ impl GraphSource {
                 });
             }
             match (page.next_link, page.delta_link) {
-                (Some(next), _) => url = next,
+                (Some(next), _) => {
+                    crate::failpoint::reached(crate::failpoint::Point::DeltaPage).await;
+                    url = next;
+                }
                 (None, Some(delta)) => {
                     round.delta_link = delta;
                     return Ok(round);

@@ -35,6 +35,17 @@ impl GraphCase {
         extra_mailbox_keys: &str,
         graph_keys: &str,
     ) -> GraphCase {
+        GraphCase::build(backend, extra_mailbox_keys, graph_keys, |_| {}).await
+    }
+
+    /// Like [`GraphCase::with_graph_keys`], with the fake Graph's configuration changed by
+    /// `tweak`.
+    async fn build(
+        backend: Backend,
+        extra_mailbox_keys: &str,
+        graph_keys: &str,
+        tweak: impl FnOnce(&mut GraphConfig),
+    ) -> GraphCase {
         let mailbox = unique_mailbox();
         let entra = graph_entra(&mailbox).await;
         let stack = Stack::get();
@@ -45,6 +56,7 @@ impl GraphCase {
         dovecot.mx_port = Some(stack.port("MAILSTACK_MX_PORT"));
         let mut config = GraphConfig::default().with_user(User::new(&mailbox));
         config.dovecot = Some(dovecot);
+        tweak(&mut config);
         let graph = FakeGraph::start(config, stack.signing_key(), "127.0.0.1:0".parse().unwrap())
             .await
             .expect("fake Graph starts");
@@ -96,6 +108,25 @@ url = "{graph_url}"
             &[("IT_CLIENT_SECRET", &self.entra.secret)],
         )
         .await
+    }
+
+    /// Starts `mailintake <args>` in the background with `env`; its stderr in a file.
+    fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> crate::helpers::Running {
+        let log = self.config.path.with_file_name("run.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = tokio::process::Command::new(crate::helpers::binary())
+            .arg("--config")
+            .arg(&self.config.path)
+            .args(args)
+            .env("IT_CLIENT_SECRET", &self.entra.secret)
+            .env("RUST_LOG", "mailintake=debug")
+            .envs(env.iter().copied())
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("mailintake starts");
+        crate::helpers::Running { child, log }
     }
 
     async fn once(&self) {
@@ -925,4 +956,79 @@ async fn large_agent_mail_goes_as_a_draft_with_its_attachments_and_a_crash_leave
             .await
             .contains(&format!("Sent Items has <{message_id}>")),
     );
+}
+
+/// Graph forgets the sync state in the middle of a paged delta round (410 `SyncStateNotFound` on
+/// a next link), once in the first, fresh round and once in a later round from the stored delta
+/// link: the round starts again afresh, and every message is a ticket once — nothing lost,
+/// nothing duplicated. The fake serves two items per page; `once` is held between pages
+/// (failpoint `delta-page`) while the test expires the fake's sync states.
+///
+/// Before: a 410 while paging a fresh round failed the sweep (only a stored link was retried
+/// afresh), so a folder whose first round kept meeting resets never came in.
+#[tokio::test]
+async fn a_410_in_the_middle_of_a_paged_round_loses_and_duplicates_nothing() {
+    let case = GraphCase::build(Backend::Sqlite, "dispose = \"seen\"", "", |c| {
+        c.max_page_size = 2;
+    })
+    .await;
+    let hold_ms = 3000;
+    let held = format!("failpoint delta-page reached; holding {hold_ms} ms");
+    for (wave, count) in [(0, 5), (1, 5)] {
+        for n in 0..count {
+            let n = wave * 100 + n;
+            deliver_lmtp(
+                &case.mailbox,
+                "ann@customer.test",
+                &mail(n, "ann@customer.test", 300),
+            )
+            .await;
+        }
+        let before = case.graph.requests().len();
+        let mut running = case.spawn(
+            &["once"],
+            &[(
+                "MAILINTAKE_FAILPOINT",
+                &format!("delta-page:1:hold={hold_ms}"),
+            )],
+        );
+        assert!(
+            crate::helpers::eventually(Duration::from_secs(30), || async {
+                running.log().contains(&held)
+            })
+            .await,
+            "`once` never reached a second delta page: {}",
+            running.log()
+        );
+        assert!(case.graph.expire_delta_tokens(&case.mailbox, None).unwrap() > 0);
+        let status = tokio::time::timeout(Duration::from_secs(60), running.child.wait())
+            .await
+            .expect("`once` finishes")
+            .unwrap();
+        let log = running.log();
+        assert!(status.success(), "{log}");
+        assert!(
+            case.graph.requests()[before..]
+                .iter()
+                .any(|r| r.status == 410 && r.path.ends_with("/delta")),
+            "the next page was answered 410: {log}"
+        );
+        let expected = 5 * (wave + 1);
+        assert_eq!(
+            case.db.count("SELECT COUNT(*) FROM tickets").await,
+            expected as i64,
+            "{log}"
+        );
+        assert_eq!(
+            case.db.count("SELECT COUNT(*) FROM imap_messages").await,
+            expected as i64
+        );
+        assert_eq!(
+            case.db
+                .count("SELECT COUNT(*) FROM imap_messages WHERE outcome = 'duplicate'")
+                .await,
+            0
+        );
+    }
+    assert_eq!(case.value_requests(), 10, "each body downloaded once");
 }
