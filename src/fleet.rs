@@ -176,6 +176,9 @@ pub struct Fleet {
     waiting: Mutex<BTreeMap<Unit, Arc<Waiting>>>,
     /// Wakes the coordinator when a unit starts waiting, so that it need not wait for its tick.
     wake: Notify,
+    /// The live workers at the last coordination (this one included), for limits the fleet
+    /// shares (Graph's requests at once per app).
+    live: Arc<AtomicUsize>,
 }
 
 /// The units of `config`: every watched folder, and the outbox of every mailbox that sends mail
@@ -225,11 +228,17 @@ impl Fleet {
             held: Mutex::new(Vec::new()),
             waiting: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
+            live: Arc::new(AtomicUsize::new(1)),
         }
     }
 
     pub fn worker(&self) -> &WorkerInfo {
         &self.worker
+    }
+
+    /// The number of live workers, as the coordinator last counted them (1 until then).
+    pub fn live_workers(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.live)
     }
 
     /// Registers the worker. On SQLite, where the worker lock proves that no other worker runs,
@@ -283,6 +292,7 @@ impl Fleet {
         // A worker whose heartbeat is older than one TTL is gone: its leases have expired too.
         let live = self.store.live_workers(self.config.lease_ttl).await?;
         let n_live = live.len().max(1);
+        self.live.store(n_live, Ordering::SeqCst);
         let fair = self.n_units.load(Ordering::SeqCst).div_ceil(n_live);
         self.fair_share.store(fair, Ordering::SeqCst);
 

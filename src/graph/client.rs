@@ -3,6 +3,7 @@
 //! [`GraphError`], and `$value` downloads capped at a byte limit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,9 +36,88 @@ const UPLOAD_WINDOW: Duration = Duration::from_secs(300);
 #[derive(Debug, Default)]
 pub struct Shared {
     clients: Mutex<HashMap<String, reqwest::Client>>,
-    permits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    permits: Mutex<HashMap<String, Arc<AppPermits>>>,
+    /// How many workers of the fleet are alive (the fleet's count), to divide each app's bound
+    /// among them; one when not set.
+    workers: std::sync::OnceLock<Arc<AtomicUsize>>,
     windows: Mutex<HashMap<(String, String), SharedWindow>>,
     uploads: Mutex<HashMap<String, SharedWindow>>,
+}
+
+/// An app's requests at once: its bound divided among the fleet's live workers (at least one
+/// each), since Outlook counts them per app whichever worker sends them. The share follows the
+/// worker count lazily: each acquisition first settles it, adding permits or forgetting them as
+/// they come back.
+#[derive(Debug)]
+struct AppPermits {
+    semaphore: Semaphore,
+    workers: Option<Arc<AtomicUsize>>,
+    share: Mutex<Share>,
+}
+
+#[derive(Debug)]
+struct Share {
+    /// The configured bound (`max_concurrent_requests`).
+    bound: usize,
+    /// The permits this worker should have now.
+    capacity: usize,
+    /// Permits to take out of circulation as they come back (held when the share shrank).
+    owed: usize,
+}
+
+impl AppPermits {
+    fn new(bound: usize, workers: Option<Arc<AtomicUsize>>) -> AppPermits {
+        let permits = AppPermits {
+            semaphore: Semaphore::new(bound.max(1)),
+            workers,
+            share: Mutex::new(Share {
+                bound: bound.max(1),
+                capacity: bound.max(1),
+                owed: 0,
+            }),
+        };
+        permits.settle();
+        permits
+    }
+
+    /// Brings the permits to the bound's share for the live workers now.
+    fn settle(&self) {
+        let workers = self
+            .workers
+            .as_ref()
+            .map_or(1, |w| w.load(AtomicOrdering::SeqCst).max(1));
+        let mut share = self.share.lock().unwrap_or_else(|e| e.into_inner());
+        let target = (share.bound / workers).max(1);
+        if target > share.capacity {
+            let more = target - share.capacity;
+            let repaid = more.min(share.owed);
+            share.owed -= repaid;
+            self.semaphore.add_permits(more - repaid);
+        } else {
+            share.owed += share.capacity - target;
+        }
+        if target != share.capacity {
+            debug!(
+                workers,
+                share = target,
+                bound = share.bound,
+                "Graph requests at once for this app on this worker"
+            );
+        }
+        share.capacity = target;
+        if share.owed > 0 {
+            let forgotten = self.semaphore.forget_permits(share.owed);
+            share.owed -= forgotten;
+        }
+    }
+
+    async fn acquire(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.settle();
+        self.semaphore
+            .acquire()
+            .await
+            .expect("permits are never closed")
+    }
 }
 
 /// One window, shared by the sessions of one app on one mailbox (requests) or of one mailbox
@@ -158,12 +238,20 @@ impl Shared {
             .clone()
     }
 
+    /// Divides every app's bound among `workers` live workers from now on (the fleet's count;
+    /// set once, before the first request).
+    pub fn follow_workers(&self, workers: Arc<AtomicUsize>) {
+        let _ = self.workers.set(workers);
+    }
+
     /// The app's permits; the first caller's bound sets their number.
-    fn permits(&self, client_id: &str, bound: u32) -> Arc<Semaphore> {
+    fn permits(&self, client_id: &str, bound: u32) -> Arc<AppPermits> {
         let mut permits = self.permits.lock().unwrap_or_else(|e| e.into_inner());
         permits
             .entry(client_id.to_ascii_lowercase())
-            .or_insert_with(|| Arc::new(Semaphore::new(bound.max(1) as usize)))
+            .or_insert_with(|| {
+                Arc::new(AppPermits::new(bound as usize, self.workers.get().cloned()))
+            })
             .clone()
     }
 }
@@ -175,7 +263,7 @@ pub struct GraphClient {
     user_root: String,
     token: SecretString,
     timeout: Duration,
-    permits: Arc<Semaphore>,
+    permits: Arc<AppPermits>,
     window: SharedWindow,
     uploads: SharedWindow,
     mailbox: String,
@@ -324,11 +412,7 @@ impl GraphClient {
     /// `cap + 1` bytes, so an oversized message is never downloaded whole. The app's permit is
     /// held until the body is read or given up.
     pub async fn get_capped(&self, what: &str, url: &str, cap: u64) -> Result<Capped, GraphError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("permits are never closed");
+        let _permit = self.permits.acquire().await;
         let mut response = self.send_held(what, Method::GET, url, None, None).await?;
         if let Some(length) = response.content_length()
             && length > cap
@@ -354,11 +438,7 @@ impl GraphClient {
         body: Option<Payload>,
         page_size: Option<u32>,
     ) -> Result<reqwest::Response, GraphError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("permits are never closed");
+        let _permit = self.permits.acquire().await;
         self.send_held(what, method, url, body, page_size).await
     }
 
@@ -620,6 +700,35 @@ mod tests {
         let mut empty = Window::new(100, Duration::from_secs(300));
         assert_eq!(empty.take(start, 500), Ok(()));
         assert!(empty.take(start + Duration::from_secs(1), 1).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_apps_bound_is_divided_among_the_live_workers() {
+        let workers = Arc::new(AtomicUsize::new(1));
+        let permits = AppPermits::new(4, Some(Arc::clone(&workers)));
+        assert_eq!(permits.semaphore.available_permits(), 4);
+        // A second worker: two each; the two in use are this worker's share now.
+        let a = permits.acquire().await;
+        let b = permits.acquire().await;
+        workers.store(2, AtomicOrdering::SeqCst);
+        permits.settle();
+        assert_eq!(permits.semaphore.available_permits(), 0);
+        drop((a, b));
+        assert_eq!(permits.semaphore.available_permits(), 2);
+        let c = permits.acquire().await;
+        let d = permits.acquire().await;
+        assert!(permits.semaphore.try_acquire().is_err(), "two at once");
+        // Five workers for a bound of 4: one each (the least that works); with both in use, the
+        // surplus one is taken out when it comes back.
+        workers.store(5, AtomicOrdering::SeqCst);
+        permits.settle();
+        drop((c, d));
+        permits.settle();
+        assert_eq!(permits.semaphore.available_permits(), 1);
+        // Back to one worker: four.
+        workers.store(1, AtomicOrdering::SeqCst);
+        permits.settle();
+        assert_eq!(permits.semaphore.available_permits(), 4);
     }
 
     #[test]

@@ -161,12 +161,15 @@ impl Shared {
         metrics: Arc<Metrics>,
         fleet: Arc<Fleet>,
     ) -> Shared {
+        let logins = LoginPacer::default();
+        // Graph's requests at once count per app across the fleet: each worker takes its share.
+        logins.graph.follow_workers(fleet.live_workers());
         Shared {
             store,
             tokens,
             metrics,
             fleet,
-            logins: Arc::new(LoginPacer::default()),
+            logins: Arc::new(logins),
         }
     }
 }
