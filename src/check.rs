@@ -68,12 +68,12 @@ pub async fn online(
     let mut tokens = TokenCache::new();
     let mut store = None;
     if needs_store {
-        let opened = Store::open_configured(&config.database).await?;
+        let opened = Store::open_configured(&config.database, 0).await?;
         tokens = tokens.with_token_store(opened.clone(), &config.token_keys);
         store = Some(opened);
     } else if mailboxes.iter().any(|m| reply::sends_acknowledgements(m)) {
         // Only for the acknowledgement notice: without a database it is not given.
-        store = Store::open_configured(&config.database).await.ok();
+        store = Store::open_configured(&config.database, 0).await.ok();
     }
     let mut all_passed = true;
     for mailbox in mailboxes {

@@ -30,7 +30,8 @@
 //!   (new ticket, follow-up, duplicate, ignored, quarantine). No IO.
 //! - The ground floor: [`config`] (the typed settings file, validated once; secrets stay secret),
 //!   [`report`] (what tasks report), [`mail_source`] (the seam's operations and words), [`time`]
-//!   (clocks and dates), [`closed_set`] (stored closed sets as enums) and [`failpoint`].
+//!   (clocks and dates), [`closed_set`] (stored closed sets as enums), [`open_files`] (the
+//!   open-files limit raised at start-up) and [`failpoint`].
 
 pub mod admin;
 pub mod check;
@@ -48,6 +49,7 @@ pub mod intake;
 pub mod junk;
 pub mod mail_source;
 pub mod oauth;
+pub mod open_files;
 pub mod registry;
 pub mod reply;
 pub mod report;

@@ -58,8 +58,14 @@ pub async fn dispatch(
         Command::Run => crate::store::lock_worker(config.database.url(), "run")?,
         _ => None,
     };
-    // Opening the store creates or upgrades the schema, which is all `migrate` asks for.
-    let store = Store::open_configured(&config.database)
+    // Opening the store creates or upgrades the schema, which is all `migrate` asks for. The
+    // pool is sized for the tasks of `run` and `once` (`run` sizes it again once it has read
+    // the registry's mailboxes); every other command runs none.
+    let tasks = match &command {
+        Command::Once | Command::Run => crate::intake::fleet_units(&config).len(),
+        _ => 0,
+    };
+    let store = Store::open_configured(&config.database, tasks)
         .await
         .context("opening the database")?;
     // Every command but these works on the file's mailboxes and identities with the registry's.

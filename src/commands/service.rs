@@ -12,16 +12,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{success_if, token_cache};
-use crate::config::{Config, file_tables};
+use crate::config::{Config, DatabaseConfig, POOL_HEADROOM, PoolSizing, file_tables};
 use crate::fleet::{self, Fleet};
 use crate::registry::{self, Registry};
 use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::{http, intake, junk};
+use crate::{http, intake, junk, open_files};
 
 /// `mailintake once`: one pass over every mailbox, then every outbox; exit code 1 when any of
 /// them failed.
 pub(super) async fn once(config: &Config, store: &Store) -> ExitCode {
+    raise_open_files(config, store);
     let tokens = token_cache(config, store);
     let mut failed = 0;
     for (mailbox, result) in intake::run_once(config, store, &tokens).await {
@@ -61,6 +62,15 @@ pub(super) async fn run(
     let base_dir = config_path.parent().unwrap_or(Path::new("."));
     let effective = registry::effective(&file_config, &tables, &registry, base_dir);
     let config = effective.config.clone();
+    let resized = sized_for(
+        store,
+        &file_config.database,
+        intake::fleet_units(&config).len(),
+    )
+    .await
+    .context("opening the database again with a pool sized for the registry's mailboxes")?;
+    let store = resized.as_ref().unwrap_or(store);
+    raise_open_files(&config, store);
     let tokens = Arc::new(token_cache(&config, store));
     // The worker registers in the fleet first: every task works only under its lease.
     let fleet = Arc::new(Fleet::new(
@@ -153,6 +163,45 @@ pub(super) async fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the open-files limit to the hard limit before any task starts, and says whether it
+/// is enough for `config`'s mailboxes ([`open_files::raise_and_report`]).
+fn raise_open_files(config: &Config, store: &Store) {
+    let units = intake::fleet_units(config);
+    let senders = units.iter().filter(|u| u.folder == fleet::OUTBOX).count();
+    let needed = open_files::needed(units.len() - senders, senders, store.max_connections());
+    open_files::raise_and_report(needed, config.mailboxes.len());
+}
+
+/// The store for `tasks` tasks: `store` itself when its pool already has the size
+/// [`DatabaseConfig::pool_size`] gives (or `max_connections` is set), else the same database
+/// opened again with that size (the registry's mailboxes are known only once the database is
+/// open). Logs the size and how it was chosen. Mailboxes added later at run time do not resize
+/// the pool: past the cap it would not grow anyway, and `max_connections` fixes it.
+async fn sized_for(
+    store: &Store,
+    database: &DatabaseConfig,
+    tasks: usize,
+) -> Result<Option<Store>, crate::store::StoreError> {
+    let (size, sizing) = database.pool_size(tasks);
+    match sizing {
+        PoolSizing::Configured => tracing::info!(
+            max_connections = size,
+            "database pool: up to {size} connections ([database] max_connections)"
+        ),
+        PoolSizing::Computed { tasks, cap } => tracing::info!(
+            max_connections = size,
+            tasks,
+            "database pool: up to {size} connections ({tasks} folder and sender tasks + {POOL_HEADROOM},              at most {cap} unless [database] max_connections says otherwise)"
+        ),
+    }
+    if size == store.max_connections() {
+        return Ok(None);
+    }
+    let resized = Store::open_configured(database, tasks).await?;
+    store.close().await;
+    Ok(Some(resized))
 }
 
 /// Completes on SIGTERM or SIGINT; each SIGHUP before it notifies `reload`.

@@ -147,9 +147,55 @@ pub struct DatabaseConfig {
     /// folder task retries with backoff and shows, instead of freezing the mailbox.
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,
+    /// `max_connections`: the most connections the pool opens. `None`: computed from the
+    /// number of tasks the command runs ([`DatabaseConfig::pool_size`]).
+    pub max_connections: Option<u32>,
 }
 
+/// How a pool's size was chosen, for the start-up line that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolSizing {
+    /// `[database] max_connections`.
+    Configured,
+    /// `tasks` plus [`POOL_HEADROOM`], at most the backend's cap.
+    Computed { tasks: usize, cap: u32 },
+}
+
+/// Connections beyond one per task: the fleet's coordinator, the registry's poll, the Junk
+/// check and the HTTP endpoint each may hold one at the same time as the tasks.
+pub const POOL_HEADROOM: u32 = 4;
+/// The computed pool size's cap on SQLite: one writer at a time whatever the pool, and each
+/// connection keeps its own page cache (about 2 MiB), so more only lets readers wait beside it.
+pub const SQLITE_POOL_CAP: u32 = 8;
+/// The computed pool size's cap on PostgreSQL: a task holds a connection only while it writes
+/// (a batch, a lease renewal), so 1,000 idle mailboxes need few, and three workers stay well
+/// inside the server's default `max_connections` of 100 beside the helpdesk's own.
+pub const POSTGRES_POOL_CAP: u32 = 16;
+
 impl DatabaseConfig {
+    /// Whether the URL names an SQLite database (else PostgreSQL).
+    pub fn is_sqlite(&self) -> bool {
+        self.url().starts_with("sqlite:")
+    }
+
+    /// The pool's size for a command that runs `tasks` tasks that use the database (a folder
+    /// task or an outbox sender each): `max_connections` when set, else one per task plus
+    /// [`POOL_HEADROOM`], at most the backend's cap ([`SQLITE_POOL_CAP`], [`POSTGRES_POOL_CAP`]).
+    pub fn pool_size(&self, tasks: usize) -> (u32, PoolSizing) {
+        if let Some(n) = self.max_connections {
+            return (n, PoolSizing::Configured);
+        }
+        let cap = if self.is_sqlite() {
+            SQLITE_POOL_CAP
+        } else {
+            POSTGRES_POOL_CAP
+        };
+        let wanted = u32::try_from(tasks)
+            .unwrap_or(u32::MAX)
+            .saturating_add(POOL_HEADROOM);
+        (wanted.min(cap), PoolSizing::Computed { tasks, cap })
+    }
+
     /// The URL to connect with.
     pub fn url(&self) -> &str {
         use secrecy::ExposeSecret;
@@ -166,6 +212,7 @@ impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseConfig")
             .field("url", &self.redacted_url())
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -717,6 +764,7 @@ fn validate_database(
         url: None,
         statement_timeout: None,
         lock_timeout: None,
+        max_connections: None,
     });
     let mut timeout = |key: &str, text: Option<&str>, default: Duration| {
         let Some(text) = text else { return default };
@@ -764,10 +812,21 @@ fn validate_database(
             "must start with sqlite:// (embedded, the default) or postgres://",
         );
     }
+    let max_connections = match raw.max_connections {
+        Some(0) => {
+            problems.report(
+                "database.max_connections",
+                "must be at least 1 (leave it out to size the pool from the number of mailboxes)",
+            );
+            None
+        }
+        n => n,
+    };
     DatabaseConfig {
         url,
         statement_timeout,
         lock_timeout,
+        max_connections,
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Database {
     /// PostgreSQL: the longest any statement may run, and wait for a lock.
     pub statement_timeout: Option<String>,
     pub lock_timeout: Option<String>,
+    /// The most connections the worker's pool opens; computed from the tasks when absent.
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Deserialize)]

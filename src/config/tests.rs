@@ -577,3 +577,41 @@ fn sending_through_graph_needs_no_smtp_table_and_caps_the_message_size_at_exchan
     let problems = load(&graph_mailbox("send = \"pigeon\"")).unwrap_err();
     assert!(problems[0].key.ends_with("send"), "{problems:?}");
 }
+
+#[test]
+fn the_pool_is_sized_from_the_tasks_up_to_the_backends_cap_unless_configured() {
+    let sqlite = load(MINIMAL).unwrap().database;
+    assert_eq!(sqlite.max_connections, None);
+    assert_eq!(
+        sqlite.pool_size(0),
+        (
+            POOL_HEADROOM,
+            PoolSizing::Computed {
+                tasks: 0,
+                cap: SQLITE_POOL_CAP
+            }
+        )
+    );
+    assert_eq!(sqlite.pool_size(2).0, 2 + POOL_HEADROOM);
+    assert_eq!(sqlite.pool_size(2_000).0, SQLITE_POOL_CAP);
+    let postgres = load(&format!(
+        "[database]\nurl = \"postgres://u@db/t\"\n{MINIMAL}"
+    ))
+    .unwrap()
+    .database;
+    assert_eq!(postgres.pool_size(2_000).0, POSTGRES_POOL_CAP);
+    assert_eq!(postgres.pool_size(5).0, 5 + POOL_HEADROOM);
+    let configured = load(&format!("[database]\nmax_connections = 40\n{MINIMAL}"))
+        .unwrap()
+        .database;
+    assert_eq!(configured.pool_size(2_000), (40, PoolSizing::Configured));
+    assert_eq!(configured.pool_size(0), (40, PoolSizing::Configured));
+}
+
+#[test]
+fn a_pool_of_no_connections_is_refused_with_the_fix() {
+    let problems = load(&format!("[database]\nmax_connections = 0\n{MINIMAL}")).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "database.max_connections", "{problems:?}");
+    assert!(problems[0].message.contains("at least 1"), "{problems:?}");
+}

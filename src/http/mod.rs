@@ -6,8 +6,15 @@
 //! - `/readyz`: 503 when the database does not answer a ping or no mailbox can work (every one
 //!   retrying or waiting for an administrator), else 200; the same JSON plus the database;
 //! - `/metrics`: Prometheus text format ([`Snapshot::prometheus`]);
-//! - `/`: a read-only HTML status page rendered on the server: mailboxes, identities, the newest
-//!   tickets and quarantined messages. Every value from mail or errors is HTML-escaped.
+//! - `/`: a read-only HTML status page rendered on the server: mailboxes (50 a page, `?page=N`,
+//!   filtered by `?q=` on name or address and `?state=`), identities, the newest tickets and
+//!   quarantined messages. Every value from mail or errors is HTML-escaped.
+//!
+//! Neither the page nor `/readyz` opens an IMAP session, and the statements either sends do not
+//! grow with the mailboxes: the counts are grouped queries, the acknowledgement notices one
+//! query for the mailboxes shown ([`Store::latest_ack_reasons_of`]). Every request runs in a
+//! span `http_request` (method, path, then status and latency), in which sqlx's statement log
+//! lines fall too.
 //!
 //! - `/v1/messages` (POST) and `/v1/messages/{id}` (GET): the HTTP API for outgoing mail
 //!   ([`api`], `docs/openapi.yaml`), behind its own token, `api_token`.
@@ -29,14 +36,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use tracing::info;
 
 use crate::config::{Config, HttpConfig};
@@ -45,7 +54,7 @@ use crate::oauth;
 use crate::store::Store;
 use crate::telemetry::{MailboxState, Metrics, ScrapeFacts, Snapshot};
 use crate::time::now_ms;
-use page::render_page;
+use page::{MailboxFilter, render_page};
 
 /// How long `/readyz` waits for the database before calling it unreachable.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
@@ -102,13 +111,37 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/v1/messages", post(api::post_message))
         .route("/v1/messages/{id}", get(api::get_message))
-        .with_state(state);
+        .with_state(state)
+        .layer(middleware::from_fn(traced));
     if let Ok(address) = listener.local_addr() {
         info!(%address, "monitoring endpoint listening (/healthz, /readyz, /metrics, /, /v1/messages)");
     }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// Runs a request in its own span, `http_request` with its number, method and path, and logs
+/// its status and latency when it is answered (DEBUG: a scraper asks every few seconds). Events
+/// inside it, sqlx's statement lines among them, carry these fields.
+async fn traced(request: Request, next: Next) -> Response {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static REQUESTS: AtomicU64 = AtomicU64::new(1);
+    let span = tracing::info_span!(
+        "http_request",
+        request = REQUESTS.fetch_add(1, Ordering::Relaxed),
+        method = %request.method(),
+        path = %request.uri().path(),
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.record("status", response.status().as_u16());
+    span.record("latency_ms", latency_ms);
+    span.in_scope(|| tracing::debug!("request answered"));
+    response
 }
 
 /// True when no bearer token is configured or the request carries it (compared in constant time).
@@ -160,7 +193,7 @@ async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     let ready = database.is_ok() && working;
     let mut body = detail(&state.config, &snapshot);
     if database.is_ok() {
-        let notices = ack_notices(&state).await;
+        let notices = ack_notices(&state, snapshot.mailboxes.keys().map(String::as_str)).await;
         if let Some(mailboxes) = body["mailboxes"].as_array_mut() {
             for mailbox in mailboxes {
                 let notice = mailbox["name"].as_str().and_then(|n| notices.get(n));
@@ -182,24 +215,37 @@ async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     (code, axum::Json(body)).into_response()
 }
 
-/// Per mailbox, the notice that the receiving server's stamp suppresses its acknowledgements
-/// ([`crate::reply::authentication_notice`]), read from its latest outbox rows.
-async fn ack_notices(state: &AppState) -> BTreeMap<String, String> {
-    let mut notices = BTreeMap::new();
-    for mailbox in &state.config.mailboxes {
-        if !crate::reply::sends_acknowledgements(mailbox) {
-            continue;
-        }
-        let reasons = state
-            .store
-            .latest_ack_reasons(&mailbox.name, crate::reply::NOTICE_ROWS)
-            .await
-            .unwrap_or_default();
-        if let Some(notice) = crate::reply::authentication_notice(mailbox, &reasons) {
-            notices.insert(mailbox.name.clone(), notice);
-        }
-    }
-    notices
+/// Per mailbox of `names`, the notice that the receiving server's stamp suppresses its
+/// acknowledgements ([`crate::reply::authentication_notice`]), read from the latest outbox rows
+/// of all of them in one query.
+async fn ack_notices<'a>(
+    state: &AppState,
+    names: impl Iterator<Item = &'a str>,
+) -> BTreeMap<String, String> {
+    let configured: BTreeMap<&str, &crate::config::Mailbox> = state
+        .config
+        .mailboxes
+        .iter()
+        .map(|m| (m.name.as_str(), m))
+        .collect();
+    let acknowledging: Vec<&crate::config::Mailbox> = names
+        .filter_map(|name| configured.get(name).copied())
+        .filter(|m| crate::reply::sends_acknowledgements(m))
+        .collect();
+    let asked: Vec<&str> = acknowledging.iter().map(|m| m.name.as_str()).collect();
+    let reasons = state
+        .store
+        .latest_ack_reasons_of(&asked, crate::reply::NOTICE_ROWS)
+        .await
+        .unwrap_or_default();
+    acknowledging
+        .into_iter()
+        .filter_map(|mailbox| {
+            let reasons = reasons.get(&mailbox.name).map_or(&[][..], Vec::as_slice);
+            crate::reply::authentication_notice(mailbox, reasons)
+                .map(|notice| (mailbox.name.clone(), notice))
+        })
+        .collect()
 }
 
 /// Starting (not failed yet) or ok.
@@ -334,18 +380,40 @@ fn junk_json(junk: &crate::report::JunkStatus) -> Value {
     }
 }
 
-async fn status_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+/// The status page's query: `?page=N` (from 1), `?q=` (part of a mailbox's name or address,
+/// any case), `?state=` (one of [`MailboxState::ALL`]); checked by [`MailboxFilter::parse`].
+#[derive(Debug, serde::Deserialize)]
+struct PageQuery {
+    page: Option<String>,
+    q: Option<String>,
+    state: Option<String>,
+}
+
+async fn status_page(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<PageQuery>,
+) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
+    let filter = match MailboxFilter::parse(
+        query.page.as_deref(),
+        query.q.as_deref(),
+        query.state.as_deref(),
+    ) {
+        Ok(filter) => filter,
+        Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+    };
     let snapshot = state.metrics.snapshot();
+    let shown = filter.select(&state.config, &snapshot);
     let database = ping(&state.store).await;
     let (tickets, quarantined, backlog, notices) = if database.is_ok() {
         (
             state.store.recent_tickets(RECENT).await.ok(),
             state.store.quarantine_list(RECENT).await.ok(),
             state.store.backlog().await.ok(),
-            ack_notices(&state).await,
+            ack_notices(&state, shown.names.iter().map(String::as_str)).await,
         )
     } else {
         (None, None, None, BTreeMap::new())
@@ -353,6 +421,7 @@ async fn status_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     let html = render_page(
         &state.config,
         &snapshot,
+        &shown,
         &database,
         tickets.as_deref(),
         quarantined.as_deref(),

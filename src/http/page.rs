@@ -1,5 +1,7 @@
 //! The status page at `/`: server-rendered HTML of the mailboxes, Junk folders, identities, newest
-//! tickets and quarantined messages, every value from mail or errors escaped.
+//! tickets and quarantined messages, every value from mail or errors escaped. The mailbox table
+//! is paged ([`PAGE_SIZE`] rows) and filtered ([`MailboxFilter`]), so a worker with 1,000
+//! mailboxes renders (and asks the database about) one page of them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,8 +10,174 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::credential_expiries;
 use crate::config::Config;
 use crate::oauth;
-use crate::telemetry::Snapshot;
+use crate::telemetry::{MailboxState, Snapshot};
 use crate::time::now_ms;
+
+/// Mailboxes per page of the status page.
+pub const PAGE_SIZE: usize = 50;
+
+/// Which mailboxes the page shows: `?page=` (from 1), `?q=` and `?state=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxFilter {
+    pub page: usize,
+    /// Lower case; matched against the name and the address, lower-cased.
+    pub q: Option<String>,
+    pub state: Option<MailboxState>,
+}
+
+/// The mailboxes of one page, and where it stands among all of them.
+#[derive(Debug)]
+pub struct Shown {
+    pub filter: MailboxFilter,
+    /// The page's mailboxes, by name.
+    pub names: Vec<String>,
+    /// How many mailboxes the filter matches, and how many there are.
+    pub matching: usize,
+    pub total: usize,
+    pub pages: usize,
+}
+
+impl MailboxFilter {
+    /// Reads the query's values; `Err` is the 400 answer's text, naming the parameter and what
+    /// it takes.
+    pub fn parse(
+        page: Option<&str>,
+        q: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<MailboxFilter, String> {
+        let page = match page.map(str::trim).filter(|p| !p.is_empty()) {
+            None => 1,
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(format!(
+                        "page: `{text}` is not a page number; pages count from 1, e.g. /?page=2"
+                    ));
+                }
+            },
+        };
+        let q = q
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(str::to_lowercase);
+        let state = match state.map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(text) => Some(MailboxState::parse(text).ok_or_else(|| {
+                let all: Vec<&str> = MailboxState::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "state: `{text}` is not a mailbox state; use one of {}",
+                    all.join(", ")
+                )
+            })?),
+        };
+        Ok(MailboxFilter { page, q, state })
+    }
+
+    /// The page's mailboxes from the snapshot (sorted by name), with the counts for the pager.
+    pub fn select(&self, config: &Config, snapshot: &Snapshot) -> Shown {
+        let addresses = addresses(config);
+        let matching: Vec<&String> = snapshot
+            .mailboxes
+            .iter()
+            .filter(|(_, m)| self.state.is_none_or(|state| m.state() == state))
+            .filter(|(name, _)| {
+                self.q.as_deref().is_none_or(|q| {
+                    name.to_lowercase().contains(q)
+                        || addresses
+                            .get(name.as_str())
+                            .is_some_and(|a| a.to_lowercase().contains(q))
+                })
+            })
+            .map(|(name, _)| name)
+            .collect();
+        let pages = matching.len().div_ceil(PAGE_SIZE).max(1);
+        Shown {
+            names: matching
+                .iter()
+                .skip((self.page - 1).saturating_mul(PAGE_SIZE))
+                .take(PAGE_SIZE)
+                .map(|name| name.to_string())
+                .collect(),
+            matching: matching.len(),
+            total: snapshot.mailboxes.len(),
+            pages,
+            filter: self.clone(),
+        }
+    }
+
+    /// The page's address with this filter on page `page`.
+    fn href(&self, page: usize) -> String {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(q) = &self.q {
+            query.append_pair("q", q);
+        }
+        if let Some(state) = self.state {
+            query.append_pair("state", state.as_str());
+        }
+        query.append_pair("page", &page.to_string());
+        format!("/?{}", query.finish())
+    }
+}
+
+/// Each configured mailbox's address, by name.
+fn addresses(config: &Config) -> BTreeMap<&str, &str> {
+    config
+        .mailboxes
+        .iter()
+        .map(|m| (m.name.as_str(), m.address.as_str()))
+        .collect()
+}
+
+/// The filter form and the pager above the mailbox table.
+fn pager(page: &mut String, shown: &Shown) {
+    let filter = &shown.filter;
+    let _ = write!(
+        page,
+        "<form method=\"get\" action=\"/\" class=\"filter\"><input type=\"search\" name=\"q\" \
+         placeholder=\"name or address\" value=\"{}\"> <select name=\"state\"><option value=\"\">any state</option>",
+        escape(filter.q.as_deref().unwrap_or(""))
+    );
+    for state in MailboxState::ALL {
+        let _ = write!(
+            page,
+            "<option value=\"{0}\"{1}>{2}</option>",
+            state.as_str(),
+            if filter.state == Some(state) {
+                " selected"
+            } else {
+                ""
+            },
+            state.as_str().replace('_', " ")
+        );
+    }
+    page.push_str("</select> <button type=\"submit\">Filter</button></form>");
+    let first = (filter.page - 1) * PAGE_SIZE;
+    let range = if shown.names.is_empty() {
+        "none".to_string()
+    } else {
+        format!("{}–{}", first + 1, first + shown.names.len())
+    };
+    let _ = write!(
+        page,
+        "<p class=\"pager\">mailboxes {range} of {} matching ({} in all) · page {} of {}",
+        shown.matching, shown.total, filter.page, shown.pages
+    );
+    if filter.page > 1 {
+        let _ = write!(
+            page,
+            " · <a rel=\"prev\" href=\"{}\">previous</a>",
+            escape(&filter.href((filter.page - 1).min(shown.pages)))
+        );
+    }
+    if filter.page < shown.pages {
+        let _ = write!(
+            page,
+            " · <a rel=\"next\" href=\"{}\">next</a>",
+            escape(&filter.href(filter.page + 1))
+        );
+    }
+    page.push_str("</p>");
+}
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(text: &str) -> String {
@@ -64,16 +232,21 @@ fn junk_cell(junk: Option<&crate::report::JunkStatus>, now: i64) -> String {
 }
 
 /// The newest messages of every Junk folder that has any.
-fn junk_section(page: &mut String, snapshot: &Snapshot, now: i64) {
+fn junk_section(page: &mut String, snapshot: &Snapshot, shown: &Shown, now: i64) {
     use crate::report::JunkListing;
     page.push_str(
         "<h2>Junk folders</h2><p class=\"muted\">Real customer mail sometimes lands here: \
-         <code>mailintake junk list</code> and <code>mailintake junk release UID</code>.</p>\
+         <code>mailintake junk list</code> and <code>mailintake junk release UID</code>. \
+         The mailboxes of this page.</p>\
          <table><thead><tr><th>Mailbox</th><th>UID</th><th>From</th><th>Subject</th><th>Bytes</th>\
          <th>Received</th></tr></thead><tbody>",
     );
     let mut any = false;
-    for (name, m) in &snapshot.mailboxes {
+    for (name, m) in shown
+        .names
+        .iter()
+        .filter_map(|name| Some((name, snapshot.mailboxes.get(name)?)))
+    {
         let Some(Ok(JunkListing::Listed { newest, .. })) = m.junk.as_ref().map(|j| &j.result)
         else {
             continue;
@@ -98,7 +271,9 @@ fn junk_section(page: &mut String, snapshot: &Snapshot, now: i64) {
         }
     }
     if !any {
-        page.push_str("<tr><td colspan=\"6\" class=\"muted\">no junk mail seen</td></tr>");
+        page.push_str(
+            "<tr><td colspan=\"6\" class=\"muted\">no junk mail seen in these mailboxes</td></tr>",
+        );
     }
     page.push_str("</tbody></table>");
 }
@@ -128,9 +303,11 @@ th{background:#f2f4f8}.state{font-weight:600;padding:.1rem .4rem;border-radius:.
 .retrying{background:#fff0c9;color:#7a5300}.needs_admin,.down{background:#fbd9d9;color:#8a1c1c}\
 .hint{color:#5a6475;font-size:.85rem}.muted{color:#7b8494}.wide{overflow-x:auto}";
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn render_page(
     config: &Config,
     snapshot: &Snapshot,
+    shown: &Shown,
     database: &Result<(), String>,
     tickets: Option<&[crate::store::TicketSummary]>,
     quarantined: Option<&[crate::store::admin::QuarantineEntry]>,
@@ -158,8 +335,10 @@ pub(super) fn render_page(
         }
     );
 
+    page.push_str("<h2>Mailboxes</h2>");
+    pager(&mut page, shown);
     page.push_str(
-        "<h2>Mailboxes</h2><div class=\"wide\"><table><thead><tr><th>Mailbox</th><th>State</th><th>Last successful sweep</th>\
+        "<div class=\"wide\"><table><thead><tr><th>Mailbox</th><th>State</th><th>Last successful sweep</th>\
          <th>Since start</th><th>Oldest unprocessed</th><th>Quarantined (open)</th><th>Outbox backlog</th><th>Junk folder</th><th>Token expires</th>\
          <th>Credential expires</th><th>Last error</th></tr></thead><tbody>",
     );
@@ -171,7 +350,17 @@ pub(super) fn render_page(
             Some(b) => pick(b).get(mailbox).copied().unwrap_or(0).to_string(),
         }
     };
-    for (name, m) in &snapshot.mailboxes {
+    let addresses = addresses(config);
+    if shown.names.is_empty() {
+        page.push_str(
+            "<tr><td colspan=\"11\" class=\"muted\">no mailbox on this page matches</td></tr>",
+        );
+    }
+    for (name, m) in shown
+        .names
+        .iter()
+        .filter_map(|name| Some((name, snapshot.mailboxes.get(name)?)))
+    {
         let state = m.state().as_str();
         let identity = snapshot.identities.get(&m.identity);
         let token = identity
@@ -215,18 +404,11 @@ pub(super) fn render_page(
         }
         let _ = write!(
             page,
-            "<tr><td>{}<div class=\"muted\">{}</div></td><td><span class=\"state {state}\">{}</span></td>\
+            "<tr class=\"mailbox\"><td>{}<div class=\"muted\">{}</div></td><td><span class=\"state {state}\">{}</span></td>\
              <td>{}</td><td>{} ticket(s), {} follow-up(s), {} quarantined, {} ignored</td>\
              <td class=\"oldest\">{}</td><td>{}</td><td>{}</td><td class=\"junk\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(name),
-            escape(
-                &config
-                    .mailboxes
-                    .iter()
-                    .find(|c| &c.name == name)
-                    .map(|c| c.address.clone())
-                    .unwrap_or_default()
-            ),
+            escape(addresses.get(name.as_str()).copied().unwrap_or_default()),
             state.replace('_', " "),
             escape(
                 &m.last_success_ms()
@@ -249,7 +431,7 @@ pub(super) fn render_page(
     }
     page.push_str("</tbody></table></div>");
 
-    junk_section(&mut page, snapshot, now);
+    junk_section(&mut page, snapshot, shown, now);
 
     page.push_str(
         "<h2>Identities</h2><table><thead><tr><th>Identity</th><th>State</th><th>New tokens</th>\
@@ -359,7 +541,7 @@ fn deferred_div(deferred: Option<&crate::report::Deferred>) -> String {
 /// since when, the reply and the fix.
 fn outbox_cell(pending: &str, blocked: &[crate::report::BlockedSender], now: i64) -> String {
     let mut cell = escape(pending);
-    for b in blocked {
+    for b in blocked.iter().take(BLOCKED_SHOWN) {
         let mut lines = b.reason.lines();
         let reply = lines.next().unwrap_or("");
         let _ = write!(
@@ -374,8 +556,18 @@ fn outbox_cell(pending: &str, blocked: &[crate::report::BlockedSender], now: i64
             let _ = write!(cell, "<div class=\"hint\">{}</div>", escape(line.trim()));
         }
     }
+    if blocked.len() > BLOCKED_SHOWN {
+        let _ = write!(
+            cell,
+            "<div class=\"blocked\">and {} more From address(es): <code>mailintake outbox list</code></div>",
+            blocked.len() - BLOCKED_SHOWN
+        );
+    }
     cell
 }
+
+/// Blocked From addresses named in one mailbox's outbox cell; the rest are counted.
+const BLOCKED_SHOWN: usize = 10;
 
 #[cfg(test)]
 mod tests {
@@ -412,6 +604,47 @@ mod tests {
             "{cell}"
         );
         assert_eq!(outbox_cell("0", &[], 0), "0");
+    }
+
+    #[test]
+    fn the_query_is_read_and_a_bad_value_named_with_what_it_takes() {
+        assert_eq!(
+            MailboxFilter::parse(None, Some("  "), Some("")),
+            Ok(MailboxFilter {
+                page: 1,
+                q: None,
+                state: None
+            })
+        );
+        assert_eq!(
+            MailboxFilter::parse(Some("3"), Some("Sales"), Some("needs_admin")),
+            Ok(MailboxFilter {
+                page: 3,
+                q: Some("sales".into()),
+                state: Some(MailboxState::NeedsAdmin)
+            })
+        );
+        let bad = MailboxFilter::parse(None, None, Some("broken")).unwrap_err();
+        assert_eq!(
+            bad,
+            "state: `broken` is not a mailbox state; use one of starting, ok, retrying, needs_admin"
+        );
+        assert!(
+            MailboxFilter::parse(Some("0"), None, None)
+                .unwrap_err()
+                .starts_with("page: `0`")
+        );
+        assert!(MailboxFilter::parse(Some("x"), None, None).is_err());
+    }
+
+    #[test]
+    fn the_pages_links_keep_the_filter() {
+        let filter = MailboxFilter {
+            page: 2,
+            q: Some("a b&c".into()),
+            state: Some(MailboxState::Ok),
+        };
+        assert_eq!(filter.href(3), "/?q=a+b%26c&state=ok&page=3");
     }
 
     #[test]

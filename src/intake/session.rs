@@ -201,10 +201,12 @@ impl LoginPacer {
                 .copied()
                 .filter(|at| *at > now)
                 .unwrap_or(now);
-            next_free.insert(host, slot + spacing);
+            next_free.insert(host.clone(), slot + spacing);
             slot
         };
         tokio::time::sleep_until(slot.into()).await;
+        // The moment a connection may start, in the log: the tests read the pace from it.
+        tracing::debug!(%host, per_second, "login slot reached");
     }
 }
 

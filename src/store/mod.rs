@@ -103,11 +103,14 @@ pub enum StoreError {
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// How long a PostgreSQL statement may run, and wait for a lock (SQLite waits `busy_timeout`).
+/// How long a PostgreSQL statement may run, and wait for a lock (SQLite waits `busy_timeout`),
+/// and how many connections the pool opens at most.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,
+    /// `None`: 4 on SQLite, 8 on PostgreSQL (for tests and tools that open a store directly).
+    pub max_connections: Option<u32>,
 }
 
 impl Default for Limits {
@@ -116,6 +119,7 @@ impl Default for Limits {
         Limits {
             statement_timeout: Duration::from_secs(60),
             lock_timeout: Duration::from_secs(10),
+            max_connections: None,
         }
     }
 }
@@ -125,15 +129,19 @@ impl Default for Limits {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The pool's size, so that `run` can tell whether the registry's mailboxes want another.
+    max_connections: u32,
 }
 
 impl Store {
     /// Opens (creating an SQLite file and its folder on first use) and migrates the database
-    /// `[database]` names, with its limits.
-    pub async fn open_configured(database: &DatabaseConfig) -> Result<Store> {
+    /// `[database]` names, with its limits and a pool sized for `tasks` tasks that use it
+    /// ([`DatabaseConfig::pool_size`]).
+    pub async fn open_configured(database: &DatabaseConfig, tasks: usize) -> Result<Store> {
         let limits = Limits {
             statement_timeout: database.statement_timeout,
             lock_timeout: database.lock_timeout,
+            max_connections: Some(database.pool_size(tasks).0),
         };
         let store = Store::connect_with(database.url(), limits).await?;
         store.migrate().await?;
@@ -166,12 +174,17 @@ impl Store {
             (Backend::Postgres, url.to_string())
         };
         let options = AnyConnectOptions::from_str(&url).map_err(connect_error)?;
-        let pool = AnyPoolOptions::new()
-            // SQLite serialises writers anyway; a few connections let readers run beside one.
-            .max_connections(match backend {
+        let max_connections = limits
+            .max_connections
+            .unwrap_or(match backend {
                 Backend::Sqlite => 4,
                 Backend::Postgres => 8,
             })
+            .max(1);
+        let pool = AnyPoolOptions::new()
+            // One per task that may use it at once, plus a few (`DatabaseConfig::pool_size`);
+            // connections are opened on demand, so an idle worker holds few.
+            .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
             .after_release(|conn, _meta| Box::pin(errors::release_check(conn)))
             .after_connect(move |conn, _meta| {
@@ -204,7 +217,16 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(connect_error)?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            max_connections,
+        })
+    }
+
+    /// The most connections the pool opens.
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections
     }
 
     pub fn backend(&self) -> Backend {

@@ -9,6 +9,8 @@
 //! `blocked_reason` and wait until `next_attempt_at` (10 minutes on), when the oldest is tried
 //! again; one accepted message makes them all due. Other addresses' rows are not held back.
 
+use std::collections::BTreeMap;
+
 use sqlx::Row;
 
 use super::{Result, SentCopyState, Store};
@@ -323,6 +325,48 @@ impl Store {
                 _ => None,
             })
             .collect())
+    }
+
+    /// [`Store::latest_ack_reasons`] of several mailboxes in one statement (the status page's
+    /// and `/readyz`'s, whose statements must not grow with the mailboxes): per mailbox that
+    /// has any, its latest `limit` reasons, newest first.
+    pub async fn latest_ack_reasons_of(
+        &self,
+        mailboxes: &[&str],
+        limit: u32,
+    ) -> Result<BTreeMap<String, Vec<Option<String>>>> {
+        let mut latest: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
+        if mailboxes.is_empty() {
+            return Ok(latest);
+        }
+        let placeholders: Vec<String> = (0..mailboxes.len())
+            .map(|i| format!("${}", i + 4))
+            .collect();
+        // ROW_NUMBER numbers each mailbox's rows newest first; both backends have it (SQLite
+        // since 3.25), so one text serves both.
+        let sql = format!(
+            "SELECT mailbox, state, reason FROM (\
+               SELECT mailbox, state, reason, id, \
+                      ROW_NUMBER() OVER (PARTITION BY mailbox ORDER BY id DESC) AS n \
+               FROM outbox WHERE kind IN ($1, $2) AND mailbox IN ({})\
+             ) latest WHERE n <= $3 ORDER BY mailbox, id DESC",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(AckKind::NewTicket.as_str())
+            .bind(AckKind::FollowUp.as_str())
+            .bind(i64::from(limit));
+        for mailbox in mailboxes {
+            query = query.bind(*mailbox);
+        }
+        for r in query.fetch_all(&self.pool).await? {
+            let reason = match r.get::<String, _>(1).as_str() {
+                "suppressed" => Some(r.get::<Option<String>, _>(2).unwrap_or_default()),
+                _ => None,
+            };
+            latest.entry(r.get(0)).or_default().push(reason);
+        }
+        Ok(latest)
     }
 
     /// When the next pending row of `mailbox` is due.

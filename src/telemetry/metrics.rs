@@ -73,6 +73,11 @@ impl MailboxState {
         MailboxState::NeedsAdmin,
     ];
 
+    /// The state `text` names ([`MailboxState::as_str`]'s spelling), if any.
+    pub fn parse(text: &str) -> Option<MailboxState> {
+        MailboxState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             MailboxState::Starting => "starting",
@@ -361,10 +366,12 @@ impl Metrics {
     /// folder or identity starts at zero, one that is gone is no longer shown; the others keep
     /// their counts.
     pub fn track(&self, config: &Config) {
+        let configured: std::collections::BTreeSet<&str> =
+            config.mailboxes.iter().map(|m| m.name.as_str()).collect();
         let mut inner = self.lock();
         inner
             .mailboxes
-            .retain(|name, _| config.mailboxes.iter().any(|m| &m.name == name));
+            .retain(|name, _| configured.contains(name.as_str()));
         for m in &config.mailboxes {
             match inner.mailboxes.get_mut(&m.name) {
                 Some(stats) => {

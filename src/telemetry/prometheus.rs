@@ -239,12 +239,11 @@ impl Snapshot {
             self.mailboxes
                 .iter()
                 .flat_map(|(name, m)| {
-                    m.outbox_blocked.iter().map(move |b| {
-                        (
-                            labels(&[("mailbox", name), ("from", &b.from_address)]),
-                            b.n_rows as f64,
-                        )
-                    })
+                    capped_by_rows(&m.outbox_blocked)
+                        .into_iter()
+                        .map(move |(from, n_rows)| {
+                            (labels(&[("mailbox", name), ("from", from)]), n_rows as f64)
+                        })
                 })
                 .collect(),
         );
@@ -361,6 +360,28 @@ impl Snapshot {
 }
 
 /// `{a="x",b="y"}` with values escaped as the exposition format requires.
+/// Series of `mailintake_outbox_blocked` per mailbox at most: the From addresses with the most
+/// waiting rows, and one `from="other"` for the rest. From addresses come from the helpdesk's
+/// mail (any address `send_as` allows), so without a cap one mailbox could make a series per
+/// address it ever tried.
+pub const BLOCKED_FROM_SERIES: usize = 10;
+
+/// The blocked From addresses as `(from, rows)`: the [`BLOCKED_FROM_SERIES`] with the most rows
+/// (ties by address), then `other` with the sum of the rest, if any.
+fn capped_by_rows(blocked: &[crate::report::BlockedSender]) -> Vec<(&str, u64)> {
+    let mut by_rows: Vec<(&str, u64)> = blocked
+        .iter()
+        .map(|b| (b.from_address.as_str(), b.n_rows))
+        .collect();
+    by_rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    if by_rows.len() > BLOCKED_FROM_SERIES {
+        let rest: u64 = by_rows[BLOCKED_FROM_SERIES..].iter().map(|(_, n)| n).sum();
+        by_rows.truncate(BLOCKED_FROM_SERIES);
+        by_rows.push(("other", rest));
+    }
+    by_rows
+}
+
 fn labels(pairs: &[(&str, &str)]) -> String {
     let inner: Vec<String> = pairs
         .iter()
@@ -387,6 +408,26 @@ fn number(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocked_from_addresses_are_capped_with_the_rest_as_other() {
+        let blocked: Vec<crate::report::BlockedSender> = (0..25u64)
+            .map(|i| crate::report::BlockedSender {
+                from_address: format!("sender{i:02}@contoso.com"),
+                n_rows: i + 1,
+                reason: String::new(),
+                since_ms: 0,
+                retry_at_ms: 0,
+            })
+            .collect();
+        let series = capped_by_rows(&blocked);
+        assert_eq!(series.len(), BLOCKED_FROM_SERIES + 1, "{series:?}");
+        assert_eq!(series[0], ("sender24@contoso.com", 25));
+        assert_eq!(series[9], ("sender15@contoso.com", 16));
+        // 1 + 2 + … + 15, the fifteen with the fewest rows.
+        assert_eq!(series[10], ("other", 120));
+        assert_eq!(capped_by_rows(&blocked[..3]).len(), 3);
+    }
 
     #[test]
     fn labels_are_escaped() {

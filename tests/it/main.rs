@@ -34,6 +34,7 @@ mod reconcile;
 mod record;
 mod registry;
 mod retention;
+mod scale;
 mod sending;
 mod sent_copy;
 mod smtp;
