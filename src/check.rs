@@ -314,6 +314,9 @@ fn test_row(mailbox: &Mailbox, to: &str) -> crate::store::OutboxRow {
         envelope_to: Vec::new(),
         kind: "notification".into(),
         recipient_count: 1,
+        graph_item_id: None,
+        sent_message_id: None,
+        sent_at: None,
     }
 }
 

@@ -69,9 +69,16 @@ impl Refusal {
             (403, "ErrorSendAsDenied") => format!(
                 "Exchange does not let {mailbox} send with this From address: send only as the mailbox itself, or give the mailbox Send As on that address (Add-RecipientPermission -Identity <address> -Trustee {mailbox} -AccessRights SendAs)"
             ),
-            (403, _) | (_, "ErrorAccessDenied") if self.what.contains("sendMail") => format!(
-                "the app {app} may not send as {mailbox}: grant it the application permission Mail.Send with admin consent, or with RBAC for Applications: New-ManagementRoleAssignment -App <the Object ID of app {app}'s enterprise application> -Role \"Application Mail.Send\" -CustomResourceScope <a management scope containing {mailbox}>"
+            (403, _) | (_, "ErrorAccessDenied") if self.what.starts_with("creating a draft") => format!(
+                "the app {app} may not make drafts in {mailbox}, and mail sent through Graph goes through a draft: grant it the application permission Mail.ReadWrite (with Mail.Send) with admin consent, or with RBAC for Applications: New-ManagementRoleAssignment -App <the Object ID of app {app}'s enterprise application> -Role \"Application Mail.ReadWrite\" -CustomResourceScope <a management scope containing {mailbox}> (and the same with -Role \"Application Mail.Send\")"
             ),
+            (403, _) | (_, "ErrorAccessDenied")
+                if self.what.contains("sendMail") || self.what.starts_with("sending the draft") =>
+            {
+                format!(
+                "the app {app} may not send as {mailbox}: grant it the application permission Mail.Send with admin consent, or with RBAC for Applications: New-ManagementRoleAssignment -App <the Object ID of app {app}'s enterprise application> -Role \"Application Mail.Send\" -CustomResourceScope <a management scope containing {mailbox}>"
+            )
+            }
             (403, _) | (_, "ErrorAccessDenied") => format!(
                 "the app {app} may not read {mailbox}: grant it the application permission Mail.ReadWrite (Mail.Send to send) with admin consent, or scope it to the mailbox with RBAC for Applications in Exchange Online PowerShell: New-ManagementRoleAssignment -App <the Object ID of app {app}'s enterprise application> -Role \"Application Mail.ReadWrite\" -CustomResourceScope <a management scope containing {mailbox}> (Test-ServicePrincipalAuthorization -Identity {app} -Resource {mailbox} shows what it is granted); where an Application Access Policy restricts the app, Test-ApplicationAccessPolicy -Identity {mailbox} -AppId {app} shows whether it is allowed"
             ),

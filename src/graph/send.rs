@@ -1,11 +1,12 @@
-//! Sending a message larger than one Graph request takes (~4 MB, base64 included), as the
-//! large-attachments page says (https://learn.microsoft.com/graph/outlook-large-attachments):
-//! the message without its large attachments becomes a draft (`POST …/messages` with its MIME),
-//! each attachment is added to it — by one `POST …/attachments` under 3 MB, by an upload
-//! session of `PUT` ranges from 3 MB to 150 MB — and the draft is sent (`POST …/send`, 202).
-//! A draft left by an attempt that was cut off (a crash, a refusal) is deleted before the next
-//! attempt makes its own, found in Drafts by the message's Message-ID, so retries leave no
-//! drafts behind.
+//! Sending through a draft, as the immutable-id page says
+//! (https://learn.microsoft.com/graph/outlook-immutable-id, "Immutable ID with sending mail"):
+//! the message (its MIME, without its large attachments) becomes a draft (`POST …/messages`),
+//! whose answer names its immutable id and the `internetMessageId` Exchange gave it; each large
+//! attachment is added to it — by one `POST …/attachments` under 3 MB, by an upload session of
+//! `PUT` ranges from 3 MB to 150 MB (https://learn.microsoft.com/graph/outlook-large-attachments)
+//! — and the draft is sent (`POST …/send`, 202). The same id then finds the copy in Sent Items,
+//! with the Message-ID the message went with. `reply::graph` decides what to do with each step;
+//! this module only makes the requests.
 
 use base64::Engine as _;
 use reqwest::Method;
@@ -35,14 +36,43 @@ pub struct FileAttachment<'a> {
     pub content: &'a [u8],
 }
 
+/// A draft made from a message's MIME.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Draft {
+    /// Its immutable id (every request asks for those).
+    pub id: String,
+    /// The Message-ID Exchange gave it (with angle brackets): ours, unless Exchange made its own.
+    #[serde(rename = "internetMessageId")]
+    pub internet_message_id: Option<String>,
+}
+
+/// What an item a send made is now, read by its immutable id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// Still a draft: not sent.
+    Draft,
+    /// Sent: the copy in Sent Items (or on its way there), with the Message-ID it went with.
+    Sent { internet_message_id: Option<String> },
+    /// No such item (deleted, or never made).
+    Gone,
+}
+
 #[derive(Deserialize)]
-struct Created {
+struct ItemState {
+    #[serde(rename = "isDraft", default)]
+    is_draft: bool,
+    #[serde(rename = "internetMessageId")]
+    internet_message_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Listed {
     id: String,
 }
 
 #[derive(Deserialize)]
 struct Drafts {
-    value: Vec<Created>,
+    value: Vec<Listed>,
 }
 
 #[derive(Deserialize)]
@@ -58,37 +88,41 @@ struct Progress {
 }
 
 impl GraphMailbox {
-    /// Sends `skeleton` (a whole MIME message, at most one request's worth) with `files` added
-    /// to it, through a draft. `message_id` (with angle brackets) finds drafts an earlier
-    /// attempt left. On a failure the draft is deleted, so the next attempt starts clean.
-    pub async fn send_with_attachments(
-        &self,
-        skeleton: &[u8],
-        message_id: Option<&str>,
-        files: &[FileAttachment<'_>],
-    ) -> Result<(), GraphError> {
-        if let Some(message_id) = message_id {
-            self.delete_left_drafts(message_id).await?;
-        }
-        let mime = base64::engine::general_purpose::STANDARD.encode(skeleton);
-        let draft: Created = self
-            .client()
+    /// Makes a draft from `mime` (a whole MIME message, at most one request's worth).
+    pub async fn create_draft(&self, mime: &[u8]) -> Result<Draft, GraphError> {
+        let mime = base64::engine::general_purpose::STANDARD.encode(mime);
+        self.client()
             .send_json(
                 "creating a draft from the message's MIME (POST messages)",
                 Method::POST,
                 &self.client().url("/messages"),
                 Payload::Base64Mime(mime),
             )
-            .await?;
-        let result = self.fill_and_send(&draft.id, files).await;
-        if let Err(e) = &result {
-            warn!(error = %e, "sending the draft failed; deleting it");
-            self.delete_draft(&draft.id).await;
-        }
-        result
+            .await
     }
 
-    async fn fill_and_send(
+    /// What the item `id` (a draft this process or an earlier attempt made) is now.
+    pub async fn item(&self, id: &str) -> Result<Item, GraphError> {
+        let url = self.client().url(&format!(
+            "/messages/{}?$select=isDraft,internetMessageId",
+            encode_segment(id)
+        ));
+        match self
+            .client()
+            .get_json::<ItemState>("reading the sent message by its id", &url, None)
+            .await
+        {
+            Ok(state) if state.is_draft => Ok(Item::Draft),
+            Ok(state) => Ok(Item::Sent {
+                internet_message_id: state.internet_message_id,
+            }),
+            Err(GraphError::Refused(r)) if r.is_not_found() => Ok(Item::Gone),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds `files` to the draft `draft` and sends it.
+    pub async fn fill_and_send(
         &self,
         draft: &str,
         files: &[FileAttachment<'_>],
@@ -204,26 +238,29 @@ impl GraphMailbox {
         Ok(())
     }
 
-    /// Deletes the drafts whose Message-ID is `message_id`: what an earlier attempt left.
-    async fn delete_left_drafts(&self, message_id: &str) -> Result<(), GraphError> {
-        let filter = format!("internetMessageId eq '{}'", message_id.replace('\'', "''"));
-        let url = self.client().url(&format!(
-            "/mailFolders/drafts/messages?$select=id&$filter={}",
-            encode_query(&filter)
-        ));
-        let left: Drafts = self
-            .client()
-            .get_json("looking in Drafts for an earlier attempt", &url, None)
-            .await?;
-        for draft in left.value {
-            info!(message_id, "deleting the draft an earlier attempt left");
-            self.delete_draft(&draft.id).await;
+    /// Deletes the drafts whose Message-ID is one of `message_ids` (with angle brackets): what
+    /// an earlier attempt left before its draft's id was kept.
+    pub async fn delete_left_drafts(&self, message_ids: &[&str]) -> Result<(), GraphError> {
+        for message_id in message_ids {
+            let filter = format!("internetMessageId eq '{}'", message_id.replace('\'', "''"));
+            let url = self.client().url(&format!(
+                "/mailFolders/drafts/messages?$select=id&$filter={}",
+                encode_query(&filter)
+            ));
+            let left: Drafts = self
+                .client()
+                .get_json("looking in Drafts for an earlier attempt", &url, None)
+                .await?;
+            for draft in left.value {
+                info!(message_id, "deleting the draft an earlier attempt left");
+                self.delete_draft(&draft.id).await;
+            }
         }
         Ok(())
     }
 
     /// Deletes a draft; a failure is only logged (the next attempt looks again).
-    async fn delete_draft(&self, id: &str) {
+    pub async fn delete_draft(&self, id: &str) {
         let url = self
             .client()
             .url(&format!("/messages/{}", encode_segment(id)));

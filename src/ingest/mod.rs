@@ -104,6 +104,9 @@ pub struct Facts {
     pub sender_recent_tickets: u32,
     /// An operator released this message from quarantine: it comes in once, past the limits.
     pub released: bool,
+    /// The mail's Message-ID is the one Exchange gave a message we sent through Graph: ours
+    /// (this one) come back.
+    pub sent_by_us: Option<String>,
 }
 
 /// Settings that shape decisions.
@@ -350,7 +353,13 @@ pub fn decide(
         None => {}
     }
 
-    let kind = classify(&mail, policy);
+    let kind = match &facts.sent_by_us {
+        Some(ours) => MailKind::Loop(format!(
+            "the Message-ID {} is the one Exchange gave our message {ours}",
+            mail.message_id
+        )),
+        None => classify(&mail, policy),
+    };
     let auto_kind = kind.auto_kind();
     let bounced = outbox_bounce(&mail, policy);
     let follow_up = |ticket: &KnownTicket, mail: ParsedMail, may_reopen: bool| Decision::FollowUp {

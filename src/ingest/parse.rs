@@ -384,6 +384,37 @@ pub fn parse(raw: &[u8]) -> Result<ParsedMail, ParseFailure> {
 }
 
 impl ParsedMail {
+    /// Its own Message-ID and the ones it refers to: In-Reply-To, References, and a report's
+    /// original message.
+    pub fn referenced_and_own_ids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.message_id.as_str())
+            .chain(self.in_reply_to.iter().map(String::as_str))
+            .chain(self.references.iter().map(String::as_str))
+            .chain(self.signals.original_message_id.as_deref())
+    }
+
+    /// Replaces every reference to a Message-ID in `ours` (another name of one of our messages
+    /// → our Message-ID) by ours; returns ours when this mail's own Message-ID is such a name.
+    pub fn name_our_messages(
+        &mut self,
+        ours: &std::collections::HashMap<String, String>,
+    ) -> Option<String> {
+        if ours.is_empty() {
+            return None;
+        }
+        for id in self
+            .in_reply_to
+            .iter_mut()
+            .chain(self.references.iter_mut())
+            .chain(self.signals.original_message_id.as_mut())
+        {
+            if let Some(our) = ours.get(id.as_str()) {
+                id.clone_from(our);
+            }
+        }
+        ours.get(&self.message_id).cloned()
+    }
+
     /// The Message-ID the sender wrote, for the In-Reply-To and References of a reply: the key
     /// without the `#<n>` of a released conflict ([`MessageIdSource::ConflictRelease`]).
     pub fn sent_message_id(&self) -> &str {

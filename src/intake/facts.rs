@@ -132,5 +132,6 @@ pub(crate) async fn facts_for(
         reported,
         sender_recent_tickets: stored.sender_recent_tickets,
         released: stored.released,
+        sent_by_us: None,
     })
 }

@@ -324,6 +324,29 @@ async fn record_together(
         }
         // The window of the per-sender limit, the same for the whole batch.
         let since_ms = now_ms() - SENDER_WINDOW_MS;
+        // References to our messages under the Message-ID Exchange gave them read as ours
+        // before anything is asked about them (one lookup for the batch).
+        let ids: Vec<String> = work
+            .iter()
+            .filter_map(|(_, item)| match item {
+                Work::Raw {
+                    parsed: Some(Ok(mail)),
+                    ..
+                } => Some(mail),
+                _ => None,
+            })
+            .flat_map(|mail| mail.referenced_and_own_ids().map(str::to_string))
+            .collect();
+        tx.sent_ids(ids.iter().map(String::as_str)).await?;
+        for (_, item) in work.iter_mut() {
+            if let Work::Raw {
+                parsed: Some(Ok(mail)),
+                ..
+            } = item
+            {
+                tx.name_our_messages(mail).await?;
+            }
+        }
         let parsed = work.iter().filter_map(|(_, item)| match item {
             Work::Raw {
                 parsed: Some(Ok(mail)),
@@ -591,9 +614,15 @@ async fn record_message(
         }
     };
 
+    let mut parsed = parsed;
+    // Batched, this asks nothing more (`record_together` looked the batch's IDs up).
+    let sent_by_us = match &mut parsed {
+        Ok(mail) => tx.name_our_messages(mail).await?,
+        Err(_) => None,
+    };
     let facts = match &parsed {
         Ok(mail) => {
-            let facts = facts_for(
+            let mut facts = facts_for(
                 tx,
                 mail,
                 raw,
@@ -602,6 +631,7 @@ async fn record_message(
                 message.since_ms,
             )
             .await?;
+            facts.sent_by_us = sent_by_us;
             if facts.released {
                 // A release lets the message in once.
                 tx.use_release(&mailbox.name, &mail.message_id).await?;

@@ -84,6 +84,19 @@ pub trait SentCopies: Send + Sync {
 
 /// A copy that could not be kept is tried again after this long.
 const SENT_COPY_RETRY_MS: i64 = 5 * 60 * 1000;
+/// A Graph send's copy not yet in Sent Items right after the send is read back this much later
+/// (and again as long, until [`GRAPH_COPY_PATIENCE_MS`] after the send).
+const GRAPH_COPY_RETRY_MS: i64 = 15_000;
+/// How long after a Graph send its copy is looked for in Sent Items.
+const GRAPH_COPY_PATIENCE_MS: i64 = 30 * 60 * 1000;
+
+/// What the server took a row with.
+enum Accepted {
+    /// The SMTP server's reply.
+    Smtp(String),
+    /// Graph's acceptance, and whether the copy in Sent Items was read back already.
+    Graph(super::graph::GraphSent),
+}
 /// Copies kept per flush (the rest come with the next one).
 const SENT_COPIES_PER_FLUSH: i64 = 50;
 
@@ -200,13 +213,28 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
             }
         };
         match send_one(ctx, &mut connections, &row).await {
-            Ok(response) => {
+            Ok(accepted) => {
                 // The fault tests crash here: the server has the message, the row says `sending`.
                 failpoint::hit(Point::SmtpAccepted);
-                info!(outbox_id = row.id, to = row.to_address.as_deref().unwrap_or(""), %response, "sent");
-                ctx.store
-                    .mark_sent(row.id, &response, copy_state(ctx.mailbox))
-                    .await?;
+                match accepted {
+                    Accepted::Smtp(response) => {
+                        info!(outbox_id = row.id, to = row.to_address.as_deref().unwrap_or(""), %response, "sent");
+                        ctx.store
+                            .mark_sent(row.id, &response, copy_state(ctx.mailbox))
+                            .await?;
+                    }
+                    Accepted::Graph(sent) => {
+                        info!(outbox_id = row.id, to = row.to_address.as_deref().unwrap_or(""), response = %sent.response, "sent");
+                        ctx.store
+                            .mark_sent_through_graph(
+                                row.id,
+                                &sent.response,
+                                sent.copy_found,
+                                now_ms() + GRAPH_COPY_RETRY_MS,
+                            )
+                            .await?;
+                    }
+                }
                 report.n_sent += 1;
                 if row.blocked_reason.is_some() {
                     let due = ctx
@@ -250,10 +278,13 @@ pub async fn flush(ctx: &SenderContext<'_>) -> Result<FlushReport, StoreError> {
         session.quit().await;
     }
     // Not once the lease ended: its next holder keeps them (each copy is kept once anyway).
-    if let Some(copies) = ctx.sent_copies
-        && ctx.tenure.is_none_or(|tenure| tenure.may_go_on())
-    {
-        keep_sent_copies(ctx, copies, &mut report).await?;
+    if ctx.tenure.is_none_or(|tenure| tenure.may_go_on()) {
+        if let Some(copies) = ctx.sent_copies {
+            keep_sent_copies(ctx, copies, &mut report).await?;
+        }
+        if let SendVia::Graph(graph) = &ctx.outlet.via {
+            confirm_graph_copies(ctx, graph, &mut connections.graph, &mut report).await?;
+        }
     }
     report.blocked = ctx.store.hold_blocked(&ctx.mailbox.name).await?;
     // Held back by this flush or an earlier one (of any process): the report says so.
@@ -340,6 +371,76 @@ async fn keep_sent_copies(
     Ok(())
 }
 
+/// Reads back the copies in Sent Items of rows sent through Graph whose copy was not there
+/// right after the send (with the Message-ID each went out with); one not found for
+/// [`GRAPH_COPY_PATIENCE_MS`] is left to Exchange with the reason.
+async fn confirm_graph_copies(
+    ctx: &SenderContext<'_>,
+    graph: &crate::config::GraphEndpoint,
+    open: &mut Option<GraphMailbox>,
+    report: &mut FlushReport,
+) -> Result<(), StoreError> {
+    let rows = ctx
+        .store
+        .sent_copies_due(&ctx.mailbox.name, SENT_COPIES_PER_FLUSH)
+        .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sender = graph_sender(ctx);
+    for row in rows {
+        let now = now_ms();
+        let waited = now - row.sent_at.unwrap_or(now);
+        match super::graph::confirm_copy(&sender, graph, open, &row).await {
+            Ok(true) => {
+                ctx.store
+                    .sent_copy_kept(
+                        row.id,
+                        SentCopyState::Present,
+                        crate::store::GRAPH_SENT_ITEMS,
+                    )
+                    .await?;
+                report.n_copied += 1;
+            }
+            Ok(false) if waited < GRAPH_COPY_PATIENCE_MS => {
+                ctx.store
+                    .sent_copy_failed(row.id, "not in Sent Items yet", now + GRAPH_COPY_RETRY_MS)
+                    .await?;
+            }
+            Ok(false) => {
+                let reason = format!(
+                    "no copy in Sent Items {} minutes after the send (looked up by the draft's immutable id); Exchange may have saved none",
+                    waited / 60_000
+                );
+                warn!(outbox_id = row.id, %reason, "copy not found");
+                ctx.store.sent_copy_unconfirmed(row.id, &reason).await?;
+            }
+            Err(error) if waited < GRAPH_COPY_PATIENCE_MS => {
+                warn!(outbox_id = row.id, %error, "cannot read the copy in Sent Items; it waits");
+                ctx.store
+                    .sent_copy_failed(row.id, &error, now + GRAPH_COPY_RETRY_MS)
+                    .await?;
+                report.copy_error = Some(error);
+                break;
+            }
+            Err(error) => {
+                ctx.store.sent_copy_unconfirmed(row.id, &error).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn graph_sender<'a>(ctx: &'a SenderContext<'a>) -> super::graph::Sender<'a> {
+    super::graph::Sender {
+        address: &ctx.mailbox.address,
+        identity: ctx.identity,
+        tokens: ctx.tokens,
+        shared: ctx.graph,
+        store: ctx.store,
+    }
+}
+
 /// `raw` with a `Bcc` field first naming the envelope recipients that no To or Cc field names
 /// (lettre leaves Bcc out of what is sent, as it must), so the copy shows whom it went to.
 fn with_bcc(row: &OutboxRow, raw: Vec<u8>) -> Vec<u8> {
@@ -376,21 +477,20 @@ async fn send_one(
     ctx: &SenderContext<'_>,
     connections: &mut Connections,
     row: &OutboxRow,
-) -> Result<String, SmtpError> {
+) -> Result<Accepted, SmtpError> {
     let message = smtp::compose(row, &ctx.mailbox.address)?;
     match &ctx.outlet.via {
-        SendVia::Smtp(server) => send_smtp(ctx, server, &mut connections.smtp, &message).await,
+        SendVia::Smtp(server) => send_smtp(ctx, server, &mut connections.smtp, &message)
+            .await
+            .map(Accepted::Smtp),
         SendVia::Graph(graph) => {
             // Graph takes the recipients from the message: the hidden ones are named in Bcc,
             // which Exchange leaves out of what it delivers.
             let raw = with_bcc(row, message.bytes.clone());
-            let sender = super::graph::Sender {
-                address: &ctx.mailbox.address,
-                identity: ctx.identity,
-                tokens: ctx.tokens,
-                shared: ctx.graph,
-            };
-            super::graph::send(&sender, graph, &mut connections.graph, &message, &raw).await
+            let sender = graph_sender(ctx);
+            super::graph::send(&sender, graph, &mut connections.graph, row, &message, &raw)
+                .await
+                .map(Accepted::Graph)
         }
     }
 }

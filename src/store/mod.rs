@@ -38,7 +38,7 @@ pub use outgoing::{
     DeliveryState, OutboxState, OutboxStatus, OutgoingDraft, OutgoingKind, OutgoingRow, ReplyFacts,
     Submitted, SubmittedVia,
 };
-pub use sent_copy::{SentCopyState, SentCopyStatus};
+pub use sent_copy::{GRAPH_SENT_ITEMS, SentCopyState, SentCopyStatus};
 pub use tickets::{StoredAttachment, TicketSummary};
 pub use worker_lock::{WorkerLock, WorkerLockError, lock_worker};
 

@@ -82,11 +82,18 @@ pub struct OutboxRow {
     pub kind: String,
     /// How many envelope recipients the row has (what the daily budget counts).
     pub recipient_count: i64,
+    /// Sent through Graph: the immutable id of its draft (migration 0019), kept from the draft's
+    /// creation on; after the send it names the copy in Sent Items.
+    pub graph_item_id: Option<String>,
+    /// The Message-ID Exchange gave the message when not ours (without angle brackets).
+    pub sent_message_id: Option<String>,
+    /// When the server accepted it.
+    pub sent_at: Option<i64>,
 }
 
 pub(super) const ROW_COLUMNS: &str = "id, mailbox, ticket_id, from_address, to_address, subject, message_id, in_reply_to, \
                            thread_references, body_text, body_html, attempts, blocked_reason, raw, envelope_to, \
-                           kind, recipient_count";
+                           kind, recipient_count, graph_item_id, sent_message_id, sent_at";
 
 pub(super) fn row(r: sqlx::any::AnyRow) -> OutboxRow {
     OutboxRow {
@@ -110,6 +117,9 @@ pub(super) fn row(r: sqlx::any::AnyRow) -> OutboxRow {
             .unwrap_or_default(),
         kind: r.get(15),
         recipient_count: r.get(16),
+        graph_item_id: r.get(17),
+        sent_message_id: r.get(18),
+        sent_at: r.get(19),
     }
 }
 

@@ -3,6 +3,11 @@
 //! `sent_copy` then, so a later change of the setting never copies old mail; a `pending` copy is
 //! taken by the mailbox's sender after its sends, and stays `pending` with the error until the
 //! server takes it.
+//!
+//! Sent through Graph (migration 0019), the copy is Exchange's own: the draft's immutable id
+//! (`graph_item_id`) finds it in Sent Items, and `pending` means it is still to be read back
+//! there, with the Message-ID the message went with (`sent_message_id`, when Exchange gave it
+//! one of its own).
 
 use super::outbox::{ROW_COLUMNS, row};
 use super::{OutboxRow, Result, Store};
@@ -97,4 +102,88 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// Row `id` has the Graph draft `item_id`, which Exchange gave the Message-ID `sent_as`
+    /// (without angle brackets) when that is not ours: kept before the draft is sent, so a reply
+    /// naming it is known as a reply to us even if this process stops right after the send.
+    pub async fn graph_draft_made(
+        &self,
+        id: i64,
+        item_id: &str,
+        sent_as: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE outbox SET graph_item_id = $1, sent_message_id = $2 WHERE id = $3")
+            .bind(item_id)
+            .bind(sent_as)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Row `id` went out under the Message-ID `sent_as` (without angle brackets), not ours: what
+    /// its copy in Sent Items shows.
+    pub async fn graph_sent_as(&self, id: i64, sent_as: &str) -> Result<()> {
+        sqlx::query("UPDATE outbox SET sent_message_id = $1 WHERE id = $2")
+            .bind(sent_as)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Graph accepted row `id` with `response`: its copy is in Sent Items (`copy_found`, read
+    /// back already) or is to be read back there at `confirm_at`.
+    pub async fn mark_sent_through_graph(
+        &self,
+        id: i64,
+        response: &str,
+        copy_found: bool,
+        confirm_at: i64,
+    ) -> Result<()> {
+        let now = now_ms();
+        let (state, folder, at, due) = if copy_found {
+            (
+                SentCopyState::Present,
+                Some(GRAPH_SENT_ITEMS),
+                Some(now),
+                None,
+            )
+        } else {
+            (SentCopyState::Pending, None, None, Some(confirm_at))
+        };
+        sqlx::query(
+            "UPDATE outbox SET state = CASE WHEN state = 'bounced' THEN state ELSE 'sent' END, \
+             sent_at = $1, smtp_response = $2, last_error = NULL, blocked_reason = NULL, \
+             sent_copy = $3, sent_copy_folder = $4, sent_copy_at = $5, sent_copy_due_at = $6 \
+             WHERE id = $7",
+        )
+        .bind(now)
+        .bind(response)
+        .bind(state.as_str())
+        .bind(folder)
+        .bind(at)
+        .bind(due)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The copy of row `id` was not found in Sent Items for long enough to stop looking:
+    /// Exchange keeps it as far as anyone knows (`server`), with `reason` for the operator.
+    pub async fn sent_copy_unconfirmed(&self, id: i64, reason: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET sent_copy = 'server', sent_copy_error = $1, sent_copy_due_at = NULL \
+             WHERE id = $2 AND sent_copy = 'pending'",
+        )
+        .bind(reason)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
+
+/// The folder name a Graph copy is reported in (the well-known `sentitems`).
+pub const GRAPH_SENT_ITEMS: &str = "Sent Items";

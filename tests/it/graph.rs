@@ -431,7 +431,7 @@ async fn run_polls_a_graph_folder() {
     assert!(status.success(), "{log}");
 }
 
-/// Acknowledgements through Graph's sendMail (where SMTP AUTH is off). Exchange strips
+/// Acknowledgements through Graph (where SMTP AUTH is off), each through a draft. Exchange strips
 /// `Auto-Submitted` and unknown `X-` headers from what it sends (the fake does too), so when our
 /// own acknowledgement comes back into the mailbox it is known by our Message-ID alone: ignored
 /// as a loop, never acknowledged.
@@ -455,10 +455,10 @@ async fn acknowledgements_go_through_sendmail_and_never_loop(backend: Backend) {
     case.once().await;
     assert_eq!(
         case.db
-            .count("SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND smtp_response LIKE '202 Accepted (Graph sendMail); Sent Items has <mailintake.%'")
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND smtp_response LIKE '202 Accepted (Graph, a draft); Sent Items has <mailintake.%' AND sent_copy = 'present' AND graph_item_id IS NOT NULL AND sent_message_id IS NULL")
             .await,
         1,
-        "sent by sendMail, and its copy found in Sent Items by our Message-ID: {}",
+        "sent through a draft, and its copy read back from Sent Items by the draft's id, with our Message-ID: {}",
         crate::outgoing::query_text(
             &case.db,
             "SELECT state || ' ' || COALESCE(smtp_response, '') || ' ' || COALESCE(last_error, '') FROM outbox"
@@ -469,7 +469,7 @@ async fn acknowledgements_go_through_sendmail_and_never_loop(backend: Backend) {
         case.graph
             .requests()
             .iter()
-            .any(|r| r.method == "POST" && r.path.ends_with("/sendMail") && r.status == 202),
+            .any(|r| r.method == "POST" && r.path.ends_with("/send") && r.status == 202),
         "sent through Graph"
     );
 
@@ -521,6 +521,281 @@ async fn acknowledgements_go_through_sendmail_and_never_loop_sqlite() {
 #[tokio::test]
 async fn acknowledgements_go_through_sendmail_and_never_loop_postgres() {
     acknowledgements_go_through_sendmail_and_never_loop(Backend::Postgres).await;
+}
+
+/// A delivery status notification (RFC 3464, `Action: failed`) about `about` (with angle
+/// brackets), as a remote MTA sends it.
+fn failure_notice(to: &str, about: &str, recipient: &str) -> Vec<u8> {
+    format!(
+        "From: MAILER-DAEMON@mx.customer.test (Mail Delivery System)\r\nTo: {to}\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <{id}@mx.customer.test>\r\n\
+         Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"D\"\r\n\r\n\
+         --D\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
+         Your message could not be delivered to one or more recipients.\r\n\
+         --D\r\nContent-Type: message/delivery-status\r\n\r\n\
+         Reporting-MTA: dns; mx.customer.test\r\n\r\n\
+         Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+         Diagnostic-Code: smtp; 550 5.1.1 mailbox unavailable\r\n\r\n\
+         --D\r\nContent-Type: text/rfc822-headers\r\n\r\n\
+         From: {to}\r\nTo: {recipient}\r\nSubject: [#TCK-000001] Re: Printer on fire\r\nMessage-ID: {about}\r\n\r\n\
+         --D--\r\n",
+        id = unique("dsn")
+    )
+    .into_bytes()
+}
+
+/// Exchange gives our acknowledgement a Message-ID of its own (at the draft's creation, or at
+/// the send: the fake does either on demand) and strips `Auto-Submitted` and our `X-` headers:
+/// the draft's answer or the Sent Items copy (read back by the draft's immutable id) tells
+/// which, and it is kept beside ours. Then our acknowledgement coming back is still a loop, a
+/// colleague's reply naming only Exchange's Message-ID (and no tag) still lands on the ticket,
+/// and a bounce about it still marks the outbox row; the customer got it once.
+async fn exchanges_own_message_ids_keep_loops_threads_and_bounces(
+    backend: Backend,
+    own: fake_graph::OwnMessageIds,
+) {
+    let case = GraphCase::build(
+        backend,
+        "send = \"graph\"\nacknowledge = { authserv_id = \"mx.mailstack.test\" }",
+        "",
+        |config| config.own_message_ids = own,
+    )
+    .await;
+    let customer = format!("{}@customer.test", unique("alice"));
+    case.once().await;
+    crate::helpers::next_second().await;
+    let first = format!("{}@customer.test", unique("q"));
+    deliver_lmtp(
+        &case.mailbox,
+        &customer,
+        &crate::acks::customer_mail(&customer, &case.mailbox, "Printer on fire", &first, ""),
+    )
+    .await;
+    case.once().await;
+    let row = crate::outgoing::query_text(
+        &case.db,
+        "SELECT state || ' ' || message_id || ' ' || COALESCE(sent_message_id, '-') || ' ' || COALESCE(sent_copy, '-') || ' ' || smtp_response FROM outbox",
+    )
+    .await;
+    let fields: Vec<&str> = row.splitn(5, ' ').collect();
+    let (ours, given) = (fields[1].to_string(), fields[2].to_string());
+    assert_eq!(fields[0], "sent", "{row}");
+    assert_ne!(given, "-", "Exchange's Message-ID is kept: {row}");
+    assert!(!given.starts_with("mailintake."), "{row}");
+    assert_eq!(fields[3], "present", "the copy read back: {row}");
+    assert!(
+        fields[4].contains(&format!("Sent Items has <{given}>")),
+        "{row}"
+    );
+    // Had the copy not been in Sent Items right after the send, the next flush reads it back
+    // by the draft's id (and learns Exchange's Message-ID then).
+    crate::outgoing::execute(
+        &case.db,
+        "UPDATE outbox SET sent_copy = 'pending', sent_copy_folder = NULL, sent_copy_due_at = 0, sent_message_id = NULL",
+    )
+    .await;
+    case.once().await;
+    assert_eq!(
+        crate::outgoing::query_text(
+            &case.db,
+            "SELECT sent_copy || ' ' || sent_copy_folder || ' ' || sent_message_id FROM outbox"
+        )
+        .await,
+        format!("present Sent Items {given}")
+    );
+
+    let arrived = crate::helpers::eventually(Duration::from_secs(20), || async {
+        !crate::acks::inbox_messages(&case.imap_entra, &customer)
+            .await
+            .is_empty()
+    })
+    .await;
+    assert!(arrived, "the acknowledgement reaches the customer");
+    let acks = crate::acks::inbox_messages(&case.imap_entra, &customer).await;
+    assert_eq!(acks.len(), 1, "once");
+    let ack = acks[0].clone();
+    let parsed = mailintake::ingest::parse(&ack).unwrap();
+    assert_eq!(
+        parsed.message_id, given,
+        "the customer got Exchange's Message-ID"
+    );
+    let text = String::from_utf8_lossy(&ack);
+    assert!(
+        !text.contains("Auto-Submitted") && !text.contains("X-Loop") && !text.contains(&ours),
+        "nothing of ours tells it is ours: {text}"
+    );
+
+    // 1. Our acknowledgement comes back: a loop, by the Message-ID Exchange gave it.
+    deliver_lmtp(&case.mailbox, &customer, &ack).await;
+    case.once().await;
+    assert_eq!(
+        case.db.count("SELECT COUNT(*) FROM outbox").await,
+        1,
+        "no acknowledgement of our own acknowledgement"
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM imap_messages WHERE outcome = 'ignored' AND detail LIKE 'loop:%Exchange gave our message%'")
+            .await,
+        1,
+        "{}",
+        crate::outgoing::query_lines(&case.db, "SELECT outcome || ' ' || COALESCE(detail, '') FROM imap_messages").await
+    );
+
+    // 2. A colleague (not on the ticket) answers the acknowledgement, the subject's tag cut:
+    //    the reply names only Exchange's Message-ID, and still lands on the ticket.
+    let colleague = format!("{}@customer.test", unique("carol"));
+    let reply = format!(
+        "From: Carol <{colleague}>\r\nTo: {mailbox}\r\nSubject: Re: Printer on fire\r\n\
+         Date: Tue, 24 Nov 2026 18:00:00 +0000\r\nMessage-ID: <{id}>\r\nIn-Reply-To: <{given}>\r\n\
+         References: <{given}>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nIt is still on fire.\r\n",
+        mailbox = case.mailbox,
+        id = unique("carol"),
+    );
+    deliver_lmtp(&case.mailbox, &colleague, reply.as_bytes()).await;
+    // 3. The acknowledgement bounced somewhere: the notice names Exchange's Message-ID.
+    deliver_lmtp(
+        &case.mailbox,
+        "MAILER-DAEMON@mx.customer.test",
+        &failure_notice(&case.mailbox, &format!("<{given}>"), &customer),
+    )
+    .await;
+    case.once().await;
+    assert_eq!(case.db.count("SELECT COUNT(*) FROM tickets").await, 1);
+    assert_eq!(
+        case.db
+            .count(&format!(
+                "SELECT COUNT(*) FROM messages WHERE ticket_id = 1 AND from_address = '{colleague}' AND in_reply_to = '{ours}'"
+            ))
+            .await,
+        1,
+        "the colleague's reply is a follow-up, its reference read as ours: {}",
+        crate::outgoing::query_text(&case.db, "SELECT ticket_id || ' ' || COALESCE(from_address, '') || ' ' || COALESCE(in_reply_to, '') FROM messages").await
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state = 'bounced'")
+            .await,
+        1,
+        "the bounce found our row: {}",
+        crate::outgoing::query_text(
+            &case.db,
+            "SELECT state || ' ' || COALESCE(reason, '') FROM outbox"
+        )
+        .await
+    );
+    assert_eq!(
+        case.db
+            .count("SELECT COUNT(*) FROM outbox WHERE state <> 'suppressed'")
+            .await,
+        1,
+        "nothing acknowledged twice: {}",
+        crate::outgoing::query_lines(&case.db, "SELECT kind || ' ' || state || ' ' || COALESCE(to_address, '') || ' ' || COALESCE(reason, '') || ' ' || COALESCE(last_error, '') FROM outbox").await
+    );
+}
+
+#[tokio::test]
+async fn exchanges_own_message_id_at_the_send_keeps_loops_threads_and_bounces_sqlite() {
+    exchanges_own_message_ids_keep_loops_threads_and_bounces(
+        Backend::Sqlite,
+        fake_graph::OwnMessageIds::AtSend,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn exchanges_own_message_id_at_the_send_keeps_loops_threads_and_bounces_postgres() {
+    exchanges_own_message_ids_keep_loops_threads_and_bounces(
+        Backend::Postgres,
+        fake_graph::OwnMessageIds::AtSend,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn exchanges_own_message_id_at_the_draft_keeps_loops_threads_and_bounces() {
+    exchanges_own_message_ids_keep_loops_threads_and_bounces(
+        Backend::Sqlite,
+        fake_graph::OwnMessageIds::AtDraftCreation,
+    )
+    .await;
+}
+
+/// The process dies right after Graph's 202 for a draft's send (failpoint `smtp-accepted`),
+/// before the row says `sent`. Over SMTP that is the one documented resend; through Graph the
+/// row kept its draft's immutable id, so the next attempt finds the item sent already (in Sent
+/// Items) and marks the row sent without sending it again: the customer gets it once.
+#[tokio::test]
+async fn a_stop_after_graphs_202_sends_nothing_twice() {
+    let case = GraphCase::new(
+        Backend::Sqlite,
+        "send = \"graph\"\nacknowledge = { authserv_id = \"mx.mailstack.test\" }",
+    )
+    .await;
+    let customer = format!("{}@customer.test", unique("dan"));
+    case.once().await;
+    crate::helpers::next_second().await;
+    let first = format!("{}@customer.test", unique("q"));
+    deliver_lmtp(
+        &case.mailbox,
+        &customer,
+        &crate::acks::customer_mail(&customer, &case.mailbox, "Screen flickers", &first, ""),
+    )
+    .await;
+    let crashed = mailintake(
+        &case.config.path,
+        &["once"],
+        &[
+            ("IT_CLIENT_SECRET", &case.entra.secret),
+            ("MAILINTAKE_FAILPOINT", "smtp-accepted"),
+        ],
+    )
+    .await;
+    assert!(!crashed.status.success(), "the failpoint aborts");
+    assert_eq!(
+        case.db
+            .count(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'sending' AND graph_item_id IS NOT NULL"
+            )
+            .await,
+        1
+    );
+    // The claim runs out (smtp.claim_lease): the row is due again.
+    crate::outgoing::execute(&case.db, "UPDATE outbox SET claimed_at = 0").await;
+    case.once().await;
+    assert_eq!(
+        crate::outgoing::query_text(&case.db, "SELECT state || ' ' || smtp_response FROM outbox")
+            .await
+            .split_once(' ')
+            .map(|(state, response)| (
+                state.to_string(),
+                response.starts_with("202 Accepted by an earlier attempt")
+            )),
+        Some(("sent".to_string(), true))
+    );
+    let sends = case
+        .graph
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/send") && r.status == 202)
+        .count();
+    assert_eq!(sends, 1, "sent once");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let arrived = crate::helpers::eventually(Duration::from_secs(20), || async {
+        !crate::acks::inbox_messages(&case.imap_entra, &customer)
+            .await
+            .is_empty()
+    })
+    .await;
+    assert!(arrived);
+    assert_eq!(
+        crate::acks::inbox_messages(&case.imap_entra, &customer)
+            .await
+            .len(),
+        1,
+        "the customer got it once"
+    );
 }
 
 /// `quarantine release` on a Graph mailbox: the oversized message is moved back by its immutable

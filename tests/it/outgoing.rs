@@ -63,6 +63,21 @@ pub(crate) async fn query_text(db: &TestDb, sql: &str) -> String {
     value.unwrap_or_default()
 }
 
+/// Every row of `sql`'s first column (text), one per line: for assertion messages.
+pub(crate) async fn query_lines(db: &TestDb, sql: &str) -> String {
+    use sqlx::Row;
+    let pool = db.pool().await;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    pool.close().await;
+    rows.iter()
+        .map(|r| r.get::<Option<String>, _>(0).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub(crate) async fn execute(db: &TestDb, sql: &str) {
     let pool = db.pool().await;
     sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))

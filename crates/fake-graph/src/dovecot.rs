@@ -390,7 +390,7 @@ fn parse_internal_date(text: &str) -> Option<i64> {
 }
 
 /// The header block of a MIME message (what the model keeps of an IMAP message).
-fn header_block(mime: &[u8]) -> Vec<u8> {
+pub(crate) fn header_block(mime: &[u8]) -> Vec<u8> {
     mime[..crate::send::header_end(mime)].to_vec()
 }
 

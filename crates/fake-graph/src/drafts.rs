@@ -22,7 +22,7 @@ use crate::error::GraphError;
 use crate::handlers::Outgoing;
 use crate::limits::lock;
 use crate::server::{Here, error_response, json_response, set};
-use crate::store::Attachment;
+use crate::store::{Attachment, ImapLoc, Parsed};
 use crate::{DeliverOptions, Shared, ids, time};
 
 /// How long an upload session lives without a fragment (Graph says each fragment extends it; the
@@ -79,7 +79,10 @@ impl Here<'_> {
                 "This fake creates drafts from MIME only: Content-Type: text/plain with the base64 MIME.",
             ));
         }
-        let mime = mime_of(body)?;
+        let mut mime = mime_of(body)?;
+        if self.shared.config.own_message_ids == crate::OwnMessageIds::AtDraftCreation {
+            mime = crate::send::with_exchange_message_id(&mime);
+        }
         let key = {
             let mut store = self.shared.store();
             let mailbox = store.mailbox_for_request(self.upn)?;
@@ -273,11 +276,32 @@ impl Here<'_> {
         Ok((key, self.outgoing(mime, true)?))
     }
 
-    /// Removes the sent draft (its copy is in Sent Items).
-    pub(crate) fn drop_draft(&self, key: u64) -> Result<(), GraphError> {
+    /// Files a sent draft in Sent Items as the sender's copy (`sent`): the same item, so its
+    /// immutable id stays (https://learn.microsoft.com/graph/outlook-immutable-id, "Immutable
+    /// ID with sending mail": create the draft, send it, then get the Sent Items copy by the
+    /// draft's id); a new REST id, as on every move. `imap` is where the Dovecot backend
+    /// appended the copy (the model then keeps only its header block).
+    pub(crate) fn file_sent_draft(
+        &self,
+        key: u64,
+        sent: Vec<u8>,
+        imap: Option<ImapLoc>,
+    ) -> Result<(), GraphError> {
         let mut store = self.shared.store();
         let mailbox = store.mailbox_for_request(self.upn)?;
-        mailbox.purge(key);
+        let sent_items = mailbox.folder("sentitems")?.id.clone();
+        if let Some(m) = mailbox.messages.get_mut(&key) {
+            m.parsed = Parsed::of(&sent);
+            m.store_size = sent.len() as u64 + crate::STORE_SIZE_OVERHEAD;
+            m.mime = Arc::new(match imap {
+                Some(_) => crate::dovecot::header_block(&sent),
+                None => sent,
+            });
+            m.imap = imap;
+            m.is_draft = false;
+            m.attachments.clear();
+        }
+        mailbox.move_message(key, &sent_items);
         Ok(())
     }
 }

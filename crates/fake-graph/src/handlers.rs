@@ -684,6 +684,11 @@ impl Here<'_> {
             unknown_x_headers: config.strip_unknown_x_headers,
         };
         let sender_addresses = [sender.upn.clone(), sender.mail.clone()];
+        let mime = if config.own_message_ids == crate::OwnMessageIds::AtSend {
+            send::with_exchange_message_id(&mime)
+        } else {
+            mime
+        };
         let parsed = crate::store::Parsed::of(&mime);
         if let Some(from) = &parsed.from
             && !sender_addresses
@@ -745,11 +750,19 @@ impl Here<'_> {
         })
     }
 
-    /// sendMail on the in-memory store: the copies go to the users of the fake.
-    pub(crate) fn send_in_memory(&self, outgoing: Outgoing) -> Result<Response, GraphError> {
+    /// sendMail (or a draft's send, `draft` its key) on the in-memory store: the copies go to
+    /// the users of the fake; a sent draft becomes the Sent Items copy.
+    pub(crate) fn send_in_memory(
+        &self,
+        outgoing: Outgoing,
+        draft: Option<u64>,
+    ) -> Result<Response, GraphError> {
+        if let Some(key) = draft {
+            self.file_sent_draft(key, outgoing.sent.clone(), None)?;
+        }
         let mut store = self.shared.store();
         let sender = store.mailbox_for_request(self.upn)?;
-        if outgoing.save_to_sent_items {
+        if outgoing.save_to_sent_items && draft.is_none() {
             let sent_items = sender.folder("sentitems")?.id.clone();
             sender.deliver(
                 &sent_items,
@@ -773,12 +786,14 @@ impl Here<'_> {
         Ok(StatusCode::ACCEPTED.into_response())
     }
 
-    /// sendMail on the Dovecot backend: the recipients' copy to Postfix, the sender's into
-    /// Sent Items by APPEND (then into the model by a sync).
+    /// sendMail (or a draft's send, `draft` its key) on the Dovecot backend: the recipients'
+    /// copy to Postfix, the sender's into Sent Items by APPEND (then into the model by a sync;
+    /// a sent draft's item takes the appended message, keeping its immutable id).
     pub(crate) async fn send_through_dovecot(
         &self,
         conn: &mut crate::dovecot::Conn,
         outgoing: Outgoing,
+        draft: Option<u64>,
     ) -> Result<Response, GraphError> {
         let dovecot = self.shared.dovecot.as_ref().expect("Dovecot backend");
         crate::dovecot::submit(
@@ -793,9 +808,15 @@ impl Here<'_> {
             let path =
                 self.with_mailbox(|mailbox| Ok(mailbox.folder("sentitems")?.imap_path.clone()))?;
             if let Some(path) = path {
-                crate::dovecot::append(self.shared, conn, &path, &outgoing.sent, true).await?;
+                let at =
+                    crate::dovecot::append(self.shared, conn, &path, &outgoing.sent, true).await?;
+                if let Some(key) = draft {
+                    self.file_sent_draft(key, outgoing.sent.clone(), at)?;
+                }
                 crate::dovecot::sync(self.shared, conn).await?;
             }
+        } else if let Some(key) = draft {
+            self.file_sent_draft(key, outgoing.sent.clone(), None)?;
         }
         Ok(StatusCode::ACCEPTED.into_response())
     }

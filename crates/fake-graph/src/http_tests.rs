@@ -1446,3 +1446,91 @@ async fn small_attachments_are_posted_and_the_request_limits_hold() {
     let attachment = parsed.attachments().next().unwrap();
     assert_eq!(attachment.contents(), content.as_slice());
 }
+
+/// A draft made from MIME and sent: the Sent Items copy is the same item, found by the draft's
+/// immutable id (https://learn.microsoft.com/graph/outlook-immutable-id, "Immutable ID with
+/// sending mail"), no longer a draft; nothing is left in Drafts. With
+/// [`crate::OwnMessageIds`] the fake gives the message a Message-ID of its own, at draft
+/// creation or at the send, as a client must be ready for.
+#[tokio::test]
+async fn a_sent_draft_keeps_its_immutable_id_and_shows_the_message_id_it_went_with() {
+    for own in [
+        crate::OwnMessageIds::Never,
+        crate::OwnMessageIds::AtDraftCreation,
+        crate::OwnMessageIds::AtSend,
+    ] {
+        let w = start_with(Config {
+            own_message_ids: own,
+            ..Config::default()
+        })
+        .await;
+        let ours = format!("<draft-{own:?}@helpdesk.test>");
+        let mime = format!(
+            "From: {SALES}\r\nTo: {SUPPORT}\r\nSubject: ticket 7\r\nMessage-ID:\r\n {ours}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nHello.\r\n"
+        );
+        let draft = answer(
+            w.http
+                .post(w.url(&format!("/users/{SALES}/messages")))
+                .bearer_auth(&w.token)
+                .header("Content-Type", "text/plain")
+                .header("Prefer", IMMUTABLE)
+                .body(base64::engine::general_purpose::STANDARD.encode(mime.as_bytes()))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(draft.status, 201, "{:?}", draft.body);
+        let id = draft.body["id"].as_str().unwrap().to_owned();
+        let at_creation = draft.body["internetMessageId"].as_str().unwrap().to_owned();
+        assert_eq!(draft.body["isDraft"], true);
+        assert_eq!(
+            at_creation == ours,
+            own != crate::OwnMessageIds::AtDraftCreation,
+            "{own:?}: {at_creation}"
+        );
+        let sent = w
+            .call(
+                reqwest::Method::POST,
+                &format!("/users/{SALES}/messages/{id}/send"),
+                &[],
+                None,
+            )
+            .await;
+        assert_eq!(sent.status, 202, "{:?}", sent.body);
+        let copy = w
+            .get(
+                &format!(
+                    "/users/{SALES}/messages/{id}?$select=internetMessageId,isDraft,parentFolderId"
+                ),
+                &[IMMUTABLE],
+            )
+            .await;
+        assert_eq!(copy.status, 200, "{own:?}: {:?}", copy.body);
+        assert_eq!(copy.body["isDraft"], false);
+        let sent_items = w
+            .get(
+                &format!("/users/{SALES}/mailFolders/sentitems?$select=id"),
+                &[],
+            )
+            .await;
+        assert_eq!(copy.body["parentFolderId"], sent_items.body["id"]);
+        let went_with = copy.body["internetMessageId"].as_str().unwrap().to_owned();
+        assert_eq!(
+            went_with == ours,
+            own == crate::OwnMessageIds::Never,
+            "{own:?}: {went_with}"
+        );
+        if own == crate::OwnMessageIds::AtDraftCreation {
+            assert_eq!(went_with, at_creation);
+        }
+        // The recipient got it under the same Message-ID, once; Drafts is empty.
+        let inbox = w.graph.messages(SUPPORT, "inbox").unwrap();
+        assert_eq!(inbox.len(), 1);
+        let delivered = String::from_utf8(inbox[0].mime.clone()).unwrap();
+        assert!(delivered.contains(&went_with), "{own:?}: {delivered}");
+        assert_eq!(delivered.matches("Message-ID").count(), 1, "{delivered}");
+        assert!(w.graph.messages(SALES, "drafts").unwrap().is_empty());
+        assert_eq!(w.graph.messages(SALES, "sentitems").unwrap().len(), 1);
+    }
+}

@@ -191,6 +191,11 @@ pub struct Config {
     /// X-MSMail-Priority, X-Auto-Response-Suppress, X-Message-Flag, X-MS-Has-Attach,
     /// X-MS-TNEF-Correlator, X-Mailer and `X-MS-…`); true by default (see README).
     pub strip_unknown_x_headers: bool,
+    /// Whether Exchange gives messages sent from its mailboxes an `internetMessageId` of its own
+    /// in place of the MIME's Message-ID ([`OwnMessageIds::Never`] by default: Exchange Online
+    /// keeps a MIME message's Message-ID). A client must not rely on it either way: it reads the
+    /// draft's, or the Sent Items copy's, `internetMessageId`.
+    pub own_message_ids: OwnMessageIds,
     /// Page size of delta and lists without `Prefer: odata.maxpagesize` / `$top` (10).
     pub default_page_size: usize,
     /// The largest page served (1000); larger preferences are capped.
@@ -213,6 +218,7 @@ impl Default for Config {
             limits: Limits::default(),
             strip_headers_on_send: vec!["Auto-Submitted".to_owned()],
             strip_unknown_x_headers: true,
+            own_message_ids: OwnMessageIds::Never,
             default_page_size: 10,
             max_page_size: 1000,
             log_requests: false,
@@ -228,6 +234,21 @@ impl Config {
         self.users.push(user);
         self
     }
+}
+
+/// When the fake gives a message sent from one of its mailboxes a Message-ID of its own
+/// ([`Config::own_message_ids`]): the draft's and the Sent Items copy's `internetMessageId`
+/// and the recipients' `Message-ID` field are then that one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OwnMessageIds {
+    /// The MIME's Message-ID is kept (one is added only when it has none).
+    #[default]
+    Never,
+    /// When a draft is made from MIME (`POST …/messages`): the draft shows the new one.
+    AtDraftCreation,
+    /// When the message is sent (`sendMail`, `POST …/send`): the draft still shows the MIME's;
+    /// the Sent Items copy and the recipients' copies show the new one.
+    AtSend,
 }
 
 /// A 429 or 503 to answer the next requests with ([`FakeGraph::inject`]).

@@ -108,6 +108,34 @@ pub(crate) fn prepare_outgoing(
     out
 }
 
+/// `mime` with its Message-ID field (and the field's folded lines) replaced by one Exchange
+/// makes, as [`crate::OwnMessageIds`] has Exchange do; the new one first.
+pub(crate) fn with_exchange_message_id(mime: &[u8]) -> Vec<u8> {
+    let end = header_end(mime);
+    let head = String::from_utf8_lossy(&mime[..end]).into_owned();
+    let mut out = format!(
+        "Message-ID: <{}@{}.namprd00.prod.outlook.test>\r\n",
+        ids::uuid().replace('-', "").to_ascii_uppercase(),
+        "FAKEGRAPH01MB0001"
+    );
+    let mut skipping = false;
+    for line in head.split_inclusive('\n') {
+        let continuation = line.starts_with(' ') || line.starts_with('\t');
+        if !continuation {
+            skipping = line
+                .split(':')
+                .next()
+                .is_some_and(|name| name.trim().eq_ignore_ascii_case("Message-ID"));
+        }
+        if !skipping {
+            out.push_str(line);
+        }
+    }
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&mime[end..]);
+    out
+}
+
 fn rfc2822(secs: i64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [

@@ -576,15 +576,13 @@ async fn handle(
             Op::Move(id) => here.move_message(&id, body),
             Op::SendMail => here
                 .prepare_send(headers, body)
-                .and_then(|outgoing| here.send_in_memory(outgoing)),
+                .and_then(|outgoing| here.send_in_memory(outgoing, None)),
             Op::CreateDraft { folder } => here.create_draft(folder.as_deref(), headers, body),
             Op::CreateUploadSession(id) => here.create_upload_session(&id, body),
             Op::AddAttachment(id) => here.add_attachment(&id, body),
-            Op::SendDraft(id) => here.draft_outgoing(&id).and_then(|(key, outgoing)| {
-                let response = here.send_in_memory(outgoing)?;
-                here.drop_draft(key)?;
-                Ok(response)
-            }),
+            Op::SendDraft(id) => here
+                .draft_outgoing(&id)
+                .and_then(|(key, outgoing)| here.send_in_memory(outgoing, Some(key))),
             Op::MessageValue(id) => return here.value(&id, None, slot).await,
         };
         drop(slot);
@@ -635,7 +633,7 @@ async fn handle(
         }
         Op::SendMail => {
             let outgoing = here.prepare_send(headers, body)?;
-            here.send_through_dovecot(&mut conn, outgoing).await
+            here.send_through_dovecot(&mut conn, outgoing, None).await
         }
         // Drafts stay in the model until sent (no IMAP APPEND to Drafts; see README).
         Op::CreateDraft { folder } => here.create_draft(folder.as_deref(), headers, body),
@@ -643,9 +641,8 @@ async fn handle(
         Op::AddAttachment(id) => here.add_attachment(&id, body),
         Op::SendDraft(id) => {
             let (key, outgoing) = here.draft_outgoing(&id)?;
-            let response = here.send_through_dovecot(&mut conn, outgoing).await?;
-            here.drop_draft(key)?;
-            Ok(response)
+            here.send_through_dovecot(&mut conn, outgoing, Some(key))
+                .await
         }
         Op::MessageValue(id) => {
             let mime = crate::dovecot::value(shared, &mut conn, &id).await?;

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row;
 
 use super::{Batch, IDS_PER_STATEMENT};
-use crate::ingest::{FingerprintVersion, KnownMessage, KnownTicket, TicketStatus};
+use crate::ingest::{FingerprintVersion, KnownMessage, KnownTicket, ParsedMail, TicketStatus};
 use crate::store::Result;
 use crate::store::sql::placeholders;
 
@@ -56,7 +56,55 @@ pub(super) struct Prefetched {
     released: HashSet<String>,
 }
 
+/// Message-IDs Exchange gave messages we sent through Graph, and which IDs were looked up.
+#[derive(Debug, Default)]
+pub(super) struct SentIds {
+    /// `outbox.sent_message_id` → `outbox.message_id`.
+    ours: HashMap<String, String>,
+    asked: HashSet<String>,
+}
+
 impl Batch {
+    /// Looks up which of `ids` are Message-IDs Exchange gave messages we sent through Graph
+    /// (`outbox.sent_message_id`, migration 0019), one statement per `IDS_PER_STATEMENT` IDs not
+    /// looked up yet; [`Batch::name_our_messages`] then answers from memory. A batch asks for
+    /// all its messages' IDs at once.
+    pub async fn sent_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        let mut new: Vec<&str> = ids
+            .into_iter()
+            .filter(|id| !self.sent_ids.asked.contains(*id))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        for chunk in new.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(1, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT sent_message_id, message_id FROM outbox WHERE sent_message_id IN ({list})"
+            )));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                self.sent_ids.ours.insert(row.get(0), row.get(1));
+            }
+        }
+        self.sent_ids
+            .asked
+            .extend(new.into_iter().map(str::to_string));
+        Ok(())
+    }
+
+    /// Reads the references of `mail` to a message we sent under the Message-ID Exchange gave
+    /// it as references to our Message-ID (In-Reply-To, References, a report's original
+    /// message: threading and bounces then find our outbox row), looking up what was not looked
+    /// up yet. Returns our Message-ID when `mail`'s own Message-ID is one Exchange gave a message
+    /// of ours: our own mail come back.
+    pub async fn name_our_messages(&mut self, mail: &mut ParsedMail) -> Result<Option<String>> {
+        let ids: Vec<String> = mail.referenced_and_own_ids().map(str::to_string).collect();
+        self.sent_ids(ids.iter().map(String::as_str)).await?;
+        Ok(mail.name_our_messages(&self.sent_ids.ours))
+    }
+
     /// What is stored about a message about to be recorded, in one statement: the stored message
     /// with the same Message-ID, how many tickets were opened under `sender_key` (see
     /// [`BatchQuestions::senders`]) since `since_ms`, and whether an

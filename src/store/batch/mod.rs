@@ -78,6 +78,9 @@ pub struct Batch {
     /// Message, raw and attachment rows not written yet: a few multi-row statements, before any
     /// read that could see them and at commit.
     pending: pending::Pending,
+    /// Message-IDs Exchange gave messages we sent through Graph, with ours (`outbox.sent_message_id`
+    /// → `outbox.message_id`), for the IDs looked up so far ([`Batch::sent_ids`]).
+    sent_ids: facts::SentIds,
 }
 
 /// What a batch wrote so far that later facts in it depend on.
@@ -164,6 +167,7 @@ impl Store {
             fence: None,
             ids: pending::Ids::default(),
             pending: pending::Pending::default(),
+            sent_ids: facts::SentIds::default(),
         })
     }
 }
