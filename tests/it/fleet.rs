@@ -33,7 +33,11 @@ impl Fleet {
 
     /// A fleet of `n_mailboxes` with `extra_mailbox_keys` in each mailbox's table; the fake Entra
     /// also lets the test into `others` (e.g. a customer's mailbox, to read what was sent).
-    pub(crate) async fn build(n_mailboxes: usize, extra_mailbox_keys: &str, others: &[&str]) -> Fleet {
+    pub(crate) async fn build(
+        n_mailboxes: usize,
+        extra_mailbox_keys: &str,
+        others: &[&str],
+    ) -> Fleet {
         let db = TestDb::new(Backend::Postgres).await;
         let mailboxes: Vec<String> = (0..n_mailboxes).map(|_| unique_mailbox()).collect();
         let mut names: Vec<&str> = mailboxes.iter().map(String::as_str).collect();

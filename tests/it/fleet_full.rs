@@ -48,6 +48,8 @@ const BATCH_MESSAGES: i64 = 5;
 /// How long a claimed outbox row stays the claimer's (`smtp.claim_lease`): the resend after a
 /// crash between the server's 250 and `sent` comes within the test.
 const CLAIM_LEASE: Duration = Duration::from_secs(10);
+/// Messages delivered between two steps of the drill (about 3 s).
+const MAIL_PER_STEP: usize = 20;
 /// What "a login" may take on a loaded machine: a survivor logs in to up to ten folders it took
 /// over, paced at `logins_per_second` (10), then sweeps and commits.
 const LOGIN: Duration = Duration::from_secs(3);
@@ -134,6 +136,17 @@ async fn deliver(to: &str, note: &str, log: &Mutex<Vec<Delivered>>) {
     let (from, raw, message_id) = customer_mail(to, note);
     deliver_lmtp(to, &from, &raw).await;
     log.lock().unwrap().push(Delivered { message_id });
+}
+
+/// Mail between two steps: waits until [`MAIL_PER_STEP`] more messages were delivered, so
+/// that every step happens while sweeps and sends are under way.
+async fn more_mail(delivered: &Mutex<Vec<Delivered>>, step: &str) {
+    let from = delivered.lock().unwrap().len();
+    let came = eventually(Duration::from_secs(30), || async {
+        delivered.lock().unwrap().len() >= from + MAIL_PER_STEP
+    })
+    .await;
+    assert!(came, "mail is delivered {step}");
 }
 
 /// The test's wall clock in unix ms (the same host's clock as PostgreSQL's).
@@ -244,6 +257,7 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
 
     // B joins: A gives up half at its safe points (the folders leave IDLE, the senders their
     // sleep), B takes them.
+    more_mail(&delivered, "before B joins").await;
     let b = fleet.start("b");
     let b_started = now();
     let b_balanced = eventually(Duration::from_secs(30), || async {
@@ -274,6 +288,7 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
     eprintln!("B's share (30 units) taken {b_share_ms} ms after B started");
 
     // C starts late: 20 each.
+    more_mail(&delivered, "before C joins").await;
     let c = fleet.start("c");
     let c_started = now();
     let c_balanced = eventually(Duration::from_secs(30), || async {
@@ -311,6 +326,7 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
         "a joining worker's share moves within {join_bound} ms: B {b_share_ms} ms, C {c_share_ms} ms"
     );
 
+    more_mail(&delivered, "before the SIGKILL").await;
     // SIGKILL A: nothing is released; its leases expire after the TTL and the others take them.
     let before_kill = leases(&fleet).await;
     let orphaned: BTreeSet<(String, String)> = before_kill
@@ -357,15 +373,16 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
     };
     let taken_over = eventually(Duration::from_secs(30), || async {
         let now = leases(&fleet).await;
-        orphaned.iter().all(|k| {
-            now[k]
-                .holder
-                .as_deref()
-                .is_some_and(|h| h != a_id.as_str())
-        })
+        orphaned
+            .iter()
+            .all(|k| now[k].holder.as_deref().is_some_and(|h| h != a_id.as_str()))
     })
     .await;
-    assert!(taken_over, "A's units are taken over: {:?}", shares(&fleet.unit_holders().await));
+    assert!(
+        taken_over,
+        "A's units are taken over: {:?}",
+        shares(&fleet.unit_holders().await)
+    );
     let after_kill = leases(&fleet).await;
     let lease_takeover_ms = orphaned
         .iter()
@@ -441,6 +458,7 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
         "B and C hold 30 units each"
     );
 
+    more_mail(&delivered, "before the SIGTERM").await;
     // SIGTERM B: it stops at safe points, releases everything and says it stopped; C takes all.
     let b_units: BTreeSet<(String, String)> = fleet
         .unit_holders()
@@ -470,6 +488,7 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
         "handed over within 5 s of SIGTERM: {handover_ms} ms\nB: {b_log}"
     );
 
+    more_mail(&delivered, "after the SIGTERM").await;
     // The mail stops; C takes in what is left and sends every acknowledgement (those A claimed
     // once the claim lease ran out).
     stop_mail.store(true, Ordering::SeqCst);
@@ -588,7 +607,7 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
 
     // Bytes: everything Dovecot sent as bodies over every worker's sessions.
     let (corpus, largest): (i64, i64) =
-        sqlx::query("SELECT SUM(size_bytes), MAX(size_bytes) FROM imap_messages")
+        sqlx::query("SELECT CAST(SUM(size_bytes) AS BIGINT), MAX(size_bytes) FROM imap_messages")
             .fetch_one(&pool)
             .await
             .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))

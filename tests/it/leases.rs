@@ -210,16 +210,25 @@ async fn acquired_together(backend: Backend) {
     let epochs: std::collections::BTreeMap<String, i64> = taken
         .iter()
         .map(|l| {
-            assert_eq!((l.holder.as_str(), l.folder.as_str(), l.ttl), ("a", "INBOX", ttl));
+            assert_eq!(
+                (l.holder.as_str(), l.folder.as_str(), l.ttl),
+                ("a", "INBOX", ttl)
+            );
             (l.mailbox.clone(), l.epoch)
         })
         .collect();
     assert_eq!(taken.len(), 259, "all but b's");
     assert!(!epochs.contains_key("box000"), "b holds it");
-    assert_eq!(epochs["box001"], 2, "expired: taken over with the next epoch");
+    assert_eq!(
+        epochs["box001"], 2,
+        "expired: taken over with the next epoch"
+    );
     assert_eq!(epochs["box002"], own.epoch + 1, "a's own: a new tenure");
     assert_eq!(epochs["box003"], released.epoch + 1, "released: free");
-    assert!((4..260).all(|n| epochs[&format!("box{n:03}")] == 1), "new rows");
+    assert!(
+        (4..260).all(|n| epochs[&format!("box{n:03}")] == 1),
+        "new rows"
+    );
     // Each is a's now, by the database: renewed with the epochs it was given; b's stays b's.
     let keys: Vec<(String, String, i64)> = taken
         .iter()
@@ -229,12 +238,26 @@ async fn acquired_together(backend: Backend) {
     assert_eq!(renewed.len(), 259);
     let holders = store.lease_holders().await.unwrap();
     assert_eq!(holders.len(), 260);
-    assert!(holders.iter().all(|(m, _, h)| {
-        h.as_deref() == Some(if m == "box000" { "b" } else { "a" })
-    }));
+    assert!(
+        holders
+            .iter()
+            .all(|(m, _, h)| { h.as_deref() == Some(if m == "box000" { "b" } else { "a" }) })
+    );
     // Nothing to take: nothing taken, nothing changed.
-    assert!(store.acquire_leases(&units[..1], "a", ttl).await.unwrap().is_empty());
-    assert!(store.acquire_leases(&[], "a", ttl).await.unwrap().is_empty());
+    assert!(
+        store
+            .acquire_leases(&units[..1], "a", ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .acquire_leases(&[], "a", ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let (_, still) = store
         .renew_leases("b", ttl, &[(held.mailbox, held.folder, held.epoch)])
         .await
