@@ -19,8 +19,10 @@
 //!   except a row the killed worker had claimed (`sending`) when it died: the server may have
 //!   said 250 before the row became `sent`, and after `smtp.claim_lease` (here 10 s) it is sent
 //!   again, once, with the same Message-ID;
-//! - a joining worker's share moves at the others' next safe point (IDLE and the sender's sleep
-//!   are interrupted for it): balanced within 2 acquisition intervals + a logout and a login;
+//! - a joining worker's share moves at the others' next safe point (IDLE, the sender's wait for
+//!   its next poll and a login's wait for its turn end for it): the last unit of its share is
+//!   acquired within 2 acquisition intervals (+ a round's own time each) + a logout of its
+//!   registration;
 //! - after SIGKILL, each of the killed worker's leases is taken over within TTL + one
 //!   acquisition interval (the lease row's `acquired_at`; plus a second for the round's own
 //!   statements on a loaded machine), all of a round's units in one statement, and mail for its
@@ -156,6 +158,19 @@ async fn more_mail(delivered: &Mutex<Vec<Delivered>>, step: &str) {
     assert!(came, "mail is delivered {step}");
 }
 
+/// When worker `id` registered (`workers.started_at`, the database's clock, unix ms).
+async fn registered_at(fleet: &Fleet, id: &str) -> i64 {
+    let pool = fleet.db.pool().await;
+    let at: i64 = sqlx::query("SELECT started_at FROM workers WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    pool.close().await;
+    at
+}
+
 /// The test's wall clock in unix ms (the same host's clock as PostgreSQL's).
 fn now() -> i64 {
     mailintake::time::now_ms()
@@ -289,7 +304,6 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
     // sleep), B takes them.
     more_mail(&delivered, "before B joins").await;
     let b = fleet.start("b");
-    let b_started = now();
     let b_balanced = eventually(Duration::from_secs(30), || async {
         let holders = fleet.unit_holders().await;
         let ids: Vec<String> = shares(&holders).into_keys().collect();
@@ -314,13 +328,12 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
         .map(|l| l.acquired_at)
         .max()
         .unwrap();
-    let b_share_ms = b_took - b_started;
-    eprintln!("B's share (30 units) taken {b_share_ms} ms after B started");
+    let b_share_ms = b_took - registered_at(&fleet, &b_id).await;
+    eprintln!("B's share (30 units) taken {b_share_ms} ms after B registered");
 
     // C starts late: 20 each.
     more_mail(&delivered, "before C joins").await;
     let c = fleet.start("c");
-    let c_started = now();
     let c_balanced = eventually(Duration::from_secs(30), || async {
         let holders = fleet.unit_holders().await;
         let ids: Vec<String> = shares(&holders).into_keys().collect();
@@ -344,13 +357,13 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
         .map(|l| l.acquired_at)
         .max()
         .unwrap();
-    let c_share_ms = c_took - c_started;
-    eprintln!("C's share (20 units) taken {c_share_ms} ms after C started");
-    // The worker's start (its registration, then a heartbeat and an acquisition round at most
-    // one interval later), the others' next round (one interval) to see it and ask their surplus
-    // to stop, a logout at the safe point and the release, the joining worker's next round (one
-    // interval): 2 intervals + a logout, with 3 s for the start and a loaded machine.
-    let join_bound = (2 * ACQUIRE + Duration::from_secs(3)).as_millis() as i64;
+    let c_share_ms = c_took - registered_at(&fleet, &c_id).await;
+    eprintln!("C's share (20 units) taken {c_share_ms} ms after C registered");
+    // From the joining worker's registration: the others' next round (one interval) sees it and
+    // asks their surplus to stop (IDLE, a sender's wait and a login's queue end at once), a
+    // logout and the release; the joining worker's next round (one interval) takes them: 2
+    // intervals, plus a round's own time each and the logouts on a loaded machine.
+    let join_bound = (2 * (ACQUIRE + ROUND) + Duration::from_secs(1)).as_millis() as i64;
     assert!(
         b_share_ms <= join_bound && c_share_ms <= join_bound,
         "a joining worker's share moves within {join_bound} ms: B {b_share_ms} ms, C {c_share_ms} ms"
