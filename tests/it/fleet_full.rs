@@ -120,12 +120,6 @@ fn balanced(
             .all(|w| shares.get(*w).copied() == Some(per_worker))
 }
 
-/// A message delivered by the test: its mailbox (address) and Message-ID.
-#[derive(Debug, Clone)]
-struct Delivered {
-    message_id: String,
-}
-
 /// A customer's mail with a unique sender (the per-sender limit of new tickets stays out of it)
 /// and a unique Message-ID; about 1.5 KB.
 fn customer_mail(to: &str, note: &str) -> (String, Vec<u8>, String) {
@@ -140,16 +134,16 @@ fn customer_mail(to: &str, note: &str) -> (String, Vec<u8>, String) {
     (from, raw.into_bytes(), id)
 }
 
-/// Delivers one message to `to` and records it.
-async fn deliver(to: &str, note: &str, log: &Mutex<Vec<Delivered>>) {
+/// Delivers one message to `to` and records its Message-ID.
+async fn deliver(to: &str, note: &str, log: &Mutex<Vec<String>>) {
     let (from, raw, message_id) = customer_mail(to, note);
     deliver_lmtp(to, &from, &raw).await;
-    log.lock().unwrap().push(Delivered { message_id });
+    log.lock().unwrap().push(message_id);
 }
 
 /// Mail between two steps: waits until [`MAIL_PER_STEP`] more messages were delivered, so
 /// that every step happens while sweeps and sends are under way.
-async fn more_mail(delivered: &Mutex<Vec<Delivered>>, step: &str) {
+async fn more_mail(delivered: &Mutex<Vec<String>>, step: &str) {
     let from = delivered.lock().unwrap().len();
     let came = eventually(Duration::from_secs(30), || async {
         delivered.lock().unwrap().len() >= from + MAIL_PER_STEP
@@ -280,7 +274,7 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
     next_second().await;
 
     // Mail the whole time: every 100-150 ms to a random mailbox.
-    let delivered: Arc<Mutex<Vec<Delivered>>> = Arc::default();
+    let delivered: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop_mail = Arc::new(AtomicBool::new(false));
     let seed = (now() as u64) | 1;
     eprintln!("mail to random mailboxes, seed {seed}");
@@ -407,9 +401,7 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
             let address = &fleet.mailboxes[index];
             let (from, raw, id) = customer_mail(address, "after the kill");
             deliver_lmtp(address, &from, &raw).await;
-            delivered.lock().unwrap().push(Delivered {
-                message_id: id.clone(),
-            });
+            delivered.lock().unwrap().push(id.clone());
             probes.push((mailbox.clone(), id));
         }
         probes
@@ -536,7 +528,7 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
     // once the claim lease ran out).
     stop_mail.store(true, Ordering::SeqCst);
     mailer.await.expect("every delivery accepted");
-    let delivered: Vec<Delivered> = delivered.lock().unwrap().clone();
+    let delivered: Vec<String> = delivered.lock().unwrap().clone();
     let n = delivered.len() as i64;
     eprintln!("{n} messages delivered");
     let all_in = eventually(Duration::from_secs(40), || async {
@@ -568,7 +560,7 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
     // Every message exactly once: one ledger row, one inbound message row, one ticket, one
     // acknowledgement.
     let pool = fleet.db.pool().await;
-    let ids: BTreeSet<String> = delivered.iter().map(|d| d.message_id.clone()).collect();
+    let ids: BTreeSet<String> = delivered.iter().cloned().collect();
     assert_eq!(ids.len(), delivered.len());
     let stored: Vec<String> =
         sqlx::query("SELECT message_id FROM messages WHERE direction = 'inbound'")
