@@ -228,8 +228,13 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
         ack = ack_keys_with(""),
     );
     let fleet = Fleet::build(N_MAILBOXES, &keys, &[]).await;
-    // The fleet follows the registry: the file's mailboxes are written into it first.
-    let text = std::fs::read_to_string(&fleet.config.path).unwrap();
+    // The fleet follows the registry: the file's mailboxes are written into it first. Each folder
+    // waits in IDLE up to a minute (new mail ends it at once): a worker that gives a folder up
+    // for a joining one must end its IDLE, not wait for the poll.
+    let text = std::fs::read_to_string(&fleet.config.path)
+        .unwrap()
+        .replace("poll_interval = \"1s\"", "poll_interval = \"60s\"");
+    assert!(text.contains("poll_interval = \"60s\""));
     std::fs::write(
         &fleet.config.path,
         format!("{text}\n[token_store]\nkeys = [{{ id = \"k1\", key = \"{TOKEN_KEY}\" }}]\n"),
