@@ -1,6 +1,7 @@
 //! The whole fleet drill of issue 17 ("Done when"): three `mailintake run` worker processes on
-//! one PostgreSQL, 30 acknowledging mailboxes (60 units: a folder and an outbox sender each),
-//! mail delivered over LMTP every 100–150 ms to a random mailbox the whole time. Worker A starts
+//! one PostgreSQL, 30 acknowledging mailboxes from the registry (60 units: a folder and an
+//! outbox sender each; each folder in IDLE up to a minute), mail delivered over LMTP every
+//! 100–150 ms to a random mailbox the whole time. Worker A starts
 //! alone and takes every unit, B joins and gets half, C starts late and gets a third; A is killed
 //! with SIGKILL, B stopped with SIGTERM, and C ends with everything.
 //!
