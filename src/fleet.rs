@@ -341,28 +341,35 @@ impl Fleet {
             .into_iter()
             .map(|(m, f, h)| ((m, f), h))
             .collect();
+        // The free ones, up to the room left, in one statement (a killed worker's hundreds of
+        // folders are one round trip, not two each); those another worker took meanwhile are
+        // left out, and the next candidates tried in their place.
+        let mut candidates = waiting
+            .into_iter()
+            .filter(|(unit, _)| {
+                let key = (unit.mailbox.clone(), unit.folder.clone());
+                !matches!(holders.get(&key), Some(Some(_)))
+            })
+            .peekable();
         let mut room = fair - held;
-        for (unit, slot) in waiting {
-            if room == 0 {
-                break;
-            }
-            let key = (unit.mailbox.clone(), unit.folder.clone());
-            if matches!(holders.get(&key), Some(Some(_))) {
-                continue;
-            }
-            if let Some(lease) = self
+        while room > 0 && candidates.peek().is_some() {
+            let tried: BTreeMap<(String, String), Arc<Waiting>> = candidates
+                .by_ref()
+                .take(room)
+                .map(|(unit, slot)| ((unit.mailbox, unit.folder), slot))
+                .collect();
+            let keys: Vec<(String, String)> = tried.keys().cloned().collect();
+            let taken = self
                 .store
-                .acquire_lease(
-                    &unit.mailbox,
-                    &unit.folder,
-                    &self.worker.id,
-                    self.config.lease_ttl,
-                )
-                .await?
-            {
-                *slot.granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
-                slot.notify.notify_one();
-                room -= 1;
+                .acquire_leases(&keys, &self.worker.id, self.config.lease_ttl)
+                .await?;
+            for lease in taken {
+                let key = (lease.mailbox.clone(), lease.folder.clone());
+                if let Some(slot) = tried.get(&key) {
+                    *slot.granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+                    slot.notify.notify_one();
+                    room -= 1;
+                }
             }
         }
         Ok(())

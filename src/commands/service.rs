@@ -193,7 +193,7 @@ async fn sized_for(
         PoolSizing::Computed { tasks, cap } => tracing::info!(
             max_connections = size,
             tasks,
-            "database pool: up to {size} connections ({tasks} folder and sender tasks + {POOL_HEADROOM},              at most {cap} unless [database] max_connections says otherwise)"
+            "database pool: up to {size} connections ({tasks} folder and sender tasks + {POOL_HEADROOM}, at most {cap} unless [database] max_connections says otherwise)"
         ),
     }
     if size == store.max_connections() {

@@ -7,7 +7,7 @@ use backon::BackoffBuilder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
 
-use super::session::{Session, Source, login};
+use super::session::{Session, Source, login, login_unless_stopped};
 use super::sweep::{SweepEnd, sweep};
 use super::{CycleError, MailboxContext};
 use crate::failpoint::{self, Point};
@@ -122,12 +122,15 @@ impl FolderTask<'_, '_> {
         }
         let mut session = match self.session.take() {
             Some(session) => session,
-            None => match login(ctx).await {
-                Ok(fresh) => {
+            // Stopped while the login waits its turn (shutdown, or the lease is to go to a
+            // worker that joined): nothing was sent, nothing to log out of.
+            None => match login_unless_stopped(ctx, self.cancel).await {
+                None => return Wake::Shutdown,
+                Some(Ok(fresh)) => {
                     ctx.metrics.logged_in(&ctx.mailbox.name, ctx.folder);
                     fresh
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let delay = self.failure_delay(&e);
                     return self.pause(delay, Wake::Reconnect).await;
                 }

@@ -208,16 +208,60 @@ impl LoginPacer {
         // The moment a connection may start, in the log: the tests read the pace from it.
         tracing::debug!(%host, per_second, "login slot reached");
     }
+
+    /// [`LoginPacer::wait`], unless `stop` comes first: then `false`, and the slot goes unused
+    /// (the logins after it keep their places, a spacing later than they might have been).
+    pub async fn wait_unless_stopped(
+        &self,
+        host: &str,
+        per_second: u32,
+        stop: &CancellationToken,
+    ) -> bool {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => false,
+            _ = self.wait(host, per_second) => true,
+        }
+    }
 }
 
 /// Logs in to the mailbox's server with a cached token, in its turn ([`LoginPacer`]); if the
 /// server refuses it, forgets it and tries once more with a fresh one (the token may have been
 /// revoked or have expired early).
 pub async fn login(ctx: &MailboxContext<'_>) -> Result<Session<Source>, CycleError> {
+    if let Some(imap) = ctx.mailbox.imap() {
+        ctx.logins.wait(&imap.host, imap.logins_per_second).await;
+    }
+    login_in_turn(ctx).await
+}
+
+/// [`login`], unless `stop` comes while the login waits its turn: then `None`, before anything
+/// was sent. With many folders on one server the turn may be far off (1,000 folders at 10
+/// logins a second: 100 s), and a folder task asked to stop meanwhile — shutdown, or its lease
+/// given up to a worker that joined, which picks the newest tenures, those still waiting — must
+/// not log in, open the folder and list it first. Once the turn came, the login runs to its end
+/// (a token request is not cut off halfway: its answer may carry a rotated refresh token).
+pub async fn login_unless_stopped(
+    ctx: &MailboxContext<'_>,
+    stop: &CancellationToken,
+) -> Option<Result<Session<Source>, CycleError>> {
+    if let Some(imap) = ctx.mailbox.imap()
+        && !ctx
+            .logins
+            .wait_unless_stopped(&imap.host, imap.logins_per_second, stop)
+            .await
+    {
+        return None;
+    }
+    Some(login_in_turn(ctx).await)
+}
+
+/// The login itself, its turn ([`LoginPacer`]) taken already for IMAP.
+async fn login_in_turn(ctx: &MailboxContext<'_>) -> Result<Session<Source>, CycleError> {
     if let Transport::Graph(graph) = &ctx.mailbox.transport {
         return login_graph(ctx, graph).await;
     }
-    login_to(&Login {
+    login_imap_in_turn(&Login {
         mailbox: ctx.mailbox,
         identity: ctx.identity,
         tokens: ctx.tokens,
@@ -276,13 +320,20 @@ pub struct Login<'a> {
 
 /// [`login`] with only what a login needs.
 pub async fn login_to(ctx: &Login<'_>) -> Result<Session<Source>, CycleError> {
+    if let Some(imap) = ctx.mailbox.imap() {
+        ctx.logins.wait(&imap.host, imap.logins_per_second).await;
+    }
+    login_imap_in_turn(ctx).await
+}
+
+/// An IMAP login, its turn taken already.
+async fn login_imap_in_turn(ctx: &Login<'_>) -> Result<Session<Source>, CycleError> {
     let Some(imap) = ctx.mailbox.imap() else {
         return Err(CycleError::Source(SourceError::new(
             SourceErrorKind::Refused,
             NotImap(ctx.mailbox.name.clone()),
         )));
     };
-    ctx.logins.wait(&imap.host, imap.logins_per_second).await;
     let command_timeout = imap.timeouts.command;
     // A token that outlasts the margin, so the new session can take batches.
     let lasting = 2 * command_timeout;
@@ -320,3 +371,49 @@ pub async fn login_to(ctx: &Login<'_>) -> Result<Session<Source>, CycleError> {
 #[derive(Debug, thiserror::Error)]
 #[error("mailbox `{0}` is read through Microsoft Graph, not IMAP")]
 struct NotImap(String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A login far back in the queue gives its turn up as soon as it is asked to stop, instead
+    /// of waiting for it (and then logging in for nothing); the turns before it are kept.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_wait_for_a_login_turn() {
+        let pacer = LoginPacer::default();
+        // Paused time: tokio's clock (the pacer's slots come from the real one, a few
+        // microseconds apart).
+        let start = tokio::time::Instant::now();
+        let about = |elapsed: Duration, expected: Duration| {
+            elapsed.abs_diff(expected) < Duration::from_millis(10)
+        };
+        // 100 logins ahead, 10 a second: the next turn is 10 s away.
+        for _ in 0..100 {
+            let _ = tokio::time::timeout(Duration::ZERO, pacer.wait("imap.test", 10)).await;
+        }
+        let stop = CancellationToken::new();
+        let stopper = {
+            let stop = stop.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                stop.cancel();
+            }
+        };
+        let (took_turn, ()) =
+            tokio::join!(pacer.wait_unless_stopped("imap.test", 10, &stop), stopper);
+        assert!(!took_turn);
+        assert!(
+            about(start.elapsed(), Duration::from_millis(300)),
+            "{:?}",
+            start.elapsed()
+        );
+        // Not stopped: it waits for its turn (the 102nd slot: 10.1 s after the start).
+        let stop = CancellationToken::new();
+        assert!(pacer.wait_unless_stopped("imap.test", 10, &stop).await);
+        assert!(
+            about(start.elapsed(), Duration::from_millis(10_100)),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+}

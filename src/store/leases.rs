@@ -232,7 +232,8 @@ impl Store {
 
     /// Takes the lease of (`mailbox`, `folder`) for `holder` for `ttl`: when it is free, expired
     /// (by the database's clock), or `holder`'s already (then with a new epoch all the same: an
-    /// acquisition starts a new tenure). `None` when another worker holds it.
+    /// acquisition starts a new tenure). `None` when another worker holds it. One unit of
+    /// [`Store::acquire_leases`].
     pub async fn acquire_lease(
         &self,
         mailbox: &str,
@@ -240,36 +241,71 @@ impl Store {
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<Lease>> {
+        let units = [(mailbox.to_string(), folder.to_string())];
+        Ok(self.acquire_leases(&units, holder, ttl).await?.pop())
+    }
+
+    /// Takes the leases of `units` (mailbox, folder) for `holder` for `ttl`, each on the terms of
+    /// [`Store::acquire_lease`], in two statements per [`ACQUISITIONS_PER_STATEMENT`]: one INSERT
+    /// of the rows not there yet, one conditional UPDATE that raises each taken row's epoch. A
+    /// coordination round that takes a killed worker's hundreds of folders over is a few round
+    /// trips, not two per folder. Returns the leases taken, in no particular order; a unit
+    /// another worker holds is not among them.
+    pub async fn acquire_leases(
+        &self,
+        units: &[(String, String)],
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Vec<Lease>> {
         let now = db_now(self.backend);
-        sqlx::query(
-            "INSERT INTO leases (mailbox, folder) VALUES ($1, $2) \
-             ON CONFLICT (mailbox, folder) DO NOTHING",
-        )
-        .bind(mailbox)
-        .bind(folder)
-        .execute(&self.pool)
-        .await?;
-        let started = Instant::now();
-        let epoch: Option<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE leases SET holder = $3, epoch = epoch + 1, acquired_at = {now}, renewed_at = {now}, \
-             expires_at = {now} + $4 WHERE mailbox = $1 AND folder = $2 \
-             AND (holder IS NULL OR holder = $3 OR expires_at <= {now}) RETURNING epoch"
-        )))
-        .bind(mailbox)
-        .bind(folder)
-        .bind(holder)
-        .bind(ttl.as_millis() as i64)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| r.get(0));
-        Ok(epoch.map(|epoch| Lease {
-            mailbox: mailbox.to_string(),
-            folder: folder.to_string(),
-            holder: holder.to_string(),
-            epoch,
-            ttl,
-            renewed_at: started,
-        }))
+        let mut taken = Vec::new();
+        for chunk in units.chunks(ACQUISITIONS_PER_STATEMENT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${})", 1 + i * 2, 2 + i * 2))
+                .collect();
+            let insert = format!(
+                "INSERT INTO leases (mailbox, folder) VALUES {} \
+                 ON CONFLICT (mailbox, folder) DO NOTHING",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
+            for (mailbox, folder) in chunk {
+                query = query.bind(mailbox).bind(folder);
+            }
+            query.execute(&self.pool).await?;
+
+            let which: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let at = 3 + i * 2;
+                    format!("(mailbox = ${at} AND folder = ${})", at + 1)
+                })
+                .collect();
+            let update = format!(
+                "UPDATE leases SET holder = $1, epoch = epoch + 1, acquired_at = {now}, \
+                 renewed_at = {now}, expires_at = {now} + $2 \
+                 WHERE (holder IS NULL OR holder = $1 OR expires_at <= {now}) AND ({}) \
+                 RETURNING mailbox, folder, epoch",
+                which.join(" OR ")
+            );
+            let started = Instant::now();
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(update))
+                .bind(holder)
+                .bind(ttl.as_millis() as i64);
+            for (mailbox, folder) in chunk {
+                query = query.bind(mailbox).bind(folder);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                taken.push(Lease {
+                    mailbox: row.get(0),
+                    folder: row.get(1),
+                    holder: holder.to_string(),
+                    epoch: row.get(2),
+                    ttl,
+                    renewed_at: started,
+                });
+            }
+        }
+        Ok(taken)
     }
 
     /// Renews `leases` (all `holder`'s, all with `ttl`) for another TTL, in one statement per
@@ -349,6 +385,9 @@ impl Store {
             .collect())
     }
 }
+
+/// Leases acquired by one statement (2 binds each in the INSERT, 2 + 2 each in the UPDATE).
+pub const ACQUISITIONS_PER_STATEMENT: usize = 250;
 
 /// Leases renewed by one statement (3 binds each: within SQLite's 32,766 and PostgreSQL's
 /// 65,535 bind parameters, and a statement small enough to plan quickly).

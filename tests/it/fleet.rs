@@ -13,14 +13,17 @@ use sqlx::Row;
 use crate::helpers::*;
 
 /// The test's lease TTL and acquisition interval (`[fleet]`).
-const TTL: Duration = Duration::from_secs(5);
-const ACQUIRE: Duration = Duration::from_secs(1);
+pub(crate) const TTL: Duration = Duration::from_secs(5);
+pub(crate) const ACQUIRE: Duration = Duration::from_secs(1);
 
-struct Fleet {
-    db: TestDb,
-    entra: Entra,
-    mailboxes: Vec<String>,
-    config: ConfigFile,
+/// A fleet's world: one PostgreSQL database, `mailboxes` on the stack's Dovecot (named `box0`,
+/// `box1`, … in the config file), a fake Entra that lets the workers in. Also used by
+/// `fleet_full.rs`.
+pub(crate) struct Fleet {
+    pub(crate) db: TestDb,
+    pub(crate) entra: Entra,
+    pub(crate) mailboxes: Vec<String>,
+    pub(crate) config: ConfigFile,
 }
 
 impl Fleet {
@@ -30,7 +33,11 @@ impl Fleet {
 
     /// A fleet of `n_mailboxes` with `extra_mailbox_keys` in each mailbox's table; the fake Entra
     /// also lets the test into `others` (e.g. a customer's mailbox, to read what was sent).
-    async fn build(n_mailboxes: usize, extra_mailbox_keys: &str, others: &[&str]) -> Fleet {
+    pub(crate) async fn build(
+        n_mailboxes: usize,
+        extra_mailbox_keys: &str,
+        others: &[&str],
+    ) -> Fleet {
         let db = TestDb::new(Backend::Postgres).await;
         let mailboxes: Vec<String> = (0..n_mailboxes).map(|_| unique_mailbox()).collect();
         let mut names: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
@@ -90,12 +97,12 @@ ca_file = "{ca}"
     }
 
     /// Starts worker `name` (`mailintake run`, its log in a file of its own).
-    fn start(&self, name: &str) -> Running {
+    pub(crate) fn start(&self, name: &str) -> Running {
         self.start_with(name, &[])
     }
 
     /// Like [`Fleet::start`], with extra environment variables.
-    fn start_with(&self, name: &str, env: &[(&str, &str)]) -> Running {
+    pub(crate) fn start_with(&self, name: &str, env: &[(&str, &str)]) -> Running {
         let log: PathBuf = self.config.path.with_file_name(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = tokio::process::Command::new(binary())
@@ -115,7 +122,7 @@ ca_file = "{ca}"
 
     /// Who holds each unit now (by the database's clock), by (mailbox, folder); the outbox
     /// sender's folder is the empty string.
-    async fn unit_holders(&self) -> BTreeMap<(String, String), String> {
+    pub(crate) async fn unit_holders(&self) -> BTreeMap<(String, String), String> {
         let pool = self.db.pool().await;
         let rows = sqlx::query(
             "SELECT mailbox, folder, holder FROM leases WHERE holder IS NOT NULL \
@@ -131,7 +138,7 @@ ca_file = "{ca}"
     }
 
     /// Who holds each mailbox now (by the database's clock), by mailbox name.
-    async fn holders(&self) -> BTreeMap<String, String> {
+    pub(crate) async fn holders(&self) -> BTreeMap<String, String> {
         let pool = self.db.pool().await;
         let rows = sqlx::query(
             "SELECT mailbox, holder FROM leases WHERE holder IS NOT NULL \
@@ -147,7 +154,7 @@ ca_file = "{ca}"
     }
 
     /// The worker id of the process `pid` (from the workers table).
-    async fn worker_id(&self, pid: u32) -> Option<String> {
+    pub(crate) async fn worker_id(&self, pid: u32) -> Option<String> {
         let pool = self.db.pool().await;
         let id = sqlx::query("SELECT id FROM workers WHERE pid = $1 AND stopped_at IS NULL")
             .bind(i64::from(pid))
@@ -168,17 +175,17 @@ ca_file = "{ca}"
         }
     }
 
-    async fn n_tickets(&self) -> i64 {
+    pub(crate) async fn n_tickets(&self) -> i64 {
         self.db.count_or_zero("SELECT COUNT(*) FROM tickets").await
     }
 
     /// Waits until `n` tickets exist, at most `limit`.
-    async fn wait_for_tickets(&self, n: i64, limit: Duration) -> bool {
+    pub(crate) async fn wait_for_tickets(&self, n: i64, limit: Duration) -> bool {
         eventually(limit, || async { self.n_tickets().await >= n }).await
     }
 }
 
-fn mail(to: &str, from: &str, wave: &str) -> Vec<u8> {
+pub(crate) fn mail(to: &str, from: &str, wave: &str) -> Vec<u8> {
     let id = format!("{}@customer.test", unique("fleet"));
     format!(
         "From: Customer <{from}>\r\nTo: {to}\r\nSubject: {wave} for {to}\r\n\
@@ -379,7 +386,7 @@ async fn ledger(db: &TestDb) -> Vec<String> {
 }
 
 /// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
-fn is_stopped(pid: u32) -> bool {
+pub(crate) fn is_stopped(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {

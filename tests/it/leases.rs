@@ -169,6 +169,113 @@ async fn renewed_together(backend: Backend) {
     store.close().await;
 }
 
+/// A coordination round's units are acquired together, a few hundred per statement: of 260
+/// units in two statements, a takes every one that is free (never used, released, expired) or
+/// its own already (with a new epoch all the same), and not the one b holds.
+async fn acquired_together(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::open(&db.url).await.unwrap();
+    for w in ["a", "b"] {
+        store.heartbeat(&worker(w)).await.unwrap();
+    }
+    let ttl = Duration::from_secs(30);
+    // box000: b's; box001: b's, expired; box002: a's already; box003: released by b.
+    let held = store
+        .acquire_lease("box000", "INBOX", "b", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .acquire_lease("box001", "INBOX", "b", Duration::from_millis(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let own = store
+        .acquire_lease("box002", "INBOX", "a", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    let released = store
+        .acquire_lease("box003", "INBOX", "b", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    store.release_lease(&released).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let units: Vec<(String, String)> = (0..260)
+        .map(|n| (format!("box{n:03}"), "INBOX".to_string()))
+        .collect();
+    let taken = store.acquire_leases(&units, "a", ttl).await.unwrap();
+    let epochs: std::collections::BTreeMap<String, i64> = taken
+        .iter()
+        .map(|l| {
+            assert_eq!(
+                (l.holder.as_str(), l.folder.as_str(), l.ttl),
+                ("a", "INBOX", ttl)
+            );
+            (l.mailbox.clone(), l.epoch)
+        })
+        .collect();
+    assert_eq!(taken.len(), 259, "all but b's");
+    assert!(!epochs.contains_key("box000"), "b holds it");
+    assert_eq!(
+        epochs["box001"], 2,
+        "expired: taken over with the next epoch"
+    );
+    assert_eq!(epochs["box002"], own.epoch + 1, "a's own: a new tenure");
+    assert_eq!(epochs["box003"], released.epoch + 1, "released: free");
+    assert!(
+        (4..260).all(|n| epochs[&format!("box{n:03}")] == 1),
+        "new rows"
+    );
+    // Each is a's now, by the database: renewed with the epochs it was given; b's stays b's.
+    let keys: Vec<(String, String, i64)> = taken
+        .iter()
+        .map(|l| (l.mailbox.clone(), l.folder.clone(), l.epoch))
+        .collect();
+    let (_, renewed) = store.renew_leases("a", ttl, &keys).await.unwrap();
+    assert_eq!(renewed.len(), 259);
+    let holders = store.lease_holders().await.unwrap();
+    assert_eq!(holders.len(), 260);
+    assert!(
+        holders
+            .iter()
+            .all(|(m, _, h)| { h.as_deref() == Some(if m == "box000" { "b" } else { "a" }) })
+    );
+    // Nothing to take: nothing taken, nothing changed.
+    assert!(
+        store
+            .acquire_leases(&units[..1], "a", ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .acquire_leases(&[], "a", ttl)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (_, still) = store
+        .renew_leases("b", ttl, &[(held.mailbox, held.folder, held.epoch)])
+        .await
+        .unwrap();
+    assert_eq!(still.len(), 1, "b's lease untouched");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_rounds_leases_are_acquired_together_on_sqlite() {
+    acquired_together(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_rounds_leases_are_acquired_together_on_postgres() {
+    acquired_together(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn a_workers_leases_are_renewed_together_on_sqlite() {
     renewed_together(Backend::Sqlite).await;

@@ -16,6 +16,7 @@ mod engine;
 mod faultproxy;
 mod fingerprints;
 mod fleet;
+mod fleet_full;
 mod flows;
 mod graph;
 mod guides;
