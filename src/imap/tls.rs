@@ -131,10 +131,16 @@ mod tests {
         let private_ca = ca_file(dir.path(), "ca.pem", "mailintake test CA");
         let contexts = TlsContexts::default();
         for _ in 0..50 {
-            contexts.connector(&endpoint(Some(private_ca.clone()))).unwrap();
+            contexts
+                .connector(&endpoint(Some(private_ca.clone())))
+                .unwrap();
             contexts.connector(&endpoint(None)).unwrap();
         }
-        assert_eq!(contexts.len(), 2, "one for the ca_file, one for the system store");
+        assert_eq!(
+            contexts.len(),
+            2,
+            "one for the ca_file, one for the system store"
+        );
 
         // The same certificate under another path is the same trust: no new context.
         let copy = dir.path().join("copy.pem");

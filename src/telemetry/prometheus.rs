@@ -27,26 +27,30 @@ impl Snapshot {
         let mut out = Exposition {
             text: String::with_capacity(64 * 1024 + self.mailboxes.len() * 2048),
         };
-        let per_mailbox =
-            |out: &mut Exposition, name: &str, kind: &str, help: &str, f: &dyn Fn(&MailboxStats) -> f64| {
-                out.family(name, kind, help);
-                for (mailbox, m) in &self.mailboxes {
-                    out.sample(name, "", &[("mailbox", mailbox)], f(m));
-                }
-            };
-        // A family with one label besides the mailbox, over a closed set of values.
-        let per_mailbox_by = |out: &mut Exposition,
-                              name: &str,
-                              help: &str,
-                              label: &str,
-                              f: &dyn Fn(&MailboxStats) -> Vec<(&'static str, f64)>| {
-            out.family(name, "counter", help);
+        let per_mailbox = |out: &mut Exposition,
+                           name: &str,
+                           kind: &str,
+                           help: &str,
+                           f: &dyn Fn(&MailboxStats) -> f64| {
+            out.family(name, kind, help);
             for (mailbox, m) in &self.mailboxes {
-                for (value, n) in f(m) {
-                    out.sample(name, "", &[("mailbox", mailbox), (label, value)], n);
-                }
+                out.sample(name, "", &[("mailbox", mailbox)], f(m));
             }
         };
+        // A family with one label besides the mailbox, over a closed set of values.
+        let per_mailbox_by =
+            |out: &mut Exposition,
+             name: &str,
+             help: &str,
+             label: &str,
+             f: &dyn Fn(&MailboxStats) -> Vec<(&'static str, f64)>| {
+                out.family(name, "counter", help);
+                for (mailbox, m) in &self.mailboxes {
+                    for (value, n) in f(m) {
+                        out.sample(name, "", &[("mailbox", mailbox), (label, value)], n);
+                    }
+                }
+            };
 
         out.family(
             "mailintake_start_time_seconds",
