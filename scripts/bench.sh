@@ -5,9 +5,14 @@
 #
 #   scripts/bench.sh [--count N] [--seed S] [--with-50k] [--no-report] [--keep] [--only bare,sqlite,postgres,graph,mbsync,python]
 #   scripts/bench.sh --latency [--count 200] [--rate 5] [--no-report] [--keep]
+#   scripts/bench.sh --mailboxes N [--identities 10] [--deliveries 200] [--fleet-mailboxes 60]
+#                    [--fleet-messages 50] [--workers 1,2,3] [--skip-one] [--skip-fleet] [--no-report] [--keep]
 #
 # --latency runs the latency benchmark instead (scripts/bench/latency.py): `mailintake run` with
 # IDLE, 200 messages submitted over SMTP, time to the committed ticket and to the acknowledgement.
+# --mailboxes N runs the many-mailboxes benchmark (scripts/bench/mailboxes.py): N mailboxes in one
+# `mailintake run` (SQLite, IDLE: peak RSS, time to IDLE, token requests, delivery latency, status
+# page and /metrics latency, SIGTERM), then a backfill by 1, 2 and 3 workers on PostgreSQL.
 #
 # As root on Debian 12 (it installs isync and time, and uses the local mail stack and the
 # PostgreSQL on 127.0.0.1:5432 that scripts/test.sh uses). Not part of the test suite. It creates
@@ -18,9 +23,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 latency=0
+mailboxes=""
 if [[ "${1:-}" == "--latency" ]]; then
     latency=1
     shift
+elif [[ "${1:-}" == "--mailboxes" ]]; then
+    mailboxes="${2:?--mailboxes needs a count}"
+    shift 2
 fi
 
 log() { printf '\n==> %s\n' "$*" >&2; }
@@ -47,12 +56,20 @@ if ((!latency)) && ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
     exit 1
 fi
 
-log "building mailintake and the bare pipeline (release)"
-cargo build --release --quiet --bin mailintake --example bare_pipeline
-cargo build --release --quiet -p fake-graph --bin fake-graph
+if [[ -n $mailboxes ]]; then
+    log "building mailintake (release)"
+    cargo build --release --quiet --bin mailintake
+else
+    log "building mailintake and the bare pipeline (release)"
+    cargo build --release --quiet --bin mailintake --example bare_pipeline
+    cargo build --release --quiet -p fake-graph --bin fake-graph
+fi
 
 log "benchmark (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 if ((latency)); then
     exec python3 scripts/bench/latency.py "$@"
+fi
+if [[ -n $mailboxes ]]; then
+    exec python3 scripts/bench/mailboxes.py --mailboxes "$mailboxes" "$@"
 fi
 exec python3 scripts/bench/run.py "$@"

@@ -15,7 +15,7 @@ use tracing::{debug, instrument, warn};
 use crate::config::{ImapEndpoint, TlsMode};
 use crate::oauth::AccessToken;
 
-type TlsStream = async_native_tls::TlsStream<TcpStream>;
+type TlsStream = tokio_native_tls::TlsStream<TcpStream>;
 
 /// Why an IMAP operation failed. The worker's question is "reconnect and retry later, or is the
 /// login itself refused?": see [`ImapError::is_auth_failure`].
@@ -145,7 +145,7 @@ pub async fn connect(
     })
     .await?;
     enable_keepalive(&tcp);
-    let tls = tls_connector(endpoint)?;
+    let tls = super::tls::TlsContexts::shared().connector(endpoint)?;
 
     let client = match endpoint.tls {
         TlsMode::Implicit => {
@@ -285,26 +285,6 @@ pub(super) fn server_text(rendered: &str) -> String {
 /// The failure challenge is normally JSON; keep it readable and short.
 fn decode_challenge(detail: &str) -> String {
     detail.trim().chars().take(300).collect()
-}
-
-fn tls_connector(endpoint: &ImapEndpoint) -> Result<async_native_tls::TlsConnector, ImapError> {
-    let mut connector = async_native_tls::TlsConnector::new();
-    if let Some(ca_file) = &endpoint.ca_file {
-        let unexpected = |detail: String| ImapError::Unexpected {
-            operation: "TLS setup",
-            detail,
-        };
-        let pem = std::fs::read(ca_file)
-            .map_err(|e| unexpected(format!("cannot read ca_file {}: {e}", ca_file.display())))?;
-        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
-            unexpected(format!(
-                "ca_file {} is not a PEM certificate: {e}",
-                ca_file.display()
-            ))
-        })?;
-        connector = connector.add_root_certificate(cert);
-    }
-    Ok(connector)
 }
 
 /// TCP keepalive, so a connection silently dropped by a NAT or firewall is noticed.

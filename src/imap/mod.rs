@@ -13,7 +13,8 @@
 //! By concern: `connection` (TLS, greeting, XOAUTH2 login, command deadlines, logout), `fetch`
 //! (listing and capped body downloads), `folders` (SELECT/EXAMINE, LIST, STATUS, CREATE and the
 //! dispositions), `idle` (IDLE), `sent` (copies of sent mail: the `\Sent` folder, APPEND once),
-//! `utf7` (folder names); each adds its own `impl Connection`.
+//! `tls` (one TLS context per set of trust roots, shared by every session), `utf7` (folder
+//! names); each adds its own `impl Connection`.
 
 mod connection;
 mod fetch;
@@ -21,6 +22,7 @@ mod folders;
 mod idle;
 mod sent;
 mod source;
+mod tls;
 mod utf7;
 
 pub use connection::{Connection, ImapError, connect};
