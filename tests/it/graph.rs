@@ -1020,10 +1020,13 @@ async fn duplicates_threading_and_shadow_mode_on_graph() {
 /// once stay within max_concurrent_requests (the fake counts them for real).
 #[tokio::test]
 async fn a_graph_mailbox_runs_beside_an_imap_one_within_the_concurrency_bound() {
-    let case = GraphCase::with_graph_keys(
+    // Each download takes 150 ms at the fake, so two side by side overlap even on a loaded
+    // machine (without it, the peak was sometimes 1 there).
+    let case = GraphCase::build(
         Backend::Sqlite,
         "fetch_batch_messages = 20",
         "max_concurrent_requests = 2",
+        |config| config.value_latency = Some(Duration::from_millis(150)),
     )
     .await;
     let text = std::fs::read_to_string(&case.config.path).unwrap();

@@ -837,6 +837,13 @@ impl Here<'_> {
             Ok((m.mime.clone(), m.value_fault.clone()))
         })?;
         let mime = mime.unwrap_or(model_mime);
+        if let Some(latency) = self.shared.config.value_latency {
+            // The request's concurrency slot is held meanwhile, as for a slow real download.
+            tokio::select! {
+                () = tokio::time::sleep(latency) => {}
+                () = self.shared.until_shutdown() => {}
+            }
+        }
         let content = |body: Body| {
             let mut response = (StatusCode::OK, body).into_response();
             set(&mut response, header::CONTENT_TYPE.as_str(), "text/plain");

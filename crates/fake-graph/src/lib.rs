@@ -200,6 +200,10 @@ pub struct Config {
     pub default_page_size: usize,
     /// The largest page served (1000); larger preferences are capped.
     pub max_page_size: usize,
+    /// How long a `$value` download takes before its body comes (none by default): a mailbox's
+    /// store far away, so that requests a client makes side by side overlap in time whatever
+    /// the load of the machine running the test.
+    pub value_latency: Option<Duration>,
     /// One stdout line per request (method, path, mailbox, status; never tokens).
     pub log_requests: bool,
     /// Serve the users' real mailboxes in the mail stack's Dovecot (over IMAP) instead of the
@@ -221,6 +225,7 @@ impl Default for Config {
             own_message_ids: OwnMessageIds::Never,
             default_page_size: 10,
             max_page_size: 1000,
+            value_latency: None,
             log_requests: false,
             dovecot: None,
             state_dir: None,
