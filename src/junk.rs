@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::admin;
-use crate::config::{Config, GraphEndpoint, Mailbox, Mode, Transport};
+use crate::config::{Config, GraphEndpoint, LiveConfig, Mailbox, Mode, Transport};
 use crate::failpoint::{self, Point};
 use crate::graph::{GraphLogin, GraphMailbox};
 use crate::imap::{Connection, Uid};
@@ -243,13 +243,15 @@ async fn list_on_graph(
 /// [`list`]: a listing is bounded by the IMAP timeouts and logs out at its end, whereas dropping it
 /// would close its session without LOGOUT. So a shutdown waits for the listing under way.
 pub async fn watch(
-    config: Arc<Config>,
+    live: LiveConfig,
     tokens: Arc<TokenCache>,
     metrics: Arc<Metrics>,
     logins: Arc<LoginPacer>,
     cancel: CancellationToken,
 ) {
     loop {
+        // The mailboxes the worker works on now (the registry's added at run time too).
+        let config = live.current();
         for mailbox in &config.mailboxes {
             if cancel.is_cancelled() {
                 return;

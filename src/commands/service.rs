@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{success_if, token_cache};
-use crate::config::{Config, DatabaseConfig, POOL_HEADROOM, PoolSizing, file_tables};
+use crate::config::{Config, DatabaseConfig, LiveConfig, POOL_HEADROOM, PoolSizing, file_tables};
 use crate::fleet::{self, Fleet};
 use crate::registry::{self, Registry};
 use crate::store::Store;
@@ -89,8 +89,10 @@ pub(super) async fn run(
         let stop_fleet = stop_fleet.clone();
         async move { fleet.coordinate(&stop_fleet).await }
     });
-    // The start-up mailboxes: the status page, the HTTP API and the Junk check know these.
+    // The start-up mailboxes; the status page, the HTTP API and the Junk check follow the
+    // registry's and the file's changes through `live` (MailboxSet::apply sets it).
     let config = Arc::new(config);
+    let live = LiveConfig::new(Arc::clone(&config));
     let metrics = Arc::new(Metrics::new(&config));
     // Every task of the worker (folders, outbox senders, the Junk check) stops at a safe
     // point on `cancel`; the monitoring endpoint keeps answering while they drain.
@@ -112,26 +114,27 @@ pub(super) async fn run(
             // page view never opens an IMAP session. It holds a session while it counts, so
             // shutdown waits for it like for the mailboxes' tasks.
             tracker.spawn(junk::watch(
-                Arc::clone(&config),
+                live.clone(),
                 Arc::clone(&tokens),
                 Arc::clone(&metrics),
                 Arc::clone(&shared.logins),
                 cancel.clone(),
             ));
-            Some(tokio::spawn(http::serve(
-                listener,
-                Arc::clone(&config),
-                store.clone(),
-                Arc::clone(&metrics),
-                wakes.clone(),
-                stop_http.clone(),
-            )))
+            let http_config = http_config.clone();
+            let live = live.clone();
+            let store = store.clone();
+            let metrics = Arc::clone(&metrics);
+            let wakes = wakes.clone();
+            let stop = stop_http.clone();
+            Some(tokio::spawn(async move {
+                http::serve(listener, &http_config, live, store, metrics, wakes, stop).await
+            }))
         }
         None => None,
     };
     let reload = Arc::new(Notify::new());
     tracker.spawn(intake::follow(
-        intake::MailboxSet::new(shared, wakes, cancel.clone()),
+        intake::MailboxSet::new(shared, wakes, live, cancel.clone()),
         intake::FileSource {
             path: config_path.to_path_buf(),
             config: file_config,
@@ -184,7 +187,7 @@ async fn sized_for(
     database: &DatabaseConfig,
     tasks: usize,
 ) -> Result<Option<Store>, crate::store::StoreError> {
-    let (size, sizing) = database.pool_size(tasks);
+    let (size, sizing) = database.pool_size_growing(tasks);
     match sizing {
         PoolSizing::Configured => tracing::info!(
             max_connections = size,
@@ -195,11 +198,16 @@ async fn sized_for(
             tasks,
             "database pool: up to {size} connections ({tasks} folder and sender tasks + {POOL_HEADROOM}, at most {cap} unless [database] max_connections says otherwise)"
         ),
+        PoolSizing::Growing { tasks, cap } => tracing::info!(
+            max_connections = size,
+            tasks,
+            "database pool: up to {size} connections, opened as needed ({tasks} folder and sender tasks now; mailboxes added at run time add more; at most {cap} unless [database] max_connections says otherwise)"
+        ),
     }
     if size == store.max_connections() {
         return Ok(None);
     }
-    let resized = Store::open_configured(database, tasks).await?;
+    let resized = Store::open_with_size(database, size).await?;
     store.close().await;
     Ok(Some(resized))
 }

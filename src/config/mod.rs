@@ -74,6 +74,29 @@ use problems::{Problems, figment_problems};
 /// The default largest message that is downloaded; bigger ones are quarantined unread.
 pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 25 * 1024 * 1024;
 
+/// What a running worker works on now: the file's mailboxes and identities with the registry's
+/// (`registry::effective`), replaced as a whole when the registry or the file changes. The parts
+/// that answer about the mailboxes while they run — the status page, the HTTP API, the Junk
+/// counts — read the current one per request, so a mailbox added at run time is there too.
+#[derive(Debug, Clone)]
+pub struct LiveConfig(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Config>>>);
+
+impl LiveConfig {
+    pub fn new(config: std::sync::Arc<Config>) -> LiveConfig {
+        LiveConfig(std::sync::Arc::new(std::sync::RwLock::new(config)))
+    }
+
+    /// The configuration now.
+    pub fn current(&self) -> std::sync::Arc<Config> {
+        std::sync::Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces it.
+    pub fn set(&self, config: std::sync::Arc<Config>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -159,6 +182,9 @@ pub enum PoolSizing {
     Configured,
     /// `tasks` plus [`POOL_HEADROOM`], at most the backend's cap.
     Computed { tasks: usize, cap: u32 },
+    /// The backend's cap, for `run`: its tasks may grow at run time (the registry) and a pool
+    /// cannot be resized; connections are opened only as the tasks need them.
+    Growing { tasks: usize, cap: u32 },
 }
 
 /// Connections beyond one per task: the fleet's coordinator, the registry's poll, the Junk
@@ -194,6 +220,17 @@ impl DatabaseConfig {
             .unwrap_or(u32::MAX)
             .saturating_add(POOL_HEADROOM);
         (wanted.min(cap), PoolSizing::Computed { tasks, cap })
+    }
+
+    /// [`DatabaseConfig::pool_size`] for a command whose tasks may grow while it runs (`run`,
+    /// which follows the registry): `max_connections` when set, else the backend's cap.
+    pub fn pool_size_growing(&self, tasks: usize) -> (u32, PoolSizing) {
+        match self.pool_size(usize::MAX) {
+            (cap, PoolSizing::Computed { cap: c, .. }) => {
+                (cap, PoolSizing::Growing { tasks, cap: c })
+            }
+            configured => configured,
+        }
     }
 
     /// The URL to connect with.

@@ -251,16 +251,12 @@ pub(super) async fn post_message(
     body: Body,
 ) -> Result<Response, ApiError> {
     guard(&state, &headers)?;
-    let bytes = read_body(&headers, body, state.body_limit).await?;
+    let config = state.config.current();
+    let bytes = read_body(&headers, body, body_limit(&config)).await?;
     let request = parse_request(&bytes)?;
-    let submission = outgoing::submit(
-        &state.store,
-        &state.config.mailboxes,
-        &request,
-        SubmittedVia::Api,
-    )
-    .await
-    .map_err(refusal)?;
+    let submission = outgoing::submit(&state.store, &config.mailboxes, &request, SubmittedVia::Api)
+        .await
+        .map_err(refusal)?;
     let id = submission.outbox_id;
     if submission.new {
         info!(mailbox = %request.mailbox, outbox_id = id, "message submitted through the API");

@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing::info;
 
-use crate::config::{Config, HttpConfig};
+use crate::config::{Config, HttpConfig, LiveConfig};
 use crate::intake::SenderWakes;
 use crate::oauth;
 use crate::store::Store;
@@ -63,7 +63,8 @@ const RECENT: i64 = 10;
 
 /// What every handler reads.
 struct AppState {
-    config: Arc<Config>,
+    /// Read per request: a mailbox the registry adds at run time is shown and takes API mail.
+    config: LiveConfig,
     store: Store,
     metrics: Arc<Metrics>,
     bearer_token: Option<SecretString>,
@@ -71,8 +72,6 @@ struct AppState {
     api_token: Option<SecretString>,
     /// Each sending mailbox's sender, woken after a message was submitted through the API.
     wakes: SenderWakes,
-    /// The largest body `POST /v1/messages` reads ([`api::body_limit`]).
-    body_limit: usize,
 }
 
 /// Binds the configured address, so a taken port fails the start instead of a background task.
@@ -86,15 +85,15 @@ pub async fn bind(http: &HttpConfig) -> anyhow::Result<TcpListener> {
 /// ([`crate::intake::sender_wakes`]).
 pub async fn serve(
     listener: TcpListener,
-    config: Arc<Config>,
+    http: &HttpConfig,
+    config: LiveConfig,
     store: Store,
     metrics: Arc<Metrics>,
     wakes: SenderWakes,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let bearer_token = config.http.as_ref().and_then(|h| h.bearer_token.clone());
-    let api_token = config.http.as_ref().and_then(|h| h.api_token.clone());
-    let body_limit = api::body_limit(&config);
+    let bearer_token = http.bearer_token.clone();
+    let api_token = http.api_token.clone();
     let state = Arc::new(AppState {
         config,
         store,
@@ -102,7 +101,6 @@ pub async fn serve(
         bearer_token,
         api_token,
         wakes,
-        body_limit,
     });
     let app = Router::new()
         .route("/", get(status_page))
@@ -178,7 +176,7 @@ fn unauthorized() -> Response {
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let snapshot = state.metrics.snapshot();
-    let mut body = detail(&state.config, &snapshot);
+    let mut body = detail(&state.config.current(), &snapshot);
     body["status"] = json!("alive");
     (StatusCode::OK, axum::Json(body)).into_response()
 }
@@ -191,7 +189,7 @@ async fn readyz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     let snapshot = state.metrics.snapshot();
     let working = snapshot.mailboxes.values().any(can_work);
     let ready = database.is_ok() && working;
-    let mut body = detail(&state.config, &snapshot);
+    let mut body = detail(&state.config.current(), &snapshot);
     if database.is_ok() {
         let notices = ack_notices(&state, snapshot.mailboxes.keys().map(String::as_str)).await;
         if let Some(mailboxes) = body["mailboxes"].as_array_mut() {
@@ -222,8 +220,8 @@ async fn ack_notices<'a>(
     state: &AppState,
     names: impl Iterator<Item = &'a str>,
 ) -> BTreeMap<String, String> {
-    let configured: BTreeMap<&str, &crate::config::Mailbox> = state
-        .config
+    let config = state.config.current();
+    let configured: BTreeMap<&str, &crate::config::Mailbox> = config
         .mailboxes
         .iter()
         .map(|m| (m.name.as_str(), m))
@@ -279,7 +277,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     let facts = ScrapeFacts {
         database_up,
         outbox_pending,
-        credential_expiry: credential_expiries(&state.config),
+        credential_expiry: credential_expiries(&state.config.current()),
     };
     let text = state.metrics.snapshot().prometheus(&facts);
     (
@@ -406,7 +404,8 @@ async fn status_page(
         Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
     };
     let snapshot = state.metrics.snapshot();
-    let shown = filter.select(&state.config, &snapshot);
+    let config = state.config.current();
+    let shown = filter.select(&config, &snapshot);
     let database = ping(&state.store).await;
     let (tickets, quarantined, backlog, notices) = if database.is_ok() {
         (
@@ -419,7 +418,7 @@ async fn status_page(
         (None, None, None, BTreeMap::new())
     };
     let html = render_page(
-        &state.config,
+        &config,
         &snapshot,
         &shown,
         &database,

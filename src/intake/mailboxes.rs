@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::run::{SenderWakes, Shared, fleet_units, spawn_mailbox};
-use crate::config::{Config, FileTables, file_tables};
+use crate::config::{Config, FileTables, LiveConfig, file_tables};
 use crate::registry::{self, Effective, Registry};
 use crate::reply;
 
@@ -37,18 +37,26 @@ struct Running {
 pub struct MailboxSet {
     shared: Shared,
     running: BTreeMap<String, Running>,
-    /// The senders' wake-ups: those of the mailboxes at start-up are shared with the HTTP API.
+    /// The senders' wake-ups, shared with the HTTP API.
     wakes: SenderWakes,
+    /// What the worker works on now, for the status page, the HTTP API and the Junk counts.
+    live: LiveConfig,
     /// The process's shutdown; each mailbox's tasks stop on a child of it.
     cancel: CancellationToken,
 }
 
 impl MailboxSet {
-    pub fn new(shared: Shared, wakes: SenderWakes, cancel: CancellationToken) -> MailboxSet {
+    pub fn new(
+        shared: Shared,
+        wakes: SenderWakes,
+        live: LiveConfig,
+        cancel: CancellationToken,
+    ) -> MailboxSet {
         MailboxSet {
             shared,
             running: BTreeMap::new(),
             wakes,
+            live,
             cancel,
         }
     }
@@ -59,6 +67,7 @@ impl MailboxSet {
     pub async fn apply(&mut self, effective: &Effective) {
         let config = Arc::new(effective.config.clone());
         self.shared.metrics.track(&config);
+        self.live.set(Arc::clone(&config));
         self.shared.fleet.set_units(fleet_units(&config).len());
         let stale: Vec<String> = self
             .running
@@ -88,13 +97,7 @@ impl MailboxSet {
             if self.running.contains_key(&mailbox.name) || self.cancel.is_cancelled() {
                 continue;
             }
-            let wake = reply::sends_mail(mailbox).then(|| {
-                Arc::clone(
-                    self.wakes
-                        .entry(mailbox.name.clone())
-                        .or_insert_with(|| Arc::new(Notify::new())),
-                )
-            });
+            let wake = reply::sends_mail(mailbox).then(|| self.wakes.for_mailbox(&mailbox.name));
             let cancel = self.cancel.child_token();
             let tracker = TaskTracker::new();
             spawn_mailbox(&config, index, &self.shared, wake, &tracker, &cancel);

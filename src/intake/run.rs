@@ -123,17 +123,38 @@ fn task_name(mailbox: &Mailbox, folder: &str) -> String {
 
 /// Per mailbox that sends mail (by name), the wake-up of its outbox sender: whoever writes an
 /// outbox row (a folder task, the HTTP API) announces it, so it is sent without waiting for the
-/// sender's next tick.
-pub type SenderWakes = BTreeMap<String, Arc<Notify>>;
+/// sender's next tick. Shared (clones are the same map): a mailbox started at run time adds its
+/// own, which the HTTP API then finds.
+#[derive(Debug, Clone, Default)]
+pub struct SenderWakes(Arc<std::sync::Mutex<BTreeMap<String, Arc<Notify>>>>);
+
+impl SenderWakes {
+    /// The wake-up of `mailbox`'s sender, if it has one.
+    pub fn get(&self, mailbox: &str) -> Option<Arc<Notify>> {
+        self.lock().get(mailbox).cloned()
+    }
+
+    /// The wake-up of `mailbox`'s sender, made on first use.
+    pub fn for_mailbox(&self, mailbox: &str) -> Arc<Notify> {
+        Arc::clone(
+            self.lock()
+                .entry(mailbox.to_string())
+                .or_insert_with(|| Arc::new(Notify::new())),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Notify>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// A fresh wake-up for every mailbox of `config` that sends mail ([`reply::sends_mail`]).
 pub fn sender_wakes(config: &Config) -> SenderWakes {
-    config
-        .mailboxes
-        .iter()
-        .filter(|m| reply::sends_mail(m))
-        .map(|m| (m.name.clone(), Arc::new(Notify::new())))
-        .collect()
+    let wakes = SenderWakes::default();
+    for mailbox in config.mailboxes.iter().filter(|m| reply::sends_mail(m)) {
+        wakes.for_mailbox(&mailbox.name);
+    }
+    wakes
 }
 
 /// The fleet's units of `config`: every watched folder, and the outbox of every mailbox that
@@ -188,7 +209,7 @@ pub fn spawn(
     cancel: &CancellationToken,
 ) {
     for (index, mailbox) in config.mailboxes.iter().enumerate() {
-        let wake = wakes.get(&mailbox.name).cloned();
+        let wake = wakes.get(&mailbox.name);
         spawn_mailbox(&config, index, shared, wake, tracker, cancel);
     }
 }

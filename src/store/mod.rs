@@ -138,10 +138,15 @@ impl Store {
     /// `[database]` names, with its limits and a pool sized for `tasks` tasks that use it
     /// ([`DatabaseConfig::pool_size`]).
     pub async fn open_configured(database: &DatabaseConfig, tasks: usize) -> Result<Store> {
+        Store::open_with_size(database, database.pool_size(tasks).0).await
+    }
+
+    /// Like [`Store::open_configured`], with a pool of at most `max_connections`.
+    pub async fn open_with_size(database: &DatabaseConfig, max_connections: u32) -> Result<Store> {
         let limits = Limits {
             statement_timeout: database.statement_timeout,
             lock_timeout: database.lock_timeout,
-            max_connections: Some(database.pool_size(tasks).0),
+            max_connections: Some(max_connections),
         };
         let store = Store::connect_with(database.url(), limits).await?;
         store.migrate().await?;

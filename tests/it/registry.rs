@@ -10,6 +10,9 @@ use std::time::Duration;
 use crate::helpers::*;
 use crate::outgoing::query_text;
 
+/// The HTTP API's token of the tests that serve it.
+const API_TOKEN: &str = "it-registry-api-token-0123456789";
+
 /// A 32-byte token store key, hex.
 const TOKEN_KEY: &str = "0707070707070707070707070707070707070707070707070707070707070707";
 
@@ -74,7 +77,9 @@ async fn customer_added_at_run_time(backend: Backend) {
     let synced = assert_ok(&case.run(&["mailbox", "sync"]).await);
     assert!(synced.contains("mailbox support: added"), "{synced}");
 
+    let base = crate::ops::enable_http(&case, &format!("api_token = \"{API_TOKEN}\""));
     let running = case.spawn_run();
+    crate::ops::wait_until_listening(&base, &running).await;
     let first = deliver(&support).await;
     assert!(
         case.wait_for_count(&tickets_of("support", &first), 1, Duration::from_secs(30))
@@ -109,7 +114,7 @@ async fn customer_added_at_run_time(backend: Backend) {
                 "add",
                 "acme",
                 "--toml",
-                &mailbox_keys(&customer, "acme"),
+                &format!("{}\n{}", mailbox_keys(&customer, "acme"), smtp_keys()),
             ])
             .await,
     );
@@ -119,6 +124,41 @@ async fn customer_added_at_run_time(backend: Backend) {
         case.wait_for_count(&tickets_of("acme", &second), 1, Duration::from_secs(15))
             .await,
         "mail to the added mailbox becomes a ticket without a restart: {}",
+        running.log()
+    );
+    // The worker's HTTP side knows it too: the status page finds it by its address, and the
+    // API takes mail for it (before, both knew the start-up mailboxes only: 0 found, 422).
+    let local = customer.split('@').next().unwrap();
+    let (status, page) = crate::ops::get(&format!("{base}/?q={local}"), None).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("mailboxes 1–1 of 1 matching (2 in all)"),
+        "{page}"
+    );
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth(API_TOKEN)
+        .json(&serde_json::json!({
+            "mailbox": "acme",
+            "idempotency_key": "acme-1",
+            "to": [{"address": "bob@customer.test"}],
+            "subject": "Welcome",
+            "text": "Your helpdesk mailbox is set up.",
+        }))
+        .send()
+        .await
+        .unwrap();
+    let code = answer.status().as_u16();
+    let body = answer.text().await.unwrap_or_default();
+    assert_eq!(code, 202, "{body}\n{}", running.log());
+    assert!(
+        case.wait_for_count(
+            "SELECT COUNT(*) FROM outbox WHERE mailbox = 'acme' AND subject = 'Welcome' AND state = 'sent'",
+            1,
+            Duration::from_secs(15)
+        )
+        .await,
+        "the API's message for the added mailbox is sent: {}",
         running.log()
     );
 

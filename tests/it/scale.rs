@@ -425,7 +425,8 @@ async fn status_page_of_many_mailboxes(backend: Backend) {
     );
     // A refused filter runs none.
     assert!(answered("/", 400).iter().all(|n| *n == 0), "{requests:?}");
-    // The pool was sized from the tasks: 120 folders + 120 senders, at the backend's cap.
+    // The pool may grow to the backend's cap (`run` follows the registry): 120 folders + 120
+    // senders now.
     let cap = match backend {
         Backend::Sqlite => mailintake::config::SQLITE_POOL_CAP,
         Backend::Postgres => mailintake::config::POSTGRES_POOL_CAP,
@@ -434,7 +435,7 @@ async fn status_page_of_many_mailboxes(backend: Backend) {
         lines.iter().any(|l| l["message"]
             .as_str()
             .is_some_and(|m| m.starts_with(&format!(
-                "database pool: up to {cap} connections (240 folder and sender tasks"
+                "database pool: up to {cap} connections, opened as needed (240 folder and sender tasks now"
             )))),
         "{log}"
     );
