@@ -55,6 +55,7 @@ pub(crate) fn batch_questions<'a>(
         batch.referenced_ids.extend(asked.thread_ids);
         batch.referenced_ids.extend(asked.reported);
         batch.attachments += mail.attachments.len();
+        batch.tags.extend(ingest::tagged_reference(&mail.subject));
     }
     batch
 }

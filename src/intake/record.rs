@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use tracing::{debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::acknowledge::{acknowledge_decision, notify_quarantined};
 use super::facts::{SENDER_WINDOW_MS, batch_questions, facts_for};
@@ -257,7 +257,12 @@ pub async fn record_batch(
     state: &FolderState,
     mut prepared: Prepared<'_>,
 ) -> Result<(Vec<(Uid, Disposition)>, CycleReport), CycleError> {
-    let refusal = match record_together(ctx, state, &mut prepared.work).await {
+    // Every statement of the batch carries `batch_messages` (tests/it/statements.rs counts them).
+    let span = info_span!("batch", batch_messages = prepared.work.len());
+    let refusal = match record_together(ctx, state, &mut prepared.work)
+        .instrument(span)
+        .await
+    {
         Err(CycleError::Store(e)) => match e.data_refusal() {
             Some(refusal) => refusal,
             None => return Err(e.into()),

@@ -39,5 +39,6 @@ mod scale;
 mod sending;
 mod sent_copy;
 mod smtp;
+mod statements;
 mod threading;
 mod tokens;

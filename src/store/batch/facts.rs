@@ -8,6 +8,10 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row;
 
 use super::{Batch, IDS_PER_STATEMENT};
+
+/// Tickets per statement of the prefetch: the ids appear in seven `IN (…)` lists of one
+/// statement, and sqlx's per-parameter cost on SQLite grows with the parameter count.
+const TICKETS_PER_STATEMENT: usize = 50;
 use crate::ingest::{FingerprintVersion, KnownMessage, KnownTicket, ParsedMail, TicketStatus};
 use crate::store::Result;
 use crate::store::sql::placeholders;
@@ -35,6 +39,8 @@ pub struct BatchQuestions<'a> {
     pub since_ms: i64,
     /// How many attachments the messages have (the batch allocates ids for its rows).
     pub attachments: usize,
+    /// The ticket references their subjects' tags name (`TCK-000123`).
+    pub tags: Vec<String>,
 }
 
 /// The answers to a batch's [`BatchQuestions`], as stored when the batch began.
@@ -54,6 +60,12 @@ pub(super) struct Prefetched {
     senders: HashMap<String, u32>,
     /// Message-IDs of the batch with an unused release.
     released: HashSet<String>,
+    /// The tickets the referenced IDs and the tags found, with status and participants as
+    /// stored when the batch began.
+    tickets: HashMap<i64, KnownTicket>,
+    /// The tags asked about, and the ticket of each that exists.
+    asked_tags: HashSet<String>,
+    tags: HashMap<String, i64>,
 }
 
 /// Message-IDs Exchange gave messages we sent through Graph, and which IDs were looked up.
@@ -259,6 +271,17 @@ impl Batch {
 
     /// The ticket with this reference (`TCK-000123`).
     pub async fn ticket_by_reference(&mut self, reference: &str) -> Result<Option<KnownTicket>> {
+        let known = self.written.references.get(reference).copied().or_else(|| {
+            self.prefetched
+                .as_ref()
+                .filter(|p| p.asked_tags.contains(reference))
+                .map(|p| p.tags.get(reference).copied().unwrap_or(0))
+        });
+        match known {
+            Some(0) => return Ok(None),
+            Some(ticket_id) => return self.ticket(ticket_id).await,
+            None => {}
+        }
         let row = sqlx::query("SELECT id FROM tickets WHERE reference = $1")
             .bind(reference)
             .fetch_optional(&mut *self.tx)
@@ -273,6 +296,30 @@ impl Batch {
     /// one row per address: the requester, everyone in the From, Reply-To, To or Cc of one of its
     /// messages (the lists as stored JSON, kind 2), and the recipients of our outbox messages.
     async fn ticket(&mut self, ticket_id: i64) -> Result<Option<KnownTicket>> {
+        // Opened by this batch, or read by its prefetch: what the batch added since is known.
+        let known = self.written.tickets.get(&ticket_id).or_else(|| {
+            self.prefetched
+                .as_ref()
+                .and_then(|p| p.tickets.get(&ticket_id))
+        });
+        if let Some(known) = known {
+            let mut ticket = known.clone();
+            for address in self
+                .written
+                .participants
+                .get(&ticket_id)
+                .into_iter()
+                .flatten()
+            {
+                if !ticket.participants.contains(address) {
+                    ticket.participants.push(address.clone());
+                }
+            }
+            if self.touched_tickets.get(&ticket_id) == Some(&true) {
+                ticket.status = TicketStatus::Open;
+            }
+            return Ok(Some(ticket));
+        }
         // Its messages written by this batch must be in the answer.
         if self.pending.has_ticket(ticket_id) {
             self.flush_pending().await?;
@@ -411,10 +458,98 @@ impl Batch {
                 prefetched.released.insert(row.get(0));
             }
         }
+        let mut tags: Vec<&str> = questions.tags.iter().map(String::as_str).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        for chunk in tags.chunks(IDS_PER_STATEMENT) {
+            let list = placeholders(1, chunk.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT reference, id FROM tickets WHERE reference IN ({list})"
+            )));
+            for tag in chunk {
+                query = query.bind(*tag);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                prefetched.tags.insert(row.get(0), row.get(1));
+            }
+        }
+        prefetched.asked_tags = tags.iter().map(|t| t.to_string()).collect();
+        // The tickets the batch's threads and tags will ask for: the referenced messages' and
+        // outbox rows', and the tagged ones.
+        let mut ticket_ids: Vec<i64> = referenced
+            .iter()
+            .filter_map(|id| prefetched.messages.get(*id).map(|m| m.ticket_id))
+            .chain(prefetched.outbox.values().copied())
+            .chain(prefetched.tags.values().copied())
+            .collect();
+        ticket_ids.sort_unstable();
+        ticket_ids.dedup();
+        for chunk in ticket_ids.chunks(TICKETS_PER_STATEMENT) {
+            for ticket in self.tickets_as_stored(chunk).await? {
+                prefetched.tickets.insert(ticket.ticket_id, ticket);
+            }
+        }
         prefetched.asked_messages = ids.iter().map(|id| id.to_string()).collect();
         prefetched.asked_references = referenced.iter().map(|id| id.to_string()).collect();
         self.prefetched = Some(prefetched);
         Ok(())
+    }
+
+    /// Tickets `ids` with their status and participants as stored, in one statement (the
+    /// form of [`Batch::ticket`]'s, for several tickets).
+    async fn tickets_as_stored(&mut self, ids: &[i64]) -> Result<Vec<KnownTicket>> {
+        let list = placeholders(1, ids.len());
+        // Only placeholders are formatted into the statement; the ids are bound.
+        let sql = format!(
+            "SELECT 0, id, status, requester_address FROM tickets WHERE id IN ({list}) \
+             UNION ALL SELECT 1, ticket_id, NULL, from_address FROM messages WHERE ticket_id IN ({list}) AND from_address IS NOT NULL \
+             UNION ALL SELECT 1, ticket_id, NULL, reply_to FROM messages WHERE ticket_id IN ({list}) AND reply_to IS NOT NULL \
+             UNION ALL SELECT 2, ticket_id, NULL, from_addresses FROM messages WHERE ticket_id IN ({list}) AND from_addresses IS NOT NULL \
+             UNION ALL SELECT 2, ticket_id, NULL, to_addresses FROM messages WHERE ticket_id IN ({list}) AND to_addresses IS NOT NULL \
+             UNION ALL SELECT 2, ticket_id, NULL, cc_addresses FROM messages WHERE ticket_id IN ({list}) AND cc_addresses IS NOT NULL \
+             UNION ALL SELECT 1, ticket_id, NULL, to_address FROM outbox WHERE ticket_id IN ({list}) AND to_address IS NOT NULL"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&mut *self.tx).await?;
+        let mut tickets: HashMap<i64, KnownTicket> = HashMap::new();
+        for row in rows.iter().filter(|r| r.get::<i64, _>(0) == 0) {
+            let ticket_id: i64 = row.get(1);
+            let mut participants = Vec::new();
+            if let Some(requester) = row.get::<Option<String>, _>(3) {
+                participants.push(requester.to_ascii_lowercase());
+            }
+            tickets.insert(
+                ticket_id,
+                KnownTicket {
+                    ticket_id,
+                    status: row.get::<String, _>(2).parse()?,
+                    participants,
+                },
+            );
+        }
+        for row in rows.iter().filter(|r| r.get::<i64, _>(0) != 0) {
+            let Some(ticket) = tickets.get_mut(&row.get::<i64, _>(1)) else {
+                continue;
+            };
+            let Some(text) = row.get::<Option<String>, _>(3) else {
+                continue;
+            };
+            let addresses = if row.get::<i64, _>(0) == 2 {
+                addresses_of_json(&text)
+            } else {
+                vec![text]
+            };
+            for address in addresses {
+                let address = address.to_ascii_lowercase();
+                if !ticket.participants.contains(&address) {
+                    ticket.participants.push(address);
+                }
+            }
+        }
+        Ok(tickets.into_values().collect())
     }
 
     /// [`Batch::message_facts`] from the prefetch, when it asked about this message.

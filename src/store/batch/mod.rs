@@ -92,6 +92,24 @@ struct Written {
     opened_by: HashMap<String, u32>,
     /// Message-IDs whose release was used.
     used_releases: HashSet<String>,
+    /// Tickets opened by this batch (status `new`; participants in `participants`), and their
+    /// references.
+    tickets: HashMap<i64, crate::ingest::KnownTicket>,
+    references: HashMap<String, i64>,
+    /// Addresses this batch added to a ticket (its messages' From, Reply-To, To, Cc; the
+    /// recipients of its outbox rows), lower case: [`Batch::ticket`] adds them to what it read.
+    participants: HashMap<i64, Vec<String>>,
+}
+
+impl Written {
+    /// Notes that `address` is now on `ticket_id`.
+    fn add_participant(&mut self, ticket_id: i64, address: &str) {
+        let address = address.to_ascii_lowercase();
+        let list = self.participants.entry(ticket_id).or_default();
+        if !list.contains(&address) {
+            list.push(address);
+        }
+    }
 }
 
 /// IDs per `IN (…)` list of the prefetch (a default batch's worth; see OUTCOME_ROWS_PER_STATEMENT

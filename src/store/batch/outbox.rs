@@ -18,6 +18,9 @@ impl Batch {
         draft: &OutboxDraft,
     ) -> Result<i64> {
         let now = now_ms();
+        if let (Some(ticket_id), Some(to)) = (ticket_id, &draft.to) {
+            self.written.add_participant(ticket_id, to);
+        }
         let id: i64 = sqlx::query(
             "INSERT INTO outbox (mailbox, ticket_id, kind, from_address, to_address, subject, message_id, \
              in_reply_to, thread_references, body_text, body_html, state, reason, next_attempt_at, created_at) \

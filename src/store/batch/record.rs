@@ -80,6 +80,19 @@ impl Batch {
         if let Some(key) = sender_key {
             *self.written.opened_by.entry(key.to_string()).or_insert(0) += 1;
         }
+        let reference = ticket_reference(ticket_id);
+        self.written.tickets.insert(
+            ticket_id,
+            crate::ingest::KnownTicket {
+                ticket_id,
+                status: crate::ingest::TicketStatus::New,
+                participants: Vec::new(),
+            },
+        );
+        self.written.references.insert(reference, ticket_id);
+        if let Some(requester) = &mail.from {
+            self.written.add_participant(ticket_id, &requester.address);
+        }
         self.record_outcome(
             at,
             &mail.message_id,
@@ -272,6 +285,17 @@ impl Batch {
         }
         let now = now_ms();
         let message_row_id = self.next_id(IdTable::Messages).await?;
+        // Who is on the ticket now, as `Batch::ticket` reads it from the stored rows.
+        for party in mail
+            .from
+            .iter()
+            .chain(&mail.reply_to)
+            .chain(&mail.from_addresses)
+            .chain(&mail.to)
+            .chain(&mail.cc)
+        {
+            self.written.add_participant(ticket_id, &party.address);
+        }
         self.written.messages.insert(
             mail.message_id.clone(),
             KnownMessage {
