@@ -135,6 +135,29 @@ async fn migrate_creates_the_schema(backend: Backend) {
     ] {
         assert_eq!(db.count(&format!("SELECT COUNT(*) FROM {table}")).await, 0);
     }
+    if backend == Backend::Postgres {
+        // Migration 0020: the large columns compressed with lz4 (the local server has it), the
+        // gzip-compressed raw mail stored without a second compression.
+        assert_eq!(
+            db.count(
+                "SELECT COUNT(*) FROM pg_attribute WHERE attcompression = 'l' AND \
+                 ((attrelid = 'messages'::regclass AND attname IN ('body_text', 'body_html', 'body_text_derived', 'headers')) \
+                 OR (attrelid = 'attachment_blobs'::regclass AND attname = 'content') \
+                 OR (attrelid = 'quarantine'::regclass AND attname = 'raw') \
+                 OR (attrelid = 'outbox'::regclass AND attname = 'raw'))"
+            )
+            .await,
+            7
+        );
+        assert_eq!(
+            db.count(
+                "SELECT COUNT(*) FROM pg_attribute WHERE attrelid = 'raw_messages'::regclass \
+                 AND attname = 'content' AND attstorage = 'e'"
+            )
+            .await,
+            1
+        );
+    }
 }
 
 #[tokio::test]
