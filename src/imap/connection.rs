@@ -145,7 +145,12 @@ pub async fn connect(
     })
     .await?;
     enable_keepalive(&tcp);
-    let tls = super::tls::TlsContexts::shared().connector(endpoint)?;
+    let tls = super::tls::TlsContexts::shared()
+        .connector(endpoint)
+        .map_err(|e| ImapError::Unexpected {
+            operation: "TLS setup",
+            detail: e.0,
+        })?;
 
     let client = match endpoint.tls {
         TlsMode::Implicit => {

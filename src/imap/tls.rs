@@ -12,7 +12,11 @@ use std::sync::{Mutex, OnceLock};
 
 use crate::config::ImapEndpoint;
 
-use super::connection::ImapError;
+/// Why no TLS context could be made for an endpoint: its `ca_file` unreadable or not PEM, or
+/// OpenSSL refusing the set-up. `connection.rs` reports it as the login's TLS set-up error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct TlsSetupError(pub String);
 
 /// Contexts kept at most: one per distinct `ca_file` content, and the system store alone. A
 /// `ca_file` rewritten in place (a renewed private CA) adds one; past this bound the map starts
@@ -39,11 +43,8 @@ impl TlsContexts {
     pub(super) fn connector(
         &self,
         endpoint: &ImapEndpoint,
-    ) -> Result<tokio_native_tls::TlsConnector, ImapError> {
-        let unexpected = |detail: String| ImapError::Unexpected {
-            operation: "TLS setup",
-            detail,
-        };
+    ) -> Result<tokio_native_tls::TlsConnector, TlsSetupError> {
+        let unexpected = TlsSetupError;
         let pem = match &endpoint.ca_file {
             Some(ca_file) => Some(std::fs::read(ca_file).map_err(|e| {
                 unexpected(format!("cannot read ca_file {}: {e}", ca_file.display()))
