@@ -72,9 +72,14 @@ pub(super) async fn run(
     let store = resized.as_ref().unwrap_or(store);
     raise_open_files(&config, store);
     let tokens = Arc::new(token_cache(&config, store));
-    // The worker registers in the fleet first: every task works only under its lease.
+    // The worker registers in the fleet first: every task works only under its lease. The
+    // fleet has connections of its own, so that its heartbeat, acquisitions and renewals never
+    // wait for one behind the tasks' batches (the pool's acquire timeout is as long as a lease).
+    let fleet_store = Store::open_with_size(&file_config.database, FLEET_CONNECTIONS)
+        .await
+        .context("opening the fleet's own database connections")?;
     let fleet = Arc::new(Fleet::new(
-        store.clone(),
+        fleet_store,
         config.fleet,
         fleet::this_worker(),
         intake::fleet_units(&config).len(),
@@ -168,12 +173,19 @@ pub(super) async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The connections of the fleet's own pool (heartbeat and coordinator, lease renewals).
+const FLEET_CONNECTIONS: u32 = 2;
+
 /// Raises the open-files limit to the hard limit before any task starts, and says whether it
 /// is enough for `config`'s mailboxes ([`open_files::raise_and_report`]).
 fn raise_open_files(config: &Config, store: &Store) {
     let units = intake::fleet_units(config);
     let senders = units.iter().filter(|u| u.folder == fleet::OUTBOX).count();
-    let needed = open_files::needed(units.len() - senders, senders, store.max_connections());
+    let needed = open_files::needed(
+        units.len() - senders,
+        senders,
+        store.max_connections() + FLEET_CONNECTIONS,
+    );
     open_files::raise_and_report(needed, config.mailboxes.len());
 }
 

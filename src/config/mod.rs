@@ -187,8 +187,9 @@ pub enum PoolSizing {
     Growing { tasks: usize, cap: u32 },
 }
 
-/// Connections beyond one per task: the fleet's coordinator, the registry's poll, the Junk
-/// check and the HTTP endpoint each may hold one at the same time as the tasks.
+/// Connections beyond one per task: the registry's poll, the Junk check and the HTTP endpoint
+/// each may hold one at the same time as the tasks (`run`'s fleet has two of its own beside
+/// the pool: its heartbeat, acquisitions and renewals never wait behind the tasks).
 pub const POOL_HEADROOM: u32 = 4;
 /// The computed pool size's cap on SQLite: one writer at a time whatever the pool, and each
 /// connection keeps its own page cache (about 2 MiB), so more only lets readers wait beside it.

@@ -123,6 +123,11 @@ pub struct Connection {
     /// The folder the last SELECT or EXAMINE opened; `None` before, and after one that failed
     /// (RFC 3501 §6.3.1: a failed SELECT leaves no folder selected).
     pub(super) selected: Option<String>,
+    /// The server announced new mail (`EXISTS`, `RECENT`) since the last listing began: a
+    /// message that arrives after a listing is announced once, in the answer to whatever
+    /// command comes next (a disposition's STORE or MOVE), and IDLE does not announce it again,
+    /// so [`Connection::idle`] returns at once instead of waiting out `idle_interval`.
+    pub(super) new_mail: bool,
 }
 
 /// Opens a TLS connection to `endpoint`, reads the greeting, and logs in as `login` with the bearer
@@ -260,6 +265,7 @@ pub async fn connect(
         capabilities,
         command_timeout: endpoint.timeouts.command,
         selected: None,
+        new_mail: false,
     })
 }
 
@@ -352,6 +358,20 @@ pub(super) fn protocol(
 }
 
 impl Connection {
+    /// Takes what the library queued of the server's unsolicited responses (its channel holds
+    /// 100 and drops the rest, so it is emptied after every command), noting an announcement
+    /// of new mail in [`Connection::new_mail`].
+    pub(super) fn drain_unsolicited(&mut self) {
+        use async_imap::types::UnsolicitedResponse;
+        while let Ok(response) = self.session.unsolicited_responses.try_recv() {
+            if matches!(response, UnsolicitedResponse::Exists(_))
+                || matches!(response, UnsolicitedResponse::Recent(n) if n > 0)
+            {
+                self.new_mail = true;
+            }
+        }
+    }
+
     pub fn has_capability(&self, name: &str) -> bool {
         self.capabilities.contains(&name.to_ascii_uppercase())
     }

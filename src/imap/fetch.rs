@@ -27,6 +27,9 @@ impl Connection {
     /// when the FETCH would show it. An empty search lists nothing, which delays mail but never
     /// loses it: the checkpoint does not move.
     pub async fn list_above(&mut self, last_uid: u32) -> Result<Vec<MessageSummary>, ImapError> {
+        // What was announced before this listing is in it.
+        self.drain_unsolicited();
+        self.new_mail = false;
         let first = last_uid.saturating_add(1);
         failpoint::reached(Point::Listing).await;
         // `n:*` also matches the highest message when its UID is below n.
@@ -136,16 +139,16 @@ impl Connection {
         keep: impl Fn(u32) -> bool,
     ) -> Result<Vec<u32>, ImapError> {
         use async_imap::imap_proto::{MailboxDatum, Response, Status};
+        let session = &mut self.session;
+        let new_mail = &mut self.new_mail;
         let searched = within(self.command_timeout, "UID SEARCH", async {
-            let tag = self
-                .session
+            let tag = session
                 .run_command(format!("UID SEARCH {criteria}"))
                 .await
                 .map_err(protocol("UID SEARCH"))?;
             let mut found = Vec::new();
             loop {
-                let response = self
-                    .session
+                let response = session
                     .read_response()
                     .await
                     .map_err(|e| protocol("UID SEARCH")(e.into()))?
@@ -158,6 +161,9 @@ impl Connection {
                     Response::MailboxData(MailboxDatum::Search(uids)) => {
                         found.extend(uids.iter().copied())
                     }
+                    // New mail announced while the server answers: perhaps not in the answer.
+                    Response::MailboxData(MailboxDatum::Exists(_)) => *new_mail = true,
+                    Response::MailboxData(MailboxDatum::Recent(n)) if *n > 0 => *new_mail = true,
                     Response::Done {
                         tag: done,
                         status,

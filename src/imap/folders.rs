@@ -170,7 +170,7 @@ impl Connection {
                 .map_err(protocol("STATUS"))
         })
         .await?;
-        while self.session.unsolicited_responses.try_recv().is_ok() {}
+        self.drain_unsolicited();
         Ok(status.exists)
     }
 
@@ -185,7 +185,7 @@ impl Connection {
         .await?;
         // Unsolicited EXPUNGE/EXISTS responses are informational here; drain them so the library's
         // bounded channel never fills.
-        while self.session.unsolicited_responses.try_recv().is_ok() {}
+        self.drain_unsolicited();
         Ok(())
     }
 }

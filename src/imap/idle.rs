@@ -17,13 +17,22 @@ impl Connection {
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Result<(Connection, IdleOutcome), ImapError> {
         use async_imap::extensions::idle::IdleResponse;
+        let mut this = self;
+        // Mail announced since the listing (in the answer to a disposition, say) is not
+        // announced again in IDLE: sweep now rather than wait out `max_wait`.
+        this.drain_unsolicited();
+        if this.new_mail {
+            this.new_mail = false;
+            return Ok((this, IdleOutcome::Changed));
+        }
         let Connection {
             session,
             login,
             capabilities,
             command_timeout,
             selected,
-        } = self;
+            new_mail: _,
+        } = this;
         let mut handle = session.idle();
         within(command_timeout, "IDLE", async {
             handle.init().await.map_err(protocol("IDLE"))
@@ -57,6 +66,7 @@ impl Connection {
                 capabilities,
                 command_timeout,
                 selected,
+                new_mail: false,
             },
             outcome,
         ))

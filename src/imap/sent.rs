@@ -32,7 +32,7 @@ impl Connection {
                 .map(|name| decode_folder_name(name.name())))
         })
         .await?;
-        while self.session.unsolicited_responses.try_recv().is_ok() {}
+        self.drain_unsolicited();
         Ok(found)
     }
 
@@ -85,7 +85,7 @@ impl Connection {
                 })
         })
         .await?;
-        while self.session.unsolicited_responses.try_recv().is_ok() {}
+        self.drain_unsolicited();
         Ok(CopyKept::Appended)
     }
 }

@@ -546,14 +546,24 @@ async fn a_fleet_of_three_keeps_every_promise_under_continuous_mail() {
                 >= n
     })
     .await;
+    let mut missing = Vec::new();
+    if !all_in {
+        for id in &delivered {
+            let sql = format!("SELECT COUNT(*) FROM messages WHERE message_id = '{id}'");
+            if fleet.db.count_or_zero(&sql).await == 0 {
+                missing.push(id.clone());
+            }
+        }
+    }
     assert!(
         all_in,
-        "{n} delivered: {} tickets, {} acknowledgements sent\nC: {}",
+        "{n} delivered: {} tickets, {} acknowledgements sent; not stored: {missing:?}\nleases: {:?}\nC: {}",
         fleet.n_tickets().await,
         fleet
             .db
             .count_or_zero("SELECT COUNT(*) FROM outbox WHERE state = 'sent'")
             .await,
+        leases(&fleet).await,
         c.log()
     );
     let (status, c_log) = terminate(c, Duration::from_secs(30)).await;

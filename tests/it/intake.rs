@@ -276,3 +276,52 @@ async fn the_database_gives_tickets_the_reference_the_code_uses_on_sqlite() {
 async fn the_database_gives_tickets_the_reference_the_code_uses_on_postgres() {
     the_database_gives_tickets_the_reference_the_code_uses(Backend::Postgres).await;
 }
+
+/// Mail that arrives after a sweep's listing is announced once, in the answer to the next
+/// command (here the disposition's), and IDLE does not announce it again: the folder task
+/// sweeps again at once instead of waiting out `idle_interval` (5 minutes here, as is
+/// `poll_interval`). The worker is
+/// stopped (SIGSTOP, failpoint `before-disposition`) between its commit and the disposition
+/// while the second message is delivered.
+///
+/// Before, the announcement was drained and dropped with the disposition's answer, and the
+/// second message waited in IDLE for the whole `idle_interval`.
+#[tokio::test]
+async fn mail_announced_before_idle_is_swept_at_once() {
+    let case = Case::new(
+        Backend::Sqlite,
+        "idle_interval = \"5m\"\npoll_interval = \"5m\"",
+        "implicit",
+    )
+    .await;
+    let (first, first_id) = unique_fixture("plain.eml");
+    deliver_lmtp(&case.mailbox, "alice@customer.test", &first).await;
+    let running = case.spawn_run_with(&[("MAILINTAKE_FAILPOINT", "before-disposition:1:stop")]);
+    let stopped = eventually(Duration::from_secs(30), || async {
+        running
+            .log()
+            .contains("failpoint before-disposition reached; stopping")
+    })
+    .await;
+    assert!(stopped, "{}", running.log());
+    // The process stops itself right after printing; deliver once it has.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (second, second_id) = unique_fixture("plain.eml");
+    deliver_lmtp(&case.mailbox, "bob@customer.test", &second).await;
+    let pid = running.child.id().expect("running") as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    for id in [&first_id, &second_id] {
+        assert!(
+            case.wait_for_count(
+                &format!("SELECT COUNT(*) FROM messages WHERE message_id = '{id}'"),
+                1,
+                Duration::from_secs(20)
+            )
+            .await,
+            "{id} is a ticket within seconds, not after idle_interval: {}",
+            running.log()
+        );
+    }
+    let (status, log) = terminate(running, Duration::from_secs(30)).await;
+    assert!(status.success(), "{log}");
+}
