@@ -292,9 +292,9 @@ impl Batch {
         }
     }
 
-    /// A ticket with its status and participants, in one statement: the ticket's row first, then
-    /// one row per address: the requester, everyone in the From, Reply-To, To or Cc of one of its
-    /// messages (the lists as stored JSON, kind 2), and the recipients of our outbox messages.
+    /// A ticket with its status and participants: the requester, everyone in the From,
+    /// Reply-To, To or Cc of one of its messages, and the recipients of our outbox messages —
+    /// from what the batch opened or prefetched and added since, else in one statement.
     async fn ticket(&mut self, ticket_id: i64) -> Result<Option<KnownTicket>> {
         // Opened by this batch, or read by its prefetch: what the batch added since is known.
         let known = self.written.tickets.get(&ticket_id).or_else(|| {
@@ -324,55 +324,14 @@ impl Batch {
         if self.pending.has_ticket(ticket_id) {
             self.flush_pending().await?;
         }
-        let rows = sqlx::query(
-            "SELECT 0, status, requester_address FROM tickets WHERE id = $1 \
-             UNION ALL SELECT 1, NULL, from_address FROM messages WHERE ticket_id = $1 AND from_address IS NOT NULL \
-             UNION ALL SELECT 1, NULL, reply_to FROM messages WHERE ticket_id = $1 AND reply_to IS NOT NULL \
-             UNION ALL SELECT 2, NULL, from_addresses FROM messages WHERE ticket_id = $1 AND from_addresses IS NOT NULL \
-             UNION ALL SELECT 2, NULL, to_addresses FROM messages WHERE ticket_id = $1 AND to_addresses IS NOT NULL \
-             UNION ALL SELECT 2, NULL, cc_addresses FROM messages WHERE ticket_id = $1 AND cc_addresses IS NOT NULL \
-             UNION ALL SELECT 1, NULL, to_address FROM outbox WHERE ticket_id = $1 AND to_address IS NOT NULL",
-        )
-        .bind(ticket_id)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        let Some(status) = rows
-            .iter()
-            .find(|r| r.get::<i64, _>(0) == 0)
-            .map(|r| r.get::<String, _>(1))
-        else {
+        let Some(mut ticket) = self.tickets_as_stored(&[ticket_id]).await?.pop() else {
             return Ok(None);
         };
-        let mut status: TicketStatus = status.parse()?;
         // Reopened earlier in this batch (written at commit).
         if self.touched_tickets.get(&ticket_id) == Some(&true) {
-            status = TicketStatus::Open;
+            ticket.status = TicketStatus::Open;
         }
-        let mut participants: Vec<String> = Vec::new();
-        // The requester first, then the senders in the order the database gives them.
-        let mut ordered: Vec<&sqlx::any::AnyRow> = rows.iter().collect();
-        ordered.sort_by_key(|r| r.get::<i64, _>(0));
-        for row in ordered {
-            let Some(text) = row.get::<Option<String>, _>(2) else {
-                continue;
-            };
-            let addresses = if row.get::<i64, _>(0) == 2 {
-                addresses_of_json(&text)
-            } else {
-                vec![text]
-            };
-            for address in addresses {
-                let address = address.to_ascii_lowercase();
-                if !participants.contains(&address) {
-                    participants.push(address);
-                }
-            }
-        }
-        Ok(Some(KnownTicket {
-            ticket_id,
-            status,
-            participants,
-        }))
+        Ok(Some(ticket))
     }
 
     /// Reads, in a few statements for the whole batch, what its messages' decisions will ask:
@@ -495,8 +454,9 @@ impl Batch {
         Ok(())
     }
 
-    /// Tickets `ids` with their status and participants as stored, in one statement (the
-    /// form of [`Batch::ticket`]'s, for several tickets).
+    /// Tickets `ids` with their status and participants as stored, in one statement: a row per
+    /// ticket, then one per address (the requester, the From, Reply-To, To and Cc of its
+    /// messages — the lists as stored JSON, kind 2 — and the recipients of our outbox rows).
     async fn tickets_as_stored(&mut self, ids: &[i64]) -> Result<Vec<KnownTicket>> {
         let list = placeholders(1, ids.len());
         // Only placeholders are formatted into the statement; the ids are bound.
