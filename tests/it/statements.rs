@@ -1,8 +1,10 @@
 //! How many statements a batch runs (issue 19, set-based writes): what its messages' decisions
 //! ask is read once for the whole batch — the stored messages and outbox rows their references
 //! name, the tickets those and their subjects' tags belong to, with status and participants —
-//! so a follow-up, threaded by In-Reply-To or by a tag, runs no statement of its own; a new
-//! ticket still runs one (its `INSERT … RETURNING id`: its reference is needed at once).
+//! so a follow-up, threaded by In-Reply-To or by a tag, runs no statement of its own. A new
+//! ticket runs none on SQLite (its id is the next rowid, read once under the batch's write lock,
+//! and its row goes with the batch's others) and one on PostgreSQL (`INSERT … RETURNING id`: the
+//! sequence one number at a time, so that ticket numbers have no gaps).
 //!
 //! Counted as `tests/it/scale.rs` counts a request's: with `--log-format json` and
 //! `RUST_LOG=…,sqlx::query=debug` sqlx logs one line per statement, and every statement of a
@@ -18,8 +20,9 @@ const PER_KIND: usize = 20;
 /// What a batch runs whatever its size: BEGIN and COMMIT, the prefetch (stored messages, outbox
 /// rows, senders' recent tickets, releases, Message-IDs Exchange gave ours, tags, tickets), the
 /// id reads, the multi-row inserts of messages and ledger rows, the tickets' update and the
-/// checkpoint. Measured 19–20 on both backends (the batch of this test: 39–40 statements); with
-/// each ticket read when a decision asked for it, as before, it ran 94–95.
+/// checkpoint, and on SQLite the tickets' id read and multi-row insert. Measured 20 on
+/// PostgreSQL (this test's batch: 40 statements) and 22 on SQLite (the whole batch); with each
+/// ticket read when a decision asked for it and inserted alone, as before, it ran 94–95.
 const BATCH_OVERHEAD: usize = 24;
 
 fn mail(from: &str, to: &str, subject: &str, id: &str, in_reply_to: Option<&str>) -> Vec<u8> {
@@ -151,14 +154,18 @@ async fn a_batchs_follow_ups_run_no_statement_of_their_own(backend: Backend) {
     );
     let batches = batch_statements(&stderr);
     assert_eq!(batches.len(), 1, "one batch: {batches:?}");
+    let per_ticket = match backend {
+        Backend::Sqlite => 0,
+        Backend::Postgres => 1,
+    };
     assert!(
-        batches[0] <= PER_KIND + BATCH_OVERHEAD,
-        "{} statements for {} follow-ups and {PER_KIND} new tickets (at most one per new ticket and {BATCH_OVERHEAD} for the batch)",
+        batches[0] <= per_ticket * PER_KIND + BATCH_OVERHEAD,
+        "{} statements for {} follow-ups and {PER_KIND} new tickets (at most {per_ticket} per new ticket and {BATCH_OVERHEAD} for the batch)",
         batches[0],
         2 * PER_KIND
     );
     assert!(
-        batches[0] > PER_KIND,
+        batches[0] > 10,
         "the count sees the statements at all: {batches:?}"
     );
 }

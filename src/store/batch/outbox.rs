@@ -18,6 +18,10 @@ impl Batch {
         draft: &OutboxDraft,
     ) -> Result<i64> {
         let now = now_ms();
+        // The row refers to its ticket, which may wait to be written with the batch's others.
+        if self.pending.has_tickets() {
+            self.flush_pending().await?;
+        }
         if let (Some(ticket_id), Some(to)) = (ticket_id, &draft.to) {
             self.written.add_participant(ticket_id, to);
         }

@@ -51,6 +51,9 @@ fn unprepared(sql: String) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::
 pub(super) enum IdTable {
     Messages,
     Attachments,
+    /// On SQLite only: PostgreSQL's ticket numbers come one by one from the sequence, so that
+    /// no reserved range leaves gaps in them.
+    Tickets,
 }
 
 impl IdTable {
@@ -58,6 +61,7 @@ impl IdTable {
         match self {
             IdTable::Messages => "messages",
             IdTable::Attachments => "attachments",
+            IdTable::Tickets => "tickets",
         }
     }
 
@@ -65,6 +69,7 @@ impl IdTable {
         match self {
             IdTable::Messages => 0,
             IdTable::Attachments => 1,
+            IdTable::Tickets => 2,
         }
     }
 }
@@ -73,19 +78,37 @@ impl IdTable {
 #[derive(Debug, Default)]
 pub(super) struct Ids {
     /// SQLite: the next id to give (`None` until read). PostgreSQL: unused.
-    next: [Option<i64>; 2],
+    next: [Option<i64>; 3],
     /// PostgreSQL: reserved ids, given from the front.
-    reserved: [std::collections::VecDeque<i64>; 2],
+    reserved: [std::collections::VecDeque<i64>; 3],
     /// How many of each the batch expects (from its prefetch), reserved at once on PostgreSQL.
-    expected: [usize; 2],
+    expected: [usize; 3],
 }
 
 impl Ids {
     /// The batch expects about `messages` message rows and `attachments` attachments.
     pub(super) fn expect(&mut self, messages: usize, attachments: usize) {
-        self.expected = [messages, attachments];
+        self.expected = [messages, attachments, messages];
     }
 }
+
+/// A `tickets` row waiting to be written (SQLite: its id is the next rowid, read under the
+/// batch's write lock, and its reference the one the database's trigger would give it).
+#[derive(Debug)]
+pub(super) struct TicketRow {
+    pub id: i64,
+    pub reference: String,
+    pub mailbox: String,
+    pub subject: String,
+    pub requester_address: Option<String>,
+    pub requester_name: Option<String>,
+    pub related_ticket_id: Option<i64>,
+    pub created_at: i64,
+    pub sender_key: Option<String>,
+}
+
+/// `tickets` rows per INSERT (10 values each).
+const TICKET_ROWS_PER_STATEMENT: usize = 40;
 
 /// A `messages` row waiting to be written.
 #[derive(Debug)]
@@ -147,6 +170,8 @@ pub(super) struct AttachmentRow {
 /// What a batch has not written yet.
 #[derive(Debug, Default)]
 pub(super) struct Pending {
+    /// Written first: the other rows refer to them.
+    tickets: Vec<TicketRow>,
     messages: Vec<MessageRow>,
     /// (message row id, original size, gzip of the raw bytes).
     raws: Vec<(i64, i64, Vec<u8>)>,
@@ -156,7 +181,15 @@ pub(super) struct Pending {
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.raws.is_empty() && self.attachments.is_empty()
+        self.tickets.is_empty()
+            && self.messages.is_empty()
+            && self.raws.is_empty()
+            && self.attachments.is_empty()
+    }
+
+    /// Whether a `tickets` row waits here (a row written now that refers to it must wait too).
+    pub(super) fn has_tickets(&self) -> bool {
+        !self.tickets.is_empty()
     }
 
     /// Whether a row waiting here belongs to `ticket_id` (a read of that ticket's messages must
@@ -211,6 +244,13 @@ impl Batch {
         }
     }
 
+    /// Notes a `tickets` row (written with the next [`Batch::flush_pending`], first).
+    pub(super) async fn pend_ticket(&mut self, row: TicketRow) -> Result<()> {
+        self.pending.bytes += row.subject.len() + 256;
+        self.pending.tickets.push(row);
+        self.flush_if_full().await
+    }
+
     /// Notes a `messages` row (written with the next [`Batch::flush_pending`]).
     pub(super) async fn pend_message(&mut self, row: MessageRow) -> Result<()> {
         self.pending.bytes += row.bytes();
@@ -249,6 +289,7 @@ impl Batch {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        self.write_tickets(&pending.tickets).await?;
         self.write_messages(&pending.messages).await?;
         self.write_raws(&pending.raws).await?;
         self.write_attachments(pending.attachments).await
@@ -304,6 +345,33 @@ impl Batch {
                 // A Message-ID another worker stored meanwhile.
                 return Err(self.conflict());
             }
+        }
+        Ok(())
+    }
+
+    /// The `tickets` rows, [`TICKET_ROWS_PER_STATEMENT`] per statement, with their ids and
+    /// references (the trigger of migration 0002 sets a reference only where none is given).
+    async fn write_tickets(&mut self, rows: &[TicketRow]) -> Result<()> {
+        for chunk in rows.chunks(TICKET_ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO tickets (id, reference, mailbox, subject, requester_address, requester_name, \
+                 status, related_ticket_id, created_at, updated_at, sender_key) VALUES {}",
+                ticket_value_lists(chunk.len())
+            );
+            let mut query = unprepared(sql);
+            for t in chunk {
+                query = query
+                    .bind(t.id)
+                    .bind(t.reference.as_str())
+                    .bind(t.mailbox.as_str())
+                    .bind(t.subject.as_str())
+                    .bind(t.requester_address.as_deref())
+                    .bind(t.requester_name.as_deref())
+                    .bind(t.related_ticket_id)
+                    .bind(t.created_at)
+                    .bind(t.sender_key.as_deref());
+            }
+            query.execute(&mut *self.tx).await?;
         }
         Ok(())
     }
@@ -399,4 +467,28 @@ impl Batch {
         // Purged again and again by concurrent runs: decide the batch again later.
         Err(self.conflict())
     }
+}
+
+/// `n` value lists of a `tickets` row: 9 bound values, the status `'new'` and `updated_at` the
+/// same as `created_at` (`($1, $2, …, $6, 'new', $7, $8, $8, $9)`).
+fn ticket_value_lists(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let p = |k: usize| format!("${}", i * 9 + k);
+            format!(
+                "({}, {}, {}, {}, {}, {}, 'new', {}, {}, {}, {})",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(7),
+                p(8),
+                p(8),
+                p(9)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

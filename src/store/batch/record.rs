@@ -4,14 +4,14 @@
 
 use sqlx::Row;
 
-use super::pending::{AttachmentRow, IdTable, MessageRow};
+use super::pending::{AttachmentRow, IdTable, MessageRow, TicketRow};
 use super::{Batch, ImapLocation, Outcome, OutcomeFields};
 use crate::ingest::{
     FingerprintVersion, KnownMessage, ParsedMail, QuarantineReason, ticket_reference,
 };
 use crate::mail_source::Disposition;
-use crate::store::Result;
 use crate::store::sql::{join_ids, parties_json};
+use crate::store::{Backend, Result};
 use crate::time::now_ms;
 
 crate::closed_set! {
@@ -59,21 +59,46 @@ impl Batch {
         disposition: &Disposition,
     ) -> Result<(i64, String)> {
         let now = now_ms();
-        // The database sets the reference (migration 0002), the same one ticket_reference gives.
-        let ticket_id: i64 = sqlx::query(
-            "INSERT INTO tickets (mailbox, subject, requester_address, requester_name, status, related_ticket_id, \
-             created_at, updated_at, sender_key) VALUES ($1, $2, $3, $4, 'new', $5, $6, $6, $7) RETURNING id",
-        )
-        .bind(at.mailbox)
-        .bind(crate::ingest::normalized_subject(&mail.subject))
-        .bind(mail.from.as_ref().map(|p| p.address.clone()))
-        .bind(mail.from.as_ref().and_then(|p| p.name.clone()))
-        .bind(related)
-        .bind(now)
-        .bind(sender_key)
-        .fetch_one(&mut *self.tx)
-        .await?
-        .get(0);
+        let subject = crate::ingest::normalized_subject(&mail.subject);
+        let requester_address = mail.from.as_ref().map(|p| p.address.clone());
+        let requester_name = mail.from.as_ref().and_then(|p| p.name.clone());
+        let ticket_id = match self.backend {
+            // The next rowid, read once under the batch's write lock (exactly SQLite's own
+            // choice), and the row written with the batch's others: no statement of its own.
+            Backend::Sqlite => {
+                let id = self.next_id(IdTable::Tickets).await?;
+                self.pend_ticket(TicketRow {
+                    id,
+                    reference: ticket_reference(id),
+                    mailbox: at.mailbox.to_string(),
+                    subject,
+                    requester_address,
+                    requester_name,
+                    related_ticket_id: related,
+                    created_at: now,
+                    sender_key: sender_key.map(str::to_string),
+                })
+                .await?;
+                id
+            }
+            // The sequence's next value, one by one: ticket numbers without gaps a reserved
+            // range would leave. The database sets the reference (migration 0002), the same one
+            // ticket_reference gives.
+            Backend::Postgres => sqlx::query(
+                "INSERT INTO tickets (mailbox, subject, requester_address, requester_name, status, related_ticket_id, \
+                 created_at, updated_at, sender_key) VALUES ($1, $2, $3, $4, 'new', $5, $6, $6, $7) RETURNING id",
+            )
+            .bind(at.mailbox)
+            .bind(subject)
+            .bind(requester_address)
+            .bind(requester_name)
+            .bind(related)
+            .bind(now)
+            .bind(sender_key)
+            .fetch_one(&mut *self.tx)
+            .await?
+            .get(0),
+        };
         let message_row_id = self
             .insert_message(ticket_id, at, mail, auto_kind, keep_raw)
             .await?;

@@ -38,6 +38,10 @@ impl Batch {
     /// Marks quarantined message `id` as reprocessed into `ticket_id` (None: recorded as ignored).
     /// False when it was resolved already (by a concurrent run).
     pub async fn resolve_quarantine(&mut self, id: i64, ticket_id: Option<i64>) -> Result<bool> {
+        // The row refers to its ticket, which may wait to be written with the batch's others.
+        if self.pending.has_tickets() {
+            self.flush_pending().await?;
+        }
         let done = sqlx::query(
             "UPDATE quarantine SET resolved_at = $1, resolved_ticket_id = $2 WHERE id = $3 AND resolved_at IS NULL",
         )
