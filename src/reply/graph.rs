@@ -139,8 +139,14 @@ async fn through_draft(
                     outbox_id = row.id,
                     "an earlier attempt's draft was sent already; not sending it again"
                 );
-                let went_as =
-                    note_sent_as(store, row, ours.as_deref(), internet_message_id).await?;
+                let went_as = note_sent_as(
+                    store,
+                    row.id,
+                    row.sent_message_id.as_deref(),
+                    ours.as_deref(),
+                    internet_message_id,
+                )
+                .await?;
                 return Ok(GraphSent {
                     response: format!(
                         "202 Accepted by an earlier attempt (Graph); Sent Items has {went_as}"
@@ -227,12 +233,8 @@ async fn through_draft(
         Ok(Item::Sent {
             internet_message_id,
         }) => {
-            let with_known = OutboxRow {
-                sent_message_id: given.map(str::to_string),
-                ..row.clone()
-            };
             let went_as =
-                note_sent_as(store, &with_known, ours.as_deref(), internet_message_id).await?;
+                note_sent_as(store, row.id, given, ours.as_deref(), internet_message_id).await?;
             Ok(GraphSent {
                 response: format!("{accepted}; Sent Items has {went_as}"),
                 copy_found: true,
@@ -258,25 +260,27 @@ async fn through_draft(
     }
 }
 
-/// Keeps the Message-ID the sent copy shows, when it is neither ours nor the one kept already;
-/// returns it (with angle brackets) for the row's answer.
+/// Keeps the Message-ID the sent copy of row `row_id` shows, when it is neither ours nor `kept`
+/// (the one the row has already, without angle brackets); returns it (with angle brackets) for
+/// the row's answer.
 async fn note_sent_as(
     store: &Store,
-    row: &OutboxRow,
+    row_id: i64,
+    kept: Option<&str>,
     ours: Option<&str>,
     shown: Option<String>,
 ) -> Result<String, StoreError> {
     let Some(shown) = shown else {
         return Ok(ours.unwrap_or("the message").to_string());
     };
-    if Some(shown.as_str()) != ours && row.sent_message_id.as_deref() != Some(bare(&shown)) {
+    if Some(shown.as_str()) != ours && kept != Some(bare(&shown)) {
         warn!(
-            outbox_id = row.id,
+            outbox_id = row_id,
             ours = ours.unwrap_or(""),
             given = %shown,
             "Exchange sent the message under a Message-ID of its own; replies naming it are read as replies to ours"
         );
-        store.graph_sent_as(row.id, bare(&shown)).await?;
+        store.graph_sent_as(row_id, bare(&shown)).await?;
     }
     Ok(shown)
 }
@@ -299,9 +303,15 @@ pub(super) async fn confirm_copy(
             internet_message_id,
         } => {
             let ours = format!("<{}>", row.message_id);
-            note_sent_as(ctx.store, row, Some(&ours), internet_message_id)
-                .await
-                .map_err(|e| e.to_string())?;
+            note_sent_as(
+                ctx.store,
+                row.id,
+                row.sent_message_id.as_deref(),
+                Some(&ours),
+                internet_message_id,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             Ok(true)
         }
         Item::Draft | Item::Gone => Ok(false),

@@ -14,6 +14,7 @@
 use serde_json::Value;
 
 use crate::helpers::*;
+use crate::threading::mail;
 
 /// Originals, then in one batch replies by In-Reply-To, tagged replies, and new mail.
 const PER_KIND: usize = 20;
@@ -24,20 +25,6 @@ const PER_KIND: usize = 20;
 /// PostgreSQL (this test's batch: 40 statements) and 22 on SQLite (the whole batch); with each
 /// ticket read when a decision asked for it and inserted alone, as before, it ran 94–95.
 const BATCH_OVERHEAD: usize = 24;
-
-fn mail(from: &str, to: &str, subject: &str, id: &str, in_reply_to: Option<&str>) -> Vec<u8> {
-    let mut raw = format!(
-        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Tue, 24 Nov 2026 16:00:00 +0000\r\n\
-         Message-ID: <{id}>\r\n"
-    );
-    if let Some(parent) = in_reply_to {
-        raw.push_str(&format!(
-            "In-Reply-To: <{parent}>\r\nReferences: <{parent}>\r\n"
-        ));
-    }
-    raw.push_str("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello.\r\n");
-    raw.into_bytes()
-}
 
 /// The statements of the log's batches: per batch (its first line's order), how many.
 fn batch_statements(stderr: &str) -> Vec<usize> {

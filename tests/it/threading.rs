@@ -4,7 +4,7 @@
 use crate::helpers::*;
 
 /// A raw message from `from` to `to` with optional threading headers.
-fn mail(
+pub(crate) fn mail(
     from: &str,
     to: &str,
     subject: &str,
